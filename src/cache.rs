@@ -1,0 +1,359 @@
+//! The client's local cache in SQLite: the blob index (blob → pack, offset,
+//! length), the packs whose headers are known, and the files cache. Always
+//! rebuildable from the repository's pack headers, never authoritative:
+//! losing it costs only time. Nothing here is held in memory whole.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::crypto::Kind;
+use crate::error::{Error, Result};
+use crate::format::pack::PackEntry;
+use crate::id::{BlobId, PackId};
+
+/// Where a blob lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    /// The pack holding it.
+    pub pack: PackId,
+    /// Offset of the sealed blob in the pack.
+    pub offset: u64,
+    /// Length of the sealed blob.
+    pub sealed_len: u32,
+    /// Length of the plaintext.
+    pub plain_len: u32,
+    /// What it is.
+    pub kind: Kind,
+}
+
+/// A files-cache record: what a file looked like and what its content was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time (ns).
+    pub mtime_ns: i64,
+    /// Status change time (ns).
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub inode: u64,
+    /// Device.
+    pub dev: u64,
+    /// The node's content, CBOR (inline chunks or list ids).
+    pub content: Vec<u8>,
+    /// The packs the content lives in, concatenated ids.
+    pub packs: Vec<u8>,
+}
+
+/// The cache database of one repository.
+pub struct Cache {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS blobs (
+    id BLOB PRIMARY KEY, pack BLOB NOT NULL, offset INTEGER NOT NULL,
+    sealed_len INTEGER NOT NULL, plain_len INTEGER NOT NULL, kind INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack);
+CREATE TABLE IF NOT EXISTS packs (id BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+    path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL, dev INTEGER NOT NULL, content BLOB NOT NULL, packs BLOB NOT NULL
+) WITHOUT ROWID;
+";
+
+impl Cache {
+    /// Opens (or creates) the cache database at `path`.
+    pub fn open(path: &Path) -> Result<Cache> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(60))?;
+        // The cache is rebuildable: favour speed over durability.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "temp_store", "FILE")?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS run_refs (file INTEGER NOT NULL, blob BLOB NOT NULL);
+             CREATE TEMP TABLE IF NOT EXISTS run_packs (pack BLOB PRIMARY KEY) WITHOUT ROWID;
+             CREATE TEMP TABLE IF NOT EXISTS run_files (
+                 seq INTEGER PRIMARY KEY, path BLOB NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+                 ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, dev INTEGER NOT NULL, content BLOB NOT NULL);",
+        )?;
+        Ok(Cache { conn })
+    }
+
+    /// Looks a blob up.
+    pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT pack, offset, sealed_len, plain_len, kind FROM blobs WHERE id = ?1")?;
+        let row = st
+            .query_row([id.as_bytes()], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()?;
+        Ok(match row {
+            None => None,
+            Some((pack, offset, sealed_len, plain_len, kind)) => Some(BlobLocation {
+                pack: PackId::from_slice(&pack).ok_or_else(|| Error::Corrupt("cache: bad pack id".into()))?,
+                offset: offset as u64,
+                sealed_len: sealed_len as u32,
+                plain_len: plain_len as u32,
+                kind: Kind::from_u8(kind as u8).ok_or_else(|| Error::Corrupt("cache: bad kind".into()))?,
+            }),
+        })
+    }
+
+    /// Whether a blob is known.
+    pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
+        Ok(st.exists([id.as_bytes()])?)
+    }
+
+    /// Whether a pack's header is known.
+    pub fn has_pack(&self, id: &PackId) -> Result<bool> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM packs WHERE id = ?1")?;
+        Ok(st.exists([id.as_bytes()])?)
+    }
+
+    /// Records a durable pack and its blob table, in one transaction.
+    pub fn add_pack(&mut self, id: &PackId, size: u64, entries: &[PackEntry]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO blobs (id, pack, offset, sealed_len, plain_len, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for e in entries {
+                st.execute(params![
+                    e.id.as_bytes(),
+                    id.as_bytes(),
+                    e.offset as i64,
+                    e.sealed_len as i64,
+                    e.plain_len as i64,
+                    e.kind as u8 as i64
+                ])?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO packs (id, size) VALUES (?1, ?2)",
+                params![id.as_bytes(), size as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets a pack that the repository no longer holds, and its blobs.
+    pub fn remove_pack(&mut self, id: &PackId) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM blobs WHERE pack = ?1", [id.as_bytes()])?;
+        tx.execute("DELETE FROM packs WHERE id = ?1", [id.as_bytes()])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every pack the cache knows, in id order, page by page.
+    pub fn for_each_pack(&self, f: &mut dyn FnMut(PackId) -> Result<()>) -> Result<()> {
+        let mut last: Vec<u8> = Vec::new();
+        loop {
+            let page: Vec<Vec<u8>> = {
+                let mut st = self
+                    .conn
+                    .prepare_cached("SELECT id FROM packs WHERE id > ?1 ORDER BY id LIMIT 4096")?;
+                let rows = st.query_map([&last], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            if page.is_empty() {
+                return Ok(());
+            }
+            for p in &page {
+                if let Some(id) = PackId::from_slice(p) {
+                    f(id)?;
+                }
+            }
+            // unwrap: page is not empty
+            last = page.last().unwrap().clone();
+        }
+    }
+
+    /// Reads a files-cache record.
+    pub fn file(&self, path: &[u8]) -> Result<Option<FileRecord>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT size, mtime_ns, ctime_ns, inode, dev, content, packs FROM files WHERE path = ?1",
+        )?;
+        Ok(st
+            .query_row([path], |r| {
+                Ok(FileRecord {
+                    size: r.get::<_, i64>(0)? as u64,
+                    mtime_ns: r.get(1)?,
+                    ctime_ns: r.get(2)?,
+                    inode: r.get::<_, i64>(3)? as u64,
+                    dev: r.get::<_, i64>(4)? as u64,
+                    content: r.get(5)?,
+                    packs: r.get(6)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Notes that the running backup references these blobs, each for a
+    /// file number (0 for trees and lists). Only temporary tables are
+    /// written, so no lock on the shared index is taken.
+    pub fn run_refs(&mut self, refs: &[(u64, BlobId)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached("INSERT INTO run_refs (file, blob) VALUES (?1, ?2)")?;
+            for (file, blob) in refs {
+                st.execute(params![*file as i64, blob.as_bytes()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Notes that the running backup references a whole pack.
+    pub fn run_pack(&self, pack: &PackId) -> Result<()> {
+        let mut st = self.conn.prepare_cached("INSERT OR IGNORE INTO run_packs (pack) VALUES (?1)")?;
+        st.execute([pack.as_bytes()])?;
+        Ok(())
+    }
+
+    /// The distinct packs holding the blobs referenced for `file`.
+    pub fn run_file_packs(&self, file: u64) -> Result<Vec<u8>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT DISTINCT b.pack FROM run_refs r JOIN blobs b ON b.id = r.blob WHERE r.file = ?1 ORDER BY b.pack",
+        )?;
+        let mut out = Vec::new();
+        let mut rows = st.query([file as i64])?;
+        while let Some(r) = rows.next()? {
+            out.extend_from_slice(&r.get::<_, Vec<u8>>(0)?);
+        }
+        Ok(out)
+    }
+
+    /// Every pack the running backup references, and the number of
+    /// referenced blobs the index does not know (must be zero).
+    pub fn run_packs(&self) -> Result<(Vec<PackId>, u64)> {
+        let missing: i64 = self.conn.query_row(
+            "SELECT count(*) FROM run_refs r WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.id = r.blob)",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut st = self.conn.prepare(
+            "SELECT DISTINCT b.pack FROM run_refs r JOIN blobs b ON b.id = r.blob
+             UNION SELECT pack FROM run_packs",
+        )?;
+        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Some(p) = PackId::from_slice(&r?) {
+                out.push(p);
+            }
+        }
+        Ok((out, missing as u64))
+    }
+
+    /// Clears the running backup's bookkeeping.
+    pub fn run_reset(&self) -> Result<()> {
+        self.conn
+            .execute_batch("DELETE FROM run_refs; DELETE FROM run_packs; DELETE FROM run_files;")?;
+        Ok(())
+    }
+
+    /// Remembers a file read by the running backup, to enter into the files
+    /// cache once the backup is committed (its packs known).
+    pub fn run_file(&self, seq: u64, path: &[u8], rec: &FileRecord) -> Result<()> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT OR REPLACE INTO run_files (seq, path, size, mtime_ns, ctime_ns, inode, dev, content)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        st.execute(params![
+            seq as i64,
+            path,
+            rec.size as i64,
+            rec.mtime_ns,
+            rec.ctime_ns,
+            rec.inode as i64,
+            rec.dev as i64,
+            rec.content
+        ])?;
+        Ok(())
+    }
+
+    /// Moves the running backup's files into the files cache, each with the
+    /// packs its content lives in.
+    pub fn run_commit_files(&mut self) -> Result<u64> {
+        let mut n = 0;
+        let tx = self.conn.transaction()?;
+        {
+            let mut rows = tx.prepare("SELECT seq, path, size, mtime_ns, ctime_ns, inode, dev, content FROM run_files")?;
+            let mut packs = tx.prepare_cached(
+                "SELECT DISTINCT b.pack FROM run_refs r JOIN blobs b ON b.id = r.blob WHERE r.file = ?1 ORDER BY b.pack",
+            )?;
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO files (path, size, mtime_ns, ctime_ns, inode, dev, content, packs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let mut it = rows.query([])?;
+            while let Some(r) = it.next()? {
+                let seq: i64 = r.get(0)?;
+                let mut ids = Vec::new();
+                let mut pr = packs.query([seq])?;
+                while let Some(p) = pr.next()? {
+                    ids.extend_from_slice(&p.get::<_, Vec<u8>>(0)?);
+                }
+                put.execute(params![
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Vec<u8>>(7)?,
+                    ids
+                ])?;
+                n += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Cache::open(&d.path().join("c.db")).unwrap();
+        let e = PackEntry {
+            kind: Kind::Data,
+            id: BlobId([1; 32]),
+            offset: 8,
+            sealed_len: 100,
+            plain_len: 50,
+        };
+        c.add_pack(&PackId([2; 32]), 1000, &[e]).unwrap();
+        let l = c.lookup(&BlobId([1; 32])).unwrap().unwrap();
+        assert_eq!((l.pack, l.offset, l.sealed_len, l.kind), (PackId([2; 32]), 8, 100, Kind::Data));
+        assert!(c.lookup(&BlobId([3; 32])).unwrap().is_none());
+        c.run_refs(&[(1, BlobId([1; 32])), (0, BlobId([9; 32]))]).unwrap();
+        let (packs, missing) = c.run_packs().unwrap();
+        assert_eq!((packs, missing), (vec![PackId([2; 32])], 1));
+        assert_eq!(c.run_file_packs(1).unwrap(), vec![2u8; 32]);
+        c.remove_pack(&PackId([2; 32])).unwrap();
+        assert!(!c.has_blob(&BlobId([1; 32])).unwrap());
+    }
+}

@@ -1,0 +1,174 @@
+//! Command-line arguments, as clap parses them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// coffer: encrypted, deduplicating backups.
+#[derive(Parser, Debug)]
+#[command(name = "coffer", version, about, long_about = None)]
+pub struct Cli {
+    /// Repository: a local directory (or quic://HOST:PORT/NAMESPACE).
+    #[arg(long, global = true, env = "COFFER_REPO")]
+    pub repo: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing on success.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Where the local cache lives (default: ~/.cache/coffer).
+    #[arg(long, global = true, env = "COFFER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository.
+    Init(InitArgs),
+    /// Back up files, a stream or a disk image.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots,
+    /// List the entries of a snapshot.
+    Ls {
+        /// Snapshot id prefix or `latest`.
+        snap: String,
+        /// A path inside the snapshot.
+        path: Option<String>,
+    },
+    /// Restore a snapshot, or some paths of it, into a directory.
+    Restore {
+        /// Snapshot id prefix or `latest`.
+        snap: String,
+        /// Directory to restore into.
+        #[arg(long)]
+        target: PathBuf,
+        /// Paths inside the snapshot to restore (all when none).
+        paths: Vec<String>,
+    },
+    /// Write one file of a snapshot to standard output.
+    Dump {
+        /// Snapshot id prefix or `latest`.
+        snap: String,
+        /// The file's path inside the snapshot.
+        path: String,
+    },
+    /// Show what changed between two snapshots.
+    Diff {
+        /// The older snapshot.
+        snap1: String,
+        /// The newer snapshot.
+        snap2: String,
+    },
+    /// Show repository figures.
+    Stats {
+        /// One snapshot's figures instead.
+        snap: Option<String>,
+    },
+    /// Verify the repository.
+    Check {
+        /// Also read and decrypt every pack.
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Manage key files (passphrases).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Argon2id memory in KiB (floor 19456).
+    #[arg(long, default_value_t = 65536)]
+    pub kdf_memory_kib: u32,
+    /// Argon2id iterations (floor 2).
+    #[arg(long, default_value_t = 3)]
+    pub kdf_iterations: u32,
+    /// Minimum chunk size in bytes.
+    #[arg(long)]
+    pub chunk_min: Option<u32>,
+    /// Average chunk size in bytes (a power of two).
+    #[arg(long)]
+    pub chunk_avg: Option<u32>,
+    /// Maximum chunk size in bytes.
+    #[arg(long)]
+    pub chunk_max: Option<u32>,
+    /// Block size for images and sparse files.
+    #[arg(long)]
+    pub image_block: Option<u32>,
+    /// Target pack size in bytes.
+    #[arg(long)]
+    pub pack_size: Option<u32>,
+    /// Default zstd level (0 = off).
+    #[arg(long)]
+    pub compression: Option<i32>,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and directories to back up.
+    pub paths: Vec<PathBuf>,
+    /// Read the data to back up from standard input.
+    #[arg(long)]
+    pub stdin: bool,
+    /// File name for data from standard input or a command.
+    #[arg(long)]
+    pub stdin_name: Option<String>,
+    /// Run this command and back up its standard output; a failure of the
+    /// command fails the backup.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
+    pub stdin_from_command: Option<Vec<String>>,
+    /// Back up a disk image or block device.
+    #[arg(long, value_name = "DEVICE_OR_FILE")]
+    pub image: Option<PathBuf>,
+    /// Leave out entries matching this glob (repeatable).
+    #[arg(long, short = 'e')]
+    pub exclude: Vec<String>,
+    /// Stay on the file system of each path.
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
+    /// Tag the snapshot (repeatable).
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Host name to record (default: this machine's).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Read every file, ignoring the files cache.
+    #[arg(long)]
+    pub no_files_cache: bool,
+    /// zstd level for this backup.
+    #[arg(long)]
+    pub compression: Option<i32>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Add a passphrase (from COFFER_NEW_PASSWORD, COFFER_NEW_PASSWORD_FILE or a prompt).
+    Add {
+        /// Argon2id memory in KiB.
+        #[arg(long, default_value_t = 65536)]
+        kdf_memory_kib: u32,
+        /// Argon2id iterations.
+        #[arg(long, default_value_t = 3)]
+        kdf_iterations: u32,
+    },
+    /// List key files.
+    List,
+    /// Remove a key file by id prefix.
+    Remove {
+        /// Key id prefix.
+        id: String,
+    },
+    /// Change the passphrase in use: add the new one, remove the old key file.
+    Passwd {
+        /// Argon2id memory in KiB.
+        #[arg(long, default_value_t = 65536)]
+        kdf_memory_kib: u32,
+        /// Argon2id iterations.
+        #[arg(long, default_value_t = 3)]
+        kdf_iterations: u32,
+    },
+}

@@ -1,0 +1,606 @@
+//! The command-line front end: reads the passphrase, opens the repository,
+//! runs one command and prints its result, as text or JSON. The only user of
+//! `anyhow`. Exit codes: 0 ok, 1 error, 2 usage, 3 finished with entries left
+//! out, 4 wrong passphrase or refused key file, 5 damaged repository data.
+
+mod args;
+
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command as Proc, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use serde_json::json;
+
+use args::{BackupArgs, Cli, Command, InitArgs, KeyCommand};
+use coffer::chunk::ChunkerParams;
+use coffer::format::config::Settings;
+use coffer::format::keyfile::KdfParams;
+use coffer::format::tree::{Node, NodeKind};
+use coffer::repo::backup::{self, BackupOptions, BackupSource};
+use coffer::repo::restore::{self, RestoreOptions};
+use coffer::repo::{check, default_cache_dir, diff, InitOptions, Repository, Snapshot};
+use coffer::store::LocalStore;
+use coffer::{Error, ErrorKind};
+
+/// A run that finished but left something out: exit 3.
+#[derive(Debug)]
+struct Incomplete(String);
+impl std::fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Incomplete {}
+
+/// Problems found by check: exit 5.
+#[derive(Debug)]
+struct Damaged(String);
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Damaged {}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed pipe (e.g. `coffer dump … | head`) is not an error.
+            if let Some(ioe) = e.downcast_ref::<io::Error>() {
+                if ioe.kind() == io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("coffer: error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<Incomplete>().is_some() {
+        return 3;
+    }
+    if e.downcast_ref::<Damaged>().is_some() {
+        return 5;
+    }
+    match e.downcast_ref::<Error>().map(|e| e.kind()) {
+        Some(ErrorKind::Auth) => 4,
+        Some(ErrorKind::Corrupt) => 5,
+        _ => 1,
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn host() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn user() -> String {
+    std::env::var("USER")
+        .ok()
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_default()
+}
+
+fn fmt_time(ns: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn fmt_bytes(n: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// Reads a passphrase from the named variables, or prompts on a terminal.
+fn passphrase(var: &str, file_var: &str, prompt: &str, confirm: bool) -> Result<Vec<u8>> {
+    if let Ok(p) = std::env::var(var) {
+        return Ok(p.into_bytes());
+    }
+    if let Ok(f) = std::env::var(file_var) {
+        let s = std::fs::read(&f).with_context(|| format!("reading {file_var}={f}"))?;
+        let s = s.strip_suffix(b"\n").unwrap_or(&s);
+        return Ok(s.to_vec());
+    }
+    if !io::stdin().is_terminal() {
+        bail!("no passphrase: set {var} or {file_var}, or run on a terminal");
+    }
+    let p = rpassword::prompt_password(prompt)?;
+    if confirm && rpassword::prompt_password("Repeat passphrase: ")? != p {
+        bail!("passphrases do not match");
+    }
+    Ok(p.into_bytes())
+}
+
+fn repo_path(cli: &Cli) -> Result<PathBuf> {
+    let r = cli
+        .repo
+        .as_deref()
+        .ok_or_else(|| anyhow!("no repository: give --repo or set COFFER_REPO"))?;
+    if r.starts_with("quic://") {
+        bail!("remote repositories (quic://) are not supported by this build yet; use a local path");
+    }
+    Ok(PathBuf::from(r))
+}
+
+fn open(cli: &Cli) -> Result<Repository> {
+    let path = repo_path(cli)?;
+    let store = LocalStore::open(&path)?;
+    let pw = passphrase("COFFER_PASSWORD", "COFFER_PASSWORD_FILE", "Repository passphrase: ", false)?;
+    let cache = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    Ok(Repository::open_store(Arc::new(store), &pw, &cache)?)
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init(a) => cmd_init(&cli, a),
+        Command::Backup(a) => cmd_backup(&cli, a),
+        Command::Snapshots => cmd_snapshots(&cli),
+        Command::Ls { snap, path } => cmd_ls(&cli, snap, path.as_deref()),
+        Command::Restore { snap, target, paths } => cmd_restore(&cli, snap, target, paths),
+        Command::Dump { snap, path } => cmd_dump(&cli, snap, path),
+        Command::Diff { snap1, snap2 } => cmd_diff(&cli, snap1, snap2),
+        Command::Stats { snap } => cmd_stats(&cli, snap.as_deref()),
+        Command::Check { read_data } => cmd_check(&cli, *read_data),
+        Command::Key(k) => cmd_key(&cli, k),
+    }
+}
+
+fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
+    let path = repo_path(cli)?;
+    let pw = passphrase("COFFER_PASSWORD", "COFFER_PASSWORD_FILE", "New repository passphrase: ", true)?;
+    if pw.is_empty() {
+        bail!("refusing an empty passphrase");
+    }
+    let d = Settings::default();
+    let settings = Settings {
+        chunker: ChunkerParams {
+            min: a.chunk_min.unwrap_or(d.chunker.min),
+            avg: a.chunk_avg.unwrap_or(d.chunker.avg),
+            max: a.chunk_max.unwrap_or(d.chunker.max),
+        },
+        image_block: a.image_block.unwrap_or(d.image_block),
+        pack_size: a.pack_size.unwrap_or(d.pack_size),
+        compression: a.compression.unwrap_or(d.compression),
+    };
+    let opts = InitOptions {
+        kdf: KdfParams {
+            memory_kib: a.kdf_memory_kib,
+            iterations: a.kdf_iterations,
+            parallelism: 1,
+        },
+        settings,
+        host: host(),
+        now: now_ns() / 1_000_000_000,
+    };
+    let id = Repository::init(&path, &pw, &opts).with_context(|| format!("creating a repository at {}", path.display()))?;
+    if cli.json {
+        print_json(&json!({"id": id.to_hex(), "repo": path}))?;
+    } else if !cli.quiet {
+        println!("created repository {} at {}", id.short(), path.display());
+    }
+    Ok(())
+}
+
+fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
+    let repo_dir = repo_path(cli)?;
+    // An uninitialized local repository is created on first use, so one
+    // command gives a new user a real backup.
+    if !repo_dir.join("config").exists() {
+        let pw = passphrase("COFFER_PASSWORD", "COFFER_PASSWORD_FILE", "New repository passphrase: ", true)?;
+        let opts = InitOptions {
+            host: host(),
+            now: now_ns() / 1_000_000_000,
+            ..Default::default()
+        };
+        let id = Repository::init(&repo_dir, &pw, &opts)
+            .with_context(|| format!("creating a repository at {}", repo_dir.display()))?;
+        if !cli.quiet && !cli.json {
+            eprintln!("created repository {} at {}", id.short(), repo_dir.display());
+        }
+    }
+    let repo = open(cli)?;
+    let started = std::time::Instant::now();
+    let mut opts = BackupOptions {
+        tags: a.tag.clone(),
+        host: a.host.clone().unwrap_or_else(host),
+        user: user(),
+        time_ns: now_ns(),
+        excludes: a.exclude.clone(),
+        one_file_system: a.one_file_system,
+        compression: a.compression,
+        files_cache: !a.no_files_cache,
+        before_commit: None,
+    };
+    let modes = [!a.paths.is_empty(), a.stdin, a.stdin_from_command.is_some(), a.image.is_some()];
+    if modes.iter().filter(|m| **m).count() != 1 {
+        bail!("give exactly one of: PATHS, --stdin, --stdin-from-command CMD, --image DEVICE");
+    }
+    let mut child_guard = None;
+    let source = if let Some(cmd) = &a.stdin_from_command {
+        let name = a.stdin_name.clone().ok_or_else(|| anyhow!("--stdin-from-command needs --stdin-name"))?;
+        let (prog, rest) = cmd.split_first().ok_or_else(|| anyhow!("--stdin-from-command needs a command"))?;
+        let mut child = Proc::new(prog)
+            .args(rest)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {prog}"))?;
+        // unwrap: stdout was piped just above
+        let out = child.stdout.take().expect("piped stdout");
+        let shown = cmd.join(" ");
+        let child = Arc::new(std::sync::Mutex::new(child));
+        child_guard = Some(child.clone());
+        opts.before_commit = Some(Box::new(move || {
+            // unwrap: the lock is never held across a panic
+            let status = child.lock().unwrap().wait().map_err(Error::RawIo)?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(Error::Denied(format!("command `{shown}` failed ({status}); no snapshot committed")))
+            }
+        }));
+        BackupSource::Stream {
+            name,
+            reader: Box::new(out),
+        }
+    } else if a.stdin {
+        let name = a.stdin_name.clone().unwrap_or_else(|| "stdin".into());
+        BackupSource::Stream {
+            name,
+            reader: Box::new(io::stdin()),
+        }
+    } else if let Some(img) = &a.image {
+        BackupSource::Image(img.clone())
+    } else {
+        BackupSource::Paths(a.paths.clone())
+    };
+    let res = backup::backup(&repo, source, opts);
+    if let (Err(_), Some(c)) = (&res, &child_guard) {
+        // unwrap: the lock is never held across a panic
+        let mut c = c.lock().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let out = res?;
+    let s = &out.stats;
+    let secs = started.elapsed().as_secs_f64();
+    for w in &out.warnings {
+        eprintln!("coffer: warning: {w}");
+    }
+    if cli.json {
+        print_json(&json!({
+            "id": out.id.to_hex(),
+            "short_id": out.id.short(),
+            "files": s.files, "dirs": s.dirs, "others": s.others,
+            "files_unchanged": s.files_unchanged,
+            "bytes": s.bytes, "new_blobs": s.new_blobs, "new_bytes": s.new_bytes,
+            "new_packs": s.new_packs, "new_pack_bytes": s.new_pack_bytes,
+            "seconds": secs, "warnings": out.warnings,
+        }))?;
+    } else if !cli.quiet {
+        println!(
+            "snapshot {} saved: {} files, {} processed, {} new ({} stored) in {:.1}s",
+            out.id.short(),
+            s.files,
+            fmt_bytes(s.bytes),
+            fmt_bytes(s.new_bytes),
+            fmt_bytes(s.new_pack_bytes),
+            secs
+        );
+    }
+    if !out.warnings.is_empty() {
+        return Err(Incomplete(format!(
+            "snapshot {} saved, but {} entries could not be read",
+            out.id.short(),
+            out.warnings.len()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn snapshot_json(s: &Snapshot) -> serde_json::Value {
+    let r = &s.record;
+    json!({
+        "id": s.id.to_hex(), "short_id": s.id.short(), "time": fmt_time(r.time_ns),
+        "host": r.host, "user": r.user, "source": r.source, "paths": r.paths, "tags": r.tags,
+        "tree": r.tree.to_hex(), "packs": s.packs.len(), "stats": r.stats,
+    })
+}
+
+fn cmd_snapshots(cli: &Cli) -> Result<()> {
+    let repo = open(cli)?;
+    let snaps = repo.snapshots()?;
+    if cli.json {
+        return print_json(&serde_json::Value::Array(snaps.iter().map(snapshot_json).collect()));
+    }
+    println!("{:<8}  {:<20}  {:<16}  {:>10}  paths", "id", "time", "host", "size");
+    for s in &snaps {
+        let r = &s.record;
+        let tags = if r.tags.is_empty() { String::new() } else { format!(" [{}]", r.tags.join(",")) };
+        println!(
+            "{:<8}  {:<20}  {:<16}  {:>10}  {}{}",
+            s.id.short(),
+            fmt_time(r.time_ns),
+            r.host,
+            fmt_bytes(r.stats.bytes),
+            r.paths.join(" "),
+            tags
+        );
+    }
+    if !cli.quiet {
+        println!("{} snapshots", snaps.len());
+    }
+    Ok(())
+}
+
+fn kind_name(k: Option<NodeKind>) -> &'static str {
+    match k {
+        Some(NodeKind::File) => "file",
+        Some(NodeKind::Dir) => "dir",
+        Some(NodeKind::Symlink) => "symlink",
+        Some(NodeKind::Chardev) => "chardev",
+        Some(NodeKind::Blockdev) => "blockdev",
+        Some(NodeKind::Fifo) => "fifo",
+        Some(NodeKind::Socket) => "socket",
+        None => "unknown",
+    }
+}
+
+fn cmd_ls(cli: &Cli, snap: &str, path: Option<&str>) -> Result<()> {
+    let repo = open(cli)?;
+    let mut cache = repo.cache()?;
+    repo.sync_cache(&mut cache)?;
+    let s = repo.find_snapshot(snap)?;
+    let start = path.unwrap_or("/");
+    let node = repo.find_node(&cache, &s, start)?;
+    let mut rows = Vec::new();
+    let base = format!("/{}", start.trim_matches('/'));
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut visit = |n: &Node, p: &str| -> Result<()> {
+        if cli.json {
+            rows.push(json!({"path": p, "type": kind_name(n.kind), "size": n.size, "mode": format!("{:o}", n.mode),
+                             "uid": n.uid, "gid": n.gid, "mtime": fmt_time(n.mtime_ns)}));
+        } else {
+            writeln!(out, "{:<7} {:>5o} {:>12} {}  {}", kind_name(n.kind), n.mode, n.size, fmt_time(n.mtime_ns), p)?;
+        }
+        Ok(())
+    };
+    fn walk(
+        repo: &Repository,
+        cache: &coffer::cache::Cache,
+        n: &Node,
+        p: &str,
+        visit: &mut dyn FnMut(&Node, &str) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(sub) = &n.subtree {
+            for c in repo.load_tree(cache, sub)?.nodes {
+                let cp = format!("{}/{}", p.trim_end_matches('/'), String::from_utf8_lossy(&c.name));
+                visit(&c, &cp)?;
+                walk(repo, cache, &c, &cp, visit)?;
+            }
+        }
+        Ok(())
+    }
+    if node.kind != Some(NodeKind::Dir) {
+        visit(&node, &base)?;
+    } else {
+        walk(&repo, &cache, &node, &base, &mut visit)?;
+    }
+    drop(visit);
+    out.flush()?;
+    drop(out);
+    if cli.json {
+        print_json(&serde_json::Value::Array(rows))?;
+    }
+    Ok(())
+}
+
+fn cmd_restore(cli: &Cli, snap: &str, target: &Path, paths: &[String]) -> Result<()> {
+    let repo = open(cli)?;
+    let s = repo.find_snapshot(snap)?;
+    let opts = RestoreOptions {
+        target: target.to_path_buf(),
+        include: paths.to_vec(),
+        owners: nix::unistd::geteuid().is_root(),
+    };
+    let started = std::time::Instant::now();
+    let st = restore::restore(&repo, &s, &opts)?;
+    for w in &st.warnings {
+        eprintln!("coffer: warning: {w}");
+    }
+    for e in &st.errors {
+        eprintln!("coffer: error: {e}");
+    }
+    if cli.json {
+        print_json(&json!({"snapshot": s.id.to_hex(), "files": st.files, "dirs": st.dirs, "others": st.others,
+                           "bytes": st.bytes, "errors": st.errors, "warnings": st.warnings,
+                           "seconds": started.elapsed().as_secs_f64()}))?;
+    } else if !cli.quiet {
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
+            s.id.short(),
+            target.display(),
+            st.files,
+            st.dirs,
+            fmt_bytes(st.bytes),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if !st.errors.is_empty() {
+        return Err(Damaged(format!("{} entries could not be restored", st.errors.len())).into());
+    }
+    Ok(())
+}
+
+fn cmd_dump(cli: &Cli, snap: &str, path: &str) -> Result<()> {
+    let repo = open(cli)?;
+    let mut cache = repo.cache()?;
+    repo.sync_cache(&mut cache)?;
+    let s = repo.find_snapshot(snap)?;
+    let node = repo.find_node(&cache, &s, path)?;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    match restore::dump(&repo, &cache, &node, &mut out) {
+        Err(Error::RawIo(e)) => Err(e.into()),
+        r => r.map(|_| ()).map_err(Into::into),
+    }
+}
+
+fn cmd_diff(cli: &Cli, a: &str, b: &str) -> Result<()> {
+    let repo = open(cli)?;
+    let mut cache = repo.cache()?;
+    repo.sync_cache(&mut cache)?;
+    let (sa, sb) = (repo.find_snapshot(a)?, repo.find_snapshot(b)?);
+    let changes = diff::diff(&repo, &cache, &sa.record.tree, &sb.record.tree)?;
+    if cli.json {
+        return print_json(&serde_json::to_value(&changes)?);
+    }
+    for c in &changes {
+        println!("{}  {}", c.change, c.path);
+    }
+    Ok(())
+}
+
+fn cmd_stats(cli: &Cli, snap: Option<&str>) -> Result<()> {
+    let repo = open(cli)?;
+    if let Some(sp) = snap {
+        let s = repo.find_snapshot(sp)?;
+        if cli.json {
+            return print_json(&snapshot_json(&s));
+        }
+        let st = &s.record.stats;
+        println!("snapshot {} ({})", s.id.short(), fmt_time(s.record.time_ns));
+        println!("  files {}  dirs {}  others {}", st.files, st.dirs, st.others);
+        println!("  processed {}  new {}  stored {}", fmt_bytes(st.bytes), fmt_bytes(st.new_bytes), fmt_bytes(st.new_pack_bytes));
+        println!("  references {} packs", s.packs.len());
+        return Ok(());
+    }
+    let snaps = repo.store().list_snapshots()?.len();
+    let (mut packs, mut bytes) = (0u64, 0u64);
+    repo.store().for_each_pack(&mut |_, size| {
+        packs += 1;
+        bytes += size;
+        Ok(())
+    })?;
+    if cli.json {
+        return print_json(&json!({"snapshots": snaps, "packs": packs, "pack_bytes": bytes, "repository": repo.id().to_hex()}));
+    }
+    println!("repository {}", repo.id().short());
+    println!("  snapshots {snaps}");
+    println!("  packs {packs} ({})", fmt_bytes(bytes));
+    Ok(())
+}
+
+fn cmd_check(cli: &Cli, read_data: bool) -> Result<()> {
+    let repo = open(cli)?;
+    let rep = check::check(&repo, read_data)?;
+    if cli.json {
+        print_json(&serde_json::to_value(&rep)?)?;
+    } else {
+        for e in &rep.errors {
+            eprintln!("coffer: damaged: {e}");
+        }
+        if !cli.quiet {
+            println!(
+                "checked {} snapshots, {} trees, {} chunk references{}: {}",
+                rep.snapshots,
+                rep.trees,
+                rep.chunks,
+                if read_data { format!(", read {} packs and {} blobs", rep.packs_read, rep.blobs_read) } else { String::new() },
+                if rep.errors.is_empty() { "no problems".to_string() } else { format!("{} problems", rep.errors.len()) }
+            );
+        }
+    }
+    if !rep.errors.is_empty() {
+        return Err(Damaged(format!("check found {} problems", rep.errors.len())).into());
+    }
+    Ok(())
+}
+
+fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
+    let repo = open(cli)?;
+    let new_pw = || passphrase("COFFER_NEW_PASSWORD", "COFFER_NEW_PASSWORD_FILE", "New passphrase: ", true);
+    match k {
+        KeyCommand::Add { kdf_memory_kib, kdf_iterations } => {
+            let params = KdfParams { memory_kib: *kdf_memory_kib, iterations: *kdf_iterations, parallelism: 1 };
+            let name = repo.add_key(&new_pw()?, params, host(), now_ns() / 1_000_000_000)?;
+            if cli.json {
+                print_json(&json!({"id": name}))?;
+            } else if !cli.quiet {
+                println!("added key {name}");
+            }
+        }
+        KeyCommand::List => {
+            let keys = repo.list_keys()?;
+            if cli.json {
+                let v: Vec<_> = keys
+                    .iter()
+                    .map(|(n, k)| json!({"id": n, "current": n == repo.key_name(), "host": k.host,
+                                         "created": fmt_time(k.created * 1_000_000_000), "kdf": k.params}))
+                    .collect();
+                return print_json(&serde_json::Value::Array(v));
+            }
+            for (n, k) in keys {
+                let cur = if n == repo.key_name() { "*" } else { " " };
+                println!("{cur} {n}  {}  {}  argon2id m={}KiB t={}", fmt_time(k.created * 1_000_000_000), k.host, k.params.memory_kib, k.params.iterations);
+            }
+        }
+        KeyCommand::Remove { id } => {
+            let name = repo.remove_key(id)?;
+            if !cli.quiet {
+                println!("removed key {name}");
+            }
+        }
+        KeyCommand::Passwd { kdf_memory_kib, kdf_iterations } => {
+            let params = KdfParams { memory_kib: *kdf_memory_kib, iterations: *kdf_iterations, parallelism: 1 };
+            let name = repo.add_key(&new_pw()?, params, host(), now_ns() / 1_000_000_000)?;
+            repo.store().remove_key(repo.key_name())?;
+            if !cli.quiet {
+                println!("passphrase changed: key {} replaced by {name}", repo.key_name());
+            }
+        }
+    }
+    Ok(())
+}
+

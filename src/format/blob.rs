@@ -1,0 +1,189 @@
+//! Sealed blobs: `nonce || XChaCha20-Poly1305(flag || payload) || tag`, where
+//! flag 0 means the payload is the plaintext and flag 1 means it is one zstd
+//! frame holding it. Owns compression and the open-and-verify path; never
+//! touches files.
+
+use rand::{CryptoRng, RngCore};
+
+use super::FormatError;
+use crate::crypto::{Keys, Kind, NONCE_LEN, SEAL_OVERHEAD};
+use crate::id::BlobId;
+use crate::limits::MAX_BLOB_BYTES;
+
+const FLAG_RAW: u8 = 0;
+const FLAG_ZSTD: u8 = 1;
+
+/// Compresses and seals blobs; holds a reusable zstd context, so keep one per
+/// worker thread.
+pub struct Sealer {
+    compressor: zstd::bulk::Compressor<'static>,
+    level: i32,
+    scratch: Vec<u8>,
+}
+
+impl Sealer {
+    /// A sealer compressing at `level` (0 disables compression).
+    pub fn new(level: i32) -> Self {
+        // unwrap: creating a zstd context only fails on allocation failure
+        let compressor = zstd::bulk::Compressor::new(level.max(1)).expect("zstd context");
+        Sealer {
+            compressor,
+            level,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Seals `plain` under `id`. Compression is kept only when it saves at
+    /// least 1/32 of the size.
+    pub fn seal(
+        &mut self,
+        keys: &Keys,
+        kind: Kind,
+        id: &BlobId,
+        plain: &[u8],
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plain.len() + SEAL_OVERHEAD + 1);
+        out.resize(NONCE_LEN, 0);
+        let mut compressed = false;
+        if self.level > 0 && plain.len() > 64 {
+            self.scratch.clear();
+            self.scratch.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+            if let Ok(n) = self.compressor.compress_to_buffer(plain, &mut self.scratch) {
+                if n + n / 32 < plain.len() - plain.len() / 32 {
+                    out.push(FLAG_ZSTD);
+                    out.extend_from_slice(&self.scratch[..n]);
+                    compressed = true;
+                }
+            }
+        }
+        if !compressed {
+            out.push(FLAG_RAW);
+            out.extend_from_slice(plain);
+        }
+        keys.seal_in_place(kind, id.as_bytes(), &mut out, rng);
+        out
+    }
+}
+
+/// Opens a sealed blob stored under `id` as `kind`, decompresses it and, for
+/// content-addressed kinds, recomputes the keyed id and compares it.
+pub fn open(keys: &Keys, kind: Kind, id: &BlobId, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let inner = keys.open(kind, id.as_bytes(), sealed)?;
+    let plain = match inner.split_first() {
+        None => return Err(FormatError::invalid("blob", "empty payload")),
+        Some((&FLAG_RAW, rest)) => rest.to_vec(),
+        Some((&FLAG_ZSTD, rest)) => decompress(rest)?,
+        Some((f, _)) => return Err(FormatError::invalid("blob", format!("unknown flag {f}"))),
+    };
+    if kind.content_addressed() {
+        let actual = keys.blob_id(&plain);
+        if actual != *id {
+            // Authenticated, yet the content does not match its name: the
+            // writer was buggy or holds the key and lies. Never return it.
+            return Err(FormatError::IdMismatch {
+                expected: id.to_hex(),
+                actual: actual.to_hex(),
+            });
+        }
+    }
+    Ok(plain)
+}
+
+thread_local! {
+    /// One reusable decompression context per thread.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+}
+
+/// Decompresses one zstd frame whose declared size must be within
+/// [`MAX_BLOB_BYTES`]: no decompression bombs.
+pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(n)) => n,
+        _ => return Err(FormatError::invalid("blob", "zstd frame without a valid content size")),
+    };
+    if size > MAX_BLOB_BYTES as u64 {
+        return Err(FormatError::TooLarge {
+            what: "blob",
+            len: size,
+            max: MAX_BLOB_BYTES as u64,
+        });
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    let n = DECOMPRESSOR
+        .with(|d| match d.borrow_mut().as_mut() {
+            Some(d) => d.decompress_to_buffer(frame, &mut out),
+            None => Err(std::io::Error::other("no zstd context")),
+        })
+        .map_err(|e| FormatError::invalid("blob", format!("zstd: {e}")))?;
+    if n as u64 != size {
+        return Err(FormatError::invalid("blob", "zstd frame size mismatch"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+    use proptest::prelude::*;
+    use rand::rngs::OsRng;
+
+    fn keys() -> Keys {
+        Keys::derive(&MasterKey::from_bytes([5u8; 32]))
+    }
+
+    #[test]
+    fn compressible_and_random_round_trip() {
+        let k = keys();
+        let mut s = Sealer::new(3);
+        let text = b"abc".repeat(10000);
+        let id = k.blob_id(&text);
+        let sealed = s.seal(&k, Kind::Data, &id, &text, &mut OsRng);
+        assert!(sealed.len() < text.len() / 10);
+        assert_eq!(open(&k, Kind::Data, &id, &sealed).unwrap(), text);
+
+        let mut rnd = vec![0u8; 50000];
+        OsRng.fill_bytes(&mut rnd);
+        let id = k.blob_id(&rnd);
+        let sealed = s.seal(&k, Kind::Data, &id, &rnd, &mut OsRng);
+        assert_eq!(sealed.len(), rnd.len() + 1 + SEAL_OVERHEAD);
+        assert_eq!(open(&k, Kind::Data, &id, &sealed).unwrap(), rnd);
+    }
+
+    #[test]
+    fn wrong_kind_or_id_is_refused() {
+        let k = keys();
+        let mut s = Sealer::new(3);
+        let id = k.blob_id(b"data");
+        let sealed = s.seal(&k, Kind::Data, &id, b"data", &mut OsRng);
+        assert!(open(&k, Kind::Tree, &id, &sealed).is_err());
+        assert!(open(&k, Kind::Data, &k.blob_id(b"other"), &sealed).is_err());
+        // sealed under a lying id: authenticates, but the content check fails
+        let liar = k.blob_id(b"other");
+        let sealed = s.seal(&k, Kind::Data, &liar, b"data", &mut OsRng);
+        assert!(matches!(
+            open(&k, Kind::Data, &liar, &sealed),
+            Err(FormatError::IdMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn bomb_is_refused() {
+        let big = vec![0u8; MAX_BLOB_BYTES + 1];
+        let frame = zstd::bulk::compress(&big, 1).unwrap();
+        assert!(matches!(decompress(&frame), Err(FormatError::TooLarge { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(data in proptest::collection::vec(any::<u8>(), 0..5000), level in 0i32..5) {
+            let k = keys();
+            let mut s = Sealer::new(level);
+            let id = k.blob_id(&data);
+            let sealed = s.seal(&k, Kind::Tree, &id, &data, &mut OsRng);
+            prop_assert_eq!(open(&k, Kind::Tree, &id, &sealed).unwrap(), data);
+        }
+    }
+}

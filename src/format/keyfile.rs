@@ -1,0 +1,249 @@
+//! Key files: the master key wrapped under a key derived from a passphrase by
+//! Argon2id. Owns the JSON layout, the KDF parameters and their floor. The
+//! parameters, salt and repository id are the associated data of the wrapped
+//! key, so editing any of them makes the file fail to open; a floor refuses
+//! weakened parameters before any work is done.
+
+use rand::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
+
+use super::FormatError;
+use crate::crypto::{cipher_from, open_with, CryptoError, Kind, MasterKey, NONCE_LEN, SEAL_OVERHEAD};
+use crate::id::RepoId;
+use crate::limits::MAX_SMALL_FILE_BYTES;
+
+/// Version of the key file layout.
+pub const KEYFILE_VERSION: u32 = 1;
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes over memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl KdfParams {
+    /// The floor every client enforces (OWASP's minimum for Argon2id).
+    pub const FLOOR: KdfParams = KdfParams {
+        memory_kib: 19 * 1024,
+        iterations: 2,
+        parallelism: 1,
+    };
+    /// What `init` uses unless told otherwise.
+    pub const DEFAULT: KdfParams = KdfParams {
+        memory_kib: 64 * 1024,
+        iterations: 3,
+        parallelism: 1,
+    };
+    /// Upper bounds, so a hostile key file cannot make a client exhaust memory.
+    pub const CEILING: KdfParams = KdfParams {
+        memory_kib: 4 * 1024 * 1024,
+        iterations: 64,
+        parallelism: 16,
+    };
+
+    /// Refuses parameters below the floor or above the ceiling.
+    pub fn check(&self) -> Result<(), FormatError> {
+        let (f, c) = (Self::FLOOR, Self::CEILING);
+        if self.memory_kib < f.memory_kib || self.iterations < f.iterations || self.parallelism < f.parallelism {
+            return Err(FormatError::invalid(
+                "key file",
+                format!(
+                    "Argon2id parameters (memory {} KiB, {} iterations, {} lanes) are below the floor of {} KiB, {} iterations, {} lane; refusing a weakened key file",
+                    self.memory_kib, self.iterations, self.parallelism, f.memory_kib, f.iterations, f.parallelism
+                ),
+            ));
+        }
+        if self.memory_kib > c.memory_kib || self.iterations > c.iterations || self.parallelism > c.parallelism {
+            return Err(FormatError::invalid("key file", "Argon2id parameters above the ceiling"));
+        }
+        Ok(())
+    }
+
+    fn derive(&self, passphrase: &[u8], salt: &[u8]) -> Result<[u8; 32], CryptoError> {
+        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+            .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+        let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut out = [0u8; 32];
+        a.hash_password_into(passphrase, salt, &mut out)
+            .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+        Ok(out)
+    }
+}
+
+/// A key file as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    /// [`KEYFILE_VERSION`].
+    pub version: u32,
+    /// Always `"argon2id"`.
+    pub kdf: String,
+    /// Cost parameters.
+    pub params: KdfParams,
+    /// 32 random bytes, hex.
+    pub salt: String,
+    /// The repository this key opens, hex.
+    pub repo: RepoId,
+    /// When it was made, seconds since the epoch (informative).
+    pub created: i64,
+    /// Host that made it (informative).
+    pub host: String,
+    /// `nonce || XChaCha20-Poly1305(master key) || tag`, hex.
+    pub wrapped: String,
+}
+
+impl KeyFile {
+    /// The associated data of the wrapped key: every field that matters.
+    fn binding(&self, salt: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(b"coffer keyfile v1");
+        h.update(&self.version.to_le_bytes());
+        h.update(self.kdf.as_bytes());
+        h.update(&self.params.memory_kib.to_le_bytes());
+        h.update(&self.params.iterations.to_le_bytes());
+        h.update(&self.params.parallelism.to_le_bytes());
+        h.update(salt);
+        h.update(self.repo.as_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    /// Wraps `master` under `passphrase`.
+    pub fn create(
+        master: &MasterKey,
+        passphrase: &[u8],
+        params: KdfParams,
+        repo: RepoId,
+        created: i64,
+        host: String,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<KeyFile, FormatError> {
+        params.check()?;
+        let mut salt = [0u8; 32];
+        rng.fill_bytes(&mut salt);
+        let mut kf = KeyFile {
+            version: KEYFILE_VERSION,
+            kdf: "argon2id".into(),
+            params,
+            salt: hex::encode(salt),
+            repo,
+            created,
+            host,
+            wrapped: String::new(),
+        };
+        let mut kek = params.derive(passphrase, &salt)?;
+        let cipher = cipher_from(&kek);
+        kek.zeroize();
+        let mut buf = vec![0u8; NONCE_LEN];
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        buf[..NONCE_LEN].copy_from_slice(&nonce);
+        buf.extend_from_slice(master.expose());
+        use chacha20poly1305::aead::AeadInPlace;
+        let ad = crate::crypto::associated_data(Kind::KeyFile, &kf.binding(&salt));
+        let tag = cipher
+            .encrypt_in_place_detached(chacha20poly1305::XNonce::from_slice(&nonce), &ad, &mut buf[NONCE_LEN..])
+            // unwrap: a 32-byte message is far within XChaCha20's limits
+            .expect("wrap 32 bytes");
+        buf.extend_from_slice(&tag);
+        kf.wrapped = hex::encode(&buf);
+        buf.zeroize();
+        Ok(kf)
+    }
+
+    /// Unwraps the master key. Checks the floor first, so a weakened file is
+    /// refused without running the KDF.
+    pub fn open(&self, passphrase: &[u8]) -> Result<MasterKey, FormatError> {
+        self.params.check()?;
+        let salt = hex::decode(&self.salt).map_err(|_| FormatError::invalid("key file", "salt is not hex"))?;
+        if salt.len() < 16 {
+            return Err(FormatError::invalid("key file", "salt shorter than 16 bytes"));
+        }
+        let wrapped = hex::decode(&self.wrapped).map_err(|_| FormatError::invalid("key file", "wrapped key is not hex"))?;
+        if wrapped.len() != 32 + SEAL_OVERHEAD {
+            return Err(FormatError::invalid("key file", "wrapped key has the wrong length"));
+        }
+        let mut kek = self.params.derive(passphrase, &salt)?;
+        let cipher = cipher_from(&kek);
+        kek.zeroize();
+        let mut plain = open_with(&cipher, Kind::KeyFile, &self.binding(&salt), &wrapped)?;
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&plain);
+        plain.zeroize();
+        Ok(MasterKey::from_bytes(k))
+    }
+
+    /// Encodes as pretty JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        // unwrap: plain data always serializes
+        serde_json::to_vec_pretty(self).expect("key file JSON")
+    }
+
+    /// Decodes and checks the layout (not the passphrase).
+    pub fn decode(bytes: &[u8]) -> Result<KeyFile, FormatError> {
+        if bytes.len() > MAX_SMALL_FILE_BYTES {
+            return Err(FormatError::TooLarge {
+                what: "key file",
+                len: bytes.len() as u64,
+                max: MAX_SMALL_FILE_BYTES as u64,
+            });
+        }
+        let kf: KeyFile =
+            serde_json::from_slice(bytes).map_err(|e| FormatError::invalid("key file", e.to_string()))?;
+        if kf.version != KEYFILE_VERSION {
+            return Err(FormatError::Version {
+                what: "key file",
+                found: kf.version,
+                supported: KEYFILE_VERSION,
+            });
+        }
+        if kf.kdf != "argon2id" {
+            return Err(FormatError::invalid("key file", format!("unknown KDF {:?}", kf.kdf)));
+        }
+        Ok(kf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::OsRng;
+
+    fn make() -> (MasterKey, KeyFile) {
+        let m = MasterKey::generate(&mut OsRng);
+        let kf = KeyFile::create(&m, b"pw", KdfParams::FLOOR, RepoId([1; 32]), 0, "h".into(), &mut OsRng).unwrap();
+        (m, kf)
+    }
+
+    #[test]
+    fn open_and_refuse() {
+        let (m, kf) = make();
+        let kf = KeyFile::decode(&kf.encode()).unwrap();
+        assert_eq!(kf.open(b"pw").unwrap().expose(), m.expose());
+        assert!(matches!(kf.open(b"nope"), Err(FormatError::Crypto(CryptoError::Auth))));
+        // weakened below the floor: refused with a message naming the floor
+        let mut weak = kf.clone();
+        weak.params.memory_kib = 1024;
+        let e = weak.open(b"pw").unwrap_err().to_string();
+        assert!(e.contains("below the floor"), "{e}");
+        // other parameters above the floor: the binding breaks
+        let mut edited = kf.clone();
+        edited.params.iterations = 5;
+        assert!(edited.open(b"pw").is_err());
+        let mut moved = kf;
+        moved.repo = RepoId([2; 32]);
+        assert!(moved.open(b"pw").is_err());
+    }
+
+    #[test]
+    fn decode_never_panics_on_garbage() {
+        for b in [&b""[..], b"{}", b"[1,2]", b"{\"version\":1}", &[0xff; 10]] {
+            assert!(KeyFile::decode(b).is_err());
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! # coffer
+//!
+//! An encrypted, deduplicating backup engine. A client cuts files, streams and
+//! disk images into chunks with keyed FastCDC, names each chunk by its keyed
+//! BLAKE3 hash, compresses it with zstd, seals it with XChaCha20-Poly1305 and
+//! packs many chunks into padded pack files named by their plain BLAKE3. A
+//! repository stores only packs, snapshot files and key files; it never sees
+//! a chunk's size, id or plaintext.
+//!
+//! ## Layers (each only points down)
+//!
+//! | layer | modules | what it may touch |
+//! |---|---|---|
+//! | vocabulary | [`id`], [`error`], [`limits`] | nothing |
+//! | pure core | [`chunk`], [`crypto`], [`format`] | bytes in, values out; no files, clock or sockets |
+//! | store | [`store`] | one repository directory: write-once objects |
+//! | engine | [`repo`], [`cache`], [`source`] | files being backed up, the SQLite cache, a store |
+//!
+//! The on-disk formats are documented in `docs/format.md`.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use coffer::repo::{Repository, InitOptions};
+//! # fn main() -> coffer::Result<()> {
+//! let dir = std::path::Path::new("/tmp/repo");
+//! Repository::init(dir, b"passphrase", &InitOptions::default())?;
+//! let repo = Repository::open(dir, b"passphrase")?;
+//! for snap in repo.snapshots()? {
+//!     println!("{} {}", snap.id.short(), snap.record.host);
+//! }
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod chunk;
+pub mod crypto;
+pub mod error;
+pub mod format;
+pub mod id;
+pub mod limits;
+pub mod repo;
+pub mod source;
+pub mod store;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,671 @@
+//! Backup: walks a source (file trees, a stream, a disk image), cuts it into
+//! chunks, hands new chunks to the [`Uploader`], writes trees bottom-up and
+//! commits a snapshot once every pack it references is durable.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use rand::rngs::OsRng;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::upload::Uploader;
+use super::Repository;
+use crate::cache::{Cache, FileRecord};
+use crate::chunk::Chunker;
+use crate::crypto::{Keys, Kind};
+use crate::error::{Error, Result};
+use crate::format::chunklist::{self, ChunkRef, INLINE_ENTRIES, LIST_BLOB_ENTRIES};
+use crate::format::snapshot::{self, SnapshotRecord, SnapshotStats, SourceKind, RECORD_VERSION};
+use crate::format::tree::{Node, NodeKind, Tree};
+use crate::format::{cbor_decode, cbor_encode};
+use crate::id::{BlobId, PackId, SnapshotId};
+use crate::source::{self, Names};
+
+/// What to back up.
+pub enum BackupSource {
+    /// Files and directories, recorded under their absolute paths.
+    Paths(Vec<PathBuf>),
+    /// A stream, recorded as one file named `name`.
+    Stream {
+        /// The file name in the snapshot.
+        name: String,
+        /// Where the bytes come from.
+        reader: Box<dyn Read + Send>,
+    },
+    /// A disk image or block device, recorded as one file named after it.
+    Image(PathBuf),
+}
+
+/// A check run after everything is stored and before the snapshot is
+/// committed; an error aborts the commit (e.g. a dump command that failed).
+pub type BeforeCommit = Box<dyn FnOnce() -> Result<()>>;
+
+/// How to back up.
+pub struct BackupOptions {
+    /// Tags for the snapshot.
+    pub tags: Vec<String>,
+    /// Host name recorded.
+    pub host: String,
+    /// User name recorded.
+    pub user: String,
+    /// Start time by the client's clock (ns since the epoch).
+    pub time_ns: i64,
+    /// Glob patterns to leave out: with a `/` they match the whole path,
+    /// without one the entry's name.
+    pub excludes: Vec<String>,
+    /// Stay on the file system of each given path.
+    pub one_file_system: bool,
+    /// zstd level; the repository's default when `None`.
+    pub compression: Option<i32>,
+    /// Reuse the content of files whose size, times and inode are unchanged.
+    pub files_cache: bool,
+    /// Run before the commit.
+    pub before_commit: Option<BeforeCommit>,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            tags: vec![],
+            host: String::new(),
+            user: String::new(),
+            time_ns: 0,
+            excludes: vec![],
+            one_file_system: false,
+            compression: None,
+            files_cache: true,
+            before_commit: None,
+        }
+    }
+}
+
+/// The result of a backup.
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    /// The new snapshot.
+    pub id: SnapshotId,
+    /// Its figures.
+    pub stats: SnapshotStats,
+    /// Entries that could not be read (left out of the snapshot).
+    pub warnings: Vec<String>,
+}
+
+/// A file's content as a node holds it, also what the files cache stores.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Content {
+    chunks: Option<ByteBuf>,
+    lists: Option<Vec<BlobId>>,
+}
+
+/// Collects a file's chunk references, spilling long lists into list blobs.
+#[derive(Default)]
+struct ContentBuilder {
+    refs: Vec<ChunkRef>,
+    lists: Vec<BlobId>,
+    bytes: u64,
+}
+
+const READ_BYTES: usize = 1 << 20;
+
+/// Backs up `source` into `repo` and commits a snapshot.
+pub fn backup(repo: &Repository, source: BackupSource, mut opts: BackupOptions) -> Result<BackupOutcome> {
+    let mut cache = repo.cache()?;
+    let sync = repo.sync_cache(&mut cache)?;
+    cache.run_reset()?;
+    let settings = repo.settings().clone();
+    let level = opts.compression.unwrap_or(settings.compression);
+    let up = Uploader::start(repo.store().clone(), repo.keys().clone(), level, settings.pack_size as u64);
+    let mut w = Walker {
+        keys: repo.keys().clone(),
+        cache,
+        up,
+        chunker: Chunker::new(settings.chunker, repo.keys().gear_table()),
+        block: settings.image_block as usize,
+        excludes: Excludes::new(&opts.excludes)?,
+        one_file_system: opts.one_file_system,
+        root_dev: 0,
+        use_files_cache: opts.files_cache,
+        names: Names::default(),
+        stats: SnapshotStats::default(),
+        file_seq: 0,
+        refs: Vec::new(),
+        hardlinks: HashMap::new(),
+        buf: Vec::new(),
+        warnings: sync
+            .unreadable
+            .iter()
+            .map(|(p, e)| format!("pack {p} has an unreadable header, not reused: {e}"))
+            .collect(),
+        start_ns: opts.time_ns,
+    };
+    let (kind, paths, tree) = match source {
+        BackupSource::Paths(paths) => {
+            let abs = paths.iter().map(|p| absolute(p)).collect::<Result<Vec<_>>>()?;
+            let tree = w.backup_paths(&abs)?;
+            (SourceKind::Tree, abs.iter().map(|p| p.to_string_lossy().into_owned()).collect(), tree)
+        }
+        BackupSource::Stream { name, mut reader } => {
+            let tree = w.backup_stream(&name, &mut reader, opts.time_ns)?;
+            (SourceKind::Stdin, vec![name], tree)
+        }
+        BackupSource::Image(path) => {
+            let abs = absolute(&path)?;
+            let tree = w.backup_image(&abs)?;
+            (SourceKind::Image, vec![abs.to_string_lossy().into_owned()], tree)
+        }
+    };
+    w.flush_refs()?;
+    let Walker {
+        mut cache, up, mut stats, warnings, ..
+    } = w;
+    let up_stats = up.finish(&mut cache)?;
+    let (packs, missing) = cache.run_packs()?;
+    if missing > 0 {
+        return Err(Error::Corrupt(format!(
+            "{missing} referenced blobs are in no known pack; nothing committed"
+        )));
+    }
+    if let Some(check) = opts.before_commit.take() {
+        check()?;
+    }
+    stats.new_blobs = up_stats.new_blobs;
+    stats.new_bytes = up_stats.new_bytes;
+    stats.new_packs = up_stats.packs;
+    stats.new_pack_bytes = up_stats.pack_bytes;
+    let record = SnapshotRecord {
+        version: RECORD_VERSION,
+        time_ns: opts.time_ns,
+        host: opts.host,
+        user: opts.user,
+        source: kind,
+        paths,
+        tags: opts.tags,
+        tree,
+        stats: stats.clone(),
+    };
+    let (id, bytes) = snapshot::encode(repo.keys(), packs, &record, &mut OsRng);
+    repo.store().write_snapshot(&bytes)?;
+    cache.run_commit_files()?;
+    cache.run_reset()?;
+    Ok(BackupOutcome { id, stats, warnings })
+}
+
+/// Makes a path absolute and clean without following a final symlink.
+fn absolute(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+    let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
+        return Ok(PathBuf::from("/"));
+    };
+    let parent = fs::canonicalize(parent).map_err(|e| Error::io(parent, e))?;
+    Ok(parent.join(name))
+}
+
+struct Excludes {
+    by_path: GlobSet,
+    by_name: GlobSet,
+}
+
+impl Excludes {
+    fn new(patterns: &[String]) -> Result<Excludes> {
+        let mut by_path = GlobSetBuilder::new();
+        let mut by_name = GlobSetBuilder::new();
+        for p in patterns {
+            let g = Glob::new(p.trim_end_matches('/'))
+                .map_err(|e| Error::Denied(format!("bad exclude pattern {p:?}: {e}")))?;
+            if p.contains('/') {
+                by_path.add(g);
+            } else {
+                by_name.add(g);
+            }
+        }
+        let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::Denied(format!("exclude patterns: {e}")));
+        Ok(Excludes {
+            by_path: build(by_path)?,
+            by_name: build(by_name)?,
+        })
+    }
+
+    fn excluded(&self, path: &Path, name: &OsStr) -> bool {
+        self.by_path.is_match(path) || self.by_name.is_match(name)
+    }
+}
+
+#[derive(Default)]
+struct Trie {
+    leaf: bool,
+    children: BTreeMap<Vec<u8>, Trie>,
+}
+
+struct Walker {
+    keys: std::sync::Arc<Keys>,
+    cache: Cache,
+    up: Uploader,
+    chunker: Chunker,
+    block: usize,
+    excludes: Excludes,
+    one_file_system: bool,
+    root_dev: u64,
+    use_files_cache: bool,
+    names: Names,
+    stats: SnapshotStats,
+    file_seq: u64,
+    refs: Vec<(u64, BlobId)>,
+    hardlinks: HashMap<(u64, u64), Content>,
+    buf: Vec<u8>,
+    warnings: Vec<String>,
+    start_ns: i64,
+}
+
+fn is_zero(data: &[u8]) -> bool {
+    // No early exit inside a block, so the loop vectorizes.
+    data.chunks(4096).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl Walker {
+    fn add_blob(&mut self, file: u64, kind: Kind, id: BlobId, data: &[u8]) -> Result<()> {
+        self.up.add(&mut self.cache, kind, id, data)?;
+        self.refs.push((file, id));
+        if self.refs.len() >= 4096 {
+            self.flush_refs()?;
+        }
+        Ok(())
+    }
+
+    fn flush_refs(&mut self) -> Result<()> {
+        if !self.refs.is_empty() {
+            self.cache.run_refs(&self.refs)?;
+            self.refs.clear();
+        }
+        Ok(())
+    }
+
+    fn store_tree(&mut self, tree: &mut Tree) -> Result<BlobId> {
+        let bytes = tree.encode();
+        let id = self.keys.blob_id(&bytes);
+        self.add_blob(0, Kind::Tree, id, &bytes)?;
+        Ok(id)
+    }
+
+    fn push_chunk(&mut self, cb: &mut ContentBuilder, file: u64, data: &[u8]) -> Result<()> {
+        cb.bytes += data.len() as u64;
+        let r = if is_zero(data) {
+            ChunkRef::zeros(data.len() as u64)
+        } else {
+            let id = self.keys.blob_id(data);
+            self.add_blob(file, Kind::Data, id, data)?;
+            ChunkRef {
+                id,
+                len: data.len() as u64,
+            }
+        };
+        match cb.refs.last_mut() {
+            Some(last) if last.is_zero() && r.is_zero() => last.len += r.len,
+            _ => cb.refs.push(r),
+        }
+        if cb.refs.len() >= LIST_BLOB_ENTRIES {
+            self.spill(cb, file)?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self, cb: &mut ContentBuilder, file: u64) -> Result<()> {
+        let bytes = chunklist::encode(&cb.refs);
+        let id = self.keys.blob_id(&bytes);
+        self.add_blob(file, Kind::ChunkList, id, &bytes)?;
+        cb.lists.push(id);
+        cb.refs.clear();
+        Ok(())
+    }
+
+    fn finish_content(&mut self, mut cb: ContentBuilder, file: u64) -> Result<Content> {
+        if cb.lists.is_empty() && cb.refs.len() <= INLINE_ENTRIES {
+            return Ok(Content {
+                chunks: Some(ByteBuf::from(chunklist::encode(&cb.refs))),
+                lists: None,
+            });
+        }
+        if !cb.refs.is_empty() {
+            self.spill(&mut cb, file)?;
+        }
+        Ok(Content {
+            chunks: None,
+            lists: Some(cb.lists),
+        })
+    }
+
+    /// Reads a stream to its end, cutting it by content.
+    fn read_cdc(&mut self, r: &mut dyn Read, file: u64, src: &Path) -> Result<(Content, u64)> {
+        let max = self.chunker.params().max as usize;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(max + READ_BYTES, 0);
+        let (mut start, mut end, mut eof) = (0usize, 0usize, false);
+        let mut cb = ContentBuilder::default();
+        let res: Result<()> = (|| {
+            loop {
+                while !eof && end - start < max {
+                    if end == buf.len() {
+                        buf.copy_within(start..end, 0);
+                        end -= start;
+                        start = 0;
+                    }
+                    let n = read_full(r, &mut buf[end..]).map_err(|e| Error::io(src, e))?;
+                    if n == 0 {
+                        eof = true;
+                    }
+                    end += n;
+                }
+                match self.chunker.next_len(&buf[start..end], eof) {
+                    Some(n) => {
+                        self.push_chunk(&mut cb, file, &buf[start..start + n])?;
+                        start += n;
+                    }
+                    None => return Ok(()),
+                }
+            }
+        })();
+        self.buf = buf;
+        res?;
+        let bytes = cb.bytes;
+        Ok((self.finish_content(cb, file)?, bytes))
+    }
+
+    /// Reads an image in fixed blocks: an in-place change of a few bytes
+    /// costs one block, and zero blocks cost nothing.
+    fn read_blocks(&mut self, r: &mut dyn Read, file: u64, src: &Path) -> Result<(Content, u64)> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let size = (READ_BYTES / self.block).max(1) * self.block;
+        buf.resize(size, 0);
+        let mut cb = ContentBuilder::default();
+        let res: Result<()> = (|| loop {
+            let n = read_full(r, &mut buf).map_err(|e| Error::io(src, e))?;
+            for block in buf[..n].chunks(self.block) {
+                self.push_chunk(&mut cb, file, block)?;
+            }
+            if n < buf.len() {
+                return Ok(());
+            }
+        })();
+        self.buf = buf;
+        res?;
+        let bytes = cb.bytes;
+        Ok((self.finish_content(cb, file)?, bytes))
+    }
+
+    fn set_content(node: &mut Node, c: &Content) {
+        node.chunks = c.chunks.clone();
+        node.lists = c.lists.clone();
+    }
+
+    /// Reuses a file's content from the files cache when the file is
+    /// unchanged and every pack it lives in is still known.
+    fn cached_content(&mut self, key: &[u8], m: &Metadata) -> Result<Option<Content>> {
+        if !self.use_files_cache {
+            return Ok(None);
+        }
+        let Some(rec) = self.cache.file(key)? else { return Ok(None) };
+        let same = rec.size == m.len()
+            && rec.mtime_ns == m.mtime() * 1_000_000_000 + m.mtime_nsec()
+            && rec.ctime_ns == m.ctime() * 1_000_000_000 + m.ctime_nsec()
+            && rec.inode == m.ino()
+            && rec.dev == m.dev();
+        if !same || rec.packs.len() % 32 != 0 {
+            return Ok(None);
+        }
+        let packs: Vec<PackId> = rec.packs.chunks(32).filter_map(PackId::from_slice).collect();
+        for p in &packs {
+            if !self.cache.has_pack(p)? {
+                return Ok(None);
+            }
+        }
+        let Ok(content) = cbor_decode::<Content>("files cache", &rec.content) else {
+            return Ok(None);
+        };
+        for p in &packs {
+            self.cache.run_pack(p)?;
+        }
+        Ok(Some(content))
+    }
+
+    fn file_content(&mut self, path: &Path, m: &Metadata, node: &mut Node) -> Result<()> {
+        let hard = m.nlink() > 1;
+        if hard {
+            if let Some(c) = self.hardlinks.get(&(m.dev(), m.ino())) {
+                Self::set_content(node, &c.clone());
+                return Ok(());
+            }
+        }
+        let key = path.as_os_str().as_bytes();
+        let content = if let Some(c) = self.cached_content(key, m)? {
+            self.stats.files_unchanged += 1;
+            self.stats.bytes += m.len();
+            c
+        } else {
+            let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+            self.file_seq += 1;
+            let seq = self.file_seq;
+            let (c, n) = if source::is_image_like(path, m) {
+                self.read_blocks(&mut f, seq, path)?
+            } else {
+                self.read_cdc(&mut f, seq, path)?
+            };
+            self.stats.bytes += n;
+            node.size = n;
+            // A file modified within the last seconds could change again
+            // within the same timestamp: do not trust the cache for it.
+            let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+            if n == m.len() && mtime_ns < self.start_ns - 2_000_000_000 {
+                let rec = FileRecord {
+                    size: m.len(),
+                    mtime_ns,
+                    ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+                    inode: m.ino(),
+                    dev: m.dev(),
+                    content: cbor_encode(&c),
+                    packs: Vec::new(),
+                };
+                self.cache.run_file(seq, key, &rec)?;
+            }
+            c
+        };
+        Self::set_content(node, &content);
+        if hard {
+            self.hardlinks.insert((m.dev(), m.ino()), content);
+        }
+        Ok(())
+    }
+
+    /// One entry of a directory; `None` when it could not be read.
+    fn entry(&mut self, path: &Path, name: &[u8], m: &Metadata) -> Result<Option<Node>> {
+        let mut node = source::node_from(path, name, m, &mut self.names);
+        match node.kind {
+            Some(NodeKind::Dir) => {
+                self.stats.dirs += 1;
+                let sub = if self.one_file_system && m.dev() != self.root_dev {
+                    self.store_tree(&mut Tree::default())?
+                } else {
+                    match self.walk_dir(path) {
+                        Ok(id) => id,
+                        // The directory itself could not be listed: leave it out.
+                        Err(Error::Io { path: p, source }) if p == path => {
+                            self.warnings.push(format!("{}: {source}", p.display()));
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                node.subtree = Some(sub);
+            }
+            Some(NodeKind::File) => {
+                self.stats.files += 1;
+                match self.file_content(path, m, &mut node) {
+                    Ok(()) => {}
+                    // The file could not be opened or read: leave it out.
+                    // Errors of the repository (other paths) stay fatal.
+                    Err(Error::Io { path: p, source }) if p == path => {
+                        self.warnings.push(format!("{}: {source}", p.display()));
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => self.stats.others += 1,
+        }
+        Ok(Some(node))
+    }
+
+    fn walk_dir(&mut self, dir: &Path) -> Result<BlobId> {
+        let mut names: Vec<std::ffi::OsString> = Vec::new();
+        for e in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            match e {
+                Ok(e) => names.push(e.file_name()),
+                Err(e) => self.warnings.push(format!("{}: {e}", dir.display())),
+            }
+        }
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let mut tree = Tree::default();
+        for name in names {
+            let path = dir.join(&name);
+            if self.excludes.excluded(&path, &name) {
+                continue;
+            }
+            let m = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.warnings.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            if let Some(n) = self.entry(&path, name.as_bytes(), &m)? {
+                tree.nodes.push(n);
+            }
+        }
+        self.store_tree(&mut tree)
+    }
+
+    fn backup_paths(&mut self, paths: &[PathBuf]) -> Result<BlobId> {
+        let mut root = Trie::default();
+        for p in paths {
+            let mut t = &mut root;
+            for c in p.components().skip(1) {
+                t = t.children.entry(c.as_os_str().as_bytes().to_vec()).or_default();
+            }
+            t.leaf = true;
+        }
+        if root.leaf {
+            let m = fs::symlink_metadata("/").map_err(|e| Error::io("/", e))?;
+            self.root_dev = m.dev();
+            return self.walk_dir(Path::new("/"));
+        }
+        self.virtual_dir(Path::new("/"), &root)
+    }
+
+    /// A directory on the way to a given path: only the named children.
+    fn virtual_dir(&mut self, dir: &Path, t: &Trie) -> Result<BlobId> {
+        let mut tree = Tree::default();
+        for (name, child) in &t.children {
+            let path = dir.join(OsStr::from_bytes(name));
+            let m = fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+            let node = if child.leaf {
+                self.root_dev = m.dev();
+                match self.entry(&path, name, &m)? {
+                    Some(n) => n,
+                    None => continue,
+                }
+            } else {
+                let mut n = source::node_from(&path, name, &m, &mut self.names);
+                if n.kind != Some(NodeKind::Dir) {
+                    return Err(Error::Denied(format!("{} is not a directory", path.display())));
+                }
+                n.subtree = Some(self.virtual_dir(&path, child)?);
+                n
+            };
+            tree.nodes.push(node);
+        }
+        self.store_tree(&mut tree)
+    }
+
+    fn backup_stream(&mut self, name: &str, r: &mut dyn Read, now_ns: i64) -> Result<BlobId> {
+        if !crate::format::tree::safe_name(name.as_bytes()) {
+            return Err(Error::Denied(format!("stream name {name:?} must be a plain file name")));
+        }
+        self.file_seq += 1;
+        let (c, n) = self.read_cdc(r, self.file_seq, Path::new(name))?;
+        self.stats.files = 1;
+        self.stats.bytes = n;
+        let mut node = Node {
+            name: ByteBuf::from(name.as_bytes().to_vec()),
+            kind: Some(NodeKind::File),
+            mode: 0o600,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            mtime_ns: now_ns,
+            ctime_ns: now_ns,
+            size: n,
+            links: 1,
+            ..Default::default()
+        };
+        Self::set_content(&mut node, &c);
+        self.store_tree(&mut Tree { nodes: vec![node] })
+    }
+
+    fn backup_image(&mut self, path: &Path) -> Result<BlobId> {
+        let m = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::Denied(format!("{} has no file name", path.display())))?;
+        let mut node = source::node_from(path, name.as_bytes(), &m, &mut self.names);
+        node.kind = Some(NodeKind::File);
+        node.rdev = 0;
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        self.file_seq += 1;
+        let (c, n) = self.read_blocks(&mut f, self.file_seq, path)?;
+        self.stats.files = 1;
+        self.stats.bytes = n;
+        node.size = n;
+        Self::set_content(&mut node, &c);
+        self.store_tree(&mut Tree { nodes: vec![node] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0u8; 10000]));
+        let mut v = vec![0u8; 10000];
+        v[9999] = 1;
+        assert!(!is_zero(&v));
+        assert!(is_zero(&[]));
+    }
+
+    #[test]
+    fn excludes_by_name_and_path() {
+        let e = Excludes::new(&["*.tmp".into(), "/proc".into(), "/var/cache/*".into()]).unwrap();
+        assert!(e.excluded(Path::new("/a/b.tmp"), OsStr::new("b.tmp")));
+        assert!(e.excluded(Path::new("/proc"), OsStr::new("proc")));
+        assert!(e.excluded(Path::new("/var/cache/x"), OsStr::new("x")));
+        assert!(!e.excluded(Path::new("/a/proc"), OsStr::new("proc")));
+    }
+}

@@ -1,0 +1,249 @@
+//! Check: proves that every snapshot can be restored. Without `read_data` it
+//! verifies structure (every snapshot opens, every pack it lists exists,
+//! every tree opens and every chunk it names sits in a listed pack); with
+//! `read_data` it also reads every pack whole, checks its name against its
+//! hash and opens every blob (decrypt, decompress, recompute the keyed id).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use super::Repository;
+use crate::cache::Cache;
+use crate::crypto::Kind;
+use crate::error::{Error, Result};
+use crate::format::chunklist;
+use crate::format::tree::NodeKind;
+use crate::format::{blob, pack};
+use crate::id::{BlobId, PackId};
+
+/// What a check found.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CheckReport {
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Distinct trees opened.
+    pub trees: u64,
+    /// Chunk references checked.
+    pub chunks: u64,
+    /// Packs read whole (with `read_data`).
+    pub packs_read: u64,
+    /// Blobs opened from packs (with `read_data`).
+    pub blobs_read: u64,
+    /// Problems, one line each.
+    pub errors: Vec<String>,
+}
+
+/// Checks the repository; problems go into the report, not the `Err`.
+pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
+    let mut cache = repo.cache()?;
+    let sync = repo.sync_cache(&mut cache)?;
+    let mut rep = CheckReport::default();
+    for (p, e) in sync.unreadable {
+        rep.errors.push(format!("pack {p}: header unreadable: {e}"));
+    }
+    let mut trees_seen: HashSet<BlobId> = HashSet::new();
+    for id in repo.store().list_snapshots()? {
+        rep.snapshots += 1;
+        let snap = match repo.load_snapshot(&id) {
+            Ok(s) => s,
+            Err(e) => {
+                rep.errors.push(e.to_string());
+                continue;
+            }
+        };
+        let packs: HashSet<PackId> = snap.packs.iter().copied().collect();
+        for p in &snap.packs {
+            if repo.store().pack_size(p)?.is_none() {
+                rep.errors.push(format!("snapshot {}: pack {p} is missing", id.short()));
+            }
+        }
+        let mut w = TreeCheck {
+            repo,
+            cache: &cache,
+            packs: &packs,
+            snap: id.short(),
+            rep: &mut rep,
+            seen: &mut trees_seen,
+        };
+        w.tree(&snap.record.tree, "/");
+    }
+    if read_data {
+        read_all(repo, &cache, &mut rep)?;
+    }
+    Ok(rep)
+}
+
+struct TreeCheck<'a> {
+    repo: &'a Repository,
+    cache: &'a Cache,
+    packs: &'a HashSet<PackId>,
+    snap: String,
+    rep: &'a mut CheckReport,
+    seen: &'a mut HashSet<BlobId>,
+}
+
+impl TreeCheck<'_> {
+    fn located(&mut self, id: &BlobId, what: &str, path: &str) -> bool {
+        match self.cache.lookup(id) {
+            Ok(Some(loc)) if self.packs.contains(&loc.pack) => true,
+            Ok(Some(loc)) => {
+                self.rep.errors.push(format!(
+                    "snapshot {}: {what} {} of {path} is in pack {}, which the snapshot does not list",
+                    self.snap,
+                    id.short(),
+                    loc.pack.short()
+                ));
+                false
+            }
+            Ok(None) => {
+                self.rep
+                    .errors
+                    .push(format!("snapshot {}: {what} {} of {path} is in no pack", self.snap, id.short()));
+                false
+            }
+            Err(e) => {
+                self.rep.errors.push(e.to_string());
+                false
+            }
+        }
+    }
+
+    fn tree(&mut self, id: &BlobId, path: &str) {
+        if !self.seen.insert(*id) {
+            return;
+        }
+        self.rep.trees += 1;
+        if !self.located(id, "tree", path) {
+            return;
+        }
+        let tree = match self.repo.load_tree(self.cache, id) {
+            Ok(t) => t,
+            Err(e) => {
+                self.rep.errors.push(format!("snapshot {}: tree of {path}: {e}", self.snap));
+                return;
+            }
+        };
+        for node in &tree.nodes {
+            let child = format!("{}/{}", path.trim_end_matches('/'), String::from_utf8_lossy(&node.name));
+            match node.kind {
+                Some(NodeKind::Dir) => {
+                    if let Some(sub) = &node.subtree {
+                        self.tree(sub, &child);
+                    }
+                }
+                Some(NodeKind::File) => self.file(node, &child),
+                _ => {}
+            }
+        }
+    }
+
+    fn file(&mut self, node: &crate::format::tree::Node, path: &str) {
+        let mut total = 0u64;
+        if let Some(inline) = &node.chunks {
+            match chunklist::decode(inline) {
+                Ok(refs) => {
+                    for r in refs {
+                        total += r.len;
+                        self.chunk(&r, path);
+                    }
+                }
+                Err(e) => self.rep.errors.push(format!("snapshot {}: {path}: {e}", self.snap)),
+            }
+        }
+        for list in node.lists.iter().flatten() {
+            if !self.located(list, "chunk list", path) {
+                continue;
+            }
+            match self
+                .repo
+                .read_blob(self.cache, Kind::ChunkList, list)
+                .and_then(|b| Ok(chunklist::decode(&b)?))
+            {
+                Ok(refs) => {
+                    for r in refs {
+                        total += r.len;
+                        self.chunk(&r, path);
+                    }
+                }
+                Err(e) => self.rep.errors.push(format!("snapshot {}: {path}: {e}", self.snap)),
+            }
+        }
+        if total != node.size {
+            self.rep.errors.push(format!(
+                "snapshot {}: {path}: content adds up to {total} bytes, the tree says {}",
+                self.snap, node.size
+            ));
+        }
+    }
+
+    fn chunk(&mut self, r: &chunklist::ChunkRef, path: &str) {
+        self.rep.chunks += 1;
+        if !r.is_zero() {
+            self.located(&r.id, "chunk", path);
+        }
+    }
+}
+
+/// Reads every pack whole, in parallel.
+fn read_all(repo: &Repository, _cache: &Cache, rep: &mut CheckReport) -> Result<()> {
+    let (tx, rx) = crossbeam_channel::bounded::<(PackId, u64)>(4);
+    let out = Mutex::new((0u64, 0u64, Vec::<String>::new()));
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
+    std::thread::scope(|s| -> Result<()> {
+        for _ in 0..workers {
+            let rx = rx.clone();
+            let out = &out;
+            s.spawn(move || {
+                for (id, size) in rx {
+                    let (n, errs) = read_pack(repo, &id, size);
+                    // unwrap: the lock is never held across a panic
+                    let mut o = out.lock().unwrap();
+                    o.0 += 1;
+                    o.1 += n;
+                    o.2.extend(errs);
+                }
+            });
+        }
+        drop(rx);
+        let r = repo.store().for_each_pack(&mut |id, size| {
+            tx.send((id, size)).map_err(|_| Error::Corrupt("check workers stopped".into()))
+        });
+        drop(tx);
+        r
+    })?;
+    // unwrap: the lock is never held across a panic
+    let (packs, blobs, errs) = out.into_inner().unwrap();
+    rep.packs_read = packs;
+    rep.blobs_read = blobs;
+    rep.errors.extend(errs);
+    Ok(())
+}
+
+/// Reads one pack whole; returns the blobs opened and the problems found.
+fn read_pack(repo: &Repository, id: &PackId, size: u64) -> (u64, Vec<String>) {
+    let bytes = match repo.store().read_pack(id, 0, size as usize) {
+        Ok(b) => b,
+        Err(e) => return (0, vec![format!("pack {id}: {e}")]),
+    };
+    let mut errs = Vec::new();
+    if PackId::of(&bytes) != *id {
+        errs.push(format!("pack {id}: content does not hash to its name (damaged)"));
+    }
+    let entries = match pack::decode(repo.keys(), &bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            errs.push(format!("pack {id}: {e}"));
+            return (0, errs);
+        }
+    };
+    let mut n = 0;
+    for e in entries {
+        let sealed = &bytes[e.offset as usize..(e.offset + e.sealed_len as u64) as usize];
+        match blob::open(repo.keys(), e.kind, &e.id, sealed) {
+            Ok(p) if p.len() == e.plain_len as usize => n += 1,
+            Ok(_) => errs.push(format!("pack {id}: blob {} has the wrong length", e.id.short())),
+            Err(err) => errs.push(format!("pack {id}: blob {}: {err}", e.id.short())),
+        }
+    }
+    (n, errs)
+}

@@ -1,0 +1,395 @@
+//! The client engine over a [`Store`]: unlocking keys, the cache, reading
+//! blobs, and the backup, restore and check operations in its submodules.
+//! Owns the order of operations (packs before snapshots); it never parses
+//! bytes itself (that is [`crate::format`]).
+
+pub mod backup;
+pub mod check;
+pub mod diff;
+pub mod restore;
+mod upload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::rngs::OsRng;
+use rand::RngCore;
+
+use crate::cache::{BlobLocation, Cache};
+use crate::crypto::{Keys, Kind, MasterKey};
+use crate::error::{Error, Result};
+use crate::format::chunklist::{self, ChunkRef};
+use crate::format::config::{ConfigFile, Settings};
+use crate::format::keyfile::{KdfParams, KeyFile};
+use crate::format::pack::{self, PackEntry, TRAILER_LEN};
+use crate::format::snapshot::{self, SnapshotRecord};
+use crate::format::tree::{Node, Tree};
+use crate::format::{blob, FormatError};
+use crate::id::{BlobId, PackId, RepoId, SnapshotId};
+use crate::store::{LocalStore, Store};
+
+/// Choices made when a repository is created.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Argon2id cost of the first key file.
+    pub kdf: KdfParams,
+    /// Chunk sizes, pack size, compression.
+    pub settings: Settings,
+    /// Host name recorded in the key file.
+    pub host: String,
+    /// Creation time recorded in the key file (seconds).
+    pub now: i64,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            kdf: KdfParams::DEFAULT,
+            settings: Settings::default(),
+            host: String::new(),
+            now: 0,
+        }
+    }
+}
+
+/// A snapshot: its id, decrypted record and the packs it references.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The snapshot file's name.
+    pub id: SnapshotId,
+    /// What the client recorded.
+    pub record: SnapshotRecord,
+    /// The packs it references.
+    pub packs: Vec<PackId>,
+}
+
+/// An open, unlocked repository.
+pub struct Repository {
+    store: Arc<dyn Store>,
+    keys: Arc<Keys>,
+    master: MasterKey,
+    key_name: String,
+    id: RepoId,
+    settings: Settings,
+    cache_dir: PathBuf,
+}
+
+/// A key file's name: 16 random bytes in hex.
+fn new_key_name() -> String {
+    let mut b = [0u8; 16];
+    OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// What syncing the cache with the repository found.
+#[derive(Debug, Default, Clone)]
+pub struct SyncReport {
+    /// Headers read and added.
+    pub added: u64,
+    /// Packs the cache knew that the repository no longer holds.
+    pub removed: u64,
+    /// Packs whose header could not be read: name and reason.
+    pub unreadable: Vec<(PackId, String)>,
+}
+
+impl Repository {
+    /// Creates a repository in a local directory.
+    pub fn init(path: &Path, passphrase: &[u8], opts: &InitOptions) -> Result<RepoId> {
+        let store = LocalStore::create(path)?;
+        Self::init_store(&store, passphrase, opts)
+    }
+
+    /// Creates a repository in any store: a master key, its first key file,
+    /// the sealed config.
+    pub fn init_store(store: &dyn Store, passphrase: &[u8], opts: &InitOptions) -> Result<RepoId> {
+        opts.settings.validate()?;
+        let mut rid = [0u8; 32];
+        OsRng.fill_bytes(&mut rid);
+        let id = RepoId(rid);
+        let master = MasterKey::generate(&mut OsRng);
+        let keys = Keys::derive(&master);
+        let kf = KeyFile::create(&master, passphrase, opts.kdf, id, opts.now, opts.host.clone(), &mut OsRng)?;
+        store.write_key(&new_key_name(), &kf.encode())?;
+        let cfg = ConfigFile::create(&keys, id, &opts.settings, &mut OsRng);
+        store.write_config(&cfg.encode())?;
+        Ok(id)
+    }
+
+    /// Opens a local repository, with the cache in the default place.
+    pub fn open(path: &Path, passphrase: &[u8]) -> Result<Repository> {
+        Self::open_store(Arc::new(LocalStore::open(path)?), passphrase, &default_cache_dir())
+    }
+
+    /// Opens a repository in any store: tries each key file with the
+    /// passphrase, then opens the sealed config.
+    pub fn open_store(store: Arc<dyn Store>, passphrase: &[u8], cache_root: &Path) -> Result<Repository> {
+        let cfg = ConfigFile::decode(&store.read_config()?)?;
+        let mut last_refusal = None;
+        for name in store.list_keys()? {
+            let kf = match KeyFile::decode(&store.read_key(&name)?) {
+                Ok(k) => k,
+                Err(e) => {
+                    last_refusal = Some(Error::Format(e));
+                    continue;
+                }
+            };
+            if kf.repo != cfg.id {
+                continue;
+            }
+            match kf.open(passphrase) {
+                Ok(master) => {
+                    let keys = Keys::derive(&master);
+                    let settings = cfg.open(&keys)?;
+                    return Ok(Repository {
+                        store,
+                        keys: Arc::new(keys),
+                        master,
+                        key_name: name,
+                        id: cfg.id,
+                        settings,
+                        cache_dir: cache_root.join(cfg.id.to_hex()),
+                    });
+                }
+                Err(FormatError::Crypto(_)) => continue,
+                // A weakened or malformed key file: say so rather than "wrong passphrase".
+                Err(e) => last_refusal = Some(Error::Format(e)),
+            }
+        }
+        Err(last_refusal.unwrap_or(Error::WrongPassphrase))
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+    /// The subkeys.
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+    /// The repository's id.
+    pub fn id(&self) -> RepoId {
+        self.id
+    }
+    /// Settings fixed at init.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+    /// Name of the key file that opened the repository.
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    /// Opens the local cache database of this repository.
+    pub fn cache(&self) -> Result<Cache> {
+        Cache::open(&self.cache_dir.join("cache.db"))
+    }
+
+    /// Brings the cache in line with the repository: reads the header of
+    /// every pack it does not know, forgets packs that are gone. Pack by
+    /// pack, so memory stays flat.
+    pub fn sync_cache(&self, cache: &mut Cache) -> Result<SyncReport> {
+        let mut rep = SyncReport::default();
+        self.store.for_each_pack(&mut |id, size| {
+            if cache.has_pack(&id)? {
+                return Ok(());
+            }
+            match self.read_pack_header(&id, size) {
+                Ok(entries) => {
+                    cache.add_pack(&id, size, &entries)?;
+                    rep.added += 1;
+                }
+                Err(e) => rep.unreadable.push((id, e.to_string())),
+            }
+            Ok(())
+        })?;
+        let mut gone = Vec::new();
+        cache.for_each_pack(&mut |id| {
+            if self.store.pack_size(&id)?.is_none() {
+                gone.push(id);
+            }
+            Ok(())
+        })?;
+        for id in gone {
+            cache.remove_pack(&id)?;
+            rep.removed += 1;
+        }
+        Ok(rep)
+    }
+
+    /// Reads and opens the blob table at the end of a pack of `size` bytes.
+    pub fn read_pack_header(&self, id: &PackId, size: u64) -> Result<Vec<PackEntry>> {
+        let tail_len = size.min(64 << 10) as usize;
+        let tail = self.store.read_pack(id, size - tail_len as u64, tail_len)?;
+        let hlen = pack::decode_trailer(&tail[tail.len().saturating_sub(TRAILER_LEN)..], size)? as usize;
+        let sealed = if hlen + TRAILER_LEN <= tail.len() {
+            tail[tail.len() - TRAILER_LEN - hlen..tail.len() - TRAILER_LEN].to_vec()
+        } else {
+            self.store.read_pack(id, size - (TRAILER_LEN + hlen) as u64, hlen)?
+        };
+        Ok(pack::open_header(&self.keys, &sealed, size)?)
+    }
+
+    /// Reads and opens one blob at a known location.
+    pub fn read_blob_at(&self, loc: &BlobLocation, kind: Kind, id: &BlobId) -> Result<Vec<u8>> {
+        let sealed = self.store.read_pack(&loc.pack, loc.offset, loc.sealed_len as usize)?;
+        blob::open(&self.keys, kind, id, &sealed).map_err(|e| {
+            Error::Corrupt(format!("blob {} in pack {}: {e}", id.short(), loc.pack.short()))
+        })
+    }
+
+    /// Looks a blob up in the cache and reads it.
+    pub fn read_blob(&self, cache: &Cache, kind: Kind, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = cache
+            .lookup(id)?
+            .ok_or_else(|| Error::Corrupt(format!("blob {id} is in no pack of the repository")))?;
+        self.read_blob_at(&loc, kind, id)
+    }
+
+    /// Reads a directory tree.
+    pub fn load_tree(&self, cache: &Cache, id: &BlobId) -> Result<Tree> {
+        Ok(Tree::decode(&self.read_blob(cache, Kind::Tree, id)?)?)
+    }
+
+    /// Calls `f` with each piece of a file's content, in order, reading list
+    /// blobs one at a time.
+    pub fn for_each_chunk(
+        &self,
+        cache: &Cache,
+        node: &Node,
+        f: &mut dyn FnMut(ChunkRef) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(inline) = &node.chunks {
+            for r in chunklist::decode(inline)? {
+                f(r)?;
+            }
+        }
+        for list in node.lists.iter().flatten() {
+            for r in chunklist::decode(&self.read_blob(cache, Kind::ChunkList, list)?)? {
+                f(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one snapshot.
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let bytes = self.store.read_snapshot(id)?;
+        if SnapshotId::of(&bytes) != *id {
+            return Err(Error::Corrupt(format!("snapshot file {id} does not hash to its name")));
+        }
+        let file = snapshot::decode(&bytes).map_err(|e| Error::Corrupt(format!("snapshot {}: {e}", id.short())))?;
+        let record =
+            snapshot::open_record(&self.keys, &file).map_err(|e| Error::Corrupt(format!("snapshot {}: {e}", id.short())))?;
+        Ok(Snapshot {
+            id: *id,
+            record,
+            packs: file.packs,
+        })
+    }
+
+    /// Every snapshot, oldest first. A damaged snapshot file is an error.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut out = Vec::new();
+        for id in self.store.list_snapshots()? {
+            out.push(self.load_snapshot(&id)?);
+        }
+        out.sort_by_key(|s| (s.record.time_ns, s.id));
+        Ok(out)
+    }
+
+    /// Resolves `latest` or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
+        if spec == "latest" {
+            return self
+                .snapshots()?
+                .pop()
+                .ok_or_else(|| Error::NotFound("snapshot (the repository has none)".into()));
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let matches: Vec<SnapshotId> = self
+            .store
+            .list_snapshots()?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&spec_l))
+            .collect();
+        match matches.as_slice() {
+            [one] => self.load_snapshot(one),
+            [] => Err(Error::NotFound(format!("snapshot {spec}"))),
+            _ => Err(Error::Denied(format!("snapshot prefix {spec} is ambiguous ({} matches)", matches.len()))),
+        }
+    }
+
+    /// Finds the node at `path` inside a snapshot (`/` or empty: the root).
+    pub fn find_node(&self, cache: &Cache, snap: &Snapshot, path: &str) -> Result<Node> {
+        let mut node = Node {
+            kind: Some(crate::format::tree::NodeKind::Dir),
+            subtree: Some(snap.record.tree),
+            ..Default::default()
+        };
+        for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            let sub = node
+                .subtree
+                .ok_or_else(|| Error::NotFound(format!("{path} in snapshot {}", snap.id.short())))?;
+            let tree = self.load_tree(cache, &sub)?;
+            node = tree
+                .nodes
+                .into_iter()
+                .find(|n| n.name.as_ref() as &[u8] == comp.as_bytes())
+                .ok_or_else(|| Error::NotFound(format!("{path} in snapshot {}", snap.id.short())))?;
+        }
+        Ok(node)
+    }
+
+    /// Adds a key file wrapping the master key under another passphrase.
+    pub fn add_key(&self, passphrase: &[u8], kdf: KdfParams, host: String, now: i64) -> Result<String> {
+        let kf = KeyFile::create(&self.master, passphrase, kdf, self.id, now, host, &mut OsRng)?;
+        let name = new_key_name();
+        self.store.write_key(&name, &kf.encode())?;
+        Ok(name)
+    }
+
+    /// Key files: name and decoded contents.
+    pub fn list_keys(&self) -> Result<Vec<(String, KeyFile)>> {
+        let mut out = Vec::new();
+        for name in self.store.list_keys()? {
+            out.push((name.clone(), KeyFile::decode(&self.store.read_key(&name)?)?));
+        }
+        Ok(out)
+    }
+
+    /// Removes a key file; refuses the last one, and the one in use.
+    pub fn remove_key(&self, name_prefix: &str) -> Result<String> {
+        let keys = self.store.list_keys()?;
+        let m: Vec<&String> = keys.iter().filter(|k| k.starts_with(name_prefix)).collect();
+        let name = match m.as_slice() {
+            [one] => (*one).clone(),
+            [] => return Err(Error::NotFound(format!("key {name_prefix}"))),
+            _ => return Err(Error::Denied(format!("key prefix {name_prefix} is ambiguous"))),
+        };
+        if name == self.key_name {
+            return Err(Error::Denied(
+                "refusing to remove the key in use; open the repository with another passphrase first".into(),
+            ));
+        }
+        if keys.len() < 2 {
+            return Err(Error::Denied("refusing to remove the last key".into()));
+        }
+        self.store.remove_key(&name)?;
+        Ok(name)
+    }
+}
+
+/// Where caches live: `$COFFER_CACHE_DIR`, else `$XDG_CACHE_HOME/coffer`,
+/// else `$HOME/.cache/coffer`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("COFFER_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("coffer");
+    }
+    if let Some(d) = std::env::var_os("HOME") {
+        return PathBuf::from(d).join(".cache").join("coffer");
+    }
+    std::env::temp_dir().join("coffer-cache")
+}

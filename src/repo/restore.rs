@@ -1,0 +1,462 @@
+//! Restore and dump: turns a snapshot's trees back into files. The calling
+//! thread walks trees and creates entries; worker threads read, open and
+//! verify chunks and write them in place, so files fill in parallel. Every
+//! name comes from a validated tree, so nothing is written outside the
+//! target, and an entry already in the target is replaced, never followed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{bounded, Sender};
+
+use super::{Repository, Snapshot};
+use crate::cache::{BlobLocation, Cache};
+use crate::crypto::{Keys, Kind};
+use crate::error::{Error, Result};
+use crate::format::blob;
+use crate::format::chunklist::ChunkRef;
+use crate::format::tree::{Node, NodeKind};
+use crate::id::BlobId;
+use crate::source::{self, MetaWarnings};
+use crate::store::Store;
+
+/// What to restore and where.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The directory to restore into (created if missing).
+    pub target: PathBuf,
+    /// Paths inside the snapshot to restore; all when empty.
+    pub include: Vec<String>,
+    /// Restore owners (needs root).
+    pub owners: bool,
+}
+
+/// What a restore did.
+#[derive(Debug, Default, Clone)]
+pub struct RestoreStats {
+    /// Files restored.
+    pub files: u64,
+    /// Directories restored.
+    pub dirs: u64,
+    /// Other entries restored.
+    pub others: u64,
+    /// Bytes of file content written or left as holes.
+    pub bytes: u64,
+    /// Entries that could not be restored (their partial files removed).
+    pub errors: Vec<String>,
+    /// Metadata that could not be applied.
+    pub warnings: Vec<String>,
+}
+
+/// Reads and opens blobs: the part of a repository a worker thread needs.
+#[derive(Clone)]
+struct BlobReader {
+    store: Arc<dyn Store>,
+    keys: Arc<Keys>,
+}
+
+impl BlobReader {
+    fn read(&self, loc: &BlobLocation, kind: Kind, id: &BlobId) -> Result<Vec<u8>> {
+        let sealed = self.store.read_pack(&loc.pack, loc.offset, loc.sealed_len as usize)?;
+        blob::open(&self.keys, kind, id, &sealed)
+            .map_err(|e| Error::Corrupt(format!("blob {} in pack {}: {e}", id.short(), loc.pack.short())))
+    }
+}
+
+struct FileTask {
+    path: PathBuf,
+    file: File,
+    node: Node,
+    owners: bool,
+    /// Chunks still to write, plus one held by the walker until it has
+    /// queued them all.
+    remaining: AtomicUsize,
+    failed: Mutex<Option<String>>,
+}
+
+struct Shared {
+    errors: Mutex<Vec<String>>,
+    warnings: Mutex<Vec<String>>,
+}
+
+impl FileTask {
+    fn fail(&self, msg: String) {
+        // unwrap: the lock is never held across a panic
+        let mut f = self.failed.lock().unwrap();
+        if f.is_none() {
+            *f = Some(msg);
+        }
+    }
+
+    /// Drops one reference; the last one finishes the file.
+    fn release(&self, shared: &Shared) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        // unwrap: the lock is never held across a panic
+        if let Some(msg) = self.failed.lock().unwrap().take() {
+            // Never leave wrong or partial bytes behind.
+            let _ = fs::remove_file(&self.path);
+            shared.errors.lock().unwrap().push(format!("{}: {msg}", self.path.display()));
+            return;
+        }
+        let mut w = MetaWarnings::default();
+        source::apply_meta(&self.path, &self.node, self.owners, &mut w);
+        shared.warnings.lock().unwrap().extend(w.0);
+    }
+}
+
+struct Job {
+    task: Arc<FileTask>,
+    offset: u64,
+    chunk: ChunkRef,
+    loc: BlobLocation,
+}
+
+fn components(p: &str) -> Vec<&str> {
+    p.split('/').filter(|c| !c.is_empty() && *c != ".").collect()
+}
+
+struct Restorer<'a> {
+    repo: &'a Repository,
+    cache: &'a Cache,
+    opts: &'a RestoreOptions,
+    include: Vec<Vec<String>>,
+    jobs: Sender<Job>,
+    shared: Arc<Shared>,
+    stats: RestoreStats,
+    hardlinks: HashMap<(u64, u64), PathBuf>,
+    dirs: Vec<(PathBuf, Node)>,
+}
+
+/// Restores a snapshot (or the chosen paths of it) into `opts.target`.
+pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result<RestoreStats> {
+    let mut cache = repo.cache()?;
+    repo.sync_cache(&mut cache)?;
+    for inc in &opts.include {
+        repo.find_node(&cache, snap, inc)?;
+    }
+    fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    let shared = Arc::new(Shared {
+        errors: Mutex::new(Vec::new()),
+        warnings: Mutex::new(Vec::new()),
+    });
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
+    let (tx, rx) = bounded::<Job>(workers * 4);
+    let reader = BlobReader {
+        store: repo.store().clone(),
+        keys: repo.keys().clone(),
+    };
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let (rx, reader, shared) = (rx.clone(), reader.clone(), shared.clone());
+        handles.push(std::thread::spawn(move || {
+            for job in rx {
+                let res = reader
+                    .read(&job.loc, Kind::Data, &job.chunk.id)
+                    .and_then(|data| {
+                        if data.len() as u64 != job.chunk.len {
+                            return Err(Error::Corrupt(format!("chunk {} has the wrong length", job.chunk.id.short())));
+                        }
+                        job.task.file.write_all_at(&data, job.offset).map_err(|e| Error::io(&job.task.path, e))
+                    });
+                if let Err(e) = res {
+                    job.task.fail(e.to_string());
+                }
+                job.task.release(&shared);
+            }
+        }));
+    }
+    let mut r = Restorer {
+        repo,
+        cache: &cache,
+        opts,
+        include: opts.include.iter().map(|i| components(i).into_iter().map(String::from).collect()).collect(),
+        jobs: tx,
+        shared: shared.clone(),
+        stats: RestoreStats::default(),
+        hardlinks: HashMap::new(),
+        dirs: Vec::new(),
+    };
+    let walked = r.restore_tree(&snap.record.tree, &[], &opts.target);
+    let Restorer { jobs, mut stats, dirs, .. } = r;
+    drop(jobs);
+    for h in handles {
+        let _ = h.join();
+    }
+    walked?;
+    // Directories last, deepest first: writing into them changed their times.
+    let mut w = MetaWarnings::default();
+    for (path, node) in dirs.iter().rev() {
+        source::apply_meta(path, node, opts.owners, &mut w);
+    }
+    // unwrap: the lock is never held across a panic
+    stats.errors.extend(shared.errors.lock().unwrap().drain(..));
+    stats.warnings.extend(shared.warnings.lock().unwrap().drain(..));
+    stats.warnings.extend(w.0);
+    Ok(stats)
+}
+
+/// Removes whatever is at `path` unless it is a real directory (never
+/// follows a symlink an attacker may have planted in the target).
+fn clear(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl Restorer<'_> {
+    /// Whether `rel` is restored (`Some(true)`: fully; `Some(false)`: only
+    /// as a directory on the way to an included path).
+    fn selected(&self, rel: &[String]) -> Option<bool> {
+        if self.include.is_empty() {
+            return Some(true);
+        }
+        let mut partial = false;
+        for inc in &self.include {
+            if rel.starts_with(inc) {
+                return Some(true);
+            }
+            if inc.starts_with(rel) {
+                partial = true;
+            }
+        }
+        partial.then_some(false)
+    }
+
+    fn restore_tree(&mut self, tree: &BlobId, rel: &[String], dest: &Path) -> Result<()> {
+        let tree = self.repo.load_tree(self.cache, tree)?;
+        for node in tree.nodes {
+            let name = String::from_utf8_lossy(&node.name).into_owned();
+            let mut rel_child = rel.to_vec();
+            rel_child.push(name);
+            let Some(full) = self.selected(&rel_child) else { continue };
+            let path = dest.join(std::ffi::OsStr::from_bytes(&node.name));
+            if let Err(e) = self.restore_node(node, &rel_child, &path, full) {
+                match e {
+                    Error::Io { .. } | Error::RawIo(_) => self.stats.errors.push(e.to_string()),
+                    e => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn restore_node(&mut self, node: Node, rel: &[String], path: &Path, full: bool) -> Result<()> {
+        let io = |e| Error::io(path, e);
+        match node.kind {
+            Some(NodeKind::Dir) => {
+                match fs::symlink_metadata(path) {
+                    Ok(m) if m.is_dir() => {}
+                    _ => {
+                        clear(path).map_err(io)?;
+                        fs::create_dir(path).map_err(io)?;
+                    }
+                }
+                // unwrap: a decoded tree guarantees a dir has a subtree
+                let sub = node.subtree.expect("dir has subtree");
+                self.restore_tree(&sub, rel, path)?;
+                if full {
+                    self.stats.dirs += 1;
+                    self.dirs.push((path.to_path_buf(), node));
+                }
+            }
+            Some(NodeKind::File) => {
+                clear(path).map_err(io)?;
+                if node.links > 1 {
+                    if let Some(first) = self.hardlinks.get(&(node.dev, node.inode)) {
+                        fs::hard_link(first, path).map_err(io)?;
+                        self.stats.files += 1;
+                        return Ok(());
+                    }
+                    self.hardlinks.insert((node.dev, node.inode), path.to_path_buf());
+                }
+                self.restore_file(node, path)?;
+            }
+            Some(NodeKind::Symlink) => {
+                clear(path).map_err(io)?;
+                // unwrap: a decoded tree guarantees a symlink has a target
+                let target = node.target.as_ref().expect("symlink has target");
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), path).map_err(io)?;
+                let mut w = MetaWarnings::default();
+                source::apply_meta(path, &node, self.opts.owners, &mut w);
+                self.stats.warnings.extend(w.0);
+                self.stats.others += 1;
+            }
+            Some(NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev) => {
+                clear(path).map_err(io)?;
+                match source::make_special(path, &node) {
+                    Ok(()) => {
+                        let mut w = MetaWarnings::default();
+                        source::apply_meta(path, &node, self.opts.owners, &mut w);
+                        self.stats.warnings.extend(w.0);
+                        self.stats.others += 1;
+                    }
+                    Err(e) => self.stats.warnings.push(format!("{}: mknod: {e}", path.display())),
+                }
+            }
+            Some(NodeKind::Socket) | None => {}
+        }
+        Ok(())
+    }
+
+    fn restore_file(&mut self, node: Node, path: &Path) -> Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        // Holes are never written: the file is sized first and stays sparse.
+        file.set_len(node.size).map_err(|e| Error::io(path, e))?;
+        self.stats.files += 1;
+        self.stats.bytes += node.size;
+        let task = Arc::new(FileTask {
+            path: path.to_path_buf(),
+            file,
+            node: node.clone(),
+            owners: self.opts.owners,
+            remaining: AtomicUsize::new(1),
+            failed: Mutex::new(None),
+        });
+        let mut offset = 0u64;
+        let jobs = self.jobs.clone();
+        let cache = self.cache;
+        let res = self.repo.for_each_chunk(cache, &node, &mut |chunk| {
+            let at = offset;
+            offset += chunk.len;
+            if chunk.is_zero() {
+                return Ok(());
+            }
+            let loc = cache
+                .lookup(&chunk.id)?
+                .ok_or_else(|| Error::Corrupt(format!("chunk {} is in no pack of the repository", chunk.id)))?;
+            task.remaining.fetch_add(1, Ordering::AcqRel);
+            jobs.send(Job {
+                task: task.clone(),
+                offset: at,
+                chunk,
+                loc,
+            })
+            .map_err(|_| Error::Corrupt("restore workers stopped".into()))
+        });
+        if let Err(e) = res {
+            task.fail(e.to_string());
+        } else if offset != node.size {
+            task.fail(format!("content is {offset} bytes, the tree says {}", node.size));
+        }
+        task.release(&self.shared);
+        Ok(())
+    }
+}
+
+/// Writes a file's content to `out` in order, reading ahead in parallel.
+/// Stops at the first damaged chunk: what was written is correct, nothing
+/// wrong is ever emitted.
+pub fn dump(repo: &Repository, cache: &Cache, node: &Node, out: &mut dyn Write) -> Result<u64> {
+    if node.kind != Some(NodeKind::File) {
+        return Err(Error::Denied("dump needs a file (use restore for directories)".into()));
+    }
+    let reader = BlobReader {
+        store: repo.store().clone(),
+        keys: repo.keys().clone(),
+    };
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
+    let window = workers * 4;
+    let (job_tx, job_rx) = bounded::<(u64, ChunkRef, BlobLocation)>(window);
+    let (res_tx, res_rx) = bounded::<(u64, Result<Vec<u8>>)>(window);
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let (rx, tx, reader) = (job_rx.clone(), res_tx.clone(), reader.clone());
+        handles.push(std::thread::spawn(move || {
+            for (seq, chunk, loc) in rx {
+                let r = reader.read(&loc, Kind::Data, &chunk.id);
+                if tx.send((seq, r)).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    drop(res_tx);
+    drop(job_rx);
+    let mut written = 0u64;
+    let mut next_out = 0u64;
+    let mut sent = 0u64;
+    let mut ready: BTreeMap<u64, Result<Vec<u8>>> = BTreeMap::new();
+    let zeros = vec![0u8; 1 << 20];
+    let mut pending_zero: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut emit = |seq_ready: &mut BTreeMap<u64, Result<Vec<u8>>>,
+                    zeros_at: &mut BTreeMap<u64, u64>,
+                    next: &mut u64,
+                    upto: u64,
+                    block: bool|
+     -> Result<()> {
+        while *next < upto {
+            if let Some(len) = zeros_at.remove(next) {
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(zeros.len() as u64) as usize;
+                    out.write_all(&zeros[..n]).map_err(Error::RawIo)?;
+                    left -= n as u64;
+                }
+                written += len;
+                *next += 1;
+                continue;
+            }
+            let data = match seq_ready.remove(next) {
+                Some(d) => d?,
+                None if block => match res_rx.recv() {
+                    Ok((s, d)) => {
+                        seq_ready.insert(s, d);
+                        continue;
+                    }
+                    Err(_) => return Err(Error::Corrupt("dump workers stopped".into())),
+                },
+                None => return Ok(()),
+            };
+            out.write_all(&data).map_err(Error::RawIo)?;
+            written += data.len() as u64;
+            *next += 1;
+        }
+        Ok(())
+    };
+    let res = repo.for_each_chunk(cache, node, &mut |chunk| {
+        let seq = sent;
+        sent += 1;
+        if chunk.is_zero() {
+            pending_zero.insert(seq, chunk.len);
+        } else {
+            let loc = cache
+                .lookup(&chunk.id)?
+                .ok_or_else(|| Error::Corrupt(format!("chunk {} is in no pack of the repository", chunk.id)))?;
+            while let Ok((s, d)) = res_rx.try_recv() {
+                ready.insert(s, d);
+            }
+            // Keep at most `window` chunks in flight or waiting.
+            if seq - next_out >= window as u64 {
+                emit(&mut ready, &mut pending_zero, &mut next_out, seq + 1 - window as u64, true)?;
+            }
+            job_tx
+                .send((seq, chunk, loc))
+                .map_err(|_| Error::Corrupt("dump workers stopped".into()))?;
+        }
+        Ok(())
+    });
+    drop(job_tx);
+    let res = res.and_then(|_| emit(&mut ready, &mut pending_zero, &mut next_out, sent, true));
+    drop(res_rx);
+    for h in handles {
+        let _ = h.join();
+    }
+    res?;
+    out.flush().map_err(Error::RawIo)?;
+    Ok(written)
+}

@@ -1,0 +1,211 @@
+//! The write half of a backup: blobs in, durable packs out. The calling
+//! thread deduplicates against the cache; worker threads compress, seal and
+//! verify; one packer thread writes packs to the store. Memory is bounded by
+//! the channel depths, not by the size of the backup.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use rand::rngs::OsRng;
+
+use crate::cache::Cache;
+use crate::crypto::{Keys, Kind};
+use crate::error::{Error, Result};
+use crate::format::blob::{self, Sealer};
+use crate::format::pack::{PackEntry, PackWriter};
+use crate::id::{BlobId, PackId};
+use crate::store::{PackUpload, Store};
+
+struct Job {
+    kind: Kind,
+    id: BlobId,
+    data: Vec<u8>,
+}
+
+struct Sealed {
+    kind: Kind,
+    id: BlobId,
+    sealed: Vec<u8>,
+    plain_len: u32,
+}
+
+struct PackDone {
+    id: PackId,
+    size: u64,
+    entries: Vec<PackEntry>,
+}
+
+/// Figures of what was written.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct UploadStats {
+    pub new_blobs: u64,
+    pub new_bytes: u64,
+    pub packs: u64,
+    pub pack_bytes: u64,
+}
+
+type ErrorSlot = Arc<Mutex<Option<Error>>>;
+
+fn record(slot: &ErrorSlot, e: Error) {
+    // unwrap: the lock is never held across a panic
+    let mut s = slot.lock().unwrap();
+    if s.is_none() {
+        *s = Some(e);
+    }
+}
+
+pub(crate) struct Uploader {
+    pending: HashSet<BlobId>,
+    jobs: Option<Sender<Job>>,
+    done: Receiver<PackDone>,
+    threads: Vec<JoinHandle<()>>,
+    error: ErrorSlot,
+    pub stats: UploadStats,
+}
+
+impl Uploader {
+    pub fn start(store: Arc<dyn Store>, keys: Arc<Keys>, level: i32, pack_size: u64) -> Uploader {
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
+        let (job_tx, job_rx) = bounded::<Job>(workers * 2);
+        let (seal_tx, seal_rx) = bounded::<Sealed>(workers * 2);
+        let (done_tx, done_rx) = bounded::<PackDone>(1024);
+        let error: ErrorSlot = Arc::new(Mutex::new(None));
+        let mut threads = Vec::new();
+        for _ in 0..workers {
+            let (rx, tx, keys, err) = (job_rx.clone(), seal_tx.clone(), keys.clone(), error.clone());
+            threads.push(std::thread::spawn(move || seal_worker(rx, tx, &keys, level, &err)));
+        }
+        drop(seal_tx);
+        let err = error.clone();
+        threads.push(std::thread::spawn(move || {
+            if let Err(e) = packer(seal_rx, done_tx, store.as_ref(), &keys, pack_size) {
+                record(&err, e);
+            }
+        }));
+        Uploader {
+            pending: HashSet::new(),
+            jobs: Some(job_tx),
+            done: done_rx,
+            threads,
+            error,
+            stats: UploadStats::default(),
+        }
+    }
+
+    fn take_error(&self) -> Option<Error> {
+        // unwrap: the lock is never held across a panic
+        self.error.lock().unwrap().take()
+    }
+
+    /// Enters finished packs into the cache, so a killed run's packs are
+    /// reused by the next one.
+    fn drain(&mut self, cache: &mut Cache, block: bool) -> Result<()> {
+        loop {
+            let msg = if block { self.done.recv().ok() } else { self.done.try_recv().ok() };
+            let Some(p) = msg else { return Ok(()) };
+            cache.add_pack(&p.id, p.size, &p.entries)?;
+            for e in &p.entries {
+                self.pending.remove(&e.id);
+            }
+            self.stats.packs += 1;
+            self.stats.pack_bytes += p.size;
+        }
+    }
+
+    /// Stores a blob unless the repository or this run has it already.
+    /// Returns whether it was new.
+    pub fn add(&mut self, cache: &mut Cache, kind: Kind, id: BlobId, data: &[u8]) -> Result<bool> {
+        self.drain(cache, false)?;
+        if self.pending.contains(&id) || cache.has_blob(&id)? {
+            return Ok(false);
+        }
+        self.pending.insert(id);
+        self.stats.new_blobs += 1;
+        self.stats.new_bytes += data.len() as u64;
+        let job = Job {
+            kind,
+            id,
+            data: data.to_vec(),
+        };
+        // unwrap: jobs is only None after finish(), which consumes self
+        if self.jobs.as_ref().unwrap().send(job).is_err() {
+            return Err(self
+                .take_error()
+                .unwrap_or_else(|| Error::Corrupt("upload pipeline stopped".into())));
+        }
+        Ok(true)
+    }
+
+    /// Flushes the last pack and waits until every pack is durable and in
+    /// the cache.
+    pub fn finish(mut self, cache: &mut Cache) -> Result<UploadStats> {
+        drop(self.jobs.take());
+        let threads = std::mem::take(&mut self.threads);
+        // Drain while the threads finish, so the packer never blocks on us.
+        self.drain(cache, true)?;
+        for t in threads {
+            if t.join().is_err() {
+                return Err(Error::Corrupt("an upload thread panicked".into()));
+            }
+        }
+        if let Some(e) = self.take_error() {
+            return Err(e);
+        }
+        if !self.pending.is_empty() {
+            return Err(Error::Corrupt(format!("{} blobs were not stored", self.pending.len())));
+        }
+        Ok(self.stats)
+    }
+}
+
+fn seal_worker(rx: Receiver<Job>, tx: Sender<Sealed>, keys: &Keys, level: i32, err: &ErrorSlot) {
+    let mut sealer = Sealer::new(level);
+    for job in rx {
+        let sealed = sealer.seal(keys, job.kind, &job.id, &job.data, &mut OsRng);
+        // Open every sealed blob once before it is written: catches a
+        // compressor or cipher bug before it can reach the repository.
+        match blob::open(keys, job.kind, &job.id, &sealed) {
+            Ok(p) if p == job.data => {}
+            _ => {
+                record(err, Error::Corrupt(format!("blob {} did not verify after sealing", job.id)));
+                return;
+            }
+        }
+        let msg = Sealed {
+            kind: job.kind,
+            id: job.id,
+            plain_len: job.data.len() as u32,
+            sealed,
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+fn packer(rx: Receiver<Sealed>, done: Sender<PackDone>, store: &dyn Store, keys: &Keys, pack_size: u64) -> Result<()> {
+    let mut current: Option<PackWriter<Box<dyn PackUpload>>> = None;
+    let flush = |w: PackWriter<Box<dyn PackUpload>>| -> Result<()> {
+        let (id, upload, entries, size) = w.finish(keys, &mut OsRng)?;
+        upload.commit(id)?;
+        let _ = done.send(PackDone { id, size, entries });
+        Ok(())
+    };
+    for s in rx {
+        let w = match current.as_mut() {
+            Some(w) => w,
+            None => current.insert(PackWriter::new(store.upload_pack()?)?),
+        };
+        w.add(s.kind, s.id, &s.sealed, s.plain_len)?;
+        if w.len() >= pack_size {
+            // unwrap: current was set just above
+            flush(current.take().unwrap())?;
+        }
+    }
+    if let Some(w) = current.take() {
+        flush(w)?;
+    }
+    Ok(())
+}

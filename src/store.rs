@@ -1,0 +1,412 @@
+//! The object store of one repository directory. Owns the directory layout
+//! and the write-once rule: every object is written to a temporary file,
+//! fsynced, linked into place without replacing anything, and its directory
+//! fsynced. Knows no keys: it checks what it can without one (a pack's name is
+//! the BLAKE3 of its bytes; a snapshot's packs must all exist).
+//!
+//! ```text
+//! REPO/config                 repository id, version, sealed settings
+//! REPO/keys/<name>            key files
+//! REPO/packs/<2 hex>/<64 hex> packs
+//! REPO/snapshots/<64 hex>     snapshot files
+//! REPO/tmp/                   uploads in progress (never read)
+//! ```
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rand::RngCore;
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::snapshot;
+use crate::id::{PackId, SnapshotId};
+use crate::limits::{MAX_PACK_BYTES, MAX_SMALL_FILE_BYTES, MAX_SNAPSHOT_BYTES};
+
+/// A pack being uploaded: write its bytes, then [`PackUpload::commit`] it
+/// under its name. Dropping it without commit leaves nothing visible.
+pub trait PackUpload: Write + Send {
+    /// Makes the pack durable under `id`. Returns `false` when a pack of that
+    /// name existed already (first writer wins; the new bytes are dropped).
+    fn commit(self: Box<Self>, id: PackId) -> Result<bool>;
+}
+
+/// Write-once storage of one repository: a local directory, or a namespace on
+/// a server. Nothing here ever replaces or truncates an object.
+pub trait Store: Send + Sync {
+    /// Reads the config file.
+    fn read_config(&self) -> Result<Vec<u8>>;
+    /// Writes the config file; fails if one exists.
+    fn write_config(&self, bytes: &[u8]) -> Result<()>;
+    /// Names of the key files.
+    fn list_keys(&self) -> Result<Vec<String>>;
+    /// Reads one key file.
+    fn read_key(&self, name: &str) -> Result<Vec<u8>>;
+    /// Writes a new key file; fails if the name exists.
+    fn write_key(&self, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Removes a key file.
+    fn remove_key(&self, name: &str) -> Result<()>;
+    /// Starts uploading a pack.
+    fn upload_pack(&self) -> Result<Box<dyn PackUpload>>;
+    /// Size of a pack, or `None` when it does not exist.
+    fn pack_size(&self, id: &PackId) -> Result<Option<u64>>;
+    /// Reads `len` bytes at `offset` of a pack.
+    fn read_pack(&self, id: &PackId, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Calls `f` with every pack's name and size.
+    fn for_each_pack(&self, f: &mut dyn FnMut(PackId, u64) -> Result<()>) -> Result<()>;
+    /// Stores a snapshot file after checking its plain part and that every pack
+    /// it references exists. Returns its id.
+    fn write_snapshot(&self, bytes: &[u8]) -> Result<SnapshotId>;
+    /// Ids of all snapshots.
+    fn list_snapshots(&self) -> Result<Vec<SnapshotId>>;
+    /// Reads a snapshot file.
+    fn read_snapshot(&self, id: &SnapshotId) -> Result<Vec<u8>>;
+}
+
+/// A repository in a local directory.
+pub struct LocalStore {
+    root: PathBuf,
+    handles: Mutex<HashMap<PackId, Arc<File>>>,
+}
+
+const OPEN_HANDLES: usize = 64;
+
+impl LocalStore {
+    /// Opens an existing repository directory.
+    pub fn open(root: &Path) -> Result<LocalStore> {
+        if !root.join("config").is_file() {
+            return Err(Error::NotFound(format!(
+                "repository at {} (no config file; run `coffer init` first)",
+                root.display()
+            )));
+        }
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+            handles: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Creates the directory layout of a new repository; refuses a directory
+    /// that holds anything already.
+    pub fn create(root: &Path) -> Result<LocalStore> {
+        if root.exists() && fs::read_dir(root).at(root)?.next().is_some() {
+            return Err(Error::Conflict(format!(
+                "{} exists and is not empty; refusing to create a repository there",
+                root.display()
+            )));
+        }
+        for d in ["keys", "packs", "snapshots", "tmp"] {
+            fs::create_dir_all(root.join(d)).at(root.join(d))?;
+        }
+        fsync_dir(root)?;
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+            handles: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The repository directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn pack_path(&self, id: &PackId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root.join("packs").join(&hex[..2]).join(hex)
+    }
+
+    fn snapshot_path(&self, id: &SnapshotId) -> PathBuf {
+        self.root.join("snapshots").join(id.to_hex())
+    }
+
+    fn handle(&self, id: &PackId) -> Result<Arc<File>> {
+        // unwrap: the lock is never held across a panic
+        if let Some(f) = self.handles.lock().unwrap().get(id) {
+            return Ok(f.clone());
+        }
+        let path = self.pack_path(id);
+        let f = Arc::new(File::open(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::NotFound(format!("pack {id}"))
+            } else {
+                Error::io(&path, e)
+            }
+        })?);
+        let mut h = self.handles.lock().unwrap();
+        if h.len() >= OPEN_HANDLES {
+            h.clear();
+        }
+        h.insert(*id, f.clone());
+        Ok(f)
+    }
+}
+
+fn read_small(path: &Path, max: usize) -> Result<Vec<u8>> {
+    let f = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::NotFound(path.display().to_string()),
+        _ => Error::io(path, e),
+    })?;
+    let len = f.metadata().at(path)?.len();
+    if len > max as u64 {
+        return Err(Error::Corrupt(format!("{}: {len} bytes is larger than allowed", path.display())));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    io::Read::read_to_end(&mut io::Read::take(f, max as u64), &mut buf).at(path)?;
+    Ok(buf)
+}
+
+/// Fsyncs a directory so a rename or link in it is durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Writes `bytes` to `path` once: temporary file, fsync, link without
+/// replacing, fsync of the directory. Fails with `Conflict` if `path` exists.
+pub fn write_once(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_name(tmp_dir);
+    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp)?;
+    let r = f.write_all(bytes).and_then(|_| f.sync_all()).at(&tmp);
+    drop(f);
+    let r = r.and_then(|_| link_into_place(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    match r? {
+        true => Ok(()),
+        false => Err(Error::Conflict(format!("{} exists already; never overwritten", path.display()))),
+    }
+}
+
+fn tmp_name(tmp_dir: &Path) -> PathBuf {
+    let mut r = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut r);
+    tmp_dir.join(format!("{}.tmp", hex::encode(r)))
+}
+
+/// Links a durable temporary file to its final name without replacing an
+/// existing one (a hard link fails on an existing name, atomically), then
+/// fsyncs the directory. Returns `false` when the name existed.
+fn link_into_place(tmp: &Path, path: &Path) -> Result<bool> {
+    // unwrap: every object path has a parent directory inside the repository
+    let dir = path.parent().expect("object path has a parent");
+    if !dir.exists() {
+        fs::create_dir_all(dir).at(dir)?;
+        // unwrap: same as above
+        fsync_dir(dir.parent().expect("parent"))?;
+    }
+    match fs::hard_link(tmp, path) {
+        Ok(()) => {
+            fsync_dir(dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+struct LocalUpload {
+    tmp: PathBuf,
+    file: io::BufWriter<File>,
+    hasher: blake3::Hasher,
+    len: u64,
+    dest: PathBuf,
+}
+
+impl Write for LocalUpload {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.len + buf.len() as u64 > MAX_PACK_BYTES {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "pack larger than allowed"));
+        }
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for LocalUpload {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+impl PackUpload for LocalUpload {
+    fn commit(mut self: Box<Self>, id: PackId) -> Result<bool> {
+        // The store's own rule: a pack is named by the hash of its bytes.
+        let actual = PackId(*self.hasher.finalize().as_bytes());
+        if actual != id {
+            return Err(Error::Denied(format!("pack named {id} hashes to {actual}; refused")));
+        }
+        self.file.flush().at(&self.tmp)?;
+        self.file.get_ref().sync_all().at(&self.tmp)?;
+        let hex = id.to_hex();
+        let path = self.dest.join(&hex[..2]).join(&hex);
+        link_into_place(&self.tmp, &path)
+    }
+}
+
+impl Store for LocalStore {
+    fn read_config(&self) -> Result<Vec<u8>> {
+        read_small(&self.root.join("config"), MAX_SMALL_FILE_BYTES)
+    }
+
+    fn write_config(&self, bytes: &[u8]) -> Result<()> {
+        write_once(&self.root.join("tmp"), &self.root.join("config"), bytes)
+    }
+
+    fn list_keys(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("keys");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let e = e.at(&dir)?;
+            if let Some(n) = e.file_name().to_str() {
+                if valid_key_name(n) {
+                    out.push(n.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn read_key(&self, name: &str) -> Result<Vec<u8>> {
+        if !valid_key_name(name) {
+            return Err(Error::NotFound(format!("key {name}")));
+        }
+        read_small(&self.root.join("keys").join(name), MAX_SMALL_FILE_BYTES)
+    }
+
+    fn write_key(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        if !valid_key_name(name) {
+            return Err(Error::Denied(format!("invalid key name {name:?}")));
+        }
+        write_once(&self.root.join("tmp"), &self.root.join("keys").join(name), bytes)
+    }
+
+    fn remove_key(&self, name: &str) -> Result<()> {
+        if !valid_key_name(name) {
+            return Err(Error::NotFound(format!("key {name}")));
+        }
+        let p = self.root.join("keys").join(name);
+        fs::remove_file(&p).at(&p)?;
+        fsync_dir(&self.root.join("keys"))
+    }
+
+    fn upload_pack(&self) -> Result<Box<dyn PackUpload>> {
+        let tmp = tmp_name(&self.root.join("tmp"));
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp)?;
+        Ok(Box::new(LocalUpload {
+            tmp,
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            dest: self.root.join("packs"),
+        }))
+    }
+
+    fn pack_size(&self, id: &PackId) -> Result<Option<u64>> {
+        let p = self.pack_path(id);
+        match fs::metadata(&p) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(p, e)),
+        }
+    }
+
+    fn read_pack(&self, id: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let f = self.handle(id)?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                Error::Corrupt(format!("pack {id} is shorter than its header says (truncated?)"))
+            } else {
+                Error::io(self.pack_path(id), e)
+            }
+        })?;
+        Ok(buf)
+    }
+
+    fn for_each_pack(&self, f: &mut dyn FnMut(PackId, u64) -> Result<()>) -> Result<()> {
+        let dir = self.root.join("packs");
+        let mut subs: Vec<_> = fs::read_dir(&dir).at(&dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        subs.sort();
+        for sub in subs {
+            let mut names = Vec::new();
+            for e in fs::read_dir(&sub).at(&sub)? {
+                let e = e.at(&sub)?;
+                if let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<PackId>().ok()) {
+                    names.push((id, e.metadata().at(e.path())?.len()));
+                }
+            }
+            names.sort();
+            for (id, len) in names {
+                f(id, len)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_snapshot(&self, bytes: &[u8]) -> Result<SnapshotId> {
+        let file = snapshot::decode(bytes)?;
+        for p in &file.packs {
+            if self.pack_size(p)?.is_none() {
+                return Err(Error::Denied(format!(
+                    "snapshot refused: it references pack {p}, which the repository does not hold"
+                )));
+            }
+        }
+        let id = SnapshotId::of(bytes);
+        write_once(&self.root.join("tmp"), &self.snapshot_path(&id), bytes)?;
+        Ok(id)
+    }
+
+    fn list_snapshots(&self) -> Result<Vec<SnapshotId>> {
+        let dir = self.root.join("snapshots");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let e = e.at(&dir)?;
+            if let Some(id) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push(id);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn read_snapshot(&self, id: &SnapshotId) -> Result<Vec<u8>> {
+        read_small(&self.snapshot_path(id), MAX_SNAPSHOT_BYTES)
+    }
+}
+
+fn valid_key_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_upload_is_write_once_and_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStore::create(&d.path().join("r")).unwrap();
+        let bytes = b"pack bytes".to_vec();
+        let id = PackId::of(&bytes);
+        let mut u = s.upload_pack().unwrap();
+        u.write_all(&bytes).unwrap();
+        assert!(u.commit(id).unwrap());
+        let mut u = s.upload_pack().unwrap();
+        u.write_all(&bytes).unwrap();
+        assert!(!u.commit(id).unwrap(), "second writer must not replace");
+        let mut u = s.upload_pack().unwrap();
+        u.write_all(b"other").unwrap();
+        assert!(u.commit(id).is_err(), "a name must be the hash of the bytes");
+        assert_eq!(s.read_pack(&id, 0, bytes.len()).unwrap(), bytes);
+        // nothing left in tmp
+        assert_eq!(fs::read_dir(d.path().join("r/tmp")).unwrap().count(), 0);
+    }
+}
