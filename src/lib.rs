@@ -39,6 +39,7 @@ pub mod chunk;
 pub mod crypto;
 pub mod error;
 pub mod format;
+#[doc(hidden)] pub mod fuzzing;
 pub mod id;
 pub mod limits;
 pub mod repo;

@@ -427,7 +427,6 @@ fn cmd_ls(cli: &Cli, snap: &str, path: Option<&str>) -> Result<()> {
     } else {
         walk(&repo, &cache, &node, &base, &mut visit)?;
     }
-    drop(visit);
     out.flush()?;
     drop(out);
     if cli.json {

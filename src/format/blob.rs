@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(open(&k, Kind::Data, &id, &sealed).unwrap(), text);
 
         let mut rnd = vec![0u8; 50000];
-        OsRng.fill_bytes(&mut rnd);
+        rand::RngCore::fill_bytes(&mut OsRng, &mut rnd);
         let id = k.blob_id(&rnd);
         let sealed = s.seal(&k, Kind::Data, &id, &rnd, &mut OsRng);
         assert_eq!(sealed.len(), rnd.len() + 1 + SEAL_OVERHEAD);

@@ -1,0 +1,215 @@
+//! Entry points for fuzz targets and the fuzz smoke test; not a stable API.
+//!
+//! One function per parser of untrusted bytes. Each takes any input, must
+//! never panic on it, and asserts round-trip properties wherever a decode
+//! succeeds: a panic here is either a parser bug or a broken invariant. Keyed
+//! parsers use the fixed master key [`MASTER_KEY`], so the seeds the smoke
+//! test builds with the real encoders open under [`keys`].
+
+use rand::rngs::OsRng;
+
+use crate::crypto::{Keys, Kind, MasterKey, SEAL_OVERHEAD};
+use crate::format::blob::{self, Sealer};
+use crate::format::chunklist;
+use crate::format::config::ConfigFile;
+use crate::format::keyfile::KeyFile;
+use crate::format::pack::{self, PackEntry, MAGIC_PACK, TRAILER_LEN};
+use crate::format::snapshot::{self, MAGIC_SNAPSHOT};
+use crate::format::tree::Tree;
+use crate::id::BlobId;
+
+/// The master key every keyed target uses.
+pub const MASTER_KEY: [u8; 32] = [7u8; 32];
+
+/// The subkeys derived from [`MASTER_KEY`].
+pub fn keys() -> Keys {
+    Keys::derive(&MasterKey::from_bytes(MASTER_KEY))
+}
+
+/// Checks that every entry lies in `[8, blob_end)` and that the table
+/// survives an encode/decode round trip (the encoding is padded, so entries
+/// are compared, not bytes).
+fn check_entries(entries: &[PackEntry], blob_end: u64) {
+    for e in entries {
+        assert!(
+            e.offset >= MAGIC_PACK.len() as u64,
+            "entry before the magic: {e:?}"
+        );
+        assert!(
+            e.offset + u64::from(e.sealed_len) <= blob_end,
+            "entry beyond the blob area ({blob_end}): {e:?}"
+        );
+        assert!(
+            e.sealed_len as usize > SEAL_OVERHEAD,
+            "entry too short: {e:?}"
+        );
+    }
+    let enc = pack::encode_header(entries);
+    assert_eq!(enc.len() % pack::HEADER_PAD, 0);
+    let again = pack::decode_header(&enc, blob_end).expect("re-encoded pack header decodes");
+    assert_eq!(again, entries, "pack header round trip");
+}
+
+/// A whole pack, its trailer, and the raw bytes read as a header plaintext.
+pub fn pack(data: &[u8]) {
+    let keys = keys();
+    let len = data.len() as u64;
+
+    if let Ok(entries) = pack::decode(&keys, data) {
+        let hlen = pack::decode_trailer(&data[data.len() - TRAILER_LEN..], len)
+            .expect("a decoded pack has a valid trailer") as usize;
+        let blob_end = len - (hlen + TRAILER_LEN) as u64;
+        check_entries(&entries, blob_end);
+        // The blobs it points at must be safe to open too.
+        for e in &entries {
+            let start = e.offset as usize;
+            let sealed = &data[start..start + e.sealed_len as usize];
+            if let Ok(plain) = blob::open(&keys, e.kind, &e.id, sealed) {
+                assert_eq!(keys.blob_id(&plain), e.id);
+            }
+        }
+    }
+
+    if data.len() >= TRAILER_LEN {
+        if let Ok(hlen) = pack::decode_trailer(&data[data.len() - TRAILER_LEN..], len) {
+            let hlen = u64::from(hlen);
+            assert!(hlen >= SEAL_OVERHEAD as u64);
+            assert!(hlen + (MAGIC_PACK.len() + TRAILER_LEN) as u64 <= len);
+        }
+    }
+
+    if let Ok(entries) = pack::decode_header(data, len) {
+        check_entries(&entries, len);
+    }
+}
+
+/// Sealed blobs (the first 32 bytes are the id, the rest the sealed blob, so
+/// a seed can be a blob that opens), zstd frames, and seal/open of the input
+/// as a plaintext.
+pub fn blob(data: &[u8]) {
+    let keys = keys();
+
+    if data.len() >= 32 {
+        let (id, sealed) = data.split_at(32);
+        let id = BlobId::from_slice(id).expect("32 bytes");
+        for kind in [Kind::Data, Kind::Tree, Kind::ChunkList] {
+            if let Ok(plain) = blob::open(&keys, kind, &id, sealed) {
+                assert_eq!(keys.blob_id(&plain), id, "opened blob matches its id");
+                assert!(plain.len() <= crate::limits::MAX_BLOB_BYTES);
+            }
+        }
+    }
+    // Not content-addressed: no id check after opening.
+    let _ = blob::open(&keys, Kind::Snapshot, &BlobId([0x11; 32]), data);
+
+    if let Ok(plain) = blob::decompress(data) {
+        assert!(plain.len() <= crate::limits::MAX_BLOB_BYTES);
+    }
+
+    // The input as a plaintext: sealing then opening gives it back, with and
+    // without compression.
+    let id = keys.blob_id(data);
+    for level in [0, 3] {
+        let sealed = Sealer::new(level).seal(&keys, Kind::Data, &id, data, &mut OsRng);
+        assert!(
+            sealed.len() <= data.len() + 1 + SEAL_OVERHEAD,
+            "sealing never expands beyond raw"
+        );
+        let plain = blob::open(&keys, Kind::Data, &id, &sealed).expect("a fresh seal opens");
+        assert_eq!(plain, data, "seal/open round trip");
+        assert!(
+            blob::open(&keys, Kind::Tree, &id, &sealed).is_err(),
+            "kind is bound"
+        );
+    }
+}
+
+/// Chunk lists: a successful decode re-encodes to the very same bytes.
+pub fn chunklist(data: &[u8]) {
+    if let Ok(refs) = chunklist::decode(data) {
+        assert_eq!(chunklist::encode(&refs), data, "chunk list is canonical");
+    }
+}
+
+/// Trees: a decoded tree re-encodes to bytes that decode to the same tree;
+/// inline chunk lists are decoded too.
+pub fn tree(data: &[u8]) {
+    let Ok(t) = Tree::decode(data) else { return };
+    for n in &t.nodes {
+        if let Some(c) = &n.chunks {
+            chunklist(c);
+        }
+    }
+    let mut t2 = t.clone();
+    let enc = t2.encode();
+    assert_eq!(t2, t, "a valid tree is already sorted");
+    let again = Tree::decode(&enc).expect("re-encoded tree decodes");
+    assert_eq!(again, t, "tree round trip");
+    let mut t3 = again;
+    assert_eq!(t3.encode(), enc, "tree encoding is stable");
+}
+
+/// Snapshot files: the plain part is canonical (it re-encodes to the input's
+/// prefix), and an opened record re-encodes to a file that opens the same.
+pub fn snapshot(data: &[u8]) {
+    let Ok(f) = snapshot::decode(data) else {
+        return;
+    };
+    let plain_len = data.len() - f.sealed.len();
+    let mut plain = Vec::with_capacity(plain_len);
+    plain.extend_from_slice(&MAGIC_SNAPSHOT);
+    plain.extend_from_slice(&(f.packs.len() as u32).to_le_bytes());
+    for p in &f.packs {
+        plain.extend_from_slice(p.as_bytes());
+    }
+    assert_eq!(
+        plain,
+        &data[..plain_len],
+        "snapshot plain part is canonical"
+    );
+    assert_eq!(f.plain_hash, *blake3::hash(&plain).as_bytes());
+
+    let keys = keys();
+    if let Ok(rec) = snapshot::open_record(&keys, &f) {
+        let (id, bytes) = snapshot::encode(&keys, f.packs.clone(), &rec, &mut OsRng);
+        assert_eq!(id, crate::id::SnapshotId::of(&bytes));
+        let f2 = snapshot::decode(&bytes).expect("re-encoded snapshot decodes");
+        assert_eq!(f2.packs, f.packs);
+        assert_eq!(f2.plain_hash, f.plain_hash);
+        let rec2 = snapshot::open_record(&keys, &f2).expect("re-encoded record opens");
+        assert_eq!(rec2, rec, "snapshot record round trip");
+    }
+}
+
+/// Key files: a decoded file re-encodes to one that decodes the same, and its
+/// parameters can be checked. The passphrase path (Argon2) is not run: too
+/// slow for fuzzing.
+pub fn keyfile(data: &[u8]) {
+    let Ok(kf) = KeyFile::decode(data) else {
+        return;
+    };
+    let _ = kf.params.check();
+    let again = KeyFile::decode(&kf.encode()).expect("re-encoded key file decodes");
+    assert_eq!(again, kf, "key file round trip");
+}
+
+/// Repository configs: the envelope round-trips, and opened settings re-seal
+/// to a config that opens to the same settings.
+pub fn config(data: &[u8]) {
+    let Ok(c) = ConfigFile::decode(data) else {
+        return;
+    };
+    let again = ConfigFile::decode(&c.encode()).expect("re-encoded config decodes");
+    assert_eq!(again, c, "config envelope round trip");
+    let keys = keys();
+    if let Ok(s) = c.open(&keys) {
+        s.validate().expect("opened settings are valid");
+        let c2 = ConfigFile::create(&keys, c.id, &s, &mut OsRng);
+        let c2 = ConfigFile::decode(&c2.encode()).expect("fresh config decodes");
+        assert_eq!(
+            c2.open(&keys).expect("fresh config opens"),
+            s,
+            "settings round trip"
+        );
+    }
+}

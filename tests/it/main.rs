@@ -1,0 +1,10 @@
+//! Integration tests: the real `coffer` binary on real files, a real SQLite
+//! cache and a real repository directory. One test binary, one module per
+//! story. `util` holds the harness.
+
+mod backup;
+mod crash;
+mod keys;
+mod restore;
+mod tamper;
+mod util;
