@@ -79,6 +79,7 @@ impl Cache {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS run_refs (file INTEGER NOT NULL, blob BLOB NOT NULL);
+             CREATE INDEX IF NOT EXISTS temp.run_refs_file ON run_refs(file);
              CREATE TEMP TABLE IF NOT EXISTS run_packs (pack BLOB PRIMARY KEY) WITHOUT ROWID;
              CREATE TEMP TABLE IF NOT EXISTS run_files (
                  seq INTEGER PRIMARY KEY, path BLOB NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
@@ -89,9 +90,9 @@ impl Cache {
 
     /// Looks a blob up.
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT pack, offset, sealed_len, plain_len, kind FROM blobs WHERE id = ?1")?;
+        let mut st = self.conn.prepare_cached(
+            "SELECT pack, offset, sealed_len, plain_len, kind FROM blobs WHERE id = ?1",
+        )?;
         let row = st
             .query_row([id.as_bytes()], |r| {
                 Ok((
@@ -106,24 +107,30 @@ impl Cache {
         Ok(match row {
             None => None,
             Some((pack, offset, sealed_len, plain_len, kind)) => Some(BlobLocation {
-                pack: PackId::from_slice(&pack).ok_or_else(|| Error::Corrupt("cache: bad pack id".into()))?,
+                pack: PackId::from_slice(&pack)
+                    .ok_or_else(|| Error::Corrupt("cache: bad pack id".into()))?,
                 offset: offset as u64,
                 sealed_len: sealed_len as u32,
                 plain_len: plain_len as u32,
-                kind: Kind::from_u8(kind as u8).ok_or_else(|| Error::Corrupt("cache: bad kind".into()))?,
+                kind: Kind::from_u8(kind as u8)
+                    .ok_or_else(|| Error::Corrupt("cache: bad kind".into()))?,
             }),
         })
     }
 
     /// Whether a blob is known.
     pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
-        let mut st = self.conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
         Ok(st.exists([id.as_bytes()])?)
     }
 
     /// Whether a pack's header is known.
     pub fn has_pack(&self, id: &PackId) -> Result<bool> {
-        let mut st = self.conn.prepare_cached("SELECT 1 FROM packs WHERE id = ?1")?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM packs WHERE id = ?1")?;
         Ok(st.exists([id.as_bytes()])?)
     }
 
@@ -223,7 +230,9 @@ impl Cache {
 
     /// Notes that the running backup references a whole pack.
     pub fn run_pack(&self, pack: &PackId) -> Result<()> {
-        let mut st = self.conn.prepare_cached("INSERT OR IGNORE INTO run_packs (pack) VALUES (?1)")?;
+        let mut st = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO run_packs (pack) VALUES (?1)")?;
         st.execute([pack.as_bytes()])?;
         Ok(())
     }
@@ -296,7 +305,9 @@ impl Cache {
         let mut n = 0;
         let tx = self.conn.transaction()?;
         {
-            let mut rows = tx.prepare("SELECT seq, path, size, mtime_ns, ctime_ns, inode, dev, content FROM run_files")?;
+            let mut rows = tx.prepare(
+                "SELECT seq, path, size, mtime_ns, ctime_ns, inode, dev, content FROM run_files",
+            )?;
             let mut packs = tx.prepare_cached(
                 "SELECT DISTINCT b.pack FROM run_refs r JOIN blobs b ON b.id = r.blob WHERE r.file = ?1 ORDER BY b.pack",
             )?;
@@ -347,9 +358,13 @@ mod tests {
         };
         c.add_pack(&PackId([2; 32]), 1000, &[e]).unwrap();
         let l = c.lookup(&BlobId([1; 32])).unwrap().unwrap();
-        assert_eq!((l.pack, l.offset, l.sealed_len, l.kind), (PackId([2; 32]), 8, 100, Kind::Data));
+        assert_eq!(
+            (l.pack, l.offset, l.sealed_len, l.kind),
+            (PackId([2; 32]), 8, 100, Kind::Data)
+        );
         assert!(c.lookup(&BlobId([3; 32])).unwrap().is_none());
-        c.run_refs(&[(1, BlobId([1; 32])), (0, BlobId([9; 32]))]).unwrap();
+        c.run_refs(&[(1, BlobId([1; 32])), (0, BlobId([9; 32]))])
+            .unwrap();
         let (packs, missing) = c.run_packs().unwrap();
         assert_eq!((packs, missing), (vec![PackId([2; 32])], 1));
         assert_eq!(c.run_file_packs(1).unwrap(), vec![2u8; 32]);

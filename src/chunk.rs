@@ -147,7 +147,13 @@ mod tests {
     #[test]
     fn defaults_validate() {
         ChunkerParams::default().validate().unwrap();
-        assert!(ChunkerParams { min: 10, avg: 16, max: 20 }.validate().is_err());
+        assert!(ChunkerParams {
+            min: 10,
+            avg: 16,
+            max: 20
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

@@ -268,11 +268,17 @@ mod tests {
         assert_eq!(k.open(Kind::Data, &id, &sealed).unwrap(), b"hello");
         // another kind, another id, a flipped bit: all refused
         assert_eq!(k.open(Kind::Tree, &id, &sealed), Err(CryptoError::Auth));
-        assert_eq!(k.open(Kind::Data, &[8u8; 32], &sealed), Err(CryptoError::Auth));
+        assert_eq!(
+            k.open(Kind::Data, &[8u8; 32], &sealed),
+            Err(CryptoError::Auth)
+        );
         let mut bad = sealed.clone();
         bad[30] ^= 1;
         assert_eq!(k.open(Kind::Data, &id, &bad), Err(CryptoError::Auth));
-        assert_eq!(k.open(Kind::Data, &id, &sealed[..10]), Err(CryptoError::TooShort(10)));
+        assert_eq!(
+            k.open(Kind::Data, &id, &sealed[..10]),
+            Err(CryptoError::TooShort(10))
+        );
     }
 
     #[test]

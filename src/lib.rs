@@ -39,7 +39,8 @@ pub mod chunk;
 pub mod crypto;
 pub mod error;
 pub mod format;
-#[doc(hidden)] pub mod fuzzing;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod limits;
 pub mod repo;

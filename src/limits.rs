@@ -1,8 +1,9 @@
 //! Every size cap on untrusted input, in one place. Parsers check lengths
 //! against these before they allocate.
 
-/// Largest plaintext blob (a data chunk, tree, chunk list or record).
-pub const MAX_BLOB_BYTES: usize = 16 << 20;
+/// Largest plaintext blob (a data chunk, tree, chunk list or record). Large
+/// enough for a directory of a few hundred thousand entries.
+pub const MAX_BLOB_BYTES: usize = 64 << 20;
 /// Largest sealed blob: the plaintext plus flag, nonce and tag, plus zstd's
 /// worst-case expansion is never stored (raw is chosen instead).
 pub const MAX_SEALED_BLOB_BYTES: usize = MAX_BLOB_BYTES + 1 + 24 + 16;

@@ -151,7 +151,10 @@ fn read_small(path: &Path, max: usize) -> Result<Vec<u8>> {
     })?;
     let len = f.metadata().at(path)?.len();
     if len > max as u64 {
-        return Err(Error::Corrupt(format!("{}: {len} bytes is larger than allowed", path.display())));
+        return Err(Error::Corrupt(format!(
+            "{}: {len} bytes is larger than allowed",
+            path.display()
+        )));
     }
     let mut buf = Vec::with_capacity(len as usize);
     io::Read::read_to_end(&mut io::Read::take(f, max as u64), &mut buf).at(path)?;
@@ -167,14 +170,21 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 /// replacing, fsync of the directory. Fails with `Conflict` if `path` exists.
 pub fn write_once(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_name(tmp_dir);
-    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .at(&tmp)?;
     let r = f.write_all(bytes).and_then(|_| f.sync_all()).at(&tmp);
     drop(f);
     let r = r.and_then(|_| link_into_place(&tmp, path));
     let _ = fs::remove_file(&tmp);
     match r? {
         true => Ok(()),
-        false => Err(Error::Conflict(format!("{} exists already; never overwritten", path.display()))),
+        false => Err(Error::Conflict(format!(
+            "{} exists already; never overwritten",
+            path.display()
+        ))),
     }
 }
 
@@ -216,7 +226,10 @@ struct LocalUpload {
 impl Write for LocalUpload {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.len + buf.len() as u64 > MAX_PACK_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "pack larger than allowed"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "pack larger than allowed",
+            ));
         }
         let n = self.file.write(buf)?;
         self.hasher.update(&buf[..n]);
@@ -239,7 +252,9 @@ impl PackUpload for LocalUpload {
         // The store's own rule: a pack is named by the hash of its bytes.
         let actual = PackId(*self.hasher.finalize().as_bytes());
         if actual != id {
-            return Err(Error::Denied(format!("pack named {id} hashes to {actual}; refused")));
+            return Err(Error::Denied(format!(
+                "pack named {id} hashes to {actual}; refused"
+            )));
         }
         self.file.flush().at(&self.tmp)?;
         self.file.get_ref().sync_all().at(&self.tmp)?;
@@ -284,7 +299,11 @@ impl Store for LocalStore {
         if !valid_key_name(name) {
             return Err(Error::Denied(format!("invalid key name {name:?}")));
         }
-        write_once(&self.root.join("tmp"), &self.root.join("keys").join(name), bytes)
+        write_once(
+            &self.root.join("tmp"),
+            &self.root.join("keys").join(name),
+            bytes,
+        )
     }
 
     fn remove_key(&self, name: &str) -> Result<()> {
@@ -298,7 +317,11 @@ impl Store for LocalStore {
 
     fn upload_pack(&self) -> Result<Box<dyn PackUpload>> {
         let tmp = tmp_name(&self.root.join("tmp"));
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .at(&tmp)?;
         Ok(Box::new(LocalUpload {
             tmp,
             file: io::BufWriter::with_capacity(1 << 20, file),
@@ -322,7 +345,9 @@ impl Store for LocalStore {
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, offset).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                Error::Corrupt(format!("pack {id} is shorter than its header says (truncated?)"))
+                Error::Corrupt(format!(
+                    "pack {id} is shorter than its header says (truncated?)"
+                ))
             } else {
                 Error::io(self.pack_path(id), e)
             }
@@ -332,13 +357,21 @@ impl Store for LocalStore {
 
     fn for_each_pack(&self, f: &mut dyn FnMut(PackId, u64) -> Result<()>) -> Result<()> {
         let dir = self.root.join("packs");
-        let mut subs: Vec<_> = fs::read_dir(&dir).at(&dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        let mut subs: Vec<_> = fs::read_dir(&dir)
+            .at(&dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
         subs.sort();
         for sub in subs {
             let mut names = Vec::new();
             for e in fs::read_dir(&sub).at(&sub)? {
                 let e = e.at(&sub)?;
-                if let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<PackId>().ok()) {
+                if let Some(id) = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<PackId>().ok())
+                {
                     names.push((id, e.metadata().at(e.path())?.len()));
                 }
             }
@@ -404,7 +437,10 @@ mod tests {
         assert!(!u.commit(id).unwrap(), "second writer must not replace");
         let mut u = s.upload_pack().unwrap();
         u.write_all(b"other").unwrap();
-        assert!(u.commit(id).is_err(), "a name must be the hash of the bytes");
+        assert!(
+            u.commit(id).is_err(),
+            "a name must be the hash of the bytes"
+        );
         assert_eq!(s.read_pack(&id, 0, bytes.len()).unwrap(), bytes);
         // nothing left in tmp
         assert_eq!(fs::read_dir(d.path().join("r/tmp")).unwrap().count(), 0);

@@ -82,10 +82,10 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Argon2id memory in KiB (floor 19456).
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = 32768)]
     pub kdf_memory_kib: u32,
     /// Argon2id iterations (floor 2).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 4)]
     pub kdf_iterations: u32,
     /// Minimum chunk size in bytes.
     #[arg(long)]
@@ -149,10 +149,10 @@ pub enum KeyCommand {
     /// Add a passphrase (from COFFER_NEW_PASSWORD, COFFER_NEW_PASSWORD_FILE or a prompt).
     Add {
         /// Argon2id memory in KiB.
-        #[arg(long, default_value_t = 65536)]
+        #[arg(long, default_value_t = 32768)]
         kdf_memory_kib: u32,
         /// Argon2id iterations.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 4)]
         kdf_iterations: u32,
     },
     /// List key files.
@@ -165,10 +165,10 @@ pub enum KeyCommand {
     /// Change the passphrase in use: add the new one, remove the old key file.
     Passwd {
         /// Argon2id memory in KiB.
-        #[arg(long, default_value_t = 65536)]
+        #[arg(long, default_value_t = 32768)]
         kdf_memory_kib: u32,
         /// Argon2id iterations.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 4)]
         kdf_iterations: u32,
     },
 }

@@ -149,7 +149,9 @@ fn repo_path(cli: &Cli) -> Result<PathBuf> {
         .as_deref()
         .ok_or_else(|| anyhow!("no repository: give --repo or set COFFER_REPO"))?;
     if r.starts_with("quic://") {
-        bail!("remote repositories (quic://) are not supported by this build yet; use a local path");
+        bail!(
+            "remote repositories (quic://) are not supported by this build yet; use a local path"
+        );
     }
     Ok(PathBuf::from(r))
 }
@@ -157,7 +159,12 @@ fn repo_path(cli: &Cli) -> Result<PathBuf> {
 fn open(cli: &Cli) -> Result<Repository> {
     let path = repo_path(cli)?;
     let store = LocalStore::open(&path)?;
-    let pw = passphrase("COFFER_PASSWORD", "COFFER_PASSWORD_FILE", "Repository passphrase: ", false)?;
+    let pw = passphrase(
+        "COFFER_PASSWORD",
+        "COFFER_PASSWORD_FILE",
+        "Repository passphrase: ",
+        false,
+    )?;
     let cache = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
     Ok(Repository::open_store(Arc::new(store), &pw, &cache)?)
 }
@@ -175,7 +182,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Backup(a) => cmd_backup(&cli, a),
         Command::Snapshots => cmd_snapshots(&cli),
         Command::Ls { snap, path } => cmd_ls(&cli, snap, path.as_deref()),
-        Command::Restore { snap, target, paths } => cmd_restore(&cli, snap, target, paths),
+        Command::Restore {
+            snap,
+            target,
+            paths,
+        } => cmd_restore(&cli, snap, target, paths),
         Command::Dump { snap, path } => cmd_dump(&cli, snap, path),
         Command::Diff { snap1, snap2 } => cmd_diff(&cli, snap1, snap2),
         Command::Stats { snap } => cmd_stats(&cli, snap.as_deref()),
@@ -186,7 +197,12 @@ fn run(cli: Cli) -> Result<()> {
 
 fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
     let path = repo_path(cli)?;
-    let pw = passphrase("COFFER_PASSWORD", "COFFER_PASSWORD_FILE", "New repository passphrase: ", true)?;
+    let pw = passphrase(
+        "COFFER_PASSWORD",
+        "COFFER_PASSWORD_FILE",
+        "New repository passphrase: ",
+        true,
+    )?;
     if pw.is_empty() {
         bail!("refusing an empty passphrase");
     }
@@ -211,7 +227,8 @@ fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
         host: host(),
         now: now_ns() / 1_000_000_000,
     };
-    let id = Repository::init(&path, &pw, &opts).with_context(|| format!("creating a repository at {}", path.display()))?;
+    let id = Repository::init(&path, &pw, &opts)
+        .with_context(|| format!("creating a repository at {}", path.display()))?;
     if cli.json {
         print_json(&json!({"id": id.to_hex(), "repo": path}))?;
     } else if !cli.quiet {
@@ -225,7 +242,12 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
     // An uninitialized local repository is created on first use, so one
     // command gives a new user a real backup.
     if !repo_dir.join("config").exists() {
-        let pw = passphrase("COFFER_PASSWORD", "COFFER_PASSWORD_FILE", "New repository passphrase: ", true)?;
+        let pw = passphrase(
+            "COFFER_PASSWORD",
+            "COFFER_PASSWORD_FILE",
+            "New repository passphrase: ",
+            true,
+        )?;
         let opts = InitOptions {
             host: host(),
             now: now_ns() / 1_000_000_000,
@@ -234,7 +256,11 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
         let id = Repository::init(&repo_dir, &pw, &opts)
             .with_context(|| format!("creating a repository at {}", repo_dir.display()))?;
         if !cli.quiet && !cli.json {
-            eprintln!("created repository {} at {}", id.short(), repo_dir.display());
+            eprintln!(
+                "created repository {} at {}",
+                id.short(),
+                repo_dir.display()
+            );
         }
     }
     let repo = open(cli)?;
@@ -250,14 +276,24 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
         files_cache: !a.no_files_cache,
         before_commit: None,
     };
-    let modes = [!a.paths.is_empty(), a.stdin, a.stdin_from_command.is_some(), a.image.is_some()];
+    let modes = [
+        !a.paths.is_empty(),
+        a.stdin,
+        a.stdin_from_command.is_some(),
+        a.image.is_some(),
+    ];
     if modes.iter().filter(|m| **m).count() != 1 {
         bail!("give exactly one of: PATHS, --stdin, --stdin-from-command CMD, --image DEVICE");
     }
     let mut child_guard = None;
     let source = if let Some(cmd) = &a.stdin_from_command {
-        let name = a.stdin_name.clone().ok_or_else(|| anyhow!("--stdin-from-command needs --stdin-name"))?;
-        let (prog, rest) = cmd.split_first().ok_or_else(|| anyhow!("--stdin-from-command needs a command"))?;
+        let name = a
+            .stdin_name
+            .clone()
+            .ok_or_else(|| anyhow!("--stdin-from-command needs --stdin-name"))?;
+        let (prog, rest) = cmd
+            .split_first()
+            .ok_or_else(|| anyhow!("--stdin-from-command needs a command"))?;
         let mut child = Proc::new(prog)
             .args(rest)
             .stdin(Stdio::null())
@@ -275,7 +311,9 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
             if status.success() {
                 Ok(())
             } else {
-                Err(Error::Denied(format!("command `{shown}` failed ({status}); no snapshot committed")))
+                Err(Error::Denied(format!(
+                    "command `{shown}` failed ({status}); no snapshot committed"
+                )))
             }
         }));
         BackupSource::Stream {
@@ -351,12 +389,21 @@ fn cmd_snapshots(cli: &Cli) -> Result<()> {
     let repo = open(cli)?;
     let snaps = repo.snapshots()?;
     if cli.json {
-        return print_json(&serde_json::Value::Array(snaps.iter().map(snapshot_json).collect()));
+        return print_json(&serde_json::Value::Array(
+            snaps.iter().map(snapshot_json).collect(),
+        ));
     }
-    println!("{:<8}  {:<20}  {:<16}  {:>10}  paths", "id", "time", "host", "size");
+    println!(
+        "{:<8}  {:<20}  {:<16}  {:>10}  paths",
+        "id", "time", "host", "size"
+    );
     for s in &snaps {
         let r = &s.record;
-        let tags = if r.tags.is_empty() { String::new() } else { format!(" [{}]", r.tags.join(",")) };
+        let tags = if r.tags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", r.tags.join(","))
+        };
         println!(
             "{:<8}  {:<20}  {:<16}  {:>10}  {}{}",
             s.id.short(),
@@ -402,7 +449,15 @@ fn cmd_ls(cli: &Cli, snap: &str, path: Option<&str>) -> Result<()> {
             rows.push(json!({"path": p, "type": kind_name(n.kind), "size": n.size, "mode": format!("{:o}", n.mode),
                              "uid": n.uid, "gid": n.gid, "mtime": fmt_time(n.mtime_ns)}));
         } else {
-            writeln!(out, "{:<7} {:>5o} {:>12} {}  {}", kind_name(n.kind), n.mode, n.size, fmt_time(n.mtime_ns), p)?;
+            writeln!(
+                out,
+                "{:<7} {:>5o} {:>12} {}  {}",
+                kind_name(n.kind),
+                n.mode,
+                n.size,
+                fmt_time(n.mtime_ns),
+                p
+            )?;
         }
         Ok(())
     };
@@ -415,7 +470,11 @@ fn cmd_ls(cli: &Cli, snap: &str, path: Option<&str>) -> Result<()> {
     ) -> Result<()> {
         if let Some(sub) = &n.subtree {
             for c in repo.load_tree(cache, sub)?.nodes {
-                let cp = format!("{}/{}", p.trim_end_matches('/'), String::from_utf8_lossy(&c.name));
+                let cp = format!(
+                    "{}/{}",
+                    p.trim_end_matches('/'),
+                    String::from_utf8_lossy(&c.name)
+                );
                 visit(&c, &cp)?;
                 walk(repo, cache, &c, &cp, visit)?;
             }
@@ -452,9 +511,11 @@ fn cmd_restore(cli: &Cli, snap: &str, target: &Path, paths: &[String]) -> Result
         eprintln!("coffer: error: {e}");
     }
     if cli.json {
-        print_json(&json!({"snapshot": s.id.to_hex(), "files": st.files, "dirs": st.dirs, "others": st.others,
+        print_json(
+            &json!({"snapshot": s.id.to_hex(), "files": st.files, "dirs": st.dirs, "others": st.others,
                            "bytes": st.bytes, "errors": st.errors, "warnings": st.warnings,
-                           "seconds": started.elapsed().as_secs_f64()}))?;
+                           "seconds": started.elapsed().as_secs_f64()}),
+        )?;
     } else if !cli.quiet {
         println!(
             "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
@@ -510,8 +571,16 @@ fn cmd_stats(cli: &Cli, snap: Option<&str>) -> Result<()> {
         }
         let st = &s.record.stats;
         println!("snapshot {} ({})", s.id.short(), fmt_time(s.record.time_ns));
-        println!("  files {}  dirs {}  others {}", st.files, st.dirs, st.others);
-        println!("  processed {}  new {}  stored {}", fmt_bytes(st.bytes), fmt_bytes(st.new_bytes), fmt_bytes(st.new_pack_bytes));
+        println!(
+            "  files {}  dirs {}  others {}",
+            st.files, st.dirs, st.others
+        );
+        println!(
+            "  processed {}  new {}  stored {}",
+            fmt_bytes(st.bytes),
+            fmt_bytes(st.new_bytes),
+            fmt_bytes(st.new_pack_bytes)
+        );
         println!("  references {} packs", s.packs.len());
         return Ok(());
     }
@@ -523,7 +592,9 @@ fn cmd_stats(cli: &Cli, snap: Option<&str>) -> Result<()> {
         Ok(())
     })?;
     if cli.json {
-        return print_json(&json!({"snapshots": snaps, "packs": packs, "pack_bytes": bytes, "repository": repo.id().to_hex()}));
+        return print_json(
+            &json!({"snapshots": snaps, "packs": packs, "pack_bytes": bytes, "repository": repo.id().to_hex()}),
+        );
     }
     println!("repository {}", repo.id().short());
     println!("  snapshots {snaps}");
@@ -546,8 +617,19 @@ fn cmd_check(cli: &Cli, read_data: bool) -> Result<()> {
                 rep.snapshots,
                 rep.trees,
                 rep.chunks,
-                if read_data { format!(", read {} packs and {} blobs", rep.packs_read, rep.blobs_read) } else { String::new() },
-                if rep.errors.is_empty() { "no problems".to_string() } else { format!("{} problems", rep.errors.len()) }
+                if read_data {
+                    format!(
+                        ", read {} packs and {} blobs",
+                        rep.packs_read, rep.blobs_read
+                    )
+                } else {
+                    String::new()
+                },
+                if rep.errors.is_empty() {
+                    "no problems".to_string()
+                } else {
+                    format!("{} problems", rep.errors.len())
+                }
             );
         }
     }
@@ -559,10 +641,24 @@ fn cmd_check(cli: &Cli, read_data: bool) -> Result<()> {
 
 fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
     let repo = open(cli)?;
-    let new_pw = || passphrase("COFFER_NEW_PASSWORD", "COFFER_NEW_PASSWORD_FILE", "New passphrase: ", true);
+    let new_pw = || {
+        passphrase(
+            "COFFER_NEW_PASSWORD",
+            "COFFER_NEW_PASSWORD_FILE",
+            "New passphrase: ",
+            true,
+        )
+    };
     match k {
-        KeyCommand::Add { kdf_memory_kib, kdf_iterations } => {
-            let params = KdfParams { memory_kib: *kdf_memory_kib, iterations: *kdf_iterations, parallelism: 1 };
+        KeyCommand::Add {
+            kdf_memory_kib,
+            kdf_iterations,
+        } => {
+            let params = KdfParams {
+                memory_kib: *kdf_memory_kib,
+                iterations: *kdf_iterations,
+                parallelism: 1,
+            };
             let name = repo.add_key(&new_pw()?, params, host(), now_ns() / 1_000_000_000)?;
             if cli.json {
                 print_json(&json!({"id": name}))?;
@@ -582,7 +678,13 @@ fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
             }
             for (n, k) in keys {
                 let cur = if n == repo.key_name() { "*" } else { " " };
-                println!("{cur} {n}  {}  {}  argon2id m={}KiB t={}", fmt_time(k.created * 1_000_000_000), k.host, k.params.memory_kib, k.params.iterations);
+                println!(
+                    "{cur} {n}  {}  {}  argon2id m={}KiB t={}",
+                    fmt_time(k.created * 1_000_000_000),
+                    k.host,
+                    k.params.memory_kib,
+                    k.params.iterations
+                );
             }
         }
         KeyCommand::Remove { id } => {
@@ -591,15 +693,24 @@ fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
                 println!("removed key {name}");
             }
         }
-        KeyCommand::Passwd { kdf_memory_kib, kdf_iterations } => {
-            let params = KdfParams { memory_kib: *kdf_memory_kib, iterations: *kdf_iterations, parallelism: 1 };
+        KeyCommand::Passwd {
+            kdf_memory_kib,
+            kdf_iterations,
+        } => {
+            let params = KdfParams {
+                memory_kib: *kdf_memory_kib,
+                iterations: *kdf_iterations,
+                parallelism: 1,
+            };
             let name = repo.add_key(&new_pw()?, params, host(), now_ns() / 1_000_000_000)?;
             repo.store().remove_key(repo.key_name())?;
             if !cli.quiet {
-                println!("passphrase changed: key {} replaced by {name}", repo.key_name());
+                println!(
+                    "passphrase changed: key {} replaced by {name}",
+                    repo.key_name()
+                );
             }
         }
     }
     Ok(())
 }
-

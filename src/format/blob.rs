@@ -33,8 +33,8 @@ impl Sealer {
         }
     }
 
-    /// Seals `plain` under `id`. Compression is kept only when it saves at
-    /// least 1/32 of the size.
+    /// Seals `plain` under `id`. Compression is kept only when it saves
+    /// about 6% or more (below that, decompressing costs more than it saves).
     pub fn seal(
         &mut self,
         keys: &Keys,
@@ -48,7 +48,8 @@ impl Sealer {
         let mut compressed = false;
         if self.level > 0 && plain.len() > 64 {
             self.scratch.clear();
-            self.scratch.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+            self.scratch
+                .reserve(zstd::zstd_safe::compress_bound(plain.len()));
             if let Ok(n) = self.compressor.compress_to_buffer(plain, &mut self.scratch) {
                 if n + n / 32 < plain.len() - plain.len() / 32 {
                     out.push(FLAG_ZSTD);
@@ -101,7 +102,12 @@ thread_local! {
 pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, FormatError> {
     let size = match zstd::zstd_safe::get_frame_content_size(frame) {
         Ok(Some(n)) => n,
-        _ => return Err(FormatError::invalid("blob", "zstd frame without a valid content size")),
+        _ => {
+            return Err(FormatError::invalid(
+                "blob",
+                "zstd frame without a valid content size",
+            ))
+        }
     };
     if size > MAX_BLOB_BYTES as u64 {
         return Err(FormatError::TooLarge {
@@ -173,7 +179,10 @@ mod tests {
     fn bomb_is_refused() {
         let big = vec![0u8; MAX_BLOB_BYTES + 1];
         let frame = zstd::bulk::compress(&big, 1).unwrap();
-        assert!(matches!(decompress(&frame), Err(FormatError::TooLarge { .. })));
+        assert!(matches!(
+            decompress(&frame),
+            Err(FormatError::TooLarge { .. })
+        ));
     }
 
     proptest! {

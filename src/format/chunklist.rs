@@ -68,7 +68,10 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<ChunkRef>, FormatError> {
                 len: u64::from_le_bytes(len),
             };
             if !r.is_zero() && r.len > MAX_BLOB_BYTES as u64 {
-                return Err(FormatError::invalid("chunk list", format!("chunk of {} bytes", r.len)));
+                return Err(FormatError::invalid(
+                    "chunk list",
+                    format!("chunk of {} bytes", r.len),
+                ));
             }
             Ok(r)
         })

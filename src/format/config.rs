@@ -45,13 +45,22 @@ impl Settings {
             .validate()
             .map_err(|e| FormatError::invalid("config", e))?;
         if !(4096..=(4 << 20)).contains(&self.image_block) || !self.image_block.is_power_of_two() {
-            return Err(FormatError::invalid("config", "image block must be a power of two in 4 KiB..4 MiB"));
+            return Err(FormatError::invalid(
+                "config",
+                "image block must be a power of two in 4 KiB..4 MiB",
+            ));
         }
         if !((1 << 20)..=(256 << 20)).contains(&self.pack_size) {
-            return Err(FormatError::invalid("config", "pack size must be within 1 MiB..256 MiB"));
+            return Err(FormatError::invalid(
+                "config",
+                "pack size must be within 1 MiB..256 MiB",
+            ));
         }
         if !(0..=19).contains(&self.compression) {
-            return Err(FormatError::invalid("config", "compression level must be within 0..=19"));
+            return Err(FormatError::invalid(
+                "config",
+                "compression level must be within 0..=19",
+            ));
         }
         Ok(())
     }
@@ -71,7 +80,12 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     /// Seals settings into a new config.
-    pub fn create(keys: &Keys, id: RepoId, s: &Settings, rng: &mut (impl RngCore + CryptoRng)) -> ConfigFile {
+    pub fn create(
+        keys: &Keys,
+        id: RepoId,
+        s: &Settings,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> ConfigFile {
         ConfigFile {
             version: REPO_VERSION,
             id,
@@ -94,7 +108,8 @@ impl ConfigFile {
                 max: MAX_SMALL_FILE_BYTES as u64,
             });
         }
-        let c: ConfigFile = serde_json::from_slice(bytes).map_err(|e| FormatError::invalid("config", e.to_string()))?;
+        let c: ConfigFile = serde_json::from_slice(bytes)
+            .map_err(|e| FormatError::invalid("config", e.to_string()))?;
         if c.version != REPO_VERSION {
             return Err(FormatError::Version {
                 what: "repository",
@@ -107,8 +122,12 @@ impl ConfigFile {
 
     /// Opens and validates the settings.
     pub fn open(&self, keys: &Keys) -> Result<Settings, FormatError> {
-        let sealed = hex::decode(&self.settings).map_err(|_| FormatError::invalid("config", "settings not hex"))?;
-        let s: Settings = cbor_decode("config", &keys.open(Kind::Config, self.id.as_bytes(), &sealed)?)?;
+        let sealed = hex::decode(&self.settings)
+            .map_err(|_| FormatError::invalid("config", "settings not hex"))?;
+        let s: Settings = cbor_decode(
+            "config",
+            &keys.open(Kind::Config, self.id.as_bytes(), &sealed)?,
+        )?;
         s.validate()?;
         Ok(s)
     }

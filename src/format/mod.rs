@@ -42,7 +42,9 @@ pub enum FormatError {
         what: &'static str,
     },
     /// A version this build does not know.
-    #[error("{what}: format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "{what}: format version {found} is not supported (this build reads version {supported})"
+    )]
     Version {
         /// What was being read.
         what: &'static str,

@@ -16,7 +16,9 @@ use rand::{CryptoRng, RngCore};
 use super::{FormatError, Reader};
 use crate::crypto::{Keys, Kind, SEAL_OVERHEAD};
 use crate::id::{BlobId, PackId};
-use crate::limits::{MAX_BLOB_BYTES, MAX_PACK_BYTES, MAX_PACK_ENTRIES, MAX_PACK_HEADER_BYTES};
+use crate::limits::{
+    MAX_BLOB_BYTES, MAX_PACK_BYTES, MAX_PACK_ENTRIES, MAX_PACK_HEADER_BYTES, MAX_SEALED_BLOB_BYTES,
+};
 
 /// `blake3("coffer pack v1")[..8]`. Never change.
 pub const MAGIC_PACK: [u8; 8] = [0xfa, 0xce, 0xa6, 0x0c, 0x8c, 0xfa, 0x4f, 0x86];
@@ -108,6 +110,7 @@ pub fn decode_header(plain: &[u8], blob_end: u64) -> Result<Vec<PackEntry>, Form
         if offset < MAGIC_PACK.len() as u64
             || end.is_none_or(|e| e > blob_end)
             || (sealed_len as usize) < SEAL_OVERHEAD + 1
+            || sealed_len as usize > MAX_SEALED_BLOB_BYTES
             || plain_len as usize > MAX_BLOB_BYTES
         {
             return Err(FormatError::invalid(
@@ -131,7 +134,10 @@ pub fn decode_header(plain: &[u8], blob_end: u64) -> Result<Vec<PackEntry>, Form
 pub fn decode_trailer(trailer: &[u8], pack_len: u64) -> Result<u32, FormatError> {
     let min = (MAGIC_PACK.len() + SEAL_OVERHEAD + TRAILER_LEN) as u64;
     if pack_len < min || pack_len > MAX_PACK_BYTES {
-        return Err(FormatError::invalid("pack", format!("impossible pack size {pack_len}")));
+        return Err(FormatError::invalid(
+            "pack",
+            format!("impossible pack size {pack_len}"),
+        ));
     }
     let t: [u8; 4] = trailer
         .try_into()
@@ -150,7 +156,11 @@ pub fn decode_trailer(trailer: &[u8], pack_len: u64) -> Result<u32, FormatError>
 }
 
 /// Opens a sealed header read from the end of a pack of `pack_len` bytes.
-pub fn open_header(keys: &Keys, sealed: &[u8], pack_len: u64) -> Result<Vec<PackEntry>, FormatError> {
+pub fn open_header(
+    keys: &Keys,
+    sealed: &[u8],
+    pack_len: u64,
+) -> Result<Vec<PackEntry>, FormatError> {
     let plain = keys.open(Kind::PackHeader, &HEADER_ID, sealed)?;
     let blob_end = pack_len - (sealed.len() + TRAILER_LEN) as u64;
     decode_header(&plain, blob_end)
@@ -192,7 +202,13 @@ impl<W: Write> PackWriter<W> {
     }
 
     /// Appends one sealed blob.
-    pub fn add(&mut self, kind: Kind, id: BlobId, sealed: &[u8], plain_len: u32) -> std::io::Result<()> {
+    pub fn add(
+        &mut self,
+        kind: Kind,
+        id: BlobId,
+        sealed: &[u8],
+        plain_len: u32,
+    ) -> std::io::Result<()> {
         self.out.write_all(sealed)?;
         self.hasher.update(sealed);
         self.entries.push(PackEntry {
@@ -228,7 +244,19 @@ impl<W: Write> PackWriter<W> {
         keys: &Keys,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> std::io::Result<(PackId, W, Vec<PackEntry>, u64)> {
-        let sealed = keys.seal(Kind::PackHeader, &HEADER_ID, &encode_header(&self.entries), rng);
+        let plain = encode_header(&self.entries);
+        let sealed = keys.seal(Kind::PackHeader, &HEADER_ID, &plain, rng);
+        // Open what was sealed before writing it, like every blob.
+        if keys
+            .open(Kind::PackHeader, &HEADER_ID, &sealed)
+            .ok()
+            .as_deref()
+            != Some(&plain[..])
+        {
+            return Err(std::io::Error::other(
+                "pack header did not verify after sealing",
+            ));
+        }
         let unpadded = self.offset + (sealed.len() + TRAILER_LEN) as u64;
         let pad = padme(unpadded) - unpadded;
         let zeros = [0u8; 8192];
@@ -268,7 +296,16 @@ mod tests {
 
     #[test]
     fn padme_bounds() {
-        for len in [2u64, 100, 1000, 12345, 1 << 20, 16 << 20, (16 << 20) + 1, 123_456_789] {
+        for len in [
+            2u64,
+            100,
+            1000,
+            12345,
+            1 << 20,
+            16 << 20,
+            (16 << 20) + 1,
+            123_456_789,
+        ] {
             let p = padme(len);
             assert!(p >= len && p <= len + len / 8 + 1, "{len} -> {p}");
         }

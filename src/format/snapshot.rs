@@ -104,13 +104,19 @@ pub fn decode(bytes: &[u8]) -> Result<SnapshotFile<'_>, FormatError> {
     }
     let count = r.u32()? as usize;
     if count > MAX_SNAPSHOT_PACKS || count * 32 > r.remaining() {
-        return Err(FormatError::invalid("snapshot", format!("{count} packs do not fit")));
+        return Err(FormatError::invalid(
+            "snapshot",
+            format!("{count} packs do not fit"),
+        ));
     }
     let mut packs = Vec::with_capacity(count);
     for _ in 0..count {
         let p = PackId(r.array()?);
         if packs.last().is_some_and(|l| *l >= p) {
-            return Err(FormatError::invalid("snapshot", "pack list not sorted or not unique"));
+            return Err(FormatError::invalid(
+                "snapshot",
+                "pack list not sorted or not unique",
+            ));
         }
         packs.push(p);
     }
@@ -154,7 +160,15 @@ pub fn encode(
         out.extend_from_slice(p.as_bytes());
     }
     let plain_hash = *blake3::hash(&out).as_bytes();
-    let sealed = keys.seal(Kind::Snapshot, &plain_hash, &cbor_encode(record), rng);
+    let plain = cbor_encode(record);
+    let sealed = keys.seal(Kind::Snapshot, &plain_hash, &plain, rng);
+    // Open what was sealed before it is written, like every blob. A failure
+    // is a cipher bug: stop rather than write an unreadable snapshot.
+    assert_eq!(
+        keys.open(Kind::Snapshot, &plain_hash, &sealed).as_deref(),
+        Ok(&plain[..]),
+        "snapshot record did not verify after sealing"
+    );
     out.extend_from_slice(&sealed);
     (SnapshotId::of(&out), out)
 }
@@ -188,7 +202,12 @@ mod tests {
     #[test]
     fn pack_list_is_bound_to_the_record() {
         let k = Keys::derive(&MasterKey::from_bytes([1; 32]));
-        let (_, mut bytes) = encode(&k, vec![PackId([1; 32]), PackId([2; 32])], &record(), &mut OsRng);
+        let (_, mut bytes) = encode(
+            &k,
+            vec![PackId([1; 32]), PackId([2; 32])],
+            &record(),
+            &mut OsRng,
+        );
         // drop a pack from the plain list: the record no longer opens
         bytes[12 + 32] = 0x03;
         let f = decode(&bytes).unwrap();

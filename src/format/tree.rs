@@ -125,7 +125,10 @@ impl Tree {
                 ));
             }
             if i > 0 && t.nodes[i - 1].name >= n.name {
-                return Err(FormatError::invalid("tree", "entries not sorted or not unique"));
+                return Err(FormatError::invalid(
+                    "tree",
+                    "entries not sorted or not unique",
+                ));
             }
             let ok = match n.kind {
                 Some(NodeKind::Dir) => n.subtree.is_some(),
@@ -137,7 +140,10 @@ impl Tree {
             if !ok {
                 return Err(FormatError::invalid(
                     "tree",
-                    format!("entry {:?} lacks the fields of its kind", String::from_utf8_lossy(&n.name)),
+                    format!(
+                        "entry {:?} lacks the fields of its kind",
+                        String::from_utf8_lossy(&n.name)
+                    ),
                 ));
             }
         }
@@ -170,10 +176,14 @@ mod tests {
     #[test]
     fn refuses_unsafe_names() {
         for bad in [&b".."[..], b".", b"a/b", b"", b"a\0"] {
-            let mut t = Tree { nodes: vec![node(bad, NodeKind::File)] };
+            let mut t = Tree {
+                nodes: vec![node(bad, NodeKind::File)],
+            };
             assert!(Tree::decode(&t.encode()).is_err(), "{bad:?}");
         }
-        let mut t = Tree { nodes: vec![node(b"a", NodeKind::File), node(b"a", NodeKind::File)] };
+        let mut t = Tree {
+            nodes: vec![node(b"a", NodeKind::File), node(b"a", NodeKind::File)],
+        };
         assert!(Tree::decode(&t.encode()).is_err());
     }
 

@@ -115,13 +115,22 @@ struct ContentBuilder {
 const READ_BYTES: usize = 1 << 20;
 
 /// Backs up `source` into `repo` and commits a snapshot.
-pub fn backup(repo: &Repository, source: BackupSource, mut opts: BackupOptions) -> Result<BackupOutcome> {
+pub fn backup(
+    repo: &Repository,
+    source: BackupSource,
+    mut opts: BackupOptions,
+) -> Result<BackupOutcome> {
     let mut cache = repo.cache()?;
     let sync = repo.sync_cache(&mut cache)?;
     cache.run_reset()?;
     let settings = repo.settings().clone();
     let level = opts.compression.unwrap_or(settings.compression);
-    let up = Uploader::start(repo.store().clone(), repo.keys().clone(), level, settings.pack_size as u64);
+    let up = Uploader::start(
+        repo.store().clone(),
+        repo.keys().clone(),
+        level,
+        settings.pack_size as u64,
+    );
     let mut w = Walker {
         keys: repo.keys().clone(),
         cache,
@@ -147,9 +156,18 @@ pub fn backup(repo: &Repository, source: BackupSource, mut opts: BackupOptions) 
     };
     let (kind, paths, tree) = match source {
         BackupSource::Paths(paths) => {
-            let abs = paths.iter().map(|p| absolute(p)).collect::<Result<Vec<_>>>()?;
+            let abs = paths
+                .iter()
+                .map(|p| absolute(p))
+                .collect::<Result<Vec<_>>>()?;
             let tree = w.backup_paths(&abs)?;
-            (SourceKind::Tree, abs.iter().map(|p| p.to_string_lossy().into_owned()).collect(), tree)
+            (
+                SourceKind::Tree,
+                abs.iter()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect(),
+                tree,
+            )
         }
         BackupSource::Stream { name, mut reader } => {
             let tree = w.backup_stream(&name, &mut reader, opts.time_ns)?;
@@ -158,12 +176,20 @@ pub fn backup(repo: &Repository, source: BackupSource, mut opts: BackupOptions) 
         BackupSource::Image(path) => {
             let abs = absolute(&path)?;
             let tree = w.backup_image(&abs)?;
-            (SourceKind::Image, vec![abs.to_string_lossy().into_owned()], tree)
+            (
+                SourceKind::Image,
+                vec![abs.to_string_lossy().into_owned()],
+                tree,
+            )
         }
     };
     w.flush_refs()?;
     let Walker {
-        mut cache, up, mut stats, warnings, ..
+        mut cache,
+        up,
+        mut stats,
+        warnings,
+        ..
     } = w;
     let up_stats = up.finish(&mut cache)?;
     let (packs, missing) = cache.run_packs()?;
@@ -194,7 +220,11 @@ pub fn backup(repo: &Repository, source: BackupSource, mut opts: BackupOptions) 
     repo.store().write_snapshot(&bytes)?;
     cache.run_commit_files()?;
     cache.run_reset()?;
-    Ok(BackupOutcome { id, stats, warnings })
+    Ok(BackupOutcome {
+        id,
+        stats,
+        warnings,
+    })
 }
 
 /// Makes a path absolute and clean without following a final symlink.
@@ -225,7 +255,10 @@ impl Excludes {
                 by_name.add(g);
             }
         }
-        let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::Denied(format!("exclude patterns: {e}")));
+        let build = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| Error::Denied(format!("exclude patterns: {e}")))
+        };
         Ok(Excludes {
             by_path: build(by_path)?,
             by_name: build(by_name)?,
@@ -265,7 +298,8 @@ struct Walker {
 
 fn is_zero(data: &[u8]) -> bool {
     // No early exit inside a block, so the loop vectorizes.
-    data.chunks(4096).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+    data.chunks(4096)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -360,27 +394,25 @@ impl Walker {
         buf.resize(max + READ_BYTES, 0);
         let (mut start, mut end, mut eof) = (0usize, 0usize, false);
         let mut cb = ContentBuilder::default();
-        let res: Result<()> = (|| {
-            loop {
-                while !eof && end - start < max {
-                    if end == buf.len() {
-                        buf.copy_within(start..end, 0);
-                        end -= start;
-                        start = 0;
-                    }
-                    let n = read_full(r, &mut buf[end..]).map_err(|e| Error::io(src, e))?;
-                    if n == 0 {
-                        eof = true;
-                    }
-                    end += n;
+        let res: Result<()> = (|| loop {
+            while !eof && end - start < max {
+                if end == buf.len() {
+                    buf.copy_within(start..end, 0);
+                    end -= start;
+                    start = 0;
                 }
-                match self.chunker.next_len(&buf[start..end], eof) {
-                    Some(n) => {
-                        self.push_chunk(&mut cb, file, &buf[start..start + n])?;
-                        start += n;
-                    }
-                    None => return Ok(()),
+                let n = read_full(r, &mut buf[end..]).map_err(|e| Error::io(src, e))?;
+                if n == 0 {
+                    eof = true;
                 }
+                end += n;
+            }
+            match self.chunker.next_len(&buf[start..end], eof) {
+                Some(n) => {
+                    self.push_chunk(&mut cb, file, &buf[start..start + n])?;
+                    start += n;
+                }
+                None => return Ok(()),
             }
         })();
         self.buf = buf;
@@ -422,7 +454,9 @@ impl Walker {
         if !self.use_files_cache {
             return Ok(None);
         }
-        let Some(rec) = self.cache.file(key)? else { return Ok(None) };
+        let Some(rec) = self.cache.file(key)? else {
+            return Ok(None);
+        };
         let same = rec.size == m.len()
             && rec.mtime_ns == m.mtime() * 1_000_000_000 + m.mtime_nsec()
             && rec.ctime_ns == m.ctime() * 1_000_000_000 + m.ctime_nsec()
@@ -431,7 +465,11 @@ impl Walker {
         if !same || rec.packs.len() % 32 != 0 {
             return Ok(None);
         }
-        let packs: Vec<PackId> = rec.packs.chunks(32).filter_map(PackId::from_slice).collect();
+        let packs: Vec<PackId> = rec
+            .packs
+            .chunks(32)
+            .filter_map(PackId::from_slice)
+            .collect();
         for p in &packs {
             if !self.cache.has_pack(p)? {
                 return Ok(None);
@@ -567,7 +605,10 @@ impl Walker {
         for p in paths {
             let mut t = &mut root;
             for c in p.components().skip(1) {
-                t = t.children.entry(c.as_os_str().as_bytes().to_vec()).or_default();
+                t = t
+                    .children
+                    .entry(c.as_os_str().as_bytes().to_vec())
+                    .or_default();
             }
             t.leaf = true;
         }
@@ -594,7 +635,10 @@ impl Walker {
             } else {
                 let mut n = source::node_from(&path, name, &m, &mut self.names);
                 if n.kind != Some(NodeKind::Dir) {
-                    return Err(Error::Denied(format!("{} is not a directory", path.display())));
+                    return Err(Error::Denied(format!(
+                        "{} is not a directory",
+                        path.display()
+                    )));
                 }
                 n.subtree = Some(self.virtual_dir(&path, child)?);
                 n
@@ -606,7 +650,9 @@ impl Walker {
 
     fn backup_stream(&mut self, name: &str, r: &mut dyn Read, now_ns: i64) -> Result<BlobId> {
         if !crate::format::tree::safe_name(name.as_bytes()) {
-            return Err(Error::Denied(format!("stream name {name:?} must be a plain file name")));
+            return Err(Error::Denied(format!(
+                "stream name {name:?} must be a plain file name"
+            )));
         }
         self.file_seq += 1;
         let (c, n) = self.read_cdc(r, self.file_seq, Path::new(name))?;

@@ -54,7 +54,8 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         let packs: HashSet<PackId> = snap.packs.iter().copied().collect();
         for p in &snap.packs {
             if repo.store().pack_size(p)?.is_none() {
-                rep.errors.push(format!("snapshot {}: pack {p} is missing", id.short()));
+                rep.errors
+                    .push(format!("snapshot {}: pack {p} is missing", id.short()));
             }
         }
         let mut w = TreeCheck {
@@ -96,9 +97,11 @@ impl TreeCheck<'_> {
                 false
             }
             Ok(None) => {
-                self.rep
-                    .errors
-                    .push(format!("snapshot {}: {what} {} of {path} is in no pack", self.snap, id.short()));
+                self.rep.errors.push(format!(
+                    "snapshot {}: {what} {} of {path} is in no pack",
+                    self.snap,
+                    id.short()
+                ));
                 false
             }
             Err(e) => {
@@ -119,12 +122,18 @@ impl TreeCheck<'_> {
         let tree = match self.repo.load_tree(self.cache, id) {
             Ok(t) => t,
             Err(e) => {
-                self.rep.errors.push(format!("snapshot {}: tree of {path}: {e}", self.snap));
+                self.rep
+                    .errors
+                    .push(format!("snapshot {}: tree of {path}: {e}", self.snap));
                 return;
             }
         };
         for node in &tree.nodes {
-            let child = format!("{}/{}", path.trim_end_matches('/'), String::from_utf8_lossy(&node.name));
+            let child = format!(
+                "{}/{}",
+                path.trim_end_matches('/'),
+                String::from_utf8_lossy(&node.name)
+            );
             match node.kind {
                 Some(NodeKind::Dir) => {
                     if let Some(sub) = &node.subtree {
@@ -147,7 +156,10 @@ impl TreeCheck<'_> {
                         self.chunk(&r, path);
                     }
                 }
-                Err(e) => self.rep.errors.push(format!("snapshot {}: {path}: {e}", self.snap)),
+                Err(e) => self
+                    .rep
+                    .errors
+                    .push(format!("snapshot {}: {path}: {e}", self.snap)),
             }
         }
         for list in node.lists.iter().flatten() {
@@ -165,7 +177,10 @@ impl TreeCheck<'_> {
                         self.chunk(&r, path);
                     }
                 }
-                Err(e) => self.rep.errors.push(format!("snapshot {}: {path}: {e}", self.snap)),
+                Err(e) => self
+                    .rep
+                    .errors
+                    .push(format!("snapshot {}: {path}: {e}", self.snap)),
             }
         }
         if total != node.size {
@@ -188,7 +203,10 @@ impl TreeCheck<'_> {
 fn read_all(repo: &Repository, _cache: &Cache, rep: &mut CheckReport) -> Result<()> {
     let (tx, rx) = crossbeam_channel::bounded::<(PackId, u64)>(4);
     let out = Mutex::new((0u64, 0u64, Vec::<String>::new()));
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8);
     std::thread::scope(|s| -> Result<()> {
         for _ in 0..workers {
             let rx = rx.clone();
@@ -206,7 +224,8 @@ fn read_all(repo: &Repository, _cache: &Cache, rep: &mut CheckReport) -> Result<
         }
         drop(rx);
         let r = repo.store().for_each_pack(&mut |id, size| {
-            tx.send((id, size)).map_err(|_| Error::Corrupt("check workers stopped".into()))
+            tx.send((id, size))
+                .map_err(|_| Error::Corrupt("check workers stopped".into()))
         });
         drop(tx);
         r
@@ -227,7 +246,9 @@ fn read_pack(repo: &Repository, id: &PackId, size: u64) -> (u64, Vec<String>) {
     };
     let mut errs = Vec::new();
     if PackId::of(&bytes) != *id {
-        errs.push(format!("pack {id}: content does not hash to its name (damaged)"));
+        errs.push(format!(
+            "pack {id}: content does not hash to its name (damaged)"
+        ));
     }
     let entries = match pack::decode(repo.keys(), &bytes) {
         Ok(e) => e,
@@ -241,7 +262,10 @@ fn read_pack(repo: &Repository, id: &PackId, size: u64) -> (u64, Vec<String>) {
         let sealed = &bytes[e.offset as usize..(e.offset + e.sealed_len as u64) as usize];
         match blob::open(repo.keys(), e.kind, &e.id, sealed) {
             Ok(p) if p.len() == e.plain_len as usize => n += 1,
-            Ok(_) => errs.push(format!("pack {id}: blob {} has the wrong length", e.id.short())),
+            Ok(_) => errs.push(format!(
+                "pack {id}: blob {} has the wrong length",
+                e.id.short()
+            )),
             Err(err) => errs.push(format!("pack {id}: blob {}: {err}", e.id.short())),
         }
     }

@@ -70,13 +70,30 @@ fn walk(
                 let (x, y) = (na.unwrap(), nb.unwrap());
                 let path = name(x);
                 if x.kind != y.kind {
-                    out.push(Change { change: 'T', path: path.clone() });
+                    out.push(Change {
+                        change: 'T',
+                        path: path.clone(),
+                    });
                 } else if x.kind == Some(NodeKind::Dir) {
                     if meta_differs(x, y) {
-                        out.push(Change { change: 'U', path: path.clone() });
+                        out.push(Change {
+                            change: 'U',
+                            path: path.clone(),
+                        });
                     }
-                    walk(repo, cache, x.subtree.as_ref(), y.subtree.as_ref(), &path, out)?;
-                } else if x.chunks != y.chunks || x.lists != y.lists || x.target != y.target || x.size != y.size {
+                    walk(
+                        repo,
+                        cache,
+                        x.subtree.as_ref(),
+                        y.subtree.as_ref(),
+                        &path,
+                        out,
+                    )?;
+                } else if x.chunks != y.chunks
+                    || x.lists != y.lists
+                    || x.target != y.target
+                    || x.size != y.size
+                {
                     out.push(Change { change: 'M', path });
                 } else if meta_differs(x, y) {
                     out.push(Change { change: 'U', path });
@@ -90,7 +107,11 @@ fn walk(
 }
 
 fn meta_differs(x: &Node, y: &Node) -> bool {
-    x.mode != y.mode || x.uid != y.uid || x.gid != y.gid || x.mtime_ns != y.mtime_ns || x.xattrs != y.xattrs
+    x.mode != y.mode
+        || x.uid != y.uid
+        || x.gid != y.gid
+        || x.mtime_ns != y.mtime_ns
+        || x.xattrs != y.xattrs
 }
 
 fn removed_or_added(
@@ -101,9 +122,16 @@ fn removed_or_added(
     c: char,
     out: &mut Vec<Change>,
 ) -> Result<()> {
-    out.push(Change { change: c, path: path.to_string() });
+    out.push(Change {
+        change: c,
+        path: path.to_string(),
+    });
     if let (Some(NodeKind::Dir), Some(sub)) = (n.kind, n.subtree.as_ref()) {
-        let (a, b) = if c == '-' { (Some(sub), None) } else { (None, Some(sub)) };
+        let (a, b) = if c == '-' {
+            (Some(sub), None)
+        } else {
+            (None, Some(sub))
+        };
         walk(repo, cache, a, b, path, out)?;
     }
     Ok(())

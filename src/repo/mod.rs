@@ -108,7 +108,15 @@ impl Repository {
         let id = RepoId(rid);
         let master = MasterKey::generate(&mut OsRng);
         let keys = Keys::derive(&master);
-        let kf = KeyFile::create(&master, passphrase, opts.kdf, id, opts.now, opts.host.clone(), &mut OsRng)?;
+        let kf = KeyFile::create(
+            &master,
+            passphrase,
+            opts.kdf,
+            id,
+            opts.now,
+            opts.host.clone(),
+            &mut OsRng,
+        )?;
         store.write_key(&new_key_name(), &kf.encode())?;
         let cfg = ConfigFile::create(&keys, id, &opts.settings, &mut OsRng);
         store.write_config(&cfg.encode())?;
@@ -117,12 +125,20 @@ impl Repository {
 
     /// Opens a local repository, with the cache in the default place.
     pub fn open(path: &Path, passphrase: &[u8]) -> Result<Repository> {
-        Self::open_store(Arc::new(LocalStore::open(path)?), passphrase, &default_cache_dir())
+        Self::open_store(
+            Arc::new(LocalStore::open(path)?),
+            passphrase,
+            &default_cache_dir(),
+        )
     }
 
     /// Opens a repository in any store: tries each key file with the
     /// passphrase, then opens the sealed config.
-    pub fn open_store(store: Arc<dyn Store>, passphrase: &[u8], cache_root: &Path) -> Result<Repository> {
+    pub fn open_store(
+        store: Arc<dyn Store>,
+        passphrase: &[u8],
+        cache_root: &Path,
+    ) -> Result<Repository> {
         let cfg = ConfigFile::decode(&store.read_config()?)?;
         let mut last_refusal = None;
         for name in store.list_keys()? {
@@ -220,20 +236,28 @@ impl Repository {
     pub fn read_pack_header(&self, id: &PackId, size: u64) -> Result<Vec<PackEntry>> {
         let tail_len = size.min(64 << 10) as usize;
         let tail = self.store.read_pack(id, size - tail_len as u64, tail_len)?;
-        let hlen = pack::decode_trailer(&tail[tail.len().saturating_sub(TRAILER_LEN)..], size)? as usize;
+        let hlen =
+            pack::decode_trailer(&tail[tail.len().saturating_sub(TRAILER_LEN)..], size)? as usize;
         let sealed = if hlen + TRAILER_LEN <= tail.len() {
             tail[tail.len() - TRAILER_LEN - hlen..tail.len() - TRAILER_LEN].to_vec()
         } else {
-            self.store.read_pack(id, size - (TRAILER_LEN + hlen) as u64, hlen)?
+            self.store
+                .read_pack(id, size - (TRAILER_LEN + hlen) as u64, hlen)?
         };
         Ok(pack::open_header(&self.keys, &sealed, size)?)
     }
 
     /// Reads and opens one blob at a known location.
     pub fn read_blob_at(&self, loc: &BlobLocation, kind: Kind, id: &BlobId) -> Result<Vec<u8>> {
-        let sealed = self.store.read_pack(&loc.pack, loc.offset, loc.sealed_len as usize)?;
+        let sealed = self
+            .store
+            .read_pack(&loc.pack, loc.offset, loc.sealed_len as usize)?;
         blob::open(&self.keys, kind, id, &sealed).map_err(|e| {
-            Error::Corrupt(format!("blob {} in pack {}: {e}", id.short(), loc.pack.short()))
+            Error::Corrupt(format!(
+                "blob {} in pack {}: {e}",
+                id.short(),
+                loc.pack.short()
+            ))
         })
     }
 
@@ -275,11 +299,14 @@ impl Repository {
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let bytes = self.store.read_snapshot(id)?;
         if SnapshotId::of(&bytes) != *id {
-            return Err(Error::Corrupt(format!("snapshot file {id} does not hash to its name")));
+            return Err(Error::Corrupt(format!(
+                "snapshot file {id} does not hash to its name"
+            )));
         }
-        let file = snapshot::decode(&bytes).map_err(|e| Error::Corrupt(format!("snapshot {}: {e}", id.short())))?;
-        let record =
-            snapshot::open_record(&self.keys, &file).map_err(|e| Error::Corrupt(format!("snapshot {}: {e}", id.short())))?;
+        let file = snapshot::decode(&bytes)
+            .map_err(|e| Error::Corrupt(format!("snapshot {}: {e}", id.short())))?;
+        let record = snapshot::open_record(&self.keys, &file)
+            .map_err(|e| Error::Corrupt(format!("snapshot {}: {e}", id.short())))?;
         Ok(Snapshot {
             id: *id,
             record,
@@ -315,7 +342,10 @@ impl Repository {
         match matches.as_slice() {
             [one] => self.load_snapshot(one),
             [] => Err(Error::NotFound(format!("snapshot {spec}"))),
-            _ => Err(Error::Denied(format!("snapshot prefix {spec} is ambiguous ({} matches)", matches.len()))),
+            _ => Err(Error::Denied(format!(
+                "snapshot prefix {spec} is ambiguous ({} matches)",
+                matches.len()
+            ))),
         }
     }
 
@@ -327,22 +357,38 @@ impl Repository {
             ..Default::default()
         };
         for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-            let sub = node
-                .subtree
-                .ok_or_else(|| Error::NotFound(format!("{path} in snapshot {}", snap.id.short())))?;
+            let sub = node.subtree.ok_or_else(|| {
+                Error::NotFound(format!("{path} in snapshot {}", snap.id.short()))
+            })?;
             let tree = self.load_tree(cache, &sub)?;
             node = tree
                 .nodes
                 .into_iter()
                 .find(|n| n.name.as_ref() as &[u8] == comp.as_bytes())
-                .ok_or_else(|| Error::NotFound(format!("{path} in snapshot {}", snap.id.short())))?;
+                .ok_or_else(|| {
+                    Error::NotFound(format!("{path} in snapshot {}", snap.id.short()))
+                })?;
         }
         Ok(node)
     }
 
     /// Adds a key file wrapping the master key under another passphrase.
-    pub fn add_key(&self, passphrase: &[u8], kdf: KdfParams, host: String, now: i64) -> Result<String> {
-        let kf = KeyFile::create(&self.master, passphrase, kdf, self.id, now, host, &mut OsRng)?;
+    pub fn add_key(
+        &self,
+        passphrase: &[u8],
+        kdf: KdfParams,
+        host: String,
+        now: i64,
+    ) -> Result<String> {
+        let kf = KeyFile::create(
+            &self.master,
+            passphrase,
+            kdf,
+            self.id,
+            now,
+            host,
+            &mut OsRng,
+        )?;
         let name = new_key_name();
         self.store.write_key(&name, &kf.encode())?;
         Ok(name)
@@ -364,7 +410,11 @@ impl Repository {
         let name = match m.as_slice() {
             [one] => (*one).clone(),
             [] => return Err(Error::NotFound(format!("key {name_prefix}"))),
-            _ => return Err(Error::Denied(format!("key prefix {name_prefix} is ambiguous"))),
+            _ => {
+                return Err(Error::Denied(format!(
+                    "key prefix {name_prefix} is ambiguous"
+                )))
+            }
         };
         if name == self.key_name {
             return Err(Error::Denied(

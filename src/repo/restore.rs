@@ -63,9 +63,16 @@ struct BlobReader {
 
 impl BlobReader {
     fn read(&self, loc: &BlobLocation, kind: Kind, id: &BlobId) -> Result<Vec<u8>> {
-        let sealed = self.store.read_pack(&loc.pack, loc.offset, loc.sealed_len as usize)?;
-        blob::open(&self.keys, kind, id, &sealed)
-            .map_err(|e| Error::Corrupt(format!("blob {} in pack {}: {e}", id.short(), loc.pack.short())))
+        let sealed = self
+            .store
+            .read_pack(&loc.pack, loc.offset, loc.sealed_len as usize)?;
+        blob::open(&self.keys, kind, id, &sealed).map_err(|e| {
+            Error::Corrupt(format!(
+                "blob {} in pack {}: {e}",
+                id.short(),
+                loc.pack.short()
+            ))
+        })
     }
 }
 
@@ -103,7 +110,11 @@ impl FileTask {
         if let Some(msg) = self.failed.lock().unwrap().take() {
             // Never leave wrong or partial bytes behind.
             let _ = fs::remove_file(&self.path);
-            shared.errors.lock().unwrap().push(format!("{}: {msg}", self.path.display()));
+            shared
+                .errors
+                .lock()
+                .unwrap()
+                .push(format!("{}: {msg}", self.path.display()));
             return;
         }
         let mut w = MetaWarnings::default();
@@ -120,7 +131,9 @@ struct Job {
 }
 
 fn components(p: &str) -> Vec<&str> {
-    p.split('/').filter(|c| !c.is_empty() && *c != ".").collect()
+    p.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect()
 }
 
 struct Restorer<'a> {
@@ -147,7 +160,10 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
         errors: Mutex::new(Vec::new()),
         warnings: Mutex::new(Vec::new()),
     });
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8);
     let (tx, rx) = bounded::<Job>(workers * 4);
     let reader = BlobReader {
         store: repo.store().clone(),
@@ -162,9 +178,15 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
                     .read(&job.loc, Kind::Data, &job.chunk.id)
                     .and_then(|data| {
                         if data.len() as u64 != job.chunk.len {
-                            return Err(Error::Corrupt(format!("chunk {} has the wrong length", job.chunk.id.short())));
+                            return Err(Error::Corrupt(format!(
+                                "chunk {} has the wrong length",
+                                job.chunk.id.short()
+                            )));
                         }
-                        job.task.file.write_all_at(&data, job.offset).map_err(|e| Error::io(&job.task.path, e))
+                        job.task
+                            .file
+                            .write_all_at(&data, job.offset)
+                            .map_err(|e| Error::io(&job.task.path, e))
                     });
                 if let Err(e) = res {
                     job.task.fail(e.to_string());
@@ -177,7 +199,11 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
         repo,
         cache: &cache,
         opts,
-        include: opts.include.iter().map(|i| components(i).into_iter().map(String::from).collect()).collect(),
+        include: opts
+            .include
+            .iter()
+            .map(|i| components(i).into_iter().map(String::from).collect())
+            .collect(),
         jobs: tx,
         shared: shared.clone(),
         stats: RestoreStats::default(),
@@ -185,7 +211,12 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
         dirs: Vec::new(),
     };
     let walked = r.restore_tree(&snap.record.tree, &[], &opts.target);
-    let Restorer { jobs, mut stats, dirs, .. } = r;
+    let Restorer {
+        jobs,
+        mut stats,
+        dirs,
+        ..
+    } = r;
     drop(jobs);
     for h in handles {
         let _ = h.join();
@@ -198,7 +229,9 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
     }
     // unwrap: the lock is never held across a panic
     stats.errors.extend(shared.errors.lock().unwrap().drain(..));
-    stats.warnings.extend(shared.warnings.lock().unwrap().drain(..));
+    stats
+        .warnings
+        .extend(shared.warnings.lock().unwrap().drain(..));
     stats.warnings.extend(w.0);
     Ok(stats)
 }
@@ -239,7 +272,9 @@ impl Restorer<'_> {
             let name = String::from_utf8_lossy(&node.name).into_owned();
             let mut rel_child = rel.to_vec();
             rel_child.push(name);
-            let Some(full) = self.selected(&rel_child) else { continue };
+            let Some(full) = self.selected(&rel_child) else {
+                continue;
+            };
             let path = dest.join(std::ffi::OsStr::from_bytes(&node.name));
             if let Err(e) = self.restore_node(node, &rel_child, &path, full) {
                 match e {
@@ -278,7 +313,8 @@ impl Restorer<'_> {
                         self.stats.files += 1;
                         return Ok(());
                     }
-                    self.hardlinks.insert((node.dev, node.inode), path.to_path_buf());
+                    self.hardlinks
+                        .insert((node.dev, node.inode), path.to_path_buf());
                 }
                 self.restore_file(node, path)?;
             }
@@ -286,7 +322,8 @@ impl Restorer<'_> {
                 clear(path).map_err(io)?;
                 // unwrap: a decoded tree guarantees a symlink has a target
                 let target = node.target.as_ref().expect("symlink has target");
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), path).map_err(io)?;
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), path)
+                    .map_err(io)?;
                 let mut w = MetaWarnings::default();
                 source::apply_meta(path, &node, self.opts.owners, &mut w);
                 self.stats.warnings.extend(w.0);
@@ -301,7 +338,10 @@ impl Restorer<'_> {
                         self.stats.warnings.extend(w.0);
                         self.stats.others += 1;
                     }
-                    Err(e) => self.stats.warnings.push(format!("{}: mknod: {e}", path.display())),
+                    Err(e) => self
+                        .stats
+                        .warnings
+                        .push(format!("{}: mknod: {e}", path.display())),
                 }
             }
             Some(NodeKind::Socket) | None => {}
@@ -336,9 +376,12 @@ impl Restorer<'_> {
             if chunk.is_zero() {
                 return Ok(());
             }
-            let loc = cache
-                .lookup(&chunk.id)?
-                .ok_or_else(|| Error::Corrupt(format!("chunk {} is in no pack of the repository", chunk.id)))?;
+            let loc = cache.lookup(&chunk.id)?.ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "chunk {} is in no pack of the repository",
+                    chunk.id
+                ))
+            })?;
             task.remaining.fetch_add(1, Ordering::AcqRel);
             jobs.send(Job {
                 task: task.clone(),
@@ -351,7 +394,10 @@ impl Restorer<'_> {
         if let Err(e) = res {
             task.fail(e.to_string());
         } else if offset != node.size {
-            task.fail(format!("content is {offset} bytes, the tree says {}", node.size));
+            task.fail(format!(
+                "content is {offset} bytes, the tree says {}",
+                node.size
+            ));
         }
         task.release(&self.shared);
         Ok(())
@@ -363,13 +409,18 @@ impl Restorer<'_> {
 /// wrong is ever emitted.
 pub fn dump(repo: &Repository, cache: &Cache, node: &Node, out: &mut dyn Write) -> Result<u64> {
     if node.kind != Some(NodeKind::File) {
-        return Err(Error::Denied("dump needs a file (use restore for directories)".into()));
+        return Err(Error::Denied(
+            "dump needs a file (use restore for directories)".into(),
+        ));
     }
     let reader = BlobReader {
         store: repo.store().clone(),
         keys: repo.keys().clone(),
     };
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8);
     let window = workers * 4;
     let (job_tx, job_rx) = bounded::<(u64, ChunkRef, BlobLocation)>(window);
     let (res_tx, res_rx) = bounded::<(u64, Result<Vec<u8>>)>(window);
@@ -378,7 +429,16 @@ pub fn dump(repo: &Repository, cache: &Cache, node: &Node, out: &mut dyn Write) 
         let (rx, tx, reader) = (job_rx.clone(), res_tx.clone(), reader.clone());
         handles.push(std::thread::spawn(move || {
             for (seq, chunk, loc) in rx {
-                let r = reader.read(&loc, Kind::Data, &chunk.id);
+                let r = reader.read(&loc, Kind::Data, &chunk.id).and_then(|d| {
+                    if d.len() as u64 == chunk.len {
+                        Ok(d)
+                    } else {
+                        Err(Error::Corrupt(format!(
+                            "chunk {} has the wrong length",
+                            chunk.id.short()
+                        )))
+                    }
+                });
                 if tx.send((seq, r)).is_err() {
                     return;
                 }
@@ -434,15 +494,24 @@ pub fn dump(repo: &Repository, cache: &Cache, node: &Node, out: &mut dyn Write) 
         if chunk.is_zero() {
             pending_zero.insert(seq, chunk.len);
         } else {
-            let loc = cache
-                .lookup(&chunk.id)?
-                .ok_or_else(|| Error::Corrupt(format!("chunk {} is in no pack of the repository", chunk.id)))?;
+            let loc = cache.lookup(&chunk.id)?.ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "chunk {} is in no pack of the repository",
+                    chunk.id
+                ))
+            })?;
             while let Ok((s, d)) = res_rx.try_recv() {
                 ready.insert(s, d);
             }
             // Keep at most `window` chunks in flight or waiting.
             if seq - next_out >= window as u64 {
-                emit(&mut ready, &mut pending_zero, &mut next_out, seq + 1 - window as u64, true)?;
+                emit(
+                    &mut ready,
+                    &mut pending_zero,
+                    &mut next_out,
+                    seq + 1 - window as u64,
+                    true,
+                )?;
             }
             job_tx
                 .send((seq, chunk, loc))

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use rand::rngs::OsRng;
+use rand::rngs::{OsRng, StdRng};
+use rand::SeedableRng;
 
 use crate::cache::Cache;
 use crate::crypto::{Keys, Kind};
@@ -67,15 +68,21 @@ pub(crate) struct Uploader {
 
 impl Uploader {
     pub fn start(store: Arc<dyn Store>, keys: Arc<Keys>, level: i32, pack_size: u64) -> Uploader {
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 8);
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
         let (seal_tx, seal_rx) = bounded::<Sealed>(workers * 2);
         let (done_tx, done_rx) = bounded::<PackDone>(1024);
         let error: ErrorSlot = Arc::new(Mutex::new(None));
         let mut threads = Vec::new();
         for _ in 0..workers {
-            let (rx, tx, keys, err) = (job_rx.clone(), seal_tx.clone(), keys.clone(), error.clone());
-            threads.push(std::thread::spawn(move || seal_worker(rx, tx, &keys, level, &err)));
+            let (rx, tx, keys, err) =
+                (job_rx.clone(), seal_tx.clone(), keys.clone(), error.clone());
+            threads.push(std::thread::spawn(move || {
+                seal_worker(rx, tx, &keys, level, &err)
+            }));
         }
         drop(seal_tx);
         let err = error.clone();
@@ -103,7 +110,11 @@ impl Uploader {
     /// reused by the next one.
     fn drain(&mut self, cache: &mut Cache, block: bool) -> Result<()> {
         loop {
-            let msg = if block { self.done.recv().ok() } else { self.done.try_recv().ok() };
+            let msg = if block {
+                self.done.recv().ok()
+            } else {
+                self.done.try_recv().ok()
+            };
             let Some(p) = msg else { return Ok(()) };
             cache.add_pack(&p.id, p.size, &p.entries)?;
             for e in &p.entries {
@@ -154,7 +165,10 @@ impl Uploader {
             return Err(e);
         }
         if !self.pending.is_empty() {
-            return Err(Error::Corrupt(format!("{} blobs were not stored", self.pending.len())));
+            return Err(Error::Corrupt(format!(
+                "{} blobs were not stored",
+                self.pending.len()
+            )));
         }
         Ok(self.stats)
     }
@@ -162,14 +176,19 @@ impl Uploader {
 
 fn seal_worker(rx: Receiver<Job>, tx: Sender<Sealed>, keys: &Keys, level: i32, err: &ErrorSlot) {
     let mut sealer = Sealer::new(level);
+    // A CSPRNG per thread, seeded from the OS: one getrandom per thread, not per blob.
+    let mut rng = StdRng::from_entropy();
     for job in rx {
-        let sealed = sealer.seal(keys, job.kind, &job.id, &job.data, &mut OsRng);
+        let sealed = sealer.seal(keys, job.kind, &job.id, &job.data, &mut rng);
         // Open every sealed blob once before it is written: catches a
         // compressor or cipher bug before it can reach the repository.
         match blob::open(keys, job.kind, &job.id, &sealed) {
             Ok(p) if p == job.data => {}
             _ => {
-                record(err, Error::Corrupt(format!("blob {} did not verify after sealing", job.id)));
+                record(
+                    err,
+                    Error::Corrupt(format!("blob {} did not verify after sealing", job.id)),
+                );
                 return;
             }
         }
@@ -185,7 +204,13 @@ fn seal_worker(rx: Receiver<Job>, tx: Sender<Sealed>, keys: &Keys, level: i32, e
     }
 }
 
-fn packer(rx: Receiver<Sealed>, done: Sender<PackDone>, store: &dyn Store, keys: &Keys, pack_size: u64) -> Result<()> {
+fn packer(
+    rx: Receiver<Sealed>,
+    done: Sender<PackDone>,
+    store: &dyn Store,
+    keys: &Keys,
+    pack_size: u64,
+) -> Result<()> {
     let mut current: Option<PackWriter<Box<dyn PackUpload>>> = None;
     let flush = |w: PackWriter<Box<dyn PackUpload>>| -> Result<()> {
         let (id, upload, entries, size) = w.finish(keys, &mut OsRng)?;

@@ -78,9 +78,19 @@ pub fn node_from(path: &Path, name: &[u8], m: &Metadata, names: &mut Names) -> N
         gid: m.gid(),
         user: names.user(m.uid()),
         group: names.group(m.gid()),
-        mtime_ns: m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec()),
-        ctime_ns: m.ctime().saturating_mul(1_000_000_000).saturating_add(m.ctime_nsec()),
-        size: if matches!(kind, NodeKind::File | NodeKind::Symlink) { m.len() } else { 0 },
+        mtime_ns: m
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.mtime_nsec()),
+        ctime_ns: m
+            .ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.ctime_nsec()),
+        size: if matches!(kind, NodeKind::File | NodeKind::Symlink) {
+            m.len()
+        } else {
+            0
+        },
         inode: m.ino(),
         dev: m.dev(),
         links: m.nlink(),
@@ -117,7 +127,11 @@ pub fn is_image_like(path: &Path, m: &Metadata) -> bool {
         .and_then(|e| e.to_str())
         .map(|e| e.to_ascii_lowercase())
         .unwrap_or_default();
-    sparse || matches!(ext.as_str(), "img" | "raw" | "qcow2" | "vmdk" | "vdi" | "vhd" | "vhdx")
+    sparse
+        || matches!(
+            ext.as_str(),
+            "img" | "raw" | "qcow2" | "vmdk" | "vdi" | "vhd" | "vhdx"
+        )
 }
 
 /// Creates a special file (device node or fifo).
@@ -149,7 +163,11 @@ pub fn apply_meta(path: &Path, node: &Node, owners: bool, warn: &mut MetaWarning
     for x in &node.xattrs {
         let name = std::ffi::OsStr::from_bytes(&x.name);
         if let Err(e) = xattr::set(path, name, &x.value) {
-            warn.0.push(format!("{}: xattr {}: {e}", path.display(), name.to_string_lossy()));
+            warn.0.push(format!(
+                "{}: xattr {}: {e}",
+                path.display(),
+                name.to_string_lossy()
+            ));
         }
     }
     if !is_link {
