@@ -40,7 +40,11 @@ pub fn make_tree(root: &Path) {
         f.write_all(b"tail").unwrap();
     }
     // fifo, and a device node when root
-    nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
     if is_root() {
         nix::sys::stat::mknod(
             &root.join("null-dev"),
@@ -82,12 +86,17 @@ fn tree_round_trip_every_kind_of_entry() {
     let snap = t.backup(&[src.to_str().unwrap()]);
     assert!(snap["files"].as_u64().unwrap() >= 10, "{snap}");
     let target = t.path("out");
-    t.run(&["restore", "latest", "--target", target.to_str().unwrap()]).ok();
+    t.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .ok();
     assert_same_tree(&src, &restored(&target, &src));
     // the sparse file came back sparse
     let m = fs::metadata(restored(&target, &src).join("sparse.img")).unwrap();
     assert_eq!(m.len(), (8 << 20) + 4);
-    assert!(m.blocks() * 512 < 1 << 20, "sparse file restored dense: {} blocks", m.blocks());
+    assert!(
+        m.blocks() * 512 < 1 << 20,
+        "sparse file restored dense: {} blocks",
+        m.blocks()
+    );
     t.run(&["check", "--read-data"]).ok();
 }
 
@@ -95,12 +104,18 @@ fn tree_round_trip_every_kind_of_entry() {
 fn stdin_stream_round_trip() {
     let t = TestRepo::new();
     let data = text_bytes(7, 5 << 20);
-    let r = t.run_stdin(&["--json", "backup", "--stdin", "--stdin-name", "db.sql"], &data).ok();
+    let r = t
+        .run_stdin(
+            &["--json", "backup", "--stdin", "--stdin-name", "db.sql"],
+            &data,
+        )
+        .ok();
     assert_eq!(r.json()["bytes"].as_u64().unwrap(), data.len() as u64);
     let out = t.run(&["dump", "latest", "db.sql"]).ok();
     assert!(out.out.stdout == data, "dumped stream differs");
     let target = t.path("out");
-    t.run(&["restore", "latest", "--target", target.to_str().unwrap()]).ok();
+    t.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .ok();
     assert_eq!(fs::read(target.join("db.sql")).unwrap(), data);
     let snaps = t.snapshots();
     assert_eq!(snaps[0]["source"], "stdin");
@@ -110,18 +125,45 @@ fn stdin_stream_round_trip() {
 #[test]
 fn stdin_from_command_success_and_failure() {
     let t = TestRepo::new();
-    t.backup(&["--stdin-name", "dump.sql", "--stdin-from-command", "sh", "-c", "seq 1 200000"]);
+    t.backup(&[
+        "--stdin-name",
+        "dump.sql",
+        "--stdin-from-command",
+        "sh",
+        "-c",
+        "seq 1 200000",
+    ]);
     let dumped = t.run(&["dump", "latest", "dump.sql"]).ok().out.stdout;
     let expect: String = (1..=200000).map(|i| format!("{i}\n")).collect();
     assert!(dumped == expect.as_bytes());
     // a failing command: non-zero exit, no snapshot
     let r = t
-        .run(&["backup", "--stdin-name", "bad.sql", "--stdin-from-command", "sh", "-c", "seq 1 1000; exit 3"])
+        .run(&[
+            "backup",
+            "--stdin-name",
+            "bad.sql",
+            "--stdin-from-command",
+            "sh",
+            "-c",
+            "seq 1 1000; exit 3",
+        ])
         .fails();
-    assert!(r.stderr().contains("no snapshot committed"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("no snapshot committed"),
+        "{}",
+        r.stderr()
+    );
     // a command killed by a signal
-    t.run(&["backup", "--stdin-name", "killed.sql", "--stdin-from-command", "sh", "-c", "seq 1 1000; kill -9 $$"])
-        .fails();
+    t.run(&[
+        "backup",
+        "--stdin-name",
+        "killed.sql",
+        "--stdin-from-command",
+        "sh",
+        "-c",
+        "seq 1 1000; kill -9 $$",
+    ])
+    .fails();
     assert_eq!(t.snapshots().len(), 1, "a failed dump must commit nothing");
     t.run(&["check"]).ok();
 }
@@ -134,9 +176,16 @@ fn image_with_holes_round_trip_sparse() {
         use std::io::{Seek, SeekFrom, Write};
         let mut f = fs::File::create(&img).unwrap();
         f.set_len(64 << 20).unwrap();
-        for (i, off) in [0u64, 5 << 20, 33 << 20, (64 << 20) - 4096].iter().enumerate() {
+        for (i, off) in [0u64, 5 << 20, 33 << 20, (64 << 20) - 4096]
+            .iter()
+            .enumerate()
+        {
             f.seek(SeekFrom::Start(*off)).unwrap();
-            f.write_all(&random_bytes(i as u64 + 10, 200_000.min((64 << 20) - *off as usize))).unwrap();
+            f.write_all(&random_bytes(
+                i as u64 + 10,
+                200_000.min((64 << 20) - *off as usize),
+            ))
+            .unwrap();
         }
         // an all-zero region that is allocated (written), not a hole
         f.seek(SeekFrom::Start(40 << 20)).unwrap();
@@ -146,12 +195,20 @@ fn image_with_holes_round_trip_sparse() {
     // holes and zero blocks cost no pack space
     assert!(snap["new_pack_bytes"].as_u64().unwrap() < 2 << 20, "{snap}");
     let target = t.path("out");
-    t.run(&["restore", "latest", "--target", target.to_str().unwrap()]).ok();
+    t.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .ok();
     let out = target.join("disk.img");
-    assert!(fs::read(&out).unwrap() == fs::read(&img).unwrap(), "image differs");
+    assert!(
+        fs::read(&out).unwrap() == fs::read(&img).unwrap(),
+        "image differs"
+    );
     let m = fs::metadata(&out).unwrap();
     assert_eq!(m.len(), 64 << 20);
-    assert!(m.blocks() * 512 < 4 << 20, "restored image not sparse: {} bytes allocated", m.blocks() * 512);
+    assert!(
+        m.blocks() * 512 < 4 << 20,
+        "restored image not sparse: {} bytes allocated",
+        m.blocks() * 512
+    );
     assert_eq!(t.snapshots()[0]["source"], "image");
 }
 
@@ -167,7 +224,11 @@ fn second_backup_adds_almost_nothing() {
     assert!(second["new_bytes"].as_u64().unwrap() < 4096, "{second}");
     // the files cache skipped every regular file (but the second name of
     // the hard link, whose content is the first name's)
-    assert_eq!(second["files_unchanged"].as_u64().unwrap() + 1, second["files"].as_u64().unwrap(), "{second}");
+    assert_eq!(
+        second["files_unchanged"].as_u64().unwrap() + 1,
+        second["files"].as_u64().unwrap(),
+        "{second}"
+    );
     // without the files cache the result is the same, read again
     let third = t.backup(&["--no-files-cache", src.to_str().unwrap()]);
     assert_eq!(third["files_unchanged"], 0);
@@ -178,11 +239,17 @@ fn second_backup_adds_almost_nothing() {
 fn insert_near_start_of_a_dump_adds_few_chunks() {
     let t = TestRepo::new();
     let data = text_bytes(11, 24 << 20);
-    t.run_stdin(&["backup", "--stdin", "--stdin-name", "dump.sql"], &data).ok();
+    t.run_stdin(&["backup", "--stdin", "--stdin-name", "dump.sql"], &data)
+        .ok();
     let mut shifted = data[..1000].to_vec();
     shifted.extend_from_slice(b"INSERT INTO t VALUES (1, 'a new row near the start');\n");
     shifted.extend_from_slice(&data[1000..]);
-    let r = t.run_stdin(&["--json", "backup", "--stdin", "--stdin-name", "dump.sql"], &shifted).ok();
+    let r = t
+        .run_stdin(
+            &["--json", "backup", "--stdin", "--stdin-name", "dump.sql"],
+            &shifted,
+        )
+        .ok();
     let new = r.json()["new_bytes"].as_u64().unwrap();
     // chunks average 64 KiB here: a few chunks, far below the 24 MiB
     assert!(new < 1 << 20, "inserting 53 bytes added {new} bytes");
@@ -202,9 +269,14 @@ fn no_plaintext_in_the_repository() {
     let mut text = marker.to_vec();
     text.extend_from_slice(&text_bytes(6, 10_000));
     fs::write(src.join("notes.txt"), &text).unwrap();
-    fs::write(src.join(std::str::from_utf8(marker).unwrap()), b"named after the marker").unwrap();
+    fs::write(
+        src.join(std::str::from_utf8(marker).unwrap()),
+        b"named after the marker",
+    )
+    .unwrap();
     t.backup(&[src.to_str().unwrap()]);
-    t.run_stdin(&["backup", "--stdin", "--stdin-name", "marker.sql"], &text).ok();
+    t.run_stdin(&["backup", "--stdin", "--stdin-name", "marker.sql"], &text)
+        .ok();
     for f in t.repo_files() {
         let bytes = fs::read(&f).unwrap();
         assert!(
@@ -212,7 +284,9 @@ fn no_plaintext_in_the_repository() {
             "plaintext marker found in {}",
             f.display()
         );
-        assert!(!bytes.windows(11).any(|w| w == b"notes.txt\0\0" || w == b"notes.txt.."));
+        assert!(!bytes
+            .windows(11)
+            .any(|w| w == b"notes.txt\0\0" || w == b"notes.txt.."));
     }
 }
 
@@ -232,17 +306,35 @@ fn two_backups_at_once_corrupt_nothing() {
         move || cb.output().unwrap()
     });
     let (ra, rb) = (ca.unwrap(), handle.join().unwrap());
-    assert!(ra.status.success(), "{}", String::from_utf8_lossy(&ra.stderr));
-    assert!(rb.status.success(), "{}", String::from_utf8_lossy(&rb.stderr));
+    assert!(
+        ra.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ra.stderr)
+    );
+    assert!(
+        rb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rb.stderr)
+    );
     assert_eq!(t.snapshots().len(), 2);
     t.run(&["check", "--read-data"]).ok();
     let target = t.path("out");
-    t.run(&["restore", "latest", "--target", target.to_str().unwrap()]).ok();
+    t.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .ok();
     for s in t.snapshots() {
         let out = t.path(&format!("out-{}", s["short_id"].as_str().unwrap()));
-        t.run(&["restore", s["id"].as_str().unwrap(), "--target", out.to_str().unwrap()]).ok();
+        t.run(&[
+            "restore",
+            s["id"].as_str().unwrap(),
+            "--target",
+            out.to_str().unwrap(),
+        ])
+        .ok();
         let p = Path::new(s["paths"][0].as_str().unwrap());
-        assert_eq!(fs::read(restored(&out, p).join("own")).unwrap(), fs::read(p.join("own")).unwrap());
+        assert_eq!(
+            fs::read(restored(&out, p).join("own")).unwrap(),
+            fs::read(p.join("own")).unwrap()
+        );
     }
 }
 
@@ -256,7 +348,14 @@ fn excludes_and_one_file_system() {
     fs::write(src.join("keep/a.tmp"), b"x").unwrap();
     fs::write(src.join("keep/a.txt"), b"x").unwrap();
     let cache_pat = format!("{}/cache", src.display());
-    t.backup(&["--exclude", "*.tmp", "--exclude", &cache_pat, "--one-file-system", src.to_str().unwrap()]);
+    t.backup(&[
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        &cache_pat,
+        "--one-file-system",
+        src.to_str().unwrap(),
+    ]);
     let ls = t.run(&["ls", "latest"]).ok().stdout();
     assert!(ls.contains("keep/a.txt"));
     assert!(!ls.contains("a.tmp") && !ls.contains("cache/big"), "{ls}");
@@ -276,7 +375,11 @@ fn backup_creates_a_missing_repository() {
         .args(["backup", src.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("snapshot "));
     assert!(repo.join("config").is_file());
 }

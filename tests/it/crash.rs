@@ -17,7 +17,11 @@ fn kill_9_during_backup_leaves_a_consistent_repository() {
     fs::create_dir_all(&src).unwrap();
     let mut total = 0u64;
     for i in 0..12 {
-        let d = if i % 3 == 0 { text_bytes(i, 4 << 20) } else { random_bytes(i, 4 << 20) };
+        let d = if i % 3 == 0 {
+            text_bytes(i, 4 << 20)
+        } else {
+            random_bytes(i, 4 << 20)
+        };
         total += d.len() as u64;
         fs::write(src.join(format!("f{i:02}")), d).unwrap();
     }
@@ -28,14 +32,21 @@ fn kill_9_during_backup_leaves_a_consistent_repository() {
     t.backup(&[keep.to_str().unwrap()]);
 
     for delay_ms in [30u64, 120, 300, 700] {
-        let mut child = t.command().args(["backup", src.to_str().unwrap()]).spawn().unwrap();
+        let mut child = t
+            .command()
+            .args(["backup", src.to_str().unwrap()])
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
         let status = child.wait().unwrap();
         // whether it was killed or had finished, the repository is consistent
         t.run(&["check", "--read-data"]).ok();
         let n = t.snapshots().len();
-        assert!(n == 1 || (n == 2 && status.success()), "half snapshot after kill at {delay_ms} ms");
+        assert!(
+            n == 1 || (n == 2 && status.success()),
+            "half snapshot after kill at {delay_ms} ms"
+        );
         if n == 2 {
             break;
         }
@@ -43,17 +54,32 @@ fn kill_9_during_backup_leaves_a_consistent_repository() {
     let last = t.backup(&[src.to_str().unwrap()]);
     t.run(&["check", "--read-data"]).ok();
     let target = t.path("out");
-    t.run(&["restore", "latest", "--target", target.to_str().unwrap()]).ok();
+    t.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .ok();
     for i in 0..12 {
         let name = format!("f{i:02}");
-        assert!(fs::read(restored(&target, &src).join(&name)).unwrap() == fs::read(src.join(&name)).unwrap());
+        assert!(
+            fs::read(restored(&target, &src).join(&name)).unwrap()
+                == fs::read(src.join(&name)).unwrap()
+        );
     }
     let out = t.path("out-keep");
     let first = t.snapshots()[0]["id"].as_str().unwrap().to_string();
-    t.run(&["restore", &first, "--target", out.to_str().unwrap()]).ok();
-    assert_eq!(fs::read(restored(&out, &keep).join("k")).unwrap(), b"earlier backup");
+    t.run(&["restore", &first, "--target", out.to_str().unwrap()])
+        .ok();
+    assert_eq!(
+        fs::read(restored(&out, &keep).join("k")).unwrap(),
+        b"earlier backup"
+    );
     // the killed runs' packs were reused: the repository holds the data about once
-    let stored: u64 = t.packs().iter().map(|p| fs::metadata(p).unwrap().len()).sum();
-    assert!(stored < total + total / 5 + (8 << 20), "stored {stored} for {total} of data");
+    let stored: u64 = t
+        .packs()
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        stored < total + total / 5 + (8 << 20),
+        "stored {stored} for {total} of data"
+    );
     assert!(last["new_bytes"].as_u64().unwrap() <= total);
 }

@@ -11,7 +11,10 @@ fn wrong_passphrase_is_refused_without_output() {
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("secret"), b"SECRET-PLAINTEXT").unwrap();
     t.backup(&[src.to_str().unwrap()]);
-    for args in [vec!["snapshots"], vec!["dump", "latest", &format!("{}/secret", src.display())]] {
+    for args in [
+        vec!["snapshots"],
+        vec!["dump", "latest", &format!("{}/secret", src.display())],
+    ] {
         let r = t.run_env(&args, &[("COFFER_PASSWORD", "wrong")]).fails();
         assert_eq!(r.code(), 4, "{}", r.stderr());
         assert!(r.stderr().contains("wrong passphrase"), "{}", r.stderr());
@@ -43,27 +46,43 @@ fn key_add_list_remove_passwd() {
     let floor = ["--kdf-memory-kib", "19456", "--kdf-iterations", "2"];
     let mut args = vec!["--json", "key", "add"];
     args.extend_from_slice(&floor);
-    let added = t.run_env(&args, &[("COFFER_NEW_PASSWORD", "second")]).ok().json();
+    let added = t
+        .run_env(&args, &[("COFFER_NEW_PASSWORD", "second")])
+        .ok()
+        .json();
     let id = added["id"].as_str().unwrap().to_string();
     let list = t.run(&["--json", "key", "list"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), 2);
     // both passphrases open the repository
-    t.run_env(&["snapshots"], &[("COFFER_PASSWORD", "second")]).ok();
+    t.run_env(&["snapshots"], &[("COFFER_PASSWORD", "second")])
+        .ok();
     // the key in use cannot be removed; another one can
-    let r = t.run_env(&["key", "remove", &id], &[("COFFER_PASSWORD", "second")]).fails();
+    let r = t
+        .run_env(&["key", "remove", &id], &[("COFFER_PASSWORD", "second")])
+        .fails();
     assert!(r.stderr().contains("in use"), "{}", r.stderr());
     t.run(&["key", "remove", &id[..8]]).ok();
-    assert_eq!(t.run_env(&["snapshots"], &[("COFFER_PASSWORD", "second")]).fails().code(), 4);
+    assert_eq!(
+        t.run_env(&["snapshots"], &[("COFFER_PASSWORD", "second")])
+            .fails()
+            .code(),
+        4
+    );
     // passwd: the old passphrase stops working, the new one works
     let mut args = vec!["key", "passwd"];
     args.extend_from_slice(&floor);
     t.run_env(&args, &[("COFFER_NEW_PASSWORD", "third")]).ok();
     assert_eq!(t.run(&["snapshots"]).fails().code(), 4);
-    t.run_env(&["snapshots"], &[("COFFER_PASSWORD", "third")]).ok();
+    t.run_env(&["snapshots"], &[("COFFER_PASSWORD", "third")])
+        .ok();
     // the last key cannot be removed
-    let only = t.run_env(&["--json", "key", "list"], &[("COFFER_PASSWORD", "third")]).ok().json();
+    let only = t
+        .run_env(&["--json", "key", "list"], &[("COFFER_PASSWORD", "third")])
+        .ok()
+        .json();
     let only = only[0]["id"].as_str().unwrap().to_string();
-    t.run_env(&["key", "remove", &only], &[("COFFER_PASSWORD", "third")]).fails();
+    t.run_env(&["key", "remove", &only], &[("COFFER_PASSWORD", "third")])
+        .fails();
 }
 
 #[test]
@@ -78,5 +97,9 @@ fn passphrase_from_file() {
         .args(["--repo", t.repo.to_str().unwrap(), "snapshots"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

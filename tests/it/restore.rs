@@ -12,7 +12,13 @@ fn snapshots_json_and_selectors() {
     let src = t.path("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("a"), b"one").unwrap();
-    let first = t.backup(&["--tag", "nightly", "--host", "vps-101", src.to_str().unwrap()]);
+    let first = t.backup(&[
+        "--tag",
+        "nightly",
+        "--host",
+        "vps-101",
+        src.to_str().unwrap(),
+    ]);
     fs::write(src.join("a"), b"two").unwrap();
     let second = t.backup(&[src.to_str().unwrap()]);
     let snaps = t.snapshots();
@@ -32,7 +38,10 @@ fn snapshots_json_and_selectors() {
     let r = t.run(&["dump", "ffffffffffff", &file]).fails();
     assert!(r.stderr().contains("not found"), "{}", r.stderr());
     // diff names the changed file
-    let d = t.run(&["diff", prefix, second["id"].as_str().unwrap()]).ok().stdout();
+    let d = t
+        .run(&["diff", prefix, second["id"].as_str().unwrap()])
+        .ok()
+        .stdout();
     assert!(d.contains(&format!("M  {file}")), "{d}");
 }
 
@@ -45,15 +54,33 @@ fn restore_a_subset_and_ls() {
     fs::write(src.join("keep/inner/f"), b"kept").unwrap();
     fs::write(src.join("skip/g"), b"skipped").unwrap();
     t.backup(&[src.to_str().unwrap()]);
-    let ls = t.run(&["ls", "latest", &format!("{}/keep", src.display())]).ok().stdout();
+    let ls = t
+        .run(&["ls", "latest", &format!("{}/keep", src.display())])
+        .ok()
+        .stdout();
     assert!(ls.contains("keep/inner/f") && !ls.contains("skip"), "{ls}");
     let target = t.path("out");
     let want = format!("{}/keep", src.display());
-    t.run(&["restore", "latest", "--target", target.to_str().unwrap(), &want]).ok();
+    t.run(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        &want,
+    ])
+    .ok();
     let base = restored(&target, &src);
     assert_eq!(fs::read(base.join("keep/inner/f")).unwrap(), b"kept");
     assert!(!base.join("skip").exists());
-    let r = t.run(&["restore", "latest", "--target", target.to_str().unwrap(), "/no/such/path"]).fails();
+    let r = t
+        .run(&[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "/no/such/path",
+        ])
+        .fails();
     assert!(r.stderr().contains("not found"), "{}", r.stderr());
 }
 
@@ -74,7 +101,8 @@ fn restore_never_follows_entries_planted_in_the_target() {
     fs::create_dir_all(&base).unwrap();
     symlink(&outside, base.join("d")).unwrap();
     symlink(outside.join("victim"), base.join("g")).unwrap();
-    t.run(&["restore", "latest", "--target", target.to_str().unwrap()]).ok();
+    t.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .ok();
     assert_eq!(fs::read(outside.join("victim")).unwrap(), b"untouched");
     assert!(!outside.join("f").exists());
     assert!(fs::symlink_metadata(base.join("d")).unwrap().is_dir());
@@ -98,6 +126,10 @@ fn stats_and_check_on_a_clean_repository() {
     // losing the cache costs only time
     fs::remove_dir_all(&t.cache).unwrap();
     let out = t.path("out");
-    t.run(&["restore", "latest", "--target", out.to_str().unwrap()]).ok();
-    assert_eq!(fs::read(restored(&out, &src).join("f")).unwrap(), random_bytes(1, 2 << 20));
+    t.run(&["restore", "latest", "--target", out.to_str().unwrap()])
+        .ok();
+    assert_eq!(
+        fs::read(restored(&out, &src).join("f")).unwrap(),
+        random_bytes(1, 2 << 20)
+    );
 }

@@ -55,9 +55,15 @@ fn assert_never_wrong(target: &Path, src: &Path, files: &[(&str, Vec<u8>)]) {
 
 #[test]
 fn flipped_byte_in_a_pack_is_detected() {
-    let files = [("a", random_bytes(1, 300_000)), ("b", random_bytes(2, 50_000))];
+    let files = [
+        ("a", random_bytes(1, 300_000)),
+        ("b", random_bytes(2, 50_000)),
+    ];
     let (t, src) = setup(&files);
-    let (pack, entries) = tables(&t).into_iter().find(|(_, e)| e.iter().any(|x| x.kind == Kind::Data)).unwrap();
+    let (pack, entries) = tables(&t)
+        .into_iter()
+        .find(|(_, e)| e.iter().any(|x| x.kind == Kind::Data))
+        .unwrap();
     let data = entries.iter().find(|e| e.kind == Kind::Data).unwrap();
     let mut bytes = fs::read(&pack).unwrap();
     bytes[(data.offset + 100) as usize] ^= 0x04;
@@ -65,23 +71,39 @@ fn flipped_byte_in_a_pack_is_detected() {
 
     let r = t.run(&["check", "--read-data"]).fails();
     assert_eq!(r.code(), 5, "{}", r.stderr());
-    assert!(r.stderr().contains("does not hash to its name"), "{}", r.stderr());
-    assert!(r.stderr().contains("authentication failed"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("does not hash to its name"),
+        "{}",
+        r.stderr()
+    );
+    assert!(
+        r.stderr().contains("authentication failed"),
+        "{}",
+        r.stderr()
+    );
 
     let target = t.path("out");
-    let r = t.run(&["restore", "latest", "--target", target.to_str().unwrap()]).fails();
+    let r = t
+        .run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .fails();
     assert_ne!(r.code(), 0);
     assert_never_wrong(&target, &src, &files);
     for (n, d) in &files {
         let out = t.run(&["dump", "latest", &format!("{}/{n}", src.display())]);
-        assert!(d.starts_with(&out.out.stdout), "dump of {n} emitted wrong bytes");
+        assert!(
+            d.starts_with(&out.out.stdout),
+            "dump of {n} emitted wrong bytes"
+        );
     }
 }
 
 #[test]
 fn swapped_blobs_are_detected() {
     // two single-chunk files of equal size: their sealed blobs are equally long
-    let files = [("x", random_bytes(3, 10_000)), ("y", random_bytes(4, 10_000))];
+    let files = [
+        ("x", random_bytes(3, 10_000)),
+        ("y", random_bytes(4, 10_000)),
+    ];
     let (t, src) = setup(&files);
     let (pack, entries) = tables(&t)
         .into_iter()
@@ -90,7 +112,11 @@ fn swapped_blobs_are_detected() {
     let d: Vec<&PackEntry> = entries.iter().filter(|e| e.kind == Kind::Data).collect();
     assert_eq!(d[0].sealed_len, d[1].sealed_len);
     let mut bytes = fs::read(&pack).unwrap();
-    let (a, b, n) = (d[0].offset as usize, d[1].offset as usize, d[0].sealed_len as usize);
+    let (a, b, n) = (
+        d[0].offset as usize,
+        d[1].offset as usize,
+        d[0].sealed_len as usize,
+    );
     let first = bytes[a..a + n].to_vec();
     bytes.copy_within(b..b + n, a);
     bytes[b..b + n].copy_from_slice(&first);
@@ -99,10 +125,14 @@ fn swapped_blobs_are_detected() {
     let r = t.run(&["check", "--read-data"]).fails();
     assert_eq!(r.code(), 5);
     let target = t.path("out");
-    t.run(&["restore", "latest", "--target", target.to_str().unwrap()]).fails();
+    t.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .fails();
     assert_never_wrong(&target, &src, &files);
     for (n, _) in &files {
-        assert!(!restored(&target, &src).join(n).exists(), "{n} should not be restored");
+        assert!(
+            !restored(&target, &src).join(n).exists(),
+            "{n} should not be restored"
+        );
     }
 }
 
@@ -112,14 +142,17 @@ fn data_blob_in_a_snapshots_place_is_detected() {
     let (t, src) = setup(&files);
     let (pack, entries) = tables(&t).into_iter().next().unwrap();
     let e = entries.iter().find(|e| e.kind == Kind::Data).unwrap();
-    let sealed = fs::read(&pack).unwrap()[e.offset as usize..(e.offset + e.sealed_len as u64) as usize].to_vec();
+    let sealed = fs::read(&pack).unwrap()
+        [e.offset as usize..(e.offset + e.sealed_len as u64) as usize]
+        .to_vec();
     let snap = walk(&t.repo.join("snapshots")).pop().unwrap();
     fs::write(&snap, &sealed).unwrap();
     assert_eq!(t.run(&["snapshots"]).fails().code(), 5);
     let r = t.run(&["check"]).fails();
     assert_eq!(r.code(), 5, "{}", r.stderr());
     let target = t.path("out");
-    t.run(&["restore", "latest", "--target", target.to_str().unwrap()]).fails();
+    t.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .fails();
     assert!(!restored(&target, &src).join("f").exists());
     // renamed to its own hash so the name checks out: the magic still refuses it
     let renamed = snap.with_file_name(PackId::of(&sealed).to_hex());
@@ -142,6 +175,7 @@ fn truncated_and_missing_packs_are_reported() {
     assert_eq!(r.code(), 5);
     assert!(r.stderr().contains("missing"), "{}", r.stderr());
     let target = t.path("out");
-    t.run(&["restore", "latest", "--target", target.to_str().unwrap()]).fails();
+    t.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .fails();
     assert_never_wrong(&target, &src, &files);
 }

@@ -32,7 +32,11 @@ impl Run {
         self
     }
     pub fn fails(self) -> Run {
-        assert!(!self.out.status.success(), "coffer should have failed\nstdout:\n{}", self.stdout());
+        assert!(
+            !self.out.status.success(),
+            "coffer should have failed\nstdout:\n{}",
+            self.stdout()
+        );
         self
     }
     pub fn code(&self) -> i32 {
@@ -45,8 +49,13 @@ impl Run {
         String::from_utf8_lossy(&self.out.stderr).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.out.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout(), self.stderr()))
+        serde_json::from_slice(&self.out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}\nstderr: {}",
+                self.stdout(),
+                self.stderr()
+            )
+        })
     }
 }
 
@@ -115,7 +124,12 @@ impl TestRepo {
 
     pub fn run(&self, args: &[&str]) -> Run {
         Run {
-            out: self.command().args(args).stdin(Stdio::null()).output().unwrap(),
+            out: self
+                .command()
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap(),
         }
     }
 
@@ -156,7 +170,12 @@ impl TestRepo {
     }
 
     pub fn snapshots(&self) -> Vec<serde_json::Value> {
-        self.run(&["--json", "snapshots"]).ok().json().as_array().unwrap().clone()
+        self.run(&["--json", "snapshots"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     /// Every file below the repository directory.
@@ -201,7 +220,10 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 
 /// Deterministic text-like bytes (compressible, but not trivially).
 pub fn text_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let words = ["alpha", "backup", "coffer", "delta", "epsilon", "restore", "chunk", "pack", "\n", "zeta", "42"];
+    let words = [
+        "alpha", "backup", "coffer", "delta", "epsilon", "restore", "chunk", "pack", "\n", "zeta",
+        "42",
+    ];
     let r = random_bytes(seed, len / 2 + 16);
     let mut v = Vec::with_capacity(len + 16);
     let mut i = 0;
@@ -234,30 +256,61 @@ pub fn is_root() -> bool {
 pub fn assert_same_tree(a: &Path, b: &Path) {
     let ea = walk_all(a);
     let eb = walk_all(b);
-    let names_a: Vec<_> = ea.iter().map(|p| p.strip_prefix(a).unwrap().to_path_buf()).collect();
-    let names_b: Vec<_> = eb.iter().map(|p| p.strip_prefix(b).unwrap().to_path_buf()).collect();
+    let names_a: Vec<_> = ea
+        .iter()
+        .map(|p| p.strip_prefix(a).unwrap().to_path_buf())
+        .collect();
+    let names_b: Vec<_> = eb
+        .iter()
+        .map(|p| p.strip_prefix(b).unwrap().to_path_buf())
+        .collect();
     assert_eq!(names_a, names_b, "different entries");
     let mut links_a = std::collections::HashMap::new();
     let mut links_b = std::collections::HashMap::new();
     for (pa, pb) in ea.iter().zip(eb.iter()) {
-        let (ma, mb) = (fs::symlink_metadata(pa).unwrap(), fs::symlink_metadata(pb).unwrap());
+        let (ma, mb) = (
+            fs::symlink_metadata(pa).unwrap(),
+            fs::symlink_metadata(pb).unwrap(),
+        );
         let what = pa.display();
         assert_eq!(ma.file_type(), mb.file_type(), "type of {what}");
         if ma.file_type().is_symlink() {
-            assert_eq!(fs::read_link(pa).unwrap(), fs::read_link(pb).unwrap(), "target of {what}");
+            assert_eq!(
+                fs::read_link(pa).unwrap(),
+                fs::read_link(pb).unwrap(),
+                "target of {what}"
+            );
         } else {
             assert_eq!(ma.mode(), mb.mode(), "mode of {what}");
         }
         if ma.is_file() {
-            assert_eq!(fs::read(pa).unwrap(), fs::read(pb).unwrap(), "content of {what}");
+            assert_eq!(
+                fs::read(pa).unwrap(),
+                fs::read(pb).unwrap(),
+                "content of {what}"
+            );
             if ma.nlink() > 1 {
-                links_a.entry(ma.ino()).or_insert_with(Vec::new).push(pa.strip_prefix(a).unwrap().to_path_buf());
-                links_b.entry(mb.ino()).or_insert_with(Vec::new).push(pb.strip_prefix(b).unwrap().to_path_buf());
+                links_a
+                    .entry(ma.ino())
+                    .or_insert_with(Vec::new)
+                    .push(pa.strip_prefix(a).unwrap().to_path_buf());
+                links_b
+                    .entry(mb.ino())
+                    .or_insert_with(Vec::new)
+                    .push(pb.strip_prefix(b).unwrap().to_path_buf());
             }
         }
-        assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "mtime of {what}");
+        assert_eq!(
+            (ma.mtime(), ma.mtime_nsec()),
+            (mb.mtime(), mb.mtime_nsec()),
+            "mtime of {what}"
+        );
         if is_root() {
-            assert_eq!((ma.uid(), ma.gid()), (mb.uid(), mb.gid()), "owner of {what}");
+            assert_eq!(
+                (ma.uid(), ma.gid()),
+                (mb.uid(), mb.gid()),
+                "owner of {what}"
+            );
         }
         if ma.file_type().is_char_device() || ma.file_type().is_block_device() {
             assert_eq!(ma.rdev(), mb.rdev(), "device of {what}");
@@ -266,7 +319,11 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         let xb: Vec<_> = xattr::list(pb).map(|l| l.collect()).unwrap_or_default();
         assert_eq!(xa, xb, "xattrs of {what}");
         for n in &xa {
-            assert_eq!(xattr::get(pa, n).unwrap(), xattr::get(pb, n).unwrap(), "xattr value of {what}");
+            assert_eq!(
+                xattr::get(pa, n).unwrap(),
+                xattr::get(pb, n).unwrap(),
+                "xattr value of {what}"
+            );
         }
     }
     let mut ga: Vec<_> = links_a.into_values().collect();
@@ -280,7 +337,11 @@ use std::os::unix::fs::FileTypeExt;
 
 fn walk_all(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut rd: Vec<_> = fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
+    let mut rd: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     rd.sort();
     for p in rd {
         out.push(p.clone());
