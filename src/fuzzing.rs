@@ -11,12 +11,12 @@ use rand::rngs::OsRng;
 use crate::crypto::{Keys, Kind, MasterKey, SEAL_OVERHEAD};
 use crate::format::blob::{self, Sealer};
 use crate::format::chunklist;
-use crate::format::config::ConfigFile;
+use crate::format::config::{ConfigFile, REPO_VERSION};
 use crate::format::keyfile::KeyFile;
 use crate::format::pack::{self, PackEntry, MAGIC_PACK, TRAILER_LEN};
 use crate::format::snapshot::{self, MAGIC_SNAPSHOT};
 use crate::format::tree::Tree;
-use crate::id::BlobId;
+use crate::id::{BlobId, RepoId};
 
 /// The master key every keyed target uses.
 pub const MASTER_KEY: [u8; 32] = [7u8; 32];
@@ -84,8 +84,8 @@ pub fn pack(data: &[u8]) {
 }
 
 /// Sealed blobs (the first 32 bytes are the id, the rest the sealed blob, so
-/// a seed can be a blob that opens), zstd frames, and seal/open of the input
-/// as a plaintext.
+/// a seed can be a blob that opens), the input as a blob's inner payload and
+/// as a bare zstd frame, and seal/open of the input as a plaintext.
 pub fn blob(data: &[u8]) {
     let keys = keys();
 
@@ -99,11 +99,26 @@ pub fn blob(data: &[u8]) {
             }
         }
     }
-    // Not content-addressed: no id check after opening.
-    let _ = blob::open(&keys, Kind::Snapshot, &BlobId([0x11; 32]), data);
-
-    if let Ok(plain) = blob::decompress(data) {
-        assert!(plain.len() <= crate::limits::MAX_BLOB_BYTES);
+    // The input as the inner payload of a blob (flag byte, then the raw
+    // plaintext or a zstd frame): sealed under a kind that is not
+    // content-addressed, it reaches the flag and zstd paths; then sealed
+    // under the id of what it holds, it must open the same as a data blob.
+    let any_id = BlobId([0x11; 32]);
+    let sealed = keys.seal(Kind::Config, any_id.as_bytes(), data, &mut OsRng);
+    if let Ok(plain) = blob::open(&keys, Kind::Config, &any_id, &sealed) {
+        match data.first() {
+            Some(0) => assert_eq!(plain, &data[1..], "raw payload"),
+            Some(1) => assert_eq!(
+                plain,
+                blob::decompress(&data[1..]).expect("frame decompressed once"),
+                "zstd payload"
+            ),
+            _ => panic!("opened a blob with flag {:?}", data.first()),
+        }
+        let id = keys.blob_id(&plain);
+        let sealed = keys.seal(Kind::Data, id.as_bytes(), data, &mut OsRng);
+        let again = blob::open(&keys, Kind::Data, &id, &sealed).expect("content matches its id");
+        assert_eq!(again, plain);
     }
 
     // The input as a plaintext: sealing then opening gives it back, with and
@@ -151,7 +166,21 @@ pub fn tree(data: &[u8]) {
 
 /// Snapshot files: the plain part is canonical (it re-encodes to the input's
 /// prefix), and an opened record re-encodes to a file that opens the same.
+/// The input is also sealed as the record of a file without packs, so the
+/// record decoder sees fuzzed bytes too.
 pub fn snapshot(data: &[u8]) {
+    let keys = keys();
+    check_snapshot(&keys, data);
+
+    let mut file = Vec::with_capacity(12 + data.len() + SEAL_OVERHEAD);
+    file.extend_from_slice(&MAGIC_SNAPSHOT);
+    file.extend_from_slice(&0u32.to_le_bytes());
+    let plain_hash = *blake3::hash(&file).as_bytes();
+    file.extend_from_slice(&keys.seal(Kind::Snapshot, &plain_hash, data, &mut OsRng));
+    check_snapshot(&keys, &file);
+}
+
+fn check_snapshot(keys: &Keys, data: &[u8]) {
     let Ok(f) = snapshot::decode(data) else {
         return;
     };
@@ -169,14 +198,13 @@ pub fn snapshot(data: &[u8]) {
     );
     assert_eq!(f.plain_hash, *blake3::hash(&plain).as_bytes());
 
-    let keys = keys();
-    if let Ok(rec) = snapshot::open_record(&keys, &f) {
-        let (id, bytes) = snapshot::encode(&keys, f.packs.clone(), &rec, &mut OsRng);
+    if let Ok(rec) = snapshot::open_record(keys, &f) {
+        let (id, bytes) = snapshot::encode(keys, f.packs.clone(), &rec, &mut OsRng);
         assert_eq!(id, crate::id::SnapshotId::of(&bytes));
         let f2 = snapshot::decode(&bytes).expect("re-encoded snapshot decodes");
         assert_eq!(f2.packs, f.packs);
         assert_eq!(f2.plain_hash, f.plain_hash);
-        let rec2 = snapshot::open_record(&keys, &f2).expect("re-encoded record opens");
+        let rec2 = snapshot::open_record(keys, &f2).expect("re-encoded record opens");
         assert_eq!(rec2, rec, "snapshot record round trip");
     }
 }
@@ -194,20 +222,33 @@ pub fn keyfile(data: &[u8]) {
 }
 
 /// Repository configs: the envelope round-trips, and opened settings re-seal
-/// to a config that opens to the same settings.
+/// to a config that opens to the same settings. The input is also sealed as
+/// the settings of a config, so the settings decoder sees fuzzed bytes too.
 pub fn config(data: &[u8]) {
-    let Ok(c) = ConfigFile::decode(data) else {
-        return;
-    };
-    let again = ConfigFile::decode(&c.encode()).expect("re-encoded config decodes");
-    assert_eq!(again, c, "config envelope round trip");
     let keys = keys();
-    if let Ok(s) = c.open(&keys) {
+    if let Ok(c) = ConfigFile::decode(data) {
+        let again = ConfigFile::decode(&c.encode()).expect("re-encoded config decodes");
+        assert_eq!(again, c, "config envelope round trip");
+        check_config(&keys, &c);
+    }
+
+    let id = RepoId([4; 32]);
+    let sealed = keys.seal(Kind::Config, id.as_bytes(), data, &mut OsRng);
+    let c = ConfigFile {
+        version: REPO_VERSION,
+        id,
+        settings: hex::encode(sealed),
+    };
+    check_config(&keys, &c);
+}
+
+fn check_config(keys: &Keys, c: &ConfigFile) {
+    if let Ok(s) = c.open(keys) {
         s.validate().expect("opened settings are valid");
-        let c2 = ConfigFile::create(&keys, c.id, &s, &mut OsRng);
+        let c2 = ConfigFile::create(keys, c.id, &s, &mut OsRng);
         let c2 = ConfigFile::decode(&c2.encode()).expect("fresh config decodes");
         assert_eq!(
-            c2.open(&keys).expect("fresh config opens"),
+            c2.open(keys).expect("fresh config opens"),
             s,
             "settings round trip"
         );

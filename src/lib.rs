@@ -43,6 +43,9 @@ pub mod format;
 pub mod fuzzing;
 pub mod id;
 pub mod limits;
+#[cfg(feature = "net")]
+pub mod net;
+pub mod proto;
 pub mod repo;
 pub mod source;
 pub mod store;

@@ -92,16 +92,40 @@ impl LocalStore {
     /// Creates the directory layout of a new repository; refuses a directory
     /// that holds anything already.
     pub fn create(root: &Path) -> Result<LocalStore> {
-        if root.exists() && fs::read_dir(root).at(root)?.next().is_some() {
-            return Err(Error::Conflict(format!(
-                "{} exists and is not empty; refusing to create a repository there",
-                root.display()
-            )));
+        // An empty layout left by an earlier, interrupted init is fine.
+        let layout = ["keys", "packs", "snapshots", "tmp"];
+        if root.exists() {
+            for e in fs::read_dir(root).at(root)? {
+                let e = e.at(root)?;
+                let name = e.file_name();
+                let empty_layout_dir = layout.iter().any(|l| name == *l)
+                    && fs::read_dir(e.path())
+                        .map(|mut d| d.next().is_none())
+                        .unwrap_or(false);
+                if !empty_layout_dir {
+                    return Err(Error::Conflict(format!(
+                        "{} exists and is not empty; refusing to create a repository there",
+                        root.display()
+                    )));
+                }
+            }
         }
-        for d in ["keys", "packs", "snapshots", "tmp"] {
+        for d in layout {
             fs::create_dir_all(root.join(d)).at(root.join(d))?;
         }
         fsync_dir(root)?;
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+            handles: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Opens a directory as a store, creating its layout if missing; a
+    /// server namespace starts like this, before its client runs `init`.
+    pub fn open_dir(root: &Path) -> Result<LocalStore> {
+        for d in ["keys", "packs", "snapshots", "tmp"] {
+            fs::create_dir_all(root.join(d)).at(root.join(d))?;
+        }
         Ok(LocalStore {
             root: root.to_path_buf(),
             handles: Mutex::new(HashMap::new()),

@@ -20,6 +20,12 @@ pub struct Cli {
     /// Where the local cache lives (default: ~/.cache/coffer).
     #[arg(long, global = true, env = "COFFER_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// This client's identity file (for quic:// repositories).
+    #[arg(long, global = true, env = "COFFER_IDENTITY")]
+    pub identity: Option<PathBuf>,
+    /// The server's certificate fingerprint to pin (for quic:// repositories).
+    #[arg(long, global = true, env = "COFFER_SERVER_FINGERPRINT")]
+    pub server_fingerprint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -77,6 +83,33 @@ pub enum Command {
     /// Manage key files (passphrases).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage TLS identities (key and self-signed certificate).
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Run the repository server.
+    Serve {
+        /// Server config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Run even as root (not recommended: use a dedicated user).
+        #[arg(long)]
+        allow_root: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IdentityCommand {
+    /// Create a private key and self-signed certificate; prints the fingerprint.
+    New {
+        /// Where to write it (mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print an identity's fingerprint.
+    Show {
+        /// The identity file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]

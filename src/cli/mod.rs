@@ -15,15 +15,18 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use serde_json::json;
 
-use args::{BackupArgs, Cli, Command, InitArgs, KeyCommand};
+use args::{BackupArgs, Cli, Command, IdentityCommand, InitArgs, KeyCommand};
 use coffer::chunk::ChunkerParams;
 use coffer::format::config::Settings;
 use coffer::format::keyfile::KdfParams;
 use coffer::format::tree::{Node, NodeKind};
+use coffer::net::client::{Remote, RemoteStore, RemoteUrl};
+use coffer::net::{Fingerprint, Identity};
 use coffer::repo::backup::{self, BackupOptions, BackupSource};
 use coffer::repo::restore::{self, RestoreOptions};
 use coffer::repo::{check, default_cache_dir, diff, InitOptions, Repository, Snapshot};
 use coffer::store::LocalStore;
+use coffer::store::Store;
 use coffer::{Error, ErrorKind};
 
 /// A run that finished but left something out: exit 3.
@@ -143,22 +146,55 @@ fn passphrase(var: &str, file_var: &str, prompt: &str, confirm: bool) -> Result<
     Ok(p.into_bytes())
 }
 
-fn repo_path(cli: &Cli) -> Result<PathBuf> {
-    let r = cli
-        .repo
+fn repo_arg(cli: &Cli) -> Result<&str> {
+    cli.repo
         .as_deref()
-        .ok_or_else(|| anyhow!("no repository: give --repo or set COFFER_REPO"))?;
-    if r.starts_with("quic://") {
-        bail!(
-            "remote repositories (quic://) are not supported by this build yet; use a local path"
-        );
-    }
-    Ok(PathBuf::from(r))
+        .ok_or_else(|| anyhow!("no repository: give --repo or set COFFER_REPO"))
 }
 
-fn open(cli: &Cli) -> Result<Repository> {
-    let path = repo_path(cli)?;
-    let store = LocalStore::open(&path)?;
+/// Connects to a `quic://` repository with the client's identity and pin.
+fn remote(cli: &Cli, url: &str) -> Result<Arc<dyn Store>> {
+    let url = RemoteUrl::parse(url)?;
+    let id = cli
+        .identity
+        .as_deref()
+        .ok_or_else(|| anyhow!("a quic:// repository needs --identity FILE or COFFER_IDENTITY"))?;
+    let fp = cli.server_fingerprint.as_deref().ok_or_else(|| {
+        anyhow!("a quic:// repository needs --server-fingerprint FP or COFFER_SERVER_FINGERPRINT")
+    })?;
+    let store = RemoteStore::connect(&url, Identity::load(id)?, Fingerprint::parse(fp)?)?;
+    Ok(Arc::new(Remote(Arc::new(store))))
+}
+
+/// The repository's store, and whether it holds a repository: a local
+/// directory (its layout created when `create`), or a server namespace.
+fn store(cli: &Cli, create: bool) -> Result<(Arc<dyn Store>, bool)> {
+    let r = repo_arg(cli)?;
+    if r.starts_with("quic://") {
+        let s = remote(cli, r)?;
+        let exists = match s.read_config() {
+            Ok(_) => true,
+            Err(Error::NotFound(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        return Ok((s, exists));
+    }
+    let path = PathBuf::from(r);
+    if path.join("config").exists() {
+        return Ok((Arc::new(LocalStore::open(&path)?), true));
+    }
+    if !create {
+        bail!(
+            "no repository at {} (run `coffer init` first)",
+            path.display()
+        );
+    }
+    let s = LocalStore::create(&path)
+        .with_context(|| format!("creating a repository at {}", path.display()))?;
+    Ok((Arc::new(s), false))
+}
+
+fn open_store(cli: &Cli, store: Arc<dyn Store>) -> Result<Repository> {
     let pw = passphrase(
         "COFFER_PASSWORD",
         "COFFER_PASSWORD_FILE",
@@ -166,7 +202,12 @@ fn open(cli: &Cli) -> Result<Repository> {
         false,
     )?;
     let cache = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    Ok(Repository::open_store(Arc::new(store), &pw, &cache)?)
+    Ok(Repository::open_store(store, &pw, &cache)?)
+}
+
+fn open(cli: &Cli) -> Result<Repository> {
+    let (s, _) = store(cli, false)?;
+    open_store(cli, s)
 }
 
 fn print_json(v: &serde_json::Value) -> Result<()> {
@@ -192,11 +233,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Stats { snap } => cmd_stats(&cli, snap.as_deref()),
         Command::Check { read_data } => cmd_check(&cli, *read_data),
         Command::Key(k) => cmd_key(&cli, k),
+        Command::Identity(i) => cmd_identity(&cli, i),
+        Command::Serve { config, allow_root } => cmd_serve(config, *allow_root),
     }
 }
 
 fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
-    let path = repo_path(cli)?;
+    let (store, exists) = store(cli, true)?;
+    if exists {
+        bail!("{} holds a repository already", repo_arg(cli)?);
+    }
     let pw = passphrase(
         "COFFER_PASSWORD",
         "COFFER_PASSWORD_FILE",
@@ -227,21 +273,20 @@ fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
         host: host(),
         now: now_ns() / 1_000_000_000,
     };
-    let id = Repository::init(&path, &pw, &opts)
-        .with_context(|| format!("creating a repository at {}", path.display()))?;
+    let id = Repository::init_store(store.as_ref(), &pw, &opts)?;
     if cli.json {
-        print_json(&json!({"id": id.to_hex(), "repo": path}))?;
+        print_json(&json!({"id": id.to_hex(), "repo": repo_arg(cli)?}))?;
     } else if !cli.quiet {
-        println!("created repository {} at {}", id.short(), path.display());
+        println!("created repository {} at {}", id.short(), repo_arg(cli)?);
     }
     Ok(())
 }
 
 fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
-    let repo_dir = repo_path(cli)?;
-    // An uninitialized local repository is created on first use, so one
+    // A repository that does not exist yet is created on first use, so one
     // command gives a new user a real backup.
-    if !repo_dir.join("config").exists() {
+    let (st, exists) = store(cli, true)?;
+    if !exists {
         let pw = passphrase(
             "COFFER_PASSWORD",
             "COFFER_PASSWORD_FILE",
@@ -253,17 +298,12 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
             now: now_ns() / 1_000_000_000,
             ..Default::default()
         };
-        let id = Repository::init(&repo_dir, &pw, &opts)
-            .with_context(|| format!("creating a repository at {}", repo_dir.display()))?;
+        let id = Repository::init_store(st.as_ref(), &pw, &opts)?;
         if !cli.quiet && !cli.json {
-            eprintln!(
-                "created repository {} at {}",
-                id.short(),
-                repo_dir.display()
-            );
+            eprintln!("created repository {} at {}", id.short(), repo_arg(cli)?);
         }
     }
-    let repo = open(cli)?;
+    let repo = open_store(cli, st)?;
     let started = std::time::Instant::now();
     let mut opts = BackupOptions {
         tags: a.tag.clone(),
@@ -713,4 +753,58 @@ fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn cmd_identity(cli: &Cli, i: &IdentityCommand) -> Result<()> {
+    let (fp, path) = match i {
+        IdentityCommand::New { out } => {
+            let (id, pem) = Identity::generate()?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(out)
+                .with_context(|| {
+                    format!(
+                        "creating {} (an existing identity is never overwritten)",
+                        out.display()
+                    )
+                })?;
+            f.write_all(pem.as_bytes())?;
+            f.sync_all()?;
+            (id.fingerprint(), out)
+        }
+        IdentityCommand::Show { file } => (Identity::load(file)?.fingerprint(), file),
+    };
+    if cli.json {
+        print_json(&json!({"fingerprint": fp.to_string(), "file": path}))
+    } else {
+        println!("{fp}");
+        Ok(())
+    }
+}
+
+fn cmd_serve(config: &Path, allow_root: bool) -> Result<()> {
+    if nix::unistd::geteuid().is_root() && !allow_root {
+        bail!("refusing to run as root: run the server as a dedicated user (or pass --allow-root)");
+    }
+    let cfg = coffer::net::config::ServerConfig::load(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (ep, addr) = coffer::net::server::endpoint(&cfg)?;
+        println!("coffer serve: listening on {addr}");
+        io::stdout().flush()?;
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        coffer::net::server::serve(cfg, ep, shutdown).await?;
+        Ok(())
+    })
 }

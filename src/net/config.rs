@@ -1,0 +1,156 @@
+//! The server's configuration file (TOML). Unknown keys and bad values are
+//! refused with a message that names them.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::Fingerprint;
+use crate::error::{Error, Result};
+
+/// One client the server accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntry {
+    /// SHA-256 fingerprint of the client's certificate.
+    pub fingerprint: String,
+    /// The one namespace this client may use.
+    pub namespace: String,
+    /// Whether the client may remove key files (default: no).
+    #[serde(default)]
+    pub allow_remove_keys: bool,
+}
+
+/// `coffer serve --config FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on (default `127.0.0.1:7443`).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Directory holding every namespace.
+    pub data: PathBuf,
+    /// The server's identity file.
+    pub identity: PathBuf,
+    /// Accepted clients.
+    #[serde(default, rename = "client")]
+    pub clients: Vec<ClientEntry>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7443".into()
+}
+
+/// A validated client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Its fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Its namespace.
+    pub namespace: String,
+    /// May it remove key files.
+    pub allow_remove_keys: bool,
+}
+
+/// Whether a namespace name is safe as a directory name.
+pub fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 64
+        && !ns.starts_with('.')
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+impl ServerConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<ServerConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text).map_err(|e| Error::Denied(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<ServerConfig> {
+        let c: ServerConfig =
+            toml::from_str(text).map_err(|e| Error::Denied(e.to_string().trim().to_string()))?;
+        c.listen_addr()?;
+        c.validated_clients()?;
+        Ok(c)
+    }
+
+    /// The address to bind.
+    pub fn listen_addr(&self) -> Result<SocketAddr> {
+        self.listen.parse().map_err(|_| {
+            Error::Denied(format!(
+                "listen = {:?} is not an IP address and port",
+                self.listen
+            ))
+        })
+    }
+
+    /// The clients, with fingerprints parsed and namespaces checked.
+    pub fn validated_clients(&self) -> Result<Vec<Client>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let fp = Fingerprint::parse(&c.fingerprint)
+                .map_err(|e| Error::Denied(format!("client #{}: fingerprint: {e}", i + 1)))?;
+            if !valid_namespace(&c.namespace) {
+                return Err(Error::Denied(format!(
+                    "client #{}: namespace {:?} must be 1-64 of [A-Za-z0-9._-], not starting with '.'",
+                    i + 1,
+                    c.namespace
+                )));
+            }
+            if !seen.insert(fp) {
+                return Err(Error::Denied(format!(
+                    "client #{}: fingerprint {fp} is listed twice",
+                    i + 1
+                )));
+            }
+            out.push(Client {
+                fingerprint: fp,
+                namespace: c.namespace.clone(),
+                allow_remove_keys: c.allow_remove_keys,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FP: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+    #[test]
+    fn good_config() {
+        let c = ServerConfig::parse(&format!(
+            "data = \"/d\"\nidentity = \"/i\"\n[[client]]\nfingerprint = \"{FP}\"\nnamespace = \"vps-101\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7443");
+        assert_eq!(c.validated_clients().unwrap()[0].namespace, "vps-101");
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let e = ServerConfig::parse("data = \"/d\"\nidentity = \"/i\"\nlisten_on = \"x\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("listen_on"), "{e}");
+        let e = ServerConfig::parse("data = \"/d\"\nidentity = \"/i\"\nlisten = \"nope\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        let e = ServerConfig::parse(&format!(
+            "data = \"/d\"\nidentity = \"/i\"\n[[client]]\nfingerprint = \"{FP}\"\nnamespace = \"../x\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("namespace"), "{e}");
+        let e = ServerConfig::parse("data = \"/d\"\nidentity = \"/i\"\n[[client]]\nfingerprint = \"zz\"\nnamespace = \"a\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("fingerprint"), "{e}");
+    }
+}

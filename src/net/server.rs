@@ -1,0 +1,423 @@
+//! `coffer serve`: accepts QUIC connections from pinned clients and serves
+//! each one its own namespace, a [`LocalStore`] under the data directory, so
+//! every rule of the store holds on the server too. The API is append-only:
+//! there is no request that deletes, overwrites, truncates or renames.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use quinn::{RecvStream, SendStream};
+use rustls::pki_types::CertificateDer;
+
+use super::config::{Client, ServerConfig};
+use super::{provider, tls_err, transport, Fingerprint, Identity, PinnedClients};
+use crate::error::{Error, ErrorKind, Result};
+use crate::limits::{MAX_PACK_BYTES, MAX_SMALL_FILE_BYTES};
+use crate::proto::{self, ErrorCode, Request, Response, HEAD_LEN, LIST_BATCH, PROTOCOL_VERSION};
+use crate::store::{LocalStore, Store};
+
+/// Largest range one `ReadPack` may ask for.
+pub const MAX_READ_BYTES: u64 = 256 << 20;
+/// Largest snapshot file accepted over the wire.
+pub const MAX_WIRE_SNAPSHOT_BYTES: u64 = 256 << 20;
+
+struct State {
+    data: PathBuf,
+    clients: HashMap<Fingerprint, Client>,
+    stores: Mutex<HashMap<String, Arc<LocalStore>>>,
+}
+
+impl State {
+    fn store(&self, ns: &str) -> Result<Arc<LocalStore>> {
+        // unwrap: the lock is never held across a panic
+        let mut m = self.stores.lock().unwrap();
+        if let Some(s) = m.get(ns) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(LocalStore::open_dir(
+            &self.data.join("namespaces").join(ns),
+        )?);
+        m.insert(ns.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+/// Builds the QUIC endpoint from a config: TLS 1.3 only, client
+/// certificates required and pinned, 0-RTT off.
+pub fn endpoint(cfg: &ServerConfig) -> Result<(quinn::Endpoint, SocketAddr)> {
+    let id = Identity::load(&cfg.identity)?;
+    let clients = cfg.validated_clients()?;
+    let provider = provider();
+    let verifier = PinnedClients {
+        allowed: clients.iter().map(|c| c.fingerprint).collect(),
+        provider: provider.clone(),
+    };
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(vec![id.cert], id.key)
+        .map_err(tls_err)?;
+    tls.alpn_protocols = vec![proto::ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let qc = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(tls_err)?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qc));
+    sc.transport_config(Arc::new(transport()));
+    let addr = cfg.listen_addr()?;
+    let ep = quinn::Endpoint::server(sc, addr)
+        .map_err(|e| Error::Denied(format!("cannot listen on {addr}: {e}")))?;
+    let local = ep.local_addr().map_err(Error::RawIo)?;
+    Ok((ep, local))
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    cfg: ServerConfig,
+    ep: quinn::Endpoint,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let clients = cfg.validated_clients()?;
+    std::fs::create_dir_all(cfg.data.join("namespaces")).map_err(|e| Error::io(&cfg.data, e))?;
+    let state = Arc::new(State {
+        data: cfg.data.clone(),
+        clients: clients.into_iter().map(|c| (c.fingerprint, c)).collect(),
+        stores: Mutex::new(HashMap::new()),
+    });
+    let limit = Arc::new(tokio::sync::Semaphore::new(1024));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            inc = ep.accept() => {
+                let Some(inc) = inc else { break };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    inc.refuse();
+                    continue;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Ok(conn) = inc.await {
+                        connection(state, conn).await;
+                    }
+                });
+            }
+        }
+    }
+    ep.close(0u32.into(), b"server shutting down");
+    ep.wait_idle().await;
+    Ok(())
+}
+
+fn peer(conn: &quinn::Connection) -> Option<Fingerprint> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().map(|c| Fingerprint::of(c))
+}
+
+struct Conn {
+    state: Arc<State>,
+    client: Client,
+    hello: AtomicBool,
+    conn: quinn::Connection,
+}
+
+async fn connection(state: Arc<State>, conn: quinn::Connection) {
+    // The handshake already refused unknown certificates; this is the map to a namespace.
+    let Some(client) = peer(&conn).and_then(|fp| state.clients.get(&fp).cloned()) else {
+        conn.close(2u32.into(), b"unknown client");
+        return;
+    };
+    let ctx = Arc::new(Conn {
+        state,
+        client,
+        hello: AtomicBool::new(false),
+        conn: conn.clone(),
+    });
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(why) = stream(&ctx, send, recv).await {
+                // A malformed frame closes this connection only.
+                log(&ctx, "protocol violation", &why);
+                ctx.conn.close(1u32.into(), b"protocol violation");
+            }
+        });
+    }
+}
+
+fn log(ctx: &Conn, what: &str, msg: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(
+        e,
+        "coffer serve: refused {what} from client {} (namespace {}): {msg}",
+        ctx.client.fingerprint, ctx.client.namespace
+    );
+}
+
+async fn read_frame(recv: &mut RecvStream) -> std::result::Result<(u16, Vec<u8>), String> {
+    let mut head = [0u8; HEAD_LEN];
+    recv.read_exact(&mut head)
+        .await
+        .map_err(|e| format!("reading a frame: {e}"))?;
+    let (tag, len) = proto::decode_head(&head).map_err(|e| e.to_string())?;
+    let mut p = vec![0u8; len];
+    recv.read_exact(&mut p)
+        .await
+        .map_err(|e| format!("reading a frame: {e}"))?;
+    Ok((tag, p))
+}
+
+async fn read_body(
+    recv: &mut RecvStream,
+    len: u64,
+    max: u64,
+) -> std::result::Result<Vec<u8>, Reply> {
+    if len > max {
+        return Err(Reply::err(
+            ErrorCode::TooLarge,
+            format!("{len} bytes exceeds the limit of {max}"),
+        ));
+    }
+    let mut b = vec![0u8; len as usize];
+    recv.read_exact(&mut b).await.map_err(|e| {
+        Reply::err(
+            ErrorCode::Invalid,
+            format!("body shorter than announced: {e}"),
+        )
+    })?;
+    Ok(b)
+}
+
+/// What to send back: a frame and maybe raw bytes after it.
+struct Reply {
+    head: Response,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn of(r: Response) -> Reply {
+        Reply {
+            head: r,
+            body: Vec::new(),
+        }
+    }
+    fn bytes(b: Vec<u8>) -> Reply {
+        Reply {
+            head: Response::Bytes {
+                len: b.len() as u64,
+            },
+            body: b,
+        }
+    }
+    fn err(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::of(Response::Error {
+            code,
+            message: message.into(),
+        })
+    }
+}
+
+impl From<Error> for Reply {
+    fn from(e: Error) -> Reply {
+        let code = match e.kind() {
+            ErrorKind::NotFound => ErrorCode::NotFound,
+            ErrorKind::Conflict => ErrorCode::Conflict,
+            ErrorKind::Denied => ErrorCode::Denied,
+            ErrorKind::Corrupt => ErrorCode::Invalid,
+            _ => ErrorCode::Internal,
+        };
+        // Never leak server paths: name the object, not where it lives.
+        let message = match &e {
+            Error::Io { source, .. } => format!("storage error: {source}"),
+            Error::NotFound(_) => "not found".to_string(),
+            other => other.to_string(),
+        };
+        Reply::err(code, message)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::RawIo(std::io::Error::other(e.to_string())))?
+}
+
+async fn stream(
+    ctx: &Arc<Conn>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> std::result::Result<(), String> {
+    let (tag, payload) = read_frame(&mut recv).await?;
+    let req = Request::decode(tag, &payload).map_err(|e| e.to_string())?;
+    let name = format!("{req:?}")
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or("request")
+        .to_string();
+    let replies = match handle(ctx, req, &mut recv).await {
+        Ok(r) => r,
+        Err(r) => vec![r],
+    };
+    for r in &replies {
+        if let Response::Error { code, message } = &r.head {
+            if matches!(
+                code,
+                ErrorCode::Denied | ErrorCode::Protocol | ErrorCode::TooLarge | ErrorCode::Invalid
+            ) {
+                log(ctx, &name, message);
+            }
+        }
+        let _ = send.write_all(&r.head.encode()).await;
+        if !r.body.is_empty() {
+            let _ = send.write_all(&r.body).await;
+        }
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+async fn handle(
+    ctx: &Arc<Conn>,
+    req: Request,
+    recv: &mut RecvStream,
+) -> std::result::Result<Vec<Reply>, Reply> {
+    if let Request::Hello { version, namespace } = &req {
+        if *version != PROTOCOL_VERSION {
+            return Err(Reply::err(
+                ErrorCode::Protocol,
+                format!("client speaks protocol {version}, server speaks {PROTOCOL_VERSION}"),
+            ));
+        }
+        // Other namespaces do not exist for this client: the same answer
+        // whether or not the name is used by someone else.
+        if *namespace != ctx.client.namespace {
+            return Err(Reply::err(
+                ErrorCode::Denied,
+                format!("namespace {namespace:?} is not available to this client"),
+            ));
+        }
+        ctx.hello.store(true, Ordering::SeqCst);
+        return Ok(vec![Reply::of(Response::Hello {
+            version: PROTOCOL_VERSION,
+            namespace: namespace.clone(),
+        })]);
+    }
+    if !ctx.hello.load(Ordering::SeqCst) {
+        return Err(Reply::err(ErrorCode::Protocol, "send Hello first"));
+    }
+    let store = ctx.state.store(&ctx.client.namespace)?;
+    let one = |r: Reply| Ok(vec![r]);
+    match req {
+        Request::Hello { .. } => unreachable!("handled above"),
+        Request::ReadConfig => one(Reply::bytes(blocking(move || store.read_config()).await?)),
+        Request::WriteConfig { len } => {
+            let body = read_body(recv, len, MAX_SMALL_FILE_BYTES as u64).await?;
+            blocking(move || store.write_config(&body)).await?;
+            one(Reply::of(Response::Ok))
+        }
+        Request::ListKeys => one(Reply::of(Response::Names {
+            names: blocking(move || store.list_keys()).await?,
+        })),
+        Request::ReadKey { name } => {
+            one(Reply::bytes(blocking(move || store.read_key(&name)).await?))
+        }
+        Request::WriteKey { name, len } => {
+            let body = read_body(recv, len, MAX_SMALL_FILE_BYTES as u64).await?;
+            blocking(move || store.write_key(&name, &body)).await?;
+            one(Reply::of(Response::Ok))
+        }
+        Request::RemoveKey { name } => {
+            if !ctx.client.allow_remove_keys {
+                return Err(Reply::err(
+                    ErrorCode::Denied,
+                    "append-only: this client may not remove key files",
+                ));
+            }
+            blocking(move || store.remove_key(&name)).await?;
+            one(Reply::of(Response::Ok))
+        }
+        Request::PutPack { id, len } => {
+            if len > MAX_PACK_BYTES {
+                return Err(Reply::err(
+                    ErrorCode::TooLarge,
+                    format!("pack of {len} bytes exceeds the limit"),
+                ));
+            }
+            let mut upload = store.upload_pack()?;
+            let mut left = len;
+            let mut buf = vec![0u8; 1 << 20];
+            while left > 0 {
+                let want = left.min(buf.len() as u64) as usize;
+                match recv.read(&mut buf[..want]).await {
+                    Ok(Some(n)) => {
+                        tokio::task::block_in_place(|| upload.write_all(&buf[..n]))
+                            .map_err(Error::RawIo)?;
+                        left -= n as u64;
+                    }
+                    // Cut off mid-upload: dropping the upload removes its temporary file.
+                    _ => {
+                        return Err(Reply::err(
+                            ErrorCode::Invalid,
+                            "pack body shorter than announced",
+                        ))
+                    }
+                }
+            }
+            let created = blocking(move || upload.commit(id)).await?;
+            one(Reply::of(Response::Stored { created }))
+        }
+        Request::PackSize { id } => one(Reply::of(Response::Size {
+            size: blocking(move || store.pack_size(&id)).await?,
+        })),
+        Request::ReadPack { id, offset, len } => {
+            if len > MAX_READ_BYTES {
+                return Err(Reply::err(
+                    ErrorCode::TooLarge,
+                    format!("read of {len} bytes exceeds the limit"),
+                ));
+            }
+            one(Reply::bytes(
+                blocking(move || store.read_pack(&id, offset, len as usize)).await?,
+            ))
+        }
+        Request::ListPacks => {
+            let packs = blocking(move || {
+                let mut v = Vec::new();
+                store.for_each_pack(&mut |id, size| {
+                    v.push((id, size));
+                    Ok(())
+                })?;
+                Ok(v)
+            })
+            .await?;
+            let mut out: Vec<Reply> = packs
+                .chunks(LIST_BATCH)
+                .map(|c| Reply::of(Response::Packs { packs: c.to_vec() }))
+                .collect();
+            out.push(Reply::of(Response::End));
+            Ok(out)
+        }
+        Request::WriteSnapshot { len } => {
+            let body = read_body(recv, len, MAX_WIRE_SNAPSHOT_BYTES).await?;
+            let id = blocking(move || store.write_snapshot(&body)).await?;
+            one(Reply::of(Response::Committed { id }))
+        }
+        Request::ListSnapshots => {
+            let ids = blocking(move || store.list_snapshots()).await?;
+            let mut out: Vec<Reply> = ids
+                .chunks(LIST_BATCH)
+                .map(|c| Reply::of(Response::Snapshots { ids: c.to_vec() }))
+                .collect();
+            out.push(Reply::of(Response::End));
+            Ok(out)
+        }
+        Request::ReadSnapshot { id } => one(Reply::bytes(
+            blocking(move || store.read_snapshot(&id)).await?,
+        )),
+    }
+}
