@@ -138,16 +138,22 @@ impl RemoteStore {
             _endpoint: endpoint,
             url: url.clone(),
         };
-        match s.call(
-            &Request::Hello {
-                version: PROTOCOL_VERSION,
-                namespace: url.namespace.clone(),
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            namespace: url.namespace.clone(),
+        };
+        match s.call(&hello, &[], 0) {
+            Ok((Response::Hello { .. }, _)) => Ok(s),
+            Ok((r, _)) => Err(net_err(url, format!("unexpected answer to Hello: {r:?}"))),
+            // TLS 1.3 lets a client finish its handshake before the server
+            // has judged its certificate: a refusal shows up here.
+            Err(e) => match s.conn.close_reason() {
+                Some(reason) => Err(Error::Denied(format!(
+                    "server quic://{}:{} refused the connection ({reason}); is this client's certificate listed in the server's config?",
+                    url.host, url.port
+                ))),
+                None => Err(e),
             },
-            &[],
-            0,
-        )? {
-            (Response::Hello { .. }, _) => Ok(s),
-            (r, _) => Err(net_err(url, format!("unexpected answer to Hello: {r:?}"))),
         }
     }
 

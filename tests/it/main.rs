@@ -6,5 +6,6 @@ mod backup;
 mod crash;
 mod keys;
 mod restore;
+mod server;
 mod tamper;
 mod util;

@@ -1,0 +1,648 @@
+//! The repository server: the real `coffer serve` on 127.0.0.1 over QUIC
+//! with generated identities. Round trips, and every refusal the
+//! append-only, namespaced, pinned design promises.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer::id::PackId;
+use coffer::net::client::{Remote, RemoteStore, RemoteUrl};
+use coffer::net::{Fingerprint, Identity};
+use coffer::store::Store;
+
+use crate::util::*;
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+    pub port: u16,
+    pub fingerprint: String,
+    pub clients: Vec<(PathBuf, String, String)>,
+    stderr: PathBuf,
+}
+
+fn identity(path: &Path) -> String {
+    let out = clean_command()
+        .args(["identity", "new", "--out", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl TestServer {
+    /// A server with `n` clients, client i in namespace `ns-i`.
+    pub fn start(n: usize) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let fingerprint = identity(&dir.path().join("server.id"));
+        let mut cfg = format!(
+            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\nidentity = \"{}\"\n",
+            dir.path().join("data").display(),
+            dir.path().join("server.id").display()
+        );
+        let mut clients = Vec::new();
+        for i in 0..n {
+            let p = dir.path().join(format!("client{i}.id"));
+            let fp = identity(&p);
+            cfg.push_str(&format!(
+                "[[client]]\nfingerprint = \"{fp}\"\nnamespace = \"ns-{i}\"\n"
+            ));
+            clients.push((p, fp, format!("ns-{i}")));
+        }
+        fs::write(dir.path().join("server.toml"), cfg).unwrap();
+        let stderr = dir.path().join("server.log");
+        let mut child = clean_command()
+            .args(["serve", "--allow-root", "--config"])
+            .arg(dir.path().join("server.toml"))
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .expect(&line);
+        TestServer {
+            dir,
+            child,
+            port,
+            fingerprint,
+            clients,
+            stderr,
+        }
+    }
+
+    pub fn url(&self, ns: &str) -> String {
+        format!("quic://127.0.0.1:{}/{ns}", self.port)
+    }
+
+    /// A command for client `i`, with its identity, the pin and its namespace.
+    pub fn client(&self, i: usize, cache: &Path) -> Command {
+        let (id, _, ns) = &self.clients[i];
+        let mut c = clean_command();
+        c.env("COFFER_PASSWORD", PASSWORD)
+            .env("COFFER_CACHE_DIR", cache)
+            .env("COFFER_IDENTITY", id)
+            .env("COFFER_SERVER_FINGERPRINT", &self.fingerprint)
+            .env("COFFER_REPO", self.url(ns));
+        c
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn namespace_dir(&self, ns: &str) -> PathBuf {
+        self.dir.path().join("data/namespaces").join(ns)
+    }
+
+    /// A library-level connection as client `i` (for requests the CLI never makes).
+    pub fn store(&self, i: usize, ns: &str) -> coffer::Result<Remote> {
+        let id = Identity::load(&self.clients[i].0)?;
+        let url = RemoteUrl::parse(&self.url(ns))?;
+        let fp = Fingerprint::parse(&self.fingerprint)?;
+        Ok(Remote(Arc::new(RemoteStore::connect(&url, id, fp)?)))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(mut c: Command, args: &[&str]) -> Run {
+    Run {
+        out: c.args(args).stdin(Stdio::null()).output().unwrap(),
+    }
+}
+
+fn init_args() -> Vec<&'static str> {
+    vec![
+        "init",
+        "--kdf-memory-kib",
+        "19456",
+        "--kdf-iterations",
+        "2",
+        "--pack-size",
+        "1048576",
+    ]
+}
+
+#[test]
+fn round_trip_through_the_server() {
+    let srv = TestServer::start(1);
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    run(srv.client(0, &cache), &init_args()).ok();
+    let src = work.path().join("src");
+    crate::backup::make_tree(&src);
+    let first = run(
+        srv.client(0, &cache),
+        &["--json", "backup", src.to_str().unwrap()],
+    )
+    .ok()
+    .json();
+    let second = run(
+        srv.client(0, &cache),
+        &["--json", "backup", src.to_str().unwrap()],
+    )
+    .ok()
+    .json();
+    assert!(second["new_bytes"].as_u64().unwrap() < 4096, "{second}");
+    let data = text_bytes(3, 3 << 20);
+    let mut c = srv.client(0, &cache);
+    let mut child = c
+        .args(["backup", "--stdin", "--stdin-name", "db.sql"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &data).unwrap();
+    assert!(child.wait().unwrap().success());
+    let target = work.path().join("out");
+    run(
+        srv.client(0, &cache),
+        &[
+            "restore",
+            first["id"].as_str().unwrap(),
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&src, &restored(&target, &src));
+    assert!(
+        run(srv.client(0, &cache), &["dump", "latest", "db.sql"])
+            .ok()
+            .out
+            .stdout
+            == data
+    );
+    run(srv.client(0, &cache), &["check", "--read-data"]).ok();
+    // a new machine (no cache) restores through the server too
+    let fresh = work.path().join("fresh-cache");
+    let t2 = work.path().join("out2");
+    run(
+        srv.client(0, &fresh),
+        &[
+            "restore",
+            first["id"].as_str().unwrap(),
+            "--target",
+            t2.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&src, &restored(&t2, &src));
+    // the server holds the same layout as a local repository, and no plaintext
+    let ns = srv.namespace_dir("ns-0");
+    assert!(ns.join("config").is_file());
+    assert_eq!(walk(&ns.join("snapshots")).len(), 3);
+    for f in walk(&ns) {
+        let b = fs::read(&f).unwrap();
+        assert!(
+            !b.windows(12).any(|w| w == b"hello coffer"),
+            "plaintext in {}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn handshake_refusals() {
+    let srv = TestServer::start(1);
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    // an unknown client certificate
+    let stranger = work.path().join("stranger.id");
+    identity(&stranger);
+    let mut c = srv.client(0, &cache);
+    c.env("COFFER_IDENTITY", &stranger);
+    let r = run(c, &["snapshots"]).fails();
+    assert!(
+        r.stderr().contains("refused the connection"),
+        "{}",
+        r.stderr()
+    );
+    // a wrong server pin
+    let mut c = srv.client(0, &cache);
+    c.env("COFFER_SERVER_FINGERPRINT", "ab".repeat(32));
+    let r = run(c, &["snapshots"]).fails();
+    assert!(r.stderr().contains("handshake failed"), "{}", r.stderr());
+    // no client certificate at all: a raw TLS client without one
+    assert!(connect_without_certificate(srv.port, &srv.fingerprint).is_err());
+    // the server logged the refused certificate and still serves
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        srv.log().contains("unknown client certificate"),
+        "{}",
+        srv.log()
+    );
+    run(srv.client(0, &cache), &init_args()).ok();
+}
+
+fn connect_without_certificate(port: u16, pin: &str) -> Result<(), String> {
+    #[derive(Debug)]
+    struct AnyServer;
+    impl rustls::client::danger::ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let _ = pin;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![coffer::proto::ALPN.to_vec()];
+        let qc = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = ep
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(qc)),
+                ([127, 0, 0, 1], port).into(),
+                "coffer",
+            )
+            .unwrap()
+            .await
+            .map_err(|e| e.to_string())?;
+        // Some stacks finish the handshake before the server's verdict
+        // arrives: any request must then fail.
+        let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let hello = coffer::proto::Request::Hello {
+            version: 1,
+            namespace: "ns-0".into(),
+        };
+        s.write_all(&hello.encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = s.finish();
+        let mut head = [0u8; 6];
+        r.read_exact(&mut head).await.map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
+
+#[test]
+fn namespaces_are_invisible_to_other_clients() {
+    let srv = TestServer::start(2);
+    let work = tempfile::tempdir().unwrap();
+    run(srv.client(0, &work.path().join("c0")), &init_args()).ok();
+    run(srv.client(1, &work.path().join("c1")), &init_args()).ok();
+    // client 0 naming client 1's namespace, and one that does not exist: same answer
+    for ns in ["ns-1", "nobody"] {
+        let mut c = srv.client(0, &work.path().join("c0"));
+        c.env("COFFER_REPO", srv.url(ns));
+        let r = run(c, &["snapshots"]).fails();
+        assert!(
+            r.stderr().contains("is not available to this client"),
+            "{}",
+            r.stderr()
+        );
+    }
+    let e = srv.store(0, "ns-1").err().unwrap().to_string();
+    assert!(e.contains("not available"), "{e}");
+    assert!(srv.log().contains("refused Hello"), "{}", srv.log());
+}
+
+#[test]
+fn append_only_refusals() {
+    let srv = TestServer::start(1);
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    run(srv.client(0, &cache), &init_args()).ok();
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), random_bytes(1, 500_000)).unwrap();
+    run(srv.client(0, &cache), &["backup", src.to_str().unwrap()]).ok();
+    let store = srv.store(0, "ns-0").unwrap();
+    let mut packs = Vec::new();
+    store
+        .for_each_pack(&mut |id, size| {
+            packs.push((id, size));
+            Ok(())
+        })
+        .unwrap();
+    let (id, size) = packs[0];
+    let original = store.read_pack(&id, 0, size as usize).unwrap();
+    // other bytes under an existing name: refused, the stored pack unchanged
+    let mut up = store.upload_pack().unwrap();
+    std::io::Write::write_all(&mut up, b"other bytes").unwrap();
+    let e = up.commit(id).unwrap_err().to_string();
+    assert!(e.contains("hashes to"), "{e}");
+    // the same bytes again: kept, not replaced
+    let mut up = store.upload_pack().unwrap();
+    std::io::Write::write_all(&mut up, &original).unwrap();
+    assert!(!up.commit(id).unwrap());
+    assert!(store.read_pack(&id, 0, size as usize).unwrap() == original);
+    // no delete: removing a key file is refused (there is no other delete request)
+    let keys = store.list_keys().unwrap();
+    let e = store.remove_key(&keys[0]).unwrap_err().to_string();
+    assert!(e.contains("append-only"), "{e}");
+    assert_eq!(store.list_keys().unwrap(), keys);
+    // a config cannot be replaced, a key file name cannot be reused
+    assert!(store.write_config(b"{}").is_err());
+    assert!(store.write_key(&keys[0], b"{}").is_err());
+    // a snapshot referencing a missing pack is refused
+    let keys_ = coffer::crypto::Keys::derive(&coffer::crypto::MasterKey::from_bytes([1; 32]));
+    let rec = coffer::format::snapshot::SnapshotRecord {
+        version: 1,
+        time_ns: 0,
+        host: "h".into(),
+        user: "u".into(),
+        source: coffer::format::snapshot::SourceKind::Tree,
+        paths: vec![],
+        tags: vec![],
+        tree: coffer::id::BlobId([0; 32]),
+        stats: Default::default(),
+    };
+    let (_, bytes) = coffer::format::snapshot::encode(
+        &keys_,
+        vec![PackId([9; 32])],
+        &rec,
+        &mut rand::rngs::OsRng,
+    );
+    let e = store.write_snapshot(&bytes).unwrap_err().to_string();
+    assert!(e.contains("does not hold"), "{e}");
+    // garbage as a snapshot is refused too
+    assert!(store.write_snapshot(b"not a snapshot").is_err());
+    run(srv.client(0, &cache), &["check", "--read-data"]).ok();
+    assert!(srv.log().contains("refused"), "{}", srv.log());
+}
+
+#[test]
+fn malformed_input_closes_only_that_connection() {
+    let srv = TestServer::start(1);
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    run(srv.client(0, &cache), &init_args()).ok();
+    // garbage datagrams on the port
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..200u64 {
+        let junk = random_bytes(i, 1 + (i as usize * 37) % 1400);
+        sock.send_to(&junk, ("127.0.0.1", srv.port)).unwrap();
+    }
+    // an oversized frame and an unknown tag on authenticated connections
+    for frame in [
+        {
+            let mut f = ((coffer::proto::MAX_FRAME_BYTES + 10) as u32)
+                .to_le_bytes()
+                .to_vec();
+            f.extend_from_slice(&[1, 0]);
+            f
+        },
+        vec![2, 0, 0, 0, 0x77, 0x77],
+    ] {
+        let err = raw_request(&srv, &frame);
+        assert!(err.is_err(), "server answered a malformed frame");
+    }
+    // the server keeps serving
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"still fine").unwrap();
+    run(srv.client(0, &cache), &["backup", src.to_str().unwrap()]).ok();
+    assert!(srv.log().contains("protocol violation"), "{}", srv.log());
+}
+
+/// Sends raw bytes as a request after a proper Hello, as client 0.
+fn raw_request(srv: &TestServer, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let id = Identity::load(&srv.clients[0].0).unwrap();
+    let pin = Fingerprint::parse(&srv.fingerprint).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        #[derive(Debug)]
+        struct Pin(Fingerprint);
+        impl rustls::client::danger::ServerCertVerifier for Pin {
+            fn verify_server_cert(
+                &self,
+                c: &rustls::pki_types::CertificateDer<'_>,
+                _: &[rustls::pki_types::CertificateDer<'_>],
+                _: &rustls::pki_types::ServerName<'_>,
+                _: &[u8],
+                _: rustls::pki_types::UnixTime,
+            ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+                assert_eq!(Fingerprint::of(c), self.0);
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            fn verify_tls12_signature(
+                &self,
+                _: &[u8],
+                _: &rustls::pki_types::CertificateDer<'_>,
+                _: &rustls::DigitallySignedStruct,
+            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
+            {
+                Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+            }
+            fn verify_tls13_signature(
+                &self,
+                _: &[u8],
+                _: &rustls::pki_types::CertificateDer<'_>,
+                _: &rustls::DigitallySignedStruct,
+            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
+            {
+                Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+            }
+            fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+                rustls::crypto::ring::default_provider()
+                    .signature_verification_algorithms
+                    .supported_schemes()
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pin(pin)))
+            .with_client_auth_cert(vec![id.cert], id.key)
+            .unwrap();
+        tls.alpn_protocols = vec![coffer::proto::ALPN.to_vec()];
+        let qc = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = ep
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(qc)),
+                ([127, 0, 0, 1], srv.port).into(),
+                "coffer",
+            )
+            .unwrap()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let hello = coffer::proto::Request::Hello {
+            version: 1,
+            namespace: "ns-0".into(),
+        };
+        s.write_all(&hello.encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = s.finish();
+        r.read_to_end(1 << 16).await.map_err(|e| e.to_string())?;
+        let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        s.write_all(bytes).await.map_err(|e| e.to_string())?;
+        let _ = s.finish();
+        let got = r.read_to_end(1 << 20).await.map_err(|e| e.to_string())?;
+        if got.is_empty() {
+            return Err("no answer".into());
+        }
+        Ok(got)
+    })
+}
+
+#[test]
+fn killed_mid_upload_leaves_nothing_partial() {
+    let srv = TestServer::start(1);
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    run(srv.client(0, &cache), &init_args()).ok();
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..8 {
+        fs::write(src.join(format!("f{i}")), random_bytes(i, 3 << 20)).unwrap();
+    }
+    for delay in [150u64, 400] {
+        let mut child = srv
+            .client(0, &cache)
+            .args(["backup", src.to_str().unwrap()])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // every visible pack is whole: its name is the hash of its bytes
+    let ns = srv.namespace_dir("ns-0");
+    for p in walk(&ns.join("packs")) {
+        let b = fs::read(&p).unwrap();
+        assert_eq!(
+            PackId::of(&b).to_hex(),
+            p.file_name().unwrap().to_str().unwrap()
+        );
+    }
+    let last = run(
+        srv.client(0, &cache),
+        &["--json", "backup", src.to_str().unwrap()],
+    )
+    .ok()
+    .json();
+    assert!(last["new_bytes"].as_u64().unwrap() <= 24 << 20);
+    run(srv.client(0, &cache), &["check", "--read-data"]).ok();
+    assert!(
+        walk(&ns.join("tmp")).is_empty(),
+        "temporary uploads left behind"
+    );
+}
+
+#[test]
+fn thirty_two_concurrent_backups() {
+    let n = 32;
+    let srv = TestServer::start(n);
+    let work = tempfile::tempdir().unwrap();
+    let mut children = Vec::new();
+    for i in 0..n {
+        let src = work.path().join(format!("src{i}"));
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("own"), random_bytes(1000 + i as u64, 300_000)).unwrap();
+        fs::write(src.join("common"), text_bytes(7, 200_000)).unwrap();
+        let cache = work.path().join(format!("cache{i}"));
+        let mut c = srv.client(i, &cache);
+        // init then backup, all clients at once
+        let script = format!(
+            "{bin} init --kdf-memory-kib 19456 --kdf-iterations 2 && {bin} backup {src}",
+            bin = bin(),
+            src = src.display()
+        );
+        c.args(["--version"]); // keeps the env; the script runs the real commands
+        let mut sh = Command::new("sh");
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => sh.env(k, v),
+                None => sh.env_remove(k),
+            };
+        }
+        children.push(
+            sh.args(["-c", &script])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for (i, ch) in children.into_iter().enumerate() {
+        let out = ch.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "client {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for i in 0..n {
+        let src = work.path().join(format!("src{i}"));
+        let out = work.path().join(format!("out{i}"));
+        run(
+            srv.client(i, &work.path().join(format!("cache{i}"))),
+            &["restore", "latest", "--target", out.to_str().unwrap()],
+        )
+        .ok();
+        assert!(
+            fs::read(restored(&out, &src).join("own")).unwrap()
+                == random_bytes(1000 + i as u64, 300_000)
+        );
+    }
+}
