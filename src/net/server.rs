@@ -119,11 +119,29 @@ fn peer(conn: &quinn::Connection) -> Option<Fingerprint> {
     certs.first().map(|c| Fingerprint::of(c))
 }
 
+/// Bytes of request and answer bodies one connection may hold in memory at
+/// once, in MiB; streams beyond it wait.
+const CONN_BUDGET_MIB: u32 = 64;
+
 struct Conn {
     state: Arc<State>,
     client: Client,
     hello: AtomicBool,
     conn: quinn::Connection,
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl Conn {
+    /// Reserves memory for a body of `len` bytes.
+    async fn reserve(&self, len: u64) -> tokio::sync::OwnedSemaphorePermit {
+        let mib = len.div_ceil(1 << 20).clamp(1, CONN_BUDGET_MIB as u64) as u32;
+        // unwrap: the semaphore is never closed
+        self.budget
+            .clone()
+            .acquire_many_owned(mib)
+            .await
+            .expect("budget semaphore open")
+    }
 }
 
 async fn connection(state: Arc<State>, conn: quinn::Connection) {
@@ -137,6 +155,7 @@ async fn connection(state: Arc<State>, conn: quinn::Connection) {
         client,
         hello: AtomicBool::new(false),
         conn: conn.clone(),
+        budget: Arc::new(tokio::sync::Semaphore::new(CONN_BUDGET_MIB as usize)),
     });
     while let Ok((send, recv)) = conn.accept_bi().await {
         let ctx = ctx.clone();
@@ -259,7 +278,9 @@ async fn stream(
         .next()
         .unwrap_or("request")
         .to_string();
-    let replies = match handle(ctx, req, &mut recv).await {
+    // Hold this stream's memory reservation until its answer is sent.
+    let mut permit = None;
+    let replies = match handle(ctx, req, &mut recv, &mut permit).await {
         Ok(r) => r,
         Err(r) => vec![r],
     };
@@ -285,6 +306,7 @@ async fn handle(
     ctx: &Arc<Conn>,
     req: Request,
     recv: &mut RecvStream,
+    permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> std::result::Result<Vec<Reply>, Reply> {
     if let Request::Hello { version, namespace } = &req {
         if *version != PROTOCOL_VERSION {
@@ -316,6 +338,7 @@ async fn handle(
         Request::Hello { .. } => unreachable!("handled above"),
         Request::ReadConfig => one(Reply::bytes(blocking(move || store.read_config()).await?)),
         Request::WriteConfig { len } => {
+            *permit = Some(ctx.reserve(len).await);
             let body = read_body(recv, len, MAX_SMALL_FILE_BYTES as u64).await?;
             blocking(move || store.write_config(&body)).await?;
             one(Reply::of(Response::Ok))
@@ -327,6 +350,7 @@ async fn handle(
             one(Reply::bytes(blocking(move || store.read_key(&name)).await?))
         }
         Request::WriteKey { name, len } => {
+            *permit = Some(ctx.reserve(len).await);
             let body = read_body(recv, len, MAX_SMALL_FILE_BYTES as u64).await?;
             blocking(move || store.write_key(&name, &body)).await?;
             one(Reply::of(Response::Ok))
@@ -348,6 +372,7 @@ async fn handle(
                     format!("pack of {len} bytes exceeds the limit"),
                 ));
             }
+            *permit = Some(ctx.reserve(1 << 20).await);
             let mut upload = store.upload_pack()?;
             let mut left = len;
             let mut buf = vec![0u8; 1 << 20];
@@ -381,6 +406,7 @@ async fn handle(
                     format!("read of {len} bytes exceeds the limit"),
                 ));
             }
+            *permit = Some(ctx.reserve(len).await);
             one(Reply::bytes(
                 blocking(move || store.read_pack(&id, offset, len as usize)).await?,
             ))
@@ -403,6 +429,7 @@ async fn handle(
             Ok(out)
         }
         Request::WriteSnapshot { len } => {
+            *permit = Some(ctx.reserve(len).await);
             let body = read_body(recv, len, MAX_WIRE_SNAPSHOT_BYTES).await?;
             let id = blocking(move || store.write_snapshot(&body)).await?;
             one(Reply::of(Response::Committed { id }))

@@ -646,3 +646,49 @@ fn thirty_two_concurrent_backups() {
         );
     }
 }
+
+#[test]
+fn server_refuses_root_and_bad_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    fs::write(
+        &cfg,
+        "data = \"/tmp/x\"\nidentity = \"/tmp/none\"\nlisten = \"127.0.0.1:0\"\nbogus_key = 1\n",
+    )
+    .unwrap();
+    let out = clean_command()
+        .args(["serve", "--allow-root", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_key"));
+    if is_root() {
+        let out = clean_command()
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run as root"));
+    }
+    // identity files are private and never overwritten
+    let id = dir.path().join("id");
+    let fp = identity(&id);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&id).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let again = clean_command()
+        .args(["identity", "new", "--out", id.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let shown = clean_command()
+        .args(["--json", "identity", "show", id.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(v["fingerprint"], fp.as_str());
+}
