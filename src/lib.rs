@@ -47,6 +47,7 @@ pub mod limits;
 pub mod net;
 pub mod proto;
 pub mod repo;
+pub mod retention;
 pub mod source;
 pub mod store;
 

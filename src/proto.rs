@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::format::{cbor_decode, cbor_encode, FormatError};
 use crate::id::{PackId, SnapshotId};
+use crate::retention::Stamp;
 
 /// ALPN protocol id: names the protocol and its version.
 pub const ALPN: &[u8] = b"coffer/1";
@@ -115,6 +116,25 @@ pub enum Request {
         /// The snapshot.
         id: SnapshotId,
     },
+    /// 0x000f: a snapshot's stamp; answered by `Stamped`.
+    Stamp {
+        /// The snapshot.
+        id: SnapshotId,
+    },
+    /// 0x0010: forget a snapshot (refused inside its lock window); answered by `Ok`.
+    Forget {
+        /// The snapshot.
+        id: SnapshotId,
+    },
+    /// 0x0011: extend a snapshot's lock, or put it on legal hold; answered by `Stamped`.
+    Lock {
+        /// The snapshot.
+        id: SnapshotId,
+        /// Lock it at least until this time (seconds since the epoch).
+        until: i64,
+        /// Put it on legal hold.
+        hold: bool,
+    },
 }
 
 /// Responses, server to client. Tags never change meaning.
@@ -174,6 +194,11 @@ pub enum Response {
         /// Its id.
         id: SnapshotId,
     },
+    /// 0x800c: a snapshot's stamp, by the server's clock.
+    Stamped {
+        /// The stamp.
+        stamp: Stamp,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -212,6 +237,16 @@ struct RangeP {
 #[derive(Serialize, Deserialize)]
 struct SnapP {
     id: SnapshotId,
+}
+#[derive(Serialize, Deserialize)]
+struct LockP {
+    id: SnapshotId,
+    until: i64,
+    hold: bool,
+}
+#[derive(Serialize, Deserialize)]
+struct StampP {
+    stamp: Stamp,
 }
 #[derive(Serialize, Deserialize)]
 struct ErrorP {
@@ -334,6 +369,16 @@ impl Request {
             Request::WriteSnapshot { len } => frame(0x000c, &cbor_encode(&LenP { len: *len })),
             Request::ListSnapshots => frame(0x000d, EMPTY),
             Request::ReadSnapshot { id } => frame(0x000e, &cbor_encode(&SnapP { id: *id })),
+            Request::Stamp { id } => frame(0x000f, &cbor_encode(&SnapP { id: *id })),
+            Request::Forget { id } => frame(0x0010, &cbor_encode(&SnapP { id: *id })),
+            Request::Lock { id, until, hold } => frame(
+                0x0011,
+                &cbor_encode(&LockP {
+                    id: *id,
+                    until: *until,
+                    hold: *hold,
+                }),
+            ),
         }
     }
 
@@ -399,6 +444,20 @@ impl Request {
             0x000e => Request::ReadSnapshot {
                 id: cbor_decode::<SnapP>(W, p)?.id,
             },
+            0x000f => Request::Stamp {
+                id: cbor_decode::<SnapP>(W, p)?.id,
+            },
+            0x0010 => Request::Forget {
+                id: cbor_decode::<SnapP>(W, p)?.id,
+            },
+            0x0011 => {
+                let v: LockP = cbor_decode(W, p)?;
+                Request::Lock {
+                    id: v.id,
+                    until: v.until,
+                    hold: v.hold,
+                }
+            }
             t => {
                 return Err(FormatError::invalid(
                     W,
@@ -450,6 +509,7 @@ impl Response {
             }
             Response::End => frame(0x800a, EMPTY),
             Response::Committed { id } => frame(0x800b, &cbor_encode(&SnapP { id: *id })),
+            Response::Stamped { stamp } => frame(0x800c, &cbor_encode(&StampP { stamp: *stamp })),
         }
     }
 
@@ -493,6 +553,9 @@ impl Response {
             0x800a => Response::End,
             0x800b => Response::Committed {
                 id: cbor_decode::<SnapP>(W, p)?.id,
+            },
+            0x800c => Response::Stamped {
+                stamp: cbor_decode::<StampP>(W, p)?.stamp,
             },
             t => {
                 return Err(FormatError::invalid(

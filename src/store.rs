@@ -25,6 +25,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::snapshot;
 use crate::id::{PackId, SnapshotId};
 use crate::limits::{MAX_PACK_BYTES, MAX_SMALL_FILE_BYTES, MAX_SNAPSHOT_BYTES};
+use crate::retention::{self, PackAge, Policy, Stamp};
 
 /// A pack being uploaded: write its bytes, then [`PackUpload::commit`] it
 /// under its name. Dropping it without commit leaves nothing visible.
@@ -64,12 +65,52 @@ pub trait Store: Send + Sync {
     fn list_snapshots(&self) -> Result<Vec<SnapshotId>>;
     /// Reads a snapshot file.
     fn read_snapshot(&self, id: &SnapshotId) -> Result<Vec<u8>>;
+    /// What the store recorded about a snapshot, by its own clock.
+    fn stamp(&self, id: &SnapshotId) -> Result<Stamp>;
+    /// Removes a snapshot; refused inside its lock window, on legal hold, or
+    /// when the store's clock went backwards.
+    fn forget(&self, id: &SnapshotId) -> Result<()>;
+    /// Extends a snapshot's lock to `until` (never shortens it) and sets a
+    /// legal hold when `hold`.
+    fn lock(&self, id: &SnapshotId, until: i64, hold: bool) -> Result<Stamp>;
+}
+
+/// The store's clock: seconds since the epoch. Injectable for tests.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    })
+}
+
+/// What a sweep did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PruneReport {
+    /// Snapshots removed because they expired.
+    pub snapshots_removed: Vec<SnapshotId>,
+    /// Packs removed because no snapshot references them.
+    pub packs_removed: u64,
+    /// Bytes those packs held.
+    pub bytes_freed: u64,
+    /// Snapshots kept.
+    pub snapshots_kept: u64,
+    /// Packs kept.
+    pub packs_kept: u64,
+    /// Why nothing was deleted, when nothing could be.
+    pub refused: Option<String>,
 }
 
 /// A repository in a local directory.
 pub struct LocalStore {
     root: PathBuf,
     handles: Mutex<HashMap<PackId, Arc<File>>>,
+    policy: Policy,
+    clock: Clock,
 }
 
 const OPEN_HANDLES: usize = 64;
@@ -86,6 +127,8 @@ impl LocalStore {
         Ok(LocalStore {
             root: root.to_path_buf(),
             handles: Mutex::new(HashMap::new()),
+            policy: read_policy(root)?,
+            clock: system_clock(),
         })
     }
 
@@ -117,6 +160,8 @@ impl LocalStore {
         Ok(LocalStore {
             root: root.to_path_buf(),
             handles: Mutex::new(HashMap::new()),
+            policy: read_policy(root)?,
+            clock: system_clock(),
         })
     }
 
@@ -129,7 +174,165 @@ impl LocalStore {
         Ok(LocalStore {
             root: root.to_path_buf(),
             handles: Mutex::new(HashMap::new()),
+            policy: read_policy(root)?,
+            clock: system_clock(),
         })
+    }
+
+    /// Uses these retention rules instead of the repository's own.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Uses this clock instead of the system's.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The retention rules in force.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Records the retention rules of a local repository (`REPO/policy.json`).
+    pub fn write_policy(&self, p: &Policy) -> Result<()> {
+        p.validate().map_err(Error::Denied)?;
+        // unwrap: plain data always serializes
+        let bytes = serde_json::to_vec_pretty(p).expect("policy JSON");
+        write_once(
+            &self.root.join("tmp"),
+            &self.root.join("policy.json"),
+            &bytes,
+        )
+    }
+
+    fn stamp_path(&self, id: &SnapshotId) -> PathBuf {
+        self.root
+            .join("snapshots")
+            .join(format!("{}.stamp", id.to_hex()))
+    }
+
+    /// The latest time this store has seen, so a clock that goes back is noticed.
+    fn seen(&self) -> i64 {
+        fs::read_to_string(self.root.join("clock"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn note_time(&self, now: i64) -> Result<()> {
+        if now <= self.seen() {
+            return Ok(());
+        }
+        let tmp = tmp_name(&self.root.join("tmp"));
+        fs::write(&tmp, now.to_string()).at(&tmp)?;
+        fs::rename(&tmp, self.root.join("clock")).at(self.root.join("clock"))
+    }
+
+    fn lock_file(&self, exclusive: bool) -> Result<nix::fcntl::Flock<File>> {
+        let p = self.root.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .at(&p)?;
+        let arg = if exclusive {
+            nix::fcntl::FlockArg::LockExclusive
+        } else {
+            nix::fcntl::FlockArg::LockShared
+        };
+        nix::fcntl::Flock::lock(f, arg).map_err(|(_, e)| Error::io(&p, e.into()))
+    }
+
+    fn write_stamp(&self, id: &SnapshotId, st: &Stamp, replace: bool) -> Result<()> {
+        // unwrap: plain data always serializes
+        let bytes = serde_json::to_vec(st).expect("stamp JSON");
+        let path = self.stamp_path(id);
+        if !replace {
+            return write_once(&self.root.join("tmp"), &path, &bytes);
+        }
+        let tmp = tmp_name(&self.root.join("tmp"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .at(&tmp)?;
+        f.write_all(&bytes).and_then(|_| f.sync_all()).at(&tmp)?;
+        fs::rename(&tmp, &path).at(&path)?;
+        fsync_dir(&self.root.join("snapshots"))
+    }
+
+    fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        let p = self.snapshot_path(id);
+        fs::remove_file(&p).at(&p)?;
+        let _ = fs::remove_file(self.stamp_path(id));
+        fsync_dir(&self.root.join("snapshots"))
+    }
+
+    /// Removes expired snapshots, then every pack that no remaining snapshot
+    /// references and that is older than the grace period. Needs no key.
+    /// Deletes nothing when the clock is behind a time already seen.
+    pub fn prune(&self) -> Result<PruneReport> {
+        let now = (self.clock)();
+        let mut rep = PruneReport::default();
+        if let Err(r) = retention::clock_ok(now, self.seen()) {
+            rep.refused = Some(r.to_string());
+            return Ok(rep);
+        }
+        self.note_time(now)?;
+        for id in self.list_snapshots()? {
+            if retention::expired(&self.stamp(&id)?, now) {
+                self.remove_snapshot(&id)?;
+                rep.snapshots_removed.push(id);
+            }
+        }
+        // Collect under the exclusive lock: no snapshot commits meanwhile, so
+        // none can come to reference a pack being deleted.
+        let _guard = self.lock_file(true)?;
+        let mut referenced = std::collections::HashSet::new();
+        for id in self.list_snapshots()? {
+            let bytes = self.read_snapshot(&id)?;
+            match snapshot::decode(&bytes) {
+                Ok(f) => referenced.extend(f.packs),
+                Err(e) => {
+                    // Which packs it needs is unknown: collect nothing.
+                    rep.refused = Some(format!(
+                        "snapshot {id} is unreadable ({e}); no pack collected"
+                    ));
+                    return Ok(rep);
+                }
+            }
+            rep.snapshots_kept += 1;
+        }
+        let mut ages = Vec::new();
+        let mut sizes = HashMap::new();
+        self.for_each_pack(&mut |id, size| {
+            let written = fs::metadata(self.pack_path(&id))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(now);
+            ages.push(PackAge { id, written });
+            sizes.insert(id, size);
+            Ok(())
+        })?;
+        let doomed = retention::collectable(&ages, &referenced, now, &self.policy);
+        for id in &doomed {
+            let p = self.pack_path(id);
+            fs::remove_file(&p).at(&p)?;
+            // unwrap: a pack path always has a parent
+            fsync_dir(p.parent().expect("pack dir"))?;
+            // unwrap: the lock is never held across a panic
+            self.handles.lock().unwrap().remove(id);
+            rep.packs_removed += 1;
+            rep.bytes_freed += sizes.get(id).copied().unwrap_or(0);
+        }
+        rep.packs_kept = (ages.len() - doomed.len()) as u64;
+        Ok(rep)
     }
 
     /// The repository directory.
@@ -240,6 +443,7 @@ fn link_into_place(tmp: &Path, path: &Path) -> Result<bool> {
 }
 
 struct LocalUpload {
+    clock: Clock,
     tmp: PathBuf,
     file: io::BufWriter<File>,
     hasher: blake3::Hasher,
@@ -281,6 +485,10 @@ impl PackUpload for LocalUpload {
             )));
         }
         self.file.flush().at(&self.tmp)?;
+        // A pack's age for collection is by the store's clock, like stamps.
+        let written =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs((self.clock)().max(0) as u64);
+        self.file.get_ref().set_modified(written).at(&self.tmp)?;
         self.file.get_ref().sync_all().at(&self.tmp)?;
         let hex = id.to_hex();
         let path = self.dest.join(&hex[..2]).join(&hex);
@@ -352,6 +560,7 @@ impl Store for LocalStore {
             hasher: blake3::Hasher::new(),
             len: 0,
             dest: self.root.join("packs"),
+            clock: self.clock.clone(),
         }))
     }
 
@@ -409,6 +618,9 @@ impl Store for LocalStore {
 
     fn write_snapshot(&self, bytes: &[u8]) -> Result<SnapshotId> {
         let file = snapshot::decode(bytes)?;
+        // A shared lock: a collection cannot delete a pack between the check
+        // below and the commit.
+        let _guard = self.lock_file(false)?;
         for p in &file.packs {
             if self.pack_size(p)?.is_none() {
                 return Err(Error::Denied(format!(
@@ -417,6 +629,18 @@ impl Store for LocalStore {
             }
         }
         let id = SnapshotId::of(bytes);
+        if self.snapshot_path(&id).exists() {
+            return Err(Error::Conflict(format!("snapshot {id} exists already")));
+        }
+        // The store's clock, never the client's, starts the lock window.
+        let now = (self.clock)();
+        let now = now.max(self.seen());
+        self.note_time(now)?;
+        match self.write_stamp(&id, &Stamp::new(now, &self.policy), false) {
+            // A stamp left by an interrupted commit of the same snapshot: keep the earlier one.
+            Ok(()) | Err(Error::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
         write_once(&self.root.join("tmp"), &self.snapshot_path(&id), bytes)?;
         Ok(id)
     }
@@ -436,6 +660,59 @@ impl Store for LocalStore {
 
     fn read_snapshot(&self, id: &SnapshotId) -> Result<Vec<u8>> {
         read_small(&self.snapshot_path(id), MAX_SNAPSHOT_BYTES)
+    }
+
+    fn stamp(&self, id: &SnapshotId) -> Result<Stamp> {
+        let snap = self.snapshot_path(id);
+        let meta = fs::metadata(&snap).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(format!("snapshot {id}")),
+            _ => Error::io(&snap, e),
+        })?;
+        match fs::read(self.stamp_path(id)) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::Corrupt(format!("stamp of snapshot {}: {e}", id.short()))),
+            // No stamp (written by an older build): the file's time stands in.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let t = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                Ok(Stamp::new(t, &self.policy))
+            }
+            Err(e) => Err(Error::io(self.stamp_path(id), e)),
+        }
+    }
+
+    fn forget(&self, id: &SnapshotId) -> Result<()> {
+        let st = self.stamp(id)?;
+        let now = (self.clock)();
+        retention::may_forget(*id, &st, now, self.seen())
+            .map_err(|r| Error::Denied(r.to_string()))?;
+        self.note_time(now)?;
+        self.remove_snapshot(id)
+    }
+
+    fn lock(&self, id: &SnapshotId, until: i64, hold: bool) -> Result<Stamp> {
+        let mut st = self.stamp(id)?;
+        st.extend(until, hold);
+        self.write_stamp(id, &st, true)?;
+        Ok(st)
+    }
+}
+
+fn read_policy(root: &Path) -> Result<Policy> {
+    match fs::read(root.join("policy.json")) {
+        Ok(b) => {
+            let p: Policy = serde_json::from_slice(&b).map_err(|e| {
+                Error::Corrupt(format!("{}: {e}", root.join("policy.json").display()))
+            })?;
+            p.validate().map_err(Error::Denied)?;
+            Ok(p)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Policy::default()),
+        Err(e) => Err(Error::io(root.join("policy.json"), e)),
     }
 }
 

@@ -83,6 +83,31 @@ pub enum Command {
     /// Manage key files (passphrases).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Remove snapshots (refused inside their lock window).
+    Forget {
+        /// Snapshot id prefixes or `latest`.
+        #[arg(required = true)]
+        snaps: Vec<String>,
+    },
+    /// Extend a snapshot's lock or put it on legal hold (never shortens).
+    Lock {
+        /// Snapshot id prefix or `latest`.
+        snap: String,
+        /// Lock it for this many days from now.
+        #[arg(long)]
+        days: Option<u32>,
+        /// Put it on legal hold: never removed.
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Remove expired snapshots and the packs no snapshot needs (no key
+    /// needed): `--repo PATH` for a local repository, `--config FILE` for
+    /// every namespace of a server, as its operator.
+    Prune {
+        /// A server config: prune its data directory.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Manage TLS identities (key and self-signed certificate).
     #[command(subcommand)]
     Identity(IdentityCommand),
@@ -138,6 +163,12 @@ pub struct InitArgs {
     /// Default zstd level (0 = off).
     #[arg(long)]
     pub compression: Option<i32>,
+    /// Lock window of a local repository, in days.
+    #[arg(long, default_value_t = 30)]
+    pub lock_days: u32,
+    /// Retention of a local repository, in days.
+    #[arg(long, default_value_t = 30)]
+    pub retention_days: u32,
 }
 
 #[derive(Args, Debug)]

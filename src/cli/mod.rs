@@ -234,6 +234,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check { read_data } => cmd_check(&cli, *read_data),
         Command::Key(k) => cmd_key(&cli, k),
         Command::Identity(i) => cmd_identity(&cli, i),
+        Command::Forget { snaps } => cmd_forget(&cli, snaps),
+        Command::Lock { snap, days, hold } => cmd_lock(&cli, snap, *days, *hold),
+        Command::Prune { config } => cmd_prune(&cli, config.as_deref()),
         Command::Serve { config, allow_root } => cmd_serve(config, *allow_root),
     }
 }
@@ -273,6 +276,16 @@ fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
         host: host(),
         now: now_ns() / 1_000_000_000,
     };
+    if !repo_arg(cli)?.starts_with("quic://") {
+        let policy = coffer::retention::Policy {
+            lock_secs: a.lock_days as i64 * coffer::retention::DAY_SECS,
+            retention_secs: a.retention_days as i64 * coffer::retention::DAY_SECS,
+            ..Default::default()
+        };
+        if policy != coffer::retention::Policy::default() {
+            LocalStore::open_dir(Path::new(repo_arg(cli)?))?.write_policy(&policy)?;
+        }
+    }
     let id = Repository::init_store(store.as_ref(), &pw, &opts)?;
     if cli.json {
         print_json(&json!({"id": id.to_hex(), "repo": repo_arg(cli)?}))?;
@@ -418,7 +431,12 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
 
 fn snapshot_json(s: &Snapshot) -> serde_json::Value {
     let r = &s.record;
+    let st = s.stamp.as_ref();
     json!({
+        "received": st.map(|t| coffer::retention::fmt_time(t.received)),
+        "locked_until": st.map(|t| coffer::retention::fmt_time(t.locked_until)),
+        "expires": st.map(|t| coffer::retention::fmt_time(t.expires)),
+        "hold": st.map(|t| t.hold),
         "id": s.id.to_hex(), "short_id": s.id.short(), "time": fmt_time(r.time_ns),
         "host": r.host, "user": r.user, "source": r.source, "paths": r.paths, "tags": r.tags,
         "tree": r.tree.to_hex(), "packs": s.packs.len(), "stats": r.stats,
@@ -807,4 +825,91 @@ fn cmd_serve(config: &Path, allow_root: bool) -> Result<()> {
         coffer::net::server::serve(cfg, ep, shutdown).await?;
         Ok(())
     })
+}
+
+fn cmd_forget(cli: &Cli, snaps: &[String]) -> Result<()> {
+    let repo = open(cli)?;
+    let mut failed = 0;
+    for spec in snaps {
+        let s = repo.find_snapshot(spec)?;
+        match repo.store().forget(&s.id) {
+            Ok(()) => {
+                if !cli.quiet {
+                    println!("forgot snapshot {}", s.id.short());
+                }
+            }
+            Err(e) => {
+                eprintln!("coffer: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} snapshots were not forgotten");
+    }
+    Ok(())
+}
+
+fn cmd_lock(cli: &Cli, snap: &str, days: Option<u32>, hold: bool) -> Result<()> {
+    let repo = open(cli)?;
+    let s = repo.find_snapshot(snap)?;
+    let until = now_ns() / 1_000_000_000 + days.unwrap_or(0) as i64 * coffer::retention::DAY_SECS;
+    let st = repo.store().lock(&s.id, until, hold)?;
+    if cli.json {
+        return print_json(
+            &json!({"id": s.id.to_hex(), "locked_until": coffer::retention::fmt_time(st.locked_until),
+                                  "expires": coffer::retention::fmt_time(st.expires), "hold": st.hold}),
+        );
+    }
+    if !cli.quiet {
+        println!(
+            "snapshot {} locked until {}, expires {}{}",
+            s.id.short(),
+            coffer::retention::fmt_time(st.locked_until),
+            coffer::retention::fmt_time(st.expires),
+            if st.hold { ", on legal hold" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+fn cmd_prune(cli: &Cli, config: Option<&Path>) -> Result<()> {
+    let reports = match config {
+        Some(c) => coffer::net::server::prune_config(&coffer::net::config::ServerConfig::load(c)?)?,
+        None => {
+            let r = repo_arg(cli)?;
+            if r.starts_with("quic://") {
+                bail!("a server prunes on its own schedule; its operator can run `coffer prune --config SERVER_CONFIG`");
+            }
+            vec![(r.to_string(), LocalStore::open(Path::new(r))?.prune()?)]
+        }
+    };
+    if cli.json {
+        let v: Vec<_> = reports
+            .iter()
+            .map(|(n, r)| json!({"repository": n, "report": r}))
+            .collect();
+        print_json(&serde_json::Value::Array(v))?;
+    }
+    let mut refused = false;
+    for (name, r) in &reports {
+        if let Some(why) = &r.refused {
+            eprintln!("coffer: {name}: {why}");
+            refused = true;
+        }
+        if !cli.json && !cli.quiet {
+            println!(
+                "{name}: {} snapshots expired, {} kept; {} packs ({}) collected, {} kept",
+                r.snapshots_removed.len(),
+                r.snapshots_kept,
+                r.packs_removed,
+                fmt_bytes(r.bytes_freed),
+                r.packs_kept
+            );
+        }
+    }
+    if refused {
+        bail!("nothing was deleted where the clock could not be trusted");
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::id::{PackId, SnapshotId};
 use crate::limits::{MAX_PACK_BYTES, MAX_SMALL_FILE_BYTES};
 use crate::proto::{self, ErrorCode, Request, Response, HEAD_LEN, PROTOCOL_VERSION};
+use crate::retention::Stamp;
 use crate::store::{PackUpload, Store};
 
 /// A parsed `quic://HOST:PORT/NAMESPACE`.
@@ -176,10 +177,20 @@ impl RemoteStore {
             send.write_all(&req.encode())
                 .await
                 .map_err(|e| net_err(url, e))?;
-            if !body.is_empty() {
-                send.write_all(body).await.map_err(|e| net_err(url, e))?;
-            }
+            // A server that refuses a request stops reading its body: the
+            // answer it sent says why, so read it before reporting the write.
+            let sent = if body.is_empty() {
+                Ok(())
+            } else {
+                send.write_all(body).await.map_err(|e| net_err(url, e))
+            };
             let _ = send.finish();
+            if let Err(e) = sent {
+                return match read_frame(&mut recv).await {
+                    Ok(Response::Error { code, message }) => Err(from_code(code, message)),
+                    _ => Err(e),
+                };
+            }
             let mut out = Vec::new();
             loop {
                 let r = read_frame(&mut recv).await.map_err(|e| net_err(url, e))?;
@@ -367,6 +378,29 @@ impl Store for Remote {
             }
         }
         Ok(out)
+    }
+    fn stamp(&self, id: &SnapshotId) -> Result<Stamp> {
+        match self.0.call(&Request::Stamp { id: *id }, &[], 0)? {
+            (Response::Stamped { stamp }, _) => Ok(stamp),
+            (r, _) => Err(net_err(&self.0.url, format!("unexpected answer {r:?}"))),
+        }
+    }
+    fn forget(&self, id: &SnapshotId) -> Result<()> {
+        self.0.ok(&Request::Forget { id: *id }, &[])
+    }
+    fn lock(&self, id: &SnapshotId, until: i64, hold: bool) -> Result<Stamp> {
+        match self.0.call(
+            &Request::Lock {
+                id: *id,
+                until,
+                hold,
+            },
+            &[],
+            0,
+        )? {
+            (Response::Stamped { stamp }, _) => Ok(stamp),
+            (r, _) => Err(net_err(&self.0.url, format!("unexpected answer {r:?}"))),
+        }
     }
     fn read_snapshot(&self, id: &SnapshotId) -> Result<Vec<u8>> {
         self.0.bytes(

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::Fingerprint;
 use crate::error::{Error, Result};
+use crate::retention::{Policy, DAY_SECS};
 
 /// One client the server accepts.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,6 +22,12 @@ pub struct ClientEntry {
     /// Whether the client may remove key files (default: no).
     #[serde(default)]
     pub allow_remove_keys: bool,
+    /// This namespace's lock window in days (default: the server's).
+    pub lock_days: Option<u32>,
+    /// This namespace's retention in days (default: the server's).
+    pub retention_days: Option<u32>,
+    /// Most bytes of packs this namespace may hold (default: no limit).
+    pub quota_bytes: Option<u64>,
 }
 
 /// `coffer serve --config FILE`.
@@ -34,9 +41,31 @@ pub struct ServerConfig {
     pub data: PathBuf,
     /// The server's identity file.
     pub identity: PathBuf,
+    /// Default lock window in days (30).
+    #[serde(default = "thirty")]
+    pub lock_days: u32,
+    /// Default retention in days (30).
+    #[serde(default = "thirty")]
+    pub retention_days: u32,
+    /// Unreferenced packs younger than this survive a collection (48 hours).
+    #[serde(default = "grace")]
+    pub gc_grace_hours: u32,
+    /// How often the retention sweep and collection run (60 minutes).
+    #[serde(default = "sixty")]
+    pub prune_interval_minutes: u32,
     /// Accepted clients.
     #[serde(default, rename = "client")]
     pub clients: Vec<ClientEntry>,
+}
+
+fn thirty() -> u32 {
+    30
+}
+fn grace() -> u32 {
+    48
+}
+fn sixty() -> u32 {
+    60
 }
 
 fn default_listen() -> String {
@@ -52,6 +81,10 @@ pub struct Client {
     pub namespace: String,
     /// May it remove key files.
     pub allow_remove_keys: bool,
+    /// Its namespace's retention rules.
+    pub policy: Policy,
+    /// Its namespace's quota in bytes.
+    pub quota: Option<u64>,
 }
 
 /// Whether a namespace name is safe as a directory name.
@@ -77,6 +110,11 @@ impl ServerConfig {
             toml::from_str(text).map_err(|e| Error::Denied(e.to_string().trim().to_string()))?;
         c.listen_addr()?;
         c.validated_clients()?;
+        if c.prune_interval_minutes == 0 {
+            return Err(Error::Denied(
+                "prune_interval_minutes must be at least 1".into(),
+            ));
+        }
         Ok(c)
     }
 
@@ -110,10 +148,33 @@ impl ServerConfig {
                     i + 1
                 )));
             }
+            let policy = Policy {
+                lock_secs: c.lock_days.unwrap_or(self.lock_days) as i64 * DAY_SECS,
+                retention_secs: c.retention_days.unwrap_or(self.retention_days) as i64 * DAY_SECS,
+                grace_secs: self.gc_grace_hours as i64 * 3600,
+            };
+            policy.validate().map_err(|e| {
+                Error::Denied(format!(
+                    "client #{} (namespace {}): {e}",
+                    i + 1,
+                    c.namespace
+                ))
+            })?;
+            if let Some(other) = out.iter().find(|o: &&Client| o.namespace == c.namespace) {
+                if other.policy != policy || other.quota != c.quota_bytes {
+                    return Err(Error::Denied(format!(
+                        "client #{}: namespace {} is shared with different retention or quota settings",
+                        i + 1,
+                        c.namespace
+                    )));
+                }
+            }
             out.push(Client {
                 fingerprint: fp,
                 namespace: c.namespace.clone(),
                 allow_remove_keys: c.allow_remove_keys,
+                policy,
+                quota: c.quota_bytes,
             });
         }
         Ok(out)

@@ -18,6 +18,7 @@ use super::{provider, tls_err, transport, Fingerprint, Identity, PinnedClients};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::{MAX_PACK_BYTES, MAX_SMALL_FILE_BYTES};
 use crate::proto::{self, ErrorCode, Request, Response, HEAD_LEN, LIST_BATCH, PROTOCOL_VERSION};
+use crate::retention::Policy;
 use crate::store::{LocalStore, Store};
 
 /// Largest range one `ReadPack` may ask for.
@@ -29,20 +30,74 @@ struct State {
     data: PathBuf,
     clients: HashMap<Fingerprint, Client>,
     stores: Mutex<HashMap<String, Arc<LocalStore>>>,
+    /// Bytes of packs per namespace, counted once, then kept up to date.
+    usage: Mutex<HashMap<String, u64>>,
+}
+
+/// Opens a namespace's store with its retention rules.
+pub fn namespace_store(data: &std::path::Path, ns: &str, policy: Policy) -> Result<LocalStore> {
+    Ok(LocalStore::open_dir(&data.join("namespaces").join(ns))?.with_policy(policy))
 }
 
 impl State {
-    fn store(&self, ns: &str) -> Result<Arc<LocalStore>> {
+    fn store(&self, client: &Client) -> Result<Arc<LocalStore>> {
         // unwrap: the lock is never held across a panic
         let mut m = self.stores.lock().unwrap();
-        if let Some(s) = m.get(ns) {
+        if let Some(s) = m.get(&client.namespace) {
             return Ok(s.clone());
         }
-        let s = Arc::new(LocalStore::open_dir(
-            &self.data.join("namespaces").join(ns),
+        let s = Arc::new(namespace_store(
+            &self.data,
+            &client.namespace,
+            client.policy,
         )?);
-        m.insert(ns.to_string(), s.clone());
+        m.insert(client.namespace.clone(), s.clone());
         Ok(s)
+    }
+
+    fn usage(&self, ns: &str, store: &LocalStore) -> Result<u64> {
+        // unwrap: the lock is never held across a panic
+        if let Some(u) = self.usage.lock().unwrap().get(ns) {
+            return Ok(*u);
+        }
+        let mut total = 0;
+        store.for_each_pack(&mut |_, size| {
+            total += size;
+            Ok(())
+        })?;
+        self.usage.lock().unwrap().insert(ns.to_string(), total);
+        Ok(total)
+    }
+
+    fn add_usage(&self, ns: &str, n: u64) {
+        // unwrap: the lock is never held across a panic
+        if let Some(u) = self.usage.lock().unwrap().get_mut(ns) {
+            *u += n;
+        }
+    }
+
+    /// Runs the retention sweep and collection in every namespace.
+    fn prune_all(&self) {
+        let mut seen = std::collections::HashSet::new();
+        for c in self.clients.values() {
+            if !seen.insert(c.namespace.clone()) {
+                continue;
+            }
+            let res = self.store(c).and_then(|s| s.prune());
+            // unwrap: the lock is never held across a panic
+            self.usage.lock().unwrap().remove(&c.namespace);
+            match res {
+                Ok(r) => eprintln!(
+                    "coffer serve: prune {}: {} snapshots expired, {} packs ({} bytes) collected{}",
+                    c.namespace,
+                    r.snapshots_removed.len(),
+                    r.packs_removed,
+                    r.bytes_freed,
+                    r.refused.map(|m| format!("; {m}")).unwrap_or_default()
+                ),
+                Err(e) => eprintln!("coffer serve: prune {} failed: {e}", c.namespace),
+            }
+        }
     }
 }
 
@@ -86,6 +141,18 @@ pub async fn serve(
         data: cfg.data.clone(),
         clients: clients.into_iter().map(|c| (c.fingerprint, c)).collect(),
         stores: Mutex::new(HashMap::new()),
+        usage: Mutex::new(HashMap::new()),
+    });
+    // The retention sweep and collection, on the server's own schedule.
+    let every = std::time::Duration::from_secs(cfg.prune_interval_minutes as u64 * 60);
+    let sweeper = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let s = sweeper.clone();
+            let _ = tokio::task::spawn_blocking(move || s.prune_all()).await;
+        }
     });
     let limit = Arc::new(tokio::sync::Semaphore::new(1024));
     tokio::pin!(shutdown);
@@ -332,7 +399,7 @@ async fn handle(
     if !ctx.hello.load(Ordering::SeqCst) {
         return Err(Reply::err(ErrorCode::Protocol, "send Hello first"));
     }
-    let store = ctx.state.store(&ctx.client.namespace)?;
+    let store = ctx.state.store(&ctx.client)?;
     let one = |r: Reply| Ok(vec![r]);
     match req {
         Request::Hello { .. } => unreachable!("handled above"),
@@ -372,6 +439,18 @@ async fn handle(
                     format!("pack of {len} bytes exceeds the limit"),
                 ));
             }
+            if let Some(quota) = ctx.client.quota {
+                let used = ctx.state.usage(&ctx.client.namespace, &store)?;
+                if used + len > quota {
+                    return Err(Reply::err(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "namespace {} is over its quota: {used} of {quota} bytes used, this pack needs {len} more; nothing stored was touched",
+                            ctx.client.namespace
+                        ),
+                    ));
+                }
+            }
             *permit = Some(ctx.reserve(1 << 20).await);
             let mut upload = store.upload_pack()?;
             let mut left = len;
@@ -394,6 +473,9 @@ async fn handle(
                 }
             }
             let created = blocking(move || upload.commit(id)).await?;
+            if created {
+                ctx.state.add_usage(&ctx.client.namespace, len);
+            }
             one(Reply::of(Response::Stored { created }))
         }
         Request::PackSize { id } => one(Reply::of(Response::Size {
@@ -443,8 +525,32 @@ async fn handle(
             out.push(Reply::of(Response::End));
             Ok(out)
         }
+        Request::Stamp { id } => one(Reply::of(Response::Stamped {
+            stamp: blocking(move || store.stamp(&id)).await?,
+        })),
+        Request::Forget { id } => {
+            blocking(move || store.forget(&id)).await?;
+            one(Reply::of(Response::Ok))
+        }
+        Request::Lock { id, until, hold } => one(Reply::of(Response::Stamped {
+            stamp: blocking(move || store.lock(&id, until, hold)).await?,
+        })),
         Request::ReadSnapshot { id } => one(Reply::bytes(
             blocking(move || store.read_snapshot(&id)).await?,
         )),
     }
+}
+
+/// `coffer prune --config`: the sweep and collection of every namespace, as
+/// the server's operator, without any key.
+pub fn prune_config(cfg: &ServerConfig) -> Result<Vec<(String, crate::store::PruneReport)>> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for c in cfg.validated_clients()? {
+        if seen.insert(c.namespace.clone()) {
+            let s = namespace_store(&cfg.data, &c.namespace, c.policy)?;
+            out.push((c.namespace.clone(), s.prune()?));
+        }
+    }
+    Ok(out)
 }

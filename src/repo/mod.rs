@@ -61,6 +61,8 @@ pub struct Snapshot {
     pub record: SnapshotRecord,
     /// The packs it references.
     pub packs: Vec<PackId>,
+    /// What the store recorded (received, lock, expiry), by its clock.
+    pub stamp: Option<crate::retention::Stamp>,
 }
 
 /// An open, unlocked repository.
@@ -311,6 +313,7 @@ impl Repository {
             id: *id,
             record,
             packs: file.packs,
+            stamp: self.store.stamp(id).ok(),
         })
     }
 

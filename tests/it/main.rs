@@ -6,6 +6,7 @@ mod backup;
 mod crash;
 mod keys;
 mod restore;
+mod retention;
 mod server;
 mod tamper;
 mod util;

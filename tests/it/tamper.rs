@@ -145,7 +145,10 @@ fn data_blob_in_a_snapshots_place_is_detected() {
     let sealed = fs::read(&pack).unwrap()
         [e.offset as usize..(e.offset + e.sealed_len as u64) as usize]
         .to_vec();
-    let snap = walk(&t.repo.join("snapshots")).pop().unwrap();
+    let snap = walk(&t.repo.join("snapshots"))
+        .into_iter()
+        .find(|p| p.extension().is_none())
+        .unwrap();
     fs::write(&snap, &sealed).unwrap();
     assert_eq!(t.run(&["snapshots"]).fails().code(), 5);
     let r = t.run(&["check"]).fails();

@@ -1,0 +1,404 @@
+//! Fuzz smoke test: every `coffer::fuzzing` entry point on valid seeds built
+//! with the real encoders, then on a few thousand deterministic mutations of
+//! them and on random buffers. The entry points assert their own round trips,
+//! so passing means no panic and no broken invariant.
+//!
+//! `COFFER_FUZZ_SEEDS=fuzz/corpus cargo test --test fuzz_smoke` also writes
+//! the seeds to `fuzz/corpus/<target>/` for cargo-fuzz.
+
+use coffer::crypto::{Kind, MasterKey};
+use coffer::format::blob::{self, Sealer};
+use coffer::format::chunklist::{self, ChunkRef};
+use coffer::format::config::{ConfigFile, Settings};
+use coffer::format::keyfile::{KdfParams, KeyFile};
+use coffer::format::pack::{self, PackEntry, PackWriter};
+use coffer::format::snapshot::{self, SnapshotRecord, SnapshotStats, SourceKind, RECORD_VERSION};
+use coffer::format::tree::{Node, NodeKind, Tree, Xattr};
+use coffer::fuzzing;
+use coffer::id::{BlobId, PackId, RepoId};
+use rand::rngs::OsRng;
+use serde_bytes::ByteBuf;
+
+/// Mutated inputs per target.
+const ITERATIONS: usize = 2000;
+
+/// xorshift64*: tiny, deterministic, good enough to pick mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform-ish in `0..n`; `n` must be positive.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.byte()).collect()
+    }
+}
+
+/// Applies one to four random edits: bit flips, byte writes, interesting
+/// values, truncation, insertion, deletion and duplication.
+fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
+    let mut v = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let len = v.len();
+        match rng.below(8) {
+            0 if len > 0 => {
+                let i = rng.below(len);
+                v[i] ^= 1 << rng.below(8);
+            }
+            1 if len > 0 => {
+                let i = rng.below(len);
+                v[i] = rng.byte();
+            }
+            2 if len > 0 => {
+                let i = rng.below(len);
+                v[i] = [0x00, 0x01, 0x7f, 0x80, 0xff, b'"', b'{', b'0'][rng.below(8)];
+            }
+            3 => v.truncate(rng.below(len + 1)),
+            4 => {
+                let i = rng.below(len + 1);
+                let n = 1 + rng.below(16);
+                let ins = rng.bytes(n);
+                v.splice(i..i, ins);
+            }
+            5 if len > 0 => {
+                let i = rng.below(len);
+                let n = 1 + rng.below((len - i).min(32));
+                v.drain(i..i + n);
+            }
+            6 if len > 0 => {
+                let i = rng.below(len);
+                let n = 1 + rng.below((len - i).min(64));
+                let dup = v[i..i + n].to_vec();
+                let at = rng.below(len + 1);
+                v.splice(at..at, dup);
+            }
+            _ if len >= 4 => {
+                // overwrite a little-endian u32 with an edge value
+                let i = rng.below(len - 3);
+                let x = [
+                    0u32,
+                    1,
+                    0x7fff_ffff,
+                    0xffff_ffff,
+                    len as u32,
+                    rng.next() as u32,
+                ][rng.below(6)];
+                v[i..i + 4].copy_from_slice(&x.to_le_bytes());
+            }
+            _ => v.push(rng.byte()),
+        }
+    }
+    v
+}
+
+/// Runs `target` on every seed, then on [`ITERATIONS`] mutations of them and
+/// random buffers.
+fn hammer(name: &str, seeds: &[Vec<u8>], target: fn(&[u8])) {
+    assert!(!seeds.is_empty());
+    if let Some(dir) = std::env::var_os("COFFER_FUZZ_SEEDS") {
+        let dir = std::path::Path::new(&dir).join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, s) in seeds.iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i}")), s).unwrap();
+        }
+    }
+    for s in seeds {
+        target(s);
+    }
+    let tag = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut rng = Rng::new(tag);
+    for i in 0..ITERATIONS {
+        let input = if i % 8 == 7 {
+            let n = rng.below(600);
+            rng.bytes(n)
+        } else {
+            let seed = &seeds[rng.below(seeds.len())];
+            mutate(&mut rng, seed)
+        };
+        target(&input);
+    }
+}
+
+fn keys() -> coffer::crypto::Keys {
+    fuzzing::keys()
+}
+
+#[test]
+fn pack() {
+    let k = keys();
+    let mut sealer = Sealer::new(3);
+    let mut w = PackWriter::new(Vec::new()).unwrap();
+    let blobs: [(Kind, Vec<u8>); 3] = [
+        (Kind::Data, b"hello, pack".to_vec()),
+        (Kind::Tree, b"abcd".repeat(100)),
+        (Kind::ChunkList, chunklist::encode(&[ChunkRef::zeros(4096)])),
+    ];
+    for (kind, plain) in &blobs {
+        let id = k.blob_id(plain);
+        let sealed = sealer.seal(&k, *kind, &id, plain, &mut OsRng);
+        w.add(*kind, id, &sealed, plain.len() as u32).unwrap();
+    }
+    let (_, full, entries, _) = w.finish(&k, &mut OsRng).unwrap();
+    let (_, empty, _, _) = PackWriter::new(Vec::new())
+        .unwrap()
+        .finish(&k, &mut OsRng)
+        .unwrap();
+    assert_eq!(pack::decode(&k, &full).unwrap(), entries);
+    assert!(pack::decode(&k, &empty).unwrap().is_empty());
+
+    // A header plaintext whose entries fit in its own length.
+    let header = pack::encode_header(&[
+        PackEntry {
+            kind: Kind::Data,
+            id: BlobId([1; 32]),
+            offset: 8,
+            sealed_len: 100,
+            plain_len: 50,
+        },
+        PackEntry {
+            kind: Kind::Tree,
+            id: BlobId([2; 32]),
+            offset: 108,
+            sealed_len: 41,
+            plain_len: 1,
+        },
+    ]);
+    assert_eq!(
+        pack::decode_header(&header, header.len() as u64)
+            .unwrap()
+            .len(),
+        2
+    );
+
+    hammer("pack", &[full, empty, header], fuzzing::pack);
+}
+
+#[test]
+fn blob() {
+    let k = keys();
+    let mut sealer = Sealer::new(3);
+    let mut seeds = Vec::new();
+    for (kind, plain) in [
+        (Kind::Data, b"x".repeat(1000)),
+        (Kind::Tree, b"short".to_vec()),
+        (Kind::ChunkList, Vec::new()),
+    ] {
+        let id = k.blob_id(&plain);
+        let sealed = sealer.seal(&k, kind, &id, &plain, &mut OsRng);
+        assert_eq!(blob::open(&k, kind, &id, &sealed).unwrap(), plain);
+        seeds.push([id.as_bytes().as_slice(), &sealed].concat());
+    }
+    // A bare zstd frame: the payload of a compressed blob after its flag byte.
+    let plain = b"0123456789".repeat(50);
+    let id = k.blob_id(&plain);
+    let sealed = sealer.seal(&k, Kind::Data, &id, &plain, &mut OsRng);
+    let inner = k.open(Kind::Data, id.as_bytes(), &sealed).unwrap();
+    assert_eq!(inner[0], 1, "compressed");
+    let frame = inner[1..].to_vec();
+    assert_eq!(blob::decompress(&frame).unwrap(), plain);
+    seeds.push(frame);
+    // Inner payloads (flag byte, then raw bytes or a zstd frame).
+    seeds.push(inner);
+    seeds.push(b"\0raw payload".to_vec());
+
+    hammer("blob", &seeds, fuzzing::blob);
+}
+
+#[test]
+fn chunklist() {
+    let refs = vec![
+        ChunkRef {
+            id: BlobId([9; 32]),
+            len: 1 << 20,
+        },
+        ChunkRef::zeros(1 << 40),
+        ChunkRef {
+            id: BlobId([3; 32]),
+            len: 1,
+        },
+    ];
+    let seed = chunklist::encode(&refs);
+    assert_eq!(chunklist::decode(&seed).unwrap(), refs);
+    hammer("chunklist", &[seed, Vec::new()], fuzzing::chunklist);
+}
+
+fn node(name: &[u8], kind: NodeKind) -> Node {
+    let mut n = Node {
+        name: ByteBuf::from(name.to_vec()),
+        kind: Some(kind),
+        mode: 0o644,
+        uid: 1000,
+        gid: 1000,
+        mtime_ns: 1_700_000_000_123_456_789,
+        ctime_ns: -5,
+        links: 1,
+        ..Default::default()
+    };
+    match kind {
+        NodeKind::Dir => n.subtree = Some(BlobId([1; 32])),
+        NodeKind::Symlink => n.target = Some(ByteBuf::from(b"../x".to_vec())),
+        NodeKind::File => {
+            n.chunks = Some(ByteBuf::from(chunklist::encode(&[ChunkRef::zeros(10)])));
+            n.user = Some("alice".into());
+            n.xattrs = vec![Xattr {
+                name: ByteBuf::from(b"user.k".to_vec()),
+                value: ByteBuf::from(vec![0, 1, 2]),
+            }];
+        }
+        NodeKind::Blockdev => n.rdev = 0x0801,
+        _ => {}
+    }
+    n
+}
+
+#[test]
+fn tree() {
+    let mut t = Tree {
+        nodes: vec![
+            node(b"file", NodeKind::File),
+            node(b"dir", NodeKind::Dir),
+            node(b"link", NodeKind::Symlink),
+            node(b"sda", NodeKind::Blockdev),
+            node(b"\xff\xfe", NodeKind::Fifo),
+        ],
+    };
+    let mut big = node(b"big", NodeKind::File);
+    big.chunks = None;
+    big.lists = Some(vec![BlobId([4; 32]), BlobId([5; 32])]);
+    t.nodes.push(big);
+    let seed = t.encode();
+    assert_eq!(Tree::decode(&seed).unwrap(), t);
+    let empty = Tree::default().encode();
+    assert!(Tree::decode(&empty).unwrap().nodes.is_empty());
+    hammer("tree", &[seed, empty], fuzzing::tree);
+}
+
+#[test]
+fn snapshot() {
+    let k = keys();
+    let record = SnapshotRecord {
+        version: RECORD_VERSION,
+        time_ns: 1_700_000_000_000_000_000,
+        host: "host".into(),
+        user: "user".into(),
+        source: SourceKind::Tree,
+        paths: vec!["/etc".into(), "/home".into()],
+        tags: vec!["daily".into()],
+        tree: BlobId([2; 32]),
+        stats: SnapshotStats {
+            files: 10,
+            bytes: 12345,
+            ..Default::default()
+        },
+    };
+    let (_, seed) = snapshot::encode(
+        &k,
+        vec![PackId([3; 32]), PackId([1; 32])],
+        &record,
+        &mut OsRng,
+    );
+    let (_, bare) = snapshot::encode(&k, Vec::new(), &record, &mut OsRng);
+    for s in [&seed, &bare] {
+        let f = snapshot::decode(s).unwrap();
+        assert_eq!(snapshot::open_record(&k, &f).unwrap(), record);
+    }
+    // The record plaintext (CBOR): the target also seals its input as a record.
+    let f = snapshot::decode(&seed).unwrap();
+    let cbor = k.open(Kind::Snapshot, &f.plain_hash, f.sealed).unwrap();
+    hammer("snapshot", &[seed, bare, cbor], fuzzing::snapshot);
+}
+
+#[test]
+fn keyfile() {
+    let master = MasterKey::from_bytes([9; 32]);
+    let kf = KeyFile::create(
+        &master,
+        b"passphrase",
+        KdfParams::FLOOR,
+        RepoId([1; 32]),
+        1_700_000_000,
+        "host".into(),
+        &mut OsRng,
+    )
+    .unwrap();
+    let seed = kf.encode();
+    let d = KeyFile::decode(&seed).unwrap();
+    assert_eq!(d, kf);
+    d.params.check().unwrap();
+    hammer("keyfile", &[seed], fuzzing::keyfile);
+}
+
+#[test]
+fn config() {
+    let k = keys();
+    let s = Settings::default();
+    let c = ConfigFile::create(&k, RepoId([4; 32]), &s, &mut OsRng);
+    let seed = c.encode();
+    assert_eq!(ConfigFile::decode(&seed).unwrap().open(&k).unwrap(), s);
+    // The settings plaintext (CBOR): the target also seals its input as settings.
+    let sealed = hex::decode(&c.settings).unwrap();
+    let cbor = k.open(Kind::Config, c.id.as_bytes(), &sealed).unwrap();
+    hammer("config", &[seed, cbor], fuzzing::config);
+}
+
+#[test]
+fn proto_frame() {
+    use coffer::id::{PackId, SnapshotId};
+    use coffer::proto::{ErrorCode, Request, Response};
+    let seeds = vec![
+        Request::Hello {
+            version: 1,
+            namespace: "vps-101".into(),
+        }
+        .encode(),
+        Request::PutPack {
+            id: PackId([1; 32]),
+            len: 123,
+        }
+        .encode(),
+        Request::ReadPack {
+            id: PackId([2; 32]),
+            offset: 8,
+            len: 99,
+        }
+        .encode(),
+        Request::Lock {
+            id: SnapshotId([3; 32]),
+            until: 1_900_000_000,
+            hold: true,
+        }
+        .encode(),
+        Request::ListPacks.encode(),
+        Response::Error {
+            code: ErrorCode::Denied,
+            message: "no".into(),
+        }
+        .encode(),
+        Response::Packs {
+            packs: vec![(PackId([4; 32]), 77)],
+        }
+        .encode(),
+    ];
+    for s in &seeds {
+        let (tag, p) = coffer::proto::split_frame(s).unwrap();
+        assert!(Request::decode(tag, p).is_ok() || Response::decode(tag, p).is_ok());
+    }
+    hammer("proto_frame", &seeds, fuzzing::proto_frame);
+}

@@ -1,0 +1,270 @@
+//! Retention, the lock window and garbage collection, by the store's clock.
+//! The real binary runs under Debian's `faketime` to move the clock.
+
+use std::fs;
+use std::process::{Command, Stdio};
+
+use crate::server::TestServer;
+use crate::util::*;
+
+/// Whether `faketime` is installed (CI installs it).
+fn faketime() -> bool {
+    Command::new("faketime").arg("--version").output().is_ok()
+}
+
+/// Runs the binary for `t` with the clock shifted by `offset` (e.g. "+31d").
+fn at(t: &TestRepo, offset: &str, args: &[&str]) -> Run {
+    let mut c = Command::new("faketime");
+    c.args(["-f", offset, bin()]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COFFER_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("COFFER_PASSWORD", PASSWORD)
+        .env("COFFER_CACHE_DIR", &t.cache)
+        .arg("--repo")
+        .arg(&t.repo)
+        .args(args);
+    Run {
+        out: c.stdin(Stdio::null()).output().unwrap(),
+    }
+}
+
+fn data(t: &TestRepo, name: &str, seed: u64) -> std::path::PathBuf {
+    let d = t.path(name);
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join("f"), random_bytes(seed, 600_000)).unwrap();
+    d
+}
+
+#[test]
+fn forget_is_refused_inside_the_lock_window() {
+    if !faketime() {
+        eprintln!("faketime not installed; skipped");
+        return;
+    }
+    let t = TestRepo::new();
+    let d = data(&t, "a", 1);
+    let snap = t.backup(&[d.to_str().unwrap()]);
+    let id = snap["id"].as_str().unwrap();
+    let s = &t.snapshots()[0];
+    for key in ["received", "locked_until", "expires"] {
+        assert!(s[key].is_string(), "{key} missing: {s}");
+    }
+    for day in ["+0d", "+1d", "+29d"] {
+        let r = at(&t, day, &["forget", &id[..8]]).fails();
+        let until = s["locked_until"].as_str().unwrap();
+        assert!(
+            r.stderr().contains(&id[..8]) && r.stderr().contains(until),
+            "{day}: {}",
+            r.stderr()
+        );
+    }
+    assert_eq!(t.snapshots().len(), 1);
+    at(&t, "+31d", &["forget", &id[..8]]).ok();
+    assert_eq!(t.snapshots().len(), 0);
+}
+
+#[test]
+fn prune_expires_snapshots_and_collects_exactly_the_unreferenced_packs() {
+    if !faketime() {
+        return;
+    }
+    let t = TestRepo::new();
+    let old = data(&t, "old", 1);
+    t.backup(&[old.to_str().unwrap()]);
+    let packs_old = t.packs();
+    let new = data(&t, "new", 2);
+    at(&t, "+20d", &["backup", new.to_str().unwrap()]).ok();
+    let packs_new: Vec<_> = t
+        .packs()
+        .into_iter()
+        .filter(|p| !packs_old.contains(p))
+        .collect();
+    // day 31: the first snapshot expired, the second not yet
+    let r = at(&t, "+31d", &["--json", "prune"]).ok().json();
+    assert_eq!(
+        r[0]["report"]["snapshots_removed"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "{r}"
+    );
+    let snaps = t.snapshots();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0]["paths"][0], new.to_str().unwrap());
+    // exactly the packs only the expired snapshot referenced are gone
+    assert_eq!(t.packs(), packs_new);
+    at(&t, "+31d", &["check", "--read-data"]).ok();
+    let out = t.path("out");
+    t.run(&["restore", "latest", "--target", out.to_str().unwrap()])
+        .ok();
+    assert!(fs::read(restored(&out, &new).join("f")).unwrap() == fs::read(new.join("f")).unwrap());
+}
+
+#[test]
+fn young_unreferenced_packs_survive_and_get_reused() {
+    if !faketime() {
+        return;
+    }
+    let t = TestRepo::new();
+    let d = t.path("big");
+    fs::create_dir_all(&d).unwrap();
+    for i in 0..6 {
+        fs::write(d.join(format!("f{i}")), random_bytes(i, 4 << 20)).unwrap();
+    }
+    // a backup killed on day 31 leaves packs no snapshot references yet
+    let mut c = Command::new("faketime");
+    c.args(["-f", "+31d", bin(), "--repo"])
+        .arg(&t.repo)
+        .args(["backup", d.to_str().unwrap()])
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("COFFER_PASSWORD", PASSWORD)
+        .env("COFFER_CACHE_DIR", &t.cache);
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let _ = child.kill();
+    let _ = child.wait();
+    let before = t.packs();
+    // a collection meanwhile keeps them (inside the grace period)
+    at(&t, "+31d", &["prune"]).ok();
+    assert_eq!(t.packs(), before);
+    let done = at(&t, "+31d", &["--json", "backup", d.to_str().unwrap()])
+        .ok()
+        .json();
+    assert!(done["new_bytes"].as_u64().unwrap() < 24 << 20 || before.is_empty());
+    at(&t, "+31d", &["check", "--read-data"]).ok();
+    // long after, with the snapshot alive, its packs are still kept
+    at(&t, "+40d", &["prune"]).ok();
+    at(&t, "+40d", &["check", "--read-data"]).ok();
+}
+
+#[test]
+fn a_clock_gone_backwards_stops_all_deletion() {
+    if !faketime() {
+        return;
+    }
+    let t = TestRepo::new();
+    let d = data(&t, "a", 1);
+    t.backup(&[d.to_str().unwrap()]);
+    at(&t, "+10d", &["prune"]).ok();
+    // now the clock is back at day 0: no deletion, and it says so
+    let r = t.run(&["prune"]).fails();
+    assert!(
+        r.stderr()
+            .contains("behind a time this store has already seen"),
+        "{}",
+        r.stderr()
+    );
+    // even at day 35 by a clock that once showed day 60
+    at(&t, "+60d", &["backup", d.to_str().unwrap()]).ok();
+    let before = t.snapshots().len();
+    let r = at(&t, "+35d", &["forget", "latest"]).fails();
+    assert!(r.stderr().contains("behind"), "{}", r.stderr());
+    at(&t, "+35d", &["prune"]).fails();
+    assert_eq!(t.snapshots().len(), before);
+}
+
+#[test]
+fn the_servers_clock_decides_and_quotas_hold() {
+    if !faketime() {
+        return;
+    }
+    let srv = TestServer::start_with(1, "[[client]] quota_bytes = 3000000");
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let mut c = srv.client(0, &cache);
+    c.args([
+        "init",
+        "--kdf-memory-kib",
+        "19456",
+        "--kdf-iterations",
+        "2",
+        "--pack-size",
+        "1048576",
+    ]);
+    assert!(c.output().unwrap().status.success());
+    // a client whose clock is 1000 days behind: the stamps follow the server's clock
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), random_bytes(3, 1_000_000)).unwrap();
+    let mut c = Command::new("faketime");
+    c.args(["-f", "-1000d", bin(), "backup", src.to_str().unwrap()]);
+    for (k, v) in srv.client(0, &cache).get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    let out = c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snaps: serde_json::Value = serde_json::from_slice(
+        &srv.client(0, &cache)
+            .args(["--json", "snapshots"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let received = snaps[0]["received"].as_str().unwrap();
+    let client_time = snaps[0]["time"].as_str().unwrap();
+    assert!(
+        received.starts_with("2026") || received > "2026",
+        "received {received}"
+    );
+    assert!(client_time < "2025", "client time {client_time}");
+    // forget through the server: refused inside the lock window
+    let r = srv
+        .client(0, &cache)
+        .args(["forget", "latest"])
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("locked until"));
+    // over quota: a clear error, nothing stored is lost
+    fs::write(src.join("g"), random_bytes(4, 3_000_000)).unwrap();
+    let r = srv
+        .client(0, &cache)
+        .args(["backup", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("quota"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let r = srv
+        .client(0, &cache)
+        .args(["check", "--read-data"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // the operator's prune, under a clock 31 days ahead, sweeps the expired snapshot
+    let out = Command::new("faketime")
+        .args(["-f", "+31d", bin(), "--json", "prune", "--config"])
+        .arg(srv.dir.path().join("server.toml"))
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v[0]["report"]["snapshots_removed"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "{v}"
+    );
+}
