@@ -113,6 +113,10 @@ struct ContentBuilder {
 }
 
 const READ_BYTES: usize = 1 << 20;
+/// Files opened and read ahead while the current one is processed.
+const PREFETCH_FILES: usize = 16;
+/// Bytes of each such file read ahead.
+const PREFETCH_BYTES: u64 = 2 << 20;
 
 /// Backs up `source` into `repo` and commits a snapshot.
 pub fn backup(
@@ -153,6 +157,7 @@ pub fn backup(
             .map(|(p, e)| format!("pack {p} has an unreadable header, not reused: {e}"))
             .collect(),
         start_ns: opts.time_ns,
+        prefetched: HashMap::new(),
     };
     let (kind, paths, tree) = match source {
         BackupSource::Paths(paths) => {
@@ -294,6 +299,7 @@ struct Walker {
     buf: Vec<u8>,
     warnings: Vec<String>,
     start_ns: i64,
+    prefetched: HashMap<PathBuf, File>,
 }
 
 fn is_zero(data: &[u8]) -> bool {
@@ -498,7 +504,10 @@ impl Walker {
             self.stats.bytes += m.len();
             c
         } else {
-            let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+            let mut f = match self.prefetched.remove(path) {
+                Some(f) => f,
+                None => File::open(path).map_err(|e| Error::io(path, e))?,
+            };
             self.file_seq += 1;
             let seq = self.file_seq;
             let (c, n) = if source::is_image_like(path, m) {
@@ -580,24 +589,72 @@ impl Walker {
             }
         }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let mut tree = Tree::default();
+        let mut entries = Vec::with_capacity(names.len());
         for name in names {
             let path = dir.join(&name);
             if self.excludes.excluded(&path, &name) {
                 continue;
             }
-            let m = match fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.warnings.push(format!("{}: {e}", path.display()));
-                    continue;
-                }
-            };
-            if let Some(n) = self.entry(&path, name.as_bytes(), &m)? {
-                tree.nodes.push(n);
+            match fs::symlink_metadata(&path) {
+                Ok(m) => entries.push((name, path, m)),
+                Err(e) => self.warnings.push(format!("{}: {e}", path.display())),
             }
         }
+        let mut tree = Tree::default();
+        let mut next = 0;
+        for i in 0..entries.len() {
+            // Ask the kernel for the next files' first bytes now, so cold
+            // reads overlap instead of waiting one after another.
+            while next < entries.len() && next <= i + PREFETCH_FILES {
+                let (_, path, m) = &entries[next];
+                self.prefetch(path, m)?;
+                next += 1;
+            }
+            let (name, path, m) = &entries[i];
+            if let Some(n) = self.entry(path, name.as_bytes(), m)? {
+                tree.nodes.push(n);
+            }
+            self.prefetched.remove(path);
+        }
         self.store_tree(&mut tree)
+    }
+
+    /// Opens a file that will be read soon and advises the kernel to read
+    /// its start ahead; skipped for files the files cache will reuse.
+    fn prefetch(&mut self, path: &Path, m: &Metadata) -> Result<()> {
+        if !m.is_file() || m.len() == 0 || self.prefetched.contains_key(path) {
+            return Ok(());
+        }
+        if self.cache_would_reuse(path, m)? {
+            return Ok(());
+        }
+        if let Ok(f) = File::open(path) {
+            use std::os::fd::AsRawFd;
+            let len = m.len().min(PREFETCH_BYTES) as i64;
+            let _ = nix::fcntl::posix_fadvise(
+                f.as_raw_fd(),
+                0,
+                len,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+            );
+            self.prefetched.insert(path.to_path_buf(), f);
+        }
+        Ok(())
+    }
+
+    fn cache_would_reuse(&self, path: &Path, m: &Metadata) -> Result<bool> {
+        if !self.use_files_cache {
+            return Ok(false);
+        }
+        Ok(match self.cache.file(path.as_os_str().as_bytes())? {
+            Some(rec) => {
+                rec.size == m.len()
+                    && rec.mtime_ns == m.mtime() * 1_000_000_000 + m.mtime_nsec()
+                    && rec.ctime_ns == m.ctime() * 1_000_000_000 + m.ctime_nsec()
+                    && rec.inode == m.ino()
+            }
+            None => false,
+        })
     }
 
     fn backup_paths(&mut self, paths: &[PathBuf]) -> Result<BlobId> {
