@@ -72,8 +72,8 @@ impl Uploader {
             .map(|n| n.get())
             .unwrap_or(2)
             .clamp(1, 8);
-        let (job_tx, job_rx) = bounded::<Job>(workers * 2);
-        let (seal_tx, seal_rx) = bounded::<Sealed>(workers * 2);
+        let (job_tx, job_rx) = bounded::<Job>(workers);
+        let (seal_tx, seal_rx) = bounded::<Sealed>(workers);
         let (done_tx, done_rx) = bounded::<PackDone>(1024);
         let error: ErrorSlot = Arc::new(Mutex::new(None));
         let mut threads = Vec::new();
