@@ -42,7 +42,8 @@ pub struct FileRecord {
     pub dev: u64,
     /// The node's content, CBOR (inline chunks or list ids).
     pub content: Vec<u8>,
-    /// The packs the content lives in, concatenated ids.
+    /// The packs the content lives in: 40-byte entries, the pack's id and
+    /// the bytes of this file's blobs in it (u64 LE).
     pub packs: Vec<u8>,
 }
 
@@ -53,8 +54,12 @@ pub struct Cache {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS blobs (
-    id BLOB PRIMARY KEY, pack BLOB NOT NULL, offset INTEGER NOT NULL,
-    sealed_len INTEGER NOT NULL, plain_len INTEGER NOT NULL, kind INTEGER NOT NULL
+    id BLOB NOT NULL, pack BLOB NOT NULL, offset INTEGER NOT NULL,
+    sealed_len INTEGER NOT NULL, plain_len INTEGER NOT NULL, kind INTEGER NOT NULL,
+    seq INTEGER NOT NULL, PRIMARY KEY (id, pack)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pack_live (
+    pack BLOB PRIMARY KEY, live INTEGER NOT NULL, size INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack);
 CREATE TABLE IF NOT EXISTS packs (id BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
@@ -63,6 +68,14 @@ CREATE TABLE IF NOT EXISTS files (
     inode INTEGER NOT NULL, dev INTEGER NOT NULL, content BLOB NOT NULL, packs BLOB NOT NULL
 ) WITHOUT ROWID;
 ";
+
+/// Layout version of the cache database.
+const CACHE_VERSION: i64 = 2;
+
+/// A pack holding less than this share of live data (as the last backup
+/// found it) is not deduplicated against: its live chunks are written anew,
+/// so the pack falls out of new snapshots and expires with the old ones.
+pub const REWRITE_BELOW_LIVE: f64 = 0.5;
 
 impl Cache {
     /// Opens (or creates) the cache database at `path`.
@@ -76,11 +89,20 @@ impl Cache {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "temp_store", "FILE")?;
+        // The cache is rebuildable: an older layout is dropped, not migrated.
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != CACHE_VERSION {
+            conn.execute_batch(
+                "DROP TABLE IF EXISTS blobs; DROP TABLE IF EXISTS packs; DROP TABLE IF EXISTS files;
+                 DROP TABLE IF EXISTS pack_live;",
+            )?;
+            conn.pragma_update(None, "user_version", CACHE_VERSION)?;
+        }
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS run_refs (file INTEGER NOT NULL, blob BLOB NOT NULL);
              CREATE INDEX IF NOT EXISTS temp.run_refs_file ON run_refs(file);
-             CREATE TEMP TABLE IF NOT EXISTS run_packs (pack BLOB PRIMARY KEY) WITHOUT ROWID;
+             CREATE TEMP TABLE IF NOT EXISTS run_packs (pack BLOB NOT NULL, bytes INTEGER NOT NULL);
              CREATE TEMP TABLE IF NOT EXISTS run_files (
                  seq INTEGER PRIMARY KEY, path BLOB NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
                  ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, dev INTEGER NOT NULL, content BLOB NOT NULL);",
@@ -91,7 +113,8 @@ impl Cache {
     /// Looks a blob up.
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT pack, offset, sealed_len, plain_len, kind FROM blobs WHERE id = ?1",
+            "SELECT pack, offset, sealed_len, plain_len, kind FROM blobs WHERE id = ?1
+             ORDER BY seq DESC LIMIT 1",
         )?;
         let row = st
             .query_row([id.as_bytes()], |r| {
@@ -118,6 +141,37 @@ impl Cache {
         })
     }
 
+    /// Every pack known to hold a blob, newest first.
+    pub fn locations(&self, id: &BlobId) -> Result<Vec<PackId>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT pack FROM blobs WHERE id = ?1 ORDER BY seq DESC")?;
+        let rows = st.query_map([id.as_bytes()], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Some(p) = PackId::from_slice(&r?) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Packs the last backup found holding less than `threshold` live data
+    /// (see [`REWRITE_BELOW_LIVE`]).
+    pub fn sparse_packs(&self, threshold: f64) -> Result<std::collections::HashSet<PackId>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT pack FROM pack_live WHERE CAST(live AS REAL) < ?1 * size")?;
+        let rows = st.query_map([threshold], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = std::collections::HashSet::new();
+        for r in rows {
+            if let Some(p) = PackId::from_slice(&r?) {
+                out.insert(p);
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether a blob is known.
     pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
         let mut st = self
@@ -138,8 +192,12 @@ impl Cache {
     pub fn add_pack(&mut self, id: &PackId, size: u64, entries: &[PackEntry]) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
+            let seq: i64 = tx.query_row("SELECT IFNULL(MAX(seq), 0) + 1 FROM blobs", [], |r| {
+                r.get(0)
+            })?;
             let mut st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO blobs (id, pack, offset, sealed_len, plain_len, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO blobs (id, pack, offset, sealed_len, plain_len, kind, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for e in entries {
                 st.execute(params![
@@ -148,7 +206,8 @@ impl Cache {
                     e.offset as i64,
                     e.sealed_len as i64,
                     e.plain_len as i64,
-                    e.kind as u8 as i64
+                    e.kind as u8 as i64,
+                    seq
                 ])?;
             }
             tx.execute(
@@ -228,12 +287,31 @@ impl Cache {
         Ok(())
     }
 
-    /// Notes that the running backup references a whole pack.
-    pub fn run_pack(&self, pack: &PackId) -> Result<()> {
+    /// Notes that the running backup references `bytes` of a pack (a file
+    /// reused from the files cache).
+    pub fn run_pack(&self, pack: &PackId, bytes: u64) -> Result<()> {
         let mut st = self
             .conn
-            .prepare_cached("INSERT OR IGNORE INTO run_packs (pack) VALUES (?1)")?;
-        st.execute([pack.as_bytes()])?;
+            .prepare_cached("INSERT INTO run_packs (pack, bytes) VALUES (?1, ?2)")?;
+        st.execute(params![pack.as_bytes(), bytes as i64])?;
+        Ok(())
+    }
+
+    /// After a committed backup: how much of each pack it used, so the next
+    /// backup can stop deduplicating against packs that are mostly dead.
+    pub fn run_note_liveness(&mut self) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute_batch(
+            "DELETE FROM pack_live;
+             INSERT INTO pack_live (pack, live, size)
+             SELECT u.pack, SUM(u.bytes), IFNULL((SELECT size FROM packs WHERE id = u.pack), 0) FROM (
+                 SELECT (SELECT b.pack FROM blobs b WHERE b.id = r.blob ORDER BY b.seq DESC LIMIT 1) AS pack,
+                        (SELECT b.sealed_len FROM blobs b WHERE b.id = r.blob ORDER BY b.seq DESC LIMIT 1) AS bytes
+                 FROM (SELECT DISTINCT blob FROM run_refs) r
+                 UNION ALL SELECT pack, bytes FROM run_packs
+             ) u WHERE u.pack IS NOT NULL GROUP BY u.pack;",
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -259,7 +337,8 @@ impl Cache {
             |r| r.get(0),
         )?;
         let mut st = self.conn.prepare(
-            "SELECT DISTINCT b.pack FROM run_refs r JOIN blobs b ON b.id = r.blob
+            "SELECT DISTINCT (SELECT b.pack FROM blobs b WHERE b.id = r.blob ORDER BY b.seq DESC LIMIT 1) AS p
+             FROM (SELECT DISTINCT blob FROM run_refs) r WHERE p IS NOT NULL
              UNION SELECT pack FROM run_packs",
         )?;
         let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
@@ -309,7 +388,11 @@ impl Cache {
                 "SELECT seq, path, size, mtime_ns, ctime_ns, inode, dev, content FROM run_files",
             )?;
             let mut packs = tx.prepare_cached(
-                "SELECT DISTINCT b.pack FROM run_refs r JOIN blobs b ON b.id = r.blob WHERE r.file = ?1 ORDER BY b.pack",
+                "SELECT u.pack, SUM(u.bytes) FROM (
+                     SELECT (SELECT b.pack FROM blobs b WHERE b.id = r.blob ORDER BY b.seq DESC LIMIT 1) AS pack,
+                            (SELECT b.sealed_len FROM blobs b WHERE b.id = r.blob ORDER BY b.seq DESC LIMIT 1) AS bytes
+                     FROM (SELECT DISTINCT blob FROM run_refs WHERE file = ?1) r
+                 ) u WHERE u.pack IS NOT NULL GROUP BY u.pack ORDER BY u.pack",
             )?;
             let mut put = tx.prepare_cached(
                 "INSERT OR REPLACE INTO files (path, size, mtime_ns, ctime_ns, inode, dev, content, packs)
@@ -322,6 +405,7 @@ impl Cache {
                 let mut pr = packs.query([seq])?;
                 while let Some(p) = pr.next()? {
                     ids.extend_from_slice(&p.get::<_, Vec<u8>>(0)?);
+                    ids.extend_from_slice(&(p.get::<_, i64>(1)? as u64).to_le_bytes());
                 }
                 put.execute(params![
                     r.get::<_, Vec<u8>>(1)?,

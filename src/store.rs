@@ -75,6 +75,9 @@ pub trait Store: Send + Sync {
     fn lock(&self, id: &SnapshotId, until: i64, hold: bool) -> Result<Stamp>;
 }
 
+/// The furthest a lock may be extended ahead of now: ten years.
+pub const MAX_LOCK_SECS: i64 = 3650 * retention::DAY_SECS;
+
 /// The store's clock: seconds since the epoch. Injectable for tests.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -695,6 +698,15 @@ impl Store for LocalStore {
     }
 
     fn lock(&self, id: &SnapshotId, until: i64, hold: bool) -> Result<Stamp> {
+        // A lock is a promise of storage: bounded, so a client cannot pin
+        // space for ever (a legal hold is the explicit way to do that).
+        let max = (self.clock)().saturating_add(MAX_LOCK_SECS);
+        if until > max {
+            return Err(Error::Denied(format!(
+                "a lock may reach at most {} days ahead; use a legal hold to keep a snapshot longer",
+                MAX_LOCK_SECS / retention::DAY_SECS
+            )));
+        }
         let mut st = self.stamp(id)?;
         st.extend(until, hold);
         self.write_stamp(id, &st, true)?;

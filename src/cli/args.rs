@@ -107,6 +107,9 @@ pub enum Command {
         /// A server config: prune its data directory.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// With --config: run even as root (files it creates would be root's).
+        #[arg(long)]
+        allow_root: bool,
     },
     /// Manage TLS identities (key and self-signed certificate).
     #[command(subcommand)]

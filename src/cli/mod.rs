@@ -236,7 +236,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Identity(i) => cmd_identity(&cli, i),
         Command::Forget { snaps } => cmd_forget(&cli, snaps),
         Command::Lock { snap, days, hold } => cmd_lock(&cli, snap, *days, *hold),
-        Command::Prune { config } => cmd_prune(&cli, config.as_deref()),
+        Command::Prune { config, allow_root } => cmd_prune(&cli, config.as_deref(), *allow_root),
         Command::Serve { config, allow_root } => cmd_serve(config, *allow_root),
     }
 }
@@ -328,6 +328,7 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
         compression: a.compression,
         files_cache: !a.no_files_cache,
         before_commit: None,
+        rewrite_below: coffer::cache::REWRITE_BELOW_LIVE,
     };
     let modes = [
         !a.paths.is_empty(),
@@ -873,7 +874,10 @@ fn cmd_lock(cli: &Cli, snap: &str, days: Option<u32>, hold: bool) -> Result<()> 
     Ok(())
 }
 
-fn cmd_prune(cli: &Cli, config: Option<&Path>) -> Result<()> {
+fn cmd_prune(cli: &Cli, config: Option<&Path>, allow_root: bool) -> Result<()> {
+    if config.is_some() && nix::unistd::geteuid().is_root() && !allow_root {
+        bail!("refusing to prune a server's data as root: run as the server's user (or pass --allow-root)");
+    }
     let reports = match config {
         Some(c) => coffer::net::server::prune_config(&coffer::net::config::ServerConfig::load(c)?)?,
         None => {

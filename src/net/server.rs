@@ -317,10 +317,13 @@ impl From<Error> for Reply {
             ErrorKind::Corrupt => ErrorCode::Invalid,
             _ => ErrorCode::Internal,
         };
-        // Never leak server paths: name the object, not where it lives.
+        // Never leak server paths: say what happened, not where.
         let message = match &e {
-            Error::Io { source, .. } => format!("storage error: {source}"),
-            Error::NotFound(_) => "not found".to_string(),
+            Error::Io { source, .. } => format!("storage error: {}", source.kind()),
+            Error::NotFound(_) => "the requested object".to_string(),
+            Error::Conflict(_) => {
+                "an object of that name exists already; nothing was replaced".to_string()
+            }
             other => other.to_string(),
         };
         Reply::err(code, message)

@@ -68,6 +68,9 @@ pub struct BackupOptions {
     pub files_cache: bool,
     /// Run before the commit.
     pub before_commit: Option<BeforeCommit>,
+    /// Write chunks anew rather than reuse them from a pack whose live share
+    /// (as the last backup found it) is below this; 0 never rewrites.
+    pub rewrite_below: f64,
 }
 
 impl Default for BackupOptions {
@@ -82,6 +85,7 @@ impl Default for BackupOptions {
             compression: None,
             files_cache: true,
             before_commit: None,
+            rewrite_below: crate::cache::REWRITE_BELOW_LIVE,
         }
     }
 }
@@ -129,12 +133,13 @@ pub fn backup(
     cache.run_reset()?;
     let settings = repo.settings().clone();
     let level = opts.compression.unwrap_or(settings.compression);
-    let up = Uploader::start(
+    let mut up = Uploader::start(
         repo.store().clone(),
         repo.keys().clone(),
         level,
         settings.pack_size as u64,
     );
+    up.sparse = cache.sparse_packs(opts.rewrite_below)?;
     let mut w = Walker {
         keys: repo.keys().clone(),
         cache,
@@ -224,6 +229,7 @@ pub fn backup(
     let (id, bytes) = snapshot::encode(repo.keys(), packs, &record, &mut OsRng);
     repo.store().write_snapshot(&bytes)?;
     cache.run_commit_files()?;
+    cache.run_note_liveness()?;
     cache.run_reset()?;
     Ok(BackupOutcome {
         id,
@@ -468,24 +474,29 @@ impl Walker {
             && rec.ctime_ns == m.ctime() * 1_000_000_000 + m.ctime_nsec()
             && rec.inode == m.ino()
             && rec.dev == m.dev();
-        if !same || rec.packs.len() % 32 != 0 {
+        if !same || rec.packs.len() % 40 != 0 {
             return Ok(None);
         }
-        let packs: Vec<PackId> = rec
+        let packs: Vec<(PackId, u64)> = rec
             .packs
-            .chunks(32)
-            .filter_map(PackId::from_slice)
+            .chunks(40)
+            .filter_map(|e| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&e[32..]);
+                PackId::from_slice(&e[..32]).map(|p| (p, u64::from_le_bytes(b)))
+            })
             .collect();
-        for p in &packs {
-            if !self.cache.has_pack(p)? {
+        for (p, _) in &packs {
+            // A mostly dead pack: read the file again so its chunks move out.
+            if !self.cache.has_pack(p)? || self.up.sparse.contains(p) {
                 return Ok(None);
             }
         }
         let Ok(content) = cbor_decode::<Content>("files cache", &rec.content) else {
             return Ok(None);
         };
-        for p in &packs {
-            self.cache.run_pack(p)?;
+        for (p, bytes) in &packs {
+            self.cache.run_pack(p, *bytes)?;
         }
         Ok(Some(content))
     }

@@ -85,6 +85,13 @@ struct TreeCheck<'a> {
 
 impl TreeCheck<'_> {
     fn located(&mut self, id: &BlobId, what: &str, path: &str) -> bool {
+        // A blob written anew (out of a mostly dead pack) has several
+        // homes; the snapshot needs one of them among the packs it lists.
+        if let Ok(locs) = self.cache.locations(id) {
+            if locs.iter().any(|p| self.packs.contains(p)) {
+                return true;
+            }
+        }
         match self.cache.lookup(id) {
             Ok(Some(loc)) if self.packs.contains(&loc.pack) => true,
             Ok(Some(loc)) => {

@@ -64,6 +64,8 @@ pub(crate) struct Uploader {
     threads: Vec<JoinHandle<()>>,
     error: ErrorSlot,
     pub stats: UploadStats,
+    /// Packs not to deduplicate against (mostly dead).
+    pub sparse: HashSet<PackId>,
 }
 
 impl Uploader {
@@ -98,6 +100,7 @@ impl Uploader {
             threads,
             error,
             stats: UploadStats::default(),
+            sparse: HashSet::new(),
         }
     }
 
@@ -129,7 +132,18 @@ impl Uploader {
     /// Returns whether it was new.
     pub fn add(&mut self, cache: &mut Cache, kind: Kind, id: BlobId, data: &[u8]) -> Result<bool> {
         self.drain(cache, false)?;
-        if self.pending.contains(&id) || cache.has_blob(&id)? {
+        if self.pending.contains(&id) {
+            return Ok(false);
+        }
+        if self.sparse.is_empty() {
+            if cache.has_blob(&id)? {
+                return Ok(false);
+            }
+        } else if cache
+            .locations(&id)?
+            .iter()
+            .any(|p| !self.sparse.contains(p))
+        {
             return Ok(false);
         }
         self.pending.insert(id);

@@ -383,3 +383,52 @@ fn backup_creates_a_missing_repository() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("snapshot "));
     assert!(repo.join("config").is_file());
 }
+
+#[test]
+fn chunks_move_out_of_mostly_dead_packs_and_old_snapshots_still_restore() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let write = |seed: u64, i: usize| {
+        fs::write(src.join(format!("f{i:02}")), random_bytes(seed, 120_000)).unwrap()
+    };
+    for i in 0..40 {
+        write(i as u64, i);
+    }
+    for p in walk_tree(&src) {
+        age(&p);
+    }
+    let first = t.backup(&[src.to_str().unwrap()]);
+    // replace three files in four: every pack of the first snapshot becomes mostly dead
+    for i in (0..40).filter(|i| i % 4 != 0) {
+        write(1000 + i as u64, i);
+    }
+    t.backup(&[src.to_str().unwrap()]);
+    // the next backup writes the survivors anew instead of keeping those packs alive
+    let third = t.backup(&[src.to_str().unwrap()]);
+    assert!(
+        third["new_bytes"].as_u64().unwrap() >= 5 * 120_000,
+        "live chunks of sparse packs were not written anew: {third}"
+    );
+    t.run(&["check", "--read-data"]).ok();
+    for s in t.snapshots() {
+        let out = t.path(&format!("out-{}", s["short_id"].as_str().unwrap()));
+        t.run(&[
+            "restore",
+            s["id"].as_str().unwrap(),
+            "--target",
+            out.to_str().unwrap(),
+        ])
+        .ok();
+        assert_eq!(fs::read_dir(restored(&out, &src)).unwrap().count(), 40);
+    }
+    let out = t.path("out-first");
+    t.run(&[
+        "restore",
+        first["id"].as_str().unwrap(),
+        "--target",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    assert!(fs::read(restored(&out, &src).join("f00")).unwrap() == random_bytes(0, 120_000));
+}

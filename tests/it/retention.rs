@@ -248,7 +248,15 @@ fn the_servers_clock_decides_and_quotas_hold() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     // the operator's prune, under a clock 31 days ahead, sweeps the expired snapshot
     let out = Command::new("faketime")
-        .args(["-f", "+31d", bin(), "--json", "prune", "--config"])
+        .args([
+            "-f",
+            "+31d",
+            bin(),
+            "--json",
+            "prune",
+            "--allow-root",
+            "--config",
+        ])
         .arg(srv.dir.path().join("server.toml"))
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .output()
