@@ -45,9 +45,11 @@ pub mod id;
 pub mod limits;
 #[cfg(feature = "net")]
 pub mod net;
+pub mod parity;
 pub mod proto;
 pub mod repo;
 pub mod retention;
+pub mod scrub;
 pub mod source;
 pub mod store;
 

@@ -188,6 +188,12 @@ impl LocalStore {
         self
     }
 
+    /// Drops a cached handle of a pack that was replaced or removed.
+    pub(crate) fn forget_handle(&self, id: &PackId) {
+        // unwrap: the lock is never held across a panic
+        self.handles.lock().unwrap().remove(id);
+    }
+
     /// Uses this clock instead of the system's.
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
@@ -234,8 +240,17 @@ impl LocalStore {
         fs::rename(&tmp, self.root.join("clock")).at(self.root.join("clock"))
     }
 
-    fn lock_file(&self, exclusive: bool) -> Result<nix::fcntl::Flock<File>> {
-        let p = self.root.join("lock");
+    pub(crate) fn lock_file(&self, exclusive: bool) -> Result<nix::fcntl::Flock<File>> {
+        self.lock_named("lock", exclusive)
+    }
+
+    /// An flock on `REPO/<name>`, shared or exclusive.
+    pub(crate) fn lock_named(
+        &self,
+        name: &str,
+        exclusive: bool,
+    ) -> Result<nix::fcntl::Flock<File>> {
+        let p = self.root.join(name);
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -335,6 +350,13 @@ impl LocalStore {
             rep.bytes_freed += sizes.get(id).copied().unwrap_or(0);
         }
         rep.packs_kept = (ages.len() - doomed.len()) as u64;
+        drop(_guard);
+        // Parity must forget collected packs, or a scrub would bring them back.
+        crate::scrub::forget_packs(
+            self,
+            &doomed.iter().copied().collect(),
+            crate::scrub::ParityConfig::default(),
+        )?;
         Ok(rep)
     }
 
@@ -343,7 +365,7 @@ impl LocalStore {
         &self.root
     }
 
-    fn pack_path(&self, id: &PackId) -> PathBuf {
+    pub(crate) fn pack_path(&self, id: &PackId) -> PathBuf {
         let hex = id.to_hex();
         self.root.join("packs").join(&hex[..2]).join(hex)
     }
@@ -418,7 +440,7 @@ pub fn write_once(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     }
 }
 
-fn tmp_name(tmp_dir: &Path) -> PathBuf {
+pub(crate) fn tmp_name(tmp_dir: &Path) -> PathBuf {
     let mut r = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut r);
     tmp_dir.join(format!("{}.tmp", hex::encode(r)))

@@ -111,6 +111,20 @@ pub enum Command {
         #[arg(long)]
         allow_root: bool,
     },
+    /// Verify every block of every pack and parity file, repair damage from
+    /// parity (no key needed): `--repo PATH`, or `--config FILE` for every
+    /// namespace of a server.
+    Scrub {
+        /// A server config: scrub its data directory.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Read at most this many MB per second.
+        #[arg(long)]
+        rate_mb: Option<u64>,
+        /// With --config: run even as root.
+        #[arg(long)]
+        allow_root: bool,
+    },
     /// Manage TLS identities (key and self-signed certificate).
     #[command(subcommand)]
     Identity(IdentityCommand),

@@ -236,6 +236,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Identity(i) => cmd_identity(&cli, i),
         Command::Forget { snaps } => cmd_forget(&cli, snaps),
         Command::Lock { snap, days, hold } => cmd_lock(&cli, snap, *days, *hold),
+        Command::Scrub {
+            config,
+            rate_mb,
+            allow_root,
+        } => cmd_scrub(&cli, config.as_deref(), *rate_mb, *allow_root),
         Command::Prune { config, allow_root } => cmd_prune(&cli, config.as_deref(), *allow_root),
         Command::Serve { config, allow_root } => cmd_serve(config, *allow_root),
     }
@@ -393,6 +398,12 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
         let _ = c.wait();
     }
     let out = res?;
+    // A local repository computes parity for the new packs at once.
+    let parity_started = std::time::Instant::now();
+    if let Ok(local) = LocalStore::open(Path::new(repo_arg(cli)?)) {
+        coffer::scrub::protect(&local, coffer::scrub::ParityConfig::default())?;
+    }
+    let parity_secs = parity_started.elapsed().as_secs_f64();
     let s = &out.stats;
     let secs = started.elapsed().as_secs_f64();
     for w in &out.warnings {
@@ -406,7 +417,7 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
             "files_unchanged": s.files_unchanged,
             "bytes": s.bytes, "new_blobs": s.new_blobs, "new_bytes": s.new_bytes,
             "new_packs": s.new_packs, "new_pack_bytes": s.new_pack_bytes,
-            "seconds": secs, "warnings": out.warnings,
+            "seconds": secs, "parity_seconds": parity_secs, "warnings": out.warnings,
         }))?;
     } else if !cli.quiet {
         println!(
@@ -914,6 +925,84 @@ fn cmd_prune(cli: &Cli, config: Option<&Path>, allow_root: bool) -> Result<()> {
     }
     if refused {
         bail!("nothing was deleted where the clock could not be trusted");
+    }
+    Ok(())
+}
+
+fn cmd_scrub(
+    cli: &Cli,
+    config: Option<&Path>,
+    rate_mb: Option<u64>,
+    allow_root: bool,
+) -> Result<()> {
+    use coffer::scrub::{scrub, ParityConfig, ScrubOptions};
+    if config.is_some() && nix::unistd::geteuid().is_root() && !allow_root {
+        bail!("refusing to scrub a server's data as root: run as the server's user (or pass --allow-root)");
+    }
+    let opts = ScrubOptions {
+        rate: rate_mb.map(|r| r * 1_000_000),
+    };
+    let targets: Vec<(String, LocalStore)> = match config {
+        Some(c) => {
+            let cfg = coffer::net::config::ServerConfig::load(c)?;
+            let mut seen = std::collections::HashSet::new();
+            let mut v = Vec::new();
+            for cl in cfg.validated_clients()? {
+                if seen.insert(cl.namespace.clone()) {
+                    v.push((
+                        cl.namespace.clone(),
+                        coffer::net::server::namespace_store(&cfg.data, &cl.namespace, cl.policy)?,
+                    ));
+                }
+            }
+            v
+        }
+        None => {
+            let r = repo_arg(cli)?;
+            if r.starts_with("quic://") {
+                bail!("a server scrubs its own data; its operator can run `coffer scrub --config SERVER_CONFIG`");
+            }
+            vec![(r.to_string(), LocalStore::open(Path::new(r))?)]
+        }
+    };
+    let mut reports = Vec::new();
+    let mut unrepairable = 0;
+    for (name, store) in &targets {
+        let r = scrub(store, ParityConfig::default(), &opts)?;
+        unrepairable += r.unrepairable.len();
+        if !cli.json && !cli.quiet {
+            println!(
+                "{name}: checked {} packs and {} parity files ({} blocks, {}): {} damaged blocks, {} repaired in {} packs, {} unrepairable",
+                r.packs_checked,
+                r.parity_checked,
+                r.blocks_checked,
+                fmt_bytes(r.bytes_read),
+                r.damaged_blocks,
+                r.repaired_blocks,
+                r.repaired_packs.len(),
+                r.unrepairable.len()
+            );
+        }
+        for u in &r.unrepairable {
+            let snaps: Vec<String> = u.snapshots.iter().map(|s| s.short()).collect();
+            eprintln!(
+                "coffer: {name}: pack {} is damaged beyond repair ({}); snapshots affected: {}",
+                u.pack,
+                u.reason,
+                if snaps.is_empty() {
+                    "none".into()
+                } else {
+                    snaps.join(" ")
+                }
+            );
+        }
+        reports.push(json!({"repository": name, "report": r}));
+    }
+    if cli.json {
+        print_json(&serde_json::Value::Array(reports))?;
+    }
+    if unrepairable > 0 {
+        return Err(Damaged(format!("{unrepairable} packs could not be repaired")).into());
     }
     Ok(())
 }

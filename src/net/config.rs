@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// How often the retention sweep and collection run (60 minutes).
     #[serde(default = "sixty")]
     pub prune_interval_minutes: u32,
+    /// How often every pack is scrubbed (168 hours: weekly).
+    #[serde(default = "week")]
+    pub scrub_interval_hours: u32,
     /// Accepted clients.
     #[serde(default, rename = "client")]
     pub clients: Vec<ClientEntry>,
@@ -66,6 +69,9 @@ fn grace() -> u32 {
 }
 fn sixty() -> u32 {
     60
+}
+fn week() -> u32 {
+    168
 }
 
 fn default_listen() -> String {
@@ -110,6 +116,11 @@ impl ServerConfig {
             toml::from_str(text).map_err(|e| Error::Denied(e.to_string().trim().to_string()))?;
         c.listen_addr()?;
         c.validated_clients()?;
+        if c.scrub_interval_hours == 0 {
+            return Err(Error::Denied(
+                "scrub_interval_hours must be at least 1".into(),
+            ));
+        }
         if c.prune_interval_minutes == 0 {
             return Err(Error::Denied(
                 "prune_interval_minutes must be at least 1".into(),

@@ -76,6 +76,41 @@ impl State {
         }
     }
 
+    /// Scrubs every namespace and logs each finding.
+    fn scrub_all(&self) {
+        let mut seen = std::collections::HashSet::new();
+        for c in self.clients.values() {
+            if !seen.insert(c.namespace.clone()) {
+                continue;
+            }
+            let opts = crate::scrub::ScrubOptions {
+                rate: Some(100_000_000),
+            };
+            match self
+                .store(c)
+                .and_then(|s| crate::scrub::scrub(&s, crate::scrub::ParityConfig::default(), &opts))
+            {
+                Ok(r) => {
+                    eprintln!(
+                        "coffer serve: scrub {}: {} blocks checked, {} damaged, {} repaired, {} packs unrepairable",
+                        c.namespace,
+                        r.blocks_checked,
+                        r.damaged_blocks,
+                        r.repaired_blocks,
+                        r.unrepairable.len()
+                    );
+                    for u in r.unrepairable {
+                        eprintln!(
+                            "coffer serve: scrub {}: pack {} unrepairable ({}); snapshots: {:?}",
+                            c.namespace, u.pack, u.reason, u.snapshots
+                        );
+                    }
+                }
+                Err(e) => eprintln!("coffer serve: scrub {} failed: {e}", c.namespace),
+            }
+        }
+    }
+
     /// Runs the retention sweep and collection in every namespace.
     fn prune_all(&self) {
         let mut seen = std::collections::HashSet::new();
@@ -83,7 +118,11 @@ impl State {
             if !seen.insert(c.namespace.clone()) {
                 continue;
             }
-            let res = self.store(c).and_then(|s| s.prune());
+            let res = self.store(c).and_then(|s| {
+                s.prune().and_then(|r| {
+                    crate::scrub::protect(&s, crate::scrub::ParityConfig::default()).map(|_| r)
+                })
+            });
             // unwrap: the lock is never held across a panic
             self.usage.lock().unwrap().remove(&c.namespace);
             match res {
@@ -142,6 +181,18 @@ pub async fn serve(
         clients: clients.into_iter().map(|c| (c.fingerprint, c)).collect(),
         stores: Mutex::new(HashMap::new()),
         usage: Mutex::new(HashMap::new()),
+    });
+    // Scrub on the server's own schedule.
+    let scrub_every = std::time::Duration::from_secs(cfg.scrub_interval_hours as u64 * 3600);
+    let scrubber = state.clone();
+    tokio::spawn(async move {
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + scrub_every, scrub_every);
+        loop {
+            tick.tick().await;
+            let s = scrubber.clone();
+            let _ = tokio::task::spawn_blocking(move || s.scrub_all()).await;
+        }
     });
     // The retention sweep and collection, on the server's own schedule.
     let every = std::time::Duration::from_secs(cfg.prune_interval_minutes as u64 * 60);
@@ -516,7 +567,14 @@ async fn handle(
         Request::WriteSnapshot { len } => {
             *permit = Some(ctx.reserve(len).await);
             let body = read_body(recv, len, MAX_WIRE_SNAPSHOT_BYTES).await?;
+            let st2 = store.clone();
             let id = blocking(move || store.write_snapshot(&body)).await?;
+            // Parity for the packs this snapshot brought, at once but off the reply path.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = crate::scrub::protect(&st2, crate::scrub::ParityConfig::default()) {
+                    eprintln!("coffer serve: parity: {e}");
+                }
+            });
             one(Reply::of(Response::Committed { id }))
         }
         Request::ListSnapshots => {

@@ -7,6 +7,7 @@ mod crash;
 mod keys;
 mod restore;
 mod retention;
+mod scrub;
 mod server;
 mod tamper;
 mod util;

@@ -7,22 +7,42 @@ use std::process::{Command, Stdio};
 use crate::server::TestServer;
 use crate::util::*;
 
-/// Whether `faketime` is installed (CI installs it).
-fn faketime() -> bool {
-    Command::new("faketime").arg("--version").output().is_ok()
+/// libfaketime, preloaded straight into the binary (the `faketime` wrapper
+/// forks, so killing it would leave the real process running).
+fn libfaketime() -> Option<&'static str> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
 }
 
-/// Runs the binary for `t` with the clock shifted by `offset` (e.g. "+31d").
-fn at(t: &TestRepo, offset: &str, args: &[&str]) -> Run {
-    let mut c = Command::new("faketime");
-    c.args(["-f", offset, bin()]);
+/// Whether libfaketime is installed (CI installs it).
+fn faketime() -> bool {
+    libfaketime().is_some()
+}
+
+/// The binary with its clock shifted by `offset` (e.g. "+31d").
+pub fn faked(offset: &str) -> Command {
+    let mut c = Command::new(bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("COFFER_") {
             c.env_remove(k);
         }
     }
-    c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .env("COFFER_PASSWORD", PASSWORD)
+    // unwrap: callers check faketime() first
+    c.env("LD_PRELOAD", libfaketime().unwrap())
+        .env("FAKETIME", offset)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    c
+}
+
+/// Runs the binary for `t` with the clock shifted by `offset`.
+fn at(t: &TestRepo, offset: &str, args: &[&str]) -> Run {
+    let mut c = faked(offset);
+    c.env("COFFER_PASSWORD", PASSWORD)
         .env("COFFER_CACHE_DIR", &t.cache)
         .arg("--repo")
         .arg(&t.repo)
@@ -120,11 +140,10 @@ fn a_backup_running_during_collection_stays_restorable() {
         fs::write(d.join(format!("f{i}")), random_bytes(100 + i, 4 << 20)).unwrap();
     }
     // day 31: a backup runs while collections run again and again
-    let mut c = Command::new("faketime");
-    c.args(["-f", "+31d", bin(), "--repo"])
+    let mut c = faked("+31d");
+    c.arg("--repo")
         .arg(&t.repo)
         .args(["--json", "backup", d.to_str().unwrap()])
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .env("COFFER_PASSWORD", PASSWORD)
         .env("COFFER_CACHE_DIR", &t.cache)
         .stdout(Stdio::piped());
@@ -171,11 +190,10 @@ fn young_unreferenced_packs_survive_and_get_reused() {
     }
     // packs uploaded on day 31 that no snapshot references yet (a backup
     // killed before its commit, or one still running)
-    let mut c = Command::new("faketime");
-    c.args(["-f", "+31d", bin(), "--repo"])
+    let mut c = faked("+31d");
+    c.arg("--repo")
         .arg(&t.repo)
         .args(["backup", d.to_str().unwrap()])
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .env("COFFER_PASSWORD", PASSWORD)
         .env("COFFER_CACHE_DIR", &t.cache)
         .stdout(Stdio::null());
@@ -250,14 +268,14 @@ fn the_servers_clock_decides_and_quotas_hold() {
     let src = work.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), random_bytes(3, 1_000_000)).unwrap();
-    let mut c = Command::new("faketime");
-    c.args(["-f", "-1000d", bin(), "backup", src.to_str().unwrap()]);
+    let mut c = faked("-1000d");
+    c.args(["backup", src.to_str().unwrap()]);
     for (k, v) in srv.client(0, &cache).get_envs() {
         if let Some(v) = v {
             c.env(k, v);
         }
     }
-    let out = c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1").output().unwrap();
+    let out = c.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -306,18 +324,9 @@ fn the_servers_clock_decides_and_quotas_hold() {
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     // the operator's prune, under a clock 31 days ahead, sweeps the expired snapshot
-    let out = Command::new("faketime")
-        .args([
-            "-f",
-            "+31d",
-            bin(),
-            "--json",
-            "prune",
-            "--allow-root",
-            "--config",
-        ])
+    let out = faked("+31d")
+        .args(["--json", "prune", "--allow-root", "--config"])
         .arg(srv.dir.path().join("server.toml"))
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .output()
         .unwrap();
     assert!(

@@ -1,0 +1,642 @@
+//! Parity and scrub on a local store (a repository directory, or one
+//! namespace of a server). Owns the parity files under `REPO/parity/` and
+//! the repair of damaged packs from them; needs no key. The codec is in
+//! [`crate::parity`].
+//!
+//! Packs are grouped in stripes of up to k members with m parity shards.
+//! New packs join the open stripe, whose parity is recomputed as it fills.
+//! A scrub reads every block of every member and shard, checks its BLAKE3,
+//! rebuilds damaged rows when at most m shards of the row are bad, writes a
+//! repaired pack atomically after checking that it hashes to its name again,
+//! and reports what it could not repair with the snapshots that need it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_bytes::ByteBuf;
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::snapshot;
+use crate::id::{PackId, SnapshotId};
+use crate::parity::{self, Member, StripeHeader, MAGIC_PARITY, PARITY_BLOCK};
+use crate::store::{fsync_dir, tmp_name, LocalStore, Store};
+
+/// Stripe shape: k packs, m parity shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParityConfig {
+    /// Members per stripe.
+    pub k: usize,
+    /// Parity shards per stripe: that many lost members can be rebuilt.
+    pub m: usize,
+}
+
+impl Default for ParityConfig {
+    fn default() -> Self {
+        ParityConfig { k: 10, m: 2 }
+    }
+}
+
+/// What `protect` did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ProtectReport {
+    /// Packs that joined a stripe.
+    pub packs_protected: u64,
+    /// Stripes whose parity was (re)written.
+    pub stripes_written: u64,
+    /// Packs left out because they did not hash to their name.
+    pub damaged: Vec<PackId>,
+}
+
+/// A pack that could not be repaired.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unrepairable {
+    /// The pack.
+    pub pack: PackId,
+    /// Why.
+    pub reason: String,
+    /// The snapshots that reference it.
+    pub snapshots: Vec<SnapshotId>,
+}
+
+/// What a scrub found and did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ScrubReport {
+    /// Packs read.
+    pub packs_checked: u64,
+    /// Parity files read.
+    pub parity_checked: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// Blocks whose checksum was verified.
+    pub blocks_checked: u64,
+    /// Blocks found damaged or missing (packs and parity).
+    pub damaged_blocks: u64,
+    /// Blocks rebuilt.
+    pub repaired_blocks: u64,
+    /// Packs rewritten after repair.
+    pub repaired_packs: Vec<PackId>,
+    /// Stripes whose parity was rewritten.
+    pub parity_rewritten: u64,
+    /// Packs in no stripe yet (checked by their hash only).
+    pub unprotected_checked: u64,
+    /// What could not be repaired.
+    pub unrepairable: Vec<Unrepairable>,
+}
+
+/// How to scrub.
+#[derive(Debug, Clone, Default)]
+pub struct ScrubOptions {
+    /// Read at most this many bytes per second (none: no limit).
+    pub rate: Option<u64>,
+}
+
+struct Stripe {
+    id: u64,
+    header: StripeHeader,
+    /// Parity shard `i`: its path and its block sums, when a file agreeing
+    /// with `header` exists.
+    files: Vec<Option<(PathBuf, ByteBuf)>>,
+}
+
+fn parity_dir(s: &LocalStore) -> PathBuf {
+    s.root().join("parity")
+}
+
+fn parity_path(s: &LocalStore, stripe: u64, i: usize) -> PathBuf {
+    parity_dir(s).join(format!("{stripe:016x}.{i}"))
+}
+
+fn read_header(path: &std::path::Path) -> Result<StripeHeader> {
+    let f = File::open(path).at(path)?;
+    let len = f.metadata().at(path)?.len();
+    if len < 12 {
+        return Err(Error::Corrupt(format!("{}: too short", path.display())));
+    }
+    let mut t = [0u8; 4];
+    f.read_exact_at(&mut t, len - 4).at(path)?;
+    let n = parity::decode_trailer(&t, len)?;
+    let mut h = vec![0u8; n];
+    f.read_exact_at(&mut h, len - 4 - n as u64).at(path)?;
+    let mut magic = [0u8; 8];
+    f.read_exact_at(&mut magic, 0).at(path)?;
+    if magic != MAGIC_PARITY {
+        return Err(Error::Corrupt(format!(
+            "{}: not a parity file",
+            path.display()
+        )));
+    }
+    Ok(parity::decode_header(&h, len)?)
+}
+
+/// Reads every stripe's description from its parity files. A stripe is
+/// described by its file with the most members (a stripe only grows until it
+/// is rewritten whole); files that disagree with it count as missing.
+fn load_stripes(s: &LocalStore) -> Result<Vec<Stripe>> {
+    let dir = parity_dir(s);
+    fs::create_dir_all(&dir).at(&dir)?;
+    let mut by_id: BTreeMap<u64, Vec<(usize, PathBuf, Option<StripeHeader>)>> = BTreeMap::new();
+    for e in fs::read_dir(&dir).at(&dir)? {
+        let e = e.at(&dir)?;
+        let name = e.file_name();
+        let Some((id, idx)) = name.to_str().and_then(|n| n.split_once('.')) else {
+            continue;
+        };
+        let (Ok(id), Ok(idx)) = (u64::from_str_radix(id, 16), idx.parse::<usize>()) else {
+            continue;
+        };
+        let h = read_header(&e.path()).ok();
+        by_id.entry(id).or_default().push((idx, e.path(), h));
+    }
+    let mut out = Vec::new();
+    for (id, files) in by_id {
+        let Some(best) = files
+            .iter()
+            .filter_map(|(_, _, h)| h.as_ref())
+            .max_by_key(|h| h.members.len())
+            .cloned()
+        else {
+            continue;
+        };
+        let mut slots = vec![None; best.m as usize];
+        for (idx, path, h) in files {
+            if let Some(h) = h {
+                if idx < slots.len() && h.members == best.members && h.index as usize == idx {
+                    slots[idx] = Some((path, h.sums));
+                }
+            }
+        }
+        out.push(Stripe {
+            id,
+            header: best,
+            files: slots,
+        });
+    }
+    Ok(out)
+}
+
+fn read_block(f: Option<&File>, size: u64, row: u64) -> Option<Vec<u8>> {
+    let f = f?;
+    let start = row * PARITY_BLOCK as u64;
+    if start >= size {
+        return Some(Vec::new());
+    }
+    let len = (size - start).min(PARITY_BLOCK as u64) as usize;
+    let mut b = vec![0u8; len];
+    match f.read_exact_at(&mut b, start) {
+        Ok(()) => Some(b),
+        Err(_) => None,
+    }
+}
+
+/// Computes and writes the parity of a stripe over `members`, replacing
+/// any earlier version. Members that do not hash to their name are left
+/// out and returned.
+fn write_stripe(
+    s: &LocalStore,
+    id: u64,
+    members: &[(PackId, u64)],
+    m: usize,
+) -> Result<Vec<PackId>> {
+    // First pass: which members are sound.
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for (p, size) in members {
+        let path = s.pack_path(p);
+        let ok = File::open(&path).ok().and_then(|f| {
+            let mut h = blake3::Hasher::new();
+            let mut off = 0u64;
+            let mut buf = vec![0u8; 1 << 20];
+            while off < *size {
+                let n = (*size - off).min(buf.len() as u64) as usize;
+                f.read_exact_at(&mut buf[..n], off).ok()?;
+                h.update(&buf[..n]);
+                off += n as u64;
+            }
+            Some(PackId(*h.finalize().as_bytes()) == *p)
+        });
+        if ok == Some(true) {
+            good.push((*p, *size));
+        } else {
+            bad.push(*p);
+        }
+    }
+    if good.is_empty() {
+        for i in 0..m {
+            let _ = fs::remove_file(parity_path(s, id, i));
+        }
+        return Ok(bad);
+    }
+    let rows = good
+        .iter()
+        .map(|(_, z)| parity::blocks(*z))
+        .max()
+        .unwrap_or(0);
+    let files: Vec<File> = good
+        .iter()
+        .map(|(p, _)| File::open(s.pack_path(p)).at(s.pack_path(p)))
+        .collect::<Result<_>>()?;
+    let mut sums: Vec<Vec<u8>> = vec![Vec::new(); good.len()];
+    let tmp_dir = s.root().join("tmp");
+    let mut outs = Vec::new();
+    for _ in 0..m {
+        let t = tmp_name(&tmp_dir);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&t)
+            .at(&t)?;
+        f.write_all(&MAGIC_PARITY).at(&t)?;
+        outs.push((t, std::io::BufWriter::with_capacity(1 << 20, f), Vec::new()));
+    }
+    let res = (|| -> Result<()> {
+        for row in 0..rows {
+            let mut blocks = Vec::with_capacity(good.len());
+            for (i, (p, size)) in good.iter().enumerate() {
+                let b = read_block(Some(&files[i]), *size, row)
+                    .ok_or_else(|| Error::Corrupt(format!("pack {p} could not be read")))?;
+                if !b.is_empty() {
+                    sums[i].extend_from_slice(&parity::block_sum(&b));
+                }
+                blocks.push(b);
+            }
+            let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
+            for (j, pb) in parity::encode_row(&refs, m)?.into_iter().enumerate() {
+                let (t, w, ss) = &mut outs[j];
+                w.write_all(&pb).at(&*t)?;
+                ss.extend_from_slice(&parity::block_sum(&pb));
+            }
+        }
+        let members: Vec<Member> = good
+            .iter()
+            .zip(sums)
+            .map(|((p, size), s)| Member {
+                pack: *p,
+                size: *size,
+                sums: ByteBuf::from(s),
+            })
+            .collect();
+        for (j, (t, w, ss)) in outs.iter_mut().enumerate() {
+            let h = StripeHeader {
+                version: 1,
+                stripe: id,
+                m: m as u32,
+                block: PARITY_BLOCK as u32,
+                rows,
+                members: members.clone(),
+                index: j as u32,
+                sums: ByteBuf::from(std::mem::take(ss)),
+            };
+            w.write_all(&parity::encode_tail(&h)).at(&*t)?;
+            w.flush().at(&*t)?;
+            w.get_ref().sync_all().at(&*t)?;
+        }
+        for (j, (t, _, _)) in outs.iter().enumerate() {
+            fs::rename(t, parity_path(s, id, j)).at(parity_path(s, id, j))?;
+        }
+        fsync_dir(&parity_dir(s))
+    })();
+    if res.is_err() {
+        for (t, _, _) in &outs {
+            let _ = fs::remove_file(t);
+        }
+    }
+    res?;
+    Ok(bad)
+}
+
+/// Puts every pack that is in no stripe into one, computing parity at once:
+/// the open stripe is recomputed as it fills, full stripes start anew.
+pub fn protect(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
+    let _g = s.lock_named("parity.lock", true)?;
+    protect_locked(s, cfg)
+}
+
+fn protect_locked(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
+    let mut rep = ProtectReport::default();
+    let stripes = load_stripes(s)?;
+    let protected: HashSet<PackId> = stripes
+        .iter()
+        .flat_map(|st| st.header.members.iter().map(|m| m.pack))
+        .collect();
+    let mut fresh = Vec::new();
+    s.for_each_pack(&mut |id, size| {
+        if !protected.contains(&id) {
+            fresh.push((id, size));
+        }
+        Ok(())
+    })?;
+    if fresh.is_empty() {
+        return Ok(rep);
+    }
+    let mut next_id = stripes.last().map(|st| st.id + 1).unwrap_or(0);
+    let mut open: Option<(u64, Vec<(PackId, u64)>)> = stripes
+        .last()
+        .filter(|st| st.header.members.len() < cfg.k && st.header.m as usize == cfg.m)
+        .map(|st| {
+            (
+                st.id,
+                st.header.members.iter().map(|m| (m.pack, m.size)).collect(),
+            )
+        });
+    let mut fresh = fresh.into_iter().peekable();
+    while fresh.peek().is_some() {
+        let (id, mut members) = open.take().unwrap_or_else(|| {
+            next_id += 1;
+            (next_id - 1, Vec::new())
+        });
+        while members.len() < cfg.k {
+            match fresh.next() {
+                Some(p) => {
+                    members.push(p);
+                    rep.packs_protected += 1;
+                }
+                None => break,
+            }
+        }
+        let bad = write_stripe(s, id, &members, cfg.m)?;
+        rep.packs_protected -= bad.len() as u64;
+        rep.damaged.extend(bad);
+        rep.stripes_written += 1;
+    }
+    Ok(rep)
+}
+
+/// After packs were deleted on purpose: rewrites the parity of the stripes
+/// that held them, so a scrub never brings a collected pack back.
+pub fn forget_packs(s: &LocalStore, gone: &HashSet<PackId>, cfg: ParityConfig) -> Result<()> {
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let _g = s.lock_named("parity.lock", true)?;
+    for st in load_stripes(s)? {
+        if st.header.members.iter().any(|m| gone.contains(&m.pack)) {
+            let keep: Vec<(PackId, u64)> = st
+                .header
+                .members
+                .iter()
+                .filter(|m| !gone.contains(&m.pack))
+                .map(|m| (m.pack, m.size))
+                .collect();
+            write_stripe(s, st.id, &keep, cfg.m.max(st.header.m as usize))?;
+        }
+    }
+    Ok(())
+}
+
+struct Throttle {
+    rate: Option<u64>,
+    start: Instant,
+    bytes: u64,
+}
+
+impl Throttle {
+    fn add(&mut self, n: u64) {
+        self.bytes += n;
+        if let Some(rate) = self.rate.filter(|r| *r > 0) {
+            let due = std::time::Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+            let spent = self.start.elapsed();
+            if due > spent {
+                std::thread::sleep(due - spent);
+            }
+        }
+    }
+}
+
+/// Reads and checks everything, repairs what parity allows, then protects
+/// packs that were in no stripe yet.
+pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<ScrubReport> {
+    let _g = s.lock_named("parity.lock", true)?;
+    let mut rep = ScrubReport::default();
+    let mut t = Throttle {
+        rate: opts.rate,
+        start: Instant::now(),
+        bytes: 0,
+    };
+    let mut bad: HashMap<PackId, String> = HashMap::new();
+    let stripes = load_stripes(s)?;
+    let mut in_stripe = HashSet::new();
+    for st in &stripes {
+        for m in &st.header.members {
+            in_stripe.insert(m.pack);
+        }
+        scrub_stripe(s, st, &mut rep, &mut t, &mut bad)?;
+    }
+    // Packs in no stripe yet: their name is their hash, nothing to repair from.
+    let mut loose = Vec::new();
+    s.for_each_pack(&mut |id, size| {
+        if !in_stripe.contains(&id) {
+            loose.push((id, size));
+        }
+        Ok(())
+    })?;
+    for (id, size) in loose {
+        rep.unprotected_checked += 1;
+        rep.packs_checked += 1;
+        let ok = s.read_pack(&id, 0, size as usize).map(|b| {
+            t.add(size);
+            rep.bytes_read += size;
+            PackId::of(&b) == id
+        });
+        if !matches!(ok, Ok(true)) {
+            bad.insert(id, "damaged and in no stripe yet (no parity)".into());
+        }
+    }
+    let pr = protect_locked(s, cfg)?;
+    for p in pr.damaged {
+        bad.entry(p).or_insert_with(|| "damaged".into());
+    }
+    if !bad.is_empty() {
+        let mut refs: HashMap<PackId, Vec<SnapshotId>> = HashMap::new();
+        for sid in s.list_snapshots()? {
+            if let Ok(bytes) = s.read_snapshot(&sid) {
+                if let Ok(f) = snapshot::decode(&bytes) {
+                    for p in f.packs {
+                        if bad.contains_key(&p) {
+                            refs.entry(p).or_default().push(sid);
+                        }
+                    }
+                }
+            }
+        }
+        let mut list: Vec<_> = bad.into_iter().collect();
+        list.sort();
+        for (pack, reason) in list {
+            rep.unrepairable.push(Unrepairable {
+                pack,
+                reason,
+                snapshots: refs.remove(&pack).unwrap_or_default(),
+            });
+        }
+    }
+    Ok(rep)
+}
+
+fn scrub_stripe(
+    s: &LocalStore,
+    st: &Stripe,
+    rep: &mut ScrubReport,
+    t: &mut Throttle,
+    bad: &mut HashMap<PackId, String>,
+) -> Result<()> {
+    let h = &st.header;
+    let k = h.members.len();
+    let m = h.m as usize;
+    let members: Vec<Option<File>> = h
+        .members
+        .iter()
+        .map(|mb| File::open(s.pack_path(&mb.pack)).ok())
+        .collect();
+    let sizes: Vec<u64> = members
+        .iter()
+        .map(|f| {
+            f.as_ref()
+                .and_then(|f| f.metadata().ok())
+                .map(|md| md.len())
+                .unwrap_or(0)
+        })
+        .collect();
+    let shards: Vec<Option<(File, &ByteBuf)>> = st
+        .files
+        .iter()
+        .map(|p| {
+            p.as_ref()
+                .and_then(|(p, sums)| File::open(p).ok().map(|f| (f, sums)))
+        })
+        .collect();
+    rep.packs_checked += k as u64;
+    rep.parity_checked += m as u64;
+    let mut fixes: Vec<BTreeMap<u64, Vec<u8>>> = vec![BTreeMap::new(); k];
+    let mut parity_bad = false;
+    for row in 0..h.rows {
+        let mut mb: Vec<Option<Vec<u8>>> = Vec::with_capacity(k);
+        let mut damaged = false;
+        for (i, member) in h.members.iter().enumerate() {
+            if row >= parity::blocks(member.size) {
+                mb.push(Some(Vec::new()));
+                continue;
+            }
+            rep.blocks_checked += 1;
+            // Read as the member should be: its recorded size, not the file's.
+            let b = read_block(members[i].as_ref(), member.size, row).filter(|b| {
+                let want = &member.sums[row as usize * 32..row as usize * 32 + 32];
+                parity::block_sum(b) == want
+            });
+            if let Some(b) = &b {
+                t.add(b.len() as u64);
+                rep.bytes_read += b.len() as u64;
+            } else {
+                damaged = true;
+                rep.damaged_blocks += 1;
+            }
+            mb.push(b);
+        }
+        let mut pb: Vec<Option<Vec<u8>>> = Vec::with_capacity(m);
+        for sh in &shards {
+            rep.blocks_checked += 1;
+            let start = 8 + row * PARITY_BLOCK as u64;
+            let b = sh.as_ref().and_then(|(f, sums)| {
+                let mut b = vec![0u8; PARITY_BLOCK];
+                f.read_exact_at(&mut b, start).ok()?;
+                let want = &sums[row as usize * 32..row as usize * 32 + 32];
+                (parity::block_sum(&b) == want).then_some(b)
+            });
+            if b.is_none() {
+                rep.damaged_blocks += 1;
+                parity_bad = true;
+            } else {
+                t.add(PARITY_BLOCK as u64);
+                rep.bytes_read += PARITY_BLOCK as u64;
+            }
+            pb.push(b);
+        }
+        if !damaged {
+            continue;
+        }
+        match parity::rebuild_row(&mb, &pb) {
+            Ok(full) => {
+                for (i, was) in mb.iter().enumerate() {
+                    if was.is_none() {
+                        let len = (h.members[i].size - row * PARITY_BLOCK as u64)
+                            .min(PARITY_BLOCK as u64) as usize;
+                        fixes[i].insert(row, full[i][..len].to_vec());
+                        rep.repaired_blocks += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                for (i, was) in mb.iter().enumerate() {
+                    if was.is_none() {
+                        bad.entry(h.members[i].pack)
+                            .or_insert_with(|| format!("beyond the parity budget: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    // Write every repaired pack: the old bytes with the rebuilt blocks, and
+    // only if the result hashes to the pack's name again. A file longer than
+    // its pack (bytes appended) is cut back the same way.
+    for (i, f) in fixes.into_iter().enumerate() {
+        let member = &h.members[i];
+        let too_long = members[i].is_some() && sizes[i] > member.size;
+        if too_long && f.is_empty() {
+            rep.damaged_blocks += 1;
+        }
+        if (f.is_empty() && !too_long) || bad.contains_key(&member.pack) {
+            continue;
+        }
+        let mut bytes = vec![0u8; member.size as usize];
+        if let Some(file) = &members[i] {
+            let have = sizes[i].min(member.size) as usize;
+            let _ = file.read_exact_at(&mut bytes[..have], 0);
+        }
+        for (row, b) in f {
+            let off = row as usize * PARITY_BLOCK;
+            bytes[off..off + b.len()].copy_from_slice(&b);
+        }
+        if PackId::of(&bytes) != member.pack {
+            bad.insert(
+                member.pack,
+                "rebuilt bytes do not hash to the pack's name".into(),
+            );
+            continue;
+        }
+        let path = s.pack_path(&member.pack);
+        let tmp = tmp_name(&s.root().join("tmp"));
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .at(&tmp)?;
+        out.write_all(&bytes)
+            .and_then(|_| out.sync_all())
+            .at(&tmp)?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).at(dir)?;
+        }
+        // The one place a pack is replaced: by its own verified bytes.
+        fs::rename(&tmp, &path).at(&path)?;
+        // unwrap: a pack path always has a parent
+        fsync_dir(path.parent().expect("pack dir"))?;
+        s.forget_handle(&member.pack);
+        rep.repaired_packs.push(member.pack);
+    }
+    if parity_bad {
+        let keep: Vec<(PackId, u64)> = h
+            .members
+            .iter()
+            .filter(|mb| !bad.contains_key(&mb.pack))
+            .map(|mb| (mb.pack, mb.size))
+            .collect();
+        if keep.len() == h.members.len() {
+            write_stripe(s, st.id, &keep, m)?;
+            rep.parity_rewritten += 1;
+        }
+    }
+    Ok(())
+}

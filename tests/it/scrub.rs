@@ -1,0 +1,189 @@
+//! Scrub and repair from parity, on real files: seeded damage campaigns
+//! within and beyond the parity budget.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use coffer::id::PackId;
+
+use crate::util::*;
+
+/// A repository with several stripes: 80 files of 330 KB in 1 MiB packs.
+fn setup() -> (TestRepo, PathBuf) {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..80 {
+        fs::write(src.join(format!("f{i:02}")), random_bytes(i, 330_000)).unwrap();
+    }
+    t.backup(&[src.to_str().unwrap()]);
+    (t, src)
+}
+
+/// Stripe number → (member pack paths, parity file paths).
+fn stripes(t: &TestRepo) -> HashMap<String, (Vec<PathBuf>, Vec<PathBuf>)> {
+    let mut out: HashMap<String, (Vec<PathBuf>, Vec<PathBuf>)> = HashMap::new();
+    for p in walk(&t.repo.join("parity")) {
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        let (stripe, _) = name.split_once('.').unwrap();
+        out.entry(stripe.to_string()).or_default().1.push(p.clone());
+    }
+    // members: every parity file names them; read the first one's header via the library
+    for (_, (members, parity)) in out.iter_mut() {
+        let bytes = fs::read(&parity[0]).unwrap();
+        let n = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap()) as usize;
+        let h = coffer::parity::decode_header(
+            &bytes[bytes.len() - 4 - n..bytes.len() - 4],
+            bytes.len() as u64,
+        )
+        .unwrap();
+        for m in h.members {
+            let hex = m.pack.to_hex();
+            members.push(t.repo.join("packs").join(&hex[..2]).join(hex));
+        }
+    }
+    out
+}
+
+fn flip(p: &Path, seed: u64) {
+    let mut b = fs::read(p).unwrap();
+    let r = random_bytes(seed, 16);
+    for i in 0..4 {
+        let at = (u32::from_le_bytes(r[i * 4..i * 4 + 4].try_into().unwrap()) as usize) % b.len();
+        b[at] ^= 0x5a;
+    }
+    fs::write(p, b).unwrap();
+}
+
+fn zero_range(p: &Path, seed: u64) {
+    let mut b = fs::read(p).unwrap();
+    let start = (seed as usize * 7919) % (b.len() / 2);
+    let end = start + 100_000.min(b.len() - start);
+    for x in &mut b[start..end] {
+        *x = 0;
+    }
+    fs::write(p, b).unwrap();
+}
+
+fn truncate(p: &Path) {
+    let f = fs::OpenOptions::new().write(true).open(p).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len / 3).unwrap();
+}
+
+#[test]
+fn a_clean_repository_scrubs_clean_again_and_again() {
+    let (t, _) = setup();
+    assert!(stripes(&t).len() >= 3, "expected several stripes");
+    for _ in 0..2 {
+        let r = t.run(&["--json", "scrub"]).ok().json();
+        let rep = &r[0]["report"];
+        assert_eq!(rep["damaged_blocks"], 0, "{r}");
+        assert!(rep["blocks_checked"].as_u64().unwrap() > 100);
+        assert_eq!(rep["unrepairable"].as_array().unwrap().len(), 0);
+    }
+}
+
+#[test]
+fn damage_within_the_parity_budget_is_repaired() {
+    let (t, src) = setup();
+    let st = stripes(&t);
+    // per stripe, at most m = 2 damaged files: a member and a parity file,
+    // or two members; flips, zeroed ranges, truncation and deletion
+    for (n, (members, parity)) in st.values().enumerate() {
+        let seed = n as u64 + 1;
+        match n % 4 {
+            0 => {
+                flip(&members[0], seed);
+                zero_range(&parity[1], seed);
+            }
+            1 => {
+                fs::remove_file(&members[1]).unwrap();
+                truncate(&members[2 % members.len()]);
+            }
+            2 => {
+                fs::remove_file(&members[0]).unwrap();
+                fs::remove_file(&parity[0]).unwrap();
+            }
+            _ => {
+                zero_range(&members[0], seed);
+                flip(&parity[0], seed);
+            }
+        }
+    }
+    let r = t.run(&["--json", "scrub"]).ok().json();
+    let rep = &r[0]["report"];
+    assert!(rep["damaged_blocks"].as_u64().unwrap() > 0, "{r}");
+    assert!(rep["repaired_blocks"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(rep["unrepairable"].as_array().unwrap().len(), 0, "{r}");
+    // every pack hashes to its name again, nothing is left to repair
+    for p in t.packs() {
+        assert_eq!(
+            PackId::of(&fs::read(&p).unwrap()).to_hex(),
+            p.file_name().unwrap().to_str().unwrap()
+        );
+    }
+    let again = t.run(&["--json", "scrub"]).ok().json();
+    assert_eq!(again[0]["report"]["damaged_blocks"], 0, "{again}");
+    t.run(&["check", "--read-data"]).ok();
+    let out = t.path("out");
+    t.run(&["restore", "latest", "--target", out.to_str().unwrap()])
+        .ok();
+    for i in 0..80 {
+        let name = format!("f{i:02}");
+        assert!(fs::read(restored(&out, &src).join(&name)).unwrap() == random_bytes(i, 330_000));
+    }
+}
+
+#[test]
+fn damage_beyond_the_budget_names_exactly_the_affected_snapshots() {
+    let (t, src) = setup();
+    // a second snapshot that shares nothing with the first
+    let other = t.path("other");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("g"), random_bytes(999, 300_000)).unwrap();
+    t.backup(&[other.to_str().unwrap()]);
+    let st = stripes(&t);
+    let (members, _) = st.values().find(|(m, _)| m.len() >= 3).unwrap();
+    let lost: BTreeSet<String> = members[..3]
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    for p in &members[..3] {
+        fs::remove_file(p).unwrap();
+    }
+    let r = t.run(&["--json", "scrub"]);
+    assert_eq!(r.code(), 5, "{}", r.stderr());
+    let v = r.json();
+    let un = v[0]["report"]["unrepairable"].as_array().unwrap();
+    let named: BTreeSet<String> = un
+        .iter()
+        .map(|u| u["pack"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(named, lost);
+    // the snapshots named are exactly those whose pack lists hold a lost pack
+    let mut want = BTreeSet::new();
+    for f in walk(&t.repo.join("snapshots"))
+        .into_iter()
+        .filter(|p| p.extension().is_none())
+    {
+        let bytes = fs::read(&f).unwrap();
+        let file = coffer::format::snapshot::decode(&bytes).unwrap();
+        if file.packs.iter().any(|p| lost.contains(&p.to_hex())) {
+            want.insert(f.file_name().unwrap().to_str().unwrap().to_string());
+        }
+    }
+    for u in un {
+        let got: BTreeSet<String> = u["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got, want);
+    }
+    assert_eq!(want.len(), 1, "only the first snapshot is affected");
+    assert!(r.stderr().contains("beyond repair"), "{}", r.stderr());
+    let _ = src;
+}
