@@ -36,12 +36,12 @@ pub enum Error {
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     /// I/O on a path failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Io {
         /// The path involved.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// I/O without a path to name.
     #[error(transparent)]
@@ -74,7 +74,7 @@ impl Error {
             Error::Crypto(CryptoError::Auth) => ErrorKind::Corrupt,
             Error::Crypto(_) => ErrorKind::Corrupt,
             Error::WrongPassphrase => ErrorKind::Auth,
-            Error::Io { source, .. } | Error::RawIo(source) => match source.kind() {
+            Error::Io { err: source, .. } | Error::RawIo(source) => match source.kind() {
                 std::io::ErrorKind::NotFound => ErrorKind::NotFound,
                 std::io::ErrorKind::AlreadyExists => ErrorKind::Conflict,
                 _ => ErrorKind::Io,
@@ -90,7 +90,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 }

@@ -370,7 +370,7 @@ impl From<Error> for Reply {
         };
         // Never leak server paths: say what happened, not where.
         let message = match &e {
-            Error::Io { source, .. } => format!("storage error: {}", source.kind()),
+            Error::Io { err, .. } => format!("storage error: {}", err.kind()),
             Error::NotFound(_) => "the requested object".to_string(),
             Error::Conflict(_) => {
                 "an object of that name exists already; nothing was replaced".to_string()
