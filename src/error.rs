@@ -61,6 +61,9 @@ pub enum Error {
     /// Stored data is damaged.
     #[error("{0}")]
     Corrupt(String),
+    /// A key file was refused before trying the passphrase (weakened or malformed).
+    #[error("key file refused: {0}")]
+    KeyRefused(String),
     /// The passphrase does not open any key file.
     #[error("wrong passphrase: no key file of this repository opens with it")]
     WrongPassphrase,
@@ -73,7 +76,7 @@ impl Error {
             Error::Format(_) | Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Crypto(CryptoError::Auth) => ErrorKind::Corrupt,
             Error::Crypto(_) => ErrorKind::Corrupt,
-            Error::WrongPassphrase => ErrorKind::Auth,
+            Error::WrongPassphrase | Error::KeyRefused(_) => ErrorKind::Auth,
             Error::Io { err: source, .. } | Error::RawIo(source) => match source.kind() {
                 std::io::ErrorKind::NotFound => ErrorKind::NotFound,
                 std::io::ErrorKind::AlreadyExists => ErrorKind::Conflict,

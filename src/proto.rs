@@ -126,6 +126,11 @@ pub enum Request {
         /// The snapshot.
         id: SnapshotId,
     },
+    /// 0x0012: repair a pack a reader found damaged, from parity; answered by `Repaired`.
+    Repair {
+        /// The pack.
+        id: PackId,
+    },
     /// 0x0011: extend a snapshot's lock, or put it on legal hold; answered by `Stamped`.
     Lock {
         /// The snapshot.
@@ -194,6 +199,11 @@ pub enum Response {
         /// Its id.
         id: SnapshotId,
     },
+    /// 0x800d: whether a pack is sound after a repair.
+    Repaired {
+        /// Sound now.
+        ok: bool,
+    },
     /// 0x800c: a snapshot's stamp, by the server's clock.
     Stamped {
         /// The stamp.
@@ -237,6 +247,10 @@ struct RangeP {
 #[derive(Serialize, Deserialize)]
 struct SnapP {
     id: SnapshotId,
+}
+#[derive(Serialize, Deserialize)]
+struct OkP {
+    ok: bool,
 }
 #[derive(Serialize, Deserialize)]
 struct LockP {
@@ -371,6 +385,7 @@ impl Request {
             Request::ReadSnapshot { id } => frame(0x000e, &cbor_encode(&SnapP { id: *id })),
             Request::Stamp { id } => frame(0x000f, &cbor_encode(&SnapP { id: *id })),
             Request::Forget { id } => frame(0x0010, &cbor_encode(&SnapP { id: *id })),
+            Request::Repair { id } => frame(0x0012, &cbor_encode(&PackP { id: *id })),
             Request::Lock { id, until, hold } => frame(
                 0x0011,
                 &cbor_encode(&LockP {
@@ -450,6 +465,9 @@ impl Request {
             0x0010 => Request::Forget {
                 id: cbor_decode::<SnapP>(W, p)?.id,
             },
+            0x0012 => Request::Repair {
+                id: cbor_decode::<PackP>(W, p)?.id,
+            },
             0x0011 => {
                 let v: LockP = cbor_decode(W, p)?;
                 Request::Lock {
@@ -510,6 +528,7 @@ impl Response {
             Response::End => frame(0x800a, EMPTY),
             Response::Committed { id } => frame(0x800b, &cbor_encode(&SnapP { id: *id })),
             Response::Stamped { stamp } => frame(0x800c, &cbor_encode(&StampP { stamp: *stamp })),
+            Response::Repaired { ok } => frame(0x800d, &cbor_encode(&OkP { ok: *ok })),
         }
     }
 
@@ -553,6 +572,9 @@ impl Response {
             0x800a => Response::End,
             0x800b => Response::Committed {
                 id: cbor_decode::<SnapP>(W, p)?.id,
+            },
+            0x800d => Response::Repaired {
+                ok: cbor_decode::<OkP>(W, p)?.ok,
             },
             0x800c => Response::Stamped {
                 stamp: cbor_decode::<StampP>(W, p)?.stamp,

@@ -202,44 +202,53 @@ fn write_stripe(
     members: &[(PackId, u64)],
     m: usize,
 ) -> Result<Vec<PackId>> {
-    // First pass: which members are sound.
-    let mut good = Vec::new();
+    let mut members = members.to_vec();
     let mut bad = Vec::new();
-    for (p, size) in members {
-        let path = s.pack_path(p);
-        let ok = File::open(&path).ok().and_then(|f| {
-            let mut h = blake3::Hasher::new();
-            let mut off = 0u64;
-            let mut buf = vec![0u8; 1 << 20];
-            while off < *size {
-                let n = (*size - off).min(buf.len() as u64) as usize;
-                f.read_exact_at(&mut buf[..n], off).ok()?;
-                h.update(&buf[..n]);
-                off += n as u64;
+    loop {
+        // One pass computes parity, block sums and each member's hash; a
+        // member that does not hash to its name is left out and the stripe
+        // computed again without it.
+        match write_stripe_once(s, id, &members, m)? {
+            None => return Ok(bad),
+            Some(wrong) => {
+                members.retain(|(p, _)| !wrong.contains(p));
+                bad.extend(wrong);
             }
-            Some(PackId(*h.finalize().as_bytes()) == *p)
-        });
-        if ok == Some(true) {
-            good.push((*p, *size));
-        } else {
-            bad.push(*p);
         }
     }
+}
+
+/// One attempt: `Some(packs)` names members that are missing or do not
+/// hash to their name (nothing written); `None` means the parity is written.
+fn write_stripe_once(
+    s: &LocalStore,
+    id: u64,
+    good: &[(PackId, u64)],
+    m: usize,
+) -> Result<Option<Vec<PackId>>> {
     if good.is_empty() {
         for i in 0..m {
             let _ = fs::remove_file(parity_path(s, id, i));
         }
-        return Ok(bad);
+        return Ok(None);
+    }
+    let mut files = Vec::new();
+    let mut missing = Vec::new();
+    for (p, _) in good {
+        match File::open(s.pack_path(p)) {
+            Ok(f) => files.push(f),
+            Err(_) => missing.push(*p),
+        }
+    }
+    if !missing.is_empty() {
+        return Ok(Some(missing));
     }
     let rows = good
         .iter()
         .map(|(_, z)| parity::blocks(*z))
         .max()
         .unwrap_or(0);
-    let files: Vec<File> = good
-        .iter()
-        .map(|(p, _)| File::open(s.pack_path(p)).at(s.pack_path(p)))
-        .collect::<Result<_>>()?;
+    let mut hashers: Vec<blake3::Hasher> = good.iter().map(|_| blake3::Hasher::new()).collect();
     let mut sums: Vec<Vec<u8>> = vec![Vec::new(); good.len()];
     let tmp_dir = s.root().join("tmp");
     let mut outs = Vec::new();
@@ -253,14 +262,16 @@ fn write_stripe(
         f.write_all(&MAGIC_PARITY).at(&t)?;
         outs.push((t, std::io::BufWriter::with_capacity(1 << 20, f), Vec::new()));
     }
-    let res = (|| -> Result<()> {
+    let res = (|| -> Result<Option<Vec<PackId>>> {
         for row in 0..rows {
             let mut blocks = Vec::with_capacity(good.len());
             for (i, (p, size)) in good.iter().enumerate() {
-                let b = read_block(Some(&files[i]), *size, row)
-                    .ok_or_else(|| Error::Corrupt(format!("pack {p} could not be read")))?;
+                let Some(b) = read_block(Some(&files[i]), *size, row) else {
+                    return Ok(Some(vec![*p]));
+                };
                 if !b.is_empty() {
                     sums[i].extend_from_slice(&parity::block_sum(&b));
+                    hashers[i].update(&b);
                 }
                 blocks.push(b);
             }
@@ -271,9 +282,18 @@ fn write_stripe(
                 ss.extend_from_slice(&parity::block_sum(&pb));
             }
         }
+        let wrong: Vec<PackId> = good
+            .iter()
+            .zip(&hashers)
+            .filter(|((p, _), h)| PackId(*h.finalize().as_bytes()) != *p)
+            .map(|((p, _), _)| *p)
+            .collect();
+        if !wrong.is_empty() {
+            return Ok(Some(wrong));
+        }
         let members: Vec<Member> = good
             .iter()
-            .zip(sums)
+            .zip(std::mem::take(&mut sums))
             .map(|((p, size), s)| Member {
                 pack: *p,
                 size: *size,
@@ -298,15 +318,15 @@ fn write_stripe(
         for (j, (t, _, _)) in outs.iter().enumerate() {
             fs::rename(t, parity_path(s, id, j)).at(parity_path(s, id, j))?;
         }
-        fsync_dir(&parity_dir(s))
+        fsync_dir(&parity_dir(s))?;
+        Ok(None)
     })();
-    if res.is_err() {
+    if !matches!(res, Ok(None)) {
         for (t, _, _) in &outs {
             let _ = fs::remove_file(t);
         }
     }
-    res?;
-    Ok(bad)
+    res
 }
 
 /// Puts every pack that is in no stripe into one, computing parity at once:
@@ -405,6 +425,29 @@ impl Throttle {
             }
         }
     }
+}
+
+/// Repairs one pack from its stripe's parity, for a reader that found it
+/// damaged. Returns whether the pack is sound now.
+pub fn repair_pack(s: &LocalStore, id: &PackId) -> Result<bool> {
+    let _g = s.lock_named("parity.lock", true)?;
+    let Some(st) = load_stripes(s)?
+        .into_iter()
+        .find(|st| st.header.members.iter().any(|m| m.pack == *id))
+    else {
+        return Ok(false);
+    };
+    let mut rep = ScrubReport::default();
+    let mut t = Throttle {
+        rate: None,
+        start: Instant::now(),
+        bytes: 0,
+    };
+    let mut bad = HashMap::new();
+    scrub_stripe(s, &st, &mut rep, &mut t, &mut bad)?;
+    Ok(fs::read(s.pack_path(id))
+        .map(|b| PackId::of(&b) == *id)
+        .unwrap_or(false))
 }
 
 /// Reads and checks everything, repairs what parity allows, then protects

@@ -73,6 +73,9 @@ pub trait Store: Send + Sync {
     /// Extends a snapshot's lock to `until` (never shortens it) and sets a
     /// legal hold when `hold`.
     fn lock(&self, id: &SnapshotId, until: i64, hold: bool) -> Result<Stamp>;
+    /// Asks the store to repair a pack a reader found damaged, from parity.
+    /// Returns whether the pack is sound now.
+    fn repair(&self, id: &PackId) -> Result<bool>;
 }
 
 /// The furthest a lock may be extended ahead of now: ten years.
@@ -717,6 +720,12 @@ impl Store for LocalStore {
             .map_err(|r| Error::Denied(r.to_string()))?;
         self.note_time(now)?;
         self.remove_snapshot(id)
+    }
+
+    fn repair(&self, id: &PackId) -> Result<bool> {
+        let ok = crate::scrub::repair_pack(self, id)?;
+        self.forget_handle(id);
+        Ok(ok)
     }
 
     fn lock(&self, id: &SnapshotId, until: i64, hold: bool) -> Result<Stamp> {

@@ -385,6 +385,12 @@ impl Store for Remote {
             (r, _) => Err(net_err(&self.0.url, format!("unexpected answer {r:?}"))),
         }
     }
+    fn repair(&self, id: &PackId) -> Result<bool> {
+        match self.0.call(&Request::Repair { id: *id }, &[], 0)? {
+            (Response::Repaired { ok }, _) => Ok(ok),
+            (r, _) => Err(net_err(&self.0.url, format!("unexpected answer {r:?}"))),
+        }
+    }
     fn forget(&self, id: &SnapshotId) -> Result<()> {
         self.0.ok(&Request::Forget { id: *id }, &[])
     }

@@ -589,6 +589,9 @@ async fn handle(
         Request::Stamp { id } => one(Reply::of(Response::Stamped {
             stamp: blocking(move || store.stamp(&id)).await?,
         })),
+        Request::Repair { id } => one(Reply::of(Response::Repaired {
+            ok: blocking(move || store.repair(&id)).await?,
+        })),
         Request::Forget { id } => {
             blocking(move || store.forget(&id)).await?;
             one(Reply::of(Response::Ok))

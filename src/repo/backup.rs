@@ -564,7 +564,10 @@ impl Walker {
                     match self.walk_dir(path) {
                         Ok(id) => id,
                         // The directory itself could not be listed: leave it out.
-                        Err(Error::Io { path: p, err: source }) if p == path => {
+                        Err(Error::Io {
+                            path: p,
+                            err: source,
+                        }) if p == path => {
                             self.warnings.push(format!("{}: {source}", p.display()));
                             return Ok(None);
                         }
@@ -579,7 +582,10 @@ impl Walker {
                     Ok(()) => {}
                     // The file could not be opened or read: leave it out.
                     // Errors of the repository (other paths) stay fatal.
-                    Err(Error::Io { path: p, err: source }) if p == path => {
+                    Err(Error::Io {
+                        path: p,
+                        err: source,
+                    }) if p == path => {
                         self.warnings.push(format!("{}: {source}", p.display()));
                         return Ok(None);
                     }

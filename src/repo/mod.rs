@@ -24,7 +24,7 @@ use crate::format::keyfile::{KdfParams, KeyFile};
 use crate::format::pack::{self, PackEntry, TRAILER_LEN};
 use crate::format::snapshot::{self, SnapshotRecord};
 use crate::format::tree::{Node, Tree};
-use crate::format::{blob, FormatError};
+use crate::format::FormatError;
 use crate::id::{BlobId, PackId, RepoId, SnapshotId};
 use crate::store::{LocalStore, Store};
 
@@ -147,7 +147,7 @@ impl Repository {
             let kf = match KeyFile::decode(&store.read_key(&name)?) {
                 Ok(k) => k,
                 Err(e) => {
-                    last_refusal = Some(Error::Format(e));
+                    last_refusal = Some(Error::KeyRefused(e.to_string()));
                     continue;
                 }
             };
@@ -170,7 +170,7 @@ impl Repository {
                 }
                 Err(FormatError::Crypto(_)) => continue,
                 // A weakened or malformed key file: say so rather than "wrong passphrase".
-                Err(e) => last_refusal = Some(Error::Format(e)),
+                Err(e) => last_refusal = Some(Error::KeyRefused(e.to_string())),
             }
         }
         Err(last_refusal.unwrap_or(Error::WrongPassphrase))
@@ -249,18 +249,10 @@ impl Repository {
         Ok(pack::open_header(&self.keys, &sealed, size)?)
     }
 
-    /// Reads and opens one blob at a known location.
+    /// Reads and opens one blob at a known location (repairing its pack
+    /// from parity first, when the store can, if it turns out damaged).
     pub fn read_blob_at(&self, loc: &BlobLocation, kind: Kind, id: &BlobId) -> Result<Vec<u8>> {
-        let sealed = self
-            .store
-            .read_pack(&loc.pack, loc.offset, loc.sealed_len as usize)?;
-        blob::open(&self.keys, kind, id, &sealed).map_err(|e| {
-            Error::Corrupt(format!(
-                "blob {} in pack {}: {e}",
-                id.short(),
-                loc.pack.short()
-            ))
-        })
+        restore::read_or_repair(self.store.as_ref(), &self.keys, loc, kind, id)
     }
 
     /// Looks a blob up in the cache and reads it.

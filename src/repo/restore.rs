@@ -63,16 +63,35 @@ struct BlobReader {
 
 impl BlobReader {
     fn read(&self, loc: &BlobLocation, kind: Kind, id: &BlobId) -> Result<Vec<u8>> {
-        let sealed = self
-            .store
-            .read_pack(&loc.pack, loc.offset, loc.sealed_len as usize)?;
-        blob::open(&self.keys, kind, id, &sealed).map_err(|e| {
+        read_or_repair(self.store.as_ref(), &self.keys, loc, kind, id)
+    }
+}
+
+/// Reads and opens a blob; when its pack turns out damaged, asks the store
+/// to repair it from parity and reads once more.
+pub(crate) fn read_or_repair(
+    store: &dyn Store,
+    keys: &Keys,
+    loc: &BlobLocation,
+    kind: Kind,
+    id: &BlobId,
+) -> Result<Vec<u8>> {
+    let once = || -> Result<Vec<u8>> {
+        let sealed = store.read_pack(&loc.pack, loc.offset, loc.sealed_len as usize)?;
+        blob::open(keys, kind, id, &sealed).map_err(|e| {
             Error::Corrupt(format!(
                 "blob {} in pack {}: {e}",
                 id.short(),
                 loc.pack.short()
             ))
         })
+    };
+    match once() {
+        Err(Error::Corrupt(first)) => match store.repair(&loc.pack) {
+            Ok(true) => once(),
+            _ => Err(Error::Corrupt(first)),
+        },
+        r => r,
     }
 }
 

@@ -34,6 +34,7 @@ fn weakened_key_file_is_refused() {
     fs::write(&key, serde_json::to_vec(&kf).unwrap()).unwrap();
     let r = t.run(&["snapshots"]).fails();
     assert!(r.stderr().contains("below the floor"), "{}", r.stderr());
+    assert_eq!(r.code(), 4);
     // raised but edited: the binding no longer holds
     kf["params"]["memory_kib"] = 40000.into();
     fs::write(&key, serde_json::to_vec(&kf).unwrap()).unwrap();

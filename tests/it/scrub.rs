@@ -187,3 +187,26 @@ fn damage_beyond_the_budget_names_exactly_the_affected_snapshots() {
     assert!(r.stderr().contains("beyond repair"), "{}", r.stderr());
     let _ = src;
 }
+
+#[test]
+fn a_restore_that_meets_a_damaged_pack_gets_the_repaired_bytes() {
+    let (t, src) = setup();
+    let st = stripes(&t);
+    let (members, _) = st.values().next().unwrap();
+    flip(&members[0], 77);
+    zero_range(&members[1], 78);
+    let out = t.path("out");
+    t.run(&["restore", "latest", "--target", out.to_str().unwrap()])
+        .ok();
+    for i in 0..80 {
+        let name = format!("f{i:02}");
+        assert!(fs::read(restored(&out, &src).join(&name)).unwrap() == random_bytes(i, 330_000));
+    }
+    // the store repaired the packs it was asked for
+    for p in &members[..2] {
+        assert_eq!(
+            PackId::of(&fs::read(p).unwrap()).to_hex(),
+            p.file_name().unwrap().to_str().unwrap()
+        );
+    }
+}

@@ -41,6 +41,8 @@ fn setup(files: &[(&str, Vec<u8>)]) -> (TestRepo, PathBuf) {
     }
     t.backup(&[src.to_str().unwrap()]);
     t.run(&["check", "--read-data"]).ok();
+    // Without parity, so damage stays damage (repair has its own tests).
+    fs::remove_dir_all(t.repo.join("parity")).unwrap();
     (t, src)
 }
 
