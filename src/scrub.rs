@@ -84,6 +84,8 @@ pub struct ScrubReport {
     pub parity_rewritten: u64,
     /// Packs in no stripe yet (checked by their hash only).
     pub unprotected_checked: u64,
+    /// Stripes skipped because the interrupted pass had verified them.
+    pub stripes_resumed: u64,
     /// What could not be repaired.
     pub unrepairable: Vec<Unrepairable>,
 }
@@ -93,6 +95,35 @@ pub struct ScrubReport {
 pub struct ScrubOptions {
     /// Read at most this many bytes per second (none: no limit).
     pub rate: Option<u64>,
+    /// Start a new pass even if an earlier one was interrupted.
+    pub restart: bool,
+}
+
+/// Progress of scrub passes, kept in `REPO/scrub.json` so an interrupted
+/// pass carries on where it stopped.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct ScrubState {
+    /// When the current (or last) pass started.
+    pub pass_started: i64,
+    /// When the last pass completed (0: never).
+    pub last_complete: i64,
+    /// Stripes verified in the current pass, and when.
+    pub verified: BTreeMap<u64, i64>,
+}
+
+/// Reads the scrub state of a store.
+pub fn scrub_state(s: &LocalStore) -> ScrubState {
+    fs::read(s.root().join("scrub.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_state(s: &LocalStore, st: &ScrubState) -> Result<()> {
+    let tmp = tmp_name(&s.root().join("tmp"));
+    // unwrap: plain data always serializes
+    fs::write(&tmp, serde_json::to_vec(st).expect("scrub state JSON")).at(&tmp)?;
+    fs::rename(&tmp, s.root().join("scrub.json")).at(s.root().join("scrub.json"))
 }
 
 struct Stripe {
@@ -462,12 +493,24 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
     };
     let mut bad: HashMap<PackId, String> = HashMap::new();
     let stripes = load_stripes(s)?;
+    let mut state = scrub_state(s);
+    // An interrupted pass (started, not completed since) carries on.
+    if opts.restart || state.last_complete >= state.pass_started {
+        state.pass_started = s.now();
+        state.verified.clear();
+    }
     let mut in_stripe = HashSet::new();
     for st in &stripes {
         for m in &st.header.members {
             in_stripe.insert(m.pack);
         }
+        if state.verified.contains_key(&st.id) {
+            rep.stripes_resumed += 1;
+            continue;
+        }
         scrub_stripe(s, st, &mut rep, &mut t, &mut bad)?;
+        state.verified.insert(st.id, s.now());
+        save_state(s, &state)?;
     }
     // Packs in no stripe yet: their name is their hash, nothing to repair from.
     let mut loose = Vec::new();
@@ -493,6 +536,9 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
     for p in pr.damaged {
         bad.entry(p).or_insert_with(|| "damaged".into());
     }
+    state.last_complete = s.now().max(state.pass_started);
+    state.verified.clear();
+    save_state(s, &state)?;
     if !bad.is_empty() {
         let mut refs: HashMap<PackId, Vec<SnapshotId>> = HashMap::new();
         for sid in s.list_snapshots()? {

@@ -191,6 +191,11 @@ impl LocalStore {
         self
     }
 
+    /// Now, by the store's clock.
+    pub(crate) fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
     /// Drops a cached handle of a pack that was replaced or removed.
     pub(crate) fn forget_handle(&self, id: &PackId) {
         // unwrap: the lock is never held across a panic

@@ -941,6 +941,7 @@ fn cmd_scrub(
     }
     let opts = ScrubOptions {
         rate: rate_mb.map(|r| r * 1_000_000),
+        restart: false,
     };
     let targets: Vec<(String, LocalStore)> = match config {
         Some(c) => {

@@ -85,6 +85,7 @@ impl State {
             }
             let opts = crate::scrub::ScrubOptions {
                 rate: Some(100_000_000),
+                restart: false,
             };
             match self
                 .store(c)

@@ -210,3 +210,31 @@ fn a_restore_that_meets_a_damaged_pack_gets_the_repaired_bytes() {
         );
     }
 }
+
+#[test]
+fn an_interrupted_scrub_carries_on_where_it_stopped() {
+    let (t, _) = setup();
+    // slowed to 6 MB/s (a pass takes about 5.5 s), killed after the first stripe or so
+    let mut child = t
+        .command()
+        .args(["scrub", "--rate-mb", "6"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    let _ = child.kill();
+    let _ = child.wait();
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(t.repo.join("scrub.json")).unwrap()).unwrap();
+    let done = state["verified"].as_object().unwrap().len();
+    assert!(done >= 1, "no stripe recorded as verified: {state}");
+    let r = t.run(&["--json", "scrub"]).ok().json();
+    assert_eq!(
+        r[0]["report"]["stripes_resumed"].as_u64().unwrap() as usize,
+        done,
+        "{r}"
+    );
+    assert_eq!(r[0]["report"]["damaged_blocks"], 0);
+    // the pass completed: the next one starts from the beginning
+    let r = t.run(&["--json", "scrub"]).ok().json();
+    assert_eq!(r[0]["report"]["stripes_resumed"], 0, "{r}");
+}
