@@ -435,16 +435,55 @@ impl Walker {
 
     /// Reads an image in fixed blocks: an in-place change of a few bytes
     /// costs one block, and zero blocks cost nothing.
-    fn read_blocks(&mut self, r: &mut dyn Read, file: u64, src: &Path) -> Result<(Content, u64)> {
+    fn read_blocks(
+        &mut self,
+        f: &mut File,
+        sparse: bool,
+        file: u64,
+        src: &Path,
+    ) -> Result<(Content, u64)> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::fd::AsRawFd;
         let mut buf = std::mem::take(&mut self.buf);
         let size = (READ_BYTES / self.block).max(1) * self.block;
         buf.resize(size, 0);
+        let len = if sparse {
+            f.metadata().map(|m| m.len()).unwrap_or(0)
+        } else {
+            0
+        };
+        let block = self.block as u64;
+        let mut pos = 0u64;
         let mut cb = ContentBuilder::default();
         let res: Result<()> = (|| loop {
-            let n = read_full(r, &mut buf).map_err(|e| Error::io(src, e))?;
-            for block in buf[..n].chunks(self.block) {
-                self.push_chunk(&mut cb, file, block)?;
+            if sparse {
+                // Skip holes without reading them: whole blocks of a hole
+                // are zero runs, exactly what reading them would give.
+                let next = match nix::unistd::lseek(
+                    f.as_raw_fd(),
+                    pos as i64,
+                    nix::unistd::Whence::SeekData,
+                ) {
+                    Ok(d) => (d as u64 / block) * block,
+                    Err(nix::errno::Errno::ENXIO) => len,
+                    Err(_) => pos,
+                };
+                if next > pos {
+                    self.push_zeros(&mut cb, next - pos);
+                    pos = next;
+                }
+                // lseek(SEEK_DATA) moved the file offset: put it where we read.
+                f.seek(SeekFrom::Start(pos))
+                    .map_err(|e| Error::io(src, e))?;
+                if pos >= len {
+                    return Ok(());
+                }
             }
+            let n = read_full(f, &mut buf).map_err(|e| Error::io(src, e))?;
+            for chunk in buf[..n].chunks(self.block) {
+                self.push_chunk(&mut cb, file, chunk)?;
+            }
+            pos += n as u64;
             if n < buf.len() {
                 return Ok(());
             }
@@ -453,6 +492,15 @@ impl Walker {
         res?;
         let bytes = cb.bytes;
         Ok((self.finish_content(cb, file)?, bytes))
+    }
+
+    /// Appends a run of zero bytes that was not read (a hole).
+    fn push_zeros(&mut self, cb: &mut ContentBuilder, len: u64) {
+        cb.bytes += len;
+        match cb.refs.last_mut() {
+            Some(last) if last.is_zero() => last.len += len,
+            _ => cb.refs.push(ChunkRef::zeros(len)),
+        }
     }
 
     fn set_content(node: &mut Node, c: &Content) {
@@ -522,7 +570,7 @@ impl Walker {
             self.file_seq += 1;
             let seq = self.file_seq;
             let (c, n) = if source::is_image_like(path, m) {
-                self.read_blocks(&mut f, seq, path)?
+                self.read_blocks(&mut f, m.is_file(), seq, path)?
             } else {
                 self.read_cdc(&mut f, seq, path)?
             };
@@ -758,7 +806,7 @@ impl Walker {
         node.rdev = 0;
         let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
         self.file_seq += 1;
-        let (c, n) = self.read_blocks(&mut f, self.file_seq, path)?;
+        let (c, n) = self.read_blocks(&mut f, m.is_file(), self.file_seq, path)?;
         self.stats.files = 1;
         self.stats.bytes = n;
         node.size = n;
