@@ -27,12 +27,44 @@ use crate::parity::{self, Member, StripeHeader, MAGIC_PARITY, PARITY_BLOCK};
 use crate::store::{fsync_dir, tmp_name, LocalStore, Store};
 
 /// Stripe shape: k packs, m parity shards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ParityConfig {
     /// Members per stripe.
     pub k: usize,
     /// Parity shards per stripe: that many lost members can be rebuilt.
     pub m: usize,
+}
+
+impl ParityConfig {
+    /// Checks a shape read from a file or an option.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if (1..=64).contains(&self.k) && (1..=16).contains(&self.m) {
+            Ok(())
+        } else {
+            Err(format!(
+                "parity {}+{}: k must be 1..=64 and m 1..=16",
+                self.k, self.m
+            ))
+        }
+    }
+
+    /// Parses `K+M`, e.g. `10+2`.
+    pub fn parse(s: &str) -> std::result::Result<ParityConfig, String> {
+        let (k, m) = s
+            .split_once('+')
+            .ok_or_else(|| format!("parity {s:?}: expected K+M, e.g. 10+2"))?;
+        let p = ParityConfig {
+            k: k.trim()
+                .parse()
+                .map_err(|_| format!("parity {s:?}: K is not a number"))?,
+            m: m.trim()
+                .parse()
+                .map_err(|_| format!("parity {s:?}: M is not a number"))?,
+        };
+        p.validate()?;
+        Ok(p)
+    }
 }
 
 impl Default for ParityConfig {
@@ -713,6 +745,17 @@ fn scrub_stripe(
         // unwrap: a pack path always has a parent
         fsync_dir(path.parent().expect("pack dir"))?;
         s.forget_handle(&member.pack);
+        // Checked again as stored.
+        if fs::read(&path)
+            .map(|b| PackId::of(&b) != member.pack)
+            .unwrap_or(true)
+        {
+            bad.insert(
+                member.pack,
+                "the repaired pack did not read back intact".into(),
+            );
+            continue;
+        }
         rep.repaired_packs.push(member.pack);
     }
     if parity_bad {

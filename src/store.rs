@@ -116,6 +116,7 @@ pub struct LocalStore {
     root: PathBuf,
     handles: Mutex<HashMap<PackId, Arc<File>>>,
     policy: Policy,
+    parity: crate::scrub::ParityConfig,
     clock: Clock,
 }
 
@@ -134,6 +135,7 @@ impl LocalStore {
             root: root.to_path_buf(),
             handles: Mutex::new(HashMap::new()),
             policy: read_policy(root)?,
+            parity: read_parity(root)?,
             clock: system_clock(),
         })
     }
@@ -167,6 +169,7 @@ impl LocalStore {
             root: root.to_path_buf(),
             handles: Mutex::new(HashMap::new()),
             policy: read_policy(root)?,
+            parity: read_parity(root)?,
             clock: system_clock(),
         })
     }
@@ -181,6 +184,7 @@ impl LocalStore {
             root: root.to_path_buf(),
             handles: Mutex::new(HashMap::new()),
             policy: read_policy(root)?,
+            parity: read_parity(root)?,
             clock: system_clock(),
         })
     }
@@ -206,6 +210,29 @@ impl LocalStore {
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Uses this parity shape instead of the repository's own.
+    pub fn with_parity(mut self, p: crate::scrub::ParityConfig) -> Self {
+        self.parity = p;
+        self
+    }
+
+    /// The parity shape in force.
+    pub fn parity(&self) -> crate::scrub::ParityConfig {
+        self.parity
+    }
+
+    /// Records the parity shape of a local repository (`REPO/parity.json`).
+    pub fn write_parity(&self, p: &crate::scrub::ParityConfig) -> Result<()> {
+        p.validate().map_err(Error::Denied)?;
+        // unwrap: plain data always serializes
+        let bytes = serde_json::to_vec_pretty(p).expect("parity JSON");
+        write_once(
+            &self.root.join("tmp"),
+            &self.root.join("parity.json"),
+            &bytes,
+        )
     }
 
     /// The retention rules in force.
@@ -360,11 +387,7 @@ impl LocalStore {
         rep.packs_kept = (ages.len() - doomed.len()) as u64;
         drop(_guard);
         // Parity must forget collected packs, or a scrub would bring them back.
-        crate::scrub::forget_packs(
-            self,
-            &doomed.iter().copied().collect(),
-            crate::scrub::ParityConfig::default(),
-        )?;
+        crate::scrub::forget_packs(self, &doomed.iter().copied().collect(), self.parity)?;
         Ok(rep)
     }
 
@@ -747,6 +770,20 @@ impl Store for LocalStore {
         st.extend(until, hold);
         self.write_stamp(id, &st, true)?;
         Ok(st)
+    }
+}
+
+fn read_parity(root: &Path) -> Result<crate::scrub::ParityConfig> {
+    match fs::read(root.join("parity.json")) {
+        Ok(b) => {
+            let p: crate::scrub::ParityConfig = serde_json::from_slice(&b).map_err(|e| {
+                Error::Corrupt(format!("{}: {e}", root.join("parity.json").display()))
+            })?;
+            p.validate().map_err(Error::Denied)?;
+            Ok(p)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(crate::scrub::ParityConfig::default()),
+        Err(e) => Err(Error::io(root.join("parity.json"), e)),
     }
 }
 

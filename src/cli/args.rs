@@ -186,6 +186,9 @@ pub struct InitArgs {
     /// Retention of a local repository, in days.
     #[arg(long, default_value_t = 30)]
     pub retention_days: u32,
+    /// Parity of a local repository: K packs per stripe + M parity files.
+    #[arg(long, default_value = "10+2")]
+    pub parity: String,
 }
 
 #[derive(Args, Debug)]

@@ -287,8 +287,13 @@ fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
             retention_secs: a.retention_days as i64 * coffer::retention::DAY_SECS,
             ..Default::default()
         };
+        let local = LocalStore::open_dir(Path::new(repo_arg(cli)?))?;
         if policy != coffer::retention::Policy::default() {
-            LocalStore::open_dir(Path::new(repo_arg(cli)?))?.write_policy(&policy)?;
+            local.write_policy(&policy)?;
+        }
+        let parity = coffer::scrub::ParityConfig::parse(&a.parity).map_err(|e| anyhow!(e))?;
+        if parity != coffer::scrub::ParityConfig::default() {
+            local.write_parity(&parity)?;
         }
     }
     let id = Repository::init_store(store.as_ref(), &pw, &opts)?;
@@ -401,7 +406,7 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
     // A local repository computes parity for the new packs at once.
     let parity_started = std::time::Instant::now();
     if let Ok(local) = LocalStore::open(Path::new(repo_arg(cli)?)) {
-        coffer::scrub::protect(&local, coffer::scrub::ParityConfig::default())?;
+        coffer::scrub::protect(&local, local.parity())?;
     }
     let parity_secs = parity_started.elapsed().as_secs_f64();
     let s = &out.stats;
@@ -935,7 +940,7 @@ fn cmd_scrub(
     rate_mb: Option<u64>,
     allow_root: bool,
 ) -> Result<()> {
-    use coffer::scrub::{scrub, ParityConfig, ScrubOptions};
+    use coffer::scrub::{scrub, ScrubOptions};
     if config.is_some() && nix::unistd::geteuid().is_root() && !allow_root {
         bail!("refusing to scrub a server's data as root: run as the server's user (or pass --allow-root)");
     }
@@ -952,7 +957,12 @@ fn cmd_scrub(
                 if seen.insert(cl.namespace.clone()) {
                     v.push((
                         cl.namespace.clone(),
-                        coffer::net::server::namespace_store(&cfg.data, &cl.namespace, cl.policy)?,
+                        coffer::net::server::namespace_store(
+                            &cfg.data,
+                            &cl.namespace,
+                            cl.policy,
+                            cfg.parity_config(),
+                        )?,
                     ));
                 }
             }
@@ -969,7 +979,7 @@ fn cmd_scrub(
     let mut reports = Vec::new();
     let mut unrepairable = 0;
     for (name, store) in &targets {
-        let r = scrub(store, ParityConfig::default(), &opts)?;
+        let r = scrub(store, store.parity(), &opts)?;
         unrepairable += r.unrepairable.len();
         if !cli.json && !cli.quiet {
             println!(

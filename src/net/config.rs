@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// How often the retention sweep and collection run (60 minutes).
     #[serde(default = "sixty")]
     pub prune_interval_minutes: u32,
+    /// Parity shape of every namespace, `K+M` (default `10+2`).
+    #[serde(default = "parity_default")]
+    pub parity: String,
     /// How often every pack is scrubbed (168 hours: weekly).
     #[serde(default = "week")]
     pub scrub_interval_hours: u32,
@@ -69,6 +72,9 @@ fn grace() -> u32 {
 }
 fn sixty() -> u32 {
     60
+}
+fn parity_default() -> String {
+    "10+2".into()
 }
 fn week() -> u32 {
     168
@@ -116,6 +122,7 @@ impl ServerConfig {
             toml::from_str(text).map_err(|e| Error::Denied(e.to_string().trim().to_string()))?;
         c.listen_addr()?;
         c.validated_clients()?;
+        crate::scrub::ParityConfig::parse(&c.parity).map_err(Error::Denied)?;
         if c.scrub_interval_hours == 0 {
             return Err(Error::Denied(
                 "scrub_interval_hours must be at least 1".into(),
@@ -127,6 +134,11 @@ impl ServerConfig {
             ));
         }
         Ok(c)
+    }
+
+    /// The parity shape (validated at parse).
+    pub fn parity_config(&self) -> crate::scrub::ParityConfig {
+        crate::scrub::ParityConfig::parse(&self.parity).unwrap_or_default()
     }
 
     /// The address to bind.

@@ -32,11 +32,20 @@ struct State {
     stores: Mutex<HashMap<String, Arc<LocalStore>>>,
     /// Bytes of packs per namespace, counted once, then kept up to date.
     usage: Mutex<HashMap<String, u64>>,
+    /// Parity shape of every namespace.
+    parity: crate::scrub::ParityConfig,
 }
 
 /// Opens a namespace's store with its retention rules.
-pub fn namespace_store(data: &std::path::Path, ns: &str, policy: Policy) -> Result<LocalStore> {
-    Ok(LocalStore::open_dir(&data.join("namespaces").join(ns))?.with_policy(policy))
+pub fn namespace_store(
+    data: &std::path::Path,
+    ns: &str,
+    policy: Policy,
+    parity: crate::scrub::ParityConfig,
+) -> Result<LocalStore> {
+    Ok(LocalStore::open_dir(&data.join("namespaces").join(ns))?
+        .with_policy(policy)
+        .with_parity(parity))
 }
 
 impl State {
@@ -50,6 +59,7 @@ impl State {
             &self.data,
             &client.namespace,
             client.policy,
+            self.parity,
         )?);
         m.insert(client.namespace.clone(), s.clone());
         Ok(s)
@@ -89,7 +99,7 @@ impl State {
             };
             match self
                 .store(c)
-                .and_then(|s| crate::scrub::scrub(&s, crate::scrub::ParityConfig::default(), &opts))
+                .and_then(|s| crate::scrub::scrub(&s, s.parity(), &opts))
             {
                 Ok(r) => {
                     eprintln!(
@@ -120,9 +130,8 @@ impl State {
                 continue;
             }
             let res = self.store(c).and_then(|s| {
-                s.prune().and_then(|r| {
-                    crate::scrub::protect(&s, crate::scrub::ParityConfig::default()).map(|_| r)
-                })
+                s.prune()
+                    .and_then(|r| crate::scrub::protect(&s, s.parity()).map(|_| r))
             });
             // unwrap: the lock is never held across a panic
             self.usage.lock().unwrap().remove(&c.namespace);
@@ -182,6 +191,7 @@ pub async fn serve(
         clients: clients.into_iter().map(|c| (c.fingerprint, c)).collect(),
         stores: Mutex::new(HashMap::new()),
         usage: Mutex::new(HashMap::new()),
+        parity: cfg.parity_config(),
     });
     // Scrub on the server's own schedule.
     let scrub_every = std::time::Duration::from_secs(cfg.scrub_interval_hours as u64 * 3600);
@@ -572,7 +582,7 @@ async fn handle(
             let id = blocking(move || store.write_snapshot(&body)).await?;
             // Parity for the packs this snapshot brought, at once but off the reply path.
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = crate::scrub::protect(&st2, crate::scrub::ParityConfig::default()) {
+                if let Err(e) = crate::scrub::protect(&st2, st2.parity()) {
                     eprintln!("coffer serve: parity: {e}");
                 }
             });
@@ -613,7 +623,7 @@ pub fn prune_config(cfg: &ServerConfig) -> Result<Vec<(String, crate::store::Pru
     let mut seen = std::collections::HashSet::new();
     for c in cfg.validated_clients()? {
         if seen.insert(c.namespace.clone()) {
-            let s = namespace_store(&cfg.data, &c.namespace, c.policy)?;
+            let s = namespace_store(&cfg.data, &c.namespace, c.policy, cfg.parity_config())?;
             out.push((c.namespace.clone(), s.prune()?));
         }
     }

@@ -238,3 +238,46 @@ fn an_interrupted_scrub_carries_on_where_it_stopped() {
     let r = t.run(&["--json", "scrub"]).ok().json();
     assert_eq!(r[0]["report"]["stripes_resumed"], 0, "{r}");
 }
+
+#[test]
+fn parity_shape_is_set_per_repository() {
+    let t = TestRepo::with_init(&["--parity", "4+1"]);
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..20 {
+        fs::write(src.join(format!("f{i:02}")), random_bytes(i, 330_000)).unwrap();
+    }
+    t.backup(&[src.to_str().unwrap()]);
+    let st = stripes(&t);
+    assert!(st.len() >= 2);
+    for (members, parity) in st.values() {
+        assert!(members.len() <= 4, "{} members", members.len());
+        assert_eq!(parity.len(), 1);
+    }
+    // one lost pack per stripe is within a 4+1 budget
+    for (members, _) in st.values() {
+        fs::remove_file(&members[0]).unwrap();
+    }
+    let r = t.run(&["--json", "scrub"]).ok().json();
+    assert_eq!(
+        r[0]["report"]["unrepairable"].as_array().unwrap().len(),
+        0,
+        "{r}"
+    );
+    t.run(&["check", "--read-data"]).ok();
+    // a shape out of range is refused at init
+    let bad = tempfile::tempdir().unwrap();
+    let out = clean_command()
+        .env("COFFER_PASSWORD", PASSWORD)
+        .args([
+            "--repo",
+            bad.path().join("r").to_str().unwrap(),
+            "init",
+            "--parity",
+            "0+1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("parity"));
+}
