@@ -103,6 +103,7 @@ impl Cache {
             "CREATE TEMP TABLE IF NOT EXISTS run_refs (file INTEGER NOT NULL, blob BLOB NOT NULL);
              CREATE INDEX IF NOT EXISTS temp.run_refs_file ON run_refs(file);
              CREATE TEMP TABLE IF NOT EXISTS run_packs (pack BLOB NOT NULL, bytes INTEGER NOT NULL);
+             CREATE TEMP TABLE IF NOT EXISTS listed (pack BLOB PRIMARY KEY) WITHOUT ROWID;
              CREATE TEMP TABLE IF NOT EXISTS run_files (
                  seq INTEGER PRIMARY KEY, path BLOB NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
                  ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, dev INTEGER NOT NULL, content BLOB NOT NULL);",
@@ -226,6 +227,39 @@ impl Cache {
         tx.execute("DELETE FROM packs WHERE id = ?1", [id.as_bytes()])?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Notes packs the repository listed (see [`Cache::unlisted_packs`]).
+    pub fn note_listed(&mut self, packs: &[PackId]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached("INSERT OR IGNORE INTO listed (pack) VALUES (?1)")?;
+            for p in packs {
+                st.execute([p.as_bytes()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Packs the cache knows that the repository's listing did not show;
+    /// clears the noted listing. Kept on disk, so memory stays flat.
+    pub fn unlisted_packs(&mut self) -> Result<Vec<PackId>> {
+        let out = {
+            let mut st = self
+                .conn
+                .prepare("SELECT id FROM packs WHERE id NOT IN (SELECT pack FROM listed)")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut out = Vec::new();
+            for r in rows {
+                if let Some(p) = PackId::from_slice(&r?) {
+                    out.push(p);
+                }
+            }
+            out
+        };
+        self.conn.execute_batch("DELETE FROM listed")?;
+        Ok(out)
     }
 
     /// Every pack the cache knows, in id order, page by page.

@@ -207,7 +207,15 @@ impl Repository {
     /// pack, so memory stays flat.
     pub fn sync_cache(&self, cache: &mut Cache) -> Result<SyncReport> {
         let mut rep = SyncReport::default();
+        // One listing of the repository, no request per pack: its names go
+        // to a temporary table so the packs that vanished can be found.
+        let mut batch = Vec::with_capacity(4096);
         self.store.for_each_pack(&mut |id, size| {
+            batch.push(id);
+            if batch.len() == 4096 {
+                cache.note_listed(&batch)?;
+                batch.clear();
+            }
             if cache.has_pack(&id)? {
                 return Ok(());
             }
@@ -220,14 +228,8 @@ impl Repository {
             }
             Ok(())
         })?;
-        let mut gone = Vec::new();
-        cache.for_each_pack(&mut |id| {
-            if self.store.pack_size(&id)?.is_none() {
-                gone.push(id);
-            }
-            Ok(())
-        })?;
-        for id in gone {
+        cache.note_listed(&batch)?;
+        for id in cache.unlisted_packs()? {
             cache.remove_pack(&id)?;
             rep.removed += 1;
         }

@@ -26,6 +26,10 @@ use crate::id::BlobId;
 use crate::source::{self, MetaWarnings};
 use crate::store::Store;
 
+/// Chunk readers at least, whatever the cores: reads from a server wait on
+/// round trips, and from a disk on I/O, more than they compute.
+const RESTORE_READERS: usize = 6;
+
 /// What to restore and where.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -182,7 +186,9 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
-        .clamp(2, 8);
+        .clamp(2, 8)
+        // More readers than cores: a remote store's round trips overlap.
+        .max(RESTORE_READERS);
     let (tx, rx) = bounded::<Job>(workers * 4);
     let reader = BlobReader {
         store: repo.store().clone(),
@@ -439,7 +445,9 @@ pub fn dump(repo: &Repository, cache: &Cache, node: &Node, out: &mut dyn Write) 
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
-        .clamp(2, 8);
+        .clamp(2, 8)
+        // More readers than cores: a remote store's round trips overlap.
+        .max(RESTORE_READERS);
     let window = workers * 4;
     let (job_tx, job_rx) = bounded::<(u64, ChunkRef, BlobLocation)>(window);
     let (res_tx, res_rx) = bounded::<(u64, Result<Vec<u8>>)>(window);
