@@ -349,19 +349,6 @@ impl Cache {
         Ok(())
     }
 
-    /// The distinct packs holding the blobs referenced for `file`.
-    pub fn run_file_packs(&self, file: u64) -> Result<Vec<u8>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT DISTINCT b.pack FROM run_refs r JOIN blobs b ON b.id = r.blob WHERE r.file = ?1 ORDER BY b.pack",
-        )?;
-        let mut out = Vec::new();
-        let mut rows = st.query([file as i64])?;
-        while let Some(r) = rows.next()? {
-            out.extend_from_slice(&r.get::<_, Vec<u8>>(0)?);
-        }
-        Ok(out)
-    }
-
     /// Every pack the running backup references, and the number of
     /// referenced blobs the index does not know (must be zero).
     pub fn run_packs(&self) -> Result<(Vec<PackId>, u64)> {
@@ -485,7 +472,21 @@ mod tests {
             .unwrap();
         let (packs, missing) = c.run_packs().unwrap();
         assert_eq!((packs, missing), (vec![PackId([2; 32])], 1));
-        assert_eq!(c.run_file_packs(1).unwrap(), vec![2u8; 32]);
+        // the files cache records, per file, each pack and its bytes
+        let rec = FileRecord {
+            size: 50,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            inode: 1,
+            dev: 1,
+            content: vec![],
+            packs: vec![],
+        };
+        c.run_file(1, b"/f", &rec).unwrap();
+        assert_eq!(c.run_commit_files().unwrap(), 1);
+        let mut want = vec![2u8; 32];
+        want.extend_from_slice(&100u64.to_le_bytes());
+        assert_eq!(c.file(b"/f").unwrap().unwrap().packs, want);
         c.remove_pack(&PackId([2; 32])).unwrap();
         assert!(!c.has_blob(&BlobId([1; 32])).unwrap());
     }

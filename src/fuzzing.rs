@@ -289,3 +289,26 @@ pub fn proto_frame(data: &[u8]) {
         assert_eq!(Response::decode(t2, p2).expect("re-encoded response"), r);
     }
 }
+
+/// Parity files: the trailer and the CBOR header a scrub reads from disk.
+/// A header that decodes re-encodes to one that decodes the same.
+pub fn parity_header(data: &[u8]) {
+    use crate::parity::{decode_header, decode_trailer, encode_tail};
+    let len = data.len() as u64;
+    if let Some(t) = data.len().checked_sub(4).map(|i| &data[i..]) {
+        if let Ok(n) = decode_trailer(t, len) {
+            assert!(n as u64 + 12 <= len);
+        }
+    }
+    // the input as the header of files of 0 to 4 rows
+    for rows in 0..=4u64 {
+        let file_len = 8 + rows * crate::parity::PARITY_BLOCK as u64 + len + 4;
+        if let Ok(h) = decode_header(data, file_len) {
+            let tail = encode_tail(&h);
+            let body = &tail[..tail.len() - 4];
+            let again = decode_header(body, file_len - data.len() as u64 + body.len() as u64)
+                .expect("re-encoded parity header");
+            assert_eq!(again, h);
+        }
+    }
+}

@@ -134,8 +134,8 @@ impl LocalStore {
         Ok(LocalStore {
             root: root.to_path_buf(),
             handles: Mutex::new(HashMap::new()),
-            policy: read_policy(root)?,
-            parity: read_parity(root)?,
+            policy: read_setting(root)?,
+            parity: read_setting(root)?,
             clock: system_clock(),
         })
     }
@@ -168,8 +168,8 @@ impl LocalStore {
         Ok(LocalStore {
             root: root.to_path_buf(),
             handles: Mutex::new(HashMap::new()),
-            policy: read_policy(root)?,
-            parity: read_parity(root)?,
+            policy: read_setting(root)?,
+            parity: read_setting(root)?,
             clock: system_clock(),
         })
     }
@@ -183,8 +183,8 @@ impl LocalStore {
         Ok(LocalStore {
             root: root.to_path_buf(),
             handles: Mutex::new(HashMap::new()),
-            policy: read_policy(root)?,
-            parity: read_parity(root)?,
+            policy: read_setting(root)?,
+            parity: read_setting(root)?,
             clock: system_clock(),
         })
     }
@@ -225,14 +225,15 @@ impl LocalStore {
 
     /// Records the parity shape of a local repository (`REPO/parity.json`).
     pub fn write_parity(&self, p: &crate::scrub::ParityConfig) -> Result<()> {
-        p.validate().map_err(Error::Denied)?;
+        self.write_setting(p)
+    }
+
+    /// Writes a store-level setting once, after checking it.
+    fn write_setting<T: Setting>(&self, v: &T) -> Result<()> {
+        v.check().map_err(Error::Denied)?;
         // unwrap: plain data always serializes
-        let bytes = serde_json::to_vec_pretty(p).expect("parity JSON");
-        write_once(
-            &self.root.join("tmp"),
-            &self.root.join("parity.json"),
-            &bytes,
-        )
+        let bytes = serde_json::to_vec_pretty(v).expect("setting JSON");
+        write_once(&self.root.join("tmp"), &self.root.join(T::FILE), &bytes)
     }
 
     /// The retention rules in force.
@@ -242,14 +243,7 @@ impl LocalStore {
 
     /// Records the retention rules of a local repository (`REPO/policy.json`).
     pub fn write_policy(&self, p: &Policy) -> Result<()> {
-        p.validate().map_err(Error::Denied)?;
-        // unwrap: plain data always serializes
-        let bytes = serde_json::to_vec_pretty(p).expect("policy JSON");
-        write_once(
-            &self.root.join("tmp"),
-            &self.root.join("policy.json"),
-            &bytes,
-        )
+        self.write_setting(p)
     }
 
     fn stamp_path(&self, id: &SnapshotId) -> PathBuf {
@@ -773,31 +767,40 @@ impl Store for LocalStore {
     }
 }
 
-fn read_parity(root: &Path) -> Result<crate::scrub::ParityConfig> {
-    match fs::read(root.join("parity.json")) {
-        Ok(b) => {
-            let p: crate::scrub::ParityConfig = serde_json::from_slice(&b).map_err(|e| {
-                Error::Corrupt(format!("{}: {e}", root.join("parity.json").display()))
-            })?;
-            p.validate().map_err(Error::Denied)?;
-            Ok(p)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(crate::scrub::ParityConfig::default()),
-        Err(e) => Err(Error::io(root.join("parity.json"), e)),
+/// A store-level setting kept as JSON in the repository directory, with a
+/// default when the file is absent.
+pub(crate) trait Setting: serde::Serialize + serde::de::DeserializeOwned + Default {
+    /// Its file name in the repository directory.
+    const FILE: &'static str;
+    /// Checks a value read from the file or given by a user.
+    fn check(&self) -> std::result::Result<(), String>;
+}
+
+impl Setting for Policy {
+    const FILE: &'static str = "policy.json";
+    fn check(&self) -> std::result::Result<(), String> {
+        self.validate()
     }
 }
 
-fn read_policy(root: &Path) -> Result<Policy> {
-    match fs::read(root.join("policy.json")) {
+impl Setting for crate::scrub::ParityConfig {
+    const FILE: &'static str = "parity.json";
+    fn check(&self) -> std::result::Result<(), String> {
+        self.validate()
+    }
+}
+
+fn read_setting<T: Setting>(root: &Path) -> Result<T> {
+    let path = root.join(T::FILE);
+    match fs::read(&path) {
         Ok(b) => {
-            let p: Policy = serde_json::from_slice(&b).map_err(|e| {
-                Error::Corrupt(format!("{}: {e}", root.join("policy.json").display()))
-            })?;
-            p.validate().map_err(Error::Denied)?;
-            Ok(p)
+            let v: T = serde_json::from_slice(&b)
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+            v.check().map_err(Error::Denied)?;
+            Ok(v)
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Policy::default()),
-        Err(e) => Err(Error::io(root.join("policy.json"), e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(Error::io(path, e)),
     }
 }
 
@@ -830,5 +833,26 @@ mod tests {
         assert_eq!(s.read_pack(&id, 0, bytes.len()).unwrap(), bytes);
         // nothing left in tmp
         assert_eq!(fs::read_dir(d.path().join("r/tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn bad_settings_files_are_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("r");
+        LocalStore::create(&root).unwrap();
+        fs::write(root.join("parity.json"), b"{\"k\": 0, \"m\": 1}").unwrap();
+        let e = LocalStore::open_dir(&root).err().unwrap().to_string();
+        assert!(e.contains("parity 0+1"), "{e}");
+        fs::remove_file(root.join("parity.json")).unwrap();
+        fs::write(root.join("policy.json"), b"not json").unwrap();
+        let e = LocalStore::open_dir(&root).err().unwrap().to_string();
+        assert!(e.contains("policy.json"), "{e}");
+        fs::write(
+            root.join("policy.json"),
+            b"{\"lock_secs\": 100, \"retention_secs\": 10, \"grace_secs\": 0}",
+        )
+        .unwrap();
+        let e = LocalStore::open_dir(&root).err().unwrap().to_string();
+        assert!(e.contains("lock window"), "{e}");
     }
 }

@@ -402,3 +402,27 @@ fn proto_frame() {
     }
     hammer("proto_frame", &seeds, fuzzing::proto_frame);
 }
+
+#[test]
+fn parity_header() {
+    use coffer::parity::{encode_tail, Member, StripeHeader, PARITY_BLOCK};
+    let h = StripeHeader {
+        version: 1,
+        stripe: 3,
+        m: 2,
+        block: PARITY_BLOCK as u32,
+        rows: 2,
+        members: vec![Member {
+            pack: coffer::id::PackId([5; 32]),
+            size: PARITY_BLOCK as u64 + 10,
+            sums: serde_bytes::ByteBuf::from(vec![1u8; 64]),
+        }],
+        index: 0,
+        sums: serde_bytes::ByteBuf::from(vec![2u8; 64]),
+    };
+    let tail = encode_tail(&h);
+    let header = tail[..tail.len() - 4].to_vec();
+    let file_len = 8 + 2 * PARITY_BLOCK as u64 + tail.len() as u64;
+    assert_eq!(coffer::parity::decode_header(&header, file_len).unwrap(), h);
+    hammer("parity_header", &[header, tail], fuzzing::parity_header);
+}

@@ -724,17 +724,20 @@ fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
             true,
         )
     };
+    let add_key = |pw: &[u8], memory_kib: u32, iterations: u32| -> Result<String> {
+        let params = KdfParams {
+            memory_kib,
+            iterations,
+            parallelism: 1,
+        };
+        Ok(repo.add_key(pw, params, host(), now_ns() / 1_000_000_000)?)
+    };
     match k {
         KeyCommand::Add {
             kdf_memory_kib,
             kdf_iterations,
         } => {
-            let params = KdfParams {
-                memory_kib: *kdf_memory_kib,
-                iterations: *kdf_iterations,
-                parallelism: 1,
-            };
-            let name = repo.add_key(&new_pw()?, params, host(), now_ns() / 1_000_000_000)?;
+            let name = add_key(&new_pw()?, *kdf_memory_kib, *kdf_iterations)?;
             if cli.json {
                 print_json(&json!({"id": name}))?;
             } else if !cli.quiet {
@@ -772,12 +775,7 @@ fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
             kdf_memory_kib,
             kdf_iterations,
         } => {
-            let params = KdfParams {
-                memory_kib: *kdf_memory_kib,
-                iterations: *kdf_iterations,
-                parallelism: 1,
-            };
-            let name = repo.add_key(&new_pw()?, params, host(), now_ns() / 1_000_000_000)?;
+            let name = add_key(&new_pw()?, *kdf_memory_kib, *kdf_iterations)?;
             repo.store().remove_key(repo.key_name())?;
             if !cli.quiet {
                 println!(

@@ -265,43 +265,48 @@ fn handshake_refusals() {
     run(srv.client(0, &cache), &init_args()).ok();
 }
 
-fn connect_without_certificate(port: u16, pin: &str) -> Result<(), String> {
-    #[derive(Debug)]
-    struct AnyServer;
-    impl rustls::client::danger::ServerCertVerifier for AnyServer {
-        fn verify_server_cert(
-            &self,
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &[rustls::pki_types::CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn verify_tls13_signature(
-            &self,
-            _: &[u8],
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            rustls::crypto::ring::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
+/// A raw test client's server check: the pin, then any signature (the
+/// tests probe the server, not the client's TLS).
+#[derive(Debug)]
+struct TestVerifier(Fingerprint);
+
+impl rustls::client::danger::ServerCertVerifier for TestVerifier {
+    fn verify_server_cert(
+        &self,
+        c: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        assert_eq!(Fingerprint::of(c), self.0);
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
-    let _ = pin;
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn connect_without_certificate(port: u16, pin: &str) -> Result<(), String> {
+    let pin = Fingerprint::parse(pin).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -312,7 +317,7 @@ fn connect_without_certificate(port: u16, pin: &str) -> Result<(), String> {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServer))
+            .with_custom_certificate_verifier(Arc::new(TestVerifier(pin)))
             .with_no_client_auth();
         tls.alpn_protocols = vec![coffer::proto::ALPN.to_vec()];
         let qc = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
@@ -473,50 +478,12 @@ fn raw_request(srv: &TestServer, bytes: &[u8]) -> Result<Vec<u8>, String> {
         .build()
         .unwrap();
     rt.block_on(async {
-        #[derive(Debug)]
-        struct Pin(Fingerprint);
-        impl rustls::client::danger::ServerCertVerifier for Pin {
-            fn verify_server_cert(
-                &self,
-                c: &rustls::pki_types::CertificateDer<'_>,
-                _: &[rustls::pki_types::CertificateDer<'_>],
-                _: &rustls::pki_types::ServerName<'_>,
-                _: &[u8],
-                _: rustls::pki_types::UnixTime,
-            ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-                assert_eq!(Fingerprint::of(c), self.0);
-                Ok(rustls::client::danger::ServerCertVerified::assertion())
-            }
-            fn verify_tls12_signature(
-                &self,
-                _: &[u8],
-                _: &rustls::pki_types::CertificateDer<'_>,
-                _: &rustls::DigitallySignedStruct,
-            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
-            {
-                Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-            }
-            fn verify_tls13_signature(
-                &self,
-                _: &[u8],
-                _: &rustls::pki_types::CertificateDer<'_>,
-                _: &rustls::DigitallySignedStruct,
-            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
-            {
-                Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-            }
-            fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-                rustls::crypto::ring::default_provider()
-                    .signature_verification_algorithms
-                    .supported_schemes()
-            }
-        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pin(pin)))
+            .with_custom_certificate_verifier(Arc::new(TestVerifier(pin)))
             .with_client_auth_cert(vec![id.cert], id.key)
             .unwrap();
         tls.alpn_protocols = vec![coffer::proto::ALPN.to_vec()];
