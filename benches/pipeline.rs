@@ -145,9 +145,12 @@ fn inputs() -> Inputs {
 
 fn source(inp: &Inputs, image: bool) -> BackupSource {
     if image {
-        BackupSource::Image(inp.image.clone())
+        BackupSource::Image {
+            path: inp.image.clone(),
+            name: None,
+        }
     } else {
-        BackupSource::Paths(vec![inp.tree.clone()])
+        BackupSource::paths(vec![inp.tree.clone()])
     }
 }
 
@@ -157,7 +160,12 @@ fn time_backup(inp: &Inputs, image: bool, expect: u64, iters: u64) -> Duration {
     for _ in 0..iters {
         let fresh = fresh_repo();
         let start = Instant::now();
-        let out = backup(&fresh.repo, source(inp, image), BackupOptions::default()).unwrap();
+        let out = backup(
+            &fresh.repo,
+            vec![source(inp, image)],
+            BackupOptions::default(),
+        )
+        .unwrap();
         total += start.elapsed();
         assert_eq!(out.stats.bytes, expect);
         assert!(out.warnings.is_empty(), "{:?}", out.warnings);
@@ -206,7 +214,12 @@ fn pipeline(c: &mut Criterion) {
 
         // One repository holding the snapshot, restored from repeatedly.
         let fresh = fresh_repo();
-        let out = backup(&fresh.repo, source(&inp, image), BackupOptions::default()).unwrap();
+        let out = backup(
+            &fresh.repo,
+            vec![source(&inp, image)],
+            BackupOptions::default(),
+        )
+        .unwrap();
         let repo_dir = fresh.dir.path().to_path_buf();
         let snap_id = out.id.to_hex();
         g.bench_function(format!("restore/{name}"), |b| {

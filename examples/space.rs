@@ -93,7 +93,8 @@ fn run(days: i64, churn: f64, mib: usize, rewrite_below: f64) -> (f64, f64, u64)
             rewrite_below,
             ..BackupOptions::default()
         };
-        let out = backup::backup(&repo, BackupSource::Paths(vec![data.clone()]), opts).unwrap();
+        let out =
+            backup::backup(&repo, vec![BackupSource::paths(vec![data.clone()])], opts).unwrap();
         uploaded += out.stats.new_pack_bytes;
         store.prune().unwrap();
         let live = (files * FILE_BYTES) as f64;

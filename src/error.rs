@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Denied,
     /// The operating system refused an operation.
     Io,
+    /// Stopped on request (a signal) before finishing.
+    Interrupted,
 }
 
 /// Every error the library returns.
@@ -64,6 +66,9 @@ pub enum Error {
     /// A key file was refused before trying the passphrase (weakened or malformed).
     #[error("key file refused: {0}")]
     KeyRefused(String),
+    /// Stopped on request before finishing; nothing was committed.
+    #[error("interrupted; no snapshot committed")]
+    Interrupted,
     /// The passphrase does not open any key file.
     #[error("wrong passphrase: no key file of this repository opens with it")]
     WrongPassphrase,
@@ -86,6 +91,7 @@ impl Error {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::Denied(_) => ErrorKind::Denied,
+            Error::Interrupted => ErrorKind::Interrupted,
         }
     }
 

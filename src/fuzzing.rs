@@ -263,6 +263,26 @@ fn check_config(keys: &Keys, c: &ConfigFile) {
     }
 }
 
+/// Text configs an operator writes: the job file (`backup --config`) and,
+/// with the `net` feature, the server's file. Any bytes give a value or an
+/// error, and a job that validates lists only well-formed sources.
+pub fn text_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(job) = crate::job::JobConfig::parse(text) {
+        for s in job.sources() {
+            s.expect("a validated job has only valid sources");
+        }
+    }
+    #[cfg(feature = "net")]
+    if let Ok(c) = crate::net::config::ServerConfig::parse(text) {
+        c.validated_clients()
+            .expect("a validated server config has valid clients");
+        c.listen_addr().expect("a validated listen address");
+    }
+}
+
 /// Wire frames: the frame splitter, then both message decoders. A decoded
 /// message re-encodes to a frame that decodes to the same message.
 pub fn proto_frame(data: &[u8]) {

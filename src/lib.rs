@@ -14,7 +14,7 @@
 //! | vocabulary | [`id`], [`error`], [`limits`] | nothing |
 //! | pure core | [`chunk`], [`crypto`], [`format`] | bytes in, values out; no files, clock or sockets |
 //! | store | [`store`] | one repository directory: write-once objects |
-//! | engine | [`repo`], [`cache`], [`source`] | files being backed up, the SQLite cache, a store |
+//! | engine | [`repo`], [`cache`], [`source`], [`job`] | files being backed up, the SQLite cache, a store |
 //!
 //! The on-disk formats are documented in `docs/format.md`.
 //!
@@ -42,6 +42,7 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod id;
+pub mod job;
 pub mod limits;
 #[cfg(feature = "net")]
 pub mod net;

@@ -359,6 +359,17 @@ fn config() {
 }
 
 #[test]
+fn text_config() {
+    let job = b"repo = \"/r\"\npre = \"true\"\n[[source]]\npath = \"/\"\nexclude = [\"/proc\"]\n\n[[source]]\nname = \"a.dump\"\ncommand = [\"pg_dump\", \"a\"]\n".to_vec();
+    assert!(coffer::job::JobConfig::parse(std::str::from_utf8(&job).unwrap()).is_ok());
+    let server = b"data = \"/d\"\nidentity = \"/i\"\n[[client]]\nfingerprint = \"0000000000000000000000000000000000000000000000000000000000000001\"\nnamespace = \"a\"\n".to_vec();
+    assert!(
+        coffer::net::config::ServerConfig::parse(std::str::from_utf8(&server).unwrap()).is_ok()
+    );
+    hammer("text_config", &[job, server], fuzzing::text_config);
+}
+
+#[test]
 fn proto_frame() {
     use coffer::id::{PackId, SnapshotId};
     use coffer::proto::{ErrorCode, Request, Response};

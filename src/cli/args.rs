@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 /// coffer: encrypted, deduplicating backups.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "coffer", version, about, long_about = None)]
 pub struct Cli {
     /// Repository: a local directory (or quic://HOST:PORT/NAMESPACE).
@@ -26,11 +26,15 @@ pub struct Cli {
     /// The server's certificate fingerprint to pin (for quic:// repositories).
     #[arg(long, global = true, env = "COFFER_SERVER_FINGERPRINT")]
     pub server_fingerprint: Option<String>,
+    /// Passphrase file named by a job config (after COFFER_PASSWORD and
+    /// COFFER_PASSWORD_FILE).
+    #[arg(skip)]
+    pub password_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum Command {
     /// Create a new repository.
     Init(InitArgs),
@@ -139,7 +143,7 @@ pub enum Command {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum IdentityCommand {
     /// Create a private key and self-signed certificate; prints the fingerprint.
     New {
@@ -154,7 +158,7 @@ pub enum IdentityCommand {
     },
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct InitArgs {
     /// Argon2id memory in KiB (floor 19456).
     #[arg(long, default_value_t = 32768)]
@@ -191,10 +195,13 @@ pub struct InitArgs {
     pub parity: String,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct BackupArgs {
     /// Files and directories to back up.
     pub paths: Vec<PathBuf>,
+    /// A job file (TOML): repository, sources, hooks; one run at a time.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Read the data to back up from standard input.
     #[arg(long)]
     pub stdin: bool,
@@ -226,9 +233,24 @@ pub struct BackupArgs {
     /// zstd level for this backup.
     #[arg(long)]
     pub compression: Option<i32>,
+    /// Upload at most this many KiB per second.
+    #[arg(long, value_name = "KIB")]
+    pub limit_upload: Option<u64>,
+    /// Run this (with /bin/sh -c) before the backup, e.g. to create a
+    /// device snapshot; the backup does not run if it fails.
+    #[arg(long, value_name = "CMD")]
+    pub pre: Option<String>,
+    /// Run this (with /bin/sh -c) after the backup whatever happened: on
+    /// success, failure, SIGINT or SIGTERM, e.g. to release the snapshot.
+    #[arg(long, value_name = "CMD")]
+    pub post: Option<String>,
+    /// Print the one-line summary even when a --config run is not on a
+    /// terminal (cron mails any output).
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum KeyCommand {
     /// Add a passphrase (from COFFER_NEW_PASSWORD, COFFER_NEW_PASSWORD_FILE or a prompt).
     Add {

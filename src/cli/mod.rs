@@ -1,13 +1,15 @@
 //! The command-line front end: reads the passphrase, opens the repository,
 //! runs one command and prints its result, as text or JSON. The only user of
 //! `anyhow`. Exit codes: 0 ok, 1 error, 2 usage, 3 finished with entries left
-//! out, 4 wrong passphrase or refused key file, 5 damaged repository data.
+//! out, 4 wrong passphrase or refused key file, 5 damaged repository data,
+//! 6 another run of the same job holds its lock, 128+N stopped by signal N.
 
 mod args;
+mod backup;
 
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command as Proc, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,14 +17,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use serde_json::json;
 
-use args::{BackupArgs, Cli, Command, IdentityCommand, InitArgs, KeyCommand};
+use args::{Cli, Command, IdentityCommand, InitArgs, KeyCommand};
 use coffer::chunk::ChunkerParams;
 use coffer::format::config::Settings;
 use coffer::format::keyfile::KdfParams;
 use coffer::format::tree::{Node, NodeKind};
 use coffer::net::client::{Remote, RemoteStore, RemoteUrl};
 use coffer::net::{Fingerprint, Identity};
-use coffer::repo::backup::{self, BackupOptions, BackupSource};
 use coffer::repo::restore::{self, RestoreOptions};
 use coffer::repo::{check, default_cache_dir, diff, InitOptions, Repository, Snapshot};
 use coffer::store::LocalStore;
@@ -51,6 +52,7 @@ impl std::error::Error for Damaged {}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -61,12 +63,24 @@ pub fn main() -> ExitCode {
                 }
             }
             eprintln!("coffer: error: {e:#}");
-            ExitCode::from(exit_code(&e))
+            let code = exit_code(&e);
+            if json && !JSON_PRINTED.load(std::sync::atomic::Ordering::Relaxed) {
+                // A script reading stdout gets an answer either way.
+                let _ = print_json(&json!({"error": format!("{e:#}"), "exit_code": code}));
+            }
+            ExitCode::from(code)
         }
     }
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
+    let sig = backup::SIGNAL.load(std::sync::atomic::Ordering::Relaxed);
+    if sig > 0 {
+        return (128 + sig) as u8;
+    }
+    if e.downcast_ref::<backup::Busy>().is_some() {
+        return 6;
+    }
     if e.downcast_ref::<Incomplete>().is_some() {
         return 3;
     }
@@ -76,6 +90,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<Error>().map(|e| e.kind()) {
         Some(ErrorKind::Auth) => 4,
         Some(ErrorKind::Corrupt) => 5,
+        Some(ErrorKind::Interrupted) => 130,
         _ => 1,
     }
 }
@@ -126,13 +141,24 @@ fn fmt_bytes(n: u64) -> String {
     }
 }
 
-/// Reads a passphrase from the named variables, or prompts on a terminal.
-fn passphrase(var: &str, file_var: &str, prompt: &str, confirm: bool) -> Result<Vec<u8>> {
+/// Reads a passphrase from the named variables, then `file` (a job
+/// config's `password_file`), or prompts on a terminal.
+fn passphrase(
+    var: &str,
+    file_var: &str,
+    file: Option<&Path>,
+    prompt: &str,
+    confirm: bool,
+) -> Result<Vec<u8>> {
     if let Ok(p) = std::env::var(var) {
         return Ok(p.into_bytes());
     }
-    if let Ok(f) = std::env::var(file_var) {
-        let s = std::fs::read(&f).with_context(|| format!("reading {file_var}={f}"))?;
+    let file = match std::env::var_os(file_var) {
+        Some(f) => Some((PathBuf::from(f), format!("{file_var}="))),
+        None => file.map(|f| (f.to_path_buf(), "password_file ".to_string())),
+    };
+    if let Some((f, what)) = file {
+        let s = std::fs::read(&f).with_context(|| format!("reading {what}{}", f.display()))?;
         let s = s.strip_suffix(b"\n").unwrap_or(&s);
         return Ok(s.to_vec());
     }
@@ -198,6 +224,7 @@ fn open_store(cli: &Cli, store: Arc<dyn Store>) -> Result<Repository> {
     let pw = passphrase(
         "COFFER_PASSWORD",
         "COFFER_PASSWORD_FILE",
+        cli.password_file.as_deref(),
         "Repository passphrase: ",
         false,
     )?;
@@ -210,7 +237,11 @@ fn open(cli: &Cli) -> Result<Repository> {
     open_store(cli, s)
 }
 
+/// Whether a JSON answer went to stdout (an error then adds none).
+static JSON_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn print_json(v: &serde_json::Value) -> Result<()> {
+    JSON_PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut out = io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
@@ -220,7 +251,7 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Init(a) => cmd_init(&cli, a),
-        Command::Backup(a) => cmd_backup(&cli, a),
+        Command::Backup(a) => backup::cmd_backup(&cli, a),
         Command::Snapshots => cmd_snapshots(&cli),
         Command::Ls { snap, path } => cmd_ls(&cli, snap, path.as_deref()),
         Command::Restore {
@@ -254,6 +285,7 @@ fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
     let pw = passphrase(
         "COFFER_PASSWORD",
         "COFFER_PASSWORD_FILE",
+        None,
         "New repository passphrase: ",
         true,
     )?;
@@ -301,147 +333,6 @@ fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
         print_json(&json!({"id": id.to_hex(), "repo": repo_arg(cli)?}))?;
     } else if !cli.quiet {
         println!("created repository {} at {}", id.short(), repo_arg(cli)?);
-    }
-    Ok(())
-}
-
-fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
-    // A repository that does not exist yet is created on first use, so one
-    // command gives a new user a real backup.
-    let (st, exists) = store(cli, true)?;
-    if !exists {
-        let pw = passphrase(
-            "COFFER_PASSWORD",
-            "COFFER_PASSWORD_FILE",
-            "New repository passphrase: ",
-            true,
-        )?;
-        let opts = InitOptions {
-            host: host(),
-            now: now_ns() / 1_000_000_000,
-            ..Default::default()
-        };
-        let id = Repository::init_store(st.as_ref(), &pw, &opts)?;
-        if !cli.quiet && !cli.json {
-            eprintln!("created repository {} at {}", id.short(), repo_arg(cli)?);
-        }
-    }
-    let repo = open_store(cli, st)?;
-    let started = std::time::Instant::now();
-    let mut opts = BackupOptions {
-        tags: a.tag.clone(),
-        host: a.host.clone().unwrap_or_else(host),
-        user: user(),
-        time_ns: now_ns(),
-        excludes: a.exclude.clone(),
-        one_file_system: a.one_file_system,
-        compression: a.compression,
-        files_cache: !a.no_files_cache,
-        before_commit: None,
-        rewrite_below: coffer::cache::REWRITE_BELOW_LIVE,
-    };
-    let modes = [
-        !a.paths.is_empty(),
-        a.stdin,
-        a.stdin_from_command.is_some(),
-        a.image.is_some(),
-    ];
-    if modes.iter().filter(|m| **m).count() != 1 {
-        bail!("give exactly one of: PATHS, --stdin, --stdin-from-command CMD, --image DEVICE");
-    }
-    let mut child_guard = None;
-    let source = if let Some(cmd) = &a.stdin_from_command {
-        let name = a
-            .stdin_name
-            .clone()
-            .ok_or_else(|| anyhow!("--stdin-from-command needs --stdin-name"))?;
-        let (prog, rest) = cmd
-            .split_first()
-            .ok_or_else(|| anyhow!("--stdin-from-command needs a command"))?;
-        let mut child = Proc::new(prog)
-            .args(rest)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {prog}"))?;
-        // unwrap: stdout was piped just above
-        let out = child.stdout.take().expect("piped stdout");
-        let shown = cmd.join(" ");
-        let child = Arc::new(std::sync::Mutex::new(child));
-        child_guard = Some(child.clone());
-        opts.before_commit = Some(Box::new(move || {
-            // unwrap: the lock is never held across a panic
-            let status = child.lock().unwrap().wait().map_err(Error::RawIo)?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(Error::Denied(format!(
-                    "command `{shown}` failed ({status}); no snapshot committed"
-                )))
-            }
-        }));
-        BackupSource::Stream {
-            name,
-            reader: Box::new(out),
-        }
-    } else if a.stdin {
-        let name = a.stdin_name.clone().unwrap_or_else(|| "stdin".into());
-        BackupSource::Stream {
-            name,
-            reader: Box::new(io::stdin()),
-        }
-    } else if let Some(img) = &a.image {
-        BackupSource::Image(img.clone())
-    } else {
-        BackupSource::Paths(a.paths.clone())
-    };
-    let res = backup::backup(&repo, source, opts);
-    if let (Err(_), Some(c)) = (&res, &child_guard) {
-        // unwrap: the lock is never held across a panic
-        let mut c = c.lock().unwrap();
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    let out = res?;
-    // A local repository computes parity for the new packs at once.
-    let parity_started = std::time::Instant::now();
-    if let Ok(local) = LocalStore::open(Path::new(repo_arg(cli)?)) {
-        coffer::scrub::protect(&local, local.parity())?;
-    }
-    let parity_secs = parity_started.elapsed().as_secs_f64();
-    let s = &out.stats;
-    let secs = started.elapsed().as_secs_f64();
-    for w in &out.warnings {
-        eprintln!("coffer: warning: {w}");
-    }
-    if cli.json {
-        print_json(&json!({
-            "id": out.id.to_hex(),
-            "short_id": out.id.short(),
-            "files": s.files, "dirs": s.dirs, "others": s.others,
-            "files_unchanged": s.files_unchanged,
-            "bytes": s.bytes, "new_blobs": s.new_blobs, "new_bytes": s.new_bytes,
-            "new_packs": s.new_packs, "new_pack_bytes": s.new_pack_bytes,
-            "seconds": secs, "parity_seconds": parity_secs, "warnings": out.warnings,
-        }))?;
-    } else if !cli.quiet {
-        println!(
-            "snapshot {} saved: {} files, {} processed, {} new ({} stored) in {:.1}s",
-            out.id.short(),
-            s.files,
-            fmt_bytes(s.bytes),
-            fmt_bytes(s.new_bytes),
-            fmt_bytes(s.new_pack_bytes),
-            secs
-        );
-    }
-    if !out.warnings.is_empty() {
-        return Err(Incomplete(format!(
-            "snapshot {} saved, but {} entries could not be read",
-            out.id.short(),
-            out.warnings.len()
-        ))
-        .into());
     }
     Ok(())
 }
@@ -720,6 +611,7 @@ fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
         passphrase(
             "COFFER_NEW_PASSWORD",
             "COFFER_NEW_PASSWORD_FILE",
+            None,
             "New passphrase: ",
             true,
         )

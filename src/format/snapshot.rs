@@ -30,6 +30,8 @@ pub enum SourceKind {
     Stdin,
     /// A disk image or block device.
     Image,
+    /// Several sources of different kinds (a client config).
+    Mixed,
 }
 
 /// Figures about one backup run.

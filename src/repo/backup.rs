@@ -9,6 +9,8 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rand::rngs::OsRng;
@@ -26,12 +28,21 @@ use crate::format::snapshot::{self, SnapshotRecord, SnapshotStats, SourceKind, R
 use crate::format::tree::{Node, NodeKind, Tree};
 use crate::format::{cbor_decode, cbor_encode};
 use crate::id::{BlobId, PackId, SnapshotId};
+use crate::source::command::CommandReader;
 use crate::source::{self, Names};
 
-/// What to back up.
+/// What to back up. One run may take several sources: they become one
+/// snapshot whose root holds the path trees under their absolute paths and
+/// each stream or image as a file named after it.
 pub enum BackupSource {
-    /// Files and directories, recorded under their absolute paths.
-    Paths(Vec<PathBuf>),
+    /// Files and directories, recorded under their absolute paths, with
+    /// exclude patterns of their own (on top of [`BackupOptions::excludes`]).
+    Paths {
+        /// The paths.
+        paths: Vec<PathBuf>,
+        /// Patterns that apply below these paths only.
+        excludes: Vec<String>,
+    },
     /// A stream, recorded as one file named `name`.
     Stream {
         /// The file name in the snapshot.
@@ -39,13 +50,50 @@ pub enum BackupSource {
         /// Where the bytes come from.
         reader: Box<dyn Read + Send>,
     },
-    /// A disk image or block device, recorded as one file named after it.
-    Image(PathBuf),
+    /// A command's standard output, recorded as one file named `name`; the
+    /// command's failure fails the backup.
+    Command {
+        /// The file name in the snapshot.
+        name: String,
+        /// Program and arguments.
+        argv: Vec<String>,
+    },
+    /// A disk image or block device, recorded as one file named `name` (by
+    /// default the device's file name).
+    Image {
+        /// The image or device.
+        path: PathBuf,
+        /// The file name in the snapshot.
+        name: Option<String>,
+    },
 }
 
-/// A check run after everything is stored and before the snapshot is
-/// committed; an error aborts the commit (e.g. a dump command that failed).
-pub type BeforeCommit = Box<dyn FnOnce() -> Result<()>>;
+impl BackupSource {
+    /// Paths with no excludes of their own.
+    pub fn paths(paths: Vec<PathBuf>) -> BackupSource {
+        BackupSource::Paths {
+            paths,
+            excludes: vec![],
+        }
+    }
+
+    fn kind(&self) -> SourceKind {
+        match self {
+            BackupSource::Paths { .. } => SourceKind::Tree,
+            BackupSource::Stream { .. } | BackupSource::Command { .. } => SourceKind::Stdin,
+            BackupSource::Image { .. } => SourceKind::Image,
+        }
+    }
+}
+
+/// Counters a caller may watch while a backup runs (a progress bar).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Files seen.
+    pub files: AtomicU64,
+    /// Bytes of source processed (read, or reused from the files cache).
+    pub bytes: AtomicU64,
+}
 
 /// How to back up.
 pub struct BackupOptions {
@@ -66,8 +114,13 @@ pub struct BackupOptions {
     pub compression: Option<i32>,
     /// Reuse the content of files whose size, times and inode are unchanged.
     pub files_cache: bool,
-    /// Run before the commit.
-    pub before_commit: Option<BeforeCommit>,
+    /// Set from outside (a signal) to stop the backup: it returns
+    /// [`Error::Interrupted`] and commits nothing.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Updated as the backup runs.
+    pub progress: Option<Arc<Progress>>,
+    /// Most bytes per second written to the store (averaged per pack).
+    pub upload_limit: Option<u64>,
     /// Write chunks anew rather than reuse them from a pack whose live share
     /// (as the last backup found it) is below this; 0 never rewrites.
     pub rewrite_below: f64,
@@ -84,7 +137,9 @@ impl Default for BackupOptions {
             one_file_system: false,
             compression: None,
             files_cache: true,
-            before_commit: None,
+            cancel: None,
+            progress: None,
+            upload_limit: None,
             rewrite_below: crate::cache::REWRITE_BELOW_LIVE,
         }
     }
@@ -122,12 +177,15 @@ const PREFETCH_FILES: usize = 16;
 /// Bytes of each such file read ahead.
 const PREFETCH_BYTES: u64 = 2 << 20;
 
-/// Backs up `source` into `repo` and commits a snapshot.
+/// Backs up `sources` into `repo` and commits one snapshot of them all.
 pub fn backup(
     repo: &Repository,
-    source: BackupSource,
-    mut opts: BackupOptions,
+    sources: Vec<BackupSource>,
+    opts: BackupOptions,
 ) -> Result<BackupOutcome> {
+    if sources.is_empty() {
+        return Err(Error::Denied("nothing to back up".into()));
+    }
     let mut cache = repo.cache()?;
     let sync = repo.sync_cache(&mut cache)?;
     cache.run_reset()?;
@@ -138,6 +196,7 @@ pub fn backup(
         repo.keys().clone(),
         level,
         settings.pack_size as u64,
+        opts.upload_limit,
     );
     up.sparse = cache.sparse_packs(opts.rewrite_below)?;
     let mut w = Walker {
@@ -147,6 +206,7 @@ pub fn backup(
         chunker: Chunker::new(settings.chunker, repo.keys().gear_table()),
         block: settings.image_block as usize,
         excludes: Excludes::new(&opts.excludes)?,
+        scoped_excludes: Vec::new(),
         one_file_system: opts.one_file_system,
         root_dev: 0,
         use_files_cache: opts.files_cache,
@@ -163,36 +223,60 @@ pub fn backup(
             .collect(),
         start_ns: opts.time_ns,
         prefetched: HashMap::new(),
+        cancel: opts.cancel.clone(),
+        progress: opts.progress.clone(),
     };
-    let (kind, paths, tree) = match source {
-        BackupSource::Paths(paths) => {
-            let abs = paths
-                .iter()
-                .map(|p| absolute(p))
-                .collect::<Result<Vec<_>>>()?;
-            let tree = w.backup_paths(&abs)?;
-            (
-                SourceKind::Tree,
-                abs.iter()
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .collect(),
-                tree,
-            )
-        }
-        BackupSource::Stream { name, mut reader } => {
-            let tree = w.backup_stream(&name, &mut reader, opts.time_ns)?;
-            (SourceKind::Stdin, vec![name], tree)
-        }
-        BackupSource::Image(path) => {
-            let abs = absolute(&path)?;
-            let tree = w.backup_image(&abs)?;
-            (
-                SourceKind::Image,
-                vec![abs.to_string_lossy().into_owned()],
-                tree,
-            )
-        }
+    let mut kinds: Vec<SourceKind> = sources.iter().map(|s| s.kind()).collect();
+    kinds.dedup();
+    let kind = match kinds[..] {
+        [k] => k,
+        _ => SourceKind::Mixed,
     };
+    let mut paths = Vec::new();
+    let mut trees = Vec::new();
+    let mut files = Vec::new();
+    for src in sources {
+        match src {
+            BackupSource::Paths { paths: p, excludes } => {
+                let abs = p.iter().map(|p| absolute(p)).collect::<Result<Vec<_>>>()?;
+                if !excludes.is_empty() {
+                    w.scoped_excludes
+                        .push((abs.clone(), Excludes::new(&excludes)?));
+                }
+                paths.extend(abs.iter().map(|p| p.to_string_lossy().into_owned()));
+                trees.extend(abs);
+            }
+            BackupSource::Stream { name, mut reader } => {
+                files.push(w.backup_stream(&name, &mut reader, opts.time_ns)?);
+                paths.push(name);
+            }
+            BackupSource::Command { name, argv } => {
+                let mut reader = CommandReader::new(argv);
+                files.push(w.backup_stream(&name, &mut reader, opts.time_ns)?);
+                paths.push(name);
+            }
+            BackupSource::Image { path, name } => {
+                let abs = absolute(&path)?;
+                files.push(w.backup_image(&abs, name.as_deref())?);
+                paths.push(abs.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut root = if trees.is_empty() {
+        Tree::default()
+    } else {
+        w.backup_paths(&trees)?
+    };
+    for f in files {
+        if root.nodes.iter().any(|n| n.name == f.name) {
+            return Err(Error::Denied(format!(
+                "two sources are both named {:?} in the snapshot's root; give one another name",
+                String::from_utf8_lossy(&f.name)
+            )));
+        }
+        root.nodes.push(f);
+    }
+    let tree = w.store_tree(&mut root)?;
     w.flush_refs()?;
     let Walker {
         mut cache,
@@ -208,8 +292,12 @@ pub fn backup(
             "{missing} referenced blobs are in no known pack; nothing committed"
         )));
     }
-    if let Some(check) = opts.before_commit.take() {
-        check()?;
+    if opts
+        .cancel
+        .as_ref()
+        .is_some_and(|c| c.load(Ordering::Relaxed))
+    {
+        return Err(Error::Interrupted);
     }
     stats.new_blobs = up_stats.new_blobs;
     stats.new_bytes = up_stats.new_bytes;
@@ -294,6 +382,8 @@ struct Walker {
     chunker: Chunker,
     block: usize,
     excludes: Excludes,
+    /// Excludes of one source, by the paths they apply below.
+    scoped_excludes: Vec<(Vec<PathBuf>, Excludes)>,
     one_file_system: bool,
     root_dev: u64,
     use_files_cache: bool,
@@ -306,6 +396,8 @@ struct Walker {
     warnings: Vec<String>,
     start_ns: i64,
     prefetched: HashMap<PathBuf, File>,
+    cancel: Option<Arc<AtomicBool>>,
+    progress: Option<Arc<Progress>>,
 }
 
 fn is_zero(data: &[u8]) -> bool {
@@ -328,6 +420,28 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 impl Walker {
+    /// Stops the walk when asked to (a signal).
+    fn check_cancel(&self) -> Result<()> {
+        match &self.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(Error::Interrupted),
+            _ => Ok(()),
+        }
+    }
+
+    fn note_progress(&self, files: u64, bytes: u64) {
+        if let Some(p) = &self.progress {
+            p.files.fetch_add(files, Ordering::Relaxed);
+            p.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn excluded(&self, path: &Path, name: &OsStr) -> bool {
+        self.excludes.excluded(path, name)
+            || self.scoped_excludes.iter().any(|(roots, ex)| {
+                roots.iter().any(|r| path.starts_with(r)) && ex.excluded(path, name)
+            })
+    }
+
     fn add_blob(&mut self, file: u64, kind: Kind, id: BlobId, data: &[u8]) -> Result<()> {
         self.up.add(&mut self.cache, kind, id, data)?;
         self.refs.push((file, id));
@@ -354,6 +468,7 @@ impl Walker {
 
     fn push_chunk(&mut self, cb: &mut ContentBuilder, file: u64, data: &[u8]) -> Result<()> {
         cb.bytes += data.len() as u64;
+        self.note_progress(0, data.len() as u64);
         let r = if is_zero(data) {
             ChunkRef::zeros(data.len() as u64)
         } else {
@@ -413,6 +528,7 @@ impl Walker {
                     end -= start;
                     start = 0;
                 }
+                self.check_cancel()?;
                 let n = read_full(r, &mut buf[end..]).map_err(|e| Error::io(src, e))?;
                 if n == 0 {
                     eof = true;
@@ -479,6 +595,7 @@ impl Walker {
                     return Ok(());
                 }
             }
+            self.check_cancel()?;
             let n = read_full(f, &mut buf).map_err(|e| Error::io(src, e))?;
             for chunk in buf[..n].chunks(self.block) {
                 self.push_chunk(&mut cb, file, chunk)?;
@@ -497,6 +614,7 @@ impl Walker {
     /// Appends a run of zero bytes that was not read (a hole).
     fn push_zeros(&mut self, cb: &mut ContentBuilder, len: u64) {
         cb.bytes += len;
+        self.note_progress(0, len);
         match cb.refs.last_mut() {
             Some(last) if last.is_zero() => last.len += len,
             _ => cb.refs.push(ChunkRef::zeros(len)),
@@ -561,6 +679,7 @@ impl Walker {
         let content = if let Some(c) = self.cached_content(key, m)? {
             self.stats.files_unchanged += 1;
             self.stats.bytes += m.len();
+            self.note_progress(0, m.len());
             c
         } else {
             let mut f = match self.prefetched.remove(path) {
@@ -626,6 +745,7 @@ impl Walker {
             }
             Some(NodeKind::File) => {
                 self.stats.files += 1;
+                self.note_progress(1, 0);
                 match self.file_content(path, m, &mut node) {
                     Ok(()) => {}
                     // The file could not be opened or read: leave it out.
@@ -646,6 +766,13 @@ impl Walker {
     }
 
     fn walk_dir(&mut self, dir: &Path) -> Result<BlobId> {
+        let mut tree = self.dir_tree(dir)?;
+        self.store_tree(&mut tree)
+    }
+
+    /// One directory's entries, their subtrees stored.
+    fn dir_tree(&mut self, dir: &Path) -> Result<Tree> {
+        self.check_cancel()?;
         let mut names: Vec<std::ffi::OsString> = Vec::new();
         for e in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             match e {
@@ -657,7 +784,7 @@ impl Walker {
         let mut entries = Vec::with_capacity(names.len());
         for name in names {
             let path = dir.join(&name);
-            if self.excludes.excluded(&path, &name) {
+            if self.excluded(&path, &name) {
                 continue;
             }
             match fs::symlink_metadata(&path) {
@@ -681,7 +808,7 @@ impl Walker {
             }
             self.prefetched.remove(path);
         }
-        self.store_tree(&mut tree)
+        Ok(tree)
     }
 
     /// Opens a file that will be read soon and advises the kernel to read
@@ -722,7 +849,8 @@ impl Walker {
         })
     }
 
-    fn backup_paths(&mut self, paths: &[PathBuf]) -> Result<BlobId> {
+    /// The root tree of the given absolute paths.
+    fn backup_paths(&mut self, paths: &[PathBuf]) -> Result<Tree> {
         let mut root = Trie::default();
         for p in paths {
             let mut t = &mut root;
@@ -737,13 +865,13 @@ impl Walker {
         if root.leaf {
             let m = fs::symlink_metadata("/").map_err(|e| Error::io("/", e))?;
             self.root_dev = m.dev();
-            return self.walk_dir(Path::new("/"));
+            return self.dir_tree(Path::new("/"));
         }
-        self.virtual_dir(Path::new("/"), &root)
+        self.virtual_tree(Path::new("/"), &root)
     }
 
     /// A directory on the way to a given path: only the named children.
-    fn virtual_dir(&mut self, dir: &Path, t: &Trie) -> Result<BlobId> {
+    fn virtual_tree(&mut self, dir: &Path, t: &Trie) -> Result<Tree> {
         let mut tree = Tree::default();
         for (name, child) in &t.children {
             let path = dir.join(OsStr::from_bytes(name));
@@ -762,24 +890,26 @@ impl Walker {
                         path.display()
                     )));
                 }
-                n.subtree = Some(self.virtual_dir(&path, child)?);
+                let mut sub = self.virtual_tree(&path, child)?;
+                n.subtree = Some(self.store_tree(&mut sub)?);
                 n
             };
             tree.nodes.push(node);
         }
-        self.store_tree(&mut tree)
+        Ok(tree)
     }
 
-    fn backup_stream(&mut self, name: &str, r: &mut dyn Read, now_ns: i64) -> Result<BlobId> {
+    fn backup_stream(&mut self, name: &str, r: &mut dyn Read, now_ns: i64) -> Result<Node> {
         if !crate::format::tree::safe_name(name.as_bytes()) {
             return Err(Error::Denied(format!(
                 "stream name {name:?} must be a plain file name"
             )));
         }
         self.file_seq += 1;
+        self.note_progress(1, 0);
         let (c, n) = self.read_cdc(r, self.file_seq, Path::new(name))?;
-        self.stats.files = 1;
-        self.stats.bytes = n;
+        self.stats.files += 1;
+        self.stats.bytes += n;
         let mut node = Node {
             name: ByteBuf::from(name.as_bytes().to_vec()),
             kind: Some(NodeKind::File),
@@ -793,25 +923,34 @@ impl Walker {
             ..Default::default()
         };
         Self::set_content(&mut node, &c);
-        self.store_tree(&mut Tree { nodes: vec![node] })
+        Ok(node)
     }
 
-    fn backup_image(&mut self, path: &Path) -> Result<BlobId> {
+    fn backup_image(&mut self, path: &Path, name: Option<&str>) -> Result<Node> {
         let m = fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let name = path
-            .file_name()
-            .ok_or_else(|| Error::Denied(format!("{} has no file name", path.display())))?;
+        let name = match name {
+            Some(n) if crate::format::tree::safe_name(n.as_bytes()) => OsStr::new(n),
+            Some(n) => {
+                return Err(Error::Denied(format!(
+                    "image name {n:?} must be a plain file name"
+                )))
+            }
+            None => path
+                .file_name()
+                .ok_or_else(|| Error::Denied(format!("{} has no file name", path.display())))?,
+        };
         let mut node = source::node_from(path, name.as_bytes(), &m, &mut self.names);
         node.kind = Some(NodeKind::File);
         node.rdev = 0;
         let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
         self.file_seq += 1;
+        self.note_progress(1, 0);
         let (c, n) = self.read_blocks(&mut f, m.is_file(), self.file_seq, path)?;
-        self.stats.files = 1;
-        self.stats.bytes = n;
+        self.stats.files += 1;
+        self.stats.bytes += n;
         node.size = n;
         Self::set_content(&mut node, &c);
-        self.store_tree(&mut Tree { nodes: vec![node] })
+        Ok(node)
     }
 }
 

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use rand::rngs::{OsRng, StdRng};
@@ -69,7 +70,13 @@ pub(crate) struct Uploader {
 }
 
 impl Uploader {
-    pub fn start(store: Arc<dyn Store>, keys: Arc<Keys>, level: i32, pack_size: u64) -> Uploader {
+    pub fn start(
+        store: Arc<dyn Store>,
+        keys: Arc<Keys>,
+        level: i32,
+        pack_size: u64,
+        limit: Option<u64>,
+    ) -> Uploader {
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
@@ -89,7 +96,8 @@ impl Uploader {
         drop(seal_tx);
         let err = error.clone();
         threads.push(std::thread::spawn(move || {
-            if let Err(e) = packer(seal_rx, done_tx, store.as_ref(), &keys, pack_size) {
+            let pacer = limit.map(Pacer::new);
+            if let Err(e) = packer(seal_rx, done_tx, store.as_ref(), &keys, pack_size, pacer) {
                 record(&err, e);
             }
         }));
@@ -224,11 +232,16 @@ fn packer(
     store: &dyn Store,
     keys: &Keys,
     pack_size: u64,
+    mut pacer: Option<Pacer>,
 ) -> Result<()> {
     let mut current: Option<PackWriter<Box<dyn PackUpload>>> = None;
-    let flush = |w: PackWriter<Box<dyn PackUpload>>| -> Result<()> {
+    let mut flush = |w: PackWriter<Box<dyn PackUpload>>| -> Result<()> {
+        let started = Instant::now();
         let (id, upload, entries, size) = w.finish(keys, &mut OsRng)?;
         upload.commit(id)?;
+        if let Some(p) = pacer.as_mut() {
+            std::thread::sleep(p.wait_after(started, size, Instant::now()));
+        }
         let _ = done.send(PackDone { id, size, entries });
         Ok(())
     };
@@ -247,4 +260,60 @@ fn packer(
         flush(w)?;
     }
     Ok(())
+}
+
+/// Keeps the write rate under a limit, one pack at a time: a pack may go at
+/// line speed, then the writer waits until the pack's bytes fit the rate.
+/// Idle time (reading unchanged files) earns no credit for a later burst.
+#[derive(Debug)]
+struct Pacer {
+    bytes_per_sec: u64,
+    next: Option<Instant>,
+}
+
+impl Pacer {
+    fn new(bytes_per_sec: u64) -> Pacer {
+        Pacer {
+            bytes_per_sec: bytes_per_sec.max(1),
+            next: None,
+        }
+    }
+
+    /// How long to wait after writing `bytes` that began at `started`.
+    fn wait_after(&mut self, started: Instant, bytes: u64, now: Instant) -> Duration {
+        let from = match self.next {
+            Some(n) if n > started => n,
+            _ => started,
+        };
+        let next = from + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        self.next = Some(next);
+        next.saturating_duration_since(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_holds_the_average_rate() {
+        let mut p = Pacer::new(1000);
+        let t0 = Instant::now();
+        // 1000 bytes written instantly: wait a second.
+        assert_eq!(p.wait_after(t0, 1000, t0), Duration::from_secs(1));
+        // The next pack starts when the wait ended, took 0.5 s itself.
+        let t1 = t0 + Duration::from_secs(1);
+        let w = p.wait_after(t1, 1000, t1 + Duration::from_millis(500));
+        assert_eq!(w, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn pacer_gives_no_credit_for_idle_time() {
+        let mut p = Pacer::new(1000);
+        let t0 = Instant::now();
+        let _ = p.wait_after(t0, 1000, t0);
+        // A long idle pause, then a pack: it still pays its full second.
+        let t1 = t0 + Duration::from_secs(60);
+        assert_eq!(p.wait_after(t1, 1000, t1), Duration::from_secs(1));
+    }
 }

@@ -3,6 +3,8 @@
 //! Owns every `stat`, `chown`, `utimes`, `xattr` and `mknod` call; knows
 //! nothing of keys or packs.
 
+pub mod command;
+
 use std::collections::HashMap;
 use std::fs::{self, Metadata};
 use std::io;

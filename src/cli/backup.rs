@@ -1,0 +1,500 @@
+//! `coffer backup`: one run of a job, made for cron and systemd. The job
+//! comes from arguments or a config file; a config run holds a lock so two
+//! runs never overlap; `pre`/`post` hooks bracket the backup and `post` runs
+//! whatever happens, SIGINT and SIGTERM included; a progress line shows only
+//! on a terminal.
+
+use std::fs::File;
+use std::io::{self, IsTerminal, Read, Seek, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Proc, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::json;
+
+use super::args::{BackupArgs, Cli};
+use super::{
+    fmt_bytes, fmt_time, host, now_ns, open_store, passphrase, print_json, repo_arg, store, user,
+    Incomplete,
+};
+use coffer::job::{HookCommand, JobConfig};
+use coffer::repo::backup::{self, BackupOptions, BackupSource, Progress};
+use coffer::repo::{default_cache_dir, InitOptions, Repository};
+use coffer::store::LocalStore;
+
+/// The signal that interrupted the run (0: none), for the exit code.
+pub(super) static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// Another run of the same job holds its lock: exit 6.
+#[derive(Debug)]
+pub(super) struct Busy(pub String);
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Busy {}
+
+/// How long a signalled run may take to stop before `post` runs anyway.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Everything one run needs, from the arguments and the config file.
+struct Job {
+    sources: Vec<BackupSource>,
+    excludes: Vec<String>,
+    one_file_system: bool,
+    tags: Vec<String>,
+    host: Option<String>,
+    compression: Option<i32>,
+    limit_kib: Option<u64>,
+    pre: Option<HookCommand>,
+    post: Option<HookCommand>,
+    lock: Option<PathBuf>,
+    /// A config run: quiet unless on a terminal, under journald or verbose.
+    from_config: bool,
+}
+
+pub(super) fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
+    let (cli, mut job) = match &a.config {
+        Some(path) => from_config(cli, a, path)?,
+        None => (cli.clone(), from_args(a)?),
+    };
+    let _lock = match &job.lock {
+        Some(p) => Some(RunLock::acquire(p, a.config.as_deref())?),
+        None => None,
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let post = Arc::new(Hook::new("post", job.post.clone()));
+    watch_signals(cancel.clone(), post.clone())?;
+
+    if let Some(pre) = &job.pre {
+        if let Err(e) = run_hook("pre", pre, &[]) {
+            let res = post.run_once(&[("COFFER_RESULT", "failed")]);
+            return Err(with_post(
+                e.context("pre hook failed; no backup taken"),
+                res,
+            ));
+        }
+    }
+    let sources = job.sources.len();
+    let res = run_backup(&cli, a, &mut job, cancel.clone());
+    let result = match &res {
+        Ok(_) => "ok",
+        Err(_) if cancel.load(Ordering::Relaxed) => "interrupted",
+        Err(_) => "failed",
+    };
+    let snap = res.as_ref().map(|d| d.out.id.to_hex()).unwrap_or_default();
+    let post_res = post.run_once(&[("COFFER_RESULT", result), ("COFFER_SNAPSHOT", &snap)]);
+    let done = match res {
+        Ok(d) => d,
+        Err(e) => return Err(with_post(e, post_res)),
+    };
+    post_res.context(format!(
+        "snapshot {} saved, but the post hook failed",
+        done.out.id.short()
+    ))?;
+    report(&cli, a, &job, sources, &done)
+}
+
+/// An error, with the post hook's failure added when it failed too.
+fn with_post(e: anyhow::Error, post: Result<()>) -> anyhow::Error {
+    match post {
+        Ok(()) => e,
+        Err(p) => e.context(format!("and the post hook failed: {p:#}")),
+    }
+}
+
+fn from_args(a: &BackupArgs) -> Result<Job> {
+    let modes = [
+        !a.paths.is_empty(),
+        a.stdin,
+        a.stdin_from_command.is_some(),
+        a.image.is_some(),
+    ];
+    if modes.iter().filter(|m| **m).count() != 1 {
+        bail!(
+            "give exactly one of: PATHS, --stdin, --stdin-from-command CMD, --image DEVICE, --config FILE"
+        );
+    }
+    let sources = if let Some(cmd) = &a.stdin_from_command {
+        let name = a
+            .stdin_name
+            .clone()
+            .ok_or_else(|| anyhow!("--stdin-from-command needs --stdin-name"))?;
+        if cmd.is_empty() {
+            bail!("--stdin-from-command needs a command");
+        }
+        vec![BackupSource::Command {
+            name,
+            argv: cmd.clone(),
+        }]
+    } else if a.stdin {
+        vec![BackupSource::Stream {
+            name: a.stdin_name.clone().unwrap_or_else(|| "stdin".into()),
+            reader: Box::new(io::stdin()),
+        }]
+    } else if let Some(img) = &a.image {
+        vec![BackupSource::Image {
+            path: img.clone(),
+            name: None,
+        }]
+    } else {
+        vec![BackupSource::paths(a.paths.clone())]
+    };
+    Ok(Job {
+        sources,
+        excludes: a.exclude.clone(),
+        one_file_system: a.one_file_system,
+        tags: a.tag.clone(),
+        host: a.host.clone(),
+        compression: a.compression,
+        limit_kib: a.limit_upload,
+        pre: a.pre.clone().map(HookCommand::Shell),
+        post: a.post.clone().map(HookCommand::Shell),
+        lock: None,
+        from_config: false,
+    })
+}
+
+/// The job of a config file; arguments and variables given win over it.
+fn from_config(cli: &Cli, a: &BackupArgs, path: &Path) -> Result<(Cli, Job)> {
+    if !a.paths.is_empty() || a.stdin || a.stdin_from_command.is_some() || a.image.is_some() {
+        bail!("--config takes its sources from the file: give no PATHS, --stdin, --stdin-from-command or --image");
+    }
+    let c = JobConfig::load(path)?;
+    let mut cli = cli.clone();
+    cli.repo = cli.repo.or(c.repo.clone());
+    cli.identity = cli.identity.or(c.identity.clone());
+    cli.server_fingerprint = cli.server_fingerprint.or(c.server_fingerprint.clone());
+    cli.cache_dir = cli.cache_dir.or(c.cache_dir.clone());
+    cli.password_file = c.password_file.clone();
+    let sources = c
+        .sources()
+        .into_iter()
+        .collect::<coffer::Result<Vec<_>>>()?;
+    let lock = match &c.lock_file {
+        Some(l) => l.clone(),
+        None => {
+            let abs = std::fs::canonicalize(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let tag = blake3::hash(abs.as_os_str().as_encoded_bytes()).to_hex();
+            let dir = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
+            dir.join("locks").join(format!("job-{}.lock", &tag[..16]))
+        }
+    };
+    let mut excludes = c.exclude.clone();
+    excludes.extend(a.exclude.iter().cloned());
+    let mut tags = c.tags.clone();
+    tags.extend(a.tag.iter().cloned());
+    let job = Job {
+        sources,
+        excludes,
+        one_file_system: c.one_file_system || a.one_file_system,
+        tags,
+        host: a.host.clone().or(c.host.clone()),
+        compression: a.compression.or(c.compression),
+        limit_kib: a.limit_upload.or(c.limit_upload_kib),
+        pre: a.pre.clone().map(HookCommand::Shell).or(c.pre.clone()),
+        post: a.post.clone().map(HookCommand::Shell).or(c.post.clone()),
+        lock: Some(lock),
+        from_config: true,
+    };
+    Ok((cli, job))
+}
+
+fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>) -> Result<Done> {
+    // A repository that does not exist yet is created on first use, so one
+    // command gives a new user a real backup.
+    let (st, exists) = store(cli, true)?;
+    if !exists {
+        let pw = passphrase(
+            "COFFER_PASSWORD",
+            "COFFER_PASSWORD_FILE",
+            cli.password_file.as_deref(),
+            "New repository passphrase: ",
+            true,
+        )?;
+        let opts = InitOptions {
+            host: host(),
+            now: now_ns() / 1_000_000_000,
+            ..Default::default()
+        };
+        let id = Repository::init_store(st.as_ref(), &pw, &opts)?;
+        if !cli.quiet && !cli.json {
+            eprintln!("created repository {} at {}", id.short(), repo_arg(cli)?);
+        }
+    }
+    let repo = open_store(cli, st)?;
+    let progress = Arc::new(Progress::default());
+    let opts = BackupOptions {
+        tags: job.tags.clone(),
+        host: job.host.clone().unwrap_or_else(host),
+        user: user(),
+        time_ns: now_ns(),
+        excludes: job.excludes.clone(),
+        one_file_system: job.one_file_system,
+        compression: job.compression,
+        files_cache: !a.no_files_cache,
+        cancel: Some(cancel),
+        progress: Some(progress.clone()),
+        upload_limit: job.limit_kib.map(|k| k * 1024),
+        rewrite_below: coffer::cache::REWRITE_BELOW_LIVE,
+    };
+    let started = Instant::now();
+    let bar = (!cli.quiet && !cli.json && io::stderr().is_terminal())
+        .then(|| ProgressLine::start(progress.clone()));
+    let sources = std::mem::take(&mut job.sources);
+    let res = backup::backup(&repo, sources, opts);
+    drop(bar);
+    let out = res?;
+    // A local repository computes parity for the new packs at once.
+    let parity_started = Instant::now();
+    if let Ok(local) = LocalStore::open(Path::new(repo_arg(cli)?)) {
+        coffer::scrub::protect(&local, local.parity())?;
+    }
+    Ok(Done {
+        out,
+        seconds: started.elapsed().as_secs_f64(),
+        parity_seconds: parity_started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A finished backup and its timings.
+struct Done {
+    out: backup::BackupOutcome,
+    seconds: f64,
+    parity_seconds: f64,
+}
+
+/// The summary: JSON, one line, or nothing (quiet, or a config run that
+/// cron would mail).
+fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> Result<()> {
+    let out = &done.out;
+    let s = &out.stats;
+    for w in &out.warnings {
+        eprintln!("coffer: warning: {w}");
+    }
+    let unattended = job.from_config
+        && !io::stdout().is_terminal()
+        && std::env::var_os("JOURNAL_STREAM").is_none();
+    if cli.json {
+        print_json(&json!({
+            "id": out.id.to_hex(),
+            "short_id": out.id.short(),
+            "files": s.files, "dirs": s.dirs, "others": s.others,
+            "files_unchanged": s.files_unchanged,
+            "bytes": s.bytes, "new_blobs": s.new_blobs, "new_bytes": s.new_bytes,
+            "new_packs": s.new_packs, "new_pack_bytes": s.new_pack_bytes,
+            "seconds": done.seconds, "parity_seconds": done.parity_seconds,
+            "sources": sources,
+            "warnings": out.warnings,
+        }))?;
+    } else if !cli.quiet && (!unattended || a.verbose) {
+        println!(
+            "snapshot {} saved: {} files, {} processed, {} new ({} stored) in {:.1}s",
+            out.id.short(),
+            s.files,
+            fmt_bytes(s.bytes),
+            fmt_bytes(s.new_bytes),
+            fmt_bytes(s.new_pack_bytes),
+            done.seconds
+        );
+    }
+    if !out.warnings.is_empty() {
+        return Err(Incomplete(format!(
+            "snapshot {} saved, but {} entries could not be read",
+            out.id.short(),
+            out.warnings.len()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Runs a hook to its end; its output goes to ours. In a process group of
+/// its own, so a Ctrl-C at the terminal does not cut a cleanup short.
+fn run_hook(which: &str, cmd: &HookCommand, env: &[(&str, &str)]) -> Result<()> {
+    let argv = cmd.argv();
+    let status = Proc::new(&argv[0])
+        .args(&argv[1..])
+        .env("COFFER_HOOK", which)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(io::stderr())
+        .process_group(0)
+        .status()
+        .with_context(|| format!("starting {which} hook `{}`", cmd.shown()))?;
+    if !status.success() {
+        bail!("{which} hook `{}` failed ({status})", cmd.shown());
+    }
+    Ok(())
+}
+
+/// A hook that runs at most once, from whichever thread gets there first:
+/// the run's end or a signal that would not let the run end.
+struct Hook {
+    which: &'static str,
+    cmd: Mutex<Option<HookCommand>>,
+}
+
+impl Hook {
+    fn new(which: &'static str, cmd: Option<HookCommand>) -> Hook {
+        Hook {
+            which,
+            cmd: Mutex::new(cmd),
+        }
+    }
+
+    fn run_once(&self, env: &[(&str, &str)]) -> Result<()> {
+        // Held while the hook runs: a second caller waits for it to finish.
+        let mut slot = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.take() {
+            Some(cmd) => run_hook(self.which, &cmd, env),
+            None => Ok(()),
+        }
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: ask the backup to stop (and the dump
+/// commands it reads), so the run ends cleanly and `post` runs. Should it
+/// not end within [`STOP_GRACE`], or on a second signal, run `post` here
+/// and exit.
+fn watch_signals(cancel: Arc<AtomicBool>, post: Arc<Hook>) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
+    std::thread::spawn(move || {
+        let mut first = None;
+        loop {
+            let sig = match first {
+                None => signals.forever().next(),
+                // Wait for a second signal, or for the grace period to end.
+                Some(at) => {
+                    let mut got = None;
+                    while got.is_none() && Instant::now() < at + STOP_GRACE {
+                        got = signals.pending().next();
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    got.or(Some(0))
+                }
+            };
+            let Some(sig) = sig else { return };
+            if first.is_none() {
+                SIGNAL.store(sig, Ordering::Relaxed);
+                cancel.store(true, Ordering::Relaxed);
+                coffer::source::command::terminate_running();
+                eprintln!("coffer: stopping: no snapshot will be committed");
+                first = Some(Instant::now());
+                continue;
+            }
+            let res = post.run_once(&[("COFFER_RESULT", "interrupted")]);
+            if let Err(e) = res {
+                eprintln!("coffer: error: {e:#}");
+            }
+            let code = 128 + SIGNAL.load(Ordering::Relaxed);
+            eprintln!("coffer: error: interrupted; no snapshot committed");
+            std::process::exit(code);
+        }
+    });
+    Ok(())
+}
+
+/// One job's run lock: an flock, released by the kernel when the process
+/// ends however it ends, holding a line that names its holder.
+struct RunLock {
+    _file: nix::fcntl::Flock<File>,
+}
+
+impl RunLock {
+    fn acquire(path: &Path, config: Option<&Path>) -> Result<RunLock> {
+        use nix::fcntl::{Flock, FlockArg};
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(f) => f,
+            Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut holder = String::new();
+                let _ = f.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() {
+                    "a process that is just starting"
+                } else {
+                    holder
+                };
+                return Err(Busy(format!(
+                    "another run of this job is in progress ({holder}); lock file {}",
+                    path.display()
+                ))
+                .into());
+            }
+            Err((_, e)) => bail!("locking {}: {e}", path.display()),
+        };
+        let line = format!(
+            "pid {} on {}, started {}, config {}\n",
+            std::process::id(),
+            host(),
+            fmt_time(now_ns()),
+            config.map(|c| c.display().to_string()).unwrap_or_default()
+        );
+        file.set_len(0)?;
+        file.rewind()?;
+        file.write_all(line.as_bytes())?;
+        Ok(RunLock { _file: file })
+    }
+}
+
+/// A spinner line on stderr: files and bytes so far, and the rate.
+struct ProgressLine {
+    bar: indicatif::ProgressBar,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressLine {
+    fn start(p: Arc<Progress>) -> ProgressLine {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {elapsed} {msg} {binary_bytes} read, {binary_bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, s) = (bar.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                b.set_position(p.bytes.load(Ordering::Relaxed));
+                b.set_message(format!("{} files,", p.files.load(Ordering::Relaxed)));
+                b.tick();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        ProgressLine {
+            bar,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ProgressLine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.bar.finish_and_clear();
+    }
+}
