@@ -292,6 +292,13 @@ image = "/dev/vg0/vm101-snap"
         assert_eq!(c.post.unwrap().argv()[0], "lvremove");
     }
 
+    #[test]
+    fn the_shipped_example_parses() {
+        let c = JobConfig::parse(include_str!("../docs/coffer-job.toml")).unwrap();
+        assert_eq!(c.sources.len(), 2);
+        assert!(c.sources().iter().all(|s| s.is_ok()));
+    }
+
     fn refused(text: &str, needle: &str) {
         let e = JobConfig::parse(text).unwrap_err().to_string();
         assert!(e.contains(needle), "{needle:?} not in {e:?}");

@@ -4,6 +4,7 @@
 
 mod backup;
 mod crash;
+mod job;
 mod keys;
 mod restore;
 mod retention;
