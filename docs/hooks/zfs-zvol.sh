@@ -1,15 +1,19 @@
 #!/bin/sh
-# coffer pre/post hook: a snapshot of a ZFS zvol, exposed as a block device.
-#   pre:  snapshots POOL/ZVOL@coffer (destroying a leftover first) and makes
-#         snapshots of the zvol visible as devices (snapdev=visible)
-#   post: destroys the snapshot
+# coffer pre/post hook: a point-in-time copy of a ZFS zvol as a block device.
+#   pre:  snapshots POOL/ZVOL@coffer and clones it read-only to POOL/ZVOL-coffer
+#         (removing leftovers first); the clone is a zvol of its own, so its
+#         device appears whatever the zvol's snapdev property says
+#   post: destroys the clone and the snapshot
 # Usage: zfs-zvol.sh POOL/ZVOL   (as both pre and post)
-# Back up /dev/zvol/POOL/ZVOL@coffer.
+# Back up /dev/zvol/POOL/ZVOL-coffer.
 set -eu
-zvol=$1 snap="$1@coffer"
-dev="/dev/zvol/$snap"
+zvol=$1 snap="$1@coffer" clone="$1-coffer"
+dev="/dev/zvol/$clone"
 
 remove() {
+    if zfs list -H "$clone" >/dev/null 2>&1; then
+        zfs destroy "$clone"
+    fi
     if zfs list -H -t snapshot "$snap" >/dev/null 2>&1; then
         zfs destroy "$snap"
     fi
@@ -18,8 +22,8 @@ remove() {
 case "${COFFER_HOOK:-}" in
 pre)
     remove
-    zfs set snapdev=visible "$zvol"
     zfs snapshot "$snap"
+    zfs clone -o readonly=on "$snap" "$clone"
     udevadm settle
     # The device node appears asynchronously: wait up to 30 s.
     i=0

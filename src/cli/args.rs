@@ -30,6 +30,10 @@ pub struct Cli {
     /// COFFER_PASSWORD_FILE).
     #[arg(skip)]
     pub password_file: Option<PathBuf>,
+    /// Which of the global options above came from a `COFFER_*` variable
+    /// rather than the command line (a job file wins over those).
+    #[arg(skip)]
+    pub from_env: Vec<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -234,7 +238,7 @@ pub struct BackupArgs {
     #[arg(long)]
     pub compression: Option<i32>,
     /// Upload at most this many KiB per second.
-    #[arg(long, value_name = "KIB")]
+    #[arg(long, value_name = "KIB", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit_upload: Option<u64>,
     /// Run this (with /bin/sh -c) before the backup, e.g. to create a
     /// device snapshot; the backup does not run if it fails.

@@ -28,6 +28,12 @@ use coffer::store::LocalStore;
 
 /// The signal that interrupted the run (0: none), for the exit code.
 pub(super) static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Set once the snapshot is saved: a later signal no longer means "nothing
+/// committed".
+pub(super) static COMMITTED: AtomicBool = AtomicBool::new(false);
+/// Process group of the `pre` hook while it runs (0: none), so a signal
+/// reaches it and `post` never runs beside it.
+static PRE_PGID: AtomicI32 = AtomicI32::new(0);
 
 /// Another run of the same job holds its lock: exit 6.
 #[derive(Debug)]
@@ -40,7 +46,7 @@ impl std::fmt::Display for Busy {
 impl std::error::Error for Busy {}
 
 /// How long a signalled run may take to stop before `post` runs anyway.
-const STOP_GRACE: Duration = Duration::from_secs(30);
+const STOP_GRACE: Duration = Duration::from_secs(60);
 
 /// Everything one run needs, from the arguments and the config file.
 struct Job {
@@ -63,17 +69,40 @@ pub(super) fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
         Some(path) => from_config(cli, a, path)?,
         None => (cli.clone(), from_args(a)?),
     };
+    if job.lock.is_none() && (job.pre.is_some() || job.post.is_some()) {
+        // Two runs with the same hooks would fight over one device snapshot.
+        let key = format!(
+            "{}\0{}",
+            job.pre.as_ref().map(|h| h.shown()).unwrap_or_default(),
+            job.post.as_ref().map(|h| h.shown()).unwrap_or_default()
+        );
+        job.lock = Some(lock_path(&cli, "hooks", key.as_bytes()));
+    }
     let _lock = match &job.lock {
         Some(p) => Some(RunLock::acquire(p, a.config.as_deref())?),
         None => None,
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let post = Arc::new(Hook::new("post", job.post.clone()));
-    watch_signals(cancel.clone(), post.clone())?;
+    // Held while `pre` runs: a forced `post` waits for it.
+    let pre_phase = Arc::new(Mutex::new(()));
+    watch_signals(cancel.clone(), post.clone(), pre_phase.clone())?;
 
     if let Some(pre) = &job.pre {
-        if let Err(e) = run_hook("pre", pre, &[]) {
-            let res = post.run_once(&[("COFFER_RESULT", "failed")]);
+        let guard = pre_phase.lock().unwrap_or_else(|e| e.into_inner());
+        let res = if cancel.load(Ordering::SeqCst) {
+            Err(anyhow!("interrupted"))
+        } else {
+            run_hook("pre", pre, &[], Some(&PRE_PGID))
+        };
+        drop(guard);
+        if let Err(e) = res {
+            let result = if cancel.load(Ordering::SeqCst) {
+                "interrupted"
+            } else {
+                "failed"
+            };
+            let res = post.run_once(&[("COFFER_RESULT", result)]);
             return Err(with_post(
                 e.context("pre hook failed; no backup taken"),
                 res,
@@ -84,7 +113,7 @@ pub(super) fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
     let res = run_backup(&cli, a, &mut job, cancel.clone());
     let result = match &res {
         Ok(_) => "ok",
-        Err(_) if cancel.load(Ordering::Relaxed) => "interrupted",
+        Err(_) if cancel.load(Ordering::SeqCst) => "interrupted",
         Err(_) => "failed",
     };
     let snap = res.as_ref().map(|d| d.out.id.to_hex()).unwrap_or_default();
@@ -93,11 +122,13 @@ pub(super) fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
         Ok(d) => d,
         Err(e) => return Err(with_post(e, post_res)),
     };
+    // The summary first: the snapshot exists whatever `post` did.
+    let reported = report(&cli, a, &job, sources, &done);
     post_res.context(format!(
         "snapshot {} saved, but the post hook failed",
         done.out.id.short()
     ))?;
-    report(&cli, a, &job, sources, &done)
+    reported
 }
 
 /// An error, with the post hook's failure added when it failed too.
@@ -167,10 +198,24 @@ fn from_config(cli: &Cli, a: &BackupArgs, path: &Path) -> Result<(Cli, Job)> {
     }
     let c = JobConfig::load(path)?;
     let mut cli = cli.clone();
-    cli.repo = cli.repo.or(c.repo.clone());
-    cli.identity = cli.identity.or(c.identity.clone());
-    cli.server_fingerprint = cli.server_fingerprint.or(c.server_fingerprint.clone());
-    cli.cache_dir = cli.cache_dir.or(c.cache_dir.clone());
+    // The file wins over a variable (one exported for interactive use must
+    // not redirect the job); an option given on the command line wins over
+    // the file.
+    let pick = |given: Option<String>, id: &str, file: &Option<String>| match file {
+        Some(f) if given.is_none() || cli.from_env.iter().any(|e| e == id) => Some(f.clone()),
+        _ => given,
+    };
+    let path_of = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+    cli.repo = pick(cli.repo.clone(), "repo", &c.repo);
+    cli.server_fingerprint = pick(
+        cli.server_fingerprint.clone(),
+        "server_fingerprint",
+        &c.server_fingerprint,
+    );
+    cli.identity =
+        pick(path_of(&cli.identity), "identity", &path_of(&c.identity)).map(PathBuf::from);
+    cli.cache_dir =
+        pick(path_of(&cli.cache_dir), "cache_dir", &path_of(&c.cache_dir)).map(PathBuf::from);
     cli.password_file = c.password_file.clone();
     let sources = c
         .sources()
@@ -181,9 +226,7 @@ fn from_config(cli: &Cli, a: &BackupArgs, path: &Path) -> Result<(Cli, Job)> {
         None => {
             let abs = std::fs::canonicalize(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let tag = blake3::hash(abs.as_os_str().as_encoded_bytes()).to_hex();
-            let dir = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
-            dir.join("locks").join(format!("job-{}.lock", &tag[..16]))
+            lock_path(&cli, "job", abs.as_os_str().as_encoded_bytes())
         }
     };
     let mut excludes = c.exclude.clone();
@@ -204,6 +247,14 @@ fn from_config(cli: &Cli, a: &BackupArgs, path: &Path) -> Result<(Cli, Job)> {
         from_config: true,
     };
     Ok((cli, job))
+}
+
+/// A lock file in the cache directory, named after what it keeps apart.
+fn lock_path(cli: &Cli, what: &str, key: &[u8]) -> PathBuf {
+    let tag = blake3::hash(key).to_hex();
+    let dir = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    dir.join("locks")
+        .join(format!("{what}-{}.lock", &tag[..16]))
 }
 
 fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>) -> Result<Done> {
@@ -241,7 +292,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         files_cache: !a.no_files_cache,
         cancel: Some(cancel),
         progress: Some(progress.clone()),
-        upload_limit: job.limit_kib.map(|k| k * 1024),
+        upload_limit: job.limit_kib.map(|k| k.saturating_mul(1024)),
         rewrite_below: coffer::cache::REWRITE_BELOW_LIVE,
     };
     let started = Instant::now();
@@ -251,6 +302,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
     let res = backup::backup(&repo, sources, opts);
     drop(bar);
     let out = res?;
+    COMMITTED.store(true, Ordering::SeqCst);
     // A local repository computes parity for the new packs at once.
     let parity_started = Instant::now();
     if let Ok(local) = LocalStore::open(Path::new(repo_arg(cli)?)) {
@@ -278,9 +330,7 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
     for w in &out.warnings {
         eprintln!("coffer: warning: {w}");
     }
-    let unattended = job.from_config
-        && !io::stdout().is_terminal()
-        && std::env::var_os("JOURNAL_STREAM").is_none();
+    let unattended = job.from_config && !io::stdout().is_terminal() && !stdout_is_journal();
     if cli.json {
         print_json(&json!({
             "id": out.id.to_hex(),
@@ -315,19 +365,48 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
     Ok(())
 }
 
+/// Whether standard output is journald's stream: `JOURNAL_STREAM` names
+/// its device and inode (an inherited variable alone proves nothing).
+fn stdout_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let v = v.to_string_lossy();
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    match nix::sys::stat::fstat(1) {
+        Ok(st) => dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino),
+        Err(_) => false,
+    }
+}
+
 /// Runs a hook to its end; its output goes to ours. In a process group of
 /// its own, so a Ctrl-C at the terminal does not cut a cleanup short.
-fn run_hook(which: &str, cmd: &HookCommand, env: &[(&str, &str)]) -> Result<()> {
+fn run_hook(
+    which: &str,
+    cmd: &HookCommand,
+    env: &[(&str, &str)],
+    pgid: Option<&AtomicI32>,
+) -> Result<()> {
     let argv = cmd.argv();
-    let status = Proc::new(&argv[0])
+    let mut child = Proc::new(&argv[0])
         .args(&argv[1..])
         .env("COFFER_HOOK", which)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(io::stderr())
         .process_group(0)
-        .status()
+        .spawn()
         .with_context(|| format!("starting {which} hook `{}`", cmd.shown()))?;
+    if let Some(g) = pgid {
+        g.store(child.id() as i32, Ordering::SeqCst);
+    }
+    let status = child.wait();
+    if let Some(g) = pgid {
+        g.store(0, Ordering::SeqCst);
+    }
+    let status = status.with_context(|| format!("waiting for {which} hook"))?;
     if !status.success() {
         bail!("{which} hook `{}` failed ({status})", cmd.shown());
     }
@@ -353,52 +432,54 @@ impl Hook {
         // Held while the hook runs: a second caller waits for it to finish.
         let mut slot = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
         match slot.take() {
-            Some(cmd) => run_hook(self.which, &cmd, env),
+            Some(cmd) => run_hook(self.which, &cmd, env, None),
             None => Ok(()),
         }
     }
 }
 
-/// On SIGINT, SIGTERM or SIGHUP: ask the backup to stop (and the dump
-/// commands it reads), so the run ends cleanly and `post` runs. Should it
-/// not end within [`STOP_GRACE`], or on a second signal, run `post` here
-/// and exit.
-fn watch_signals(cancel: Arc<AtomicBool>, post: Arc<Hook>) -> Result<()> {
+/// On SIGINT, SIGTERM or SIGHUP: ask the backup to stop, and pass the
+/// signal on to the `pre` hook and the dump commands, so the run ends
+/// cleanly (device closed) and then `post` runs. Should it not end within
+/// [`STOP_GRACE`], or on a second signal, run `post` here (once `pre` has
+/// ended) and exit.
+fn watch_signals(cancel: Arc<AtomicBool>, post: Arc<Hook>, pre: Arc<Mutex<()>>) -> Result<()> {
+    use nix::sys::signal::{killpg, Signal};
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
     std::thread::spawn(move || {
-        let mut first = None;
-        loop {
-            let sig = match first {
-                None => signals.forever().next(),
-                // Wait for a second signal, or for the grace period to end.
-                Some(at) => {
-                    let mut got = None;
-                    while got.is_none() && Instant::now() < at + STOP_GRACE {
-                        got = signals.pending().next();
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    got.or(Some(0))
-                }
-            };
-            let Some(sig) = sig else { return };
-            if first.is_none() {
-                SIGNAL.store(sig, Ordering::Relaxed);
-                cancel.store(true, Ordering::Relaxed);
-                coffer::source::command::terminate_running();
-                eprintln!("coffer: stopping: no snapshot will be committed");
-                first = Some(Instant::now());
-                continue;
-            }
-            let res = post.run_once(&[("COFFER_RESULT", "interrupted")]);
-            if let Err(e) = res {
-                eprintln!("coffer: error: {e:#}");
-            }
-            let code = 128 + SIGNAL.load(Ordering::Relaxed);
-            eprintln!("coffer: error: interrupted; no snapshot committed");
-            std::process::exit(code);
+        let Some(sig) = signals.forever().next() else {
+            return;
+        };
+        SIGNAL.store(sig, Ordering::SeqCst);
+        cancel.store(true, Ordering::SeqCst);
+        let pre_pgid = PRE_PGID.load(Ordering::SeqCst);
+        if pre_pgid > 0 {
+            let _ = killpg(nix::unistd::Pid::from_raw(pre_pgid), Signal::SIGTERM);
         }
+        coffer::source::command::signal_running(Signal::SIGTERM);
+        if COMMITTED.load(Ordering::SeqCst) {
+            eprintln!("coffer: signal {sig}: the snapshot is saved; finishing");
+        } else {
+            eprintln!("coffer: signal {sig}: stopping; no snapshot will be committed");
+        }
+        // A second signal, or the grace period, forces the end.
+        let end = Instant::now() + STOP_GRACE;
+        while Instant::now() < end && signals.pending().next().is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        coffer::source::command::signal_running(Signal::SIGKILL);
+        drop(pre.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Err(e) = post.run_once(&[("COFFER_RESULT", "interrupted")]) {
+            eprintln!("coffer: error: {e:#}");
+        }
+        if COMMITTED.load(Ordering::SeqCst) {
+            eprintln!("coffer: error: stopped by signal {sig} after the snapshot was saved");
+        } else {
+            eprintln!("coffer: error: interrupted; no snapshot committed");
+        }
+        std::process::exit(128 + sig);
     });
     Ok(())
 }
@@ -474,9 +555,9 @@ impl ProgressLine {
         let stop = Arc::new(AtomicBool::new(false));
         let (b, s) = (bar.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                b.set_position(p.bytes.load(Ordering::Relaxed));
-                b.set_message(format!("{} files,", p.files.load(Ordering::Relaxed)));
+            while !s.load(Ordering::SeqCst) {
+                b.set_position(p.bytes.load(Ordering::SeqCst));
+                b.set_message(format!("{} files,", p.files.load(Ordering::SeqCst)));
                 b.tick();
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -491,7 +572,7 @@ impl ProgressLine {
 
 impl Drop for ProgressLine {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

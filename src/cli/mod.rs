@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use serde_json::json;
 
 use args::{Cli, Command, IdentityCommand, InitArgs, KeyCommand};
@@ -51,7 +51,18 @@ impl std::fmt::Display for Damaged {
 impl std::error::Error for Damaged {}
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    // Global options are propagated to the subcommand's matches.
+    let sub = matches.subcommand().map(|(_, m)| m).unwrap_or(&matches);
+    for id in ["repo", "identity", "server_fingerprint", "cache_dir"] {
+        if sub.value_source(id) == Some(clap::parser::ValueSource::EnvVariable) {
+            cli.from_env.push(id.to_string());
+        }
+    }
     let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -74,8 +85,8 @@ pub fn main() -> ExitCode {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
-    let sig = backup::SIGNAL.load(std::sync::atomic::Ordering::Relaxed);
-    if sig > 0 {
+    let sig = backup::SIGNAL.load(std::sync::atomic::Ordering::SeqCst);
+    if sig > 0 && !backup::COMMITTED.load(std::sync::atomic::Ordering::SeqCst) {
         return (128 + sig) as u8;
     }
     if e.downcast_ref::<backup::Busy>().is_some() {
@@ -141,8 +152,8 @@ fn fmt_bytes(n: u64) -> String {
     }
 }
 
-/// Reads a passphrase from the named variables, then `file` (a job
-/// config's `password_file`), or prompts on a terminal.
+/// Reads a passphrase from `file` (a job file's `password_file`), else the
+/// named variables, or prompts on a terminal.
 fn passphrase(
     var: &str,
     file_var: &str,
@@ -150,12 +161,12 @@ fn passphrase(
     prompt: &str,
     confirm: bool,
 ) -> Result<Vec<u8>> {
-    if let Ok(p) = std::env::var(var) {
-        return Ok(p.into_bytes());
-    }
-    let file = match std::env::var_os(file_var) {
-        Some(f) => Some((PathBuf::from(f), format!("{file_var}="))),
-        None => file.map(|f| (f.to_path_buf(), "password_file ".to_string())),
+    // A job file's own passphrase file first: its repository is the file's.
+    let file = match (file, std::env::var(var), std::env::var_os(file_var)) {
+        (Some(f), _, _) => Some((f.to_path_buf(), "password_file ".to_string())),
+        (None, Ok(p), _) => return Ok(p.into_bytes()),
+        (None, Err(_), Some(f)) => Some((PathBuf::from(f), format!("{file_var}="))),
+        (None, Err(_), None) => None,
     };
     if let Some((f, what)) = file {
         let s = std::fs::read(&f).with_context(|| format!("reading {what}{}", f.display()))?;

@@ -32,6 +32,10 @@ pub enum SourceKind {
     Image,
     /// Several sources of different kinds (a client config).
     Mixed,
+    /// A kind this version does not know (written by a newer one): the
+    /// snapshot is still listed and restored.
+    #[serde(other)]
+    Other,
 }
 
 /// Figures about one backup run.
@@ -178,6 +182,16 @@ pub fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_source_kinds_still_decode() {
+        let bytes = crate::format::cbor_encode(&"from-the-future");
+        let k: SourceKind = crate::format::cbor_decode("kind", &bytes).unwrap();
+        assert_eq!(k, SourceKind::Other);
+        let bytes = crate::format::cbor_encode(&SourceKind::Mixed);
+        let k: SourceKind = crate::format::cbor_decode("kind", &bytes).unwrap();
+        assert_eq!(k, SourceKind::Mixed);
+    }
     use crate::crypto::MasterKey;
     use proptest::prelude::*;
     use rand::rngs::OsRng;

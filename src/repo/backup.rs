@@ -197,6 +197,7 @@ pub fn backup(
         level,
         settings.pack_size as u64,
         opts.upload_limit,
+        opts.cancel.clone(),
     );
     up.sparse = cache.sparse_packs(opts.rewrite_below)?;
     let mut w = Walker {
@@ -232,13 +233,15 @@ pub fn backup(
         [k] => k,
         _ => SourceKind::Mixed,
     };
+    let mut planned = plan(&sources)?.into_iter();
     let mut paths = Vec::new();
     let mut trees = Vec::new();
     let mut files = Vec::new();
     for src in sources {
+        // unwrap-free: plan gives one entry per source.
+        let abs = planned.next().unwrap_or_default();
         match src {
-            BackupSource::Paths { paths: p, excludes } => {
-                let abs = p.iter().map(|p| absolute(p)).collect::<Result<Vec<_>>>()?;
+            BackupSource::Paths { excludes, .. } => {
                 if !excludes.is_empty() {
                     w.scoped_excludes
                         .push((abs.clone(), Excludes::new(&excludes)?));
@@ -255,10 +258,11 @@ pub fn backup(
                 files.push(w.backup_stream(&name, &mut reader, opts.time_ns)?);
                 paths.push(name);
             }
-            BackupSource::Image { path, name } => {
-                let abs = absolute(&path)?;
-                files.push(w.backup_image(&abs, name.as_deref())?);
-                paths.push(abs.to_string_lossy().into_owned());
+            BackupSource::Image { name, .. } => {
+                for a in abs {
+                    files.push(w.backup_image(&a, name.as_deref())?);
+                    paths.push(a.to_string_lossy().into_owned());
+                }
             }
         }
     }
@@ -268,9 +272,10 @@ pub fn backup(
         w.backup_paths(&trees)?
     };
     for f in files {
+        // plan() checked the names; an entry of `/` created since is refused.
         if root.nodes.iter().any(|n| n.name == f.name) {
             return Err(Error::Denied(format!(
-                "two sources are both named {:?} in the snapshot's root; give one another name",
+                "{:?} names both a source and an entry of the root directory",
                 String::from_utf8_lossy(&f.name)
             )));
         }
@@ -295,7 +300,7 @@ pub fn backup(
     if opts
         .cancel
         .as_ref()
-        .is_some_and(|c| c.load(Ordering::Relaxed))
+        .is_some_and(|c| c.load(Ordering::SeqCst))
     {
         return Err(Error::Interrupted);
     }
@@ -324,6 +329,82 @@ pub fn backup(
         stats,
         warnings,
     })
+}
+
+/// Checks, before anything is read, what would otherwise fail a long run at
+/// its end or silently lose a source: a path inside another source's path
+/// (the outer one's excludes and file-system boundary would decide for it)
+/// and two root entries of one name. Returns each source's absolute paths.
+fn plan(sources: &[BackupSource]) -> Result<Vec<Vec<PathBuf>>> {
+    let mut out = Vec::with_capacity(sources.len());
+    let mut trees: Vec<PathBuf> = Vec::new();
+    let mut names: Vec<(Vec<u8>, String)> = Vec::new();
+    for s in sources {
+        let abs = match s {
+            BackupSource::Paths { paths, .. } => {
+                let abs = paths
+                    .iter()
+                    .map(|p| absolute(p))
+                    .collect::<Result<Vec<_>>>()?;
+                for a in &abs {
+                    if let Some(t) = trees.iter().find(|t| a.starts_with(t) || t.starts_with(a)) {
+                        return Err(Error::Denied(format!(
+                            "{} and {} overlap: give only the outer one (with its excludes), or \
+                             paths side by side",
+                            t.display(),
+                            a.display()
+                        )));
+                    }
+                    trees.push(a.clone());
+                }
+                abs
+            }
+            BackupSource::Stream { name, .. } | BackupSource::Command { name, .. } => {
+                names.push((name.as_bytes().to_vec(), format!("source {name:?}")));
+                vec![]
+            }
+            BackupSource::Image { path, name } => {
+                let abs = absolute(path)?;
+                let n = match name {
+                    Some(n) => n.as_bytes().to_vec(),
+                    None => abs
+                        .file_name()
+                        .map(|n| n.as_bytes().to_vec())
+                        .unwrap_or_default(),
+                };
+                names.push((n, format!("image {}", abs.display())));
+                vec![abs]
+            }
+        };
+        out.push(abs);
+    }
+    for t in &trees {
+        if t == Path::new("/") {
+            for e in fs::read_dir("/").map_err(|e| Error::io("/", e))?.flatten() {
+                names.push((
+                    e.file_name().as_bytes().to_vec(),
+                    format!("/{}", e.file_name().to_string_lossy()),
+                ));
+            }
+        } else if let Some(first) = t.components().nth(1) {
+            names.push((
+                first.as_os_str().as_bytes().to_vec(),
+                t.display().to_string(),
+            ));
+        }
+    }
+    names.sort();
+    for pair in names.windows(2) {
+        if pair[0].0 == pair[1].0 && !(pair[0].1.starts_with('/') && pair[1].1.starts_with('/')) {
+            return Err(Error::Denied(format!(
+                "{} and {} would both be {:?} at the snapshot's root: give the source another name",
+                pair[0].1,
+                pair[1].1,
+                String::from_utf8_lossy(&pair[0].0)
+            )));
+        }
+    }
+    Ok(out)
 }
 
 /// Makes a path absolute and clean without following a final symlink.
@@ -423,15 +504,15 @@ impl Walker {
     /// Stops the walk when asked to (a signal).
     fn check_cancel(&self) -> Result<()> {
         match &self.cancel {
-            Some(c) if c.load(Ordering::Relaxed) => Err(Error::Interrupted),
+            Some(c) if c.load(Ordering::SeqCst) => Err(Error::Interrupted),
             _ => Ok(()),
         }
     }
 
     fn note_progress(&self, files: u64, bytes: u64) {
         if let Some(p) = &self.progress {
-            p.files.fetch_add(files, Ordering::Relaxed);
-            p.bytes.fetch_add(bytes, Ordering::Relaxed);
+            p.files.fetch_add(files, Ordering::SeqCst);
+            p.bytes.fetch_add(bytes, Ordering::SeqCst);
         }
     }
 

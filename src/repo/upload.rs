@@ -4,6 +4,7 @@
 //! the channel depths, not by the size of the backup.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -76,6 +77,7 @@ impl Uploader {
         level: i32,
         pack_size: u64,
         limit: Option<u64>,
+        cancel: Option<Arc<AtomicBool>>,
     ) -> Uploader {
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -96,7 +98,7 @@ impl Uploader {
         drop(seal_tx);
         let err = error.clone();
         threads.push(std::thread::spawn(move || {
-            let pacer = limit.map(Pacer::new);
+            let pacer = limit.map(|l| Pacer::new(l, cancel));
             if let Err(e) = packer(seal_rx, done_tx, store.as_ref(), &keys, pack_size, pacer) {
                 record(&err, e);
             }
@@ -240,7 +242,8 @@ fn packer(
         let (id, upload, entries, size) = w.finish(keys, &mut OsRng)?;
         upload.commit(id)?;
         if let Some(p) = pacer.as_mut() {
-            std::thread::sleep(p.wait_after(started, size, Instant::now()));
+            let wait = p.wait_after(started, size, Instant::now());
+            p.sleep(wait)?;
         }
         let _ = done.send(PackDone { id, size, entries });
         Ok(())
@@ -269,13 +272,35 @@ fn packer(
 struct Pacer {
     bytes_per_sec: u64,
     next: Option<Instant>,
+    /// A wait ends early, with [`Error::Interrupted`], when this is set.
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Pacer {
-    fn new(bytes_per_sec: u64) -> Pacer {
+    fn new(bytes_per_sec: u64, cancel: Option<Arc<AtomicBool>>) -> Pacer {
         Pacer {
             bytes_per_sec: bytes_per_sec.max(1),
             next: None,
+            cancel,
+        }
+    }
+
+    /// Waits, in short steps so that a cancel is seen at once.
+    fn sleep(&self, wait: Duration) -> Result<()> {
+        let end = Instant::now() + wait;
+        loop {
+            if self
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::SeqCst))
+            {
+                return Err(Error::Interrupted);
+            }
+            let now = Instant::now();
+            if now >= end {
+                return Ok(());
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(100)));
         }
     }
 
@@ -297,7 +322,7 @@ mod tests {
 
     #[test]
     fn pacer_holds_the_average_rate() {
-        let mut p = Pacer::new(1000);
+        let mut p = Pacer::new(1000, None);
         let t0 = Instant::now();
         // 1000 bytes written instantly: wait a second.
         assert_eq!(p.wait_after(t0, 1000, t0), Duration::from_secs(1));
@@ -308,8 +333,20 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_ends_the_wait() {
+        let cancel = Arc::new(AtomicBool::new(true));
+        let p = Pacer::new(1, Some(cancel));
+        let t0 = Instant::now();
+        assert!(matches!(
+            p.sleep(Duration::from_secs(3600)),
+            Err(Error::Interrupted)
+        ));
+        assert!(t0.elapsed() < Duration::from_secs(60));
+    }
+
+    #[test]
     fn pacer_gives_no_credit_for_idle_time() {
-        let mut p = Pacer::new(1000);
+        let mut p = Pacer::new(1000, None);
         let t0 = Instant::now();
         let _ = p.wait_after(t0, 1000, t0);
         // A long idle pause, then a pack: it still pays its full second.

@@ -5,6 +5,7 @@
 //! error, never a short but valid-looking dump.
 
 use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 
@@ -16,18 +17,17 @@ fn running() -> std::sync::MutexGuard<'static, Vec<u32>> {
     RUNNING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Sends SIGTERM to every command a [`CommandReader`] is reading now.
-pub fn terminate_running() {
+/// Sends `signal` to every command a [`CommandReader`] is reading now, and
+/// to everything it started (`sh -c 'pg_dump | gzip'`): each command runs in
+/// a process group of its own.
+pub fn signal_running(signal: nix::sys::signal::Signal) {
     for pid in running().iter() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pid as i32), signal);
     }
 }
 
-/// Forgets a child before it is reaped, so its pid is never signalled
-/// after it could be reused.
+/// Forgets a child before it is reaped, so its pid (and process group id)
+/// is never signalled after it could be reused.
 fn forget(child: &Child) {
     running().retain(|p| *p != child.id());
 }
@@ -63,6 +63,7 @@ impl CommandReader {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("starting `{}`: {e}", self.shown())))?;
         // The pipe was asked for just above.
@@ -120,7 +121,8 @@ impl Drop for CommandReader {
         if let Some((mut child, out)) = self.child.take() {
             drop(out);
             forget(&child);
-            let _ = child.kill();
+            let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
         }
     }

@@ -234,11 +234,14 @@ fn bad_config_is_refused_by_name_before_anything_runs() {
 fn a_second_run_of_the_same_job_is_refused_and_names_the_holder() {
     let j = Job::new();
     let started = j.t.path("started");
+    let gate = j.t.path("gate");
+    // The first run's dump waits for the test to open the gate.
     let cfg = j.config(
         "job.toml",
         &format!(
-            "[[source]]\nname = \"slow.dump\"\ncommand = [\"sh\", \"-c\", \"touch {}; sleep 3; echo done\"]\n",
-            started.display()
+            "[[source]]\nname = \"slow.dump\"\ncommand = [\"sh\", \"-c\", \"touch {}; while [ ! -e {} ]; do sleep 0.05; done; echo done\"]\n",
+            started.display(),
+            gate.display()
         ),
     );
     let c = cfg.to_str().unwrap();
@@ -255,6 +258,7 @@ fn a_second_run_of_the_same_job_is_refused_and_names_the_holder() {
         "holder not named: {}",
         r.stderr()
     );
+    fs::write(&gate, b"").unwrap();
     output(first).ok();
     assert_eq!(j.t.snapshots().len(), 1);
     // The lock went with the first run: a third run goes ahead.
@@ -302,7 +306,7 @@ post = "echo post $COFFER_RESULT >> {log}"
 
 [[source]]
 name = "hung.dump"
-command = ["sh", "-c", "echo started >> {log}; seq 1 1000; exec sleep 600"]
+command = ["sh", "-c", "echo started >> {log}; seq 1 1000; sleep 6017 | cat"]
 "#,
             log = log.display()
         ),
@@ -322,6 +326,112 @@ command = ["sh", "-c", "echo started >> {log}; seq 1 1000; exec sleep 600"]
         ["pre", "started", "post interrupted"]
     );
     assert!(j.t.snapshots().is_empty());
+    // Everything the dump started is gone too, not only its shell.
+    wait_for(
+        "the dump's pipeline to end",
+        Duration::from_secs(10),
+        || !processes().iter().any(|c| c.contains("6017")),
+    );
+}
+
+/// Command lines of the processes running now.
+fn processes() -> Vec<String> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .collect()
+}
+
+#[test]
+fn sources_that_overlap_or_share_a_root_name_are_refused_before_any_dump_runs() {
+    let j = Job::new();
+    let src = j.t.path("src");
+    fs::create_dir_all(src.join("inner")).unwrap();
+    let marker = j.t.path("dumped");
+    let dump = format!(
+        "[[source]]\nname = \"d.sql\"\ncommand = [\"sh\", \"-c\", \"touch {}\"]\n",
+        marker.display()
+    );
+    let nested = j.config(
+        "nested.toml",
+        &format!(
+            "{dump}[[source]]\npath = \"{src}\"\nexclude = [\"{src}/inner\"]\n[[source]]\npath = \"{src}/inner\"\n",
+            src = src.display()
+        ),
+    );
+    let r = j
+        .run(&["backup", "--config", nested.to_str().unwrap()])
+        .fails();
+    assert!(r.stderr().contains("overlap"), "{}", r.stderr());
+    // An image named like the first component of a path source.
+    let first = src
+        .components()
+        .nth(1)
+        .unwrap()
+        .as_os_str()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let img = j.t.path("disk.img");
+    fs::write(&img, b"x").unwrap();
+    let clash = j.config(
+        "clash.toml",
+        &format!(
+            "{dump}[[source]]\npath = \"{}\"\n[[source]]\nimage = \"{}\"\nname = \"{first}\"\n",
+            src.display(),
+            img.display()
+        ),
+    );
+    let r = j
+        .run(&["backup", "--config", clash.to_str().unwrap()])
+        .fails();
+    assert!(
+        r.stderr().contains("at the snapshot's root"),
+        "{}",
+        r.stderr()
+    );
+    assert!(!marker.exists(), "a dump ran for a job that was refused");
+    assert!(j.t.snapshots().is_empty());
+}
+
+#[test]
+fn the_job_file_wins_over_variables_and_options_win_over_the_file() {
+    let j = Job::new();
+    let src = j.t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let cfg = j.config(
+        "job.toml",
+        &format!("[[source]]\npath = \"{}\"\n", src.display()),
+    );
+    let c = cfg.to_str().unwrap();
+    let elsewhere = j.t.path("elsewhere");
+    // Variables exported for interactive use do not redirect the job.
+    let r = Run {
+        out: j
+            .command(&["backup", "--config", c])
+            .env("COFFER_REPO", &elsewhere)
+            .env("COFFER_PASSWORD", "not the job's passphrase")
+            .output()
+            .unwrap(),
+    }
+    .ok();
+    assert_eq!(r.stdout(), "");
+    assert_eq!(j.t.snapshots().len(), 1);
+    assert!(!elsewhere.exists());
+    // An option on the command line does.
+    j.run(&[
+        "--repo",
+        elsewhere.to_str().unwrap(),
+        "backup",
+        "--config",
+        c,
+    ])
+    .ok();
+    assert!(elsewhere.join("config").exists());
+    assert_eq!(j.t.snapshots().len(), 1);
 }
 
 #[test]
@@ -418,19 +528,21 @@ fn cron_runs_are_quiet_on_success_and_say_one_line_when_asked() {
 
 #[test]
 fn the_upload_limit_holds_the_rate() {
-    // 1 MiB packs (the test repository's size), 4 MiB of random data.
+    // 1 MiB packs (the test repository's size), 2 MiB of random data.
     let t = TestRepo::new();
     let src = t.path("src");
     fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("r"), random_bytes(4, 4 << 20)).unwrap();
+    fs::write(src.join("r"), random_bytes(4, 2 << 20)).unwrap();
     let t0 = Instant::now();
-    let out = t.backup(&[src.to_str().unwrap(), "--limit-upload", "2048"]);
+    let out = t.backup(&[src.to_str().unwrap(), "--limit-upload", "512"]);
     let took = t0.elapsed();
     let stored = out["new_pack_bytes"].as_u64().unwrap();
-    assert!(stored >= 4 << 20);
-    // At 2 MiB/s, every pack after the first waits for its share.
-    let floor = Duration::from_secs_f64(stored as f64 / (2 << 20) as f64 - 1.0);
+    assert!(stored >= 2 << 20);
+    // At 512 KiB/s every pack waits for its share: about 4 s in all.
+    let floor = Duration::from_secs_f64(stored as f64 / (512 << 10) as f64 - 1.0);
     assert!(took >= floor, "{took:?} < {floor:?} for {stored} bytes");
+    t.run(&["backup", src.to_str().unwrap(), "--limit-upload", "0"])
+        .fails();
 }
 
 #[test]
