@@ -5,6 +5,7 @@
 mod backup;
 mod crash;
 mod keys;
+mod monitor;
 mod restore;
 mod retention;
 mod scrub;
