@@ -14,6 +14,7 @@
 //! | vocabulary | [`id`], [`error`], [`limits`] | nothing |
 //! | pure core | [`chunk`], [`crypto`], [`format`] | bytes in, values out; no files, clock or sockets |
 //! | store | [`store`] | one repository directory: write-once objects |
+//! | monitoring | [`monitor`] | figures in, metrics text and alert decisions out |
 //! | engine | [`repo`], [`cache`], [`source`], [`job`] | files being backed up, the SQLite cache, a store |
 //!
 //! The on-disk formats are documented in `docs/format.md`.
@@ -44,6 +45,7 @@ pub mod fuzzing;
 pub mod id;
 pub mod job;
 pub mod limits;
+pub mod monitor;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod parity;

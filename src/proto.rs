@@ -527,7 +527,12 @@ impl Response {
             }
             Response::End => frame(0x800a, EMPTY),
             Response::Committed { id } => frame(0x800b, &cbor_encode(&SnapP { id: *id })),
-            Response::Stamped { stamp } => frame(0x800c, &cbor_encode(&StampP { stamp: *stamp })),
+            Response::Stamped { stamp } => frame(
+                0x800c,
+                &cbor_encode(&StampP {
+                    stamp: stamp.for_wire(),
+                }),
+            ),
             Response::Repaired { ok } => frame(0x800d, &cbor_encode(&OkP { ok: *ok })),
         }
     }

@@ -56,7 +56,8 @@ impl Policy {
 
 /// What the store records about a snapshot, by its own clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Unknown fields are ignored: a stamp written by a newer version (which may
+// add figures) still reads.
 pub struct Stamp {
     /// When the store received it (seconds since the epoch).
     pub received: i64,
@@ -67,6 +68,37 @@ pub struct Stamp {
     /// On legal hold: never removed while set.
     #[serde(default)]
     pub hold: bool,
+    /// What the snapshot occupied when it was committed; absent in stamps
+    /// written before it was recorded. Server metadata for monitoring: it
+    /// does not travel in the wire protocol (see [`Stamp::for_wire`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<SnapshotUsage>,
+}
+
+/// What a snapshot occupies, as a store sees it without a key, recorded at
+/// commit so that monitoring can compare each backup with the usual: a
+/// client encrypting its own files shows up as a jump in `new_bytes` or in
+/// the share of them (deduplication collapses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotUsage {
+    /// Bytes of the packs it references that were written (by the store's
+    /// clock) at or after the namespace's previous commit: what this backup
+    /// had to upload. All of its packs for the first snapshot.
+    pub new_bytes: u64,
+    /// Bytes of all the packs it references.
+    pub referenced_bytes: u64,
+}
+
+impl SnapshotUsage {
+    /// The share of referenced bytes that are new (0 when nothing is referenced).
+    pub fn new_fraction(&self) -> f64 {
+        if self.referenced_bytes == 0 {
+            0.0
+        } else {
+            self.new_bytes as f64 / self.referenced_bytes as f64
+        }
+    }
 }
 
 impl Stamp {
@@ -77,6 +109,16 @@ impl Stamp {
             locked_until: now.saturating_add(p.lock_secs),
             expires: now.saturating_add(p.retention_secs),
             hold: false,
+            usage: None,
+        }
+    }
+
+    /// The stamp as protocol version 1 carries it: without the server's
+    /// monitoring figures, so its bytes stay those that older peers accept.
+    pub fn for_wire(self) -> Stamp {
+        Stamp {
+            usage: None,
+            ..self
         }
     }
 

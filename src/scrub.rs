@@ -24,7 +24,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::snapshot;
 use crate::id::{PackId, SnapshotId};
 use crate::parity::{self, Member, StripeHeader, MAGIC_PARITY, PARITY_BLOCK};
-use crate::store::{fsync_dir, tmp_name, LocalStore, Store};
+use crate::store::{fsync_dir, replace_file, tmp_name, LocalStore, Store};
 
 /// Stripe shape: k packs, m parity shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -85,7 +85,7 @@ pub struct ProtectReport {
 }
 
 /// A pack that could not be repaired.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Unrepairable {
     /// The pack.
     pub pack: PackId,
@@ -110,6 +110,9 @@ pub struct ScrubReport {
     pub damaged_blocks: u64,
     /// Blocks rebuilt.
     pub repaired_blocks: u64,
+    /// Blocks of packs that could not be rebuilt (beyond the parity budget,
+    /// or every block of a damaged pack that was in no stripe yet).
+    pub unrepairable_blocks: u64,
     /// Packs rewritten after repair.
     pub repaired_packs: Vec<PackId>,
     /// Stripes whose parity was rewritten.
@@ -141,6 +144,89 @@ pub struct ScrubState {
     pub last_complete: i64,
     /// Stripes verified in the current pass, and when.
     pub verified: BTreeMap<u64, i64>,
+    /// Stripes the current pass has to verify (its progress is
+    /// `verified / stripes`).
+    #[serde(default)]
+    pub stripes: u64,
+    /// What the current pass found so far; kept across an interruption.
+    #[serde(default)]
+    pub current: ScrubCounts,
+    /// What the last completed pass found, whoever ran it (the server's
+    /// schedule or `coffer scrub`): what monitoring and alerts report.
+    #[serde(default)]
+    pub last: Option<ScrubCounts>,
+}
+
+impl ScrubState {
+    /// Whether a pass has started and not completed (running, or interrupted).
+    pub fn in_pass(&self) -> bool {
+        self.pass_started > self.last_complete
+    }
+
+    /// Share of the current pass done, 0 to 1; 1 when no pass is under way.
+    pub fn progress(&self) -> f64 {
+        if !self.in_pass() {
+            1.0
+        } else if self.stripes == 0 {
+            0.0
+        } else {
+            (self.verified.len() as f64 / self.stripes as f64).min(1.0)
+        }
+    }
+}
+
+/// The most unrepairable packs a scrub state lists by name (the count is
+/// always complete): a disaster must not make the state file huge.
+pub const MAX_LISTED_UNREPAIRABLE: usize = 100;
+
+/// What one scrub pass found, summed over its runs when it was interrupted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ScrubCounts {
+    /// Blocks whose checksum was verified.
+    pub blocks_checked: u64,
+    /// Blocks found damaged or missing.
+    pub damaged_blocks: u64,
+    /// Blocks rebuilt from parity.
+    pub repaired_blocks: u64,
+    /// Blocks that could not be rebuilt.
+    pub unrepairable_blocks: u64,
+    /// Packs that could not be repaired.
+    pub unrepairable_packs: u64,
+    /// The first [`MAX_LISTED_UNREPAIRABLE`] of them, with the snapshots
+    /// they touch (known once the pass completes).
+    #[serde(default)]
+    pub unrepairable: Vec<Unrepairable>,
+}
+
+impl ScrubCounts {
+    /// `base` (earlier runs of the pass) plus what this run found so far.
+    fn tally(base: &ScrubCounts, rep: &ScrubReport, bad: &[Unrepairable]) -> ScrubCounts {
+        let mut unrepairable = base.unrepairable.clone();
+        unrepairable.extend(bad.iter().cloned());
+        unrepairable.truncate(MAX_LISTED_UNREPAIRABLE);
+        ScrubCounts {
+            blocks_checked: base.blocks_checked + rep.blocks_checked,
+            damaged_blocks: base.damaged_blocks + rep.damaged_blocks,
+            repaired_blocks: base.repaired_blocks + rep.repaired_blocks,
+            unrepairable_blocks: base.unrepairable_blocks + rep.unrepairable_blocks,
+            unrepairable_packs: base.unrepairable_packs + bad.len() as u64,
+            unrepairable,
+        }
+    }
+}
+
+/// Packs found bad so far, as unrepairable entries without their snapshots.
+fn listed(bad: &HashMap<PackId, String>) -> Vec<Unrepairable> {
+    let mut v: Vec<Unrepairable> = bad
+        .iter()
+        .map(|(pack, reason)| Unrepairable {
+            pack: *pack,
+            reason: reason.clone(),
+            snapshots: Vec::new(),
+        })
+        .collect();
+    v.sort_by_key(|u| u.pack);
+    v
 }
 
 /// Reads the scrub state of a store.
@@ -152,10 +238,9 @@ pub fn scrub_state(s: &LocalStore) -> ScrubState {
 }
 
 fn save_state(s: &LocalStore, st: &ScrubState) -> Result<()> {
-    let tmp = tmp_name(&s.root().join("tmp"));
     // unwrap: plain data always serializes
-    fs::write(&tmp, serde_json::to_vec(st).expect("scrub state JSON")).at(&tmp)?;
-    fs::rename(&tmp, s.root().join("scrub.json")).at(s.root().join("scrub.json"))
+    let bytes = serde_json::to_vec(st).expect("scrub state JSON");
+    replace_file(&s.root().join("tmp"), &s.root().join("scrub.json"), &bytes)
 }
 
 struct Stripe {
@@ -527,10 +612,14 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
     let stripes = load_stripes(s)?;
     let mut state = scrub_state(s);
     // An interrupted pass (started, not completed since) carries on.
-    if opts.restart || state.last_complete >= state.pass_started {
-        state.pass_started = s.now();
+    if opts.restart || !state.in_pass() {
+        state.pass_started = s.now().max(state.last_complete + 1);
         state.verified.clear();
+        state.current = ScrubCounts::default();
     }
+    state.stripes = stripes.len() as u64;
+    save_state(s, &state)?;
+    let base = state.current.clone();
     let mut in_stripe = HashSet::new();
     for st in &stripes {
         for m in &st.header.members {
@@ -542,6 +631,7 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
         }
         scrub_stripe(s, st, &mut rep, &mut t, &mut bad)?;
         state.verified.insert(st.id, s.now());
+        state.current = ScrubCounts::tally(&base, &rep, &listed(&bad));
         save_state(s, &state)?;
     }
     // Packs in no stripe yet: their name is their hash, nothing to repair from.
@@ -561,6 +651,7 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
             PackId::of(&b) == id
         });
         if !matches!(ok, Ok(true)) {
+            rep.unrepairable_blocks += parity::blocks(size);
             bad.insert(id, "damaged and in no stripe yet (no parity)".into());
         }
     }
@@ -568,9 +659,6 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
     for p in pr.damaged {
         bad.entry(p).or_insert_with(|| "damaged".into());
     }
-    state.last_complete = s.now().max(state.pass_started);
-    state.verified.clear();
-    save_state(s, &state)?;
     if !bad.is_empty() {
         let mut refs: HashMap<PackId, Vec<SnapshotId>> = HashMap::new();
         for sid in s.list_snapshots()? {
@@ -594,6 +682,11 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
             });
         }
     }
+    state.last = Some(ScrubCounts::tally(&base, &rep, &rep.unrepairable));
+    state.current = ScrubCounts::default();
+    state.last_complete = s.now().max(state.pass_started);
+    state.verified.clear();
+    save_state(s, &state)?;
     Ok(rep)
 }
 
@@ -692,6 +785,7 @@ fn scrub_stripe(
             Err(e) => {
                 for (i, was) in mb.iter().enumerate() {
                     if was.is_none() {
+                        rep.unrepairable_blocks += 1;
                         bad.entry(h.members[i].pack)
                             .or_insert_with(|| format!("beyond the parity budget: {e}"));
                     }

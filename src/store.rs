@@ -25,7 +25,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::snapshot;
 use crate::id::{PackId, SnapshotId};
 use crate::limits::{MAX_PACK_BYTES, MAX_SMALL_FILE_BYTES, MAX_SNAPSHOT_BYTES};
-use crate::retention::{self, PackAge, Policy, Stamp};
+use crate::retention::{self, PackAge, Policy, SnapshotUsage, Stamp};
 
 /// A pack being uploaded: write its bytes, then [`PackUpload::commit`] it
 /// under its name. Dropping it without commit leaves nothing visible.
@@ -301,15 +301,7 @@ impl LocalStore {
         if !replace {
             return write_once(&self.root.join("tmp"), &path, &bytes);
         }
-        let tmp = tmp_name(&self.root.join("tmp"));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .at(&tmp)?;
-        f.write_all(&bytes).and_then(|_| f.sync_all()).at(&tmp)?;
-        fs::rename(&tmp, &path).at(&path)?;
-        fsync_dir(&self.root.join("snapshots"))
+        replace_file(&self.root.join("tmp"), &path, &bytes)
     }
 
     fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
@@ -358,10 +350,8 @@ impl LocalStore {
         let mut sizes = HashMap::new();
         self.for_each_pack(&mut |id, size| {
             let written = fs::metadata(self.pack_path(&id))
-                .and_then(|m| m.modified())
                 .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs() as i64)
+                .and_then(|m| mtime_secs(&m))
                 .unwrap_or(now);
             ages.push(PackAge { id, written });
             sizes.insert(id, size);
@@ -383,6 +373,29 @@ impl LocalStore {
         // Parity must forget collected packs, or a scrub would bring them back.
         crate::scrub::forget_packs(self, &doomed.iter().copied().collect(), self.parity)?;
         Ok(rep)
+    }
+
+    /// Every snapshot with its stamp, in the order they were committed. A
+    /// snapshot removed meanwhile (a concurrent forget) is skipped. Reads
+    /// every stamp: a namespace holds tens of snapshots.
+    pub fn stamps(&self) -> Result<Vec<(SnapshotId, Stamp)>> {
+        let mut out = Vec::new();
+        for id in self.list_snapshots()? {
+            match self.stamp(&id) {
+                // Stamps count whole seconds: the snapshot file's own time
+                // orders commits within one.
+                Ok(st) => {
+                    let t = fs::metadata(self.snapshot_path(&id))
+                        .and_then(|m| m.modified())
+                        .ok();
+                    out.push((st.received, t, id, st));
+                }
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by_key(|(received, t, id, _)| (*received, *t, *id));
+        Ok(out.into_iter().map(|(_, _, id, st)| (id, st)).collect())
     }
 
     /// The repository directory.
@@ -438,6 +451,14 @@ fn read_small(path: &Path, max: usize) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A file's modification time in seconds since the epoch.
+fn mtime_secs(m: &fs::Metadata) -> Option<i64> {
+    m.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+}
+
 /// Fsyncs a directory so a rename or link in it is durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
@@ -446,15 +467,8 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 /// Writes `bytes` to `path` once: temporary file, fsync, link without
 /// replacing, fsync of the directory. Fails with `Conflict` if `path` exists.
 pub fn write_once(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_name(tmp_dir);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .at(&tmp)?;
-    let r = f.write_all(bytes).and_then(|_| f.sync_all()).at(&tmp);
-    drop(f);
-    let r = r.and_then(|_| link_into_place(&tmp, path));
+    let tmp = durable_tmp(tmp_dir, bytes)?;
+    let r = link_into_place(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match r? {
         true => Ok(()),
@@ -462,6 +476,38 @@ pub fn write_once(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
             "{} exists already; never overwritten",
             path.display()
         ))),
+    }
+}
+
+/// Replaces the metadata file `path` atomically: temporary file in
+/// `tmp_dir` (same file system), fsync, rename over `path`, fsync of its
+/// directory. For the store's own metadata, never for objects.
+pub fn replace_file(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = durable_tmp(tmp_dir, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path).at(path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // unwrap: a metadata path always has a parent directory
+    fsync_dir(path.parent().expect("metadata path has a parent"))
+}
+
+/// Writes `bytes` to a new temporary file in `tmp_dir` and fsyncs it;
+/// nothing is left behind on failure.
+fn durable_tmp(tmp_dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let tmp = tmp_name(tmp_dir);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .at(&tmp)?;
+    match f.write_all(bytes).and_then(|_| f.sync_all()).at(&tmp) {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            drop(f);
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
 }
 
@@ -671,11 +717,37 @@ impl Store for LocalStore {
         // A shared lock: a collection cannot delete a pack between the check
         // below and the commit.
         let _guard = self.lock_file(false)?;
+        // New = written since the previous commit and not already in the
+        // previous snapshot (a pack written in the same second as that
+        // commit belongs to it, not to this one).
+        let previous = match self.stamps()?.pop() {
+            Some((pid, st)) => {
+                let packs = snapshot::decode(&self.read_snapshot(&pid)?)
+                    .map(|f| f.packs)
+                    .unwrap_or_default();
+                Some((st.received, packs))
+            }
+            None => None,
+        };
+        let mut usage = SnapshotUsage::default();
         for p in &file.packs {
-            if self.pack_size(p)?.is_none() {
-                return Err(Error::Denied(format!(
-                    "snapshot refused: it references pack {p}, which the repository does not hold"
-                )));
+            let path = self.pack_path(p);
+            let meta = match fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(Error::Denied(format!(
+                        "snapshot refused: it references pack {p}, which the repository does not hold"
+                    )))
+                }
+                Err(e) => return Err(Error::io(path, e)),
+            };
+            usage.referenced_bytes += meta.len();
+            // Pack times are the store's clock (set at upload), like stamps.
+            let new = previous.as_ref().is_none_or(|(t, packs)| {
+                mtime_secs(&meta).is_none_or(|w| w >= *t) && packs.binary_search(p).is_err()
+            });
+            if new {
+                usage.new_bytes += meta.len();
             }
         }
         let id = SnapshotId::of(bytes);
@@ -686,7 +758,11 @@ impl Store for LocalStore {
         let now = (self.clock)();
         let now = now.max(self.seen());
         self.note_time(now)?;
-        match self.write_stamp(&id, &Stamp::new(now, &self.policy), false) {
+        let stamp = Stamp {
+            usage: Some(usage),
+            ..Stamp::new(now, &self.policy)
+        };
+        match self.write_stamp(&id, &stamp, false) {
             // A stamp left by an interrupted commit of the same snapshot: keep the earlier one.
             Ok(()) | Err(Error::Conflict(_)) => {}
             Err(e) => return Err(e),
@@ -723,13 +799,7 @@ impl Store for LocalStore {
                 .map_err(|e| Error::Corrupt(format!("stamp of snapshot {}: {e}", id.short()))),
             // No stamp (written by an older build): the file's time stands in.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let t = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0);
-                Ok(Stamp::new(t, &self.policy))
+                Ok(Stamp::new(mtime_secs(&meta).unwrap_or(0), &self.policy))
             }
             Err(e) => Err(Error::io(self.stamp_path(id), e)),
         }

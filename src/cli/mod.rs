@@ -726,12 +726,17 @@ fn cmd_serve(config: &Path, allow_root: bool) -> Result<()> {
         bail!("refusing to run as root: run the server as a dedicated user (or pass --allow-root)");
     }
     let cfg = coffer::net::config::ServerConfig::load(config)?;
+    coffer::net::log::init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let (ep, addr) = coffer::net::server::endpoint(&cfg)?;
+        let metrics = coffer::net::watch::bind_metrics(&cfg).await?;
         println!("coffer serve: listening on {addr}");
+        if let Some(m) = &metrics {
+            println!("coffer serve: metrics on http://{}/metrics", m.local_addr()?);
+        }
         io::stdout().flush()?;
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -740,7 +745,7 @@ fn cmd_serve(config: &Path, allow_root: bool) -> Result<()> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        coffer::net::server::serve(cfg, ep, shutdown).await?;
+        coffer::net::server::serve(cfg, ep, metrics, shutdown).await?;
         Ok(())
     })
 }

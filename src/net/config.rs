@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -62,6 +63,201 @@ pub struct ServerConfig {
     /// Accepted clients.
     #[serde(default, rename = "client")]
     pub clients: Vec<ClientEntry>,
+    /// The Prometheus endpoint (none without this section).
+    pub metrics: Option<MetricsConfig>,
+    /// Alerts (none without this section).
+    pub alerts: Option<AlertsConfig>,
+}
+
+/// `[metrics]`: where to serve `GET /metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// TCP address, `IP:PORT`; loopback unless `allow_remote`.
+    pub listen: String,
+    /// Allows a non-loopback `listen`: the metrics name every namespace.
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// How often the expensive figures (a walk of every pack) are
+    /// collected again (default "30s"); a commit refreshes its namespace
+    /// at once.
+    #[serde(default = "thirty_s")]
+    pub refresh_interval: String,
+}
+
+/// `[alerts]`: thresholds and where alerts go. Durations are humantime
+/// strings ("26h", "90s").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// A namespace without a snapshot for this long is stale (default "26h").
+    #[serde(default = "stale_default")]
+    pub stale_after: String,
+    /// How often conditions are evaluated (default "60s").
+    #[serde(default = "sixty_s")]
+    pub check_interval: String,
+    /// The same alert is not delivered again within this (default "24h").
+    #[serde(default = "day")]
+    pub repeat_after: String,
+    /// Warn at this share of a namespace's quota (default 0.9).
+    #[serde(default = "quota_warn")]
+    pub quota_warn: f64,
+    /// A snapshot with this many times the usual new bytes is an anomaly (10).
+    #[serde(default = "factor")]
+    pub anomaly_factor: f64,
+    /// ... when it has at least this many new bytes (64 MiB).
+    #[serde(default = "min_bytes")]
+    pub anomaly_min_bytes: u64,
+    /// How many earlier snapshots make the usual (10, at least 3).
+    #[serde(default = "window")]
+    pub anomaly_window: usize,
+    /// A program (argv) that gets each alert as JSON on its standard input.
+    pub command: Option<Vec<String>>,
+    /// An `http://` URL that gets each alert as JSON in a POST.
+    pub webhook: Option<String>,
+    /// How long the command and the webhook may take (default "10s").
+    #[serde(default = "ten_s")]
+    pub timeout: String,
+}
+
+/// `[alerts]`, validated.
+#[derive(Debug, Clone)]
+pub struct Alerting {
+    /// The thresholds.
+    pub rules: crate::monitor::alert::AlertRules,
+    /// Evaluation period.
+    pub check_interval: Duration,
+    /// Repeat window, seconds.
+    pub repeat_after: i64,
+    /// Command argv.
+    pub command: Option<Vec<String>>,
+    /// Webhook.
+    pub webhook: Option<super::http::HttpUrl>,
+    /// Delivery timeout.
+    pub timeout: Duration,
+}
+
+fn thirty_s() -> String {
+    "30s".into()
+}
+fn sixty_s() -> String {
+    "60s".into()
+}
+fn ten_s() -> String {
+    "10s".into()
+}
+fn stale_default() -> String {
+    "26h".into()
+}
+fn day() -> String {
+    "24h".into()
+}
+fn quota_warn() -> f64 {
+    0.9
+}
+fn factor() -> f64 {
+    10.0
+}
+fn min_bytes() -> u64 {
+    64 << 20
+}
+fn window() -> usize {
+    10
+}
+
+/// Parses a humantime duration of at least one second, naming the key.
+fn duration(section: &str, key: &str, v: &str) -> Result<Duration> {
+    let d = humantime::parse_duration(v).map_err(|e| {
+        Error::Denied(format!(
+            "[{section}] {key} = {v:?}: {e} (write e.g. \"90s\", \"26h\")"
+        ))
+    })?;
+    if d < Duration::from_secs(1) {
+        return Err(Error::Denied(format!(
+            "[{section}] {key} = {v:?} must be at least 1s"
+        )));
+    }
+    Ok(d)
+}
+
+impl MetricsConfig {
+    /// The address to bind, refused when not loopback unless allowed.
+    pub fn listen_addr(&self) -> Result<SocketAddr> {
+        let a: SocketAddr = self.listen.parse().map_err(|_| {
+            Error::Denied(format!(
+                "[metrics] listen = {:?} is not an IP address and port",
+                self.listen
+            ))
+        })?;
+        // The metrics name every namespace and its activity: local only,
+        // unless the operator says otherwise in so many words.
+        if !a.ip().is_loopback() && !self.allow_remote {
+            return Err(Error::Denied(format!(
+                "[metrics] listen = {:?} is not a loopback address; set allow_remote = true in [metrics] to serve metrics beyond this host",
+                self.listen
+            )));
+        }
+        Ok(a)
+    }
+
+    /// The refresh period.
+    pub fn refresh(&self) -> Result<Duration> {
+        duration("metrics", "refresh_interval", &self.refresh_interval)
+    }
+}
+
+impl AlertsConfig {
+    /// Checks every value and converts the durations.
+    pub fn validated(&self) -> Result<Alerting> {
+        let secs = |key: &str, v: &str| duration("alerts", key, v).map(|d| d.as_secs() as i64);
+        if !(self.quota_warn > 0.0 && self.quota_warn <= 1.0) {
+            return Err(Error::Denied(format!(
+                "[alerts] quota_warn = {} must be above 0 and at most 1",
+                self.quota_warn
+            )));
+        }
+        if !(self.anomaly_factor >= 1.0 && self.anomaly_factor.is_finite()) {
+            return Err(Error::Denied(format!(
+                "[alerts] anomaly_factor = {} must be at least 1",
+                self.anomaly_factor
+            )));
+        }
+        if self.anomaly_window < crate::monitor::alert::MIN_HISTORY {
+            return Err(Error::Denied(format!(
+                "[alerts] anomaly_window = {} must be at least {}",
+                self.anomaly_window,
+                crate::monitor::alert::MIN_HISTORY
+            )));
+        }
+        if let Some(c) = &self.command {
+            if c.first().is_none_or(|p| p.is_empty()) {
+                return Err(Error::Denied(
+                    "[alerts] command must name a program: command = [\"/usr/local/bin/page-oncall\"]".into(),
+                ));
+            }
+        }
+        let webhook = match &self.webhook {
+            Some(w) => Some(
+                super::http::HttpUrl::parse(w)
+                    .map_err(|e| Error::Denied(format!("[alerts] webhook = {w:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Alerting {
+            rules: crate::monitor::alert::AlertRules {
+                stale_after: secs("stale_after", &self.stale_after)?,
+                quota_warn: self.quota_warn,
+                anomaly_factor: self.anomaly_factor,
+                anomaly_min_bytes: self.anomaly_min_bytes,
+                anomaly_window: self.anomaly_window,
+            },
+            check_interval: duration("alerts", "check_interval", &self.check_interval)?,
+            repeat_after: secs("repeat_after", &self.repeat_after)?,
+            command: self.command.clone(),
+            webhook,
+            timeout: duration("alerts", "timeout", &self.timeout)?,
+        })
+    }
 }
 
 fn thirty() -> u32 {
@@ -132,6 +328,13 @@ impl ServerConfig {
             return Err(Error::Denied(
                 "prune_interval_minutes must be at least 1".into(),
             ));
+        }
+        if let Some(m) = &c.metrics {
+            m.listen_addr()?;
+            m.refresh()?;
+        }
+        if let Some(a) = &c.alerts {
+            a.validated()?;
         }
         Ok(c)
     }
@@ -236,5 +439,52 @@ mod tests {
         let e = ServerConfig::parse("data = \"/d\"\nidentity = \"/i\"\n[[client]]\nfingerprint = \"zz\"\nnamespace = \"a\"\n")
             .unwrap_err();
         assert!(e.to_string().contains("fingerprint"), "{e}");
+    }
+
+    const BASE: &str = "data = \"/d\"\nidentity = \"/i\"\n";
+
+    #[test]
+    fn monitoring_sections() {
+        let c = ServerConfig::parse(&format!(
+            "{BASE}[metrics]\nlisten = \"127.0.0.1:9464\"\n[alerts]\nstale_after = \"2h\"\ncommand = [\"/bin/true\"]\nwebhook = \"http://127.0.0.1:9000/hook\"\n"
+        ))
+        .unwrap();
+        let a = c.alerts.unwrap().validated().unwrap();
+        assert_eq!(a.rules.stale_after, 7200);
+        assert_eq!(a.repeat_after, 86_400);
+        assert_eq!(a.check_interval, Duration::from_secs(60));
+        assert_eq!(a.rules.anomaly_min_bytes, 64 << 20);
+        assert_eq!(
+            c.metrics.unwrap().refresh().unwrap(),
+            Duration::from_secs(30)
+        );
+        let c = ServerConfig::parse(&format!(
+            "{BASE}[metrics]\nlisten = \"0.0.0.0:9464\"\nallow_remote = true\n"
+        ))
+        .unwrap();
+        assert!(c.metrics.is_some());
+    }
+
+    #[test]
+    fn monitoring_refusals_name_the_key() {
+        for (section, want) in [
+            ("[metrics]\nlisten = \"0.0.0.0:9464\"\n", "allow_remote"),
+            ("[metrics]\nlisten = \"[::]:9464\"\n", "allow_remote"),
+            ("[metrics]\nlisten = \"127.0.0.1:9464\"\nport = 1\n", "port"),
+            (
+                "[metrics]\nlisten = \"127.0.0.1:9464\"\nrefresh_interval = \"0s\"\n",
+                "refresh_interval",
+            ),
+            ("[alerts]\nstale = \"1h\"\n", "stale"),
+            ("[alerts]\nstale_after = \"soon\"\n", "stale_after"),
+            ("[alerts]\nquota_warn = 1.5\n", "quota_warn"),
+            ("[alerts]\nanomaly_window = 2\n", "anomaly_window"),
+            ("[alerts]\ncommand = []\n", "command"),
+            ("[alerts]\nwebhook = \"https://example.org/x\"\n", "https"),
+            ("[alerts]\nwebhook = \"ftp://h/x\"\n", "webhook"),
+        ] {
+            let e = ServerConfig::parse(&format!("{BASE}{section}")).unwrap_err();
+            assert!(e.to_string().contains(want), "{section}: {e}");
+        }
     }
 }

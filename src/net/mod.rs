@@ -5,7 +5,10 @@
 
 pub mod client;
 pub mod config;
+pub mod http;
+pub mod log;
 pub mod server;
+pub mod watch;
 
 use std::fmt;
 use std::path::Path;
@@ -204,7 +207,7 @@ impl ClientCertVerifier for PinnedClients {
         if self.allowed.contains(&fp) {
             Ok(ClientCertVerified::assertion())
         } else {
-            eprintln!("coffer serve: refused connection: unknown client certificate {fp}");
+            tracing::warn!(fingerprint = %fp, "refused connection: unknown client certificate {fp}");
             Err(rustls::Error::General(format!(
                 "unknown client certificate {fp}"
             )))

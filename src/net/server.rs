@@ -4,7 +4,6 @@
 //! there is no request that deletes, overwrites, truncates or renames.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use quinn::{RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
+use tracing::{error, info, warn};
 
 use super::config::{Client, ServerConfig};
 use super::{provider, tls_err, transport, Fingerprint, Identity, PinnedClients};
@@ -34,6 +34,8 @@ struct State {
     usage: Mutex<HashMap<String, u64>>,
     /// Parity shape of every namespace.
     parity: crate::scrub::ParityConfig,
+    /// Metrics and alerts.
+    watch: Arc<super::watch::Watch>,
 }
 
 /// Opens a namespace's store with its retention rules.
@@ -102,22 +104,27 @@ impl State {
                 .and_then(|s| crate::scrub::scrub(&s, s.parity(), &opts))
             {
                 Ok(r) => {
-                    eprintln!(
-                        "coffer serve: scrub {}: {} blocks checked, {} damaged, {} repaired, {} packs unrepairable",
-                        c.namespace,
-                        r.blocks_checked,
-                        r.damaged_blocks,
-                        r.repaired_blocks,
-                        r.unrepairable.len()
+                    info!(
+                        namespace = %c.namespace,
+                        blocks_checked = r.blocks_checked,
+                        damaged_blocks = r.damaged_blocks,
+                        repaired_blocks = r.repaired_blocks,
+                        unrepairable_packs = r.unrepairable.len(),
+                        "scrub done"
                     );
                     for u in r.unrepairable {
-                        eprintln!(
-                            "coffer serve: scrub {}: pack {} unrepairable ({}); snapshots: {:?}",
-                            c.namespace, u.pack, u.reason, u.snapshots
+                        let snapshots: Vec<String> =
+                            u.snapshots.iter().map(|s| s.to_hex()).collect();
+                        error!(
+                            namespace = %c.namespace,
+                            pack = %u.pack,
+                            snapshots = %snapshots.join(","),
+                            "scrub: pack unrepairable: {}",
+                            u.reason
                         );
                     }
                 }
-                Err(e) => eprintln!("coffer serve: scrub {} failed: {e}", c.namespace),
+                Err(e) => error!(namespace = %c.namespace, "scrub failed: {e}"),
             }
         }
     }
@@ -136,15 +143,17 @@ impl State {
             // unwrap: the lock is never held across a panic
             self.usage.lock().unwrap().remove(&c.namespace);
             match res {
-                Ok(r) => eprintln!(
-                    "coffer serve: prune {}: {} snapshots expired, {} packs ({} bytes) collected{}",
-                    c.namespace,
-                    r.snapshots_removed.len(),
-                    r.packs_removed,
-                    r.bytes_freed,
-                    r.refused.map(|m| format!("; {m}")).unwrap_or_default()
-                ),
-                Err(e) => eprintln!("coffer serve: prune {} failed: {e}", c.namespace),
+                Ok(r) => match r.refused {
+                    None => info!(
+                        namespace = %c.namespace,
+                        snapshots_expired = r.snapshots_removed.len(),
+                        packs_collected = r.packs_removed,
+                        bytes = r.bytes_freed,
+                        "prune done"
+                    ),
+                    Some(why) => warn!(namespace = %c.namespace, "prune deleted nothing: {why}"),
+                },
+                Err(e) => error!(namespace = %c.namespace, "prune failed: {e}"),
             }
         }
     }
@@ -178,20 +187,25 @@ pub fn endpoint(cfg: &ServerConfig) -> Result<(quinn::Endpoint, SocketAddr)> {
     Ok((ep, local))
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves; `metrics` is the listener of
+/// [`super::watch::bind_metrics`], when the config has `[metrics]`.
 pub async fn serve(
     cfg: ServerConfig,
     ep: quinn::Endpoint,
+    metrics: Option<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let clients = cfg.validated_clients()?;
     std::fs::create_dir_all(cfg.data.join("namespaces")).map_err(|e| Error::io(&cfg.data, e))?;
+    let watch = Arc::new(super::watch::Watch::new(&cfg)?);
+    watch.clone().start(metrics);
     let state = Arc::new(State {
         data: cfg.data.clone(),
         clients: clients.into_iter().map(|c| (c.fingerprint, c)).collect(),
         stores: Mutex::new(HashMap::new()),
         usage: Mutex::new(HashMap::new()),
         parity: cfg.parity_config(),
+        watch,
     });
     // Scrub on the server's own schedule.
     let scrub_every = std::time::Duration::from_secs(cfg.scrub_interval_hours as u64 * 3600);
@@ -299,11 +313,10 @@ async fn connection(state: Arc<State>, conn: quinn::Connection) {
 }
 
 fn log(ctx: &Conn, what: &str, msg: &str) {
-    let mut e = std::io::stderr().lock();
-    let _ = writeln!(
-        e,
-        "coffer serve: refused {what} from client {} (namespace {}): {msg}",
-        ctx.client.fingerprint, ctx.client.namespace
+    warn!(
+        namespace = %ctx.client.namespace,
+        fingerprint = %ctx.client.fingerprint,
+        "refused {what}: {msg}"
     );
 }
 
@@ -405,6 +418,12 @@ async fn stream(
 ) -> std::result::Result<(), String> {
     let (tag, payload) = read_frame(&mut recv).await?;
     let req = Request::decode(tag, &payload).map_err(|e| e.to_string())?;
+    // Which failures monitoring counts: commits and uploads.
+    let counted = match &req {
+        Request::WriteSnapshot { .. } => Some(true),
+        Request::PutPack { .. } => Some(false),
+        _ => None,
+    };
     let name = format!("{req:?}")
         .split([' ', '{', '('])
         .next()
@@ -418,6 +437,10 @@ async fn stream(
     };
     for r in &replies {
         if let Response::Error { code, message } = &r.head {
+            // An existing snapshot or pack is not a failure: nothing was lost.
+            if let (Some(commit), false) = (counted, *code == ErrorCode::Conflict) {
+                ctx.state.watch.failed(&ctx.client.namespace, commit);
+            }
             if matches!(
                 code,
                 ErrorCode::Denied | ErrorCode::Protocol | ErrorCode::TooLarge | ErrorCode::Invalid
@@ -580,11 +603,15 @@ async fn handle(
             let body = read_body(recv, len, MAX_WIRE_SNAPSHOT_BYTES).await?;
             let st2 = store.clone();
             let id = blocking(move || store.write_snapshot(&body)).await?;
-            // Parity for the packs this snapshot brought, at once but off the reply path.
+            let (watch, ns) = (ctx.state.watch.clone(), ctx.client.namespace.clone());
+            let fp = ctx.client.fingerprint.to_string();
+            // Parity for the packs this snapshot brought, at once but off the
+            // reply path; then the watcher judges the snapshot.
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = crate::scrub::protect(&st2, st2.parity()) {
-                    eprintln!("coffer serve: parity: {e}");
+                    error!(namespace = %ns, "parity: {e}");
                 }
+                watch.committed(&ns, &st2, id, &fp);
             });
             one(Reply::of(Response::Committed { id }))
         }

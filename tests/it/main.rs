@@ -6,6 +6,7 @@ mod backup;
 mod crash;
 mod job;
 mod keys;
+mod monitor;
 mod restore;
 mod retention;
 mod scrub;

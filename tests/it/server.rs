@@ -22,7 +22,10 @@ pub struct TestServer {
     pub port: u16,
     pub fingerprint: String,
     pub clients: Vec<(PathBuf, String, String)>,
+    /// The metrics endpoint's port, when the config has `[metrics]`.
+    pub metrics_port: Option<u16>,
     stderr: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 fn identity(path: &Path) -> String {
@@ -47,11 +50,17 @@ impl TestServer {
     /// Like `start`; `extra` is a line `[[client]] key = value` added to
     /// every client entry.
     pub fn start_with(n: usize, extra: &str) -> TestServer {
+        Self::start_full(n, extra, "", &[])
+    }
+
+    /// Like `start_with`; `top` goes before the client tables (top-level
+    /// keys, `[metrics]`, `[alerts]`), `env` is set for the server.
+    pub fn start_full(n: usize, extra: &str, top: &str, env: &[(&str, &str)]) -> TestServer {
         let extra = extra.trim_start_matches("[[client]]").trim();
         let dir = tempfile::tempdir().unwrap();
         let fingerprint = identity(&dir.path().join("server.id"));
         let mut cfg = format!(
-            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\nidentity = \"{}\"\n",
+            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\nidentity = \"{}\"\n{top}\n",
             dir.path().join("data").display(),
             dir.path().join("server.id").display()
         );
@@ -66,32 +75,33 @@ impl TestServer {
         }
         fs::write(dir.path().join("server.toml"), cfg).unwrap();
         let stderr = dir.path().join("server.log");
-        let mut child = clean_command()
-            .args(["serve", "--allow-root", "--config"])
-            .arg(dir.path().join("server.toml"))
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .expect(&line);
+        fs::File::create(&stderr).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, port, metrics_port) = spawn(dir.path(), &stderr, &env);
         TestServer {
             dir,
             child,
             port,
             fingerprint,
             clients,
+            metrics_port,
             stderr,
+            env,
         }
+    }
+
+    /// Stops the server and starts it again on the same config and data
+    /// (new ports); its log goes on in the same file.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, port, metrics_port) = spawn(self.dir.path(), &self.stderr, &self.env);
+        self.child = child;
+        self.port = port;
+        self.metrics_port = metrics_port;
     }
 
     pub fn url(&self, ns: &str) -> String {
@@ -108,6 +118,16 @@ impl TestServer {
             .env("COFFER_SERVER_FINGERPRINT", &self.fingerprint)
             .env("COFFER_REPO", self.url(ns));
         c
+    }
+
+    /// The operator's `coffer ARGS --allow-root --config SERVER_CONFIG`.
+    pub fn operator(&self, args: &[&str]) -> std::process::Output {
+        clean_command()
+            .args(args)
+            .args(["--allow-root", "--config"])
+            .arg(self.dir.path().join("server.toml"))
+            .output()
+            .unwrap()
     }
 
     pub fn log(&self) -> String {
@@ -134,13 +154,60 @@ impl Drop for TestServer {
     }
 }
 
-fn run(mut c: Command, args: &[&str]) -> Run {
+/// Starts `coffer serve` on `dir/server.toml`, appending to `stderr`, and
+/// reads the ports it prints: QUIC, then metrics when configured.
+fn spawn(dir: &Path, stderr: &Path, env: &[(String, String)]) -> (Child, u16, Option<u16>) {
+    let log = fs::OpenOptions::new().append(true).open(stderr).unwrap();
+    let mut child = clean_command()
+        .args(["serve", "--allow-root", "--config"])
+        .arg(dir.join("server.toml"))
+        .envs(env.iter().map(|(k, v)| match v.as_str() {
+            "@stderr" => (k.clone(), crate::monitor::journal_stream(stderr)),
+            _ => (k.clone(), v.clone()),
+        }))
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut port_of = |what: &str| -> u16 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.contains(what), "{line:?}");
+        line.trim()
+            .trim_end_matches("/metrics")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .expect(&line)
+    };
+    let port = port_of("listening on");
+    let cfg = fs::read_to_string(dir.join("server.toml")).unwrap();
+    let metrics = cfg.contains("[metrics]").then(|| port_of("metrics on"));
+    (child, port, metrics)
+}
+
+/// Writes `config` to `path` and runs `coffer serve` on it, which must
+/// refuse to start; returns its standard error.
+pub(crate) fn serve_refuses(path: &Path, config: &str) -> String {
+    fs::write(path, config).unwrap();
+    let out = clean_command()
+        .args(["serve", "--allow-root", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub(crate) fn run(mut c: Command, args: &[&str]) -> Run {
     Run {
         out: c.args(args).stdin(Stdio::null()).output().unwrap(),
     }
 }
 
-fn init_args() -> Vec<&'static str> {
+pub(crate) fn init_args() -> Vec<&'static str> {
     vec![
         "init",
         "--kdf-memory-kib",
@@ -624,18 +691,11 @@ fn thirty_two_concurrent_backups() {
 fn server_refuses_root_and_bad_configs() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("s.toml");
-    fs::write(
+    assert!(serve_refuses(
         &cfg,
-        "data = \"/tmp/x\"\nidentity = \"/tmp/none\"\nlisten = \"127.0.0.1:0\"\nbogus_key = 1\n",
+        "data = \"/tmp/x\"\nidentity = \"/tmp/none\"\nlisten = \"127.0.0.1:0\"\nbogus_key = 1\n"
     )
-    .unwrap();
-    let out = clean_command()
-        .args(["serve", "--allow-root", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_key"));
+    .contains("bogus_key"));
     if is_root() {
         let out = clean_command()
             .args(["serve", "--config"])

@@ -1,0 +1,574 @@
+//! Alerts as pure decisions: which conditions hold for a set of figures, whether
+//! a snapshot looks like ransomware, and whether an alert is due or was sent
+//! too recently. Owns the alert JSON; delivering it (log, command, webhook)
+//! and the clock belong to the server's watcher.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::NamespaceFigures;
+use crate::id::SnapshotId;
+use crate::retention::{fmt_time, SnapshotUsage};
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// A client's last good backup is older than the threshold.
+    Stale,
+    /// The latest scrub found damage it could not repair.
+    ScrubUnrepairable,
+    /// A namespace is close to its quota.
+    Quota,
+    /// A snapshot far above the client's usual (ransomware?).
+    Anomaly,
+}
+
+impl AlertKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [AlertKind; 4] = [
+        AlertKind::Stale,
+        AlertKind::ScrubUnrepairable,
+        AlertKind::Quota,
+        AlertKind::Anomaly,
+    ];
+
+    /// Its name in JSON and in metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AlertKind::Stale => "stale",
+            AlertKind::ScrubUnrepairable => "scrub_unrepairable",
+            AlertKind::Quota => "quota",
+            AlertKind::Anomaly => "anomaly",
+        }
+    }
+
+    /// Whether the condition is judged from figures on every check (as
+    /// opposed to once per snapshot, like an anomaly).
+    pub fn periodic(&self) -> bool {
+        !matches!(self, AlertKind::Anomaly)
+    }
+}
+
+/// One alert: `kind`, `namespace`, `message`, `time` and fields of its kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    /// What it is about.
+    pub kind: AlertKind,
+    /// The namespace concerned.
+    pub namespace: String,
+    /// One line for a human.
+    pub message: String,
+    /// When it was raised (seconds since the epoch).
+    pub time: i64,
+    /// Fields of its kind.
+    pub details: Map<String, Value>,
+}
+
+impl Alert {
+    fn new(kind: AlertKind, ns: &str, time: i64, message: String, details: Value) -> Alert {
+        Alert {
+            kind,
+            namespace: ns.to_string(),
+            message,
+            time,
+            details: match details {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
+        }
+    }
+
+    /// The JSON object delivered to the command and the webhook.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("kind".into(), json!(self.kind.as_str()));
+        m.insert("namespace".into(), json!(self.namespace));
+        m.insert("message".into(), json!(self.message));
+        m.insert("time".into(), json!(fmt_time(self.time)));
+        for (k, v) in &self.details {
+            m.insert(k.clone(), v.clone());
+        }
+        Value::Object(m)
+    }
+}
+
+/// Thresholds of the alerts (durations in seconds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRules {
+    /// A namespace whose latest snapshot is older than this is stale.
+    pub stale_after: i64,
+    /// Warn when stored bytes reach this share of the quota.
+    pub quota_warn: f64,
+    /// A snapshot's new bytes above this many times the usual are an anomaly.
+    pub anomaly_factor: f64,
+    /// ... and only when they are at least this many bytes.
+    pub anomaly_min_bytes: u64,
+    /// How many earlier snapshots make "the usual" (at least [`MIN_HISTORY`]).
+    pub anomaly_window: usize,
+}
+
+/// Fewer earlier snapshots than this say too little about a client's usual:
+/// no anomaly is judged before.
+pub const MIN_HISTORY: usize = 3;
+/// A new fraction above this, where it is usually at most
+/// [`USUAL_FRACTION_MAX`], means deduplication collapsed.
+pub const COLLAPSE_FRACTION: f64 = 0.5;
+/// See [`COLLAPSE_FRACTION`].
+pub const USUAL_FRACTION_MAX: f64 = 0.1;
+
+/// The periodic conditions that hold now, one alert each. A namespace with
+/// no snapshot counts from when the server began watching it, so a client
+/// that never backed up is noticed too.
+pub fn conditions(figures: &[NamespaceFigures], rules: &AlertRules, now: i64) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for n in figures {
+        let ns = n.namespace.as_str();
+        let since = n.last_snapshot.unwrap_or(n.watched_since);
+        let age = now - since;
+        if age > rules.stale_after {
+            let message = match n.last_snapshot {
+                Some(t) => format!(
+                    "namespace {ns}: no snapshot since {} ({} ago; threshold {})",
+                    fmt_time(t),
+                    span(age),
+                    span(rules.stale_after)
+                ),
+                None => format!(
+                    "namespace {ns}: no snapshot at all, {} after the server began watching it (threshold {})",
+                    span(age),
+                    span(rules.stale_after)
+                ),
+            };
+            out.push(Alert::new(
+                AlertKind::Stale,
+                ns,
+                now,
+                message,
+                json!({
+                    "last_snapshot": n.last_snapshot.map(fmt_time),
+                    "age_seconds": age,
+                    "stale_after_seconds": rules.stale_after,
+                }),
+            ));
+        }
+        if let Some(q) = n.quota_bytes {
+            let share = if q == 0 {
+                1.0
+            } else {
+                n.stored_bytes as f64 / q as f64
+            };
+            if share >= rules.quota_warn {
+                out.push(Alert::new(
+                    AlertKind::Quota,
+                    ns,
+                    now,
+                    format!(
+                        "namespace {ns}: {} of its quota of {} bytes used ({:.0}%); uploads past it are refused",
+                        n.stored_bytes,
+                        q,
+                        share * 100.0
+                    ),
+                    json!({
+                        "stored_bytes": n.stored_bytes,
+                        "quota_bytes": q,
+                        "used_fraction": share,
+                    }),
+                ));
+            }
+        }
+        if n.scrub.unrepairable_packs > 0 {
+            let packs: Vec<&str> = n
+                .scrub
+                .unrepairable
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .collect();
+            let mut snaps: Vec<&str> = n
+                .scrub
+                .unrepairable
+                .iter()
+                .flat_map(|(_, s)| s.iter().map(|x| x.as_str()))
+                .collect();
+            snaps.sort_unstable();
+            snaps.dedup();
+            out.push(Alert::new(
+                AlertKind::ScrubUnrepairable,
+                ns,
+                now,
+                format!(
+                    "namespace {ns}: the scrub completed at {} found {} packs ({} blocks) beyond repair, touching {} snapshots",
+                    fmt_time(n.scrub.last_complete),
+                    n.scrub.unrepairable_packs,
+                    n.scrub.unrepairable_blocks,
+                    snaps.len()
+                ),
+                json!({
+                    "scrub_completed": fmt_time(n.scrub.last_complete),
+                    "unrepairable_packs": n.scrub.unrepairable_packs,
+                    "unrepairable_blocks": n.scrub.unrepairable_blocks,
+                    "packs": packs,
+                    "snapshots": snaps,
+                }),
+            ));
+        }
+    }
+    out
+}
+
+/// Why a snapshot looks wrong.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AnomalyReason {
+    /// Far more new bytes than usual.
+    NewBytes,
+    /// Far more of it is new than usual: deduplication collapsed.
+    DedupCollapse,
+}
+
+/// A snapshot that stands out, and what the usual was.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Anomaly {
+    /// Why.
+    pub reason: AnomalyReason,
+    /// The median new bytes of the earlier snapshots.
+    pub usual_new_bytes: u64,
+    /// The median new fraction of the earlier snapshots.
+    pub usual_new_fraction: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    // The upper median: for an alarm, erring high pages less.
+    v[v.len() / 2]
+}
+
+/// Judges `latest` against the last `rules.anomaly_window` of `previous`
+/// (oldest first). Nothing is judged below [`MIN_HISTORY`] earlier
+/// snapshots or below `anomaly_min_bytes` new bytes, so small or young
+/// namespaces do not page.
+pub fn judge(
+    previous: &[SnapshotUsage],
+    latest: SnapshotUsage,
+    rules: &AlertRules,
+) -> Option<Anomaly> {
+    let window = rules.anomaly_window.max(MIN_HISTORY);
+    let recent = &previous[previous.len().saturating_sub(window)..];
+    if recent.len() < MIN_HISTORY || latest.new_bytes < rules.anomaly_min_bytes {
+        return None;
+    }
+    let usual_new_bytes = median(recent.iter().map(|u| u.new_bytes as f64).collect());
+    let usual_new_fraction = median(recent.iter().map(|u| u.new_fraction()).collect());
+    let reason = if latest.new_bytes as f64 > rules.anomaly_factor * usual_new_bytes {
+        AnomalyReason::NewBytes
+    } else if latest.new_fraction() > COLLAPSE_FRACTION && usual_new_fraction <= USUAL_FRACTION_MAX
+    {
+        AnomalyReason::DedupCollapse
+    } else {
+        return None;
+    };
+    Some(Anomaly {
+        reason,
+        usual_new_bytes: usual_new_bytes as u64,
+        usual_new_fraction,
+    })
+}
+
+/// The alert for an anomalous snapshot.
+pub fn anomaly_alert(
+    ns: &str,
+    snapshot: &SnapshotId,
+    usage: SnapshotUsage,
+    a: &Anomaly,
+    now: i64,
+) -> Alert {
+    let (reason, why) = match a.reason {
+        AnomalyReason::NewBytes => (
+            "new_bytes",
+            format!(
+                "{} new bytes where {} is usual",
+                usage.new_bytes, a.usual_new_bytes
+            ),
+        ),
+        AnomalyReason::DedupCollapse => (
+            "dedup_collapse",
+            format!(
+                "{:.0}% of it is new where {:.0}% is usual",
+                usage.new_fraction() * 100.0,
+                a.usual_new_fraction * 100.0
+            ),
+        ),
+    };
+    Alert::new(
+        AlertKind::Anomaly,
+        ns,
+        now,
+        format!(
+            "namespace {ns}: snapshot {} stands out ({why}); files encrypted by ransomware look like this",
+            snapshot.short()
+        ),
+        json!({
+            "snapshot": snapshot.to_hex(),
+            "reason": reason,
+            "new_bytes": usage.new_bytes,
+            "referenced_bytes": usage.referenced_bytes,
+            "new_fraction": usage.new_fraction(),
+            "usual_new_bytes": a.usual_new_bytes,
+            "usual_new_fraction": a.usual_new_fraction,
+        }),
+    )
+}
+
+/// A duration for a message: humantime's spelling, to the second.
+fn span(secs: i64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(secs.max(0) as u64)).to_string()
+}
+
+/// When each (kind, namespace) condition was last delivered. Kept in the
+/// data directory, so a restart does not page again; an entry is dropped
+/// when its condition clears, so a condition that returns alerts again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Conditions delivered and not cleared since.
+    pub sent: Vec<Sent>,
+}
+
+/// One delivered condition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sent {
+    /// Its kind.
+    pub kind: AlertKind,
+    /// Its namespace.
+    pub namespace: String,
+    /// When it was last delivered.
+    pub at: i64,
+}
+
+impl RateLimit {
+    /// Reconciles the conditions in `scope` with those that hold now
+    /// (`active`, all in scope): entries in scope that no longer hold are
+    /// cleared; the active alerts not delivered within `repeat_after`
+    /// seconds are returned and recorded as delivered at `now`. Returns
+    /// whether the state changed.
+    pub fn reconcile(
+        &mut self,
+        scope: impl Fn(AlertKind, &str) -> bool,
+        active: Vec<Alert>,
+        now: i64,
+        repeat_after: i64,
+    ) -> (Vec<Alert>, bool) {
+        let before = self.sent.len();
+        self.sent.retain(|s| {
+            !scope(s.kind, &s.namespace)
+                || active
+                    .iter()
+                    .any(|a| a.kind == s.kind && a.namespace == s.namespace)
+        });
+        let mut changed = self.sent.len() != before;
+        let mut due = Vec::new();
+        for a in active {
+            match self
+                .sent
+                .iter_mut()
+                .find(|s| s.kind == a.kind && s.namespace == a.namespace)
+            {
+                Some(s) if now - s.at < repeat_after => continue,
+                Some(s) => s.at = now,
+                None => self.sent.push(Sent {
+                    kind: a.kind,
+                    namespace: a.namespace.clone(),
+                    at: now,
+                }),
+            }
+            changed = true;
+            due.push(a);
+        }
+        (due, changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::ScrubFigures;
+
+    const T0: i64 = 1_800_000_000;
+
+    fn rules() -> AlertRules {
+        AlertRules {
+            stale_after: 26 * 3600,
+            quota_warn: 0.9,
+            anomaly_factor: 10.0,
+            anomaly_min_bytes: 1000,
+            anomaly_window: 10,
+        }
+    }
+
+    fn usage(new: u64, referenced: u64) -> SnapshotUsage {
+        SnapshotUsage {
+            new_bytes: new,
+            referenced_bytes: referenced,
+        }
+    }
+
+    fn ns(name: &str) -> NamespaceFigures {
+        NamespaceFigures {
+            namespace: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn kinds(v: &[Alert]) -> Vec<(AlertKind, &str)> {
+        v.iter().map(|a| (a.kind, a.namespace.as_str())).collect()
+    }
+
+    #[test]
+    fn stale_counts_from_the_last_snapshot_or_the_server_start() {
+        let fresh = NamespaceFigures {
+            last_snapshot: Some(T0 - 3600),
+            ..ns("fresh")
+        };
+        let old = NamespaceFigures {
+            last_snapshot: Some(T0 - 27 * 3600),
+            ..ns("old")
+        };
+        let never = NamespaceFigures {
+            watched_since: T0 - 3600,
+            ..ns("never")
+        };
+        let a = conditions(&[fresh.clone(), old.clone(), never.clone()], &rules(), T0);
+        assert_eq!(kinds(&a), vec![(AlertKind::Stale, "old")]);
+        let never = NamespaceFigures {
+            watched_since: T0 - 30 * 3600,
+            ..never
+        };
+        let a = conditions(&[fresh, old, never], &rules(), T0);
+        assert_eq!(
+            kinds(&a),
+            vec![(AlertKind::Stale, "old"), (AlertKind::Stale, "never")]
+        );
+        assert!(
+            a[1].message.contains("no snapshot at all"),
+            "{}",
+            a[1].message
+        );
+        let j = a[0].to_json();
+        assert_eq!(j["kind"], "stale");
+        assert_eq!(j["namespace"], "old");
+        assert_eq!(j["age_seconds"], 27 * 3600);
+        assert!(j["time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn quota_and_scrub_conditions() {
+        let full = NamespaceFigures {
+            last_snapshot: Some(T0),
+            stored_bytes: 95,
+            quota_bytes: Some(100),
+            ..ns("full")
+        };
+        let roomy = NamespaceFigures {
+            last_snapshot: Some(T0),
+            stored_bytes: 50,
+            quota_bytes: Some(100),
+            ..ns("roomy")
+        };
+        let damaged = NamespaceFigures {
+            last_snapshot: Some(T0),
+            scrub: ScrubFigures {
+                last_complete: T0,
+                unrepairable_packs: 2,
+                unrepairable: vec![
+                    ("aa".into(), vec!["s1".into()]),
+                    ("bb".into(), vec!["s1".into(), "s2".into()]),
+                ],
+                ..Default::default()
+            },
+            ..ns("damaged")
+        };
+        let a = conditions(&[full, roomy, damaged], &rules(), T0);
+        assert_eq!(
+            kinds(&a),
+            vec![
+                (AlertKind::Quota, "full"),
+                (AlertKind::ScrubUnrepairable, "damaged")
+            ]
+        );
+        assert_eq!(a[1].to_json()["snapshots"], json!(["s1", "s2"]));
+    }
+
+    #[test]
+    fn anomaly_needs_history_and_a_floor() {
+        let r = rules();
+        let usual = vec![usage(100, 10_000); 5];
+        assert_eq!(
+            judge(&usual[..2], usage(50_000, 60_000), &r),
+            None,
+            "too little history"
+        );
+        assert_eq!(
+            judge(&usual, usage(900, 10_900), &r),
+            None,
+            "below the floor"
+        );
+        let a = judge(&usual, usage(50_000, 60_000), &r).unwrap();
+        assert_eq!(a.reason, AnomalyReason::NewBytes);
+        assert_eq!(a.usual_new_bytes, 100);
+        assert_eq!(
+            judge(
+                &usual,
+                usage(900, 10_900),
+                &AlertRules {
+                    anomaly_min_bytes: 0,
+                    ..r.clone()
+                }
+            ),
+            None
+        );
+        // the first snapshot (all new) does not make the usual look high
+        let mut h = vec![usage(10_000, 10_000)];
+        h.extend(vec![usage(100, 10_000); 3]);
+        assert!(judge(&h, usage(5_000, 15_000), &r).is_some());
+    }
+
+    #[test]
+    fn a_collapse_of_deduplication_is_an_anomaly() {
+        let r = rules();
+        // large daily changes (new bytes vary) but usually 5% of the data
+        let usual = vec![
+            usage(5_000, 100_000),
+            usage(6_000, 100_000),
+            usage(4_000, 100_000),
+        ];
+        let a = judge(&usual, usage(40_000, 60_000), &r).unwrap();
+        assert_eq!(a.reason, AnomalyReason::DedupCollapse);
+        // a client that always writes mostly new data is its own usual
+        let churny = vec![usage(60_000, 100_000); 4];
+        assert_eq!(judge(&churny, usage(70_000, 100_000), &r), None);
+    }
+
+    #[test]
+    fn rate_limit_repeats_only_after_the_window_and_after_a_clear() {
+        let mut rl = RateLimit::default();
+        let stale = |ns: &str| Alert::new(AlertKind::Stale, ns, T0, "m".into(), json!({}));
+        let periodic = |k: AlertKind, _: &str| k.periodic();
+        let (due, changed) = rl.reconcile(periodic, vec![stale("a")], T0, 3600);
+        assert_eq!((due.len(), changed), (1, true));
+        let (due, changed) = rl.reconcile(periodic, vec![stale("a")], T0 + 60, 3600);
+        assert_eq!((due.len(), changed), (0, false), "within repeat_after");
+        let (due, _) = rl.reconcile(periodic, vec![stale("a")], T0 + 3600, 3600);
+        assert_eq!(due.len(), 1, "repeat_after has passed");
+        // cleared, then back: alerts at once
+        let (due, changed) = rl.reconcile(periodic, vec![], T0 + 3700, 3600);
+        assert_eq!((due.len(), changed), (0, true));
+        let (due, _) = rl.reconcile(periodic, vec![stale("a")], T0 + 3800, 3600);
+        assert_eq!(due.len(), 1);
+        // an anomaly scope leaves periodic entries alone
+        let only_anomaly_b = |k: AlertKind, n: &str| k == AlertKind::Anomaly && n == "b";
+        let (_, changed) = rl.reconcile(only_anomaly_b, vec![], T0 + 3900, 3600);
+        assert!(!changed);
+        assert_eq!(rl.sent.len(), 1);
+        // survives a round trip through its file
+        let back: RateLimit = serde_json::from_slice(&serde_json::to_vec(&rl).unwrap()).unwrap();
+        assert_eq!(back, rl);
+    }
+}
