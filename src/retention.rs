@@ -78,13 +78,14 @@ pub struct Stamp {
 /// What a snapshot occupies, as a store sees it without a key, recorded at
 /// commit so that monitoring can compare each backup with the usual: a
 /// client encrypting its own files shows up as a jump in `new_bytes` or in
-/// the share of them (deduplication collapses).
+/// the share of them (deduplication collapses). Like the stamp that holds
+/// it, it tolerates fields it does not know.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SnapshotUsage {
     /// Bytes of the packs it references that were written (by the store's
-    /// clock) at or after the namespace's previous commit: what this backup
-    /// had to upload. All of its packs for the first snapshot.
+    /// clock) at or after the namespace's previous commit and that the
+    /// previous snapshot does not list: what this backup had to upload. All
+    /// of its packs for the first snapshot.
     pub new_bytes: u64,
     /// Bytes of all the packs it references.
     pub referenced_bytes: u64,
@@ -305,6 +306,22 @@ mod tests {
         assert_eq!(
             collectable(&[a, b, young], &referenced, now, &p),
             vec![b.id]
+        );
+    }
+
+    #[test]
+    fn a_stamp_from_a_later_version_parses() {
+        let st: Stamp = serde_json::from_str(
+            r#"{"received":1,"locked_until":2,"expires":3,"hold":false,"later":1,
+                "usage":{"new_bytes":4,"referenced_bytes":5,"new_packs":6}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            st.usage,
+            Some(SnapshotUsage {
+                new_bytes: 4,
+                referenced_bytes: 5
+            })
         );
     }
 

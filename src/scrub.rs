@@ -237,6 +237,10 @@ pub fn scrub_state(s: &LocalStore) -> ScrubState {
         .unwrap_or_default()
 }
 
+/// How often a scrub records its progress: an interruption repeats at most
+/// this much work.
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn save_state(s: &LocalStore, st: &ScrubState) -> Result<()> {
     // unwrap: plain data always serializes
     let bytes = serde_json::to_vec(st).expect("scrub state JSON");
@@ -620,6 +624,7 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
     state.stripes = stripes.len() as u64;
     save_state(s, &state)?;
     let base = state.current.clone();
+    let mut saved: Option<Instant> = None;
     let mut in_stripe = HashSet::new();
     for st in &stripes {
         for m in &st.header.members {
@@ -631,8 +636,13 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
         }
         scrub_stripe(s, st, &mut rep, &mut t, &mut bad)?;
         state.verified.insert(st.id, s.now());
-        state.current = ScrubCounts::tally(&base, &rep, &listed(&bad));
-        save_state(s, &state)?;
+        // The state grows with the pass: saved after the first stripe, then
+        // at most every SAVE_EVERY (and at the end), not after every stripe.
+        if saved.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+            state.current = ScrubCounts::tally(&base, &rep, &listed(&bad));
+            save_state(s, &state)?;
+            saved = Some(Instant::now());
+        }
     }
     // Packs in no stripe yet: their name is their hash, nothing to repair from.
     let mut loose = Vec::new();
@@ -828,7 +838,11 @@ fn scrub_stripe(
             .create_new(true)
             .open(&tmp)
             .at(&tmp)?;
+        // A pack keeps its time (the store's clock at upload: what a
+        // commit's new bytes and the collection's grace period read).
+        let written = fs::metadata(&path).and_then(|m| m.modified()).ok();
         out.write_all(&bytes)
+            .and_then(|_| written.map_or(Ok(()), |t| out.set_modified(t)))
             .and_then(|_| out.sync_all())
             .at(&tmp)?;
         if let Some(dir) = path.parent() {

@@ -131,13 +131,7 @@ impl LocalStore {
                 root.display()
             )));
         }
-        Ok(LocalStore {
-            root: root.to_path_buf(),
-            handles: Mutex::new(HashMap::new()),
-            policy: read_setting(root)?,
-            parity: read_setting(root)?,
-            clock: system_clock(),
-        })
+        LocalStore::observe(root)
     }
 
     /// Creates the directory layout of a new repository; refuses a directory
@@ -165,13 +159,7 @@ impl LocalStore {
             fs::create_dir_all(root.join(d)).at(root.join(d))?;
         }
         fsync_dir(root)?;
-        Ok(LocalStore {
-            root: root.to_path_buf(),
-            handles: Mutex::new(HashMap::new()),
-            policy: read_setting(root)?,
-            parity: read_setting(root)?,
-            clock: system_clock(),
-        })
+        LocalStore::observe(root)
     }
 
     /// Opens a directory as a store, creating its layout if missing; a
@@ -180,6 +168,12 @@ impl LocalStore {
         for d in ["keys", "packs", "snapshots", "tmp"] {
             fs::create_dir_all(root.join(d)).at(root.join(d))?;
         }
+        LocalStore::observe(root)
+    }
+
+    /// Opens a store directory only to read it: creates nothing, and a
+    /// missing part shows up as an error when it is read.
+    pub fn observe(root: &Path) -> Result<LocalStore> {
         Ok(LocalStore {
             root: root.to_path_buf(),
             handles: Mutex::new(HashMap::new()),
@@ -254,10 +248,7 @@ impl LocalStore {
 
     /// The latest time this store has seen, so a clock that goes back is noticed.
     fn seen(&self) -> i64 {
-        fs::read_to_string(self.root.join("clock"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
+        read_seen(&self.root)
     }
 
     fn note_time(&self, now: i64) -> Result<()> {
@@ -375,27 +366,86 @@ impl LocalStore {
         Ok(rep)
     }
 
-    /// Every snapshot with its stamp, in the order they were committed. A
-    /// snapshot removed meanwhile (a concurrent forget) is skipped. Reads
+    /// Every snapshot with its stamp, in the order they were committed, for
+    /// figures: a snapshot removed meanwhile (a concurrent forget) is
+    /// skipped, and so is one whose stamp cannot be read, its error returned
+    /// beside the list, so one bad stamp does not hide the others. Reads
     /// every stamp: a namespace holds tens of snapshots.
-    pub fn stamps(&self) -> Result<Vec<(SnapshotId, Stamp)>> {
+    pub fn stamps(&self) -> Result<(Stamps, Vec<Error>)> {
         let mut out = Vec::new();
+        let mut skipped = Vec::new();
         for id in self.list_snapshots()? {
-            match self.stamp(&id) {
-                // Stamps count whole seconds: the snapshot file's own time
-                // orders commits within one.
-                Ok(st) => {
-                    let t = fs::metadata(self.snapshot_path(&id))
-                        .and_then(|m| m.modified())
-                        .ok();
-                    out.push((st.received, t, id, st));
-                }
-                Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
+            match self.commit_order(id) {
+                Ok(Some(x)) => out.push(x),
+                Ok(None) => {}
+                Err(e) => skipped.push(e),
             }
         }
-        out.sort_by_key(|(received, t, id, _)| (*received, *t, *id));
-        Ok(out.into_iter().map(|(_, _, id, st)| (id, st)).collect())
+        out.sort_by_key(|(key, _)| *key);
+        Ok((
+            out.into_iter().map(|((_, _, id), st)| (id, st)).collect(),
+            skipped,
+        ))
+    }
+
+    /// The latest commit (as [`LocalStore::stamps`] orders them) without
+    /// keeping the others; an unreadable stamp is skipped.
+    fn newest_stamp(&self) -> Result<Option<(SnapshotId, Stamp)>> {
+        let mut best: Option<(CommitKey, Stamp)> = None;
+        for id in self.list_snapshots()? {
+            if let Ok(Some(x)) = self.commit_order(id) {
+                if best.as_ref().is_none_or(|(k, _)| x.0 > *k) {
+                    best = Some(x);
+                }
+            }
+        }
+        Ok(best.map(|((_, _, id), st)| (id, st)))
+    }
+
+    /// A snapshot's stamp with the key that orders commits: stamps count
+    /// whole seconds, so the snapshot file's own time orders commits within
+    /// one. `None` when the snapshot is gone.
+    fn commit_order(&self, id: SnapshotId) -> Result<Option<(CommitKey, Stamp)>> {
+        match self.stamp(&id) {
+            Ok(st) => {
+                let t = fs::metadata(self.snapshot_path(&id))
+                    .and_then(|m| m.modified())
+                    .ok();
+                Ok(Some(((st.received, t, id), st)))
+            }
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What a snapshot listing `packs` (name, size, file time by the
+    /// store's clock) occupies, against the latest commit: see `usage` in
+    /// docs/format.md.
+    fn usage(&self, packs: &[(PackId, u64, Option<i64>)]) -> Result<SnapshotUsage> {
+        let previous = match self.newest_stamp()? {
+            Some((pid, st)) => {
+                let bytes = self.read_snapshot(&pid)?;
+                let f = snapshot::decode(&bytes).map_err(|e| {
+                    Error::Corrupt(format!("previous snapshot {}: {e}", pid.short()))
+                })?;
+                Some((st.received, f.packs))
+            }
+            None => None,
+        };
+        let mut usage = SnapshotUsage::default();
+        for (p, len, written) in packs {
+            usage.referenced_bytes += len;
+            // New = written since the previous commit and not already in the
+            // previous snapshot (a pack written in the same second as that
+            // commit belongs to it, not to this one).
+            let new = previous.as_ref().is_none_or(|(t, listed)| {
+                written.is_none_or(|w| w >= *t) && listed.binary_search(p).is_err()
+            });
+            if new {
+                usage.new_bytes += len;
+            }
+        }
+        Ok(usage)
     }
 
     /// The repository directory.
@@ -432,6 +482,29 @@ impl LocalStore {
         h.insert(*id, f.clone());
         Ok(f)
     }
+}
+
+/// The latest time the store at `root` has seen (0: none).
+fn read_seen(root: &Path) -> i64 {
+    fs::read_to_string(root.join("clock"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Snapshots with their stamps, in commit order.
+pub type Stamps = Vec<(SnapshotId, Stamp)>;
+
+/// How commits are ordered: received (store clock), then the snapshot
+/// file's time, then the id.
+type CommitKey = (i64, Option<std::time::SystemTime>, SnapshotId);
+
+/// A snapshot's usage could not be computed; it is committed without.
+fn warn_usage(e: &Error) {
+    #[cfg(feature = "net")]
+    tracing::warn!("snapshot committed without usage figures: {e}");
+    #[cfg(not(feature = "net"))]
+    let _ = e;
 }
 
 fn read_small(path: &Path, max: usize) -> Result<Vec<u8>> {
@@ -484,8 +557,23 @@ pub fn write_once(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
 /// directory. For the store's own metadata, never for objects.
 pub fn replace_file(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = durable_tmp(tmp_dir, bytes)?;
-    if let Err(e) = fs::rename(&tmp, path).at(path) {
-        let _ = fs::remove_file(&tmp);
+    rename_into_place(&tmp, path)
+}
+
+/// Like [`replace_file`] through the fixed temporary name `tmp` (truncated
+/// if a crash left it): for a file with a single writer outside a
+/// repository, where a crash must leave no litter of random names.
+pub fn replace_file_via(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(tmp).at(tmp)?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).at(tmp)?;
+    rename_into_place(tmp, path)
+}
+
+/// Renames the durable `tmp` over `path` and fsyncs the directory; `tmp`
+/// is removed if the rename fails.
+fn rename_into_place(tmp: &Path, path: &Path) -> Result<()> {
+    if let Err(e) = fs::rename(tmp, path).at(path) {
+        let _ = fs::remove_file(tmp);
         return Err(e);
     }
     // unwrap: a metadata path always has a parent directory
@@ -544,7 +632,7 @@ struct LocalUpload {
     file: io::BufWriter<File>,
     hasher: blake3::Hasher,
     len: u64,
-    dest: PathBuf,
+    root: PathBuf,
 }
 
 impl Write for LocalUpload {
@@ -582,12 +670,14 @@ impl PackUpload for LocalUpload {
         }
         self.file.flush().at(&self.tmp)?;
         // A pack's age for collection is by the store's clock, like stamps.
-        let written =
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs((self.clock)().max(0) as u64);
+        // Never behind a time the store has seen, like a stamp's `received`,
+        // so a clock stepped back does not make new packs look old.
+        let now = (self.clock)().max(read_seen(&self.root));
+        let written = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.max(0) as u64);
         self.file.get_ref().set_modified(written).at(&self.tmp)?;
         self.file.get_ref().sync_all().at(&self.tmp)?;
         let hex = id.to_hex();
-        let path = self.dest.join(&hex[..2]).join(&hex);
+        let path = self.root.join("packs").join(&hex[..2]).join(&hex);
         link_into_place(&self.tmp, &path)
     }
 }
@@ -655,7 +745,7 @@ impl Store for LocalStore {
             file: io::BufWriter::with_capacity(1 << 20, file),
             hasher: blake3::Hasher::new(),
             len: 0,
-            dest: self.root.join("packs"),
+            root: self.root.clone(),
             clock: self.clock.clone(),
         }))
     }
@@ -717,19 +807,7 @@ impl Store for LocalStore {
         // A shared lock: a collection cannot delete a pack between the check
         // below and the commit.
         let _guard = self.lock_file(false)?;
-        // New = written since the previous commit and not already in the
-        // previous snapshot (a pack written in the same second as that
-        // commit belongs to it, not to this one).
-        let previous = match self.stamps()?.pop() {
-            Some((pid, st)) => {
-                let packs = snapshot::decode(&self.read_snapshot(&pid)?)
-                    .map(|f| f.packs)
-                    .unwrap_or_default();
-                Some((st.received, packs))
-            }
-            None => None,
-        };
-        let mut usage = SnapshotUsage::default();
+        let mut packs = Vec::with_capacity(file.packs.len());
         for p in &file.packs {
             let path = self.pack_path(p);
             let meta = match fs::metadata(&path) {
@@ -741,15 +819,16 @@ impl Store for LocalStore {
                 }
                 Err(e) => return Err(Error::io(path, e)),
             };
-            usage.referenced_bytes += meta.len();
-            // Pack times are the store's clock (set at upload), like stamps.
-            let new = previous.as_ref().is_none_or(|(t, packs)| {
-                mtime_secs(&meta).is_none_or(|w| w >= *t) && packs.binary_search(p).is_err()
-            });
-            if new {
-                usage.new_bytes += meta.len();
-            }
+            packs.push((*p, meta.len(), mtime_secs(&meta)));
         }
+        // Monitoring's figure, best effort: a commit never fails for it.
+        let usage = match self.usage(&packs) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                warn_usage(&e);
+                None
+            }
+        };
         let id = SnapshotId::of(bytes);
         if self.snapshot_path(&id).exists() {
             return Err(Error::Conflict(format!("snapshot {id} exists already")));
@@ -759,7 +838,7 @@ impl Store for LocalStore {
         let now = now.max(self.seen());
         self.note_time(now)?;
         let stamp = Stamp {
-            usage: Some(usage),
+            usage,
             ..Stamp::new(now, &self.policy)
         };
         match self.write_stamp(&id, &stamp, false) {
@@ -903,6 +982,94 @@ mod tests {
         assert_eq!(s.read_pack(&id, 0, bytes.len()).unwrap(), bytes);
         // nothing left in tmp
         assert_eq!(fs::read_dir(d.path().join("r/tmp")).unwrap().count(), 0);
+    }
+
+    /// A store whose clock the test sets.
+    fn store_at(root: &Path, t: &Arc<std::sync::atomic::AtomicI64>) -> LocalStore {
+        let t = t.clone();
+        LocalStore::create(root)
+            .unwrap()
+            .with_clock(Arc::new(move || {
+                t.load(std::sync::atomic::Ordering::SeqCst)
+            }))
+    }
+
+    fn pack(s: &LocalStore, bytes: &[u8]) -> PackId {
+        let id = PackId::of(bytes);
+        let mut u = s.upload_pack().unwrap();
+        u.write_all(bytes).unwrap();
+        u.commit(id).unwrap();
+        id
+    }
+
+    /// A snapshot file listing `packs`; the store never opens the sealed part.
+    fn snapshot_file(packs: &[PackId], sealed: u8) -> Vec<u8> {
+        let mut packs = packs.to_vec();
+        packs.sort();
+        let mut b = snapshot::MAGIC_SNAPSHOT.to_vec();
+        b.extend((packs.len() as u32).to_le_bytes());
+        for p in &packs {
+            b.extend(p.as_bytes());
+        }
+        b.push(sealed);
+        b
+    }
+
+    fn usage(new_bytes: u64, referenced_bytes: u64) -> Option<SnapshotUsage> {
+        Some(SnapshotUsage {
+            new_bytes,
+            referenced_bytes,
+        })
+    }
+
+    #[test]
+    fn usage_is_best_effort_and_never_fails_a_commit() {
+        let d = tempfile::tempdir().unwrap();
+        let t = Arc::new(std::sync::atomic::AtomicI64::new(1000));
+        let set = |v| t.store(v, std::sync::atomic::Ordering::SeqCst);
+        let s = store_at(&d.path().join("r"), &t);
+        let a = pack(&s, b"aaaa");
+        let s1 = s.write_snapshot(&snapshot_file(&[a], 1)).unwrap();
+        assert_eq!(s.stamp(&s1).unwrap().usage, usage(4, 4));
+        set(1010);
+        let b = pack(&s, b"bbbbbb");
+        let s2 = s.write_snapshot(&snapshot_file(&[a, b], 2)).unwrap();
+        assert_eq!(s.stamp(&s2).unwrap().usage, usage(6, 10));
+        // a corrupt stamp is skipped: the commit goes through, measured
+        // against the latest readable one
+        fs::write(s.stamp_path(&s2), b"{garbage").unwrap();
+        set(1020);
+        let s3 = s.write_snapshot(&snapshot_file(&[a, b], 3)).unwrap();
+        assert_eq!(s.stamp(&s3).unwrap().usage, usage(6, 10));
+        let (listed, skipped) = s.stamps().unwrap();
+        assert_eq!(
+            listed.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![s1, s3]
+        );
+        assert_eq!(skipped.len(), 1);
+        assert!(
+            skipped[0].to_string().contains(&s2.short()),
+            "{}",
+            skipped[0]
+        );
+        // an unreadable previous snapshot: committed without usage
+        fs::write(s.snapshot_path(&s3), b"garbage").unwrap();
+        set(1030);
+        let s4 = s.write_snapshot(&snapshot_file(&[a], 4)).unwrap();
+        assert_eq!(s.stamp(&s4).unwrap().usage, None);
+    }
+
+    #[test]
+    fn new_bytes_survive_a_clock_stepped_back() {
+        let d = tempfile::tempdir().unwrap();
+        let t = Arc::new(std::sync::atomic::AtomicI64::new(2000));
+        let s = store_at(&d.path().join("r"), &t);
+        let a = pack(&s, b"aaaa");
+        s.write_snapshot(&snapshot_file(&[a], 1)).unwrap();
+        t.store(1500, std::sync::atomic::Ordering::SeqCst);
+        let b = pack(&s, b"bbbbbb");
+        let s2 = s.write_snapshot(&snapshot_file(&[a, b], 2)).unwrap();
+        assert_eq!(s.stamp(&s2).unwrap().usage, usage(6, 10));
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl AlertKind {
 }
 
 /// One alert: `kind`, `namespace`, `message`, `time` and fields of its kind.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     /// What it is about.
     pub kind: AlertKind,
@@ -62,6 +62,7 @@ pub struct Alert {
     /// When it was raised (seconds since the epoch).
     pub time: i64,
     /// Fields of its kind.
+    #[serde(default)]
     pub details: Map<String, Value>,
 }
 
@@ -323,13 +324,19 @@ fn span(secs: i64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs.max(0) as u64)).to_string()
 }
 
-/// When each (kind, namespace) condition was last delivered. Kept in the
-/// data directory, so a restart does not page again; an entry is dropped
-/// when its condition clears, so a condition that returns alerts again.
+/// When each (kind, namespace) condition was last delivered, and the alerts
+/// raised and not delivered yet. Kept in the data directory, so a restart
+/// neither pages again nor loses an alert; an entry is dropped when its
+/// condition clears, so a condition that returns alerts again. An alert
+/// counts as sent only once delivered: a failed delivery is retried, with
+/// a growing delay, until it succeeds or its condition clears.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RateLimit {
     /// Conditions delivered and not cleared since.
     pub sent: Vec<Sent>,
+    /// Alerts raised and not delivered yet.
+    pub undelivered: Vec<Undelivered>,
 }
 
 /// One delivered condition.
@@ -343,35 +350,116 @@ pub struct Sent {
     pub at: i64,
 }
 
+/// An alert waiting for delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Undelivered {
+    /// The alert.
+    pub alert: Alert,
+    /// Failed deliveries so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not tried again before this time (after a restart: at once).
+    #[serde(skip)]
+    pub next_try: i64,
+    /// Handed to the delivery and not settled yet (not kept: after a
+    /// restart nothing is in flight).
+    #[serde(skip)]
+    pub in_flight: bool,
+}
+
+/// The longest wait between two attempts to deliver an alert, in seconds.
+pub const MAX_RETRY_SECS: i64 = 1800;
+
+fn same(a: &Alert, kind: AlertKind, ns: &str) -> bool {
+    a.kind == kind && a.namespace == ns
+}
+
 impl RateLimit {
     /// Reconciles the conditions in `scope` with those that hold now
     /// (`active`, all in scope): entries in scope that no longer hold are
-    /// cleared; the active alerts not delivered within `repeat_after`
-    /// seconds are returned and recorded as delivered at `now`. Returns
-    /// whether the state changed.
+    /// cleared (an undelivered periodic alert with them; an anomaly is an
+    /// event and is delivered all the same); the active alerts neither
+    /// delivered within `repeat_after` seconds nor already waiting are
+    /// queued for delivery. Returns whether the state changed.
     pub fn reconcile(
         &mut self,
         scope: impl Fn(AlertKind, &str) -> bool,
         active: Vec<Alert>,
         now: i64,
         repeat_after: i64,
-    ) -> (Vec<Alert>, bool) {
-        let before = self.sent.len();
-        self.sent.retain(|s| {
-            !scope(s.kind, &s.namespace)
-                || active
-                    .iter()
-                    .any(|a| a.kind == s.kind && a.namespace == s.namespace)
+    ) -> bool {
+        let holds = |kind: AlertKind, ns: &str| active.iter().any(|a| same(a, kind, ns));
+        let before = (self.sent.len(), self.undelivered.len());
+        self.sent
+            .retain(|s| !scope(s.kind, &s.namespace) || holds(s.kind, &s.namespace));
+        self.undelivered.retain(|u| {
+            let (k, ns) = (u.alert.kind, u.alert.namespace.as_str());
+            !k.periodic() || !scope(k, ns) || holds(k, ns)
         });
-        let mut changed = self.sent.len() != before;
-        let mut due = Vec::new();
+        let mut changed = (self.sent.len(), self.undelivered.len()) != before;
         for a in active {
+            let recent = self.sent.iter().any(|s| {
+                s.kind == a.kind && s.namespace == a.namespace && now - s.at < repeat_after
+            });
+            let waiting = self
+                .undelivered
+                .iter()
+                .any(|u| same(&u.alert, a.kind, &a.namespace));
+            if !recent && !waiting {
+                self.undelivered.push(Undelivered {
+                    alert: a,
+                    attempts: 0,
+                    next_try: now,
+                    in_flight: false,
+                });
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The alerts due for a delivery attempt at `now`, marked in flight:
+    /// each must be settled ([`RateLimit::settle`]) or put back
+    /// ([`RateLimit::put_back`]).
+    pub fn take_due(&mut self, now: i64) -> Vec<Undelivered> {
+        let mut out = Vec::new();
+        for u in &mut self.undelivered {
+            if !u.in_flight && u.next_try <= now {
+                u.in_flight = true;
+                out.push(u.clone());
+            }
+        }
+        out
+    }
+
+    /// An alert taken and not handed to the delivery (its queue was full):
+    /// tried again at the next occasion, nothing recorded.
+    pub fn put_back(&mut self, a: &Alert) {
+        for u in &mut self.undelivered {
+            if same(&u.alert, a.kind, &a.namespace) {
+                u.in_flight = false;
+            }
+        }
+    }
+
+    /// Records the outcome of a delivery attempt at `now`: delivered, the
+    /// condition counts as sent; failed, it is tried again after
+    /// `retry` × 2^(failures − 1) seconds, at most [`MAX_RETRY_SECS`].
+    pub fn settle(&mut self, a: &Alert, delivered: bool, now: i64, retry: i64) {
+        let Some(i) = self
+            .undelivered
+            .iter()
+            .position(|u| same(&u.alert, a.kind, &a.namespace))
+        else {
+            return;
+        };
+        if delivered {
+            self.undelivered.remove(i);
             match self
                 .sent
                 .iter_mut()
                 .find(|s| s.kind == a.kind && s.namespace == a.namespace)
             {
-                Some(s) if now - s.at < repeat_after => continue,
                 Some(s) => s.at = now,
                 None => self.sent.push(Sent {
                     kind: a.kind,
@@ -379,10 +467,16 @@ impl RateLimit {
                     at: now,
                 }),
             }
-            changed = true;
-            due.push(a);
+        } else {
+            let u = &mut self.undelivered[i];
+            u.attempts = u.attempts.saturating_add(1);
+            let wait = retry
+                .max(1)
+                .saturating_mul(1 << (u.attempts - 1).min(20))
+                .min(MAX_RETRY_SECS.max(retry));
+            u.next_try = now.saturating_add(wait);
+            u.in_flight = false;
         }
-        (due, changed)
     }
 }
 
@@ -546,29 +640,90 @@ mod tests {
         assert_eq!(judge(&churny, usage(70_000, 100_000), &r), None);
     }
 
+    /// Reconciles, then delivers whatever is due, successfully.
+    fn deliver_due(
+        rl: &mut RateLimit,
+        scope: impl Fn(AlertKind, &str) -> bool,
+        active: Vec<Alert>,
+        now: i64,
+    ) -> (usize, bool) {
+        let changed = rl.reconcile(scope, active, now, 3600);
+        let due = rl.take_due(now);
+        for u in &due {
+            rl.settle(&u.alert, true, now, 60);
+        }
+        (due.len(), changed)
+    }
+
     #[test]
     fn rate_limit_repeats_only_after_the_window_and_after_a_clear() {
         let mut rl = RateLimit::default();
         let stale = |ns: &str| Alert::new(AlertKind::Stale, ns, T0, "m".into(), json!({}));
         let periodic = |k: AlertKind, _: &str| k.periodic();
-        let (due, changed) = rl.reconcile(periodic, vec![stale("a")], T0, 3600);
-        assert_eq!((due.len(), changed), (1, true));
-        let (due, changed) = rl.reconcile(periodic, vec![stale("a")], T0 + 60, 3600);
-        assert_eq!((due.len(), changed), (0, false), "within repeat_after");
-        let (due, _) = rl.reconcile(periodic, vec![stale("a")], T0 + 3600, 3600);
-        assert_eq!(due.len(), 1, "repeat_after has passed");
+        assert_eq!(
+            deliver_due(&mut rl, periodic, vec![stale("a")], T0),
+            (1, true)
+        );
+        assert_eq!(
+            deliver_due(&mut rl, periodic, vec![stale("a")], T0 + 60),
+            (0, false),
+            "within repeat_after"
+        );
+        let (due, _) = deliver_due(&mut rl, periodic, vec![stale("a")], T0 + 3600);
+        assert_eq!(due, 1, "repeat_after has passed");
         // cleared, then back: alerts at once
-        let (due, changed) = rl.reconcile(periodic, vec![], T0 + 3700, 3600);
-        assert_eq!((due.len(), changed), (0, true));
-        let (due, _) = rl.reconcile(periodic, vec![stale("a")], T0 + 3800, 3600);
-        assert_eq!(due.len(), 1);
+        assert_eq!(deliver_due(&mut rl, periodic, vec![], T0 + 3700), (0, true));
+        let (due, _) = deliver_due(&mut rl, periodic, vec![stale("a")], T0 + 3800);
+        assert_eq!(due, 1);
         // an anomaly scope leaves periodic entries alone
         let only_anomaly_b = |k: AlertKind, n: &str| k == AlertKind::Anomaly && n == "b";
-        let (_, changed) = rl.reconcile(only_anomaly_b, vec![], T0 + 3900, 3600);
-        assert!(!changed);
+        assert!(!rl.reconcile(only_anomaly_b, vec![], T0 + 3900, 3600));
         assert_eq!(rl.sent.len(), 1);
         // survives a round trip through its file
         let back: RateLimit = serde_json::from_slice(&serde_json::to_vec(&rl).unwrap()).unwrap();
         assert_eq!(back, rl);
+    }
+
+    #[test]
+    fn an_alert_counts_as_sent_only_once_delivered() {
+        let mut rl = RateLimit::default();
+        let stale = |ns: &str| Alert::new(AlertKind::Stale, ns, T0, "m".into(), json!({}));
+        let periodic = |k: AlertKind, _: &str| k.periodic();
+        assert!(rl.reconcile(periodic, vec![stale("a")], T0, 3600));
+        let due = rl.take_due(T0);
+        assert_eq!(due.len(), 1);
+        // in flight: neither due again nor queued twice
+        assert!(!rl.reconcile(periodic, vec![stale("a")], T0 + 1, 3600));
+        assert!(rl.take_due(T0 + 1).is_empty());
+        // the delivery failed: nothing sent, tried again after 60 s, then 120 s
+        rl.settle(&due[0].alert, false, T0 + 2, 60);
+        assert!(rl.sent.is_empty());
+        assert!(rl.take_due(T0 + 61).is_empty());
+        let due = rl.take_due(T0 + 62);
+        assert_eq!(due.len(), 1);
+        rl.settle(&due[0].alert, false, T0 + 62, 60);
+        assert!(rl.take_due(T0 + 181).is_empty());
+        // a full queue: put back, due at the next occasion, still not sent
+        let due = rl.take_due(T0 + 182);
+        rl.put_back(&due[0].alert);
+        assert!(rl.sent.is_empty());
+        // kept across a restart, due at once
+        let mut back: RateLimit =
+            serde_json::from_slice(&serde_json::to_vec(&rl).unwrap()).unwrap();
+        assert_eq!(back.undelivered[0].attempts, 2);
+        let due = back.take_due(T0 + 183);
+        assert_eq!(due.len(), 1);
+        back.settle(&due[0].alert, true, T0 + 183, 60);
+        assert_eq!((back.sent.len(), back.undelivered.len()), (1, 0));
+        // a periodic alert whose condition cleared is not delivered late;
+        // an anomaly is
+        let anomaly = Alert::new(AlertKind::Anomaly, "a", T0, "m".into(), json!({}));
+        let mut rl = RateLimit::default();
+        rl.reconcile(periodic, vec![stale("a")], T0, 3600);
+        rl.reconcile(|k, _| k == AlertKind::Anomaly, vec![anomaly], T0, 3600);
+        rl.reconcile(periodic, vec![], T0 + 1, 3600);
+        rl.reconcile(|k, _| k == AlertKind::Anomaly, vec![], T0 + 1, 3600);
+        let kinds: Vec<AlertKind> = rl.take_due(T0 + 1).iter().map(|u| u.alert.kind).collect();
+        assert_eq!(kinds, vec![AlertKind::Anomaly]);
     }
 }

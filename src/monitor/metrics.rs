@@ -122,7 +122,7 @@ const NAMESPACE_METRICS: &[NsMetric] = &[
     (
         "coffer_namespace_last_snapshot_new_bytes",
         Kind::Gauge,
-        "Bytes of packs the latest snapshot references that were written since the commit before it.",
+        "Bytes of packs the latest snapshot references that were written since the commit before it and are not in the snapshot before it.",
         |n| n.last_usage.map(|u| u.new_bytes as f64),
     ),
     (
@@ -160,6 +160,12 @@ const NAMESPACE_METRICS: &[NsMetric] = &[
         Kind::Counter,
         "Pack uploads refused or failed (quota, size, bad name) since the server started.",
         |n| Some(n.failed_uploads as f64),
+    ),
+    (
+        "coffer_namespace_collect_errors_total",
+        Kind::Counter,
+        "Collections of the namespace's figures that failed since the server started (its other figures are then those of the last success).",
+        |n| Some(n.collect_errors as f64),
     ),
     (
         "coffer_scrub_last_complete_timestamp_seconds",
@@ -210,14 +216,23 @@ pub fn render(f: &ServerFigures) -> String {
             e.sample(name, &[("namespace", ns)], v);
         }
     }
-    let name = "coffer_alerts_total";
-    e.family(
-        name,
-        Kind::Counter,
-        "Alerts delivered since the server started (rate-limited repeats not counted).",
-    );
-    for (kind, n) in &f.alerts {
-        e.sample(name, &[("kind", kind.as_str())], *n as f64);
+    let per_kind = [
+        (
+            "coffer_alerts_total",
+            "Alerts delivered since the server started (rate-limited repeats not counted).",
+            &f.alerts,
+        ),
+        (
+            "coffer_alert_delivery_failures_total",
+            "Attempts to deliver an alert that failed (no configured channel succeeded) since the server started; a failed alert is tried again.",
+            &f.alert_delivery_failures,
+        ),
+    ];
+    for (name, help, counts) in per_kind {
+        e.family(name, Kind::Counter, help);
+        for (kind, n) in counts {
+            e.sample(name, &[("kind", kind.as_str())], *n as f64);
+        }
     }
     let scalars = [
         (

@@ -30,6 +30,9 @@ pub struct NamespaceFigures {
     pub failed_commits: u64,
     /// Pack uploads refused or failed since the server started.
     pub failed_uploads: u64,
+    /// Collections of its figures that failed since the server started
+    /// (the figures shown are then those of the last success, if any).
+    pub collect_errors: u64,
     /// Its scrub state.
     pub scrub: ScrubFigures,
     /// Since when the server has watched it (its first start with the
@@ -93,6 +96,8 @@ pub struct ServerFigures {
     pub collected: i64,
     /// Alerts delivered since the server started, per kind.
     pub alerts: Vec<(alert::AlertKind, u64)>,
+    /// Failed attempts to deliver an alert since the server started, per kind.
+    pub alert_delivery_failures: Vec<(alert::AlertKind, u64)>,
     /// Alert evaluations run since the server started.
     pub alert_checks: u64,
 }

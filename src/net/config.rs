@@ -78,9 +78,9 @@ pub struct MetricsConfig {
     /// Allows a non-loopback `listen`: the metrics name every namespace.
     #[serde(default)]
     pub allow_remote: bool,
-    /// How often the expensive figures (a walk of every pack) are
-    /// collected again (default "30s"); a commit refreshes its namespace
-    /// at once.
+    /// How often a namespace's packs are walked again, at most (default
+    /// "30s"); a commit refreshes its namespace's snapshot figures about a
+    /// second later.
     #[serde(default = "thirty_s")]
     pub refresh_interval: String,
 }
@@ -165,16 +165,22 @@ fn window() -> usize {
     10
 }
 
-/// Parses a humantime duration of at least one second, naming the key.
+/// The longest duration a key accepts: ten years (seconds then fit an
+/// `i64` and a timer's deadline with room to spare).
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Parses a humantime duration of at least one second and at most
+/// [`MAX_DURATION`], naming the key.
 fn duration(section: &str, key: &str, v: &str) -> Result<Duration> {
     let d = humantime::parse_duration(v).map_err(|e| {
         Error::Denied(format!(
             "[{section}] {key} = {v:?}: {e} (write e.g. \"90s\", \"26h\")"
         ))
     })?;
-    if d < Duration::from_secs(1) {
+    if d < Duration::from_secs(1) || d > MAX_DURATION {
         return Err(Error::Denied(format!(
-            "[{section}] {key} = {v:?} must be at least 1s"
+            "[{section}] {key} = {v:?} must be at least 1s and at most {}",
+            humantime::format_duration(MAX_DURATION)
         )));
     }
     Ok(d)
@@ -477,6 +483,12 @@ mod tests {
             ),
             ("[alerts]\nstale = \"1h\"\n", "stale"),
             ("[alerts]\nstale_after = \"soon\"\n", "stale_after"),
+            (
+                "[alerts]\nrepeat_after = \"400000000000years\"\n",
+                "repeat_after",
+            ),
+            ("[alerts]\ncheck_interval = \"11years\"\n", "check_interval"),
+            ("[alerts]\ntimeout = \"0s\"\n", "timeout"),
             ("[alerts]\nquota_warn = 1.5\n", "quota_warn"),
             ("[alerts]\nanomaly_window = 2\n", "anomaly_window"),
             ("[alerts]\ncommand = []\n", "command"),

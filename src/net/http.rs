@@ -254,10 +254,19 @@ pub async fn post_json(url: &HttpUrl, body: &[u8], timeout: Duration) -> Result<
             .await
             .map_err(|e| format!("resolving {addr}: {e}"))?
             .collect();
-        let first = addrs.first().ok_or(format!("{addr} has no address"))?;
-        let mut s = TcpStream::connect(first)
-            .await
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        // Each address in turn, as a resolver's order is only a preference.
+        let mut last = format!("{addr} has no address");
+        let mut conn = None;
+        for a in &addrs {
+            match TcpStream::connect(a).await {
+                Ok(s) => {
+                    conn = Some(s);
+                    break;
+                }
+                Err(e) => last = format!("connecting to {addr} ({a}): {e}"),
+            }
+        }
+        let mut s = conn.ok_or(last)?;
         let head = format!(
             "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: coffer/{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             url.path,

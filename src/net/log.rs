@@ -54,9 +54,26 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
-        self.0.format_event(ctx, writer, event)
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        write!(
+            writer,
+            "<{}>{}",
+            syslog_priority(event.metadata().level()),
+            one_line(&line)
+        )
     }
+}
+
+/// An event as one journal entry: journald starts an entry at each line
+/// feed, so those inside the text are written `\n` (and `\r` likewise).
+fn one_line(formatted: &str) -> String {
+    let body = formatted.strip_suffix('\n').unwrap_or(formatted);
+    let mut out = body.replace('\r', "\\r").replace('\n', "\\n");
+    if body.len() != formatted.len() {
+        out.push('\n');
+    }
+    out
 }
 
 /// Installs the server's log subscriber (once; later calls do nothing).
@@ -97,5 +114,12 @@ mod tests {
         assert_eq!(syslog_priority(&Level::WARN), 4);
         assert_eq!(syslog_priority(&Level::INFO), 6);
         assert_eq!(syslog_priority(&Level::DEBUG), 7);
+    }
+
+    #[test]
+    fn an_event_is_one_journal_line() {
+        assert_eq!(one_line("a\nb: c\r\nd\n"), "a\\nb: c\\r\\nd\n");
+        assert_eq!(one_line("plain\n"), "plain\n");
+        assert_eq!(one_line("no end"), "no end");
     }
 }

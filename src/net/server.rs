@@ -605,13 +605,15 @@ async fn handle(
             let id = blocking(move || store.write_snapshot(&body)).await?;
             let (watch, ns) = (ctx.state.watch.clone(), ctx.client.namespace.clone());
             let fp = ctx.client.fingerprint.to_string();
-            // Parity for the packs this snapshot brought, at once but off the
-            // reply path; then the watcher judges the snapshot.
+            // The watcher first (log, figures, anomaly): parity below may
+            // wait hours for a scrub's lock. Both off the reply path.
+            let (st3, ns2) = (st2.clone(), ns.clone());
+            tokio::task::spawn_blocking(move || watch.committed(&ns2, &st3, id, &fp));
+            // Parity for the packs this snapshot brought, at once.
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = crate::scrub::protect(&st2, st2.parity()) {
                     error!(namespace = %ns, "parity: {e}");
                 }
-                watch.committed(&ns, &st2, id, &fp);
             });
             one(Reply::of(Response::Committed { id }))
         }

@@ -1,47 +1,66 @@
 //! The server's watcher: collects each namespace's figures in the
 //! background, serves them to Prometheus from a cache, evaluates alerts and
 //! delivers them (log, command, webhook). The decisions are in
-//! [`crate::monitor`]; this is their I/O shell. It reads namespaces, never
-//! writes them: its only file is `DATA/alerts.json` (the rate limit).
+//! [`crate::monitor`]; this is their I/O shell. It only reads namespaces (a
+//! namespace no client has reached yet is empty, not created): its only
+//! file is `DATA/alerts.json` (rate limit, alerts not delivered yet, the
+//! last snapshot judged in each namespace).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::config::{Alerting, ServerConfig};
-use super::server::namespace_store;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::monitor::alert::{self, Alert, AlertKind, RateLimit};
 use crate::monitor::{metrics, NamespaceFigures, ScrubFigures, ServerFigures};
-use crate::retention::Policy;
+use crate::retention::{Policy, Stamp};
 use crate::scrub::{scrub_state, ParityConfig};
-use crate::store::{replace_file, system_clock, LocalStore, Store};
+use crate::store::{replace_file_via, system_clock, LocalStore, Store};
 
 /// The alert state's file in the data directory.
 const ALERT_STATE: &str = "alerts.json";
+/// Its temporary name while it is replaced (one writer at a time).
+const ALERT_STATE_TMP: &str = "alerts.json.tmp";
 
 /// What alerting keeps across restarts (`DATA/alerts.json`).
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 struct AlertState {
-    /// Conditions delivered and not cleared since.
+    /// Conditions delivered and not cleared since; alerts not delivered yet.
     #[serde(flatten)]
     limit: RateLimit,
     /// When the server first watched each namespace: a namespace that never
     /// had a snapshot is stale from then, across restarts.
-    #[serde(default)]
     watched_since: BTreeMap<String, i64>,
+    /// The last snapshot of each namespace judged for an anomaly: newer
+    /// ones (committed while the server was down, or whose judgement a
+    /// crash interrupted) are judged at the next check.
+    judged: BTreeMap<String, Judged>,
 }
+
+/// A snapshot judged for an anomaly.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Judged {
+    snapshot: SnapshotId,
+    received: i64,
+}
+
 /// A commit is reflected after this pause, so a burst costs one collection.
 const DEBOUNCE: Duration = Duration::from_millis(300);
-/// Alerts waiting for delivery; beyond this they are logged only.
+/// Alerts waiting for delivery; beyond this they wait for the next check.
 const OUTBOX: usize = 256;
+/// Alerts delivered at the same time, at most.
+const DELIVERIES: usize = 4;
+/// What an alert command may write to its standard error that is kept.
+const MAX_COMMAND_STDERR: usize = 64 << 10;
 
 /// A namespace as the config defines it.
 struct Namespace {
@@ -50,11 +69,23 @@ struct Namespace {
     quota: Option<u64>,
 }
 
-/// Failed requests of one namespace since the server started.
+/// Failures about one namespace since the server started.
 #[derive(Default, Clone, Copy)]
 struct Failures {
     commits: u64,
     uploads: u64,
+    collections: u64,
+}
+
+/// What a namespace's collection keeps from one run to the next.
+#[derive(Default)]
+struct Cache {
+    /// When its packs were last walked: (then, packs, bytes).
+    walk: Option<(Instant, u64, u64)>,
+    /// `scrub.json`'s (time, size) and its figures.
+    scrub: Option<((Option<SystemTime>, u64), ScrubFigures)>,
+    /// Stamps skipped at the last collection (warned about on a change).
+    skipped: usize,
 }
 
 /// Shared between the request handlers, the collector, the HTTP responder
@@ -67,6 +98,9 @@ pub struct Watch {
     refresh: Option<Duration>,
     alerting: Option<Alerting>,
     figures: Mutex<BTreeMap<String, NamespaceFigures>>,
+    cache: Mutex<HashMap<String, Cache>>,
+    /// Each namespace's newest snapshot and its `received`, as last collected.
+    newest: Mutex<HashMap<String, (SnapshotId, i64)>>,
     failures: Mutex<HashMap<String, Failures>>,
     disk: Mutex<(Option<u64>, Option<u64>)>,
     collected: AtomicI64,
@@ -74,7 +108,10 @@ pub struct Watch {
     dirty: Mutex<BTreeSet<String>>,
     wake: tokio::sync::Notify,
     state: Mutex<AlertState>,
+    /// One judgement of new snapshots at a time.
+    judging: Mutex<()>,
     delivered: Mutex<BTreeMap<AlertKind, u64>>,
+    delivery_failures: Mutex<BTreeMap<AlertKind, u64>>,
     checks: AtomicU64,
     outbox: tokio::sync::mpsc::Sender<Alert>,
     inbox: Mutex<Option<tokio::sync::mpsc::Receiver<Alert>>>,
@@ -96,6 +133,20 @@ pub async fn bind_metrics(cfg: &ServerConfig) -> Result<Option<TcpListener>> {
         .map_err(|e| Error::Denied(format!("[metrics] cannot listen on {addr}: {e}")))
 }
 
+/// Reads `DATA/alerts.json`; a missing file is a fresh start, an unreadable
+/// one is logged and replaced.
+fn load_state(path: &std::path::Path) -> AlertState {
+    let parsed = match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return AlertState::default(),
+        Err(e) => Err(e.to_string()),
+    };
+    parsed.unwrap_or_else(|e| {
+        warn!(path = %path.display(), "alert state unreadable, starting afresh (alerts may repeat): {e}");
+        AlertState::default()
+    })
+}
+
 impl Watch {
     /// A watcher for a validated config.
     pub fn new(cfg: &ServerConfig) -> Result<Watch> {
@@ -112,18 +163,11 @@ impl Watch {
         namespaces.sort_by(|a, b| a.name.cmp(&b.name));
         let alerting = cfg.alerts.as_ref().map(|a| a.validated()).transpose()?;
         let refresh = cfg.metrics.as_ref().map(|m| m.refresh()).transpose()?;
-        let path = cfg.data.join(ALERT_STATE);
-        let mut state: AlertState = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                warn!(path = %path.display(), "alert state unreadable, starting afresh: {e}");
-                AlertState::default()
-            }),
-            Err(_) => AlertState::default(),
-        };
+        let mut state = load_state(&cfg.data.join(ALERT_STATE));
         let started = now();
-        state
-            .watched_since
-            .retain(|ns, _| namespaces.iter().any(|n| n.name == *ns));
+        let known = |ns: &String| namespaces.iter().any(|n| n.name == *ns);
+        state.watched_since.retain(|ns, _| known(ns));
+        state.judged.retain(|ns, _| known(ns));
         for n in &namespaces {
             state.watched_since.entry(n.name.clone()).or_insert(started);
         }
@@ -136,6 +180,8 @@ impl Watch {
             refresh,
             alerting,
             figures: Mutex::new(BTreeMap::new()),
+            cache: Mutex::new(HashMap::new()),
+            newest: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             disk: Mutex::new((None, None)),
             collected: AtomicI64::new(0),
@@ -143,7 +189,9 @@ impl Watch {
             dirty: Mutex::new(BTreeSet::new()),
             wake: tokio::sync::Notify::new(),
             state: Mutex::new(state),
+            judging: Mutex::new(()),
             delivered: Mutex::new(BTreeMap::new()),
+            delivery_failures: Mutex::new(BTreeMap::new()),
             checks: AtomicU64::new(0),
             outbox,
             inbox: Mutex::new(Some(inbox)),
@@ -155,11 +203,12 @@ impl Watch {
         Ok(w)
     }
 
+    /// Writes the alert state; called with its lock held (one writer).
     fn save(&self, state: &AlertState) {
         // unwrap: plain data always serializes
         let bytes = serde_json::to_vec_pretty(state).expect("alert state JSON");
         let path = self.data.join(ALERT_STATE);
-        if let Err(e) = replace_file(&self.data, &path, &bytes) {
+        if let Err(e) = replace_file_via(&self.data.join(ALERT_STATE_TMP), &path, &bytes) {
             error!("saving the alert state failed (a restart may alert again): {e}");
         }
     }
@@ -182,8 +231,9 @@ impl Watch {
             tokio::spawn(super::http::serve_metrics(l, text));
         }
         // unwrap: the lock is never held across a panic
-        if let (Some(a), Some(rx)) = (self.alerting.clone(), self.inbox.lock().unwrap().take()) {
-            tokio::spawn(deliver_all(a, rx));
+        let inbox = self.inbox.lock().unwrap().take();
+        if let (Some(_), Some(rx)) = (&self.alerting, inbox) {
+            tokio::spawn(self.clone().deliver_loop(rx));
         }
         tokio::spawn(self.collect_loop(period));
     }
@@ -201,7 +251,7 @@ impl Watch {
                 }
             };
             let w = self.clone();
-            let _ = tokio::task::spawn_blocking(move || w.collect(full)).await;
+            let _ = tokio::task::spawn_blocking(move || w.collect(full, period)).await;
             if let Some(a) = &self.alerting {
                 let due = last_check.is_none_or(|t| t.elapsed() + period / 2 >= a.check_interval);
                 if full && due {
@@ -213,53 +263,132 @@ impl Watch {
         }
     }
 
-    /// Collects every namespace (`full`) or those marked dirty, then renders.
-    fn collect(&self, full: bool) {
+    /// How often a namespace's packs are walked again, at most.
+    fn walk_every(&self) -> Duration {
+        self.refresh
+            .or(self.alerting.as_ref().map(|a| a.check_interval))
+            .unwrap_or(Duration::from_secs(30))
+    }
+
+    /// Collects every namespace (`full`) or those marked dirty, then renders
+    /// (after a failed request, only renders: its counter is live).
+    fn collect(&self, full: bool, period: Duration) {
         // unwrap (locks here and below): never held across a panic
         let dirty = std::mem::take(&mut *self.dirty.lock().unwrap());
+        // On a tick, a walk a little early beats one a whole period late.
+        let slack = if full { period / 2 } else { Duration::ZERO };
+        let mut any = false;
         for n in &self.namespaces {
             if !full && !dirty.contains(&n.name) {
                 continue;
             }
-            match self.collect_namespace(n) {
+            any = true;
+            match self.collect_namespace(n, slack) {
                 Ok(f) => {
                     self.figures.lock().unwrap().insert(n.name.clone(), f);
                 }
-                Err(e) => warn!(namespace = %n.name, "collecting figures failed: {e}"),
+                Err(e) => {
+                    error!(namespace = %n.name, "collecting figures failed (they stay as last collected): {e}");
+                    self.failures
+                        .lock()
+                        .unwrap()
+                        .entry(n.name.clone())
+                        .or_default()
+                        .collections += 1;
+                    // Never collected: still shown, and still stale in time.
+                    self.figures
+                        .lock()
+                        .unwrap()
+                        .entry(n.name.clone())
+                        .or_insert_with(|| self.empty_figures(n));
+                }
             }
         }
-        *self.disk.lock().unwrap() = disk(&self.data);
-        self.collected.store(now(), Ordering::SeqCst);
+        if full {
+            *self.disk.lock().unwrap() = disk(&self.data);
+        }
+        if any {
+            self.collected.store(now(), Ordering::SeqCst);
+        }
         let text = metrics::render(&self.figures());
         *self.text.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(text));
     }
 
-    fn store(&self, n: &Namespace) -> Result<LocalStore> {
-        namespace_store(&self.data, &n.name, n.policy, self.parity)
-    }
-
-    fn collect_namespace(&self, n: &Namespace) -> Result<NamespaceFigures> {
-        let s = self.store(n)?;
-        let stamps = s.stamps()?;
-        let last = stamps.last().map(|(_, st)| *st);
-        let (mut packs, mut bytes) = (0, 0);
-        s.for_each_pack(&mut |_, size| {
-            packs += 1;
-            bytes += size;
-            Ok(())
-        })?;
-        Ok(NamespaceFigures {
+    fn empty_figures(&self, n: &Namespace) -> NamespaceFigures {
+        NamespaceFigures {
             namespace: n.name.clone(),
-            snapshots: stamps.len() as u64,
-            last_snapshot: last.map(|st| st.received),
-            last_usage: last.and_then(|st| st.usage),
-            packs,
-            stored_bytes: bytes,
             quota_bytes: n.quota,
-            scrub: ScrubFigures::of(&scrub_state(&s)),
             watched_since: self.watched_since(&n.name),
             ..Default::default()
-        })
+        }
+    }
+
+    /// A namespace's store for reading, or `None` while it has no layout
+    /// (no client reached it yet; `tmp` is the last directory made).
+    fn observe(&self, n: &Namespace) -> Result<Option<LocalStore>> {
+        let dir = self.data.join("namespaces").join(&n.name);
+        if !dir.join("tmp").is_dir() {
+            return Ok(None);
+        }
+        Ok(Some(
+            LocalStore::observe(&dir)?
+                .with_policy(n.policy)
+                .with_parity(self.parity),
+        ))
+    }
+
+    /// A namespace's figures: its stamps each time, its packs at most every
+    /// [`Watch::walk_every`] (less `slack`), `scrub.json` when it changed.
+    fn collect_namespace(&self, n: &Namespace, slack: Duration) -> Result<NamespaceFigures> {
+        let mut f = self.empty_figures(n);
+        let Some(s) = self.observe(n)? else {
+            return Ok(f);
+        };
+        let (stamps, skipped) = s.stamps()?;
+        let mut caches = self.cache.lock().unwrap();
+        let c = caches.entry(n.name.clone()).or_default();
+        if skipped.len() != c.skipped {
+            for e in &skipped {
+                warn!(namespace = %n.name, "a stamp was skipped in the figures: {e}");
+            }
+            c.skipped = skipped.len();
+        }
+        let mut newest = self.newest.lock().unwrap();
+        match stamps.last() {
+            Some((id, st)) => newest.insert(n.name.clone(), (*id, st.received)),
+            None => newest.remove(&n.name),
+        };
+        drop(newest);
+        let every = self.walk_every();
+        if c.walk.is_none_or(|(t, _, _)| t.elapsed() + slack >= every) {
+            let (mut packs, mut bytes) = (0, 0);
+            s.for_each_pack(&mut |_, size| {
+                packs += 1;
+                bytes += size;
+                Ok(())
+            })?;
+            c.walk = Some((Instant::now(), packs, bytes));
+        }
+        if let Some((_, packs, bytes)) = c.walk {
+            (f.packs, f.stored_bytes) = (packs, bytes);
+        }
+        let path = s.root().join("scrub.json");
+        let key = std::fs::metadata(&path)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()));
+        f.scrub = match &c.scrub {
+            Some((k, figures)) if Some(*k) == key => figures.clone(),
+            _ => {
+                let figures = ScrubFigures::of(&scrub_state(&s));
+                c.scrub = key.map(|k| (k, figures.clone()));
+                figures
+            }
+        };
+        let last = stamps.last().map(|(_, st)| *st);
+        f.snapshots = stamps.len() as u64;
+        f.last_snapshot = last.map(|st| st.received);
+        f.last_usage = last.and_then(|st| st.usage);
+        Ok(f)
     }
 
     fn watched_since(&self, ns: &str) -> i64 {
@@ -280,11 +409,18 @@ impl Watch {
                 NamespaceFigures {
                     failed_commits: x.commits,
                     failed_uploads: x.uploads,
+                    collect_errors: x.collections,
                     ..f.clone()
                 }
             })
             .collect();
-        let delivered = self.delivered.lock().unwrap();
+        let per_kind = |m: &Mutex<BTreeMap<AlertKind, u64>>| {
+            let m = m.lock().unwrap();
+            AlertKind::ALL
+                .iter()
+                .map(|k| (*k, m.get(k).copied().unwrap_or(0)))
+                .collect()
+        };
         let (disk_free_bytes, disk_size_bytes) = *self.disk.lock().unwrap();
         ServerFigures {
             namespaces,
@@ -292,21 +428,20 @@ impl Watch {
             disk_size_bytes,
             started: self.started,
             collected: self.collected.load(Ordering::SeqCst),
-            alerts: AlertKind::ALL
-                .iter()
-                .map(|k| (*k, delivered.get(k).copied().unwrap_or(0)))
-                .collect(),
+            alerts: per_kind(&self.delivered),
+            alert_delivery_failures: per_kind(&self.delivery_failures),
             alert_checks: self.checks.load(Ordering::SeqCst),
         }
     }
 
-    /// Marks a namespace for collection soon (after a commit or a failure).
+    /// Marks a namespace for collection soon (after a commit).
     fn touch(&self, ns: &str) {
         self.dirty.lock().unwrap().insert(ns.to_string());
         self.wake.notify_one();
     }
 
-    /// Counts a refused or failed snapshot commit (`commit`) or pack upload.
+    /// Counts a refused or failed snapshot commit (`commit`) or pack upload;
+    /// the scrape shows it soon, without collecting anything again.
     pub fn failed(&self, ns: &str, commit: bool) {
         let mut m = self.failures.lock().unwrap();
         let f = m.entry(ns.to_string()).or_default();
@@ -316,24 +451,14 @@ impl Watch {
             f.uploads += 1;
         }
         drop(m);
-        self.touch(ns);
+        self.wake.notify_one();
     }
 
-    /// After a commit: logs it, judges it against the namespace's usual and
-    /// refreshes the namespace's figures. Blocking (reads the stamps).
+    /// After a commit: logs it, refreshes the namespace's figures and
+    /// judges the snapshots not judged yet. Blocking (reads the stamps).
     pub fn committed(&self, ns: &str, store: &LocalStore, id: SnapshotId, client: &str) {
         self.touch(ns);
-        let stamps = match store.stamps() {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(namespace = %ns, snapshot = %id, "reading stamps after a commit failed: {e}");
-                return;
-            }
-        };
-        let Some(pos) = stamps.iter().position(|(s, _)| *s == id) else {
-            return;
-        };
-        let usage = stamps[pos].1.usage;
+        let usage = store.stamp(&id).ok().and_then(|st| st.usage);
         info!(
             namespace = %ns,
             fingerprint = %client,
@@ -342,58 +467,181 @@ impl Watch {
             referenced_bytes = usage.map(|u| u.referenced_bytes),
             "snapshot committed"
         );
-        let (Some(a), Some(usage)) = (&self.alerting, usage) else {
+        if self.alerting.is_none() {
             return;
-        };
-        let previous: Vec<_> = stamps[..pos].iter().filter_map(|(_, s)| s.usage).collect();
-        let t = now();
-        let active = alert::judge(&previous, usage, &a.rules)
-            .map(|x| alert::anomaly_alert(ns, &id, usage, &x, t))
-            .into_iter()
-            .collect();
-        let scope = |k: AlertKind, n: &str| k == AlertKind::Anomaly && n == ns;
-        self.raise(scope, active, t);
+        }
+        match store.stamps() {
+            Ok((stamps, _)) => self.judge(ns, &stamps),
+            Err(e) => {
+                warn!(namespace = %ns, snapshot = %id, "reading stamps after a commit failed (judged at a later check): {e}")
+            }
+        }
     }
 
-    /// Evaluates the periodic conditions on the latest figures.
+    /// Judges the snapshots of `stamps` (a namespace's, in commit order)
+    /// newer than the last one judged; those received before the server
+    /// first watched the namespace are history, never judged.
+    fn judge(&self, ns: &str, stamps: &[(SnapshotId, Stamp)]) {
+        let Some(a) = &self.alerting else { return };
+        let Some((last_id, last)) = stamps.last() else {
+            return;
+        };
+        let _one = self.judging.lock().unwrap();
+        let mut st = self.state.lock().unwrap();
+        let mark = st.judged.get(ns).copied();
+        let from = match mark {
+            Some(m) => match stamps.iter().position(|(id, _)| *id == m.snapshot) {
+                Some(i) => i + 1,
+                None => stamps
+                    .iter()
+                    .position(|(_, s)| s.received > m.received)
+                    .unwrap_or(stamps.len()),
+            },
+            None => {
+                let since = st.watched_since.get(ns).copied().unwrap_or(self.started);
+                stamps
+                    .iter()
+                    .position(|(_, s)| s.received >= since)
+                    .unwrap_or(stamps.len())
+            }
+        };
+        if from == stamps.len() && mark.is_some() {
+            return;
+        }
+        let t = now();
+        let scope = |k: AlertKind, n: &str| k == AlertKind::Anomaly && n == ns;
+        for (i, (id, s)) in stamps.iter().enumerate().skip(from) {
+            let Some(usage) = s.usage else { continue };
+            let previous: Vec<_> = stamps[..i].iter().filter_map(|(_, s)| s.usage).collect();
+            let active = alert::judge(&previous, usage, &a.rules)
+                .map(|x| alert::anomaly_alert(ns, id, usage, &x, t))
+                .into_iter()
+                .collect();
+            st.limit.reconcile(scope, active, t, a.repeat_after);
+        }
+        // Never backwards: a stale list must not make judged ones new again.
+        if mark.is_none_or(|m| last.received >= m.received) {
+            st.judged.insert(
+                ns.to_string(),
+                Judged {
+                    snapshot: *last_id,
+                    received: last.received,
+                },
+            );
+        }
+        self.save(&st);
+        drop(st);
+        self.dispatch(t);
+    }
+
+    /// Evaluates the periodic conditions on the latest figures, judges
+    /// snapshots nobody judged (committed while the server was down), and
+    /// retries the deliveries that are due.
     fn check(&self) {
         let Some(a) = &self.alerting else { return };
+        for n in &self.namespaces {
+            let newest = self.newest.lock().unwrap().get(&n.name).copied();
+            let mark = self.state.lock().unwrap().judged.get(&n.name).copied();
+            let unjudged = newest.is_some_and(|(id, received)| {
+                mark.is_none_or(|m| {
+                    received > m.received || (received == m.received && id != m.snapshot)
+                })
+            });
+            if !unjudged {
+                continue;
+            }
+            match self
+                .observe(n)
+                .and_then(|s| s.map(|s| s.stamps()).transpose())
+            {
+                Ok(Some((stamps, _))) => self.judge(&n.name, &stamps),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(namespace = %n.name, "reading stamps to judge new snapshots failed: {e}")
+                }
+            }
+        }
         let figures: Vec<NamespaceFigures> =
             self.figures.lock().unwrap().values().cloned().collect();
         let t = now();
         let active = alert::conditions(&figures, &a.rules, t);
-        self.raise(|k, _| k.periodic(), active, t);
+        let mut st = self.state.lock().unwrap();
+        if st
+            .limit
+            .reconcile(|k, _| k.periodic(), active, t, a.repeat_after)
+        {
+            self.save(&st);
+        }
+        drop(st);
+        self.dispatch(t);
         self.checks.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Rate-limits, records and queues alerts for delivery.
-    fn raise(&self, scope: impl Fn(AlertKind, &str) -> bool, active: Vec<Alert>, t: i64) {
+    /// Hands the alerts due for delivery to the delivery task. With no
+    /// command and no webhook, the log is the delivery.
+    fn dispatch(&self, t: i64) {
         let Some(a) = &self.alerting else { return };
-        let mut state = self.state.lock().unwrap();
-        let n_active = active.len();
-        let (due, changed) = state.limit.reconcile(scope, active, t, a.repeat_after);
-        if changed {
-            self.save(&state);
+        let mut st = self.state.lock().unwrap();
+        let due = st.limit.take_due(t);
+        if due.is_empty() {
+            return;
         }
-        drop(state);
-        if n_active > due.len() {
-            debug!(
-                suppressed = n_active - due.len(),
-                "alerts already delivered within repeat_after"
-            );
-        }
-        for al in due {
-            warn!(
-                alert = al.kind.as_str(),
-                namespace = %al.namespace,
-                "alert: {}",
-                al.message
-            );
-            *self.delivered.lock().unwrap().entry(al.kind).or_default() += 1;
-            if self.outbox.try_send(al).is_err() {
-                error!("alert queue full: this alert was logged but not delivered");
+        let log_only = a.command.is_none() && a.webhook.is_none();
+        for u in due {
+            let al = u.alert;
+            if u.attempts == 0 {
+                warn!(alert = al.kind.as_str(), namespace = %al.namespace, "alert: {}", al.message);
+            } else {
+                info!(alert = al.kind.as_str(), namespace = %al.namespace, attempt = u.attempts + 1, "delivering an alert again");
+            }
+            if log_only {
+                st.limit.settle(&al, true, t, 0);
+                *self.delivered.lock().unwrap().entry(al.kind).or_default() += 1;
+            } else if self.outbox.try_send(al.clone()).is_err() {
+                error!(alert = al.kind.as_str(), namespace = %al.namespace, "alert queue full: delivery tried again at the next check");
+                st.limit.put_back(&al);
             }
         }
+        if log_only {
+            self.save(&st);
+        }
+    }
+
+    /// Delivers queued alerts, a few at a time, each to the command and
+    /// the webhook at once, and records the outcomes.
+    async fn deliver_loop(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<Alert>) {
+        let limit = Arc::new(tokio::sync::Semaphore::new(DELIVERIES));
+        while let Some(al) = rx.recv().await {
+            // unwrap: the semaphore is never closed
+            let permit = limit.clone().acquire_owned().await.expect("semaphore open");
+            let w = self.clone();
+            tokio::spawn(async move {
+                let ok = match &w.alerting {
+                    Some(a) => deliver(a, &al).await,
+                    None => false,
+                };
+                let w2 = w.clone();
+                let _ = tokio::task::spawn_blocking(move || w2.settle(&al, ok)).await;
+                drop(permit);
+                // the counters show at once
+                w.wake.notify_one();
+            });
+        }
+    }
+
+    /// Records a delivery's outcome: sent, or tried again later.
+    fn settle(&self, al: &Alert, delivered: bool) {
+        let Some(a) = &self.alerting else { return };
+        let retry = a.check_interval.as_secs() as i64;
+        let mut st = self.state.lock().unwrap();
+        st.limit.settle(al, delivered, now(), retry);
+        let counter = if delivered {
+            &self.delivered
+        } else {
+            &self.delivery_failures
+        };
+        *counter.lock().unwrap().entry(al.kind).or_default() += 1;
+        self.save(&st);
     }
 }
 
@@ -416,31 +664,34 @@ fn disk(dir: &std::path::Path) -> (Option<u64>, Option<u64>) {
     }
 }
 
-/// Delivers queued alerts one after another: the command and the webhook
-/// of each at the same time. A failure is logged, never fatal.
-async fn deliver_all(a: Alerting, mut rx: tokio::sync::mpsc::Receiver<Alert>) {
-    while let Some(al) = rx.recv().await {
-        // unwrap: a JSON value always serializes
-        let body = serde_json::to_vec(&al.to_json()).expect("alert JSON");
-        let cmd = async {
-            if let Some(argv) = &a.command {
-                if let Err(e) = run_command(argv, &body, a.timeout).await {
-                    error!(alert = al.kind.as_str(), namespace = %al.namespace, command = %argv[0], "alert command failed: {e}");
-                }
-            }
-        };
-        let hook = async {
-            if let Some(url) = &a.webhook {
-                if let Err(e) = super::http::post_json(url, &body, a.timeout).await {
-                    error!(alert = al.kind.as_str(), namespace = %al.namespace, webhook = %url, "alert webhook failed: {e}");
-                }
-            }
-        };
-        tokio::join!(cmd, hook);
-    }
+/// Delivers one alert to the command and the webhook at the same time;
+/// whether at least one of them took it. A failure is logged.
+async fn deliver(a: &Alerting, al: &Alert) -> bool {
+    // unwrap: a JSON value always serializes
+    let body = serde_json::to_vec(&al.to_json()).expect("alert JSON");
+    let cmd = async {
+        let argv = a.command.as_ref()?;
+        let r = run_command(argv, &body, a.timeout).await;
+        if let Err(e) = &r {
+            error!(alert = al.kind.as_str(), namespace = %al.namespace, command = %argv[0], "alert command failed: {e}");
+        }
+        Some(r.is_ok())
+    };
+    let hook = async {
+        let url = a.webhook.as_ref()?;
+        let r = super::http::post_json(url, &body, a.timeout).await;
+        if let Err(e) = &r {
+            error!(alert = al.kind.as_str(), namespace = %al.namespace, webhook = %url, "alert webhook failed: {e}");
+        }
+        Some(r.is_ok())
+    };
+    let (c, h) = tokio::join!(cmd, hook);
+    c == Some(true) || h == Some(true)
 }
 
-/// Runs `argv` with `input` on its standard input; killed after `timeout`.
+/// Runs `argv` in a process group of its own with `input` on its standard
+/// input; the whole group is killed after `timeout`. Keeps the first
+/// [`MAX_COMMAND_STDERR`] bytes of its standard error for the message.
 async fn run_command(
     argv: &[String],
     input: &[u8],
@@ -451,26 +702,115 @@ async fn run_command(
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start it: {e}"))?;
-    let mut stdin = child.stdin.take();
-    let work = async {
-        if let Some(s) = stdin.as_mut() {
+    let group = child
+        .id()
+        .map(|p| nix::unistd::Pid::from_raw(p as libc::pid_t));
+    let stdin = child.stdin.take();
+    let stderr = child.stderr.take();
+    let feed = async {
+        if let Some(mut s) = stdin {
             // A command that does not read its input is its own business.
             let _ = s.write_all(input).await;
         }
-        drop(stdin);
-        child.wait_with_output().await
     };
-    let out = tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| format!("killed after {}", humantime::format_duration(timeout)))?
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
+    let collect = async {
+        let mut kept = Vec::new();
+        if let Some(mut s) = stderr {
+            let mut buf = [0u8; 8192];
+            // Read to the end, keeping the start: a full pipe must not
+            // block the command.
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let room = MAX_COMMAND_STDERR.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+        kept
+    };
+    let work = async {
+        let (_, err, status) = tokio::join!(feed, collect, child.wait());
+        (status, err)
+    };
+    let out = tokio::time::timeout(timeout, work).await;
+    let Ok((status, err)) = out else {
+        if let Some(g) = group {
+            let _ = nix::sys::signal::killpg(g, nix::sys::signal::Signal::SIGKILL);
+        }
+        return Err(format!(
+            "killed after {}",
+            humantime::format_duration(timeout)
+        ));
+    };
+    let status = status.map_err(|e| e.to_string())?;
+    if status.success() {
         Ok(())
     } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        Err(format!("{}: {}", out.status, err.trim()))
+        let err = String::from_utf8_lossy(&err);
+        Err(format!("{status}: {}", err.trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["/bin/sh".into(), "-c".into(), script.into()]
+    }
+
+    #[tokio::test]
+    async fn a_command_is_bounded_in_output_and_killed_with_its_children() {
+        // much stderr: kept only in part
+        let e = run_command(
+            &sh("head -c 1000000 /dev/zero | tr '\\0' x >&2; exit 3"),
+            b"",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.len() < MAX_COMMAND_STDERR + 100, "{}", e.len());
+        assert!(e.contains("exit status: 3"), "{}", &e[..40]);
+        // a hung command: killed with the child it started
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let e = run_command(
+            &sh(&format!(
+                "sleep 120 & echo $! > {}; wait",
+                pidfile.display()
+            )),
+            b"",
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("killed"), "{e}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // gone (or a zombie waiting for init)
+        while nix::sys::signal::kill(pid, None).is_ok() && !zombie(pid) {
+            assert!(Instant::now() < deadline, "the grandchild survived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn zombie(pid: nix::unistd::Pid) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
     }
 }

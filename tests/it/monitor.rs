@@ -115,15 +115,7 @@ impl Sinks {
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let hook = Arc::new(Mutex::new(Vec::new()));
-        let got = hook.clone();
-        std::thread::spawn(move || {
-            for s in listener.incoming().flatten() {
-                if let Some(v) = receive(s) {
-                    got.lock().unwrap().push(v);
-                }
-            }
-        });
+        let hook = webhook(listener);
         Sinks {
             _dir: dir,
             file,
@@ -171,6 +163,20 @@ impl Sinks {
         let n = |v: Vec<Value>| v.iter().filter(|a| a["kind"] == kind).count();
         (n(self.paged()), n(self.hooked()))
     }
+}
+
+/// A webhook receiver on `listener`: the alerts it got, in order.
+fn webhook(listener: TcpListener) -> Arc<Mutex<Vec<Value>>> {
+    let hook = Arc::new(Mutex::new(Vec::new()));
+    let got = hook.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            if let Some(v) = receive(s) {
+                got.lock().unwrap().push(v);
+            }
+        }
+    });
+    hook
 }
 
 /// Reads one POST (head, then Content-Length bytes) and answers 200.
@@ -246,8 +252,8 @@ fn ns_file_sizes(dir: &Path) -> (u64, u64) {
 
 #[test]
 fn metrics_after_real_backups() {
-    let srv = TestServer::start_full(
-        2,
+    let mut srv = TestServer::start_full(
+        3,
         "",
         "[metrics]\nlisten = \"127.0.0.1:0\"\nrefresh_interval = \"1s\"\n",
         &[],
@@ -261,8 +267,13 @@ fn metrics_after_real_backups() {
     c.write("f0", 100, 50_000);
     let id = c.backup();
     let after = now();
-    let t = wait_metric(&srv, "coffer_namespace_snapshots", "ns-0", |v| v == 2.0);
+    wait_metric(&srv, "coffer_namespace_snapshots", "ns-0", |v| v == 2.0);
     let ns = srv.namespace_dir("ns-0");
+    // packs are walked again at most every refresh_interval
+    let (packs, bytes) = ns_file_sizes(&ns.join("packs"));
+    let t = wait_metric(&srv, "coffer_namespace_stored_bytes", "ns-0", |v| {
+        v == bytes as f64
+    });
     // the latest snapshot's time, by the server's clock
     let last = metric(
         &t,
@@ -275,12 +286,6 @@ fn metrics_after_real_backups() {
         "{last} not in [{before}, {after}]"
     );
     // stored bytes are the packs on disk (parity not included)
-    let (packs, bytes) = ns_file_sizes(&ns.join("packs"));
-    assert_eq!(
-        metric(&t, "coffer_namespace_stored_bytes", "ns-0"),
-        Some(bytes as f64),
-        "{t}"
-    );
     assert_eq!(
         metric(&t, "coffer_namespace_packs", "ns-0"),
         Some(packs as f64)
@@ -321,7 +326,11 @@ fn metrics_after_real_backups() {
         .ok()
         .json();
     assert!(listed[0].get("usage").is_none(), "{listed}");
-    // a namespace without backups, and the file system
+    assert_eq!(
+        metric(&t, "coffer_namespace_collect_errors_total", "ns-0"),
+        Some(0.0)
+    );
+    // a namespace without backups
     assert_eq!(metric(&t, "coffer_namespace_snapshots", "ns-1"), Some(0.0));
     assert_eq!(
         metric(
@@ -377,6 +386,18 @@ fn metrics_after_real_backups() {
         metric(&t, "coffer_scrub_unrepairable_packs", "ns-0"),
         Some(0.0)
     );
+    // a namespace that cannot be read from the start: shown all the same,
+    // its errors counted
+    drop(c);
+    srv.stop();
+    fs::write(srv.namespace_dir("ns-2").join("policy.json"), b"not json").unwrap();
+    srv.start_again();
+    let t = wait_metric(&srv, "coffer_namespace_collect_errors_total", "ns-2", |v| {
+        v >= 1.0
+    });
+    assert_eq!(metric(&t, "coffer_namespace_snapshots", "ns-2"), Some(0.0));
+    assert_eq!(metric(&t, "coffer_namespace_snapshots", "ns-0"), Some(2.0));
+    assert!(srv.log().contains("collecting figures failed"));
 }
 
 #[test]
@@ -458,6 +479,50 @@ fn stale_alert_is_rate_limited_cleared_and_not_repeated_after_a_restart() {
     c.backup();
     let a = sinks.wait("stale", 2);
     assert!(a[1]["last_snapshot"].is_string(), "{}", a[1]);
+}
+
+#[test]
+fn an_alert_is_delivered_once_the_webhook_is_up() {
+    // a port nobody listens on yet: the webhook refuses connections
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let srv = TestServer::start_full(
+        1,
+        "",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:0\"\nrefresh_interval = \"1s\"\n\
+             [alerts]\ncheck_interval = \"1s\"\nstale_after = \"2s\"\n\
+             webhook = \"http://127.0.0.1:{port}/hook\"\ntimeout = \"20s\"\n"
+        ),
+        &[],
+    );
+    let count = |name: &str| metric(&scrape(&srv), name, "").unwrap();
+    let failed = "coffer_alert_delivery_failures_total{kind=\"stale\"}";
+    let sent = "coffer_alerts_total{kind=\"stale\"}";
+    poll("two failed deliveries", || {
+        (count(failed) >= 2.0).then_some(())
+    });
+    assert_eq!(count(sent), 0.0, "not delivered, so not sent");
+    assert!(srv.log().contains("alert webhook failed"), "{}", srv.log());
+    // the webhook comes up: the alert arrives, once
+    let hook = webhook(TcpListener::bind(("127.0.0.1", port)).unwrap());
+    let got = poll("the stale alert", || {
+        let v = hook.lock().unwrap().clone();
+        (!v.is_empty()).then_some(v)
+    });
+    assert_eq!(got[0]["kind"], "stale");
+    assert_eq!(got[0]["namespace"], "ns-0");
+    poll("the alert counted as sent", || {
+        (count(sent) == 1.0).then_some(())
+    });
+    let checks = count("coffer_alert_checks_total");
+    poll("two more checks", || {
+        (count("coffer_alert_checks_total") >= checks + 2.0).then_some(())
+    });
+    assert_eq!(hook.lock().unwrap().len(), 1);
 }
 
 #[test]
@@ -570,7 +635,7 @@ fn scrub_unrepairable_alert() {
 #[test]
 fn anomaly_alert() {
     let sinks = Sinks::new();
-    let srv = TestServer::start_full(
+    let mut srv = TestServer::start_full(
         1,
         "",
         &sinks.config("stale_after = \"1h\"\nanomaly_min_bytes = 1000000"),
@@ -602,6 +667,24 @@ fn anomaly_alert() {
     // only that snapshot stood out
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sinks.count("anomaly"), (1, 1));
+    // an ordinary night clears it
+    c.write("f0", 200, 20_000);
+    c.backup();
+    // a snapshot committed while the server is down is judged when it is back
+    c.write("encrypted-too", 998, 6_000_000);
+    let (src, Client { work, .. }) = (c.src(), c);
+    srv.stop();
+    let mut local = clean_command();
+    local
+        .env("COFFER_PASSWORD", PASSWORD)
+        .env("COFFER_CACHE_DIR", work.path().join("local-cache"))
+        .env("COFFER_REPO", srv.namespace_dir("ns-0"));
+    let v = run(local, &["--json", "backup", src.to_str().unwrap()])
+        .ok()
+        .json();
+    srv.start_again();
+    let a = sinks.wait("anomaly", 2);
+    assert_eq!(a[1]["snapshot"], v["id"], "{}", a[1]);
 }
 
 #[test]

@@ -96,8 +96,18 @@ impl TestServer {
     /// Stops the server and starts it again on the same config and data
     /// (new ports); its log goes on in the same file.
     pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Stops the server (until [`TestServer::start_again`]).
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts a stopped server again, like [`TestServer::restart`].
+    pub fn start_again(&mut self) {
         let (child, port, metrics_port) = spawn(self.dir.path(), &self.stderr, &self.env);
         self.child = child;
         self.port = port;
