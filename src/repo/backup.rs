@@ -2,7 +2,7 @@
 //! chunks, hands new chunks to the [`Uploader`], writes trees bottom-up and
 //! commits a snapshot once every pack it references is durable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
@@ -163,6 +163,10 @@ pub fn backup(
             .collect(),
         start_ns: opts.time_ns,
         prefetched: HashMap::new(),
+        looked_up: HashMap::new(),
+        run_packs: HashMap::new(),
+        known_packs: HashSet::new(),
+        run_files: Vec::new(),
     };
     let (kind, paths, tree) = match source {
         BackupSource::Paths(paths) => {
@@ -306,7 +310,25 @@ struct Walker {
     warnings: Vec<String>,
     start_ns: i64,
     prefetched: HashMap<PathBuf, File>,
+    /// Files-cache records read while prefetching, so each file costs one
+    /// query (`None`: not in the cache).
+    looked_up: HashMap<PathBuf, Option<FileRecord>>,
+    /// Bytes of packs used by files reused from the files cache, not yet
+    /// written to the cache's run tables (batched: one transaction, not one
+    /// per file).
+    run_packs: HashMap<PackId, u64>,
+    /// Packs already found in the cache during this run; cleared when large,
+    /// so it stays bounded.
+    known_packs: HashSet<PackId>,
+    /// Files-cache records of files read in this run, not yet written to
+    /// the cache's run tables (batched like `run_packs`).
+    run_files: Vec<(u64, Vec<u8>, FileRecord)>,
 }
+
+/// Files whose files-cache records are read in one transaction.
+const LOOKUP_BATCH: usize = 256;
+/// Batch size of [`Walker::run_packs`] and bound of [`Walker::known_packs`].
+const PACK_MEMO: usize = 4096;
 
 fn is_zero(data: &[u8]) -> bool {
     // No early exit inside a block, so the loop vectorizes.
@@ -342,7 +364,68 @@ impl Walker {
             self.cache.run_refs(&self.refs)?;
             self.refs.clear();
         }
+        self.flush_run_packs()?;
+        self.flush_run_files()
+    }
+
+    fn flush_run_files(&mut self) -> Result<()> {
+        if !self.run_files.is_empty() {
+            self.cache.run_file_batch(
+                self.run_files
+                    .iter()
+                    .map(|(seq, path, rec)| (*seq, path.as_slice(), rec)),
+            )?;
+            self.run_files.clear();
+        }
         Ok(())
+    }
+
+    fn flush_run_packs(&mut self) -> Result<()> {
+        if !self.run_packs.is_empty() {
+            let packs: Vec<(PackId, u64)> = self.run_packs.drain().collect();
+            self.cache.run_pack_batch(&packs)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the files-cache records of a directory's next regular files
+    /// in one go.
+    fn look_up(&mut self, entries: &[(std::ffi::OsString, PathBuf, Metadata)]) -> Result<()> {
+        let files: Vec<&PathBuf> = entries
+            .iter()
+            .filter(|(_, _, m)| m.is_file())
+            .map(|(_, p, _)| p)
+            .collect();
+        let recs = self
+            .cache
+            .files(files.iter().map(|p| p.as_os_str().as_bytes()))?;
+        for (p, rec) in files.into_iter().zip(recs) {
+            self.looked_up.insert(p.clone(), rec);
+        }
+        Ok(())
+    }
+
+    /// The files-cache record of `path`, from the batched lookup when there
+    /// was one.
+    fn file_record(&mut self, path: &Path) -> Result<Option<FileRecord>> {
+        match self.looked_up.remove(path) {
+            Some(rec) => Ok(rec),
+            None => self.cache.file(path.as_os_str().as_bytes()),
+        }
+    }
+
+    fn pack_known(&mut self, p: &PackId) -> Result<bool> {
+        if self.known_packs.contains(p) {
+            return Ok(true);
+        }
+        let known = self.cache.has_pack(p)?;
+        if known {
+            if self.known_packs.len() >= PACK_MEMO {
+                self.known_packs.clear();
+            }
+            self.known_packs.insert(*p);
+        }
+        Ok(known)
     }
 
     fn store_tree(&mut self, tree: &mut Tree) -> Result<BlobId> {
@@ -510,11 +593,11 @@ impl Walker {
 
     /// Reuses a file's content from the files cache when the file is
     /// unchanged and every pack it lives in is still known.
-    fn cached_content(&mut self, key: &[u8], m: &Metadata) -> Result<Option<Content>> {
+    fn cached_content(&mut self, path: &Path, m: &Metadata) -> Result<Option<Content>> {
         if !self.use_files_cache {
             return Ok(None);
         }
-        let Some(rec) = self.cache.file(key)? else {
+        let Some(rec) = self.file_record(path)? else {
             return Ok(None);
         };
         let same = rec.size == m.len()
@@ -536,15 +619,18 @@ impl Walker {
             .collect();
         for (p, _) in &packs {
             // A mostly dead pack: read the file again so its chunks move out.
-            if !self.cache.has_pack(p)? || self.up.sparse.contains(p) {
+            if self.up.sparse.contains(p) || !self.pack_known(p)? {
                 return Ok(None);
             }
         }
         let Ok(content) = cbor_decode::<Content>("files cache", &rec.content) else {
             return Ok(None);
         };
-        for (p, bytes) in &packs {
-            self.cache.run_pack(p, *bytes)?;
+        for (p, bytes) in packs {
+            *self.run_packs.entry(p).or_default() += bytes;
+        }
+        if self.run_packs.len() >= PACK_MEMO {
+            self.flush_run_packs()?;
         }
         Ok(Some(content))
     }
@@ -558,7 +644,7 @@ impl Walker {
             }
         }
         let key = path.as_os_str().as_bytes();
-        let content = if let Some(c) = self.cached_content(key, m)? {
+        let content = if let Some(c) = self.cached_content(path, m)? {
             self.stats.files_unchanged += 1;
             self.stats.bytes += m.len();
             c
@@ -589,7 +675,10 @@ impl Walker {
                     content: cbor_encode(&c),
                     packs: Vec::new(),
                 };
-                self.cache.run_file(seq, key, &rec)?;
+                self.run_files.push((seq, key.to_vec(), rec));
+                if self.run_files.len() >= LOOKUP_BATCH {
+                    self.flush_run_files()?;
+                }
             }
             c
         };
@@ -666,8 +755,13 @@ impl Walker {
             }
         }
         let mut tree = Tree::default();
-        let mut next = 0;
+        let (mut next, mut looked) = (0, 0);
         for i in 0..entries.len() {
+            if self.use_files_cache && looked <= i + PREFETCH_FILES {
+                let end = (looked + LOOKUP_BATCH).min(entries.len());
+                self.look_up(&entries[looked..end])?;
+                looked = end;
+            }
             // Ask the kernel for the next files' first bytes now, so cold
             // reads overlap instead of waiting one after another.
             while next < entries.len() && next <= i + PREFETCH_FILES {
@@ -680,6 +774,7 @@ impl Walker {
                 tree.nodes.push(n);
             }
             self.prefetched.remove(path);
+            self.looked_up.remove(path);
         }
         self.store_tree(&mut tree)
     }
@@ -707,19 +802,21 @@ impl Walker {
         Ok(())
     }
 
-    fn cache_would_reuse(&self, path: &Path, m: &Metadata) -> Result<bool> {
+    fn cache_would_reuse(&mut self, path: &Path, m: &Metadata) -> Result<bool> {
         if !self.use_files_cache {
             return Ok(false);
         }
-        Ok(match self.cache.file(path.as_os_str().as_bytes())? {
-            Some(rec) => {
-                rec.size == m.len()
-                    && rec.mtime_ns == m.mtime() * 1_000_000_000 + m.mtime_nsec()
-                    && rec.ctime_ns == m.ctime() * 1_000_000_000 + m.ctime_nsec()
-                    && rec.inode == m.ino()
-            }
-            None => false,
-        })
+        if !self.looked_up.contains_key(path) {
+            let rec = self.cache.file(path.as_os_str().as_bytes())?;
+            self.looked_up.insert(path.to_path_buf(), rec);
+        }
+        let rec = self.looked_up.get(path).and_then(|r| r.as_ref());
+        Ok(rec.is_some_and(|rec| {
+            rec.size == m.len()
+                && rec.mtime_ns == m.mtime() * 1_000_000_000 + m.mtime_nsec()
+                && rec.ctime_ns == m.ctime() * 1_000_000_000 + m.ctime_nsec()
+                && rec.inode == m.ino()
+        }))
     }
 
     fn backup_paths(&mut self, paths: &[PathBuf]) -> Result<BlobId> {
