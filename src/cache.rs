@@ -47,6 +47,18 @@ pub struct FileRecord {
     pub packs: Vec<u8>,
 }
 
+impl FileRecord {
+    /// Whether a file with this metadata looks unchanged since the record:
+    /// same size, times and inode.
+    pub fn matches(&self, m: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.size == m.len()
+            && self.mtime_ns == m.mtime() * 1_000_000_000 + m.mtime_nsec()
+            && self.ctime_ns == m.ctime() * 1_000_000_000 + m.ctime_nsec()
+            && self.inode == m.ino()
+    }
+}
+
 /// The cache database of one repository.
 pub struct Cache {
     conn: Connection,

@@ -15,6 +15,7 @@ use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use super::readahead::ReadAhead;
 use super::upload::Uploader;
 use super::Repository;
 use crate::cache::{Cache, FileRecord};
@@ -167,6 +168,8 @@ pub fn backup(
         run_packs: HashMap::new(),
         known_packs: HashSet::new(),
         run_files: Vec::new(),
+        ahead: None,
+        read_bytes: 0,
     };
     let (kind, paths, tree) = match source {
         BackupSource::Paths(paths) => {
@@ -174,7 +177,22 @@ pub fn backup(
                 .iter()
                 .map(|p| absolute(p))
                 .collect::<Result<Vec<_>>>()?;
-            let tree = w.backup_paths(&abs)?;
+            let excludes = w.excludes.clone();
+            let skip = Box::new(move |p: &Path, n: &OsStr| excludes.excluded(p, n));
+            let cache = if opts.files_cache {
+                repo.cache().ok()
+            } else {
+                None
+            };
+            w.ahead = Some(ReadAhead::start(
+                abs.clone(),
+                cache,
+                skip,
+                opts.one_file_system,
+            ));
+            let tree = w.backup_paths(&abs);
+            w.ahead = None;
+            let tree = tree?;
             (
                 SourceKind::Tree,
                 abs.iter()
@@ -252,6 +270,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(parent.join(name))
 }
 
+#[derive(Clone)]
 struct Excludes {
     by_path: GlobSet,
     by_name: GlobSet,
@@ -323,6 +342,10 @@ struct Walker {
     /// Files-cache records of files read in this run, not yet written to
     /// the cache's run tables (batched like `run_packs`).
     run_files: Vec<(u64, Vec<u8>, FileRecord)>,
+    /// Warms the page cache ahead of a tree walk.
+    ahead: Option<ReadAhead>,
+    /// Bytes of file content read so far (files the cache reused not counted).
+    read_bytes: u64,
 }
 
 /// Files whose files-cache records are read in one transaction.
@@ -600,11 +623,7 @@ impl Walker {
         let Some(rec) = self.file_record(path)? else {
             return Ok(None);
         };
-        let same = rec.size == m.len()
-            && rec.mtime_ns == m.mtime() * 1_000_000_000 + m.mtime_nsec()
-            && rec.ctime_ns == m.ctime() * 1_000_000_000 + m.ctime_nsec()
-            && rec.inode == m.ino()
-            && rec.dev == m.dev();
+        let same = rec.matches(m) && rec.dev == m.dev();
         if !same || rec.packs.len() % 40 != 0 {
             return Ok(None);
         }
@@ -661,6 +680,7 @@ impl Walker {
                 self.read_cdc(&mut f, seq, path)?
             };
             self.stats.bytes += n;
+            self.read_bytes += n;
             node.size = n;
             // A file modified within the last seconds could change again
             // within the same timestamp: do not trust the cache for it.
@@ -715,7 +735,12 @@ impl Walker {
             }
             Some(NodeKind::File) => {
                 self.stats.files += 1;
-                match self.file_content(path, m, &mut node) {
+                let before = self.read_bytes;
+                let res = self.file_content(path, m, &mut node);
+                if let Some(a) = &self.ahead {
+                    a.progress(self.read_bytes > before, self.read_bytes);
+                }
+                match res {
                     Ok(()) => {}
                     // The file could not be opened or read: leave it out.
                     // Errors of the repository (other paths) stay fatal.
@@ -811,12 +836,7 @@ impl Walker {
             self.looked_up.insert(path.to_path_buf(), rec);
         }
         let rec = self.looked_up.get(path).and_then(|r| r.as_ref());
-        Ok(rec.is_some_and(|rec| {
-            rec.size == m.len()
-                && rec.mtime_ns == m.mtime() * 1_000_000_000 + m.mtime_nsec()
-                && rec.ctime_ns == m.ctime() * 1_000_000_000 + m.ctime_nsec()
-                && rec.inode == m.ino()
-        }))
+        Ok(rec.is_some_and(|rec| rec.matches(m)))
     }
 
     fn backup_paths(&mut self, paths: &[PathBuf]) -> Result<BlobId> {
