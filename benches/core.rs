@@ -14,7 +14,7 @@ use rand::SeedableRng;
 
 use coffer::chunk::{Chunker, ChunkerParams};
 use coffer::crypto::{Keys, Kind, MasterKey};
-use coffer::format::blob::{self, Sealer};
+use coffer::format::blob::{self, Sealer, Verifier};
 use coffer::format::pack::PackWriter;
 
 mod data;
@@ -155,7 +155,21 @@ fn blobs(c: &mut Criterion) {
         g.bench_function(format!("open/{name}"), |b| {
             b.iter(|| blob::open(&k, Kind::Data, &id, black_box(&sealed)).unwrap())
         });
-        g.bench_function(format!("seal_and_verify/{name}"), |b| {
+        // The upload worker's way: the opened blob is compared with the
+        // plaintext in hand (reused buffers, no second id hash).
+        for level in [1, 3] {
+            let mut sealer = Sealer::new(level);
+            let mut verifier = Verifier::new();
+            g.bench_function(format!("seal_and_verify_zstd{level}/{name}"), |b| {
+                b.iter(|| {
+                    let s = sealer.seal(&k, Kind::Data, &id, black_box(data), &mut r);
+                    assert!(verifier.verify(&k, Kind::Data, &id, &s, data));
+                    s
+                })
+            });
+        }
+        // Before: a new buffer per step and an id check on top.
+        g.bench_function(format!("seal_and_open_alloc/{name}"), |b| {
             b.iter(|| {
                 let s = sealer.seal(&k, Kind::Data, &id, black_box(data), &mut r);
                 let p = blob::open(&k, Kind::Data, &id, &s).unwrap();

@@ -47,6 +47,18 @@ pub struct FileRecord {
     pub packs: Vec<u8>,
 }
 
+impl FileRecord {
+    /// Whether a file with this metadata looks unchanged since the record:
+    /// same size, times and inode.
+    pub fn matches(&self, m: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.size == m.len()
+            && self.mtime_ns == m.mtime() * 1_000_000_000 + m.mtime_nsec()
+            && self.ctime_ns == m.ctime() * 1_000_000_000 + m.ctime_nsec()
+            && self.inode == m.ino()
+    }
+}
+
 /// The cache database of one repository.
 pub struct Cache {
     conn: Connection,
@@ -288,22 +300,22 @@ impl Cache {
 
     /// Reads a files-cache record.
     pub fn file(&self, path: &[u8]) -> Result<Option<FileRecord>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT size, mtime_ns, ctime_ns, inode, dev, content, packs FROM files WHERE path = ?1",
-        )?;
-        Ok(st
-            .query_row([path], |r| {
-                Ok(FileRecord {
-                    size: r.get::<_, i64>(0)? as u64,
-                    mtime_ns: r.get(1)?,
-                    ctime_ns: r.get(2)?,
-                    inode: r.get::<_, i64>(3)? as u64,
-                    dev: r.get::<_, i64>(4)? as u64,
-                    content: r.get(5)?,
-                    packs: r.get(6)?,
-                })
-            })
-            .optional()?)
+        file_in(&self.conn, path)
+    }
+
+    /// [`Cache::file`] for many paths in one read transaction: one lock of
+    /// the database for all of them rather than one per path.
+    pub fn files<'a>(
+        &mut self,
+        paths: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Vec<Option<FileRecord>>> {
+        let tx = self.conn.transaction()?;
+        let out = paths
+            .into_iter()
+            .map(|p| file_in(&tx, p))
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Notes that the running backup references these blobs, each for a
@@ -323,11 +335,21 @@ impl Cache {
 
     /// Notes that the running backup references `bytes` of a pack (a file
     /// reused from the files cache).
-    pub fn run_pack(&self, pack: &PackId, bytes: u64) -> Result<()> {
-        let mut st = self
-            .conn
-            .prepare_cached("INSERT INTO run_packs (pack, bytes) VALUES (?1, ?2)")?;
-        st.execute(params![pack.as_bytes(), bytes as i64])?;
+    pub fn run_pack(&mut self, pack: &PackId, bytes: u64) -> Result<()> {
+        self.run_pack_batch(&[(*pack, bytes)])
+    }
+
+    /// [`Cache::run_pack`] for many packs, in one transaction.
+    pub fn run_pack_batch(&mut self, packs: &[(PackId, u64)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st =
+                tx.prepare_cached("INSERT INTO run_packs (pack, bytes) VALUES (?1, ?2)")?;
+            for (pack, bytes) in packs {
+                st.execute(params![pack.as_bytes(), *bytes as i64])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -381,21 +403,35 @@ impl Cache {
 
     /// Remembers a file read by the running backup, to enter into the files
     /// cache once the backup is committed (its packs known).
-    pub fn run_file(&self, seq: u64, path: &[u8], rec: &FileRecord) -> Result<()> {
-        let mut st = self.conn.prepare_cached(
-            "INSERT OR REPLACE INTO run_files (seq, path, size, mtime_ns, ctime_ns, inode, dev, content)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        st.execute(params![
-            seq as i64,
-            path,
-            rec.size as i64,
-            rec.mtime_ns,
-            rec.ctime_ns,
-            rec.inode as i64,
-            rec.dev as i64,
-            rec.content
-        ])?;
+    pub fn run_file(&mut self, seq: u64, path: &[u8], rec: &FileRecord) -> Result<()> {
+        self.run_file_batch([(seq, path, rec)])
+    }
+
+    /// [`Cache::run_file`] for many files, in one transaction.
+    pub fn run_file_batch<'a>(
+        &mut self,
+        files: impl IntoIterator<Item = (u64, &'a [u8], &'a FileRecord)>,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO run_files (seq, path, size, mtime_ns, ctime_ns, inode, dev, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for (seq, path, rec) in files {
+                st.execute(params![
+                    seq as i64,
+                    path,
+                    rec.size as i64,
+                    rec.mtime_ns,
+                    rec.ctime_ns,
+                    rec.inode as i64,
+                    rec.dev as i64,
+                    rec.content
+                ])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -444,6 +480,25 @@ impl Cache {
         tx.commit()?;
         Ok(n)
     }
+}
+
+fn file_in(conn: &rusqlite::Connection, path: &[u8]) -> Result<Option<FileRecord>> {
+    let mut st = conn.prepare_cached(
+        "SELECT size, mtime_ns, ctime_ns, inode, dev, content, packs FROM files WHERE path = ?1",
+    )?;
+    Ok(st
+        .query_row([path], |r| {
+            Ok(FileRecord {
+                size: r.get::<_, i64>(0)? as u64,
+                mtime_ns: r.get(1)?,
+                ctime_ns: r.get(2)?,
+                inode: r.get::<_, i64>(3)? as u64,
+                dev: r.get::<_, i64>(4)? as u64,
+                content: r.get(5)?,
+                packs: r.get(6)?,
+            })
+        })
+        .optional()?)
 }
 
 #[cfg(test)]

@@ -220,6 +220,19 @@ impl Keys {
     pub fn open(&self, kind: Kind, id: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
         open_with(&self.cipher, kind, id, sealed)
     }
+
+    /// Like [`Keys::open`], into `out` (replacing what it held), so a caller
+    /// opening many objects reuses one allocation. `out` is left empty when
+    /// authentication fails.
+    pub fn open_into(
+        &self,
+        kind: Kind,
+        id: &[u8; 32],
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        open_into_with(&self.cipher, kind, id, sealed, out)
+    }
 }
 
 /// Opens a sealed object under an explicit cipher (also used for key files).
@@ -229,21 +242,39 @@ pub(crate) fn open_with(
     id: &[u8; 32],
     sealed: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
+    let mut out = Vec::new();
+    open_into_with(cipher, kind, id, sealed, &mut out)?;
+    Ok(out)
+}
+
+fn open_into_with(
+    cipher: &XChaCha20Poly1305,
+    kind: Kind,
+    id: &[u8; 32],
+    sealed: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CryptoError> {
+    out.clear();
     if sealed.len() < SEAL_OVERHEAD {
         return Err(CryptoError::TooShort(sealed.len()));
     }
     let (nonce, rest) = sealed.split_at(NONCE_LEN);
     let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let mut out = ct.to_vec();
-    cipher
+    out.extend_from_slice(ct);
+    if cipher
         .decrypt_in_place_detached(
             XNonce::from_slice(nonce),
             &associated_data(kind, id),
-            &mut out,
+            &mut out[..],
             Tag::from_slice(tag),
         )
-        .map_err(|_| CryptoError::Auth)?;
-    Ok(out)
+        .is_err()
+    {
+        // Never leave unauthenticated plaintext behind.
+        out.clear();
+        return Err(CryptoError::Auth);
+    }
+    Ok(())
 }
 
 /// A cipher built from raw key bytes (a key-encryption key from Argon2).

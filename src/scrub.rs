@@ -345,6 +345,27 @@ fn read_block(f: Option<&File>, size: u64, row: u64) -> Option<Vec<u8>> {
     }
 }
 
+/// BLAKE3 of the first `size` bytes of each member, which is its name
+/// when it is intact; `None` when it cannot be read that far.
+fn pack_names(files: &[File], members: &[(PackId, u64)]) -> Vec<Option<PackId>> {
+    let mut buf = vec![0u8; 1 << 20];
+    files
+        .iter()
+        .zip(members)
+        .map(|(f, (_, size))| {
+            let mut h = blake3::Hasher::new();
+            let mut at = 0u64;
+            while at < *size {
+                let n = (*size - at).min(buf.len() as u64) as usize;
+                f.read_exact_at(&mut buf[..n], at).ok()?;
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            Some(PackId(*h.finalize().as_bytes()))
+        })
+        .collect()
+}
+
 /// Computes and writes the parity of a stripe over `members`, replacing
 /// any earlier version. Members that do not hash to their name are left
 /// out and returned.
@@ -400,7 +421,6 @@ fn write_stripe_once(
         .map(|(_, z)| parity::blocks(*z))
         .max()
         .unwrap_or(0);
-    let mut hashers: Vec<blake3::Hasher> = good.iter().map(|_| blake3::Hasher::new()).collect();
     let mut sums: Vec<Vec<u8>> = vec![Vec::new(); good.len()];
     let tmp_dir = s.root().join("tmp");
     let mut outs = Vec::new();
@@ -415,29 +435,41 @@ fn write_stripe_once(
         outs.push((t, std::io::BufWriter::with_capacity(1 << 20, f), Vec::new()));
     }
     let res = (|| -> Result<Option<Vec<PackId>>> {
-        for row in 0..rows {
-            let mut blocks = Vec::with_capacity(good.len());
-            for (i, (p, size)) in good.iter().enumerate() {
-                let Some(b) = read_block(Some(&files[i]), *size, row) else {
-                    return Ok(Some(vec![*p]));
-                };
-                if !b.is_empty() {
-                    sums[i].extend_from_slice(&parity::block_sum(&b));
-                    hashers[i].update(&b);
+        let (rows_done, names) = std::thread::scope(|sc| {
+            // Each member's whole hash on a second core, while this one
+            // computes the block sums and the parity.
+            let hashing = sc.spawn(|| pack_names(&files, good));
+            let rows_done = (|| -> Result<Option<Vec<PackId>>> {
+                for row in 0..rows {
+                    let mut blocks = Vec::with_capacity(good.len());
+                    for (i, (p, size)) in good.iter().enumerate() {
+                        let Some(b) = read_block(Some(&files[i]), *size, row) else {
+                            return Ok(Some(vec![*p]));
+                        };
+                        if !b.is_empty() {
+                            sums[i].extend_from_slice(&parity::block_sum(&b));
+                        }
+                        blocks.push(b);
+                    }
+                    let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
+                    for (j, pb) in parity::encode_row(&refs, m)?.into_iter().enumerate() {
+                        let (t, w, ss) = &mut outs[j];
+                        w.write_all(&pb).at(&*t)?;
+                        ss.extend_from_slice(&parity::block_sum(&pb));
+                    }
                 }
-                blocks.push(b);
-            }
-            let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
-            for (j, pb) in parity::encode_row(&refs, m)?.into_iter().enumerate() {
-                let (t, w, ss) = &mut outs[j];
-                w.write_all(&pb).at(&*t)?;
-                ss.extend_from_slice(&parity::block_sum(&pb));
-            }
+                Ok(None)
+            })();
+            (rows_done, hashing.join())
+        });
+        if let Some(bad) = rows_done? {
+            return Ok(Some(bad));
         }
+        let names = names.map_err(|_| Error::Corrupt("a parity thread panicked".into()))?;
         let wrong: Vec<PackId> = good
             .iter()
-            .zip(&hashers)
-            .filter(|((p, _), h)| PackId(*h.finalize().as_bytes()) != *p)
+            .zip(names)
+            .filter(|((p, _), name)| name.as_ref() != Some(p))
             .map(|((p, _), _)| *p)
             .collect();
         if !wrong.is_empty() {

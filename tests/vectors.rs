@@ -256,7 +256,7 @@ fn blob_inputs() -> Vec<(&'static str, Kind, Vec<u8>, [u8; 24])> {
 fn build_blob() -> Value {
     let m = master();
     let keys = Keys::derive(&m);
-    let mut sealer = Sealer::new(3);
+    let mut sealer = Sealer::new(Settings::default().compression);
     let blobs: Vec<Value> = blob_inputs()
         .into_iter()
         .map(|(name, kind, plain, nonce)| {
@@ -278,7 +278,7 @@ fn build_blob() -> Value {
         })
         .collect();
     json!({
-        "description": "Sealed blobs: nonce || XChaCha20-Poly1305(flag || payload) || tag, zstd level 3. See docs/format.md.",
+        "description": "Sealed blobs: nonce || XChaCha20-Poly1305(flag || payload) || tag, zstd at the default level (1). See docs/format.md.",
         "master_key": hex::encode(m.expose()),
         "encryption_key": hex::encode(keys_enc(&m)),
         "blobs": blobs,
@@ -351,7 +351,7 @@ struct BuiltPack {
 
 fn make_pack(keys: &Keys) -> BuiltPack {
     let mut rng = TestRng::labelled("coffer vectors pack");
-    let mut sealer = Sealer::new(3);
+    let mut sealer = Sealer::new(Settings::default().compression);
     let mut w = PackWriter::new(Vec::new()).unwrap();
     let mut tree = BlobId::default();
     for (kind, plain) in pack_blobs(keys) {
@@ -424,7 +424,7 @@ fn build_pack() -> Value {
         "description": "A complete pack: two data blobs (raw and zstd), a chunk list and a tree. See docs/format.md.",
         "master_key": hex::encode(m.expose()),
         "rng": "BLAKE3 XOF of \"coffer vectors pack\": one 24-byte nonce per blob in pack order, then the header nonce",
-        "compression_level": 3,
+        "compression_level": Settings::default().compression,
         "blobs": blobs,
         "name": p.name.to_hex(),
         "size": p.bytes.len(),

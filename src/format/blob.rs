@@ -67,6 +67,63 @@ impl Sealer {
     }
 }
 
+/// Largest buffer a [`Verifier`] keeps between blobs.
+const VERIFIER_KEEP_BYTES: usize = 2 << 20;
+
+/// Checks freshly sealed blobs before they are written: opens each one and
+/// compares what comes out with the plaintext the writer holds. Keeps its
+/// buffers (up to 2 MiB each), so checking an ordinary blob allocates nothing.
+#[derive(Default)]
+pub struct Verifier {
+    inner: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl Verifier {
+    /// A verifier with empty buffers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether `sealed` opens under `id` as `kind` to exactly `plain`.
+    ///
+    /// The same steps as [`open`] (authenticate and decrypt, decode the flag,
+    /// decompress under the size cap), except the last: instead of hashing
+    /// the result to compare it with `id`, it compares it byte for byte with
+    /// `plain`, which is at least as strict when `id` was computed from
+    /// `plain`, as a writer does.
+    pub fn verify(
+        &mut self,
+        keys: &Keys,
+        kind: Kind,
+        id: &BlobId,
+        sealed: &[u8],
+        plain: &[u8],
+    ) -> bool {
+        if keys
+            .open_into(kind, id.as_bytes(), sealed, &mut self.inner)
+            .is_err()
+        {
+            return false;
+        }
+        let ok = match self.inner.split_first() {
+            Some((&FLAG_RAW, rest)) => rest == plain,
+            Some((&FLAG_ZSTD, rest)) => {
+                decompress_into(rest, &mut self.plain).is_ok() && self.plain == plain
+            }
+            _ => false,
+        };
+        // Keep buffers of ordinary blobs only: one that once held a rare
+        // large blob would hold its pages for the rest of the run.
+        for b in [&mut self.inner, &mut self.plain] {
+            if b.capacity() > VERIFIER_KEEP_BYTES {
+                *b = Vec::new();
+            }
+        }
+        ok
+    }
+}
+
 /// Opens a sealed blob stored under `id` as `kind`, decompresses it and, for
 /// content-addressed kinds, recomputes the keyed id and compares it.
 pub fn open(keys: &Keys, kind: Kind, id: &BlobId, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
@@ -100,6 +157,13 @@ thread_local! {
 /// Decompresses one zstd frame whose declared size must be within
 /// [`MAX_BLOB_BYTES`]: no decompression bombs.
 pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let mut out = Vec::new();
+    decompress_into(frame, &mut out)?;
+    Ok(out)
+}
+
+/// Like [`decompress`], into `out` (replacing what it held).
+pub fn decompress_into(frame: &[u8], out: &mut Vec<u8>) -> Result<(), FormatError> {
     let size = match zstd::zstd_safe::get_frame_content_size(frame) {
         Ok(Some(n)) => n,
         _ => {
@@ -116,17 +180,18 @@ pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, FormatError> {
             max: MAX_BLOB_BYTES as u64,
         });
     }
-    let mut out = Vec::with_capacity(size as usize);
+    out.clear();
+    out.reserve(size as usize);
     let n = DECOMPRESSOR
         .with(|d| match d.borrow_mut().as_mut() {
-            Some(d) => d.decompress_to_buffer(frame, &mut out),
+            Some(d) => d.decompress_to_buffer(frame, out),
             None => Err(std::io::Error::other("no zstd context")),
         })
         .map_err(|e| FormatError::invalid("blob", format!("zstd: {e}")))?;
     if n as u64 != size {
         return Err(FormatError::invalid("blob", "zstd frame size mismatch"));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -173,6 +238,29 @@ mod tests {
             open(&k, Kind::Data, &liar, &sealed),
             Err(FormatError::IdMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn verifier_accepts_only_the_right_plaintext() {
+        let k = keys();
+        let mut s = Sealer::new(1);
+        let mut v = Verifier::new();
+        for plain in [b"abc".repeat(10000), b"short".to_vec()] {
+            let id = k.blob_id(&plain);
+            let out = s.seal(&k, Kind::Data, &id, &plain, &mut OsRng);
+            assert!(v.verify(&k, Kind::Data, &id, &out, &plain));
+            // another plaintext, kind or id, or a flipped bit: refused
+            let mut other = plain.clone();
+            other[0] ^= 1;
+            assert!(!v.verify(&k, Kind::Data, &id, &out, &other));
+            assert!(!v.verify(&k, Kind::Data, &id, &out, &plain[1..]));
+            assert!(!v.verify(&k, Kind::Tree, &id, &out, &plain));
+            assert!(!v.verify(&k, Kind::Data, &k.blob_id(b"x"), &out, &plain));
+            let mut bad = out.clone();
+            bad[30] ^= 1;
+            assert!(!v.verify(&k, Kind::Data, &id, &bad, &plain));
+            assert_eq!(open(&k, Kind::Data, &id, &out).unwrap(), plain);
+        }
     }
 
     #[test]

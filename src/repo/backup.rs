@@ -2,7 +2,7 @@
 //! chunks, hands new chunks to the [`Uploader`], writes trees bottom-up and
 //! commits a snapshot once every pack it references is durable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
@@ -17,6 +17,7 @@ use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use super::readahead::ReadAhead;
 use super::upload::Uploader;
 use super::Repository;
 use crate::cache::{Cache, FileRecord};
@@ -226,6 +227,12 @@ pub fn backup(
         prefetched: HashMap::new(),
         cancel: opts.cancel.clone(),
         progress: opts.progress.clone(),
+        looked_up: HashMap::new(),
+        run_packs: HashMap::new(),
+        known_packs: HashSet::new(),
+        run_files: Vec::new(),
+        ahead: None,
+        read_bytes: 0,
     };
     let mut kinds: Vec<SourceKind> = sources.iter().map(|s| s.kind()).collect();
     kinds.dedup();
@@ -269,7 +276,24 @@ pub fn backup(
     let mut root = if trees.is_empty() {
         Tree::default()
     } else {
-        w.backup_paths(&trees)?
+        let (global, scoped) = (w.excludes.clone(), w.scoped_excludes.clone());
+        let skip = Box::new(move |p: &Path, n: &OsStr| {
+            global.excluded(p, n) || scoped_excluded(&scoped, p, n)
+        });
+        let cache = if opts.files_cache {
+            repo.cache().ok()
+        } else {
+            None
+        };
+        w.ahead = Some(ReadAhead::start(
+            trees.clone(),
+            cache,
+            skip,
+            opts.one_file_system,
+        ));
+        let tree = w.backup_paths(&trees);
+        w.ahead = None;
+        tree?
     };
     for f in files {
         // plan() checked the names; an entry of `/` created since is refused.
@@ -329,6 +353,13 @@ pub fn backup(
         stats,
         warnings,
     })
+}
+
+/// Whether a source's own excludes leave `path` out.
+fn scoped_excluded(scoped: &[(Vec<PathBuf>, Excludes)], path: &Path, name: &OsStr) -> bool {
+    scoped
+        .iter()
+        .any(|(roots, ex)| roots.iter().any(|r| path.starts_with(r)) && ex.excluded(path, name))
 }
 
 /// Checks, before anything is read, what would otherwise fail a long run at
@@ -417,6 +448,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(parent.join(name))
 }
 
+#[derive(Clone)]
 struct Excludes {
     by_path: GlobSet,
     by_name: GlobSet,
@@ -479,7 +511,29 @@ struct Walker {
     prefetched: HashMap<PathBuf, File>,
     cancel: Option<Arc<AtomicBool>>,
     progress: Option<Arc<Progress>>,
+    /// Files-cache records read while prefetching, so each file costs one
+    /// query (`None`: not in the cache).
+    looked_up: HashMap<PathBuf, Option<FileRecord>>,
+    /// Bytes of packs used by files reused from the files cache, not yet
+    /// written to the cache's run tables (batched: one transaction, not one
+    /// per file).
+    run_packs: HashMap<PackId, u64>,
+    /// Packs already found in the cache during this run; cleared when large,
+    /// so it stays bounded.
+    known_packs: HashSet<PackId>,
+    /// Files-cache records of files read in this run, not yet written to
+    /// the cache's run tables (batched like `run_packs`).
+    run_files: Vec<(u64, Vec<u8>, FileRecord)>,
+    /// Warms the page cache ahead of a tree walk.
+    ahead: Option<ReadAhead>,
+    /// Bytes of file content read so far (files the cache reused not counted).
+    read_bytes: u64,
 }
+
+/// Files whose files-cache records are read in one transaction.
+const LOOKUP_BATCH: usize = 256;
+/// Batch size of [`Walker::run_packs`] and bound of [`Walker::known_packs`].
+const PACK_MEMO: usize = 4096;
 
 fn is_zero(data: &[u8]) -> bool {
     // No early exit inside a block, so the loop vectorizes.
@@ -517,10 +571,7 @@ impl Walker {
     }
 
     fn excluded(&self, path: &Path, name: &OsStr) -> bool {
-        self.excludes.excluded(path, name)
-            || self.scoped_excludes.iter().any(|(roots, ex)| {
-                roots.iter().any(|r| path.starts_with(r)) && ex.excluded(path, name)
-            })
+        self.excludes.excluded(path, name) || scoped_excluded(&self.scoped_excludes, path, name)
     }
 
     fn add_blob(&mut self, file: u64, kind: Kind, id: BlobId, data: &[u8]) -> Result<()> {
@@ -537,7 +588,68 @@ impl Walker {
             self.cache.run_refs(&self.refs)?;
             self.refs.clear();
         }
+        self.flush_run_packs()?;
+        self.flush_run_files()
+    }
+
+    fn flush_run_files(&mut self) -> Result<()> {
+        if !self.run_files.is_empty() {
+            self.cache.run_file_batch(
+                self.run_files
+                    .iter()
+                    .map(|(seq, path, rec)| (*seq, path.as_slice(), rec)),
+            )?;
+            self.run_files.clear();
+        }
         Ok(())
+    }
+
+    fn flush_run_packs(&mut self) -> Result<()> {
+        if !self.run_packs.is_empty() {
+            let packs: Vec<(PackId, u64)> = self.run_packs.drain().collect();
+            self.cache.run_pack_batch(&packs)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the files-cache records of a directory's next regular files
+    /// in one go.
+    fn look_up(&mut self, entries: &[(std::ffi::OsString, PathBuf, Metadata)]) -> Result<()> {
+        let files: Vec<&PathBuf> = entries
+            .iter()
+            .filter(|(_, _, m)| m.is_file())
+            .map(|(_, p, _)| p)
+            .collect();
+        let recs = self
+            .cache
+            .files(files.iter().map(|p| p.as_os_str().as_bytes()))?;
+        for (p, rec) in files.into_iter().zip(recs) {
+            self.looked_up.insert(p.clone(), rec);
+        }
+        Ok(())
+    }
+
+    /// The files-cache record of `path`, from the batched lookup when there
+    /// was one.
+    fn file_record(&mut self, path: &Path) -> Result<Option<FileRecord>> {
+        match self.looked_up.remove(path) {
+            Some(rec) => Ok(rec),
+            None => self.cache.file(path.as_os_str().as_bytes()),
+        }
+    }
+
+    fn pack_known(&mut self, p: &PackId) -> Result<bool> {
+        if self.known_packs.contains(p) {
+            return Ok(true);
+        }
+        let known = self.cache.has_pack(p)?;
+        if known {
+            if self.known_packs.len() >= PACK_MEMO {
+                self.known_packs.clear();
+            }
+            self.known_packs.insert(*p);
+        }
+        Ok(known)
     }
 
     fn store_tree(&mut self, tree: &mut Tree) -> Result<BlobId> {
@@ -709,18 +821,14 @@ impl Walker {
 
     /// Reuses a file's content from the files cache when the file is
     /// unchanged and every pack it lives in is still known.
-    fn cached_content(&mut self, key: &[u8], m: &Metadata) -> Result<Option<Content>> {
+    fn cached_content(&mut self, path: &Path, m: &Metadata) -> Result<Option<Content>> {
         if !self.use_files_cache {
             return Ok(None);
         }
-        let Some(rec) = self.cache.file(key)? else {
+        let Some(rec) = self.file_record(path)? else {
             return Ok(None);
         };
-        let same = rec.size == m.len()
-            && rec.mtime_ns == m.mtime() * 1_000_000_000 + m.mtime_nsec()
-            && rec.ctime_ns == m.ctime() * 1_000_000_000 + m.ctime_nsec()
-            && rec.inode == m.ino()
-            && rec.dev == m.dev();
+        let same = rec.matches(m) && rec.dev == m.dev();
         if !same || rec.packs.len() % 40 != 0 {
             return Ok(None);
         }
@@ -735,15 +843,18 @@ impl Walker {
             .collect();
         for (p, _) in &packs {
             // A mostly dead pack: read the file again so its chunks move out.
-            if !self.cache.has_pack(p)? || self.up.sparse.contains(p) {
+            if self.up.sparse.contains(p) || !self.pack_known(p)? {
                 return Ok(None);
             }
         }
         let Ok(content) = cbor_decode::<Content>("files cache", &rec.content) else {
             return Ok(None);
         };
-        for (p, bytes) in &packs {
-            self.cache.run_pack(p, *bytes)?;
+        for (p, bytes) in packs {
+            *self.run_packs.entry(p).or_default() += bytes;
+        }
+        if self.run_packs.len() >= PACK_MEMO {
+            self.flush_run_packs()?;
         }
         Ok(Some(content))
     }
@@ -757,7 +868,7 @@ impl Walker {
             }
         }
         let key = path.as_os_str().as_bytes();
-        let content = if let Some(c) = self.cached_content(key, m)? {
+        let content = if let Some(c) = self.cached_content(path, m)? {
             self.stats.files_unchanged += 1;
             self.stats.bytes += m.len();
             self.note_progress(0, m.len());
@@ -775,6 +886,7 @@ impl Walker {
                 self.read_cdc(&mut f, seq, path)?
             };
             self.stats.bytes += n;
+            self.read_bytes += n;
             node.size = n;
             // A file modified within the last seconds could change again
             // within the same timestamp: do not trust the cache for it.
@@ -789,7 +901,10 @@ impl Walker {
                     content: cbor_encode(&c),
                     packs: Vec::new(),
                 };
-                self.cache.run_file(seq, key, &rec)?;
+                self.run_files.push((seq, key.to_vec(), rec));
+                if self.run_files.len() >= LOOKUP_BATCH {
+                    self.flush_run_files()?;
+                }
             }
             c
         };
@@ -827,7 +942,12 @@ impl Walker {
             Some(NodeKind::File) => {
                 self.stats.files += 1;
                 self.note_progress(1, 0);
-                match self.file_content(path, m, &mut node) {
+                let before = self.read_bytes;
+                let res = self.file_content(path, m, &mut node);
+                if let Some(a) = &self.ahead {
+                    a.progress(self.read_bytes > before, self.read_bytes);
+                }
+                match res {
                     Ok(()) => {}
                     // The file could not be opened or read: leave it out.
                     // Errors of the repository (other paths) stay fatal.
@@ -874,8 +994,13 @@ impl Walker {
             }
         }
         let mut tree = Tree::default();
-        let mut next = 0;
+        let (mut next, mut looked) = (0, 0);
         for i in 0..entries.len() {
+            if self.use_files_cache && looked <= i + PREFETCH_FILES {
+                let end = (looked + LOOKUP_BATCH).min(entries.len());
+                self.look_up(&entries[looked..end])?;
+                looked = end;
+            }
             // Ask the kernel for the next files' first bytes now, so cold
             // reads overlap instead of waiting one after another.
             while next < entries.len() && next <= i + PREFETCH_FILES {
@@ -888,6 +1013,7 @@ impl Walker {
                 tree.nodes.push(n);
             }
             self.prefetched.remove(path);
+            self.looked_up.remove(path);
         }
         Ok(tree)
     }
@@ -915,19 +1041,16 @@ impl Walker {
         Ok(())
     }
 
-    fn cache_would_reuse(&self, path: &Path, m: &Metadata) -> Result<bool> {
+    fn cache_would_reuse(&mut self, path: &Path, m: &Metadata) -> Result<bool> {
         if !self.use_files_cache {
             return Ok(false);
         }
-        Ok(match self.cache.file(path.as_os_str().as_bytes())? {
-            Some(rec) => {
-                rec.size == m.len()
-                    && rec.mtime_ns == m.mtime() * 1_000_000_000 + m.mtime_nsec()
-                    && rec.ctime_ns == m.ctime() * 1_000_000_000 + m.ctime_nsec()
-                    && rec.inode == m.ino()
-            }
-            None => false,
-        })
+        if !self.looked_up.contains_key(path) {
+            let rec = self.cache.file(path.as_os_str().as_bytes())?;
+            self.looked_up.insert(path.to_path_buf(), rec);
+        }
+        let rec = self.looked_up.get(path).and_then(|r| r.as_ref());
+        Ok(rec.is_some_and(|rec| rec.matches(m)))
     }
 
     /// The root tree of the given absolute paths.

@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod check;
 pub mod diff;
+mod readahead;
 pub mod restore;
 mod upload;
 

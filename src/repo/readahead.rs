@@ -1,0 +1,226 @@
+//! Read-ahead for cold trees. Owns one helper thread that walks the same
+//! paths as a backup, in the same order, a bounded distance ahead of it,
+//! and asks the kernel to read the files the backup will have to read
+//! (not those the files cache will reuse). It only warms the page cache:
+//! it hands nothing to the backup, and what it gets wrong costs only I/O.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, Metadata};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::cache::Cache;
+
+/// Bytes of file content advised ahead of what the backup has read.
+const AHEAD_BYTES: u64 = 64 << 20;
+/// Files reached ahead of the backup.
+const AHEAD_FILES: u64 = 1024;
+/// Bytes advised of any one file.
+const FILE_BYTES: u64 = 8 << 20;
+
+/// Where the backup is, shared with the helper.
+#[derive(Default)]
+struct Shared {
+    stop: AtomicBool,
+    /// Bytes of file content the backup has read.
+    bytes: AtomicU64,
+    /// Files the backup has reached.
+    files: AtomicU64,
+    /// Of those, files it had to read (the files cache did not reuse them).
+    read: AtomicU64,
+}
+
+/// What the helper must skip, as the backup would.
+pub(crate) type Skip = Box<dyn Fn(&Path, &OsStr) -> bool + Send>;
+
+/// A running helper; stopped and joined on drop.
+pub(crate) struct ReadAhead {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ReadAhead {
+    /// Starts walking `roots` (sorted as the backup walks them). `cache`
+    /// is a connection of the helper's own, to leave reused files alone.
+    pub fn start(
+        mut roots: Vec<PathBuf>,
+        cache: Option<Cache>,
+        skip: Skip,
+        one_file_system: bool,
+    ) -> ReadAhead {
+        roots.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+        let shared = Arc::new(Shared::default());
+        let mut h = Helper {
+            shared: shared.clone(),
+            cache,
+            skip,
+            one_file_system,
+            dev: 0,
+            bytes: 0,
+            files: 0,
+        };
+        let thread = std::thread::spawn(move || {
+            for root in roots {
+                if let Ok(m) = fs::symlink_metadata(&root) {
+                    h.dev = m.dev();
+                    h.entry(&root, &m);
+                }
+            }
+        });
+        ReadAhead {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// The backup has reached one more file, `read` it or not, and read
+    /// `bytes` in all.
+    pub fn progress(&self, read: bool, bytes: u64) {
+        self.shared.files.fetch_add(1, Ordering::Relaxed);
+        self.shared.read.fetch_add(read.into(), Ordering::Relaxed);
+        self.shared.bytes.store(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Helper {
+    shared: Arc<Shared>,
+    cache: Option<Cache>,
+    skip: Skip,
+    one_file_system: bool,
+    dev: u64,
+    /// Bytes advised so far.
+    bytes: u64,
+    /// Files reached so far.
+    files: u64,
+}
+
+impl Helper {
+    fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    fn entry(&mut self, path: &Path, m: &Metadata) {
+        if self.stopped() {
+            return;
+        }
+        if m.is_dir() {
+            if !self.one_file_system || m.dev() == self.dev {
+                self.dir(path);
+            }
+        } else if m.is_file() {
+            self.file(path, m);
+        }
+    }
+
+    fn dir(&mut self, dir: &Path) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        let mut names: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let path = dir.join(&name);
+            if (self.skip)(&path, &name) {
+                continue;
+            }
+            if let Ok(m) = fs::symlink_metadata(&path) {
+                self.entry(&path, &m);
+            }
+            if self.stopped() {
+                return;
+            }
+        }
+    }
+
+    /// Waits while the helper is far enough ahead, or while the backup
+    /// mostly reuses files from the files cache (then walking ahead would
+    /// only duplicate its work). Returns false when stopped.
+    fn pace(&self) -> bool {
+        loop {
+            if self.stopped() {
+                return false;
+            }
+            let s = &self.shared;
+            let (files, read) = (
+                s.files.load(Ordering::Relaxed),
+                s.read.load(Ordering::Relaxed),
+            );
+            let busy = self.files > files + AHEAD_FILES
+                || self.bytes > s.bytes.load(Ordering::Relaxed) + AHEAD_BYTES
+                || read * 4 < files;
+            if !busy {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn file(&mut self, path: &Path, m: &Metadata) {
+        self.files += 1;
+        if !self.pace() {
+            return;
+        }
+        // Behind the backup: the backup reads this file itself by now.
+        if self.files <= self.shared.files.load(Ordering::Relaxed) || m.len() == 0 {
+            return;
+        }
+        if self.reused(path, m) {
+            return;
+        }
+        if let Ok(f) = File::open(path) {
+            let len = m.len().min(FILE_BYTES);
+            let _ = nix::fcntl::posix_fadvise(
+                f.as_raw_fd(),
+                0,
+                len as i64,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+            );
+            self.bytes += len;
+        }
+    }
+
+    /// Whether the files cache will reuse the file (then it is not read).
+    fn reused(&mut self, path: &Path, m: &Metadata) -> bool {
+        let Some(cache) = &self.cache else {
+            return false;
+        };
+        matches!(cache.file(path.as_os_str().as_bytes()), Ok(Some(rec)) if rec.matches(m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_ahead_and_stops_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in 0..3 {
+            let sub = dir.path().join(format!("d{d}"));
+            fs::create_dir(&sub).unwrap();
+            for f in 0..5 {
+                fs::write(sub.join(format!("f{f}")), vec![7u8; 4096]).unwrap();
+            }
+        }
+        let skip: Skip = Box::new(|_, name| name == "d1");
+        let ra = ReadAhead::start(vec![dir.path().to_path_buf()], None, skip, true);
+        ra.progress(true, 4096);
+        // Dropping stops and joins the helper, wherever it is.
+        let started = std::time::Instant::now();
+        drop(ra);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
