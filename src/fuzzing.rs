@@ -283,6 +283,21 @@ pub fn text_config(data: &[u8]) {
     }
 }
 
+/// The server's little HTTP: request heads routed for `/metrics` (any bytes
+/// a local client sends) and webhook URLs from the config. A URL that parses
+/// prints to one that parses the same.
+#[cfg(feature = "net")]
+pub fn http(data: &[u8]) {
+    use crate::net::http::{route, HttpUrl};
+    let _ = route(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(u) = HttpUrl::parse(text) {
+            let again = HttpUrl::parse(&u.to_string()).expect("a printed URL parses");
+            assert_eq!(again, u, "URL round trip");
+        }
+    }
+}
+
 /// Wire frames: the frame splitter, then both message decoders. A decoded
 /// message re-encodes to a frame that decodes to the same message.
 pub fn proto_frame(data: &[u8]) {

@@ -370,6 +370,21 @@ fn text_config() {
 }
 
 #[test]
+fn http() {
+    let seeds = vec![
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n".to_vec(),
+        b"http://127.0.0.1:9000/hook".to_vec(),
+        b"http://[::1]/a?b".to_vec(),
+    ];
+    assert_eq!(
+        coffer::net::http::route(&seeds[0]),
+        coffer::net::http::Route::Metrics { body: true }
+    );
+    hammer("http", &seeds, fuzzing::http);
+}
+
+#[test]
 fn proto_frame() {
     use coffer::id::{PackId, SnapshotId};
     use coffer::proto::{ErrorCode, Request, Response};
