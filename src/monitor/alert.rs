@@ -127,18 +127,19 @@ pub fn conditions(figures: &[NamespaceFigures], rules: &AlertRules, now: i64) ->
         let ns = n.namespace.as_str();
         let since = n.last_snapshot.unwrap_or(n.watched_since);
         let age = now - since;
-        if age > rules.stale_after {
+        let stale_after = n.stale_after.unwrap_or(rules.stale_after);
+        if age > stale_after {
             let message = match n.last_snapshot {
                 Some(t) => format!(
                     "namespace {ns}: no snapshot since {} ({} ago; threshold {})",
                     fmt_time(t),
                     span(age),
-                    span(rules.stale_after)
+                    span(stale_after)
                 ),
                 None => format!(
                     "namespace {ns}: no snapshot at all, {} after the server began watching it (threshold {})",
                     span(age),
-                    span(rules.stale_after)
+                    span(stale_after)
                 ),
             };
             out.push(Alert::new(
@@ -149,7 +150,7 @@ pub fn conditions(figures: &[NamespaceFigures], rules: &AlertRules, now: i64) ->
                 json!({
                     "last_snapshot": n.last_snapshot.map(fmt_time),
                     "age_seconds": age,
-                    "stale_after_seconds": rules.stale_after,
+                    "stale_after_seconds": stale_after,
                 }),
             ));
         }
@@ -550,6 +551,27 @@ mod tests {
         assert_eq!(j["namespace"], "old");
         assert_eq!(j["age_seconds"], 27 * 3600);
         assert!(j["time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn a_namespace_may_have_its_own_stale_threshold() {
+        let weekly = NamespaceFigures {
+            last_snapshot: Some(T0 - 3 * 86400),
+            stale_after: Some(8 * 86400),
+            ..ns("weekly")
+        };
+        let nightly = NamespaceFigures {
+            last_snapshot: Some(T0 - 3 * 86400),
+            ..ns("nightly")
+        };
+        let a = conditions(&[weekly.clone(), nightly], &rules(), T0);
+        assert_eq!(kinds(&a), vec![(AlertKind::Stale, "nightly")]);
+        let late = NamespaceFigures {
+            last_snapshot: Some(T0 - 9 * 86400),
+            ..weekly
+        };
+        let a = conditions(&[late], &rules(), T0);
+        assert_eq!(a[0].to_json()["stale_after_seconds"], 8 * 86400);
     }
 
     #[test]

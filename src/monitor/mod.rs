@@ -26,6 +26,8 @@ pub struct NamespaceFigures {
     pub stored_bytes: u64,
     /// Its quota, if it has one.
     pub quota_bytes: Option<u64>,
+    /// Its own stale threshold in seconds, if it has one.
+    pub stale_after: Option<i64>,
     /// Snapshot commits refused or failed since the server started.
     pub failed_commits: u64,
     /// Pack uploads refused or failed since the server started.

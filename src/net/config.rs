@@ -29,6 +29,8 @@ pub struct ClientEntry {
     pub retention_days: Option<u32>,
     /// Most bytes of packs this namespace may hold (default: no limit).
     pub quota_bytes: Option<u64>,
+    /// This namespace's `[alerts] stale_after` (e.g. "8d" for a weekly job).
+    pub stale_after: Option<String>,
 }
 
 /// `coffer serve --config FILE`.
@@ -299,6 +301,8 @@ pub struct Client {
     pub policy: Policy,
     /// Its namespace's quota in bytes.
     pub quota: Option<u64>,
+    /// Its namespace's own stale threshold in seconds (the server's when `None`).
+    pub stale_after: Option<i64>,
 }
 
 /// Whether a namespace name is safe as a directory name.
@@ -392,10 +396,19 @@ impl ServerConfig {
                     c.namespace
                 ))
             })?;
+            let stale_after = c
+                .stale_after
+                .as_deref()
+                .map(|v| duration(&format!("client #{}", i + 1), "stale_after", v))
+                .transpose()?
+                .map(|d| d.as_secs() as i64);
             if let Some(other) = out.iter().find(|o: &&Client| o.namespace == c.namespace) {
-                if other.policy != policy || other.quota != c.quota_bytes {
+                if other.policy != policy
+                    || other.quota != c.quota_bytes
+                    || other.stale_after != stale_after
+                {
                     return Err(Error::Denied(format!(
-                        "client #{}: namespace {} is shared with different retention or quota settings",
+                        "client #{}: namespace {} is shared with different retention, quota or stale_after settings",
                         i + 1,
                         c.namespace
                     )));
@@ -407,6 +420,7 @@ impl ServerConfig {
                 allow_remove_keys: c.allow_remove_keys,
                 policy,
                 quota: c.quota_bytes,
+                stale_after,
             });
         }
         Ok(out)
@@ -418,6 +432,29 @@ mod tests {
     use super::*;
 
     const FP: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+    #[test]
+    fn a_client_stale_after_is_checked_and_must_agree_within_a_namespace() {
+        let fp2 = "0000000000000000000000000000000000000000000000000000000000000002";
+        let c = ServerConfig::parse(&format!(
+            "data = \"/d\"\nidentity = \"/i\"\n[[client]]\nfingerprint = \"{FP}\"\nnamespace = \"w\"\nstale_after = \"8d\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.validated_clients().unwrap()[0].stale_after,
+            Some(8 * 86400)
+        );
+        let e = ServerConfig::parse(&format!(
+            "data = \"/d\"\nidentity = \"/i\"\n[[client]]\nfingerprint = \"{FP}\"\nnamespace = \"w\"\nstale_after = \"weekly\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("stale_after"), "{e}");
+        let e = ServerConfig::parse(&format!(
+            "data = \"/d\"\nidentity = \"/i\"\n[[client]]\nfingerprint = \"{FP}\"\nnamespace = \"w\"\nstale_after = \"8d\"\n[[client]]\nfingerprint = \"{fp2}\"\nnamespace = \"w\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("stale_after"), "{e}");
+    }
 
     #[test]
     fn good_config() {

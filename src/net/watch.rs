@@ -67,6 +67,7 @@ struct Namespace {
     name: String,
     policy: Policy,
     quota: Option<u64>,
+    stale_after: Option<i64>,
 }
 
 /// Failures about one namespace since the server started.
@@ -157,6 +158,7 @@ impl Watch {
                     name: c.namespace,
                     policy: c.policy,
                     quota: c.quota,
+                    stale_after: c.stale_after,
                 });
             }
         }
@@ -318,6 +320,7 @@ impl Watch {
         NamespaceFigures {
             namespace: n.name.clone(),
             quota_bytes: n.quota,
+            stale_after: n.stale_after,
             watched_since: self.watched_since(&n.name),
             ..Default::default()
         }
