@@ -183,6 +183,44 @@ impl LocalStore {
         })
     }
 
+    /// The shard directories under `packs/`, sorted: a pack listing walks
+    /// them in this order with [`LocalStore::shard_packs`], so it holds one
+    /// shard at a time, never the whole repository.
+    pub fn pack_shards(&self) -> Result<Vec<PathBuf>> {
+        let dir = self.root.join("packs");
+        let mut subs: Vec<_> = fs::read_dir(&dir)
+            .at(&dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
+        subs.sort();
+        Ok(subs)
+    }
+
+    /// The packs of one shard of [`LocalStore::pack_shards`], sorted by name,
+    /// with their sizes. A pack removed while the shard is read is left out.
+    pub fn shard_packs(&self, shard: &Path) -> Result<Vec<(PackId, u64)>> {
+        let mut names = Vec::new();
+        for e in fs::read_dir(shard).at(shard)? {
+            let e = e.at(shard)?;
+            let Some(id) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<PackId>().ok())
+            else {
+                continue;
+            };
+            match e.metadata() {
+                Ok(m) => names.push((id, m.len())),
+                // collected by a concurrent prune: not in the listing
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(Error::io(e.path(), err)),
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Uses these retention rules instead of the repository's own.
     pub fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
@@ -775,27 +813,8 @@ impl Store for LocalStore {
     }
 
     fn for_each_pack(&self, f: &mut dyn FnMut(PackId, u64) -> Result<()>) -> Result<()> {
-        let dir = self.root.join("packs");
-        let mut subs: Vec<_> = fs::read_dir(&dir)
-            .at(&dir)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .collect();
-        subs.sort();
-        for sub in subs {
-            let mut names = Vec::new();
-            for e in fs::read_dir(&sub).at(&sub)? {
-                let e = e.at(&sub)?;
-                if let Some(id) = e
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<PackId>().ok())
-                {
-                    names.push((id, e.metadata().at(e.path())?.len()));
-                }
-            }
-            names.sort();
-            for (id, len) in names {
+        for shard in self.pack_shards()? {
+            for (id, len) in self.shard_packs(&shard)? {
                 f(id, len)?;
             }
         }

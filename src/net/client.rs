@@ -161,16 +161,32 @@ impl RemoteStore {
     /// One request: sends the frame and `body`, returns the answer and the
     /// bytes that follow it (at most `max_body`).
     fn call(&self, req: &Request, body: &[u8], max_body: u64) -> Result<(Response, Vec<u8>)> {
-        let mut all = self.call_many(req, body, max_body)?;
-        Ok(all.remove(0))
+        let mut recv = self.open(req, body)?;
+        self.answer(&mut recv, max_body)
     }
 
-    fn call_many(
-        &self,
-        req: &Request,
-        body: &[u8],
-        max_body: u64,
-    ) -> Result<Vec<(Response, Vec<u8>)>> {
+    /// A listing: calls `f` with each batch frame as it arrives, until
+    /// `End`. Holds one batch at a time, and `f` runs outside the runtime,
+    /// so it may make requests of its own meanwhile. An `Error` after some
+    /// batches fails the listing: what `f` saw was not all. Dropping the
+    /// stream when `f` fails stops the server's walk.
+    fn call_list(&self, req: &Request, f: &mut dyn FnMut(Response) -> Result<()>) -> Result<()> {
+        let mut recv = self.open(req, &[])?;
+        loop {
+            match self.answer(&mut recv, 0)? {
+                (Response::End, _) => return Ok(()),
+                (r, _) => f(r)?,
+            }
+        }
+    }
+
+    fn unexpected(&self, r: Response) -> Error {
+        net_err(&self.url, format!("unexpected answer {r:?}"))
+    }
+
+    /// Opens a stream and sends the request frame and `body`; returns the
+    /// stream to read the answer from.
+    fn open(&self, req: &Request, body: &[u8]) -> Result<RecvStream> {
         let url = &self.url;
         self.rt.block_on(async {
             let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| net_err(url, e))?;
@@ -191,31 +207,27 @@ impl RemoteStore {
                     _ => Err(e),
                 };
             }
-            let mut out = Vec::new();
-            loop {
-                let r = read_frame(&mut recv).await.map_err(|e| net_err(url, e))?;
-                match r {
-                    Response::Error { code, message } => return Err(from_code(code, message)),
-                    Response::Bytes { len } => {
-                        if len > max_body {
-                            return Err(net_err(
-                                url,
-                                format!("answer of {len} bytes is larger than expected"),
-                            ));
-                        }
-                        let mut b = vec![0u8; len as usize];
-                        recv.read_exact(&mut b).await.map_err(|e| net_err(url, e))?;
-                        out.push((r, b));
-                        return Ok(out);
-                    }
-                    Response::Packs { .. } | Response::Snapshots { .. } => {
-                        out.push((r, Vec::new()))
-                    }
-                    r => {
-                        out.push((r, Vec::new()));
-                        return Ok(out);
-                    }
+            Ok(recv)
+        })
+    }
+
+    /// Reads the next frame of an answer, and the bytes after a `Bytes`
+    /// frame (at most `max_body`); an `Error` frame is returned as the error.
+    fn answer(&self, recv: &mut RecvStream, max_body: u64) -> Result<(Response, Vec<u8>)> {
+        let url = &self.url;
+        self.rt.block_on(async {
+            match read_frame(recv).await.map_err(|e| net_err(url, e))? {
+                Response::Error { code, message } => Err(from_code(code, message)),
+                Response::Bytes { len } if len > max_body => Err(net_err(
+                    url,
+                    format!("answer of {len} bytes is larger than expected"),
+                )),
+                r @ Response::Bytes { len } => {
+                    let mut b = vec![0u8; len as usize];
+                    recv.read_exact(&mut b).await.map_err(|e| net_err(url, e))?;
+                    Ok((r, b))
                 }
+                r => Ok((r, Vec::new())),
             }
         })
     }
@@ -223,14 +235,14 @@ impl RemoteStore {
     fn bytes(&self, req: &Request, max: u64) -> Result<Vec<u8>> {
         match self.call(req, &[], max)? {
             (Response::Bytes { .. }, b) => Ok(b),
-            (r, _) => Err(net_err(&self.url, format!("unexpected answer {r:?}"))),
+            (r, _) => Err(self.unexpected(r)),
         }
     }
 
     fn ok(&self, req: &Request, body: &[u8]) -> Result<()> {
         match self.call(req, body, 0)? {
             (Response::Ok, _) => Ok(()),
-            (r, _) => Err(net_err(&self.url, format!("unexpected answer {r:?}"))),
+            (r, _) => Err(self.unexpected(r)),
         }
     }
 }
@@ -274,7 +286,7 @@ impl PackUpload for RemoteUpload {
         };
         match self.store.call(&req, &self.buf, 0)? {
             (Response::Stored { created }, _) => Ok(created),
-            (r, _) => Err(net_err(&self.store.url, format!("unexpected answer {r:?}"))),
+            (r, _) => Err(self.store.unexpected(r)),
         }
     }
 }
@@ -299,7 +311,7 @@ impl Store for Remote {
     fn list_keys(&self) -> Result<Vec<String>> {
         match self.0.call(&Request::ListKeys, &[], 0)? {
             (Response::Names { names }, _) => Ok(names),
-            (r, _) => Err(net_err(&self.0.url, format!("unexpected answer {r:?}"))),
+            (r, _) => Err(self.0.unexpected(r)),
         }
     }
     fn read_key(&self, name: &str) -> Result<Vec<u8>> {
@@ -329,7 +341,7 @@ impl Store for Remote {
     fn pack_size(&self, id: &PackId) -> Result<Option<u64>> {
         match self.0.call(&Request::PackSize { id: *id }, &[], 0)? {
             (Response::Size { size }, _) => Ok(size),
-            (r, _) => Err(net_err(&self.0.url, format!("unexpected answer {r:?}"))),
+            (r, _) => Err(self.0.unexpected(r)),
         }
     }
     fn read_pack(&self, id: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -349,14 +361,10 @@ impl Store for Remote {
         Ok(b)
     }
     fn for_each_pack(&self, f: &mut dyn FnMut(PackId, u64) -> Result<()>) -> Result<()> {
-        for (r, _) in self.0.call_many(&Request::ListPacks, &[], 0)? {
-            if let Response::Packs { packs } = r {
-                for (id, size) in packs {
-                    f(id, size)?;
-                }
-            }
-        }
-        Ok(())
+        self.0.call_list(&Request::ListPacks, &mut |r| match r {
+            Response::Packs { packs } => packs.into_iter().try_for_each(|(id, size)| f(id, size)),
+            r => Err(self.0.unexpected(r)),
+        })
     }
     fn write_snapshot(&self, bytes: &[u8]) -> Result<SnapshotId> {
         match self.0.call(
@@ -367,28 +375,31 @@ impl Store for Remote {
             0,
         )? {
             (Response::Committed { id }, _) => Ok(id),
-            (r, _) => Err(net_err(&self.0.url, format!("unexpected answer {r:?}"))),
+            (r, _) => Err(self.0.unexpected(r)),
         }
     }
     fn list_snapshots(&self) -> Result<Vec<SnapshotId>> {
         let mut out = Vec::new();
-        for (r, _) in self.0.call_many(&Request::ListSnapshots, &[], 0)? {
-            if let Response::Snapshots { ids } = r {
-                out.extend(ids);
-            }
-        }
+        self.0
+            .call_list(&Request::ListSnapshots, &mut |r| match r {
+                Response::Snapshots { ids } => {
+                    out.extend(ids);
+                    Ok(())
+                }
+                r => Err(self.0.unexpected(r)),
+            })?;
         Ok(out)
     }
     fn stamp(&self, id: &SnapshotId) -> Result<Stamp> {
         match self.0.call(&Request::Stamp { id: *id }, &[], 0)? {
             (Response::Stamped { stamp }, _) => Ok(stamp),
-            (r, _) => Err(net_err(&self.0.url, format!("unexpected answer {r:?}"))),
+            (r, _) => Err(self.0.unexpected(r)),
         }
     }
     fn repair(&self, id: &PackId) -> Result<bool> {
         match self.0.call(&Request::Repair { id: *id }, &[], 0)? {
             (Response::Repaired { ok }, _) => Ok(ok),
-            (r, _) => Err(net_err(&self.0.url, format!("unexpected answer {r:?}"))),
+            (r, _) => Err(self.0.unexpected(r)),
         }
     }
     fn forget(&self, id: &SnapshotId) -> Result<()> {
@@ -405,7 +416,7 @@ impl Store for Remote {
             0,
         )? {
             (Response::Stamped { stamp }, _) => Ok(stamp),
-            (r, _) => Err(net_err(&self.0.url, format!("unexpected answer {r:?}"))),
+            (r, _) => Err(self.0.unexpected(r)),
         }
     }
     fn read_snapshot(&self, id: &SnapshotId) -> Result<Vec<u8>> {

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use super::config::{Client, ServerConfig};
 use super::{provider, tls_err, transport, Fingerprint, Identity, PinnedClients};
 use crate::error::{Error, ErrorKind, Result};
+use crate::id::SnapshotId;
 use crate::limits::{MAX_PACK_BYTES, MAX_SMALL_FILE_BYTES};
 use crate::proto::{self, ErrorCode, Request, Response, HEAD_LEN, LIST_BATCH, PROTOCOL_VERSION};
 use crate::retention::Policy;
@@ -431,30 +432,105 @@ async fn stream(
         .to_string();
     // Hold this stream's memory reservation until its answer is sent.
     let mut permit = None;
-    let replies = match handle(ctx, req, &mut recv, &mut permit).await {
-        Ok(r) => r,
-        Err(r) => vec![r],
+    let answer = match handle(ctx, req, &mut recv, &mut permit).await {
+        Ok(a) => a,
+        Err(r) => Answer::One(r),
     };
-    for r in &replies {
-        if let Response::Error { code, message } = &r.head {
-            // An existing snapshot or pack is not a failure: nothing was lost.
-            if let (Some(commit), false) = (counted, *code == ErrorCode::Conflict) {
-                ctx.state.watch.failed(&ctx.client.namespace, commit);
+    let r = match answer {
+        Answer::One(r) => r,
+        // Batches as the walk goes; a failure after some of them is
+        // answered with `Error` in place of `End`.
+        Answer::Packs(store) => match send_packs(&mut send, store).await {
+            Ok(()) => Reply::of(Response::End),
+            Err(Sent::Failed(r)) => r,
+            // The client went away (or stopped the stream): nothing to finish.
+            Err(Sent::Gone) => return Ok(()),
+        },
+        Answer::Snapshots(ids) => {
+            for c in ids.chunks(LIST_BATCH) {
+                let batch = Response::Snapshots { ids: c.to_vec() };
+                if write_frame(&mut send, &batch).await.is_err() {
+                    return Ok(());
+                }
             }
-            if matches!(
-                code,
-                ErrorCode::Denied | ErrorCode::Protocol | ErrorCode::TooLarge | ErrorCode::Invalid
-            ) {
-                log(ctx, &name, message);
-            }
+            Reply::of(Response::End)
         }
-        let _ = send.write_all(&r.head.encode()).await;
-        if !r.body.is_empty() {
-            let _ = send.write_all(&r.body).await;
+    };
+    if let Response::Error { code, message } = &r.head {
+        // An existing snapshot or pack is not a failure: nothing was lost.
+        if let (Some(commit), false) = (counted, *code == ErrorCode::Conflict) {
+            ctx.state.watch.failed(&ctx.client.namespace, commit);
         }
+        if matches!(
+            code,
+            ErrorCode::Denied | ErrorCode::Protocol | ErrorCode::TooLarge | ErrorCode::Invalid
+        ) {
+            log(ctx, &name, message);
+        }
+    }
+    let _ = send.write_all(&r.head.encode()).await;
+    if !r.body.is_empty() {
+        let _ = send.write_all(&r.body).await;
     }
     let _ = send.finish();
     Ok(())
+}
+
+/// What `handle` answers: one reply, or a listing sent while it is read.
+enum Answer {
+    /// One frame (and maybe raw bytes after it).
+    One(Reply),
+    /// Every pack of the store, in `Packs` batches, then `End`.
+    Packs(Arc<LocalStore>),
+    /// These snapshots, in `Snapshots` batches, then `End`.
+    Snapshots(Vec<SnapshotId>),
+}
+
+/// Why [`send_packs`] stopped early.
+enum Sent {
+    /// The walk failed: this goes out after the batches already sent.
+    Failed(Reply),
+    /// Writing failed: the peer is gone or stopped reading the stream.
+    Gone,
+}
+
+impl From<Error> for Sent {
+    fn from(e: Error) -> Sent {
+        Sent::Failed(e.into())
+    }
+}
+
+/// Sends the packs of `store` in `Packs` batches of [`LIST_BATCH`] as it
+/// walks the shards, one shard read (on the blocking pool) at a time.
+/// Memory stays at one shard and one batch, whatever the repository holds:
+/// each write waits for QUIC flow control, so a slow client slows the
+/// walk, and waiting holds no thread. The caller sends `End`.
+async fn send_packs(
+    send: &mut SendStream,
+    store: Arc<LocalStore>,
+) -> std::result::Result<(), Sent> {
+    let s = store.clone();
+    let shards = blocking(move || s.pack_shards()).await?;
+    let mut batch = Vec::with_capacity(LIST_BATCH);
+    for shard in shards {
+        let s = store.clone();
+        for p in blocking(move || s.shard_packs(&shard)).await? {
+            batch.push(p);
+            if batch.len() == LIST_BATCH {
+                let packs = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
+                write_frame(send, &Response::Packs { packs }).await?;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        write_frame(send, &Response::Packs { packs: batch }).await?;
+    }
+    Ok(())
+}
+
+/// Writes one frame of a listing; waits while the client's window is full.
+async fn write_frame(send: &mut SendStream, r: &Response) -> std::result::Result<(), Sent> {
+    send.write_all(&r.encode()).await.map_err(|_| Sent::Gone)
 }
 
 async fn handle(
@@ -462,7 +538,7 @@ async fn handle(
     req: Request,
     recv: &mut RecvStream,
     permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
-) -> std::result::Result<Vec<Reply>, Reply> {
+) -> std::result::Result<Answer, Reply> {
     if let Request::Hello { version, namespace } = &req {
         if *version != PROTOCOL_VERSION {
             return Err(Reply::err(
@@ -479,16 +555,16 @@ async fn handle(
             ));
         }
         ctx.hello.store(true, Ordering::SeqCst);
-        return Ok(vec![Reply::of(Response::Hello {
+        return Ok(Answer::One(Reply::of(Response::Hello {
             version: PROTOCOL_VERSION,
             namespace: namespace.clone(),
-        })]);
+        })));
     }
     if !ctx.hello.load(Ordering::SeqCst) {
         return Err(Reply::err(ErrorCode::Protocol, "send Hello first"));
     }
     let store = ctx.state.store(&ctx.client)?;
-    let one = |r: Reply| Ok(vec![r]);
+    let one = |r: Reply| Ok(Answer::One(r));
     match req {
         Request::Hello { .. } => unreachable!("handled above"),
         Request::ReadConfig => one(Reply::bytes(blocking(move || store.read_config()).await?)),
@@ -581,23 +657,7 @@ async fn handle(
                 blocking(move || store.read_pack(&id, offset, len as usize)).await?,
             ))
         }
-        Request::ListPacks => {
-            let packs = blocking(move || {
-                let mut v = Vec::new();
-                store.for_each_pack(&mut |id, size| {
-                    v.push((id, size));
-                    Ok(())
-                })?;
-                Ok(v)
-            })
-            .await?;
-            let mut out: Vec<Reply> = packs
-                .chunks(LIST_BATCH)
-                .map(|c| Reply::of(Response::Packs { packs: c.to_vec() }))
-                .collect();
-            out.push(Reply::of(Response::End));
-            Ok(out)
-        }
+        Request::ListPacks => Ok(Answer::Packs(store)),
         Request::WriteSnapshot { len } => {
             *permit = Some(ctx.reserve(len).await);
             let body = read_body(recv, len, MAX_WIRE_SNAPSHOT_BYTES).await?;
@@ -617,15 +677,10 @@ async fn handle(
             });
             one(Reply::of(Response::Committed { id }))
         }
-        Request::ListSnapshots => {
-            let ids = blocking(move || store.list_snapshots()).await?;
-            let mut out: Vec<Reply> = ids
-                .chunks(LIST_BATCH)
-                .map(|c| Reply::of(Response::Snapshots { ids: c.to_vec() }))
-                .collect();
-            out.push(Reply::of(Response::End));
-            Ok(out)
-        }
+        // Snapshots are few (retention expires them): read whole, then sent.
+        Request::ListSnapshots => Ok(Answer::Snapshots(
+            blocking(move || store.list_snapshots()).await?,
+        )),
         Request::Stamp { id } => one(Reply::of(Response::Stamped {
             stamp: blocking(move || store.stamp(&id)).await?,
         })),

@@ -512,6 +512,83 @@ fn append_only_refusals() {
     assert!(srv.log().contains("refused"), "{}", srv.log());
 }
 
+/// Sizes, not contents, are what a listing reports: sparse files will do.
+fn fake_packs(packs: &Path, n: u64) -> Vec<(PackId, u64)> {
+    let mut v: Vec<(PackId, u64)> = (0..n)
+        .map(|i| (PackId::of(&i.to_le_bytes()), i % 997))
+        .collect();
+    for (id, size) in &v {
+        let hex = id.to_hex();
+        let shard = packs.join(&hex[..2]);
+        fs::create_dir_all(&shard).unwrap();
+        fs::File::create(shard.join(&hex))
+            .unwrap()
+            .set_len(*size)
+            .unwrap();
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn listing_many_packs_streams_in_order_and_fails_whole() {
+    let srv = TestServer::start(1);
+    let packs = srv.namespace_dir("ns-0").join("packs");
+    let want = fake_packs(&packs, 20_000);
+    let store = srv.store(0, "ns-0").unwrap();
+    let list = |got: &mut Vec<(PackId, u64)>| {
+        store.for_each_pack(&mut |id, size| {
+            got.push((id, size));
+            Ok(())
+        })
+    };
+    let mut got = Vec::new();
+    list(&mut got).unwrap();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "listing differs from the packs on disk");
+
+    // A client that stops early stops the stream; the connection goes on.
+    let mut n = 0;
+    let e = store
+        .for_each_pack(&mut |_, _| {
+            n += 1;
+            match n {
+                10 => Err(coffer::Error::Denied("enough".into())),
+                _ => Ok(()),
+            }
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("enough"), "{e}");
+    assert_eq!(store.pack_size(&want[0].0).unwrap(), Some(want[0].1));
+
+    // A shard that cannot be read, three quarters in: the batches before it
+    // arrive, then the error, never a short listing that looks whole.
+    let broken = packs.join("c0");
+    if is_root() {
+        fs::rename(&broken, packs.join("c0.away")).unwrap();
+        std::os::unix::fs::symlink("c0", &broken).unwrap();
+    } else {
+        fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    }
+    let before = want
+        .iter()
+        .filter(|(id, _)| id.to_hex().as_str() < "c0")
+        .count();
+    let mut got = Vec::new();
+    let e = list(&mut got).unwrap_err().to_string();
+    assert!(e.contains("storage error"), "{e}");
+    // whole batches only: the one being filled when the walk failed is not sent
+    let batch = coffer::proto::LIST_BATCH;
+    assert!(before > batch);
+    assert_eq!(got.len(), before / batch * batch);
+    assert!(got[..] == want[..got.len()]);
+    if !is_root() {
+        fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    // the connection still serves
+    assert_eq!(store.list_snapshots().unwrap(), vec![]);
+}
+
 #[test]
 fn malformed_input_closes_only_that_connection() {
     let srv = TestServer::start(1);
