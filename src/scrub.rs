@@ -571,21 +571,22 @@ fn protect_locked(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
 }
 
 /// After packs were deleted on purpose: rewrites the parity of the stripes
-/// that held them, so a scrub never brings a collected pack back.
-pub fn forget_packs(s: &LocalStore, gone: &HashSet<PackId>, cfg: ParityConfig) -> Result<()> {
-    if gone.is_empty() {
-        return Ok(());
-    }
+/// that held them, so a scrub never brings a collected pack back. `gone`
+/// tells whether a pack was deleted; it is asked once per stripe member.
+pub fn forget_packs(
+    s: &LocalStore,
+    gone: &mut dyn FnMut(&PackId) -> Result<bool>,
+    cfg: ParityConfig,
+) -> Result<()> {
     let _g = s.lock_named("parity.lock", true)?;
     for st in load_stripes(s)? {
-        if st.header.members.iter().any(|m| gone.contains(&m.pack)) {
-            let keep: Vec<(PackId, u64)> = st
-                .header
-                .members
-                .iter()
-                .filter(|m| !gone.contains(&m.pack))
-                .map(|m| (m.pack, m.size))
-                .collect();
+        let mut keep = Vec::with_capacity(st.header.members.len());
+        for m in &st.header.members {
+            if !gone(&m.pack)? {
+                keep.push((m.pack, m.size));
+            }
+        }
+        if keep.len() < st.header.members.len() {
             write_stripe(s, st.id, &keep, cfg.m.max(st.header.m as usize))?;
         }
     }
