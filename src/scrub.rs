@@ -520,6 +520,9 @@ pub fn protect(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
     protect_locked(s, cfg)
 }
 
+/// A stripe's members as written: each pack with its size.
+type Members = Vec<(PackId, u64)>;
+
 fn protect_locked(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
     let mut rep = ProtectReport::default();
     let stripes = load_stripes(s)?;
@@ -527,65 +530,70 @@ fn protect_locked(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
         .iter()
         .flat_map(|st| st.header.members.iter().map(|m| m.pack))
         .collect();
-    let mut fresh = Vec::new();
-    s.for_each_pack(&mut |id, size| {
-        if !protected.contains(&id) {
-            fresh.push((id, size));
-        }
-        Ok(())
-    })?;
-    if fresh.is_empty() {
-        return Ok(rep);
-    }
     let mut next_id = stripes.last().map(|st| st.id + 1).unwrap_or(0);
-    let mut open: Option<(u64, Vec<(PackId, u64)>)> = stripes
+    // The stripe being filled: (id, members, whether it gained any). It
+    // starts as the last stripe when that one is not full.
+    let mut open: Option<(u64, Members, bool)> = stripes
         .last()
         .filter(|st| st.header.members.len() < cfg.k && st.header.m as usize == cfg.m)
         .map(|st| {
             (
                 st.id,
                 st.header.members.iter().map(|m| (m.pack, m.size)).collect(),
+                false,
             )
         });
-    let mut fresh = fresh.into_iter().peekable();
-    while fresh.peek().is_some() {
-        let (id, mut members) = open.take().unwrap_or_else(|| {
-            next_id += 1;
-            (next_id - 1, Vec::new())
-        });
-        while members.len() < cfg.k {
-            match fresh.next() {
-                Some(p) => {
-                    members.push(p);
-                    rep.packs_protected += 1;
-                }
-                None => break,
-            }
-        }
-        let bad = write_stripe(s, id, &members, cfg.m)?;
+    drop(stripes);
+    let write = |rep: &mut ProtectReport, id: u64, members: &[(PackId, u64)]| {
+        let bad = write_stripe(s, id, members, cfg.m)?;
         rep.packs_protected -= bad.len() as u64;
         rep.damaged.extend(bad);
         rep.stripes_written += 1;
+        Ok::<_, Error>(())
+    };
+    // Packs in no stripe join the open one as the walk finds them, so only
+    // one stripe's members are held, never the list of every fresh pack.
+    s.for_each_pack(&mut |id, size| {
+        if protected.contains(&id) {
+            return Ok(());
+        }
+        let (sid, members, grew) = open.get_or_insert_with(|| {
+            next_id += 1;
+            (next_id - 1, Vec::new(), false)
+        });
+        members.push((id, size));
+        *grew = true;
+        rep.packs_protected += 1;
+        if members.len() >= cfg.k {
+            let (sid, members) = (*sid, std::mem::take(members));
+            open = None;
+            write(&mut rep, sid, &members)?;
+        }
+        Ok(())
+    })?;
+    if let Some((sid, members, true)) = open {
+        write(&mut rep, sid, &members)?;
     }
     Ok(rep)
 }
 
 /// After packs were deleted on purpose: rewrites the parity of the stripes
-/// that held them, so a scrub never brings a collected pack back.
-pub fn forget_packs(s: &LocalStore, gone: &HashSet<PackId>, cfg: ParityConfig) -> Result<()> {
-    if gone.is_empty() {
-        return Ok(());
-    }
+/// that held them, so a scrub never brings a collected pack back. `gone`
+/// tells whether a pack was deleted; it is asked once per stripe member.
+pub fn forget_packs(
+    s: &LocalStore,
+    gone: &mut dyn FnMut(&PackId) -> Result<bool>,
+    cfg: ParityConfig,
+) -> Result<()> {
     let _g = s.lock_named("parity.lock", true)?;
     for st in load_stripes(s)? {
-        if st.header.members.iter().any(|m| gone.contains(&m.pack)) {
-            let keep: Vec<(PackId, u64)> = st
-                .header
-                .members
-                .iter()
-                .filter(|m| !gone.contains(&m.pack))
-                .map(|m| (m.pack, m.size))
-                .collect();
+        let mut keep = Vec::with_capacity(st.header.members.len());
+        for m in &st.header.members {
+            if !gone(&m.pack)? {
+                keep.push((m.pack, m.size));
+            }
+        }
+        if keep.len() < st.header.members.len() {
             write_stripe(s, st.id, &keep, cfg.m.max(st.header.m as usize))?;
         }
     }

@@ -12,7 +12,7 @@
 //! REPO/tmp/                   uploads in progress (never read)
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -359,12 +359,15 @@ impl LocalStore {
         }
         // Collect under the exclusive lock: no snapshot commits meanwhile, so
         // none can come to reference a pack being deleted.
-        let _guard = self.lock_file(true)?;
-        let mut referenced = std::collections::HashSet::new();
+        let guard = self.lock_file(true)?;
+        // What the remaining snapshots reference goes to disk, one snapshot
+        // at a time, so that memory does not grow with the repository.
+        let tmp = self.root.join("tmp");
+        let mut referenced = PackSet::create(&tmp)?;
         for id in self.list_snapshots()? {
             let bytes = self.read_snapshot(&id)?;
             match snapshot::decode(&bytes) {
-                Ok(f) => referenced.extend(f.packs),
+                Ok(f) => referenced.insert(&f.packs)?,
                 Err(e) => {
                     // Which packs it needs is unknown: collect nothing.
                     rep.refused = Some(format!(
@@ -375,32 +378,49 @@ impl LocalStore {
             }
             rep.snapshots_kept += 1;
         }
-        let mut ages = Vec::new();
-        let mut sizes = HashMap::new();
-        self.for_each_pack(&mut |id, size| {
-            let written = fs::metadata(self.pack_path(&id))
-                .ok()
-                .and_then(|m| mtime_secs(&m))
-                .unwrap_or(now);
-            ages.push(PackAge { id, written });
-            sizes.insert(id, size);
-            Ok(())
-        })?;
-        let doomed = retention::collectable(&ages, &referenced, now, &self.policy);
-        for id in &doomed {
-            let p = self.pack_path(id);
-            fs::remove_file(&p).at(&p)?;
-            // unwrap: a pack path always has a parent
-            fsync_dir(p.parent().expect("pack dir"))?;
-            // unwrap: the lock is never held across a panic
-            self.handles.lock().unwrap().remove(id);
-            rep.packs_removed += 1;
-            rep.bytes_freed += sizes.get(id).copied().unwrap_or(0);
+        // Then the packs, one shard at a time: the rule sees the shard's packs
+        // and which of them are referenced, read back from disk in one range.
+        let mut gone = PackSet::create(&tmp)?;
+        for shard in self.pack_shards()? {
+            let packs = self.shard_packs(&shard)?;
+            let (Some(lo), Some(hi)) = (packs.first(), packs.last()) else {
+                continue;
+            };
+            let in_use = referenced.range(&lo.0, &hi.0)?;
+            let ages: Vec<PackAge> = packs
+                .iter()
+                .map(|(id, _)| PackAge {
+                    id: *id,
+                    written: fs::metadata(self.pack_path(id))
+                        .ok()
+                        .and_then(|m| mtime_secs(&m))
+                        .unwrap_or(now),
+                })
+                .collect();
+            let doomed = retention::collectable(&ages, &in_use, now, &self.policy);
+            for id in &doomed {
+                let p = self.pack_path(id);
+                fs::remove_file(&p).at(&p)?;
+                // unwrap: the lock is never held across a panic
+                self.handles.lock().unwrap().remove(id);
+                rep.packs_removed += 1;
+                // both sorted by name
+                if let Ok(i) = packs.binary_search_by(|(p, _)| p.cmp(id)) {
+                    rep.bytes_freed += packs[i].1;
+                }
+            }
+            if !doomed.is_empty() {
+                fsync_dir(&shard)?;
+                gone.insert(&doomed)?;
+            }
+            rep.packs_kept += (packs.len() - doomed.len()) as u64;
         }
-        rep.packs_kept = (ages.len() - doomed.len()) as u64;
-        drop(_guard);
+        drop(referenced);
+        drop(guard);
         // Parity must forget collected packs, or a scrub would bring them back.
-        crate::scrub::forget_packs(self, &doomed.iter().copied().collect(), self.parity)?;
+        if rep.packs_removed > 0 {
+            crate::scrub::forget_packs(self, &mut |id| gone.contains(id), self.parity)?;
+        }
         Ok(rep)
     }
 
@@ -520,6 +540,97 @@ impl LocalStore {
         h.insert(*id, f.clone());
         Ok(f)
     }
+}
+
+/// A set of pack names in a temporary SQLite database under a store's
+/// `tmp/`, removed when dropped: what a sweep must look up by name without
+/// holding every name of the repository in memory. Its page cache is small
+/// and bounded; the rest stays in the file.
+pub(crate) struct PackSet {
+    conn: rusqlite::Connection,
+    path: PathBuf,
+}
+
+/// The page cache of a [`PackSet`], in KiB.
+const PACK_SET_CACHE_KIB: i64 = 4096;
+
+impl PackSet {
+    /// An empty set in a new file under `tmp_dir`.
+    pub(crate) fn create(tmp_dir: &Path) -> Result<PackSet> {
+        let path = tmp_name(tmp_dir);
+        let conn = rusqlite::Connection::open(&path).map_err(|e| sql_err(&path, e))?;
+        let set = PackSet { conn, path };
+        // Scratch data: no journal, no fsync; a crash leaves a file in tmp/.
+        set.conn
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = OFF;
+                 PRAGMA synchronous = OFF;
+                 PRAGMA locking_mode = EXCLUSIVE;
+                 PRAGMA temp_store = FILE;
+                 PRAGMA cache_size = -{PACK_SET_CACHE_KIB};
+                 CREATE TABLE packs (id BLOB PRIMARY KEY) WITHOUT ROWID;"
+            ))
+            .map_err(|e| sql_err(&set.path, e))?;
+        Ok(set)
+    }
+
+    /// Adds these names, in one transaction.
+    pub(crate) fn insert(&mut self, ids: &[PackId]) -> Result<()> {
+        let path = &self.path;
+        let res = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut st = tx.prepare_cached("INSERT OR IGNORE INTO packs (id) VALUES (?1)")?;
+                for id in ids {
+                    st.execute([&id.as_bytes()[..]])?;
+                }
+            }
+            tx.commit()
+        })();
+        res.map_err(|e| sql_err(path, e))
+    }
+
+    /// Whether the set holds this name.
+    pub(crate) fn contains(&self, id: &PackId) -> Result<bool> {
+        let res = (|| {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT 1 FROM packs WHERE id = ?1")?;
+            st.exists([&id.as_bytes()[..]])
+        })();
+        res.map_err(|e| sql_err(&self.path, e))
+    }
+
+    /// The names of the set from `lo` to `hi`, both included.
+    pub(crate) fn range(&self, lo: &PackId, hi: &PackId) -> Result<HashSet<PackId>> {
+        let res = (|| {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT id FROM packs WHERE id BETWEEN ?1 AND ?2")?;
+            let rows = st.query_map([&lo.as_bytes()[..], &hi.as_bytes()[..]], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })?;
+            let mut out = HashSet::new();
+            for r in rows {
+                // a name always has 32 bytes: only this type writes the table
+                if let Ok(b) = <[u8; 32]>::try_from(r?) {
+                    out.insert(PackId(b));
+                }
+            }
+            Ok(out)
+        })();
+        res.map_err(|e| sql_err(&self.path, e))
+    }
+}
+
+impl Drop for PackSet {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn sql_err(path: &Path, e: rusqlite::Error) -> Error {
+    Error::io(path, io::Error::other(e))
 }
 
 /// The latest time the store at `root` has seen (0: none).
@@ -1089,6 +1200,117 @@ mod tests {
         let b = pack(&s, b"bbbbbb");
         let s2 = s.write_snapshot(&snapshot_file(&[a, b], 2)).unwrap();
         assert_eq!(s.stamp(&s2).unwrap().usage, usage(6, 10));
+    }
+
+    /// Packs in many shards: old and young, referenced and not.
+    fn shard_fixture(
+        s: &LocalStore,
+        t: &Arc<std::sync::atomic::AtomicI64>,
+        t0: i64,
+    ) -> (Vec<PackId>, Vec<PackId>, Vec<PackId>, Vec<PackId>) {
+        let set = |v| t.store(v, std::sync::atomic::Ordering::SeqCst);
+        let (mut old, mut young) = (Vec::new(), Vec::new());
+        set(t0);
+        for i in 0u32..40 {
+            old.push(pack(s, format!("old pack {i}").as_bytes()));
+        }
+        set(t0 + 2 * retention::DAY_SECS);
+        for i in 0u32..40 {
+            young.push(pack(s, format!("young pack {i}").as_bytes()));
+        }
+        let (old_ref, old_free) = (old[..20].to_vec(), old[20..].to_vec());
+        let (young_ref, young_free) = (young[..20].to_vec(), young[20..].to_vec());
+        // two snapshots, overlapping
+        let mut first = old_ref[..12].to_vec();
+        first.extend(&young_ref[..5]);
+        let mut second = old_ref[8..].to_vec();
+        second.extend(&young_ref[5..]);
+        s.write_snapshot(&snapshot_file(&first, 1)).unwrap();
+        s.write_snapshot(&snapshot_file(&second, 2)).unwrap();
+        (old_ref, old_free, young_ref, young_free)
+    }
+
+    #[test]
+    fn prune_collects_shard_by_shard() {
+        let d = tempfile::tempdir().unwrap();
+        let t0 = 1_800_000_000;
+        let t = Arc::new(std::sync::atomic::AtomicI64::new(t0));
+        let s = store_at(&d.path().join("r"), &t)
+            .with_parity(crate::scrub::ParityConfig { k: 4, m: 1 });
+        let (old_ref, old_free, young_ref, young_free) = shard_fixture(&s, &t, t0);
+        let shards = |ids: &[PackId]| {
+            ids.iter()
+                .map(|p| p.as_bytes()[0])
+                .collect::<HashSet<_>>()
+                .len()
+        };
+        assert!(
+            shards(&old_free) > 5 && shards(&old_ref) > 5,
+            "spread over shards"
+        );
+        crate::scrub::protect(&s, s.parity()).unwrap();
+        // past the grace period of the old packs only
+        t.store(
+            t0 + 3 * retention::DAY_SECS,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let rep = s.prune().unwrap();
+        assert_eq!(rep.refused, None);
+        assert_eq!(rep.snapshots_kept, 2);
+        assert_eq!(rep.packs_removed, 20);
+        assert_eq!(rep.packs_kept, 60);
+        let mut expect = 0;
+        for (i, p) in old_free.iter().enumerate() {
+            assert_eq!(s.pack_size(p).unwrap(), None, "old unreferenced {i}");
+            expect += format!("old pack {}", i + 20).len() as u64;
+        }
+        assert_eq!(rep.bytes_freed, expect);
+        for p in old_ref.iter().chain(&young_ref).chain(&young_free) {
+            assert!(s.pack_size(p).unwrap().is_some(), "kept {p}");
+        }
+        // the scratch databases are gone
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+        // parity forgot the collected packs: a scrub does not bring them back
+        crate::scrub::scrub(&s, s.parity(), &Default::default()).unwrap();
+        for p in &old_free {
+            assert_eq!(s.pack_size(p).unwrap(), None, "restored {p}");
+        }
+        // later, the young unreferenced ones go too
+        t.store(
+            t0 + 5 * retention::DAY_SECS,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let rep = s.prune().unwrap();
+        assert_eq!((rep.packs_removed, rep.packs_kept), (20, 40));
+        for p in &young_free {
+            assert_eq!(s.pack_size(p).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn prune_collects_nothing_when_a_snapshot_is_unreadable() {
+        let d = tempfile::tempdir().unwrap();
+        let t0 = 1_800_000_000;
+        let t = Arc::new(std::sync::atomic::AtomicI64::new(t0));
+        let s = store_at(&d.path().join("r"), &t);
+        let (old_ref, old_free, _, _) = shard_fixture(&s, &t, t0);
+        let bad = s.write_snapshot(&snapshot_file(&old_ref[..1], 3)).unwrap();
+        fs::write(s.snapshot_path(&bad), b"garbage").unwrap();
+        t.store(
+            t0 + 10 * retention::DAY_SECS,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let rep = s.prune().unwrap();
+        let why = rep.refused.unwrap();
+        assert!(
+            why.contains("unreadable") && why.contains(&bad.to_hex()),
+            "{why}"
+        );
+        assert_eq!(rep.packs_removed, 0);
+        for p in &old_free {
+            assert!(s.pack_size(p).unwrap().is_some(), "kept {p}");
+        }
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]
