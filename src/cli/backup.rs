@@ -97,12 +97,7 @@ pub(super) fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
         };
         drop(guard);
         if let Err(e) = res {
-            let result = if cancel.load(Ordering::SeqCst) {
-                "interrupted"
-            } else {
-                "failed"
-            };
-            let res = post.run_once(&[("COFFER_RESULT", result)]);
+            let res = post.run_once(&[("COFFER_RESULT", outcome(false, &cancel))]);
             return Err(with_post(
                 e.context("pre hook failed; no backup taken"),
                 res,
@@ -111,11 +106,7 @@ pub(super) fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
     }
     let sources = job.sources.len();
     let res = run_backup(&cli, a, &mut job, cancel.clone());
-    let result = match &res {
-        Ok(_) => "ok",
-        Err(_) if cancel.load(Ordering::SeqCst) => "interrupted",
-        Err(_) => "failed",
-    };
+    let result = outcome(res.is_ok(), &cancel);
     let snap = res.as_ref().map(|d| d.out.id.to_hex()).unwrap_or_default();
     let post_res = post.run_once(&[("COFFER_RESULT", result), ("COFFER_SNAPSHOT", &snap)]);
     let done = match res {
@@ -129,6 +120,15 @@ pub(super) fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
         done.out.id.short()
     ))?;
     reported
+}
+
+/// `COFFER_RESULT` for the post hook.
+fn outcome(ok: bool, cancel: &AtomicBool) -> &'static str {
+    match ok {
+        true => "ok",
+        false if cancel.load(Ordering::SeqCst) => "interrupted",
+        false => "failed",
+    }
 }
 
 /// An error, with the post hook's failure added when it failed too.
@@ -506,8 +506,9 @@ impl RunLock {
         let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(f) => f,
             Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
+                // One line is written; read no more than a line's worth.
                 let mut holder = String::new();
-                let _ = f.read_to_string(&mut holder);
+                let _ = (&mut f).take(4096).read_to_string(&mut holder);
                 let holder = holder.trim();
                 let holder = if holder.is_empty() {
                     "a process that is just starting"

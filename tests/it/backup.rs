@@ -387,11 +387,7 @@ fn backup_creates_a_missing_repository() {
         .args(["backup", src.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Run { out }.ok().out;
     assert!(String::from_utf8_lossy(&out.stdout).contains("snapshot "));
     assert!(repo.join("config").is_file());
 }

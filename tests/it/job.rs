@@ -470,6 +470,32 @@ fn post_hook_runs_on_failure_and_a_failed_pre_skips_the_backup() {
 }
 
 #[test]
+fn a_post_hook_that_fails_after_a_saved_snapshot_fails_the_run_but_keeps_the_summary() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let r = t
+        .run(&[
+            "--json",
+            "backup",
+            src.to_str().unwrap(),
+            "--post",
+            "exit 9",
+        ])
+        .fails();
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr().contains("saved, but the post hook failed"),
+        "{}",
+        r.stderr()
+    );
+    // The summary names the snapshot that exists.
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(t.snapshots()[0]["id"], id.as_str());
+}
+
+#[test]
 fn image_hooks_from_the_command_line_bracket_the_backup() {
     let t = TestRepo::new();
     let log = t.path("hooks.log");

@@ -98,9 +98,5 @@ fn passphrase_from_file() {
         .args(["--repo", t.repo.to_str().unwrap(), "snapshots"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Run { out }.ok();
 }

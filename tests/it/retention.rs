@@ -154,11 +154,7 @@ fn a_backup_running_during_collection_stays_restorable() {
         collected += r[0]["report"]["packs_removed"].as_u64().unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Run { out }.ok();
     assert!(collected > 0, "the old snapshot's packs were not collected");
     at(&t, "+31d", &["prune"]).ok();
     at(&t, "+31d", &["check", "--read-data"]).ok();
@@ -276,11 +272,7 @@ fn the_servers_clock_decides_and_quotas_hold() {
         }
     }
     let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Run { out }.ok();
     let snaps: serde_json::Value = serde_json::from_slice(
         &srv.client(0, &cache)
             .args(["--json", "snapshots"])
@@ -329,11 +321,7 @@ fn the_servers_clock_decides_and_quotas_hold() {
         .arg(srv.dir.path().join("server.toml"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Run { out }.ok().out;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         v[0]["report"]["snapshots_removed"]

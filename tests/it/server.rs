@@ -33,11 +33,7 @@ fn identity(path: &Path) -> String {
         .args(["identity", "new", "--out", path.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Run { out }.ok().out;
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -382,6 +378,49 @@ impl rustls::client::danger::ServerCertVerifier for TestVerifier {
     }
 }
 
+/// A TLS 1.3 QUIC client config for the raw tests: the server pinned by
+/// `pin`, `id` presented as the client certificate when given.
+fn raw_config(pin: Fingerprint, id: Option<Identity>) -> quinn::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(TestVerifier(pin)));
+    let mut tls = match id {
+        Some(id) => tls.with_client_auth_cert(vec![id.cert], id.key).unwrap(),
+        None => tls.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![coffer::proto::ALPN.to_vec()];
+    let qc = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    quinn::ClientConfig::new(Arc::new(qc))
+}
+
+/// Connects to the server on 127.0.0.1:`port` and sends a Hello for ns-0 on
+/// a first stream; returns the endpoint (kept alive), the connection and the
+/// Hello's answer stream.
+async fn raw_hello(
+    port: u16,
+    cfg: quinn::ClientConfig,
+) -> Result<(quinn::Endpoint, quinn::Connection, quinn::RecvStream), String> {
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = ep
+        .connect_with(cfg, ([127, 0, 0, 1], port).into(), "coffer")
+        .unwrap()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut s, r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let hello = coffer::proto::Request::Hello {
+        version: 1,
+        namespace: "ns-0".into(),
+    };
+    s.write_all(&hello.encode())
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = s.finish();
+    Ok((ep, conn, r))
+}
+
 fn connect_without_certificate(port: u16, pin: &str) -> Result<(), String> {
     let pin = Fingerprint::parse(pin).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -389,36 +428,9 @@ fn connect_without_certificate(port: u16, pin: &str) -> Result<(), String> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(TestVerifier(pin)))
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![coffer::proto::ALPN.to_vec()];
-        let qc = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = ep
-            .connect_with(
-                quinn::ClientConfig::new(Arc::new(qc)),
-                ([127, 0, 0, 1], port).into(),
-                "coffer",
-            )
-            .unwrap()
-            .await
-            .map_err(|e| e.to_string())?;
         // Some stacks finish the handshake before the server's verdict
         // arrives: any request must then fail.
-        let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let hello = coffer::proto::Request::Hello {
-            version: 1,
-            namespace: "ns-0".into(),
-        };
-        s.write_all(&hello.encode())
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = s.finish();
+        let (_ep, _conn, mut r) = raw_hello(port, raw_config(pin, None)).await?;
         let mut head = [0u8; 6];
         r.read_exact(&mut head).await.map_err(|e| e.to_string())?;
         Ok(())
@@ -632,35 +644,7 @@ fn raw_request(srv: &TestServer, bytes: &[u8]) -> Result<Vec<u8>, String> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(TestVerifier(pin)))
-            .with_client_auth_cert(vec![id.cert], id.key)
-            .unwrap();
-        tls.alpn_protocols = vec![coffer::proto::ALPN.to_vec()];
-        let qc = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = ep
-            .connect_with(
-                quinn::ClientConfig::new(Arc::new(qc)),
-                ([127, 0, 0, 1], srv.port).into(),
-                "coffer",
-            )
-            .unwrap()
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let hello = coffer::proto::Request::Hello {
-            version: 1,
-            namespace: "ns-0".into(),
-        };
-        s.write_all(&hello.encode())
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = s.finish();
+        let (_ep, conn, mut r) = raw_hello(srv.port, raw_config(pin, Some(id))).await?;
         r.read_to_end(1 << 16).await.map_err(|e| e.to_string())?;
         let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
         s.write_all(bytes).await.map_err(|e| e.to_string())?;
