@@ -188,11 +188,12 @@ impl LocalStore {
     /// shard at a time, never the whole repository.
     pub fn pack_shards(&self) -> Result<Vec<PathBuf>> {
         let dir = self.root.join("packs");
-        let mut subs: Vec<_> = fs::read_dir(&dir)
-            .at(&dir)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .collect();
+        // An entry that cannot be read fails the listing: a shard silently
+        // missing would make prune, parity and clients see a short list.
+        let mut subs = Vec::new();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            subs.push(e.at(&dir)?.path());
+        }
         subs.sort();
         Ok(subs)
     }
@@ -381,46 +382,54 @@ impl LocalStore {
         // Then the packs, one shard at a time: the rule sees the shard's packs
         // and which of them are referenced, read back from disk in one range.
         let mut gone = PackSet::create(&tmp)?;
-        for shard in self.pack_shards()? {
-            let packs = self.shard_packs(&shard)?;
-            let (Some(lo), Some(hi)) = (packs.first(), packs.last()) else {
-                continue;
-            };
-            let in_use = referenced.range(&lo.0, &hi.0)?;
-            let ages: Vec<PackAge> = packs
-                .iter()
-                .map(|(id, _)| PackAge {
-                    id: *id,
-                    written: fs::metadata(self.pack_path(id))
-                        .ok()
-                        .and_then(|m| mtime_secs(&m))
-                        .unwrap_or(now),
-                })
-                .collect();
-            let doomed = retention::collectable(&ages, &in_use, now, &self.policy);
-            for id in &doomed {
-                let p = self.pack_path(id);
-                fs::remove_file(&p).at(&p)?;
-                // unwrap: the lock is never held across a panic
-                self.handles.lock().unwrap().remove(id);
-                rep.packs_removed += 1;
-                // both sorted by name
-                if let Ok(i) = packs.binary_search_by(|(p, _)| p.cmp(id)) {
-                    rep.bytes_freed += packs[i].1;
-                }
-            }
-            if !doomed.is_empty() {
-                fsync_dir(&shard)?;
+        let mut walk = || -> Result<()> {
+            for shard in self.pack_shards()? {
+                let packs = self.shard_packs(&shard)?;
+                let (Some(lo), Some(hi)) = (packs.first(), packs.last()) else {
+                    continue;
+                };
+                let in_use = referenced.range(&lo.0, &hi.0)?;
+                let ages: Vec<PackAge> = packs
+                    .iter()
+                    .map(|(id, _)| PackAge {
+                        id: *id,
+                        written: fs::metadata(self.pack_path(id))
+                            .ok()
+                            .and_then(|m| mtime_secs(&m))
+                            .unwrap_or(now),
+                    })
+                    .collect();
+                let doomed = retention::collectable(&ages, &in_use, now, &self.policy);
+                // Recorded before deleting, so parity forgets whatever was deleted
+                // even if a later step fails.
                 gone.insert(&doomed)?;
+                for id in &doomed {
+                    let p = self.pack_path(id);
+                    fs::remove_file(&p).at(&p)?;
+                    // unwrap: the lock is never held across a panic
+                    self.handles.lock().unwrap().remove(id);
+                    rep.packs_removed += 1;
+                    // both sorted by name
+                    if let Ok(i) = packs.binary_search_by(|(p, _)| p.cmp(id)) {
+                        rep.bytes_freed += packs[i].1;
+                    }
+                }
+                if !doomed.is_empty() {
+                    fsync_dir(&shard)?;
+                }
+                rep.packs_kept += (packs.len() - doomed.len()) as u64;
             }
-            rep.packs_kept += (packs.len() - doomed.len()) as u64;
-        }
+            Ok(())
+        };
+        let walked = walk();
         drop(referenced);
         drop(guard);
-        // Parity must forget collected packs, or a scrub would bring them back.
-        if rep.packs_removed > 0 {
+        // Parity must forget collected packs, or a scrub would bring them
+        // back: also when the walk failed after deleting some.
+        if rep.packs_removed > 0 || walked.is_err() {
             crate::scrub::forget_packs(self, &mut |id| gone.contains(id), self.parity)?;
         }
+        walked?;
         Ok(rep)
     }
 
@@ -1284,6 +1293,37 @@ mod tests {
         assert_eq!((rep.packs_removed, rep.packs_kept), (20, 40));
         for p in &young_free {
             assert_eq!(s.pack_size(p).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn prune_failing_midway_still_makes_parity_forget_what_it_deleted() {
+        let d = tempfile::tempdir().unwrap();
+        let t0 = 1_800_000_000;
+        let t = Arc::new(std::sync::atomic::AtomicI64::new(t0));
+        let s = store_at(&d.path().join("r"), &t)
+            .with_parity(crate::scrub::ParityConfig { k: 4, m: 1 });
+        let (_, old_free, _, _) = shard_fixture(&s, &t, t0);
+        crate::scrub::protect(&s, s.parity()).unwrap();
+        // A shard after every other one that cannot be listed (a symlink
+        // loop fails for root too).
+        let bad = s.root().join("packs").join("zz");
+        std::os::unix::fs::symlink(&bad, &bad).unwrap();
+        t.store(
+            t0 + 3 * retention::DAY_SECS,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        assert!(s.prune().is_err(), "the broken shard must fail the prune");
+        fs::remove_file(&bad).unwrap();
+        let deleted: Vec<_> = old_free
+            .iter()
+            .filter(|p| s.pack_size(p).unwrap().is_none())
+            .collect();
+        assert!(!deleted.is_empty(), "the shards before it were collected");
+        // parity forgot them: a scrub does not bring them back
+        crate::scrub::scrub(&s, s.parity(), &Default::default()).unwrap();
+        for p in deleted {
+            assert_eq!(s.pack_size(p).unwrap(), None, "restored {p}");
         }
     }
 

@@ -67,8 +67,10 @@ impl Sealer {
     }
 }
 
-/// Largest buffer a [`Verifier`] keeps between blobs.
-const VERIFIER_KEEP_BYTES: usize = 2 << 20;
+/// Largest buffer a [`Verifier`] keeps between blobs: a default-size
+/// largest chunk (4 MiB) and its sealing overhead, so chunks of the default
+/// chunker never free and reallocate the buffers.
+const VERIFIER_KEEP_BYTES: usize = (4 << 20) + (64 << 10);
 
 /// Checks freshly sealed blobs before they are written: opens each one and
 /// compares what comes out with the plaintext the writer holds. Keeps its

@@ -54,7 +54,9 @@ impl ReadAhead {
         skip: Skip,
         one_file_system: bool,
     ) -> ReadAhead {
-        roots.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+        // Component by component, as the backup's trie of roots walks them
+        // (`/x/a/c` before `/x/a-b`), so both count the same files.
+        roots.sort();
         let shared = Arc::new(Shared::default());
         let mut h = Helper {
             shared: shared.clone(),

@@ -204,6 +204,12 @@ fn seal_worker(rx: Receiver<Job>, tx: Sender<Sealed>, keys: &Keys, level: i32, e
     // A CSPRNG per thread, seeded from the OS: one getrandom per thread, not per blob.
     let mut rng = StdRng::from_entropy();
     for job in rx {
+        // The id is the caller's to compute once; tests check every caller.
+        debug_assert_eq!(
+            keys.blob_id(&job.data),
+            job.id,
+            "blob id of the wrong bytes"
+        );
         let sealed = sealer.seal(keys, job.kind, &job.id, &job.data, &mut rng);
         // Open every sealed blob once before it is written: catches a
         // compressor or cipher bug before it can reach the repository.
