@@ -107,6 +107,9 @@ pub struct PruneReport {
     pub snapshots_kept: u64,
     /// Packs kept.
     pub packs_kept: u64,
+    /// Files left in `tmp/` by killed writers (older than the grace
+    /// period), removed.
+    pub tmp_removed: u64,
     /// Why nothing was deleted, when nothing could be.
     pub refused: Option<String>,
 }
@@ -430,7 +433,28 @@ impl LocalStore {
             crate::scrub::forget_packs(self, &mut |id| gone.contains(id), self.parity)?;
         }
         walked?;
+        drop(gone);
+        rep.tmp_removed = self.sweep_tmp(now)?;
         Ok(rep)
+    }
+
+    /// Removes what killed writers left in `tmp/`: partial uploads and
+    /// scratch files last written more than the grace period ago, by the
+    /// store's clock. A live upload writes its file as it goes, and one
+    /// idle that long has been given up. Returns how many were removed.
+    fn sweep_tmp(&self, now: i64) -> Result<u64> {
+        let dir = self.root.join("tmp");
+        let mut removed = 0;
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let e = e.at(&dir)?;
+            let Ok(m) = e.metadata() else { continue };
+            let old =
+                mtime_secs(&m).is_some_and(|t| now.saturating_sub(t) >= self.policy.grace_secs);
+            if m.is_file() && old && fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Every snapshot with its stamp, in the order they were committed, for
@@ -1372,5 +1396,32 @@ mod tests {
         .unwrap();
         let e = LocalStore::open_dir(&root).err().unwrap().to_string();
         assert!(e.contains("lock window"), "{e}");
+    }
+
+    #[test]
+    fn prune_sweeps_what_killed_writers_left_in_tmp() {
+        let d = tempfile::tempdir().unwrap();
+        // The real clock: the running upload's file is written now.
+        let t0 = system_clock()();
+        let t = Arc::new(std::sync::atomic::AtomicI64::new(t0));
+        let s = store_at(&d.path().join("r"), &t);
+        let tmp = d.path().join("r").join("tmp");
+        let at = |secs: i64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+        // A partial upload of a killed backup, idle for three days, and one
+        // written to an hour ago (a backup still running).
+        let (stale, live) = (tmp.join("stale.tmp"), tmp.join("live.tmp"));
+        for (p, when) in [(&stale, t0 - 3 * retention::DAY_SECS), (&live, t0 - 3600)] {
+            let f = File::create(p).unwrap();
+            f.set_modified(at(when)).unwrap();
+        }
+        // An upload in progress through the store keeps its file too.
+        let mut u = s.upload_pack().unwrap();
+        u.write_all(b"half a pack").unwrap();
+        let rep = s.prune().unwrap();
+        assert_eq!(rep.tmp_removed, 1);
+        assert!(!stale.exists() && live.exists());
+        let id = PackId::of(b"half a pack");
+        assert!(u.commit(id).unwrap(), "the running upload still commits");
+        assert_eq!(s.pack_size(&id).unwrap(), Some(11));
     }
 }

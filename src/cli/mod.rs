@@ -825,12 +825,16 @@ fn cmd_prune(cli: &Cli, config: Option<&Path>, allow_root: bool) -> Result<()> {
         }
         if !cli.json && !cli.quiet {
             println!(
-                "{name}: {} snapshots expired, {} kept; {} packs ({}) collected, {} kept",
+                "{name}: {} snapshots expired, {} kept; {} packs ({}) collected, {} kept{}",
                 r.snapshots_removed.len(),
                 r.snapshots_kept,
                 r.packs_removed,
                 fmt_bytes(r.bytes_freed),
-                r.packs_kept
+                r.packs_kept,
+                match r.tmp_removed {
+                    0 => String::new(),
+                    n => format!("; {n} stale temporary files removed"),
+                }
             );
         }
     }

@@ -18,7 +18,6 @@ const FLAG_ZSTD: u8 = 1;
 pub struct Sealer {
     compressor: zstd::bulk::Compressor<'static>,
     level: i32,
-    scratch: Vec<u8>,
 }
 
 impl Sealer {
@@ -26,11 +25,7 @@ impl Sealer {
     pub fn new(level: i32) -> Self {
         // unwrap: creating a zstd context only fails on allocation failure
         let compressor = zstd::bulk::Compressor::new(level.max(1)).expect("zstd context");
-        Sealer {
-            compressor,
-            level,
-            scratch: Vec::new(),
-        }
+        Sealer { compressor, level }
     }
 
     /// Seals `plain` under `id`. Compression is kept only when it saves
@@ -43,27 +38,42 @@ impl Sealer {
         plain: &[u8],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(plain.len() + SEAL_OVERHEAD + 1);
+        let bound = zstd::zstd_safe::compress_bound(plain.len()).max(plain.len());
+        let mut out = Vec::with_capacity(NONCE_LEN + 1 + bound + SEAL_OVERHEAD);
         out.resize(NONCE_LEN, 0);
-        let mut compressed = false;
-        if self.level > 0 && plain.len() > 64 {
-            self.scratch.clear();
-            self.scratch
-                .reserve(zstd::zstd_safe::compress_bound(plain.len()));
-            if let Ok(n) = self.compressor.compress_to_buffer(plain, &mut self.scratch) {
-                if n + n / 32 < plain.len() - plain.len() / 32 {
-                    out.push(FLAG_ZSTD);
-                    out.extend_from_slice(&self.scratch[..n]);
-                    compressed = true;
-                }
-            }
-        }
-        if !compressed {
+        out.push(FLAG_ZSTD);
+        // Compressed straight into the output, after the nonce and flag: no
+        // scratch buffer to keep per worker, no copy.
+        if !(self.level > 0 && plain.len() > 64 && self.compress_after(plain, &mut out)) {
+            out.truncate(NONCE_LEN);
             out.push(FLAG_RAW);
             out.extend_from_slice(plain);
         }
         keys.seal_in_place(kind, id.as_bytes(), &mut out, rng);
         out
+    }
+
+    /// Appends one zstd frame of `plain` (content size in its header) to
+    /// `out`, whose spare capacity must hold the compression bound. Whether
+    /// it was written and pays.
+    fn compress_after(&mut self, plain: &[u8], out: &mut Vec<u8>) -> bool {
+        use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective;
+        use zstd::zstd_safe::{InBuffer, OutBuffer, ResetDirective};
+        let start = out.len();
+        let ctx = self.compressor.context_mut();
+        if ctx.reset(ResetDirective::SessionOnly).is_err() {
+            return false;
+        }
+        let mut input = InBuffer::around(plain);
+        let mut output = OutBuffer::around_pos(out, start);
+        // One call with the whole input and End: zstd records the content
+        // size in the frame header, exactly as a one-shot compress does.
+        let done = matches!(
+            ctx.compress_stream2(&mut output, &mut input, ZSTD_EndDirective::ZSTD_e_end),
+            Ok(0)
+        );
+        let n = output.pos() - start;
+        done && input.pos() == plain.len() && n + n / 32 < plain.len() - plain.len() / 32
     }
 }
 
@@ -72,13 +82,27 @@ impl Sealer {
 /// chunker never free and reallocate the buffers.
 const VERIFIER_KEEP_BYTES: usize = (4 << 20) + (64 << 10);
 
+/// Decompressed bytes compared at a time by a [`Verifier`].
+const VERIFY_WINDOW: usize = 128 << 10;
+
 /// Checks freshly sealed blobs before they are written: opens each one and
 /// compares what comes out with the plaintext the writer holds. Keeps its
-/// buffers (up to 2 MiB each), so checking an ordinary blob allocates nothing.
-#[derive(Default)]
+/// buffers, so checking an ordinary blob allocates nothing; decompresses
+/// through a small window rather than into a whole-blob buffer.
 pub struct Verifier {
     inner: Vec<u8>,
-    plain: Vec<u8>,
+    window: Vec<u8>,
+    dctx: Option<zstd::zstd_safe::DCtx<'static>>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            inner: Vec::new(),
+            window: vec![0; VERIFY_WINDOW],
+            dctx: zstd::zstd_safe::DCtx::try_create(),
+        }
+    }
 }
 
 impl Verifier {
@@ -90,10 +114,10 @@ impl Verifier {
     /// Whether `sealed` opens under `id` as `kind` to exactly `plain`.
     ///
     /// The same steps as [`open`] (authenticate and decrypt, decode the flag,
-    /// decompress under the size cap), except the last: instead of hashing
-    /// the result to compare it with `id`, it compares it byte for byte with
-    /// `plain`, which is at least as strict when `id` was computed from
-    /// `plain`, as a writer does.
+    /// decompress one frame whose header declares its size), except the
+    /// last: instead of hashing the result to compare it with `id`, it
+    /// compares it byte for byte with `plain`, which is at least as strict
+    /// when `id` was computed from `plain`, as a writer does.
     pub fn verify(
         &mut self,
         keys: &Keys,
@@ -110,19 +134,54 @@ impl Verifier {
         }
         let ok = match self.inner.split_first() {
             Some((&FLAG_RAW, rest)) => rest == plain,
-            Some((&FLAG_ZSTD, rest)) => {
-                decompress_into(rest, &mut self.plain).is_ok() && self.plain == plain
-            }
+            Some((&FLAG_ZSTD, rest)) => match self.dctx.as_mut() {
+                Some(dctx) => frame_matches(dctx, &mut self.window, rest, plain),
+                None => decompress(rest).is_ok_and(|p| p == plain),
+            },
             _ => false,
         };
         // Keep buffers of ordinary blobs only: one that once held a rare
         // large blob would hold its pages for the rest of the run.
-        for b in [&mut self.inner, &mut self.plain] {
-            if b.capacity() > VERIFIER_KEEP_BYTES {
-                *b = Vec::new();
-            }
+        if self.inner.capacity() > VERIFIER_KEEP_BYTES {
+            self.inner = Vec::new();
         }
         ok
+    }
+}
+
+/// Whether `frame` is one zstd frame, declaring its size, that decompresses
+/// to exactly `plain`; compared a window at a time.
+fn frame_matches(
+    dctx: &mut zstd::zstd_safe::DCtx<'static>,
+    window: &mut [u8],
+    frame: &[u8],
+    plain: &[u8],
+) -> bool {
+    use zstd::zstd_safe::{InBuffer, OutBuffer, ResetDirective};
+    if !matches!(zstd::zstd_safe::get_frame_content_size(frame), Ok(Some(n)) if n == plain.len() as u64)
+        || dctx.reset(ResetDirective::SessionOnly).is_err()
+    {
+        return false;
+    }
+    let mut input = InBuffer::around(frame);
+    let mut pos = 0;
+    loop {
+        let mut output = OutBuffer::around(&mut *window);
+        let Ok(left) = dctx.decompress_stream(&mut output, &mut input) else {
+            return false;
+        };
+        let n = output.pos();
+        if plain.len() - pos < n || window[..n] != plain[pos..pos + n] {
+            return false;
+        }
+        pos += n;
+        if left == 0 {
+            // The frame ended: it must be all of the payload and all of `plain`.
+            return pos == plain.len() && input.pos() == frame.len();
+        }
+        if n == 0 && input.pos() == frame.len() {
+            return false;
+        }
     }
 }
 
@@ -263,6 +322,44 @@ mod tests {
             assert!(!v.verify(&k, Kind::Data, &id, &bad, &plain));
             assert_eq!(open(&k, Kind::Data, &id, &out).unwrap(), plain);
         }
+    }
+
+    #[test]
+    fn frame_check_wants_exactly_one_sized_frame_of_the_plaintext() {
+        let plain = b"some text, some text, some more text ".repeat(20000);
+        let frame = zstd::bulk::compress(&plain, 1).unwrap();
+        let mut d = zstd::zstd_safe::DCtx::create();
+        let mut w = vec![0u8; VERIFY_WINDOW];
+        assert!(frame_matches(&mut d, &mut w, &frame, &plain));
+        // the context is reused across blobs
+        assert!(frame_matches(&mut d, &mut w, &frame, &plain));
+        let mut longer = plain.clone();
+        longer.push(b'x');
+        assert!(!frame_matches(&mut d, &mut w, &frame, &longer));
+        assert!(!frame_matches(&mut d, &mut w, &frame, &plain[1..]));
+        let mut other = plain.clone();
+        other[300_000] ^= 1;
+        assert!(!frame_matches(&mut d, &mut w, &frame, &other));
+        let mut trailing = frame.clone();
+        trailing.push(0);
+        assert!(!frame_matches(&mut d, &mut w, &trailing, &plain));
+        let half = plain.len() / 2;
+        let mut two = zstd::bulk::compress(&plain[..half], 1).unwrap();
+        two.extend(zstd::bulk::compress(&plain[half..], 1).unwrap());
+        assert!(!frame_matches(&mut d, &mut w, &two, &plain));
+        assert!(!frame_matches(
+            &mut d,
+            &mut w,
+            &frame[..frame.len() - 1],
+            &plain
+        ));
+        // a frame that does not declare its size is refused, as open() does
+        let mut no_size = Vec::new();
+        let mut e = zstd::stream::Encoder::new(&mut no_size, 1).unwrap();
+        std::io::Write::write_all(&mut e, &plain).unwrap();
+        e.finish().unwrap();
+        assert!(decompress(&no_size).is_err());
+        assert!(!frame_matches(&mut d, &mut w, &no_size, &plain));
     }
 
     #[test]

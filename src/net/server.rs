@@ -150,6 +150,7 @@ impl State {
                         snapshots_expired = r.snapshots_removed.len(),
                         packs_collected = r.packs_removed,
                         bytes = r.bytes_freed,
+                        tmp_removed = r.tmp_removed,
                         "prune done"
                     ),
                     Some(why) => warn!(namespace = %c.namespace, "prune deleted nothing: {why}"),

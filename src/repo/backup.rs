@@ -751,6 +751,7 @@ impl Walker {
         file: u64,
         src: &Path,
     ) -> Result<(Content, u64)> {
+        use nix::unistd::Whence;
         use std::io::{Seek, SeekFrom};
         use std::os::fd::AsRawFd;
         let mut buf = std::mem::take(&mut self.buf);
@@ -763,38 +764,48 @@ impl Walker {
         };
         let block = self.block as u64;
         let mut pos = 0u64;
+        // Where the data extent being read ends (a hole or the end of the
+        // file), rounded up to a block: reads stop there instead of running
+        // into the hole, so the kernel zero-fills and copies nothing of it.
+        let mut data_end = 0u64;
         let mut cb = ContentBuilder::default();
         let res: Result<()> = (|| loop {
+            let mut want = buf.len();
             if sparse {
-                // Skip holes without reading them: whole blocks of a hole
-                // are zero runs, exactly what reading them would give.
-                let next = match nix::unistd::lseek(
-                    f.as_raw_fd(),
-                    pos as i64,
-                    nix::unistd::Whence::SeekData,
-                ) {
-                    Ok(d) => (d as u64 / block) * block,
-                    Err(nix::errno::Errno::ENXIO) => len,
-                    Err(_) => pos,
-                };
-                if next > pos {
-                    self.push_zeros(&mut cb, next - pos);
-                    pos = next;
+                if pos >= data_end {
+                    // Skip holes without reading them: whole blocks of a
+                    // hole are zero runs, exactly what reading them would give.
+                    let fd = f.as_raw_fd();
+                    let next = match nix::unistd::lseek(fd, pos as i64, Whence::SeekData) {
+                        Ok(d) => (d as u64 / block) * block,
+                        Err(nix::errno::Errno::ENXIO) => len,
+                        Err(_) => pos,
+                    };
+                    if next > pos {
+                        self.push_zeros(&mut cb, next - pos);
+                        pos = next;
+                    }
+                    data_end = match nix::unistd::lseek(fd, pos as i64, Whence::SeekHole) {
+                        Ok(h) if h as u64 > pos => (h as u64).div_ceil(block) * block,
+                        // No answer: read on, and ask again after one buffer.
+                        _ => pos + buf.len() as u64,
+                    };
+                    // lseek moved the file offset: put it where we read.
+                    f.seek(SeekFrom::Start(pos))
+                        .map_err(|e| Error::io(src, e))?;
+                    if pos >= len {
+                        return Ok(());
+                    }
                 }
-                // lseek(SEEK_DATA) moved the file offset: put it where we read.
-                f.seek(SeekFrom::Start(pos))
-                    .map_err(|e| Error::io(src, e))?;
-                if pos >= len {
-                    return Ok(());
-                }
+                want = want.min((data_end - pos).try_into().unwrap_or(usize::MAX));
             }
             self.check_cancel()?;
-            let n = read_full(f, &mut buf).map_err(|e| Error::io(src, e))?;
+            let n = read_full(f, &mut buf[..want]).map_err(|e| Error::io(src, e))?;
             for chunk in buf[..n].chunks(self.block) {
                 self.push_chunk(&mut cb, file, chunk)?;
             }
             pos += n as u64;
-            if n < buf.len() {
+            if n < want {
                 return Ok(());
             }
         })();

@@ -126,6 +126,29 @@ fn prune_expires_snapshots_and_collects_exactly_the_unreferenced_packs() {
 }
 
 #[test]
+fn prune_sweeps_files_killed_writers_left_in_tmp_after_the_grace_period() {
+    if !faketime() {
+        return;
+    }
+    let t = TestRepo::new();
+    let d = data(&t, "a", 3);
+    t.backup(&[d.to_str().unwrap()]);
+    // What a backup killed in the middle of a pack leaves behind.
+    let left = t.repo.join("tmp").join("0123456789abcdef01234567.tmp");
+    fs::write(&left, random_bytes(9, 100_000)).unwrap();
+    for day in ["+0d", "+1d"] {
+        let r = at(&t, day, &["--json", "prune"]).ok().json();
+        assert_eq!(r[0]["report"]["tmp_removed"], 0, "{day}: {r}");
+        assert!(left.exists(), "{day}: removed inside the grace period");
+    }
+    let r = at(&t, "+3d", &["--json", "prune"]).ok().json();
+    assert_eq!(r[0]["report"]["tmp_removed"], 1, "{r}");
+    assert!(!left.exists());
+    assert_eq!(fs::read_dir(t.repo.join("tmp")).unwrap().count(), 0);
+    at(&t, "+3d", &["check", "--read-data"]).ok();
+}
+
+#[test]
 fn a_backup_running_during_collection_stays_restorable() {
     if !faketime() {
         return;
