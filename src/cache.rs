@@ -62,6 +62,9 @@ impl FileRecord {
 /// The cache database of one repository.
 pub struct Cache {
     conn: Connection,
+    /// Whether `run_blobs` holds where each blob of `run_refs` lives, as
+    /// the index says now.
+    run_resolved: std::cell::Cell<bool>,
 }
 
 const SCHEMA: &str = "
@@ -115,12 +118,16 @@ impl Cache {
             "CREATE TEMP TABLE IF NOT EXISTS run_refs (file INTEGER NOT NULL, blob BLOB NOT NULL);
              CREATE INDEX IF NOT EXISTS temp.run_refs_file ON run_refs(file);
              CREATE TEMP TABLE IF NOT EXISTS run_packs (pack BLOB NOT NULL, bytes INTEGER NOT NULL);
+             CREATE TEMP TABLE IF NOT EXISTS run_blobs (blob BLOB PRIMARY KEY, pack BLOB, bytes INTEGER) WITHOUT ROWID;
              CREATE TEMP TABLE IF NOT EXISTS listed (pack BLOB PRIMARY KEY) WITHOUT ROWID;
              CREATE TEMP TABLE IF NOT EXISTS run_files (
                  seq INTEGER PRIMARY KEY, path BLOB NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
                  ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, dev INTEGER NOT NULL, content BLOB NOT NULL);",
         )?;
-        Ok(Cache { conn })
+        Ok(Cache {
+            conn,
+            run_resolved: std::cell::Cell::new(false),
+        })
     }
 
     /// Looks a blob up.
@@ -322,6 +329,7 @@ impl Cache {
     /// file number (0 for trees and lists). Only temporary tables are
     /// written, so no lock on the shared index is taken.
     pub fn run_refs(&mut self, refs: &[(u64, BlobId)]) -> Result<()> {
+        self.run_resolved.set(false);
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare_cached("INSERT INTO run_refs (file, blob) VALUES (?1, ?2)")?;
@@ -356,14 +364,13 @@ impl Cache {
     /// After a committed backup: how much of each pack it used, so the next
     /// backup can stop deduplicating against packs that are mostly dead.
     pub fn run_note_liveness(&mut self) -> Result<()> {
+        self.run_resolve()?;
         let tx = self.conn.transaction()?;
         tx.execute_batch(
             "DELETE FROM pack_live;
              INSERT INTO pack_live (pack, live, size)
              SELECT u.pack, SUM(u.bytes), IFNULL((SELECT size FROM packs WHERE id = u.pack), 0) FROM (
-                 SELECT (SELECT b.pack FROM blobs b WHERE b.id = r.blob ORDER BY b.seq DESC LIMIT 1) AS pack,
-                        (SELECT b.sealed_len FROM blobs b WHERE b.id = r.blob ORDER BY b.seq DESC LIMIT 1) AS bytes
-                 FROM (SELECT DISTINCT blob FROM run_refs) r
+                 SELECT pack, bytes FROM run_blobs
                  UNION ALL SELECT pack, bytes FROM run_packs
              ) u WHERE u.pack IS NOT NULL GROUP BY u.pack;",
         )?;
@@ -374,15 +381,14 @@ impl Cache {
     /// Every pack the running backup references, and the number of
     /// referenced blobs the index does not know (must be zero).
     pub fn run_packs(&self) -> Result<(Vec<PackId>, u64)> {
+        self.run_resolve()?;
         let missing: i64 = self.conn.query_row(
-            "SELECT count(*) FROM run_refs r WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.id = r.blob)",
+            "SELECT count(*) FROM run_blobs WHERE pack IS NULL",
             [],
             |r| r.get(0),
         )?;
         let mut st = self.conn.prepare(
-            "SELECT DISTINCT (SELECT b.pack FROM blobs b WHERE b.id = r.blob ORDER BY b.seq DESC LIMIT 1) AS p
-             FROM (SELECT DISTINCT blob FROM run_refs) r WHERE p IS NOT NULL
-             UNION SELECT pack FROM run_packs",
+            "SELECT pack FROM run_blobs WHERE pack IS NOT NULL UNION SELECT pack FROM run_packs",
         )?;
         let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         let mut out = Vec::new();
@@ -396,8 +402,29 @@ impl Cache {
 
     /// Clears the running backup's bookkeeping.
     pub fn run_reset(&self) -> Result<()> {
-        self.conn
-            .execute_batch("DELETE FROM run_refs; DELETE FROM run_packs; DELETE FROM run_files;")?;
+        self.run_resolved.set(false);
+        self.conn.execute_batch(
+            "DELETE FROM run_refs; DELETE FROM run_packs; DELETE FROM run_files; DELETE FROM run_blobs;",
+        )?;
+        Ok(())
+    }
+
+    /// Looks up, once for the three questions asked of it at the end of a
+    /// backup, the pack and sealed size of every distinct blob it referenced
+    /// (the newest location; no pack when the index does not know it).
+    fn run_resolve(&self) -> Result<()> {
+        if self.run_resolved.get() {
+            return Ok(());
+        }
+        self.conn.execute_batch(
+            "DELETE FROM run_blobs;
+             INSERT INTO run_blobs (blob, pack, bytes)
+             SELECT r.blob,
+                    (SELECT b.pack FROM blobs b WHERE b.id = r.blob ORDER BY b.seq DESC LIMIT 1),
+                    (SELECT b.sealed_len FROM blobs b WHERE b.id = r.blob ORDER BY b.seq DESC LIMIT 1)
+             FROM (SELECT DISTINCT blob FROM run_refs) r;",
+        )?;
+        self.run_resolved.set(true);
         Ok(())
     }
 
@@ -438,6 +465,7 @@ impl Cache {
     /// Moves the running backup's files into the files cache, each with the
     /// packs its content lives in.
     pub fn run_commit_files(&mut self) -> Result<u64> {
+        self.run_resolve()?;
         let mut n = 0;
         let tx = self.conn.transaction()?;
         {
@@ -445,11 +473,9 @@ impl Cache {
                 "SELECT seq, path, size, mtime_ns, ctime_ns, inode, dev, content FROM run_files",
             )?;
             let mut packs = tx.prepare_cached(
-                "SELECT u.pack, SUM(u.bytes) FROM (
-                     SELECT (SELECT b.pack FROM blobs b WHERE b.id = r.blob ORDER BY b.seq DESC LIMIT 1) AS pack,
-                            (SELECT b.sealed_len FROM blobs b WHERE b.id = r.blob ORDER BY b.seq DESC LIMIT 1) AS bytes
-                     FROM (SELECT DISTINCT blob FROM run_refs WHERE file = ?1) r
-                 ) u WHERE u.pack IS NOT NULL GROUP BY u.pack ORDER BY u.pack",
+                "SELECT b.pack, SUM(b.bytes) FROM (SELECT DISTINCT blob FROM run_refs WHERE file = ?1) r
+                 JOIN run_blobs b ON b.blob = r.blob
+                 WHERE b.pack IS NOT NULL GROUP BY b.pack ORDER BY b.pack",
             )?;
             let mut put = tx.prepare_cached(
                 "INSERT OR REPLACE INTO files (path, size, mtime_ns, ctime_ns, inode, dev, content, packs)
@@ -544,5 +570,37 @@ mod tests {
         assert_eq!(c.file(b"/f").unwrap().unwrap().packs, want);
         c.remove_pack(&PackId([2; 32])).unwrap();
         assert!(!c.has_blob(&BlobId([1; 32])).unwrap());
+    }
+
+    #[test]
+    fn run_figures_follow_refs_added_after_a_question() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Cache::open(&d.path().join("c.db")).unwrap();
+        let entry = |id: u8, len: u32| PackEntry {
+            kind: Kind::Data,
+            id: BlobId([id; 32]),
+            offset: 8,
+            sealed_len: len,
+            plain_len: len,
+        };
+        c.add_pack(&PackId([2; 32]), 1000, &[entry(1, 100)])
+            .unwrap();
+        c.run_refs(&[(1, BlobId([1; 32])), (1, BlobId([1; 32]))])
+            .unwrap();
+        assert_eq!(c.run_packs().unwrap(), (vec![PackId([2; 32])], 0));
+        // more refs after the answer, to a blob stored since: counted too
+        c.add_pack(&PackId([3; 32]), 500, &[entry(4, 40)]).unwrap();
+        c.run_refs(&[(1, BlobId([4; 32]))]).unwrap();
+        assert_eq!(
+            c.run_packs().unwrap(),
+            (vec![PackId([2; 32]), PackId([3; 32])], 0)
+        );
+        c.run_note_liveness().unwrap();
+        // a blob referenced twice counts once in its pack's live bytes
+        assert!(c.sparse_packs(0.11).unwrap().contains(&PackId([2; 32])));
+        assert!(!c.sparse_packs(0.09).unwrap().contains(&PackId([2; 32])));
+        // after a reset nothing of the last run is left
+        c.run_reset().unwrap();
+        assert_eq!(c.run_packs().unwrap(), (vec![], 0));
     }
 }
