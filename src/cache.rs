@@ -200,6 +200,19 @@ impl Cache {
         Ok(st.exists([id.as_bytes()])?)
     }
 
+    /// Which of `ids` the index holds, asked in one read transaction.
+    pub fn have_blobs<'a>(&self, ids: impl IntoIterator<Item = &'a BlobId>) -> Result<Vec<bool>> {
+        let tx = self.conn.unchecked_transaction()?;
+        let out = {
+            let mut st = tx.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
+            ids.into_iter()
+                .map(|id| st.exists([id.as_bytes()]))
+                .collect::<rusqlite::Result<Vec<bool>>>()?
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
     /// Whether a pack's header is known.
     pub fn has_pack(&self, id: &PackId) -> Result<bool> {
         let mut st = self
@@ -549,6 +562,11 @@ mod tests {
             (PackId([2; 32]), 8, 100, Kind::Data)
         );
         assert!(c.lookup(&BlobId([3; 32])).unwrap().is_none());
+        assert_eq!(
+            c.have_blobs([&BlobId([3; 32]), &BlobId([1; 32]), &BlobId([1; 32])])
+                .unwrap(),
+            vec![false, true, true]
+        );
         c.run_refs(&[(1, BlobId([1; 32])), (0, BlobId([9; 32]))])
             .unwrap();
         let (packs, missing) = c.run_packs().unwrap();

@@ -660,8 +660,6 @@ impl Walker {
     }
 
     fn push_chunk(&mut self, cb: &mut ContentBuilder, file: u64, data: &[u8]) -> Result<()> {
-        cb.bytes += data.len() as u64;
-        self.note_progress(0, data.len() as u64);
         let r = if is_zero(data) {
             ChunkRef::zeros(data.len() as u64)
         } else {
@@ -672,6 +670,39 @@ impl Walker {
                 len: data.len() as u64,
             }
         };
+        self.push_ref(cb, file, r)
+    }
+
+    /// A buffer of an image's fixed blocks: every block's id first, then
+    /// one batched lookup for the lot.
+    fn push_blocks(&mut self, cb: &mut ContentBuilder, file: u64, data: &[u8]) -> Result<()> {
+        let mut refs = Vec::with_capacity(data.len().div_ceil(self.block));
+        let mut blobs = Vec::with_capacity(refs.capacity());
+        for chunk in data.chunks(self.block) {
+            let len = chunk.len() as u64;
+            if is_zero(chunk) {
+                refs.push(ChunkRef::zeros(len));
+            } else {
+                let id = self.keys.blob_id(chunk);
+                blobs.push((id, chunk));
+                refs.push(ChunkRef { id, len });
+            }
+        }
+        self.up.add_many(&mut self.cache, Kind::Data, &blobs)?;
+        self.refs.extend(blobs.iter().map(|(id, _)| (file, *id)));
+        if self.refs.len() >= 4096 {
+            self.flush_refs()?;
+        }
+        for r in refs {
+            self.push_ref(cb, file, r)?;
+        }
+        Ok(())
+    }
+
+    /// Appends one chunk's reference to a file's content.
+    fn push_ref(&mut self, cb: &mut ContentBuilder, file: u64, r: ChunkRef) -> Result<()> {
+        cb.bytes += r.len;
+        self.note_progress(0, r.len);
         match cb.refs.last_mut() {
             Some(last) if last.is_zero() && r.is_zero() => last.len += r.len,
             _ => cb.refs.push(r),
@@ -801,9 +832,7 @@ impl Walker {
             }
             self.check_cancel()?;
             let n = read_full(f, &mut buf[..want]).map_err(|e| Error::io(src, e))?;
-            for chunk in buf[..n].chunks(self.block) {
-                self.push_chunk(&mut cb, file, chunk)?;
-            }
+            self.push_blocks(&mut cb, file, &buf[..n])?;
             pos += n as u64;
             if n < want {
                 return Ok(());

@@ -169,6 +169,38 @@ impl Uploader {
         {
             return Ok(false);
         }
+        self.queue(kind, id, data)?;
+        Ok(true)
+    }
+
+    /// [`Uploader::add`] for many blobs of one kind, looked up in one read
+    /// transaction of the cache: an image's 32 KiB blocks cost one
+    /// transaction per buffer read, not one (and its locking) per block.
+    pub fn add_many(
+        &mut self,
+        cache: &mut Cache,
+        kind: Kind,
+        blobs: &[(BlobId, &[u8])],
+    ) -> Result<()> {
+        if !self.sparse.is_empty() {
+            for (id, data) in blobs {
+                self.add(cache, kind, *id, data)?;
+            }
+            return Ok(());
+        }
+        self.drain(cache, false)?;
+        let known = cache.have_blobs(blobs.iter().map(|(id, _)| id))?;
+        for ((id, data), known) in blobs.iter().zip(known) {
+            // pending also catches a block repeated within `blobs`
+            if !known && !self.pending.contains(id) {
+                self.queue(kind, *id, data)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a new blob to the workers (in the next batch).
+    fn queue(&mut self, kind: Kind, id: BlobId, data: &[u8]) -> Result<()> {
         self.pending.insert(id);
         self.stats.new_blobs += 1;
         self.stats.new_bytes += data.len() as u64;
@@ -181,7 +213,7 @@ impl Uploader {
         if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_BLOBS {
             self.send_batch()?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Hands the blobs gathered so far to the workers.

@@ -225,6 +225,33 @@ fn image_with_holes_round_trip_sparse() {
 }
 
 #[test]
+fn image_blocks_repeated_within_one_read_are_stored_once() {
+    let t = TestRepo::new();
+    let img = t.path("vm.img");
+    // 96 copies of one 32 KiB block with two other blocks among them, all
+    // within the first read of the image.
+    let same = random_bytes(30, 32 << 10);
+    let mut bytes = Vec::new();
+    for i in 0..96 {
+        match i {
+            7 => bytes.extend(random_bytes(31, 32 << 10)),
+            50 => bytes.extend(random_bytes(32, 32 << 10)),
+            _ => bytes.extend(&same),
+        }
+    }
+    fs::write(&img, &bytes).unwrap();
+    let snap = t.backup(&["--image", img.to_str().unwrap()]);
+    // three data blocks, plus the image's chunk list and the root tree
+    let new = snap["new_bytes"].as_u64().unwrap();
+    assert!((3 * (32 << 10)..4 * (32 << 10)).contains(&new), "{snap}");
+    let target = t.path("out");
+    t.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .ok();
+    assert!(fs::read(target.join("vm.img")).unwrap() == bytes);
+    t.run(&["check", "--read-data"]).ok();
+}
+
+#[test]
 fn second_backup_adds_almost_nothing() {
     let t = TestRepo::new();
     let src = t.path("src");
