@@ -164,6 +164,7 @@ fn from_args(a: &BackupArgs) -> Result<Job> {
             argv: cmd.clone(),
         }]
     } else if a.stdin {
+        coffer::source::widen_pipe(io::stdin());
         vec![BackupSource::Stream {
             name: a.stdin_name.clone().unwrap_or_else(|| "stdin".into()),
             reader: Box::new(io::stdin()),

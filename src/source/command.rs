@@ -71,6 +71,7 @@ impl CommandReader {
             .stdout
             .take()
             .ok_or_else(|| io::Error::other("no pipe"))?;
+        super::widen_pipe(&out);
         running().push(child.id());
         self.child = Some((child, out));
         Ok(())
