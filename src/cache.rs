@@ -132,33 +132,21 @@ impl Cache {
 
     /// Looks a blob up.
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT pack, offset, sealed_len, plain_len, kind FROM blobs WHERE id = ?1
-             ORDER BY seq DESC LIMIT 1",
-        )?;
-        let row = st
-            .query_row([id.as_bytes()], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })
-            .optional()?;
-        Ok(match row {
-            None => None,
-            Some((pack, offset, sealed_len, plain_len, kind)) => Some(BlobLocation {
-                pack: PackId::from_slice(&pack)
-                    .ok_or_else(|| Error::Corrupt("cache: bad pack id".into()))?,
-                offset: offset as u64,
-                sealed_len: sealed_len as u32,
-                plain_len: plain_len as u32,
-                kind: Kind::from_u8(kind as u8)
-                    .ok_or_else(|| Error::Corrupt("cache: bad kind".into()))?,
-            }),
-        })
+        lookup_in(&self.conn, id)
+    }
+
+    /// [`Cache::lookup`] for many blobs, in one read transaction.
+    pub fn lookup_many<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a BlobId>,
+    ) -> Result<Vec<Option<BlobLocation>>> {
+        let tx = self.conn.unchecked_transaction()?;
+        let out = ids
+            .into_iter()
+            .map(|id| lookup_in(&tx, id))
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Every pack known to hold a blob, newest first.
@@ -521,6 +509,36 @@ impl Cache {
     }
 }
 
+fn lookup_in(conn: &rusqlite::Connection, id: &BlobId) -> Result<Option<BlobLocation>> {
+    let mut st = conn.prepare_cached(
+        "SELECT pack, offset, sealed_len, plain_len, kind FROM blobs WHERE id = ?1
+         ORDER BY seq DESC LIMIT 1",
+    )?;
+    let row = st
+        .query_row([id.as_bytes()], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .optional()?;
+    Ok(match row {
+        None => None,
+        Some((pack, offset, sealed_len, plain_len, kind)) => Some(BlobLocation {
+            pack: PackId::from_slice(&pack)
+                .ok_or_else(|| Error::Corrupt("cache: bad pack id".into()))?,
+            offset: offset as u64,
+            sealed_len: sealed_len as u32,
+            plain_len: plain_len as u32,
+            kind: Kind::from_u8(kind as u8)
+                .ok_or_else(|| Error::Corrupt("cache: bad kind".into()))?,
+        }),
+    })
+}
+
 fn file_in(conn: &rusqlite::Connection, path: &[u8]) -> Result<Option<FileRecord>> {
     let mut st = conn.prepare_cached(
         "SELECT size, mtime_ns, ctime_ns, inode, dev, content, packs FROM files WHERE path = ?1",
@@ -567,6 +585,12 @@ mod tests {
                 .unwrap(),
             vec![false, true, true]
         );
+        let many = c.lookup_many([&BlobId([1; 32]), &BlobId([3; 32])]).unwrap();
+        assert_eq!(
+            many[0].as_ref().map(|l| (l.pack, l.offset)),
+            Some((PackId([2; 32]), 8))
+        );
+        assert!(many[1].is_none());
         c.run_refs(&[(1, BlobId([1; 32])), (0, BlobId([9; 32]))])
             .unwrap();
         let (packs, missing) = c.run_packs().unwrap();

@@ -153,6 +153,69 @@ struct Job {
     loc: BlobLocation,
 }
 
+/// Chunks go to the readers in batches of about this many bytes, and are
+/// looked up in the cache this many at a time: an image's 32 KiB blocks
+/// would otherwise cost a thread hand-off and a cache transaction each.
+const BATCH_BYTES: u64 = 1 << 20;
+/// Most chunks in one batch (and in one cache lookup).
+const BATCH_CHUNKS: usize = 64;
+
+/// Jobs not yet handed to the readers; a batch may span several files.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    bytes: u64,
+}
+
+impl Batch {
+    fn push(&mut self, job: Job, to: &Sender<Vec<Job>>) -> Result<()> {
+        self.bytes += job.chunk.len;
+        self.jobs.push(job);
+        if self.bytes >= BATCH_BYTES || self.jobs.len() >= BATCH_CHUNKS {
+            self.send(to)?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, to: &Sender<Vec<Job>>) -> Result<()> {
+        if self.jobs.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        to.send(std::mem::take(&mut self.jobs))
+            .map_err(|_| Error::Corrupt("restore workers stopped".into()))
+    }
+}
+
+/// Looks up `refs` (a file's chunks at their offsets) in one go and queues
+/// a job for each.
+fn queue_chunks(
+    cache: &Cache,
+    task: &Arc<FileTask>,
+    refs: &mut Vec<(u64, ChunkRef)>,
+    batch: &mut Batch,
+    to: &Sender<Vec<Job>>,
+) -> Result<()> {
+    let locs = cache.lookup_many(refs.iter().map(|(_, c)| &c.id))?;
+    for ((offset, chunk), loc) in refs.drain(..).zip(locs) {
+        let loc = loc.ok_or_else(|| {
+            Error::Corrupt(format!(
+                "chunk {} is in no pack of the repository",
+                chunk.id
+            ))
+        })?;
+        task.remaining.fetch_add(1, Ordering::AcqRel);
+        let job = Job {
+            task: task.clone(),
+            offset,
+            chunk,
+            loc,
+        };
+        batch.push(job, to)?;
+    }
+    Ok(())
+}
+
 fn components(p: &str) -> Vec<&str> {
     p.split('/')
         .filter(|c| !c.is_empty() && *c != ".")
@@ -164,7 +227,8 @@ struct Restorer<'a> {
     cache: &'a Cache,
     opts: &'a RestoreOptions,
     include: Vec<Vec<String>>,
-    jobs: Sender<Job>,
+    jobs: Sender<Vec<Job>>,
+    batch: Batch,
     shared: Arc<Shared>,
     stats: RestoreStats,
     hardlinks: HashMap<(u64, u64), PathBuf>,
@@ -189,7 +253,7 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
         .clamp(2, 8)
         // More readers than cores: a remote store's round trips overlap.
         .max(RESTORE_READERS);
-    let (tx, rx) = bounded::<Job>(workers * 4);
+    let (tx, rx) = bounded::<Vec<Job>>(workers * 2);
     let reader = BlobReader {
         store: repo.store().clone(),
         keys: repo.keys().clone(),
@@ -198,7 +262,7 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
     for _ in 0..workers {
         let (rx, reader, shared) = (rx.clone(), reader.clone(), shared.clone());
         handles.push(std::thread::spawn(move || {
-            for job in rx {
+            for job in rx.iter().flatten() {
                 let res = reader
                     .read(&job.loc, Kind::Data, &job.chunk.id)
                     .and_then(|data| {
@@ -230,12 +294,14 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
             .map(|i| components(i).into_iter().map(String::from).collect())
             .collect(),
         jobs: tx,
+        batch: Batch::default(),
         shared: shared.clone(),
         stats: RestoreStats::default(),
         hardlinks: HashMap::new(),
         dirs: Vec::new(),
     };
     let walked = r.restore_tree(&snap.record.tree, &[], &opts.target);
+    let sent = r.batch.send(&r.jobs);
     let Restorer {
         jobs,
         mut stats,
@@ -247,6 +313,7 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
         let _ = h.join();
     }
     walked?;
+    sent?;
     // Directories last, deepest first: writing into them changed their times.
     let mut w = MetaWarnings::default();
     for (path, node) in dirs.iter().rev() {
@@ -393,29 +460,22 @@ impl Restorer<'_> {
             failed: Mutex::new(None),
         });
         let mut offset = 0u64;
-        let jobs = self.jobs.clone();
-        let cache = self.cache;
-        let res = self.repo.for_each_chunk(cache, &node, &mut |chunk| {
-            let at = offset;
-            offset += chunk.len;
-            if chunk.is_zero() {
-                return Ok(());
-            }
-            let loc = cache.lookup(&chunk.id)?.ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "chunk {} is in no pack of the repository",
-                    chunk.id
-                ))
-            })?;
-            task.remaining.fetch_add(1, Ordering::AcqRel);
-            jobs.send(Job {
-                task: task.clone(),
-                offset: at,
-                chunk,
-                loc,
+        let (jobs, cache, batch) = (&self.jobs, self.cache, &mut self.batch);
+        let mut refs = Vec::with_capacity(BATCH_CHUNKS);
+        let res = self
+            .repo
+            .for_each_chunk(cache, &node, &mut |chunk| {
+                let at = offset;
+                offset += chunk.len;
+                if !chunk.is_zero() {
+                    refs.push((at, chunk));
+                }
+                if refs.len() >= BATCH_CHUNKS {
+                    queue_chunks(cache, &task, &mut refs, batch, jobs)?;
+                }
+                Ok(())
             })
-            .map_err(|_| Error::Corrupt("restore workers stopped".into()))
-        });
+            .and_then(|()| queue_chunks(cache, &task, &mut refs, batch, jobs));
         if let Err(e) = res {
             task.fail(e.to_string());
         } else if offset != node.size {
