@@ -345,27 +345,6 @@ fn read_block(f: Option<&File>, size: u64, row: u64) -> Option<Vec<u8>> {
     }
 }
 
-/// BLAKE3 of the first `size` bytes of each member, which is its name
-/// when it is intact; `None` when it cannot be read that far.
-fn pack_names(files: &[File], members: &[(PackId, u64)]) -> Vec<Option<PackId>> {
-    let mut buf = vec![0u8; 1 << 20];
-    files
-        .iter()
-        .zip(members)
-        .map(|(f, (_, size))| {
-            let mut h = blake3::Hasher::new();
-            let mut at = 0u64;
-            while at < *size {
-                let n = (*size - at).min(buf.len() as u64) as usize;
-                f.read_exact_at(&mut buf[..n], at).ok()?;
-                h.update(&buf[..n]);
-                at += n as u64;
-            }
-            Some(PackId(*h.finalize().as_bytes()))
-        })
-        .collect()
-}
-
 /// Computes and writes the parity of a stripe over `members`, replacing
 /// any earlier version. Members that do not hash to their name are left
 /// out and returned.
@@ -421,7 +400,6 @@ fn write_stripe_once(
         .map(|(_, z)| parity::blocks(*z))
         .max()
         .unwrap_or(0);
-    let mut sums: Vec<Vec<u8>> = vec![Vec::new(); good.len()];
     let tmp_dir = s.root().join("tmp");
     let mut outs = Vec::new();
     for _ in 0..m {
@@ -436,9 +414,27 @@ fn write_stripe_once(
     }
     let res = (|| -> Result<Option<Vec<PackId>>> {
         let (rows_done, names) = std::thread::scope(|sc| {
-            // Each member's whole hash on a second core, while this one
-            // computes the block sums and the parity.
-            let hashing = sc.spawn(|| pack_names(&files, good));
+            // The members' block sums and whole hashes on a second core,
+            // from the blocks this one reads for the parity: every byte is
+            // read once.
+            let (tx, rx) = crossbeam_channel::bounded::<Vec<Vec<u8>>>(4);
+            let hashing = sc.spawn(move || {
+                let mut hashers = vec![blake3::Hasher::new(); good.len()];
+                let mut sums: Vec<Vec<u8>> = vec![Vec::new(); good.len()];
+                for row in rx {
+                    for ((h, s), b) in hashers.iter_mut().zip(&mut sums).zip(&row) {
+                        if !b.is_empty() {
+                            s.extend_from_slice(&parity::block_sum(b));
+                            h.update(b);
+                        }
+                    }
+                }
+                let names: Vec<PackId> = hashers
+                    .iter()
+                    .map(|h| PackId(*h.finalize().as_bytes()))
+                    .collect();
+                (names, sums)
+            });
             let rows_done = (|| -> Result<Option<Vec<PackId>>> {
                 for row in 0..rows {
                     let mut blocks = Vec::with_capacity(good.len());
@@ -446,9 +442,6 @@ fn write_stripe_once(
                         let Some(b) = read_block(Some(&files[i]), *size, row) else {
                             return Ok(Some(vec![*p]));
                         };
-                        if !b.is_empty() {
-                            sums[i].extend_from_slice(&parity::block_sum(&b));
-                        }
                         blocks.push(b);
                     }
                     let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
@@ -457,19 +450,24 @@ fn write_stripe_once(
                         w.write_all(&pb).at(&*t)?;
                         ss.extend_from_slice(&parity::block_sum(&pb));
                     }
+                    if tx.send(blocks).is_err() {
+                        break;
+                    }
                 }
                 Ok(None)
             })();
+            drop(tx);
             (rows_done, hashing.join())
         });
         if let Some(bad) = rows_done? {
             return Ok(Some(bad));
         }
-        let names = names.map_err(|_| Error::Corrupt("a parity thread panicked".into()))?;
+        let (names, member_sums) =
+            names.map_err(|_| Error::Corrupt("a parity thread panicked".into()))?;
         let wrong: Vec<PackId> = good
             .iter()
             .zip(names)
-            .filter(|((p, _), name)| name.as_ref() != Some(p))
+            .filter(|((p, _), name)| name != p)
             .map(|((p, _), _)| *p)
             .collect();
         if !wrong.is_empty() {
@@ -477,7 +475,7 @@ fn write_stripe_once(
         }
         let members: Vec<Member> = good
             .iter()
-            .zip(std::mem::take(&mut sums))
+            .zip(member_sums)
             .map(|((p, size), s)| Member {
                 pack: *p,
                 size: *size,

@@ -86,6 +86,36 @@ fn a_clean_repository_scrubs_clean_again_and_again() {
 }
 
 #[test]
+fn a_pack_damaged_before_its_stripe_is_computed_is_left_out_of_it() {
+    let (t, _) = setup();
+    let packs: BTreeSet<PathBuf> = walk(&t.repo.join("packs")).into_iter().collect();
+    // Parity lost, and one pack damaged before it is computed again.
+    for p in walk(&t.repo.join("parity")) {
+        fs::remove_file(p).unwrap();
+    }
+    let bad = packs.iter().nth(3).unwrap().clone();
+    flip(&bad, 7);
+    let tiny = t.path("tiny");
+    fs::create_dir_all(&tiny).unwrap();
+    fs::write(tiny.join("a"), b"one more backup computes the parity").unwrap();
+    t.backup(&[tiny.to_str().unwrap()]);
+    let members: BTreeSet<PathBuf> = stripes(&t).into_values().flat_map(|(m, _)| m).collect();
+    // every other pack (the new one too) is in a stripe; the damaged one is not
+    assert!(!members.contains(&bad));
+    for p in packs.iter().filter(|p| **p != bad) {
+        assert!(members.contains(p), "{} not protected", p.display());
+    }
+    assert_eq!(members.len(), packs.len());
+    // and a scrub names it as beyond repair
+    let run = t.run(&["--json", "scrub"]);
+    assert_eq!(run.code(), 5, "{}", run.stderr());
+    let r = run.json();
+    let bad_id = bad.file_name().unwrap().to_str().unwrap();
+    let listed = r[0]["report"]["unrepairable"].to_string();
+    assert!(listed.contains(bad_id), "{r}");
+}
+
+#[test]
 fn damage_within_the_parity_budget_is_repaired() {
     let (t, src) = setup();
     let st = stripes(&t);
