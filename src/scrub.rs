@@ -285,13 +285,12 @@ fn read_header(path: &std::path::Path) -> Result<StripeHeader> {
     Ok(parity::decode_header(&h, len)?)
 }
 
-/// Reads every stripe's description from its parity files. A stripe is
-/// described by its file with the most members (a stripe only grows until it
-/// is rewritten whole); files that disagree with it count as missing.
-fn load_stripes(s: &LocalStore) -> Result<Vec<Stripe>> {
+/// The parity files in `parity/`, by stripe id in order: names only, so
+/// a walk over the stripes holds one stripe's headers at a time.
+fn stripe_files(s: &LocalStore) -> Result<BTreeMap<u64, Vec<(usize, PathBuf)>>> {
     let dir = parity_dir(s);
     fs::create_dir_all(&dir).at(&dir)?;
-    let mut by_id: BTreeMap<u64, Vec<(usize, PathBuf, Option<StripeHeader>)>> = BTreeMap::new();
+    let mut by_id: BTreeMap<u64, Vec<(usize, PathBuf)>> = BTreeMap::new();
     for e in fs::read_dir(&dir).at(&dir)? {
         let e = e.at(&dir)?;
         let name = e.file_name();
@@ -301,33 +300,63 @@ fn load_stripes(s: &LocalStore) -> Result<Vec<Stripe>> {
         let (Ok(id), Ok(idx)) = (u64::from_str_radix(id, 16), idx.parse::<usize>()) else {
             continue;
         };
-        let h = read_header(&e.path()).ok();
-        by_id.entry(id).or_default().push((idx, e.path(), h));
+        by_id.entry(id).or_default().push((idx, e.path()));
     }
-    let mut out = Vec::new();
-    for (id, files) in by_id {
-        let Some(best) = files
-            .iter()
-            .filter_map(|(_, _, h)| h.as_ref())
-            .max_by_key(|h| h.members.len())
-            .cloned()
-        else {
-            continue;
-        };
-        let mut slots = vec![None; best.m as usize];
-        for (idx, path, h) in files {
-            if let Some(h) = h {
-                if idx < slots.len() && h.members == best.members && h.index as usize == idx {
-                    slots[idx] = Some((path, h.sums));
-                }
+    Ok(by_id)
+}
+
+/// A stripe's description from its parity files: the file with the most
+/// members describes it (a stripe only grows until it is rewritten whole);
+/// files that disagree with it count as missing. `None` when no file of
+/// it can be read.
+fn load_stripe(id: u64, files: Vec<(usize, PathBuf)>) -> Option<Stripe> {
+    let files: Vec<(usize, PathBuf, Option<StripeHeader>)> = files
+        .into_iter()
+        .map(|(idx, path)| {
+            let h = read_header(&path).ok();
+            (idx, path, h)
+        })
+        .collect();
+    let best = files
+        .iter()
+        .filter_map(|(_, _, h)| h.as_ref())
+        .max_by_key(|h| h.members.len())
+        .cloned()?;
+    let mut slots = vec![None; best.m as usize];
+    for (idx, path, h) in files {
+        if let Some(h) = h {
+            if idx < slots.len() && h.members == best.members && h.index as usize == idx {
+                slots[idx] = Some((path, h.sums));
             }
         }
-        out.push(Stripe {
-            id,
-            header: best,
-            files: slots,
-        });
     }
+    Some(Stripe {
+        id,
+        header: best,
+        files: slots,
+    })
+}
+
+/// Calls `f` with every stripe, in id order, one in memory at a time: a
+/// stripe's headers carry the block sums of its members, so holding them
+/// all would grow with the repository (about 0.1 % of its size).
+fn for_each_stripe(s: &LocalStore, f: &mut dyn FnMut(Stripe) -> Result<()>) -> Result<()> {
+    for (id, files) in stripe_files(s)? {
+        if let Some(st) = load_stripe(id, files) {
+            f(st)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every stripe at once, for the scrub, which walks them in a pass it can
+/// resume.
+fn load_stripes(s: &LocalStore) -> Result<Vec<Stripe>> {
+    let mut out = Vec::new();
+    for_each_stripe(s, &mut |st| {
+        out.push(st);
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -523,16 +552,19 @@ type Members = Vec<(PackId, u64)>;
 
 fn protect_locked(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
     let mut rep = ProtectReport::default();
-    let stripes = load_stripes(s)?;
-    let protected: HashSet<PackId> = stripes
-        .iter()
-        .flat_map(|st| st.header.members.iter().map(|m| m.pack))
-        .collect();
-    let mut next_id = stripes.last().map(|st| st.id + 1).unwrap_or(0);
+    // Which packs are in a stripe, and the last stripe: one stripe's
+    // headers in memory at a time.
+    let mut protected: HashSet<PackId> = HashSet::new();
+    let mut last: Option<Stripe> = None;
+    for_each_stripe(s, &mut |st| {
+        protected.extend(st.header.members.iter().map(|m| m.pack));
+        last = Some(st);
+        Ok(())
+    })?;
+    let mut next_id = last.as_ref().map(|st| st.id + 1).unwrap_or(0);
     // The stripe being filled: (id, members, whether it gained any). It
     // starts as the last stripe when that one is not full.
-    let mut open: Option<(u64, Members, bool)> = stripes
-        .last()
+    let mut open: Option<(u64, Members, bool)> = last
         .filter(|st| st.header.members.len() < cfg.k && st.header.m as usize == cfg.m)
         .map(|st| {
             (
@@ -541,7 +573,6 @@ fn protect_locked(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
                 false,
             )
         });
-    drop(stripes);
     let write = |rep: &mut ProtectReport, id: u64, members: &[(PackId, u64)]| {
         let bad = write_stripe(s, id, members, cfg.m)?;
         rep.packs_protected -= bad.len() as u64;
@@ -584,7 +615,7 @@ pub fn forget_packs(
     cfg: ParityConfig,
 ) -> Result<()> {
     let _g = s.lock_named("parity.lock", true)?;
-    for st in load_stripes(s)? {
+    for_each_stripe(s, &mut |st| {
         let mut keep = Vec::with_capacity(st.header.members.len());
         for m in &st.header.members {
             if !gone(&m.pack)? {
@@ -594,8 +625,8 @@ pub fn forget_packs(
         if keep.len() < st.header.members.len() {
             write_stripe(s, st.id, &keep, cfg.m.max(st.header.m as usize))?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 struct Throttle {
@@ -621,10 +652,14 @@ impl Throttle {
 /// damaged. Returns whether the pack is sound now.
 pub fn repair_pack(s: &LocalStore, id: &PackId) -> Result<bool> {
     let _g = s.lock_named("parity.lock", true)?;
-    let Some(st) = load_stripes(s)?
-        .into_iter()
-        .find(|st| st.header.members.iter().any(|m| m.pack == *id))
-    else {
+    let mut found = None;
+    for_each_stripe(s, &mut |st| {
+        if found.is_none() && st.header.members.iter().any(|m| m.pack == *id) {
+            found = Some(st);
+        }
+        Ok(())
+    })?;
+    let Some(st) = found else {
         return Ok(false);
     };
     let mut rep = ScrubReport::default();
