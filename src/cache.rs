@@ -140,11 +140,14 @@ impl Cache {
         &self,
         ids: impl IntoIterator<Item = &'a BlobId>,
     ) -> Result<Vec<Option<BlobLocation>>> {
+        self.in_read_tx(|conn| ids.into_iter().map(|id| lookup_in(conn, id)).collect())
+    }
+
+    /// Runs `f` in one read transaction: a batch of lookups then costs one
+    /// lock of the database, not one each.
+    fn in_read_tx<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let tx = self.conn.unchecked_transaction()?;
-        let out = ids
-            .into_iter()
-            .map(|id| lookup_in(&tx, id))
-            .collect::<Result<Vec<_>>>()?;
+        let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
     }
@@ -180,25 +183,13 @@ impl Cache {
         Ok(out)
     }
 
-    /// Whether a blob is known.
-    pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
-        Ok(st.exists([id.as_bytes()])?)
-    }
-
     /// Which of `ids` the index holds, asked in one read transaction.
     pub fn have_blobs<'a>(&self, ids: impl IntoIterator<Item = &'a BlobId>) -> Result<Vec<bool>> {
-        let tx = self.conn.unchecked_transaction()?;
-        let out = {
-            let mut st = tx.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
-            ids.into_iter()
-                .map(|id| st.exists([id.as_bytes()]))
-                .collect::<rusqlite::Result<Vec<bool>>>()?
-        };
-        tx.commit()?;
-        Ok(out)
+        self.in_read_tx(|conn| {
+            let mut st = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
+            let out = ids.into_iter().map(|id| st.exists([id.as_bytes()]));
+            Ok(out.collect::<rusqlite::Result<Vec<bool>>>()?)
+        })
     }
 
     /// Whether a pack's header is known.
@@ -611,7 +602,7 @@ mod tests {
         want.extend_from_slice(&100u64.to_le_bytes());
         assert_eq!(c.file(b"/f").unwrap().unwrap().packs, want);
         c.remove_pack(&PackId([2; 32])).unwrap();
-        assert!(!c.has_blob(&BlobId([1; 32])).unwrap());
+        assert_eq!(c.have_blobs([&BlobId([1; 32])]).unwrap(), vec![false]);
     }
 
     #[test]

@@ -38,7 +38,7 @@ impl Sealer {
         plain: &[u8],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Vec<u8> {
-        let bound = zstd::zstd_safe::compress_bound(plain.len()).max(plain.len());
+        let bound = zstd::zstd_safe::compress_bound(plain.len());
         let mut out = Vec::with_capacity(NONCE_LEN + 1 + bound + SEAL_OVERHEAD);
         out.resize(NONCE_LEN, 0);
         out.push(FLAG_ZSTD);
@@ -92,7 +92,7 @@ const VERIFY_WINDOW: usize = 128 << 10;
 pub struct Verifier {
     inner: Vec<u8>,
     window: Vec<u8>,
-    dctx: Option<zstd::zstd_safe::DCtx<'static>>,
+    dctx: zstd::zstd_safe::DCtx<'static>,
 }
 
 impl Default for Verifier {
@@ -100,7 +100,8 @@ impl Default for Verifier {
         Verifier {
             inner: Vec::new(),
             window: vec![0; VERIFY_WINDOW],
-            dctx: zstd::zstd_safe::DCtx::try_create(),
+            // panics only on allocation failure, like the sealer's context
+            dctx: zstd::zstd_safe::DCtx::create(),
         }
     }
 }
@@ -134,10 +135,9 @@ impl Verifier {
         }
         let ok = match self.inner.split_first() {
             Some((&FLAG_RAW, rest)) => rest == plain,
-            Some((&FLAG_ZSTD, rest)) => match self.dctx.as_mut() {
-                Some(dctx) => frame_matches(dctx, &mut self.window, rest, plain),
-                None => decompress(rest).is_ok_and(|p| p == plain),
-            },
+            Some((&FLAG_ZSTD, rest)) => {
+                frame_matches(&mut self.dctx, &mut self.window, rest, plain)
+            }
             _ => false,
         };
         // Keep buffers of ordinary blobs only: one that once held a rare

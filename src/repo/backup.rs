@@ -575,8 +575,13 @@ impl Walker {
     }
 
     fn add_blob(&mut self, file: u64, kind: Kind, id: BlobId, data: &[u8]) -> Result<()> {
-        self.up.add(&mut self.cache, kind, id, data)?;
-        self.refs.push((file, id));
+        self.add_blobs(file, kind, &[(id, data)])
+    }
+
+    /// Stores what is new of `blobs` and records that `file` refers to them.
+    fn add_blobs(&mut self, file: u64, kind: Kind, blobs: &[(BlobId, &[u8])]) -> Result<()> {
+        self.up.add(&mut self.cache, kind, blobs)?;
+        self.refs.extend(blobs.iter().map(|(id, _)| (file, *id)));
         if self.refs.len() >= 4096 {
             self.flush_refs()?;
         }
@@ -688,11 +693,7 @@ impl Walker {
                 refs.push(ChunkRef { id, len });
             }
         }
-        self.up.add_many(&mut self.cache, Kind::Data, &blobs)?;
-        self.refs.extend(blobs.iter().map(|(id, _)| (file, *id)));
-        if self.refs.len() >= 4096 {
-            self.flush_refs()?;
-        }
+        self.add_blobs(file, Kind::Data, &blobs)?;
         for r in refs {
             self.push_ref(cb, file, r)?;
         }

@@ -4,6 +4,7 @@
 //! bytes itself (that is [`crate::format`]).
 
 pub mod backup;
+mod batch;
 pub mod check;
 pub mod diff;
 mod readahead;

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{bounded, Sender};
 
+use super::batch::{Batch, BATCH_ITEMS};
 use super::{Repository, Snapshot};
 use crate::cache::{BlobLocation, Cache};
 use crate::crypto::{Keys, Kind};
@@ -153,47 +154,19 @@ struct Job {
     loc: BlobLocation,
 }
 
-/// Chunks go to the readers in batches of about this many bytes, and are
-/// looked up in the cache this many at a time: an image's 32 KiB blocks
-/// would otherwise cost a thread hand-off and a cache transaction each.
-const BATCH_BYTES: u64 = 1 << 20;
-/// Most chunks in one batch (and in one cache lookup).
-const BATCH_CHUNKS: usize = 64;
-
-/// Jobs not yet handed to the readers; a batch may span several files.
-#[derive(Default)]
-struct Batch {
-    jobs: Vec<Job>,
-    bytes: u64,
+/// Hands a batch of chunks to the readers.
+fn send(to: &Sender<Vec<Job>>, batch: Vec<Job>) -> Result<()> {
+    to.send(batch)
+        .map_err(|_| Error::Corrupt("restore workers stopped".into()))
 }
 
-impl Batch {
-    fn push(&mut self, job: Job, to: &Sender<Vec<Job>>) -> Result<()> {
-        self.bytes += job.chunk.len;
-        self.jobs.push(job);
-        if self.bytes >= BATCH_BYTES || self.jobs.len() >= BATCH_CHUNKS {
-            self.send(to)?;
-        }
-        Ok(())
-    }
-
-    fn send(&mut self, to: &Sender<Vec<Job>>) -> Result<()> {
-        if self.jobs.is_empty() {
-            return Ok(());
-        }
-        self.bytes = 0;
-        to.send(std::mem::take(&mut self.jobs))
-            .map_err(|_| Error::Corrupt("restore workers stopped".into()))
-    }
-}
-
-/// Looks up `refs` (a file's chunks at their offsets) in one go and queues
-/// a job for each.
+/// Looks up `refs` (a file's chunks at their offsets, up to
+/// [`BATCH_ITEMS`]) in one cache transaction and queues a job for each.
 fn queue_chunks(
     cache: &Cache,
     task: &Arc<FileTask>,
     refs: &mut Vec<(u64, ChunkRef)>,
-    batch: &mut Batch,
+    batch: &mut Batch<Job>,
     to: &Sender<Vec<Job>>,
 ) -> Result<()> {
     let locs = cache.lookup_many(refs.iter().map(|(_, c)| &c.id))?;
@@ -205,13 +178,16 @@ fn queue_chunks(
             ))
         })?;
         task.remaining.fetch_add(1, Ordering::AcqRel);
+        let len = chunk.len;
         let job = Job {
             task: task.clone(),
             offset,
             chunk,
             loc,
         };
-        batch.push(job, to)?;
+        if let Some(full) = batch.push(job, len) {
+            send(to, full)?;
+        }
     }
     Ok(())
 }
@@ -228,7 +204,8 @@ struct Restorer<'a> {
     opts: &'a RestoreOptions,
     include: Vec<Vec<String>>,
     jobs: Sender<Vec<Job>>,
-    batch: Batch,
+    /// Chunks not yet handed to the readers; may span several files.
+    batch: Batch<Job>,
     shared: Arc<Shared>,
     stats: RestoreStats,
     hardlinks: HashMap<(u64, u64), PathBuf>,
@@ -301,7 +278,7 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
         dirs: Vec::new(),
     };
     let walked = r.restore_tree(&snap.record.tree, &[], &opts.target);
-    let sent = r.batch.send(&r.jobs);
+    let sent = r.batch.take().map_or(Ok(()), |last| send(&r.jobs, last));
     let Restorer {
         jobs,
         mut stats,
@@ -461,7 +438,7 @@ impl Restorer<'_> {
         });
         let mut offset = 0u64;
         let (jobs, cache, batch) = (&self.jobs, self.cache, &mut self.batch);
-        let mut refs = Vec::with_capacity(BATCH_CHUNKS);
+        let mut refs = Vec::with_capacity(BATCH_ITEMS);
         let res = self
             .repo
             .for_each_chunk(cache, &node, &mut |chunk| {
@@ -470,7 +447,7 @@ impl Restorer<'_> {
                 if !chunk.is_zero() {
                     refs.push((at, chunk));
                 }
-                if refs.len() >= BATCH_CHUNKS {
+                if refs.len() >= BATCH_ITEMS {
                     queue_chunks(cache, &task, &mut refs, batch, jobs)?;
                 }
                 Ok(())

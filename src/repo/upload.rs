@@ -13,6 +13,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use rand::rngs::{OsRng, StdRng};
 use rand::SeedableRng;
 
+use super::batch::Batch;
 use crate::cache::Cache;
 use crate::crypto::{Keys, Kind};
 use crate::error::{Error, Result};
@@ -26,14 +27,6 @@ struct Job {
     id: BlobId,
     data: Vec<u8>,
 }
-
-/// Blobs travel between threads in batches of about this many bytes: an
-/// image's 32 KiB blocks would otherwise cost two thread hand-offs each
-/// (measured: 35k context switches a second, a third of both cores idle).
-/// A batch of ordinary chunks is one chunk.
-const BATCH_BYTES: usize = 1 << 20;
-/// Most blobs in one batch.
-const BATCH_BLOBS: usize = 64;
 
 struct Sealed {
     kind: Kind,
@@ -70,9 +63,8 @@ fn record(slot: &ErrorSlot, e: Error) {
 pub(crate) struct Uploader {
     pending: HashSet<BlobId>,
     jobs: Option<Sender<Vec<Job>>>,
-    /// Blobs not yet handed to the workers, and their bytes.
-    batch: Vec<Job>,
-    batch_bytes: usize,
+    /// Blobs not yet handed to the workers.
+    batch: Batch<Job>,
     done: Receiver<PackDone>,
     threads: Vec<JoinHandle<()>>,
     error: ErrorSlot,
@@ -117,8 +109,7 @@ impl Uploader {
         Uploader {
             pending: HashSet::new(),
             jobs: Some(job_tx),
-            batch: Vec::new(),
-            batch_bytes: 0,
+            batch: Batch::default(),
             done: done_rx,
             threads,
             error,
@@ -151,47 +142,29 @@ impl Uploader {
         }
     }
 
-    /// Stores a blob unless the repository or this run has it already.
-    /// Returns whether it was new.
-    pub fn add(&mut self, cache: &mut Cache, kind: Kind, id: BlobId, data: &[u8]) -> Result<bool> {
+    /// Stores blobs of one kind unless the repository or this run has them
+    /// already, looked up in one read transaction of the cache: an image's
+    /// 32 KiB blocks cost one transaction per buffer read, not one (and its
+    /// locking) per block.
+    pub fn add(&mut self, cache: &mut Cache, kind: Kind, blobs: &[(BlobId, &[u8])]) -> Result<()> {
         self.drain(cache, false)?;
-        if self.pending.contains(&id) {
-            return Ok(false);
-        }
-        if self.sparse.is_empty() {
-            if cache.has_blob(&id)? {
-                return Ok(false);
+        let ids = blobs.iter().map(|(id, _)| id);
+        let known = if self.sparse.is_empty() {
+            cache.have_blobs(ids)?
+        } else {
+            // Copies in mostly dead packs do not count.
+            let mut known = Vec::with_capacity(blobs.len());
+            for id in ids {
+                let live = cache
+                    .locations(id)?
+                    .iter()
+                    .any(|p| !self.sparse.contains(p));
+                known.push(live);
             }
-        } else if cache
-            .locations(&id)?
-            .iter()
-            .any(|p| !self.sparse.contains(p))
-        {
-            return Ok(false);
-        }
-        self.queue(kind, id, data)?;
-        Ok(true)
-    }
-
-    /// [`Uploader::add`] for many blobs of one kind, looked up in one read
-    /// transaction of the cache: an image's 32 KiB blocks cost one
-    /// transaction per buffer read, not one (and its locking) per block.
-    pub fn add_many(
-        &mut self,
-        cache: &mut Cache,
-        kind: Kind,
-        blobs: &[(BlobId, &[u8])],
-    ) -> Result<()> {
-        if !self.sparse.is_empty() {
-            for (id, data) in blobs {
-                self.add(cache, kind, *id, data)?;
-            }
-            return Ok(());
-        }
-        self.drain(cache, false)?;
-        let known = cache.have_blobs(blobs.iter().map(|(id, _)| id))?;
+            known
+        };
         for ((id, data), known) in blobs.iter().zip(known) {
-            // pending also catches a block repeated within `blobs`
+            // pending also catches a blob repeated within `blobs`
             if !known && !self.pending.contains(id) {
                 self.queue(kind, *id, data)?;
             }
@@ -204,25 +177,19 @@ impl Uploader {
         self.pending.insert(id);
         self.stats.new_blobs += 1;
         self.stats.new_bytes += data.len() as u64;
-        self.batch.push(Job {
+        let job = Job {
             kind,
             id,
             data: data.to_vec(),
-        });
-        self.batch_bytes += data.len();
-        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_BLOBS {
-            self.send_batch()?;
+        };
+        match self.batch.push(job, data.len() as u64) {
+            Some(full) => self.send(full),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// Hands the blobs gathered so far to the workers.
-    fn send_batch(&mut self) -> Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
+    /// Hands a batch of blobs to the workers.
+    fn send(&self, batch: Vec<Job>) -> Result<()> {
         let sent = match self.jobs.as_ref() {
             Some(jobs) => jobs.send(batch).is_ok(),
             None => false,
@@ -238,7 +205,10 @@ impl Uploader {
     /// Flushes the last pack and waits until every pack is durable and in
     /// the cache.
     pub fn finish(mut self, cache: &mut Cache) -> Result<UploadStats> {
-        let sent = self.send_batch();
+        let sent = match self.batch.take() {
+            Some(last) => self.send(last),
+            None => Ok(()),
+        };
         drop(self.jobs.take());
         let threads = std::mem::take(&mut self.threads);
         // Drain while the threads finish, so the packer never blocks on us.
