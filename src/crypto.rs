@@ -233,6 +233,33 @@ impl Keys {
     ) -> Result<(), CryptoError> {
         open_into_with(&self.cipher, kind, id, sealed, out)
     }
+
+    /// Opens `nonce || ciphertext || tag` where it lies: the plaintext is
+    /// decrypted over the ciphertext and its range returned, so a reader of
+    /// large blobs copies nothing. On failure the bytes are left as they
+    /// were (the tag is checked before anything is decrypted).
+    pub fn open_in_place(
+        &self,
+        kind: Kind,
+        id: &[u8; 32],
+        sealed: &mut [u8],
+    ) -> Result<std::ops::Range<usize>, CryptoError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(CryptoError::TooShort(sealed.len()));
+        }
+        let end = sealed.len() - TAG_LEN;
+        let (head, tag) = sealed.split_at_mut(end);
+        let (nonce, ct) = head.split_at_mut(NONCE_LEN);
+        self.cipher
+            .decrypt_in_place_detached(
+                XNonce::from_slice(nonce),
+                &associated_data(kind, id),
+                ct,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| CryptoError::Auth)?;
+        Ok(NONCE_LEN..end)
+    }
 }
 
 /// Opens a sealed object under an explicit cipher (also used for key files).

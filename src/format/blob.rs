@@ -3,6 +3,8 @@
 //! frame holding it. Owns compression and the open-and-verify path; never
 //! touches files.
 
+use std::ops::Range;
+
 use rand::{CryptoRng, RngCore};
 
 use super::FormatError;
@@ -188,15 +190,68 @@ fn frame_matches(
 /// Opens a sealed blob stored under `id` as `kind`, decompresses it and, for
 /// content-addressed kinds, recomputes the keyed id and compares it.
 pub fn open(keys: &Keys, kind: Kind, id: &BlobId, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
-    let inner = keys.open(kind, id.as_bytes(), sealed)?;
-    let plain = match inner.split_first() {
+    open_owned(keys, kind, id, sealed.to_vec()).map(Plain::into_vec)
+}
+
+/// Like [`open`], decrypting inside `sealed` itself: a blob stored raw is
+/// returned where it lies, with no copy.
+pub fn open_owned(
+    keys: &Keys,
+    kind: Kind,
+    id: &BlobId,
+    mut sealed: Vec<u8>,
+) -> Result<Plain, FormatError> {
+    let plain = match open_in_place(keys, kind, id, &mut sealed)? {
+        Opened::Raw(range) => Plain { buf: sealed, range },
+        Opened::Decompressed(v) => Plain {
+            range: 0..v.len(),
+            buf: v,
+        },
+    };
+    Ok(plain)
+}
+
+/// A blob opened where it lay: the range of its plaintext in the sealed
+/// bytes, or the plaintext decompressed out of them.
+#[derive(Debug)]
+pub enum Opened {
+    /// Stored raw: the plaintext is this range of the buffer.
+    Raw(Range<usize>),
+    /// Stored compressed: the plaintext.
+    Decompressed(Vec<u8>),
+}
+
+impl Opened {
+    /// The plaintext's length.
+    pub fn plain_len(&self) -> usize {
+        match self {
+            Opened::Raw(r) => r.len(),
+            Opened::Decompressed(v) => v.len(),
+        }
+    }
+}
+
+/// Opens and verifies the blob in `sealed` (see [`open`]), decrypting over
+/// its ciphertext; on error the plaintext is never handed out.
+pub fn open_in_place(
+    keys: &Keys,
+    kind: Kind,
+    id: &BlobId,
+    sealed: &mut [u8],
+) -> Result<Opened, FormatError> {
+    let r = keys.open_in_place(kind, id.as_bytes(), sealed)?;
+    let opened = match sealed[r.clone()].split_first() {
         None => return Err(FormatError::invalid("blob", "empty payload")),
-        Some((&FLAG_RAW, rest)) => rest.to_vec(),
-        Some((&FLAG_ZSTD, rest)) => decompress(rest)?,
+        Some((&FLAG_RAW, _)) => Opened::Raw(r.start + 1..r.end),
+        Some((&FLAG_ZSTD, rest)) => Opened::Decompressed(decompress(rest)?),
         Some((f, _)) => return Err(FormatError::invalid("blob", format!("unknown flag {f}"))),
     };
     if kind.content_addressed() {
-        let actual = keys.blob_id(&plain);
+        let plain = match &opened {
+            Opened::Raw(r) => &sealed[r.clone()],
+            Opened::Decompressed(v) => v.as_slice(),
+        };
+        let actual = keys.blob_id(plain);
         if actual != *id {
             // Authenticated, yet the content does not match its name: the
             // writer was buggy or holds the key and lies. Never return it.
@@ -206,7 +261,34 @@ pub fn open(keys: &Keys, kind: Kind, id: &BlobId, sealed: &[u8]) -> Result<Vec<u
             });
         }
     }
-    Ok(plain)
+    Ok(opened)
+}
+
+/// An opened blob's plaintext, left in the buffer it was decrypted in.
+#[derive(Debug)]
+pub struct Plain {
+    buf: Vec<u8>,
+    range: Range<usize>,
+}
+
+impl Plain {
+    /// The plaintext as a vector of its own (a copy only when it is a part
+    /// of a larger buffer).
+    pub fn into_vec(mut self) -> Vec<u8> {
+        if self.range.start == 0 {
+            self.buf.truncate(self.range.end);
+            self.buf
+        } else {
+            self.buf[self.range].to_vec()
+        }
+    }
+}
+
+impl std::ops::Deref for Plain {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
 }
 
 thread_local! {
@@ -282,6 +364,43 @@ mod tests {
         let sealed = s.seal(&k, Kind::Data, &id, &rnd, &mut OsRng);
         assert_eq!(sealed.len(), rnd.len() + 1 + SEAL_OVERHEAD);
         assert_eq!(open(&k, Kind::Data, &id, &sealed).unwrap(), rnd);
+    }
+
+    #[test]
+    fn opened_in_place_raw_blobs_stay_where_they_lie() {
+        let k = keys();
+        let mut s = Sealer::new(1);
+        let mut rnd = vec![0u8; 40000];
+        rand::RngCore::fill_bytes(&mut OsRng, &mut rnd);
+        let id = k.blob_id(&rnd);
+        let mut sealed = s.seal(&k, Kind::Data, &id, &rnd, &mut OsRng);
+        let opened = open_in_place(&k, Kind::Data, &id, &mut sealed).unwrap();
+        let Opened::Raw(r) = opened else {
+            panic!("random bytes are stored raw")
+        };
+        assert_eq!(r, NONCE_LEN + 1..NONCE_LEN + 1 + rnd.len());
+        assert_eq!(&sealed[r], &rnd[..]);
+
+        let text = b"abc".repeat(10000);
+        let id = k.blob_id(&text);
+        let sealed = s.seal(&k, Kind::Data, &id, &text, &mut OsRng);
+        let plain = open_owned(&k, Kind::Data, &id, sealed.clone()).unwrap();
+        assert_eq!(&plain[..], &text[..]);
+        assert_eq!(plain.into_vec(), text);
+
+        // A flipped byte: refused, and the buffer still holds only ciphertext.
+        let mut bad = sealed.clone();
+        bad[NONCE_LEN + 3] ^= 1;
+        let before = bad.clone();
+        assert!(open_in_place(&k, Kind::Data, &id, &mut bad).is_err());
+        assert_eq!(bad, before);
+        // Sealed under a lying id: authenticates, the content check refuses it.
+        let liar = k.blob_id(b"other");
+        let sealed = s.seal(&k, Kind::Data, &liar, &rnd, &mut OsRng);
+        assert!(matches!(
+            open_owned(&k, Kind::Data, &liar, sealed),
+            Err(FormatError::IdMismatch { .. })
+        ));
     }
 
     #[test]

@@ -247,7 +247,7 @@ fn read_all(repo: &Repository, _cache: &Cache, rep: &mut CheckReport) -> Result<
 
 /// Reads one pack whole; returns the blobs opened and the problems found.
 fn read_pack(repo: &Repository, id: &PackId, size: u64) -> (u64, Vec<String>) {
-    let bytes = match repo.store().read_pack(id, 0, size as usize) {
+    let mut bytes = match repo.store().read_pack(id, 0, size as usize) {
         Ok(b) => b,
         Err(e) => return (0, vec![format!("pack {id}: {e}")]),
     };
@@ -266,9 +266,10 @@ fn read_pack(repo: &Repository, id: &PackId, size: u64) -> (u64, Vec<String>) {
     };
     let mut n = 0;
     for e in entries {
-        let sealed = &bytes[e.offset as usize..(e.offset + e.sealed_len as u64) as usize];
-        match blob::open(repo.keys(), e.kind, &e.id, sealed) {
-            Ok(p) if p.len() == e.plain_len as usize => n += 1,
+        // Opened where it lies: the pack's bytes are not needed again.
+        let sealed = &mut bytes[e.offset as usize..(e.offset + e.sealed_len as u64) as usize];
+        match blob::open_in_place(repo.keys(), e.kind, &e.id, sealed) {
+            Ok(p) if p.plain_len() == e.plain_len as usize => n += 1,
             Ok(_) => errs.push(format!(
                 "pack {id}: blob {} has the wrong length",
                 e.id.short()

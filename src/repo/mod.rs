@@ -20,6 +20,7 @@ use rand::RngCore;
 use crate::cache::{BlobLocation, Cache};
 use crate::crypto::{Keys, Kind, MasterKey};
 use crate::error::{Error, Result};
+use crate::format::blob::Plain;
 use crate::format::chunklist::{self, ChunkRef};
 use crate::format::config::{ConfigFile, Settings};
 use crate::format::keyfile::{KdfParams, KeyFile};
@@ -256,7 +257,7 @@ impl Repository {
     /// Reads and opens one blob at a known location (repairing its pack
     /// from parity first, when the store can, if it turns out damaged).
     pub fn read_blob_at(&self, loc: &BlobLocation, kind: Kind, id: &BlobId) -> Result<Vec<u8>> {
-        restore::read_or_repair(self.store.as_ref(), &self.keys, loc, kind, id)
+        restore::read_or_repair(self.store.as_ref(), &self.keys, loc, kind, id).map(Plain::into_vec)
     }
 
     /// Looks a blob up in the cache and reads it.

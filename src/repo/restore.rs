@@ -20,7 +20,7 @@ use super::{Repository, Snapshot};
 use crate::cache::{BlobLocation, Cache};
 use crate::crypto::{Keys, Kind};
 use crate::error::{Error, Result};
-use crate::format::blob;
+use crate::format::blob::{self, Plain};
 use crate::format::chunklist::ChunkRef;
 use crate::format::tree::{Node, NodeKind};
 use crate::id::BlobId;
@@ -67,7 +67,7 @@ struct BlobReader {
 }
 
 impl BlobReader {
-    fn read(&self, loc: &BlobLocation, kind: Kind, id: &BlobId) -> Result<Vec<u8>> {
+    fn read(&self, loc: &BlobLocation, kind: Kind, id: &BlobId) -> Result<Plain> {
         read_or_repair(self.store.as_ref(), &self.keys, loc, kind, id)
     }
 }
@@ -80,10 +80,10 @@ pub(crate) fn read_or_repair(
     loc: &BlobLocation,
     kind: Kind,
     id: &BlobId,
-) -> Result<Vec<u8>> {
-    let once = || -> Result<Vec<u8>> {
+) -> Result<Plain> {
+    let once = || -> Result<Plain> {
         let sealed = store.read_pack(&loc.pack, loc.offset, loc.sealed_len as usize)?;
-        blob::open(keys, kind, id, &sealed).map_err(|e| {
+        blob::open_owned(keys, kind, id, sealed).map_err(|e| {
             Error::Corrupt(format!(
                 "blob {} in pack {}: {e}",
                 id.short(),
@@ -487,7 +487,7 @@ pub fn dump(repo: &Repository, cache: &Cache, node: &Node, out: &mut dyn Write) 
         .max(RESTORE_READERS);
     let window = workers * 4;
     let (job_tx, job_rx) = bounded::<(u64, ChunkRef, BlobLocation)>(window);
-    let (res_tx, res_rx) = bounded::<(u64, Result<Vec<u8>>)>(window);
+    let (res_tx, res_rx) = bounded::<(u64, Result<Plain>)>(window);
     let mut handles = Vec::new();
     for _ in 0..workers {
         let (rx, tx, reader) = (job_rx.clone(), res_tx.clone(), reader.clone());
@@ -514,10 +514,10 @@ pub fn dump(repo: &Repository, cache: &Cache, node: &Node, out: &mut dyn Write) 
     let mut written = 0u64;
     let mut next_out = 0u64;
     let mut sent = 0u64;
-    let mut ready: BTreeMap<u64, Result<Vec<u8>>> = BTreeMap::new();
+    let mut ready: BTreeMap<u64, Result<Plain>> = BTreeMap::new();
     let zeros = vec![0u8; 1 << 20];
     let mut pending_zero: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut emit = |seq_ready: &mut BTreeMap<u64, Result<Vec<u8>>>,
+    let mut emit = |seq_ready: &mut BTreeMap<u64, Result<Plain>>,
                     zeros_at: &mut BTreeMap<u64, u64>,
                     next: &mut u64,
                     upto: u64,
