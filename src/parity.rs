@@ -139,9 +139,66 @@ fn pad(block: &[u8]) -> Vec<u8> {
 /// Encodes one row: the members' blocks (each at most a block, shorter ones
 /// zero-padded) to `m` parity blocks.
 pub fn encode_row(members: &[&[u8]], m: usize) -> Result<Vec<Vec<u8>>, FormatError> {
-    let shards: Vec<Vec<u8>> = members.iter().map(|b| pad(b)).collect();
-    reed_solomon_simd::encode(shards.len(), m, &shards)
-        .map_err(|e| FormatError::invalid("parity", e.to_string()))
+    let mut out = vec![Vec::new(); m];
+    RowEncoder::new(members.len(), m)?.encode(members, &mut out)?;
+    Ok(out)
+}
+
+fn rs_error(e: reed_solomon_simd::Error) -> FormatError {
+    FormatError::invalid("parity", e.to_string())
+}
+
+/// Encodes the rows of one stripe with one encoder, whose working space
+/// (about a megabyte) is allocated once, not once a row.
+pub struct RowEncoder {
+    enc: reed_solomon_simd::ReedSolomonEncoder,
+    k: usize,
+    pad: Vec<u8>,
+}
+
+impl RowEncoder {
+    /// An encoder for rows of `k` member blocks and `m` parity blocks.
+    pub fn new(k: usize, m: usize) -> Result<RowEncoder, FormatError> {
+        let enc =
+            reed_solomon_simd::ReedSolomonEncoder::new(k, m, PARITY_BLOCK).map_err(rs_error)?;
+        Ok(RowEncoder {
+            enc,
+            k,
+            pad: Vec::with_capacity(PARITY_BLOCK),
+        })
+    }
+
+    /// Encodes one row (see [`encode_row`]) into `out`, one parity block
+    /// per element, reusing their allocations.
+    pub fn encode(&mut self, members: &[&[u8]], out: &mut [Vec<u8>]) -> Result<(), FormatError> {
+        if members.len() != self.k || members.iter().any(|b| b.len() > PARITY_BLOCK) {
+            return Err(FormatError::invalid("parity", "row of the wrong shape"));
+        }
+        for b in members {
+            if b.len() == PARITY_BLOCK {
+                self.enc.add_original_shard(b).map_err(rs_error)?;
+            } else {
+                self.pad.clear();
+                self.pad.extend_from_slice(b);
+                self.pad.resize(PARITY_BLOCK, 0);
+                self.enc.add_original_shard(&self.pad).map_err(rs_error)?;
+            }
+        }
+        let res = self.enc.encode().map_err(rs_error)?;
+        let mut n = 0;
+        for (o, shard) in out.iter_mut().zip(res.recovery_iter()) {
+            o.clear();
+            o.extend_from_slice(shard);
+            n += 1;
+        }
+        if n != out.len() {
+            return Err(FormatError::invalid(
+                "parity",
+                "encoder gave too few shards",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Rebuilds the missing members' blocks of one row from what survived:

@@ -350,17 +350,20 @@ fn for_each_stripe(s: &LocalStore, f: &mut dyn FnMut(Stripe) -> Result<()>) -> R
 }
 
 fn read_block(f: Option<&File>, size: u64, row: u64) -> Option<Vec<u8>> {
-    let f = f?;
+    let mut b = Vec::new();
+    read_block_into(f?, size, row, &mut b).then_some(b)
+}
+
+/// Reads block `row` of a member of `size` bytes into `b` (empty past its
+/// end), reusing its allocation; false when it cannot be read.
+fn read_block_into(f: &File, size: u64, row: u64, b: &mut Vec<u8>) -> bool {
     let start = row * PARITY_BLOCK as u64;
-    if start >= size {
-        return Some(Vec::new());
+    let len = size.saturating_sub(start).min(PARITY_BLOCK as u64) as usize;
+    // Every byte is overwritten by the read: no need to zero it first.
+    if b.len() != len {
+        b.resize(len, 0);
     }
-    let len = (size - start).min(PARITY_BLOCK as u64) as usize;
-    let mut b = vec![0u8; len];
-    match f.read_exact_at(&mut b, start) {
-        Ok(()) => Some(b),
-        Err(_) => None,
-    }
+    len == 0 || f.read_exact_at(b, start).is_ok()
 }
 
 /// Computes and writes the parity of a stripe over `members`, replacing
@@ -428,14 +431,19 @@ fn write_stripe_once(
             .open(&t)
             .at(&t)?;
         f.write_all(&MAGIC_PARITY).at(&t)?;
-        outs.push((t, std::io::BufWriter::with_capacity(1 << 20, f), Vec::new()));
+        // Written a 64 KiB block at a time, unbuffered: a stripe computed
+        // during a backup adds little to its memory.
+        outs.push((t, f, Vec::new()));
     }
     let res = (|| -> Result<Option<Vec<PackId>>> {
         let (rows_done, names) = std::thread::scope(|sc| {
             // The members' block sums and whole hashes on a second core,
             // from the blocks this one reads for the parity: every byte is
             // read once.
-            let (tx, rx) = crossbeam_channel::bounded::<Vec<Vec<u8>>>(4);
+            // Rows go to the hashing thread and come back to be filled
+            // again: at most three rows of blocks exist.
+            let (tx, rx) = crossbeam_channel::bounded::<Vec<Vec<u8>>>(1);
+            let (back_tx, back_rx) = crossbeam_channel::unbounded::<Vec<Vec<u8>>>();
             let hashing = sc.spawn(move || {
                 let mut hashers = vec![blake3::Hasher::new(); good.len()];
                 let mut sums: Vec<Vec<u8>> = vec![Vec::new(); good.len()];
@@ -446,6 +454,7 @@ fn write_stripe_once(
                             h.update(b);
                         }
                     }
+                    let _ = back_tx.send(row);
                 }
                 let names: Vec<PackId> = hashers
                     .iter()
@@ -454,19 +463,22 @@ fn write_stripe_once(
                 (names, sums)
             });
             let rows_done = (|| -> Result<Option<Vec<PackId>>> {
+                let mut enc = parity::RowEncoder::new(good.len(), m)?;
+                let mut pbs = vec![Vec::new(); m];
                 for row in 0..rows {
-                    let mut blocks = Vec::with_capacity(good.len());
+                    let mut blocks = back_rx
+                        .try_recv()
+                        .unwrap_or_else(|_| vec![Vec::new(); good.len()]);
                     for (i, (p, size)) in good.iter().enumerate() {
-                        let Some(b) = read_block(Some(&files[i]), *size, row) else {
+                        if !read_block_into(&files[i], *size, row, &mut blocks[i]) {
                             return Ok(Some(vec![*p]));
-                        };
-                        blocks.push(b);
+                        }
                     }
                     let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
-                    for (j, pb) in parity::encode_row(&refs, m)?.into_iter().enumerate() {
-                        let (t, w, ss) = &mut outs[j];
-                        w.write_all(&pb).at(&*t)?;
-                        ss.extend_from_slice(&parity::block_sum(&pb));
+                    enc.encode(&refs, &mut pbs)?;
+                    for ((t, w, ss), pb) in outs.iter_mut().zip(&pbs) {
+                        w.write_all(pb).at(&*t)?;
+                        ss.extend_from_slice(&parity::block_sum(pb));
                     }
                     if tx.send(blocks).is_err() {
                         break;
@@ -512,8 +524,7 @@ fn write_stripe_once(
                 sums: ByteBuf::from(std::mem::take(ss)),
             };
             w.write_all(&parity::encode_tail(&h)).at(&*t)?;
-            w.flush().at(&*t)?;
-            w.get_ref().sync_all().at(&*t)?;
+            w.sync_all().at(&*t)?;
         }
         for (j, (t, _, _)) in outs.iter().enumerate() {
             fs::rename(t, parity_path(s, id, j)).at(parity_path(s, id, j))?;
@@ -562,13 +573,6 @@ fn protect_locked(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
                 false,
             )
         });
-    let write = |rep: &mut ProtectReport, id: u64, members: &[(PackId, u64)]| {
-        let bad = write_stripe(s, id, members, cfg.m)?;
-        rep.packs_protected -= bad.len() as u64;
-        rep.damaged.extend(bad);
-        rep.stripes_written += 1;
-        Ok::<_, Error>(())
-    };
     // Packs in no stripe join the open one as the walk finds them, so only
     // one stripe's members are held, never the list of every fresh pack.
     s.for_each_pack(&mut |id, size| {
@@ -585,12 +589,131 @@ fn protect_locked(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
         if members.len() >= cfg.k {
             let (sid, members) = (*sid, std::mem::take(members));
             open = None;
-            write(&mut rep, sid, &members)?;
+            write_counted(s, cfg, &mut rep, sid, &members)?;
         }
         Ok(())
     })?;
     if let Some((sid, members, true)) = open {
-        write(&mut rep, sid, &members)?;
+        write_counted(s, cfg, &mut rep, sid, &members)?;
+    }
+    Ok(rep)
+}
+
+/// Writes a stripe and counts it: members that turn out damaged are left
+/// out of it and reported instead of protected.
+fn write_counted(
+    s: &LocalStore,
+    cfg: ParityConfig,
+    rep: &mut ProtectReport,
+    id: u64,
+    members: &[(PackId, u64)],
+) -> Result<()> {
+    let bad = write_stripe(s, id, members, cfg.m)?;
+    // Saturating: an earlier member of a grown stripe may be among them.
+    rep.packs_protected = rep.packs_protected.saturating_sub(bad.len() as u64);
+    rep.damaged.extend(bad);
+    rep.stripes_written += 1;
+    Ok(())
+}
+
+/// Parity computed while a backup runs: the backup hands over each pack as
+/// soon as it is durable, full stripes are written at once (their packs are
+/// still in the page cache), and the rest when the backup stops handing
+/// packs over. The [`protect`] after the commit then only finds what other
+/// writers left.
+pub struct Protector {
+    tx: Option<crossbeam_channel::Sender<(PackId, u64)>>,
+    thread: std::thread::JoinHandle<Result<ProtectReport>>,
+}
+
+impl Protector {
+    /// Starts the parity thread for `s`.
+    pub fn start(s: LocalStore, cfg: ParityConfig) -> Result<Protector> {
+        // Stripes from before this run's packs existed cannot hold them,
+        // except the last readable one, which another writer's protect may
+        // grow.
+        let mut from = 0;
+        for (id, files) in stripe_files(&s)?.into_iter().rev() {
+            if load_stripe(id, files).is_some() {
+                from = id;
+                break;
+            }
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::spawn(move || protect_fresh(&s, cfg, from, rx));
+        Ok(Protector {
+            tx: Some(tx),
+            thread,
+        })
+    }
+
+    /// Where to send each new pack (id and size) once it is durable.
+    pub fn sender(&mut self) -> Option<crossbeam_channel::Sender<(PackId, u64)>> {
+        self.tx.take()
+    }
+
+    /// Waits until every pack handed over is in a stripe.
+    pub fn finish(mut self) -> Result<ProtectReport> {
+        drop(self.tx.take());
+        self.thread
+            .join()
+            .map_err(|_| Error::Corrupt("the parity thread panicked".into()))?
+    }
+}
+
+/// The parity thread: gathers fresh packs, writes each stripe as soon as
+/// it can be filled, and the last (open) one when the sender is gone.
+fn protect_fresh(
+    s: &LocalStore,
+    cfg: ParityConfig,
+    mut from: u64,
+    rx: crossbeam_channel::Receiver<(PackId, u64)>,
+) -> Result<ProtectReport> {
+    let mut rep = ProtectReport::default();
+    let mut fresh: Members = Vec::new();
+    let mut open = true;
+    while open {
+        match rx.recv() {
+            Ok(p) => fresh.push(p),
+            Err(_) => open = false,
+        }
+        // A lock and a directory listing per stripe, not per pack.
+        if fresh.is_empty() || (open && fresh.len() < cfg.k) {
+            continue;
+        }
+        let _g = s.lock_named("parity.lock", true)?;
+        let files = stripe_files(s)?;
+        // Another writer's protect may have taken some of these packs into
+        // a stripe since the last look: those written or grown since.
+        let mut last = None;
+        for (id, f) in files.range(from..) {
+            if let Some(st) = load_stripe(*id, f.clone()) {
+                fresh.retain(|(p, _)| st.header.members.iter().all(|m| m.pack != *p));
+                last = Some(st);
+            }
+        }
+        let top = files.keys().next_back().copied();
+        let (mut id, mut members): (u64, Members) = match last {
+            Some(st)
+                if Some(st.id) == top
+                    && st.header.members.len() < cfg.k
+                    && st.header.m as usize == cfg.m =>
+            {
+                let m = st.header.members.iter().map(|m| (m.pack, m.size));
+                (st.id, m.collect())
+            }
+            _ => (top.map_or(0, |t| t + 1), Vec::new()),
+        };
+        // Full stripes now; while the backup runs, an open one waits.
+        while !fresh.is_empty() && (!open || members.len() + fresh.len() >= cfg.k) {
+            let n = (cfg.k - members.len()).min(fresh.len());
+            members.extend(fresh.drain(..n));
+            rep.packs_protected += n as u64;
+            write_counted(s, cfg, &mut rep, id, &members)?;
+            from = id;
+            id += 1;
+            members.clear();
+        }
     }
     Ok(rep)
 }
@@ -945,4 +1068,76 @@ fn scrub_stripe(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(s: &LocalStore, bytes: &[u8]) -> (PackId, u64) {
+        let id = PackId::of(bytes);
+        let mut u = s.upload_pack().unwrap();
+        u.write_all(bytes).unwrap();
+        u.commit(id).unwrap();
+        (id, bytes.len() as u64)
+    }
+
+    /// Every stripe's members, in stripe order.
+    fn members(s: &LocalStore) -> Vec<Vec<PackId>> {
+        let mut out = Vec::new();
+        for_each_stripe(s, &mut |st| {
+            out.push(st.header.members.iter().map(|m| m.pack).collect());
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn parity_during_a_backup_fills_stripes_once_and_leaves_nothing_to_protect() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = ParityConfig { k: 3, m: 1 };
+        let s = LocalStore::create(d.path()).unwrap().with_parity(cfg);
+        // An open stripe from an earlier run.
+        let old = pack(&s, b"a pack of an earlier run");
+        protect(&s, cfg).unwrap();
+        let mut p = Protector::start(LocalStore::open_dir(d.path()).unwrap(), cfg).unwrap();
+        let tx = p.sender().unwrap();
+        assert!(p.sender().is_none(), "one sender only");
+        // Another writer's protect takes one of the packs first.
+        let taken = pack(&s, b"a pack another protect takes first");
+        protect(&s, cfg).unwrap();
+        let fresh: Vec<(PackId, u64)> = (0..6)
+            .map(|i| {
+                pack(
+                    &s,
+                    format!("fresh pack {i} ").repeat(5000 * (i + 1)).as_bytes(),
+                )
+            })
+            .collect();
+        tx.send(taken).unwrap();
+        for f in &fresh {
+            tx.send(*f).unwrap();
+        }
+        drop(tx);
+        let rep = p.finish().unwrap();
+        assert_eq!(rep.packs_protected, 6, "{rep:?}");
+        assert!(rep.damaged.is_empty());
+        let id = |p: &(PackId, u64)| p.0;
+        assert_eq!(
+            members(&s),
+            vec![
+                // the open stripe is filled first, then new ones start
+                vec![id(&old), id(&taken), id(&fresh[0])],
+                fresh[1..4].iter().map(id).collect::<Vec<_>>(),
+                fresh[4..].iter().map(id).collect::<Vec<_>>(),
+            ]
+        );
+        let again = protect(&s, cfg).unwrap();
+        assert_eq!((again.packs_protected, again.stripes_written), (0, 0));
+        // and the parity it wrote repairs a lost member
+        fs::remove_file(s.pack_path(&fresh[2].0)).unwrap();
+        assert!(repair_pack(&s, &fresh[2].0).unwrap());
+        assert_eq!(s.pack_size(&fresh[2].0).unwrap(), Some(fresh[2].1));
+    }
 }

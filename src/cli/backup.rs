@@ -281,6 +281,16 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         }
     }
     let repo = open_store(cli, st)?;
+    // A local repository computes parity for full stripes during the
+    // backup, and for the rest right after it.
+    let local = LocalStore::open(Path::new(repo_arg(cli)?)).ok();
+    let mut protector = match &local {
+        Some(l) => Some(coffer::scrub::Protector::start(
+            LocalStore::open(l.root())?,
+            l.parity(),
+        )?),
+        None => None,
+    };
     let progress = Arc::new(Progress::default());
     let opts = BackupOptions {
         tags: job.tags.clone(),
@@ -295,6 +305,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         progress: Some(progress.clone()),
         upload_limit: job.limit_kib.map(|k| k.saturating_mul(1024)),
         rewrite_below: coffer::cache::REWRITE_BELOW_LIVE,
+        durable_packs: protector.as_mut().and_then(|p| p.sender()),
     };
     let started = Instant::now();
     let bar = (!cli.quiet && !cli.json && io::stderr().is_terminal())
@@ -302,12 +313,18 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
     let sources = std::mem::take(&mut job.sources);
     let res = backup::backup(&repo, sources, opts);
     drop(bar);
+    let parity_started = Instant::now();
+    // The parity thread ends once the packs are in stripes, even after a
+    // failed backup (they are durable and the next run reuses them).
+    let early = protector.map(|p| p.finish());
     let out = res?;
     COMMITTED.store(true, Ordering::SeqCst);
-    // A local repository computes parity for the new packs at once.
-    let parity_started = Instant::now();
-    if let Ok(local) = LocalStore::open(Path::new(repo_arg(cli)?)) {
-        coffer::scrub::protect(&local, local.parity())?;
+    if let Some(local) = &local {
+        if let Some(Err(e)) = early {
+            eprintln!("coffer: warning: parity during the backup failed, computing it now: {e}");
+        }
+        // Whatever the thread did not cover: packs of other writers.
+        coffer::scrub::protect(local, local.parity())?;
     }
     Ok(Done {
         out,

@@ -52,6 +52,11 @@ impl Sealer {
             out.extend_from_slice(plain);
         }
         keys.seal_in_place(kind, id.as_bytes(), &mut out, rng);
+        // Room for the worst case stays reserved while the blob waits for
+        // its pack: give back what compression saved (a shrink in place).
+        if out.capacity() - out.len() > out.len() / 8 {
+            out.shrink_to_fit();
+        }
         out
     }
 

@@ -125,6 +125,9 @@ pub struct BackupOptions {
     /// Write chunks anew rather than reuse them from a pack whose live share
     /// (as the last backup found it) is below this; 0 never rewrites.
     pub rewrite_below: f64,
+    /// Told of each new pack (id and size) once it is durable: a local
+    /// repository computes parity for full stripes while the backup runs.
+    pub durable_packs: Option<crossbeam_channel::Sender<(PackId, u64)>>,
 }
 
 impl Default for BackupOptions {
@@ -142,6 +145,7 @@ impl Default for BackupOptions {
             progress: None,
             upload_limit: None,
             rewrite_below: crate::cache::REWRITE_BELOW_LIVE,
+            durable_packs: None,
         }
     }
 }
@@ -182,7 +186,7 @@ const PREFETCH_BYTES: u64 = 2 << 20;
 pub fn backup(
     repo: &Repository,
     sources: Vec<BackupSource>,
-    opts: BackupOptions,
+    mut opts: BackupOptions,
 ) -> Result<BackupOutcome> {
     if sources.is_empty() {
         return Err(Error::Denied("nothing to back up".into()));
@@ -201,6 +205,8 @@ pub fn backup(
         opts.cancel.clone(),
     );
     up.sparse = cache.sparse_packs(opts.rewrite_below)?;
+    // Taken, so the listener hears the end once the last pack is durable.
+    up.durable = opts.durable_packs.take();
     let mut w = Walker {
         keys: repo.keys().clone(),
         cache,

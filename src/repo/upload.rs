@@ -71,6 +71,8 @@ pub(crate) struct Uploader {
     pub stats: UploadStats,
     /// Packs not to deduplicate against (mostly dead).
     pub sparse: HashSet<PackId>,
+    /// Told of each pack once it is durable.
+    pub durable: Option<Sender<(PackId, u64)>>,
 }
 
 impl Uploader {
@@ -115,6 +117,7 @@ impl Uploader {
             error,
             stats: UploadStats::default(),
             sparse: HashSet::new(),
+            durable: None,
         }
     }
 
@@ -134,6 +137,10 @@ impl Uploader {
             };
             let Some(p) = msg else { return Ok(()) };
             cache.add_pack(&p.id, p.size, &p.entries)?;
+            if let Some(tx) = &self.durable {
+                // A listener that is gone only means no early parity.
+                let _ = tx.send((p.id, p.size));
+            }
             for e in &p.entries {
                 self.pending.remove(&e.id);
             }
