@@ -55,5 +55,6 @@ pub mod retention;
 pub mod scrub;
 pub mod source;
 pub mod store;
+pub mod stripe_index;
 
 pub use error::{Error, ErrorKind, Result};

@@ -25,6 +25,7 @@ use crate::format::snapshot;
 use crate::id::{PackId, SnapshotId};
 use crate::parity::{self, Member, StripeHeader, MAGIC_PARITY, PARITY_BLOCK};
 use crate::store::{fsync_dir, replace_file, tmp_name, LocalStore, Store};
+use crate::stripe_index::{self, Known, StripeIndex};
 
 /// Stripe shape: k packs, m parity shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -551,52 +552,111 @@ pub fn protect(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
 type Members = Vec<(PackId, u64)>;
 
 fn protect_locked(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
-    let mut rep = ProtectReport::default();
-    // Which packs are in a stripe, and the last stripe: one stripe's
-    // headers in memory at a time.
-    let mut protected: HashSet<PackId> = HashSet::new();
-    let mut last: Option<Stripe> = None;
-    for_each_stripe(s, &mut |st| {
-        protected.extend(st.header.members.iter().map(|m| m.pack));
-        last = Some(st);
-        Ok(())
-    })?;
-    let mut next_id = last.as_ref().map(|st| st.id + 1).unwrap_or(0);
-    // The stripe being filled: (id, members, whether it gained any). It
-    // starts as the last stripe when that one is not full.
-    let mut open: Option<(u64, Members, bool)> = last
-        .filter(|st| st.header.members.len() < cfg.k && st.header.m as usize == cfg.m)
-        .map(|st| {
-            (
-                st.id,
-                st.header.members.iter().map(|m| (m.pack, m.size)).collect(),
-                false,
-            )
-        });
-    // Packs in no stripe join the open one as the walk finds them, so only
-    // one stripe's members are held, never the list of every fresh pack.
+    // Which packs are in a stripe comes from the stripe index, brought up
+    // to date first: only stripes written or changed since the last run
+    // are read, and no set of every protected pack is held.
+    let files = stripe_files(s)?;
+    let mut idx = StripeIndex::open(&parity_dir(s))?;
+    idx.refresh(&files, &mut |id, f| load_stripe(id, f).map(|st| known(&st)))?;
+    let top = files.keys().next_back().copied();
+    // The stripe being filled starts as the last one when that one is
+    // readable and not full.
+    let open = match top {
+        Some(t) => idx
+            .stripe(t)?
+            .filter(|k| k.readable && k.members.len() < cfg.k && k.m as usize == cfg.m)
+            .map(|k| (t, k.members, false)),
+        None => None,
+    };
+    let mut f = Filler {
+        s,
+        cfg,
+        idx,
+        rep: ProtectReport::default(),
+        open,
+        next_id: top.map_or(0, |t| t + 1),
+    };
+    // Packs in no stripe join the open one as the walk finds them, looked
+    // up a batch at a time: only one stripe's members are held, never the
+    // list of every pack.
+    let mut batch: Members = Vec::with_capacity(stripe_index::LOOKUP_BATCH);
     s.for_each_pack(&mut |id, size| {
-        if protected.contains(&id) {
-            return Ok(());
-        }
-        let (sid, members, grew) = open.get_or_insert_with(|| {
-            next_id += 1;
-            (next_id - 1, Vec::new(), false)
-        });
-        members.push((id, size));
-        *grew = true;
-        rep.packs_protected += 1;
-        if members.len() >= cfg.k {
-            let (sid, members) = (*sid, std::mem::take(members));
-            open = None;
-            write_counted(s, cfg, &mut rep, sid, &members)?;
+        batch.push((id, size));
+        if batch.len() >= stripe_index::LOOKUP_BATCH {
+            f.add_batch(&mut batch)?;
         }
         Ok(())
     })?;
-    if let Some((sid, members, true)) = open {
-        write_counted(s, cfg, &mut rep, sid, &members)?;
+    f.add_batch(&mut batch)?;
+    f.close()
+}
+
+/// A stripe as the index records it.
+fn known(st: &Stripe) -> Known {
+    Known {
+        m: st.header.m,
+        members: st.header.members.iter().map(|m| (m.pack, m.size)).collect(),
+        readable: true,
     }
-    Ok(rep)
+}
+
+/// Puts packs in no stripe into stripes, for [`protect`].
+struct Filler<'a> {
+    s: &'a LocalStore,
+    cfg: ParityConfig,
+    idx: StripeIndex,
+    rep: ProtectReport,
+    /// The stripe being filled: id, members, whether it gained any.
+    open: Option<(u64, Members, bool)>,
+    next_id: u64,
+}
+
+impl Filler<'_> {
+    fn add_batch(&mut self, batch: &mut Members) -> Result<()> {
+        let fresh = self.idx.unprotected(batch)?;
+        for ((id, size), fresh) in batch.drain(..).zip(fresh) {
+            if !fresh {
+                continue;
+            }
+            let next_id = &mut self.next_id;
+            let (sid, members, grew) = self.open.get_or_insert_with(|| {
+                *next_id += 1;
+                (*next_id - 1, Vec::new(), false)
+            });
+            members.push((id, size));
+            *grew = true;
+            self.rep.packs_protected += 1;
+            if members.len() >= self.cfg.k {
+                let (sid, members) = (*sid, std::mem::take(members));
+                self.open = None;
+                self.write(sid, &members)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, id: u64, members: &[(PackId, u64)]) -> Result<()> {
+        let written = write_counted(self.s, self.cfg, &mut self.rep, id, members)?;
+        if written.is_empty() {
+            return self.idx.remove(id);
+        }
+        let files: Vec<(usize, PathBuf)> = (0..self.cfg.m)
+            .map(|i| (i, parity_path(self.s, id, i)))
+            .collect();
+        let k = Known {
+            m: self.cfg.m as u32,
+            members: written,
+            readable: true,
+        };
+        self.idx.record(id, &stripe_index::signature(&files), &k)
+    }
+
+    fn close(mut self) -> Result<ProtectReport> {
+        if let Some((sid, members, true)) = self.open.take() {
+            self.write(sid, &members)?;
+        }
+        Ok(self.rep)
+    }
 }
 
 /// Writes a stripe and counts it: members that turn out damaged are left
@@ -607,13 +667,18 @@ fn write_counted(
     rep: &mut ProtectReport,
     id: u64,
     members: &[(PackId, u64)],
-) -> Result<()> {
+) -> Result<Members> {
     let bad = write_stripe(s, id, members, cfg.m)?;
     // Saturating: an earlier member of a grown stripe may be among them.
     rep.packs_protected = rep.packs_protected.saturating_sub(bad.len() as u64);
+    let written = members
+        .iter()
+        .filter(|(p, _)| !bad.contains(p))
+        .copied()
+        .collect();
     rep.damaged.extend(bad);
     rep.stripes_written += 1;
-    Ok(())
+    Ok(written)
 }
 
 /// Parity computed while a backup runs: the backup hands over each pack as
@@ -1139,5 +1204,60 @@ mod tests {
         fs::remove_file(s.pack_path(&fresh[2].0)).unwrap();
         assert!(repair_pack(&s, &fresh[2].0).unwrap());
         assert_eq!(s.pack_size(&fresh[2].0).unwrap(), Some(fresh[2].1));
+    }
+
+    #[test]
+    fn protect_reads_only_the_stripes_that_changed_and_survives_a_lost_index() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = ParityConfig { k: 3, m: 1 };
+        let s = LocalStore::create(d.path()).unwrap().with_parity(cfg);
+        let packs: Vec<(PackId, u64)> = (0..7)
+            .map(|i| pack(&s, format!("pack {i} ").repeat(3000).as_bytes()))
+            .collect();
+        let rep = protect(&s, cfg).unwrap();
+        assert_eq!((rep.packs_protected, rep.stripes_written), (7, 3));
+        // Stripe 0's header made unreadable in place, its length and mtime
+        // kept: protect trusts the index and does not read it again (the
+        // scrub is what reads every byte).
+        let p0 = parity_path(&s, 0, 0);
+        let md = fs::metadata(&p0).unwrap();
+        let f = OpenOptions::new().write(true).open(&p0).unwrap();
+        f.write_all_at(&[0xee; 8], md.len() - 8).unwrap();
+        f.set_modified(md.modified().unwrap()).unwrap();
+        drop(f);
+        let rep = protect(&s, cfg).unwrap();
+        assert_eq!((rep.packs_protected, rep.stripes_written), (0, 0));
+        // Stripe 1's files gone: the index notices, its members are
+        // protected again, in a new stripe.
+        fs::remove_file(parity_path(&s, 1, 0)).unwrap();
+        let rep = protect(&s, cfg).unwrap();
+        assert_eq!(
+            (rep.packs_protected, rep.stripes_written),
+            (3, 2),
+            "{rep:?}"
+        );
+        let in_stripes = members(&s).into_iter().flatten();
+        assert_eq!(in_stripes.filter(|p| *p == packs[4].0).count(), 1);
+        // A damaged index is rebuilt from the headers; stripe 0, unreadable
+        // now, gives its members to the open stripe and a new one.
+        fs::write(
+            d.path().join("parity").join(stripe_index::INDEX_FILE),
+            b"not sqlite",
+        )
+        .unwrap();
+        let rep = protect(&s, cfg).unwrap();
+        assert_eq!(
+            (rep.packs_protected, rep.stripes_written),
+            (3, 2),
+            "{rep:?}"
+        );
+        let again = protect(&s, cfg).unwrap();
+        assert_eq!((again.packs_protected, again.stripes_written), (0, 0));
+        // Every pack is in exactly one readable stripe.
+        let mut all: Vec<PackId> = members(&s).into_iter().flatten().collect();
+        all.sort();
+        let mut want: Vec<PackId> = packs.iter().map(|p| p.0).collect();
+        want.sort();
+        assert_eq!(all, want);
     }
 }

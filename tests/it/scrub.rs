@@ -26,7 +26,11 @@ fn stripes(t: &TestRepo) -> HashMap<String, (Vec<PathBuf>, Vec<PathBuf>)> {
     let mut out: HashMap<String, (Vec<PathBuf>, Vec<PathBuf>)> = HashMap::new();
     for p in walk(&t.repo.join("parity")) {
         let name = p.file_name().unwrap().to_str().unwrap().to_string();
-        let (stripe, _) = name.split_once('.').unwrap();
+        // parity files only, not the stripe index (members.db and its WAL)
+        let (stripe, shard) = name.split_once('.').unwrap();
+        if shard.parse::<usize>().is_err() {
+            continue;
+        }
         out.entry(stripe.to_string()).or_default().1.push(p.clone());
     }
     // members: every parity file names them; read the first one's header via the library
