@@ -283,7 +283,7 @@ pub fn backup(
         Tree::default()
     } else {
         let (global, scoped) = (w.excludes.clone(), w.scoped_excludes.clone());
-        let skip = Box::new(move |p: &Path, n: &OsStr| {
+        let skip = std::sync::Arc::new(move |p: &Path, n: &OsStr| {
             global.excluded(p, n) || scoped_excluded(&scoped, p, n)
         });
         let cache = if opts.files_cache {

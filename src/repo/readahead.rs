@@ -5,6 +5,10 @@
 //! files, it only walks: its directory reads and stats warm the kernel's
 //! metadata caches, so the backup's own no longer wait on the disk one at a
 //! time (a cold no-change run of the harness's tree: 1.6-2.2 s to 1.1-1.8 s).
+//! Beside it, a few scout threads list directories and stat their entries
+//! in parallel, a bounded distance ahead, so that several metadata reads
+//! wait on the disk at once instead of one (a cold no-change run of the
+//! harness tree: 1.2-1.3 s to 0.8-0.9 s).
 //! It only warms caches: it hands nothing to the backup, and what it gets
 //! wrong costs only I/O.
 
@@ -15,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,6 +31,12 @@ const AHEAD_BYTES: u64 = 64 << 20;
 const AHEAD_FILES: u64 = 1024;
 /// Bytes advised of any one file.
 const FILE_BYTES: u64 = 8 << 20;
+/// Threads that only read directories and stat their entries, so that
+/// several metadata reads wait on the disk at once (a cold walk of the
+/// harness tree: 1.2-1.4 s with one thread, 0.7-0.8 s with four).
+const SCOUTS: usize = 3;
+/// Entries the scouts may stat ahead of the files the backup reached.
+const SCOUT_AHEAD: u64 = 1 << 16;
 
 /// Where the backup is, shared with the helper.
 #[derive(Default)]
@@ -38,15 +48,17 @@ struct Shared {
     files: AtomicU64,
     /// Of those, files it had to read (the files cache did not reuse them).
     read: AtomicU64,
+    /// Entries the scouts have stat'ed.
+    scouted: AtomicU64,
 }
 
 /// What the helper must skip, as the backup would.
-pub(crate) type Skip = Box<dyn Fn(&Path, &OsStr) -> bool + Send>;
+pub(crate) type Skip = Arc<dyn Fn(&Path, &OsStr) -> bool + Send + Sync>;
 
 /// A running helper; stopped and joined on drop.
 pub(crate) struct ReadAhead {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl ReadAhead {
@@ -62,6 +74,24 @@ impl ReadAhead {
         // (`/x/a/c` before `/x/a-b`), so both count the same files.
         roots.sort();
         let shared = Arc::new(Shared::default());
+        let scouts = Arc::new(Scouts {
+            shared: shared.clone(),
+            skip: skip.clone(),
+            one_file_system,
+            work: Mutex::new(Work::default()),
+            changed: Condvar::new(),
+        });
+        {
+            // unwrap: the lock is never held across a panic
+            let mut w = scouts.work.lock().unwrap();
+            for root in roots.iter().rev() {
+                if let Ok(m) = fs::symlink_metadata(root) {
+                    if m.is_dir() {
+                        w.dirs.push((root.clone(), m.dev()));
+                    }
+                }
+            }
+        }
         let mut h = Helper {
             shared: shared.clone(),
             cache,
@@ -71,18 +101,19 @@ impl ReadAhead {
             bytes: 0,
             files: 0,
         };
-        let thread = std::thread::spawn(move || {
+        let mut threads = vec![std::thread::spawn(move || {
             for root in roots {
                 if let Ok(m) = fs::symlink_metadata(&root) {
                     h.dev = m.dev();
                     h.entry(&root, &m);
                 }
             }
-        });
-        ReadAhead {
-            shared,
-            thread: Some(thread),
+        })];
+        for _ in 0..SCOUTS {
+            let s = scouts.clone();
+            threads.push(std::thread::spawn(move || s.run()));
         }
+        ReadAhead { shared, threads }
     }
 
     /// The backup has reached one more file, `read` it or not, and read
@@ -97,9 +128,94 @@ impl ReadAhead {
 impl Drop for ReadAhead {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// Directories waiting for a scout, and how many scouts are busy.
+#[derive(Default)]
+struct Work {
+    /// A stack, so the scouts stay near the backup's depth-first order.
+    dirs: Vec<(PathBuf, u64)>,
+    busy: usize,
+}
+
+/// What the scouts share: they list directories and stat every entry,
+/// warming the kernel's metadata caches several reads at a time; the
+/// ordered helper and the backup then find it there.
+struct Scouts {
+    shared: Arc<Shared>,
+    skip: Skip,
+    one_file_system: bool,
+    work: Mutex<Work>,
+    changed: Condvar,
+}
+
+impl Scouts {
+    fn run(&self) {
+        while let Some((dir, dev)) = self.next() {
+            let subs = self.scout(&dir, dev);
+            // unwrap: the lock is never held across a panic
+            let mut w = self.work.lock().unwrap();
+            w.dirs.extend(subs.into_iter().rev());
+            w.busy -= 1;
+            self.changed.notify_all();
+        }
+    }
+
+    /// The next directory to scout; `None` when all are done or stopped.
+    fn next(&self) -> Option<(PathBuf, u64)> {
+        let s = &self.shared;
+        loop {
+            if s.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            let ahead =
+                s.scouted.load(Ordering::Relaxed) > s.files.load(Ordering::Relaxed) + SCOUT_AHEAD;
+            // unwrap: the lock is never held across a panic
+            let mut w = self.work.lock().unwrap();
+            if !ahead {
+                if let Some(d) = w.dirs.pop() {
+                    w.busy += 1;
+                    return Some(d);
+                }
+                if w.busy == 0 {
+                    return None;
+                }
+            }
+            // Waits for work, for the backup to catch up, or for a stop.
+            let _ = self
+                .changed
+                .wait_timeout(w, Duration::from_millis(5))
+                .unwrap();
+        }
+    }
+
+    /// Stats the entries of `dir`; returns its subdirectories, in order.
+    fn scout(&self, dir: &Path, dev: u64) -> Vec<(PathBuf, u64)> {
+        let Ok(rd) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut subs = Vec::new();
+        for e in rd.flatten() {
+            let (path, name) = (e.path(), e.file_name());
+            if (self.skip)(&path, &name) {
+                continue;
+            }
+            if let Ok(m) = fs::symlink_metadata(&path) {
+                self.shared.scouted.fetch_add(1, Ordering::Relaxed);
+                if m.is_dir() && (!self.one_file_system || m.dev() == dev) {
+                    subs.push((path, m.dev()));
+                }
+            }
+            if self.shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        subs.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
+        subs
     }
 }
 
@@ -224,12 +340,38 @@ mod tests {
                 fs::write(sub.join(format!("f{f}")), vec![7u8; 4096]).unwrap();
             }
         }
-        let skip: Skip = Box::new(|_, name| name == "d1");
+        let skip: Skip = Arc::new(|_, name| name == "d1");
         let ra = ReadAhead::start(vec![dir.path().to_path_buf()], None, skip, true);
         ra.progress(true, 4096);
         // Dropping stops and joins the helper, wherever it is.
         let started = std::time::Instant::now();
         drop(ra);
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn scouts_stat_every_entry_the_backup_would_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in 0..3 {
+            let sub = dir.path().join(format!("d{d}")).join("deeper");
+            fs::create_dir_all(&sub).unwrap();
+            for f in 0..5 {
+                fs::write(sub.join(format!("f{f}")), b"x").unwrap();
+            }
+        }
+        std::os::unix::fs::symlink(dir.path().join("d0"), dir.path().join("link")).unwrap();
+        let skip: Skip = Arc::new(|_, name| name == "d1");
+        let ra = ReadAhead::start(vec![dir.path().to_path_buf()], None, skip, false);
+        // d0, d2 and the link; each d's "deeper"; five files in each of
+        // those two: the skipped d1 is not entered, the link not followed.
+        let want = 3 + 2 + 10;
+        let started = std::time::Instant::now();
+        while ra.shared.scouted.load(Ordering::Relaxed) < want
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(ra.shared.scouted.load(Ordering::Relaxed), want);
     }
 }
