@@ -15,6 +15,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -122,6 +124,9 @@ pub struct ScrubReport {
     pub unprotected_checked: u64,
     /// Stripes skipped because the interrupted pass had verified them.
     pub stripes_resumed: u64,
+    /// Stripes none of whose parity files could be read: their members
+    /// were checked by their hash and given new parity.
+    pub stripes_unreadable: u64,
     /// What could not be repaired.
     pub unrepairable: Vec<Unrepairable>,
 }
@@ -689,6 +694,7 @@ fn write_counted(
 pub struct Protector {
     tx: Option<crossbeam_channel::Sender<(PackId, u64)>>,
     thread: std::thread::JoinHandle<Result<ProtectReport>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Protector {
@@ -705,10 +711,13 @@ impl Protector {
             }
         }
         let (tx, rx) = crossbeam_channel::unbounded();
-        let thread = std::thread::spawn(move || protect_fresh(&s, cfg, from, rx));
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || protect_fresh(&s, cfg, from, rx, &st));
         Ok(Protector {
             tx: Some(tx),
             thread,
+            stop,
         })
     }
 
@@ -717,12 +726,21 @@ impl Protector {
         self.tx.take()
     }
 
-    /// Waits until every pack handed over is in a stripe.
+    /// Waits until every pack handed over is in a stripe (or left for the
+    /// next protect, when parity was busy elsewhere).
     pub fn finish(mut self) -> Result<ProtectReport> {
         drop(self.tx.take());
         self.thread
             .join()
             .map_err(|_| Error::Corrupt("the parity thread panicked".into()))?
+    }
+
+    /// For a backup that failed or was interrupted: starts no further
+    /// stripe and does not wait for the one being written (it is written
+    /// whole or not at all); the next protect covers the packs.
+    pub fn abandon(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        drop(self.tx.take());
     }
 }
 
@@ -733,6 +751,7 @@ fn protect_fresh(
     cfg: ParityConfig,
     mut from: u64,
     rx: crossbeam_channel::Receiver<(PackId, u64)>,
+    stop: &AtomicBool,
 ) -> Result<ProtectReport> {
     let mut rep = ProtectReport::default();
     let mut fresh: Members = Vec::new();
@@ -743,10 +762,14 @@ fn protect_fresh(
             Err(_) => open = false,
         }
         // A lock and a directory listing per stripe, not per pack.
-        if fresh.is_empty() || (open && fresh.len() < cfg.k) {
+        if fresh.is_empty() || (open && fresh.len() < cfg.k) || stop.load(Ordering::SeqCst) {
             continue;
         }
-        let _g = s.lock_named("parity.lock", true)?;
+        // Never waits behind a scrub (which holds the lock for its whole
+        // pass): the protect after the commit does what is left.
+        let Some(_g) = s.try_lock_named("parity.lock")? else {
+            continue;
+        };
         let files = stripe_files(s)?;
         // Another writer's protect may have taken some of these packs into
         // a stripe since the last look: those written or grown since.
@@ -770,7 +793,10 @@ fn protect_fresh(
             _ => (top.map_or(0, |t| t + 1), Vec::new()),
         };
         // Full stripes now; while the backup runs, an open one waits.
-        while !fresh.is_empty() && (!open || members.len() + fresh.len() >= cfg.k) {
+        while !fresh.is_empty()
+            && (!open || members.len() + fresh.len() >= cfg.k)
+            && !stop.load(Ordering::SeqCst)
+        {
             let n = (cfg.k - members.len()).min(fresh.len());
             members.extend(fresh.drain(..n));
             rep.packs_protected += n as u64;
@@ -876,11 +902,19 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
     let base = state.current.clone();
     let mut saved: Option<Instant> = None;
     let mut in_stripe = HashSet::new();
+    // The scrub reads every header, so it also tells the stripe index what
+    // it found: a stripe whose headers rotted in place (same inode, length
+    // and mtime) is known unreadable, and its members get new parity.
+    let mut idx = StripeIndex::open(&parity_dir(s))?;
     // One stripe's headers in memory at a time.
     for (id, files) in stripes {
+        let sig = stripe_index::signature(&files);
         let Some(st) = load_stripe(id, files) else {
+            rep.stripes_unreadable += 1;
+            idx.record(id, &sig, &Known::unreadable())?;
             continue;
         };
+        idx.record(id, &sig, &known(&st))?;
         for m in &st.header.members {
             in_stripe.insert(m.pack);
         }
@@ -1259,5 +1293,68 @@ mod tests {
         let mut want: Vec<PackId> = packs.iter().map(|p| p.0).collect();
         want.sort();
         assert_eq!(all, want);
+    }
+
+    #[test]
+    fn a_scrub_finds_headers_rotted_in_place_and_their_packs_get_new_parity() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = ParityConfig { k: 3, m: 1 };
+        let s = LocalStore::create(d.path()).unwrap().with_parity(cfg);
+        let mut packs: Vec<PackId> = (0..3)
+            .map(|i| pack(&s, format!("rot {i} ").repeat(4000).as_bytes()).0)
+            .collect();
+        protect(&s, cfg).unwrap();
+        // The only parity file's header rots; inode, length and mtime stay.
+        let p0 = parity_path(&s, 0, 0);
+        let md = fs::metadata(&p0).unwrap();
+        let f = OpenOptions::new().write(true).open(&p0).unwrap();
+        f.write_all_at(&[0x55; 8], md.len() - 8).unwrap();
+        f.set_modified(md.modified().unwrap()).unwrap();
+        drop(f);
+        assert_eq!(protect(&s, cfg).unwrap().packs_protected, 0, "trusted");
+        let rep = scrub(&s, cfg, &ScrubOptions::default()).unwrap();
+        assert_eq!(rep.stripes_unreadable, 1, "{rep:?}");
+        assert!(rep.unrepairable.is_empty(), "{rep:?}");
+        assert_eq!(rep.unprotected_checked, 3);
+        // the scrub's protect gave them a readable stripe again
+        let mut all: Vec<PackId> = members(&s).into_iter().flatten().collect();
+        all.sort();
+        packs.sort();
+        assert_eq!(all, packs);
+        let again = protect(&s, cfg).unwrap();
+        assert_eq!((again.packs_protected, again.stripes_written), (0, 0));
+    }
+
+    #[test]
+    fn parity_during_a_backup_never_waits_for_a_scrub_and_stops_when_abandoned() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = ParityConfig { k: 2, m: 1 };
+        let s = LocalStore::create(d.path()).unwrap().with_parity(cfg);
+        let packs: Vec<(PackId, u64)> = (0..4)
+            .map(|i| pack(&s, format!("busy {i} ").repeat(3000).as_bytes()))
+            .collect();
+        // A scrub holds the lock: the thread leaves the packs for later.
+        let held = s.lock_named("parity.lock", true).unwrap();
+        let mut p = Protector::start(LocalStore::open_dir(d.path()).unwrap(), cfg).unwrap();
+        let tx = p.sender().unwrap();
+        for x in &packs[..2] {
+            tx.send(*x).unwrap();
+        }
+        drop(tx);
+        assert_eq!(p.finish().unwrap().packs_protected, 0);
+        drop(held);
+        assert!(members(&s).is_empty());
+        // Abandoned (a failed backup): nothing more is written.
+        let mut p = Protector::start(LocalStore::open_dir(d.path()).unwrap(), cfg).unwrap();
+        let tx = p.sender().unwrap();
+        p.abandon();
+        for x in &packs[2..] {
+            tx.send(*x).unwrap();
+        }
+        drop(tx);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(members(&s).is_empty());
+        // The next protect covers them all.
+        assert_eq!(protect(&s, cfg).unwrap().packs_protected, 4);
     }
 }

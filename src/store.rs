@@ -307,6 +307,23 @@ impl LocalStore {
     }
 
     /// An flock on `REPO/<name>`, shared or exclusive.
+    /// Like [`LocalStore::lock_named`] (exclusive), but `None` at once
+    /// when someone else holds it.
+    pub(crate) fn try_lock_named(&self, name: &str) -> Result<Option<nix::fcntl::Flock<File>>> {
+        let p = self.root.join(name);
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .at(&p)?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(g) => Ok(Some(g)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(Error::io(&p, e.into())),
+        }
+    }
+
     pub(crate) fn lock_named(
         &self,
         name: &str,

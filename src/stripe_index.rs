@@ -31,12 +31,16 @@ CREATE TABLE IF NOT EXISTS stripe (
 );
 CREATE TABLE IF NOT EXISTS member (
     stripe INTEGER NOT NULL,
+    pos INTEGER NOT NULL,
     pack BLOB NOT NULL,
     size INTEGER NOT NULL,
-    PRIMARY KEY (stripe, pack)
+    PRIMARY KEY (stripe, pos)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS member_pack ON member(pack);
 ";
+
+/// Bumped when the tables change: an index of another version is rebuilt.
+const INDEX_VERSION: i32 = 1;
 
 /// Packs looked up per read transaction.
 pub const LOOKUP_BATCH: usize = 1024;
@@ -50,6 +54,17 @@ pub struct Known {
     pub members: Vec<(PackId, u64)>,
     /// Whether any of its parity files could be read.
     pub readable: bool,
+}
+
+impl Known {
+    /// A stripe none of whose parity files can be read.
+    pub fn unreadable() -> Known {
+        Known {
+            m: 0,
+            members: Vec::new(),
+            readable: false,
+        }
+    }
 }
 
 /// The identity of a stripe's parity files: any rewrite (a rename over),
@@ -80,33 +95,37 @@ pub struct StripeIndex {
 }
 
 impl StripeIndex {
-    /// Opens (or creates) the index in `dir`; one that cannot be opened is
-    /// deleted and started anew.
+    /// Opens (or creates) the index in `dir`. One that cannot be opened,
+    /// or of another version, is deleted and started anew; when even that
+    /// fails (a full disk, a read-only directory), an index in memory
+    /// serves this run: it is only a cache.
     pub fn open(dir: &Path) -> Result<StripeIndex> {
         let path = dir.join(INDEX_FILE);
-        match Self::open_at(&path) {
-            Ok(i) => Ok(i),
-            Err(_) => {
-                for suffix in ["", "-wal", "-shm", "-journal"] {
-                    let p = PathBuf::from(format!("{}{suffix}", path.display()));
-                    match fs::remove_file(&p) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            return Err(Error::io(&p, e))
-                        }
-                        _ => {}
-                    }
-                }
-                Self::open_at(&path)
-            }
+        if let Ok(i) = Self::open_at(&path) {
+            return Ok(i);
         }
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let _ = fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        Self::open_at(&path).or_else(|_| Self::ready(Connection::open_in_memory()?))
     }
 
     fn open_at(path: &Path) -> Result<StripeIndex> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(60))?;
+        let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+        if tables != 0 && version != INDEX_VERSION {
+            return Err(Error::Corrupt("stripe index of another version".into()));
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::ready(conn)
+    }
+
+    fn ready(conn: Connection) -> Result<StripeIndex> {
         conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", INDEX_VERSION)?;
         // A damaged file may open and still fail its first real query.
         conn.query_row("SELECT count(*) FROM stripe", [], |r| r.get::<_, i64>(0))?;
         Ok(StripeIndex { conn })
@@ -148,11 +167,7 @@ impl StripeIndex {
         for (id, sig) in on_disk {
             // unwrap-free: the id came from `files`
             let f = files.get(&id).cloned().unwrap_or_default();
-            let k = load(id, f).unwrap_or(Known {
-                m: 0,
-                members: Vec::new(),
-                readable: false,
-            });
+            let k = load(id, f).unwrap_or_else(Known::unreadable);
             self.record(id, &sig, &k)?;
             read += 1;
         }
@@ -169,10 +184,15 @@ impl StripeIndex {
         )?;
         {
             let mut ins = tx.prepare(
-                "INSERT OR REPLACE INTO member (stripe, pack, size) VALUES (?1, ?2, ?3)",
+                "INSERT OR REPLACE INTO member (stripe, pos, pack, size) VALUES (?1, ?2, ?3, ?4)",
             )?;
-            for (p, size) in &k.members {
-                ins.execute(params![id as i64, p.as_bytes().as_slice(), *size as i64])?;
+            for (pos, (p, size)) in k.members.iter().enumerate() {
+                ins.execute(params![
+                    id as i64,
+                    pos as i64,
+                    p.as_bytes().as_slice(),
+                    *size as i64
+                ])?;
             }
         }
         tx.commit()?;
@@ -203,7 +223,7 @@ impl StripeIndex {
         };
         let mut q = self
             .conn
-            .prepare("SELECT pack, size FROM member WHERE stripe = ?1")?;
+            .prepare("SELECT pack, size FROM member WHERE stripe = ?1 ORDER BY pos")?;
         let rows = q.query_map(params![id as i64], |r| {
             Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? as u64))
         })?;

@@ -314,9 +314,15 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
     let res = backup::backup(&repo, sources, opts);
     drop(bar);
     let parity_started = Instant::now();
-    // The parity thread ends once the packs are in stripes, even after a
-    // failed backup (they are durable and the next run reuses them).
-    let early = protector.map(|p| p.finish());
+    // A failed or interrupted backup leaves its packs to the next protect.
+    let early = match (&res, protector) {
+        (Ok(_), Some(p)) => Some(p.finish()),
+        (Err(_), Some(p)) => {
+            p.abandon();
+            None
+        }
+        (_, None) => None,
+    };
     let out = res?;
     COMMITTED.store(true, Ordering::SeqCst);
     if let Some(local) = &local {
