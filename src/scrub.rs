@@ -1181,6 +1181,32 @@ mod tests {
         (id, bytes.len() as u64)
     }
 
+    /// A store with parity `k+m` and `n` packs of distinct content.
+    fn store_with(
+        k: usize,
+        m: usize,
+        n: usize,
+        tag: &str,
+    ) -> (tempfile::TempDir, LocalStore, Vec<(PackId, u64)>) {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStore::create(d.path())
+            .unwrap()
+            .with_parity(ParityConfig { k, m });
+        let packs = (0..n)
+            .map(|i| pack(&s, format!("{tag} {i} ").repeat(3000).as_bytes()))
+            .collect();
+        (d, s, packs)
+    }
+
+    /// Damages a parity file's header in place, keeping its inode, length
+    /// and mtime (what the stripe index compares).
+    fn rot_header(p: &std::path::Path) {
+        let md = fs::metadata(p).unwrap();
+        let f = OpenOptions::new().write(true).open(p).unwrap();
+        f.write_all_at(&[0x55; 8], md.len() - 8).unwrap();
+        f.set_modified(md.modified().unwrap()).unwrap();
+    }
+
     /// Every stripe's members, in stripe order.
     fn members(s: &LocalStore) -> Vec<Vec<PackId>> {
         let mut out = Vec::new();
@@ -1242,23 +1268,14 @@ mod tests {
 
     #[test]
     fn protect_reads_only_the_stripes_that_changed_and_survives_a_lost_index() {
-        let d = tempfile::tempdir().unwrap();
-        let cfg = ParityConfig { k: 3, m: 1 };
-        let s = LocalStore::create(d.path()).unwrap().with_parity(cfg);
-        let packs: Vec<(PackId, u64)> = (0..7)
-            .map(|i| pack(&s, format!("pack {i} ").repeat(3000).as_bytes()))
-            .collect();
+        let (d, s, packs) = store_with(3, 1, 7, "pack");
+        let cfg = s.parity();
         let rep = protect(&s, cfg).unwrap();
         assert_eq!((rep.packs_protected, rep.stripes_written), (7, 3));
         // Stripe 0's header made unreadable in place, its length and mtime
         // kept: protect trusts the index and does not read it again (the
         // scrub is what reads every byte).
-        let p0 = parity_path(&s, 0, 0);
-        let md = fs::metadata(&p0).unwrap();
-        let f = OpenOptions::new().write(true).open(&p0).unwrap();
-        f.write_all_at(&[0xee; 8], md.len() - 8).unwrap();
-        f.set_modified(md.modified().unwrap()).unwrap();
-        drop(f);
+        rot_header(&parity_path(&s, 0, 0));
         let rep = protect(&s, cfg).unwrap();
         assert_eq!((rep.packs_protected, rep.stripes_written), (0, 0));
         // Stripe 1's files gone: the index notices, its members are
@@ -1297,20 +1314,12 @@ mod tests {
 
     #[test]
     fn a_scrub_finds_headers_rotted_in_place_and_their_packs_get_new_parity() {
-        let d = tempfile::tempdir().unwrap();
-        let cfg = ParityConfig { k: 3, m: 1 };
-        let s = LocalStore::create(d.path()).unwrap().with_parity(cfg);
-        let mut packs: Vec<PackId> = (0..3)
-            .map(|i| pack(&s, format!("rot {i} ").repeat(4000).as_bytes()).0)
-            .collect();
+        let (_d, s, packs) = store_with(3, 1, 3, "rot");
+        let cfg = s.parity();
+        let mut packs: Vec<PackId> = packs.into_iter().map(|p| p.0).collect();
         protect(&s, cfg).unwrap();
         // The only parity file's header rots; inode, length and mtime stay.
-        let p0 = parity_path(&s, 0, 0);
-        let md = fs::metadata(&p0).unwrap();
-        let f = OpenOptions::new().write(true).open(&p0).unwrap();
-        f.write_all_at(&[0x55; 8], md.len() - 8).unwrap();
-        f.set_modified(md.modified().unwrap()).unwrap();
-        drop(f);
+        rot_header(&parity_path(&s, 0, 0));
         assert_eq!(protect(&s, cfg).unwrap().packs_protected, 0, "trusted");
         let rep = scrub(&s, cfg, &ScrubOptions::default()).unwrap();
         assert_eq!(rep.stripes_unreadable, 1, "{rep:?}");
@@ -1327,12 +1336,8 @@ mod tests {
 
     #[test]
     fn parity_during_a_backup_never_waits_for_a_scrub_and_stops_when_abandoned() {
-        let d = tempfile::tempdir().unwrap();
-        let cfg = ParityConfig { k: 2, m: 1 };
-        let s = LocalStore::create(d.path()).unwrap().with_parity(cfg);
-        let packs: Vec<(PackId, u64)> = (0..4)
-            .map(|i| pack(&s, format!("busy {i} ").repeat(3000).as_bytes()))
-            .collect();
+        let (d, s, packs) = store_with(2, 1, 4, "busy");
+        let cfg = s.parity();
         // A scrub holds the lock: the thread leaves the packs for later.
         let held = s.lock_named("parity.lock", true).unwrap();
         let mut p = Protector::start(LocalStore::open_dir(d.path()).unwrap(), cfg).unwrap();

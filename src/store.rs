@@ -306,10 +306,8 @@ impl LocalStore {
         self.lock_named("lock", exclusive)
     }
 
-    /// An flock on `REPO/<name>`, shared or exclusive.
-    /// Like [`LocalStore::lock_named`] (exclusive), but `None` at once
-    /// when someone else holds it.
-    pub(crate) fn try_lock_named(&self, name: &str) -> Result<Option<nix::fcntl::Flock<File>>> {
+    /// The file `REPO/<name>` that an flock is taken on.
+    fn lock_target(&self, name: &str) -> Result<(File, PathBuf)> {
         let p = self.root.join(name);
         let f = OpenOptions::new()
             .create(true)
@@ -317,6 +315,13 @@ impl LocalStore {
             .write(true)
             .open(&p)
             .at(&p)?;
+        Ok((f, p))
+    }
+
+    /// Like [`LocalStore::lock_named`] (exclusive), but `None` at once
+    /// when someone else holds it.
+    pub(crate) fn try_lock_named(&self, name: &str) -> Result<Option<nix::fcntl::Flock<File>>> {
+        let (f, p) = self.lock_target(name)?;
         match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(g) => Ok(Some(g)),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
@@ -324,18 +329,13 @@ impl LocalStore {
         }
     }
 
+    /// An flock on `REPO/<name>`, shared or exclusive.
     pub(crate) fn lock_named(
         &self,
         name: &str,
         exclusive: bool,
     ) -> Result<nix::fcntl::Flock<File>> {
-        let p = self.root.join(name);
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .at(&p)?;
+        let (f, p) = self.lock_target(name)?;
         let arg = if exclusive {
             nix::fcntl::FlockArg::LockExclusive
         } else {
