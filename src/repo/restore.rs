@@ -109,6 +109,40 @@ struct FileTask {
     /// queued them all.
     remaining: AtomicUsize,
     failed: Mutex<Option<String>>,
+    /// Further names hard-linked to this file, when it has several.
+    links: Option<Arc<Links>>,
+}
+
+/// The other names of a hard-linked file: removed with it when its content
+/// fails, so no name is left with wrong or partial bytes.
+#[derive(Default)]
+struct Links {
+    /// The names linked so far, and whether the file failed.
+    state: Mutex<(Vec<PathBuf>, bool)>,
+}
+
+impl Links {
+    /// Links `to` to `first`, unless the file failed.
+    fn link(&self, first: &Path, to: &Path) -> io::Result<()> {
+        // unwrap: the lock is never held across a panic
+        let mut st = self.state.lock().unwrap();
+        if st.1 {
+            return Err(io::Error::other("the linked file could not be restored"));
+        }
+        fs::hard_link(first, to)?;
+        st.0.push(to.to_path_buf());
+        Ok(())
+    }
+
+    /// Removes every name linked so far, and refuses new ones.
+    fn fail(&self) {
+        // unwrap: the lock is never held across a panic
+        let mut st = self.state.lock().unwrap();
+        st.1 = true;
+        for l in st.0.drain(..) {
+            let _ = fs::remove_file(l);
+        }
+    }
 }
 
 struct Shared {
@@ -134,6 +168,9 @@ impl FileTask {
         if let Some(msg) = self.failed.lock().unwrap().take() {
             // Never leave wrong or partial bytes behind.
             let _ = fs::remove_file(&self.path);
+            if let Some(l) = &self.links {
+                l.fail();
+            }
             shared
                 .errors
                 .lock()
@@ -208,7 +245,8 @@ struct Restorer<'a> {
     batch: Batch<Job>,
     shared: Arc<Shared>,
     stats: RestoreStats,
-    hardlinks: HashMap<(u64, u64), PathBuf>,
+    /// The first name of each hard-linked file, and its other names.
+    hardlinks: HashMap<(u64, u64), (PathBuf, Arc<Links>)>,
     dirs: Vec<(PathBuf, Node)>,
 }
 
@@ -394,16 +432,19 @@ impl Restorer<'_> {
             }
             Some(NodeKind::File) => {
                 clear(path).map_err(io)?;
+                let mut links = None;
                 if node.links > 1 {
-                    if let Some(first) = self.hardlinks.get(&(node.dev, node.inode)) {
-                        fs::hard_link(first, path).map_err(io)?;
+                    if let Some((first, l)) = self.hardlinks.get(&(node.dev, node.inode)) {
+                        l.link(first, path).map_err(io)?;
                         self.stats.files += 1;
                         return Ok(());
                     }
+                    let l = Arc::new(Links::default());
                     self.hardlinks
-                        .insert((node.dev, node.inode), path.to_path_buf());
+                        .insert((node.dev, node.inode), (path.to_path_buf(), l.clone()));
+                    links = Some(l);
                 }
-                self.restore_file(node, path)?;
+                self.restore_file(node, path, links)?;
             }
             Some(NodeKind::Symlink) => {
                 clear(path).map_err(io)?;
@@ -436,7 +477,7 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    fn restore_file(&mut self, node: Node, path: &Path) -> Result<()> {
+    fn restore_file(&mut self, node: Node, path: &Path, links: Option<Arc<Links>>) -> Result<()> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -453,6 +494,7 @@ impl Restorer<'_> {
             owners: self.opts.owners,
             remaining: AtomicUsize::new(1),
             failed: Mutex::new(None),
+            links,
         });
         let mut offset = 0u64;
         let (jobs, cache, batch) = (&self.jobs, self.cache, &mut self.batch);

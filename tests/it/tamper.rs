@@ -100,6 +100,44 @@ fn flipped_byte_in_a_pack_is_detected() {
 }
 
 #[test]
+fn a_damaged_hard_linked_file_leaves_none_of_its_names_behind() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let a = random_bytes(5, 300_000);
+    let c = random_bytes(6, 100);
+    fs::write(src.join("a"), &a).unwrap();
+    fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    fs::write(src.join("c"), &c).unwrap();
+    t.backup(&[src.to_str().unwrap()]);
+    fs::remove_dir_all(t.repo.join("parity")).unwrap();
+    // Damage a chunk of a (and b), nothing else: c is far smaller.
+    let (pack, e) = tables(&t)
+        .into_iter()
+        .find_map(|(p, es)| {
+            let e = es
+                .into_iter()
+                .find(|e| e.kind == Kind::Data && e.plain_len > 1000)?;
+            Some((p, e))
+        })
+        .unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[(e.offset + 1000) as usize] ^= 0x10;
+    fs::write(&pack, bytes).unwrap();
+
+    let target = t.path("out");
+    let r = t
+        .run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .fails();
+    assert_ne!(r.code(), 0);
+    let out = restored(&target, &src);
+    // Neither name of the damaged file is left, with any content.
+    assert!(!out.join("a").exists(), "a left behind");
+    assert!(!out.join("b").exists(), "b left behind");
+    assert_eq!(fs::read(out.join("c")).unwrap(), c);
+}
+
+#[test]
 fn swapped_blobs_are_detected() {
     // two single-chunk files of equal size: their sealed blobs are equally long
     let files = [
