@@ -313,6 +313,10 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
     let sources = std::mem::take(&mut job.sources);
     let res = backup::backup(&repo, sources, opts);
     drop(bar);
+    // Saved: a signal from here on must not claim otherwise.
+    if res.is_ok() {
+        COMMITTED.store(true, Ordering::SeqCst);
+    }
     let parity_started = Instant::now();
     // A failed or interrupted backup leaves its packs to the next protect.
     let early = match (&res, protector) {
@@ -324,7 +328,6 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         (_, None) => None,
     };
     let out = res?;
-    COMMITTED.store(true, Ordering::SeqCst);
     if let Some(local) = &local {
         if let Some(Err(e)) = early {
             eprintln!("coffer: warning: parity during the backup failed, computing it now: {e}");
