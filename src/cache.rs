@@ -183,12 +183,30 @@ impl Cache {
         Ok(out)
     }
 
-    /// Which of `ids` the index holds, asked in one read transaction.
-    pub fn have_blobs<'a>(&self, ids: impl IntoIterator<Item = &'a BlobId>) -> Result<Vec<bool>> {
+    /// Which of `ids` the index holds in a pack other than those of
+    /// `except` (copies in mostly dead packs do not count), asked in one
+    /// read transaction.
+    pub fn have_blobs<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a BlobId>,
+        except: &std::collections::HashSet<PackId>,
+    ) -> Result<Vec<bool>> {
         self.in_read_tx(|conn| {
-            let mut st = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
-            let out = ids.into_iter().map(|id| st.exists([id.as_bytes()]));
-            Ok(out.collect::<rusqlite::Result<Vec<bool>>>()?)
+            if except.is_empty() {
+                let mut st = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
+                let out = ids.into_iter().map(|id| st.exists([id.as_bytes()]));
+                return Ok(out.collect::<rusqlite::Result<Vec<bool>>>()?);
+            }
+            let mut st = conn.prepare_cached("SELECT pack FROM blobs WHERE id = ?1")?;
+            let mut out = Vec::new();
+            for id in ids {
+                let mut elsewhere = false;
+                for p in st.query_map([id.as_bytes()], |r| r.get::<_, Vec<u8>>(0))? {
+                    elsewhere |= PackId::from_slice(&p?).is_some_and(|p| !except.contains(&p));
+                }
+                out.push(elsewhere);
+            }
+            Ok(out)
         })
     }
 
@@ -308,13 +326,7 @@ impl Cache {
         &mut self,
         paths: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Vec<Option<FileRecord>>> {
-        let tx = self.conn.transaction()?;
-        let out = paths
-            .into_iter()
-            .map(|p| file_in(&tx, p))
-            .collect::<Result<Vec<_>>>()?;
-        tx.commit()?;
-        Ok(out)
+        self.in_read_tx(|conn| paths.into_iter().map(|p| file_in(conn, p)).collect())
     }
 
     /// Notes that the running backup references these blobs, each for a
@@ -572,9 +584,18 @@ mod tests {
         );
         assert!(c.lookup(&BlobId([3; 32])).unwrap().is_none());
         assert_eq!(
-            c.have_blobs([&BlobId([3; 32]), &BlobId([1; 32]), &BlobId([1; 32])])
-                .unwrap(),
+            c.have_blobs(
+                [&BlobId([3; 32]), &BlobId([1; 32]), &BlobId([1; 32])],
+                &Default::default()
+            )
+            .unwrap(),
             vec![false, true, true]
+        );
+        // A copy only in a pack to ignore does not count.
+        let except = std::collections::HashSet::from([PackId([2; 32])]);
+        assert_eq!(
+            c.have_blobs([&BlobId([1; 32])], &except).unwrap(),
+            vec![false]
         );
         let many = c.lookup_many([&BlobId([1; 32]), &BlobId([3; 32])]).unwrap();
         assert_eq!(
@@ -602,7 +623,11 @@ mod tests {
         want.extend_from_slice(&100u64.to_le_bytes());
         assert_eq!(c.file(b"/f").unwrap().unwrap().packs, want);
         c.remove_pack(&PackId([2; 32])).unwrap();
-        assert_eq!(c.have_blobs([&BlobId([1; 32])]).unwrap(), vec![false]);
+        assert_eq!(
+            c.have_blobs([&BlobId([1; 32])], &Default::default())
+                .unwrap(),
+            vec![false]
+        );
     }
 
     #[test]

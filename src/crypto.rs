@@ -250,16 +250,29 @@ impl Keys {
         let end = sealed.len() - TAG_LEN;
         let (head, tag) = sealed.split_at_mut(end);
         let (nonce, ct) = head.split_at_mut(NONCE_LEN);
-        self.cipher
-            .decrypt_in_place_detached(
-                XNonce::from_slice(nonce),
-                &associated_data(kind, id),
-                ct,
-                Tag::from_slice(tag),
-            )
-            .map_err(|_| CryptoError::Auth)?;
+        decrypt(&self.cipher, kind, id, nonce, ct, tag)?;
         Ok(NONCE_LEN..end)
     }
+}
+
+/// Checks the tag of `ct` and decrypts it in place (left as it was when the
+/// tag does not match).
+fn decrypt(
+    cipher: &XChaCha20Poly1305,
+    kind: Kind,
+    id: &[u8; 32],
+    nonce: &[u8],
+    ct: &mut [u8],
+    tag: &[u8],
+) -> Result<(), CryptoError> {
+    cipher
+        .decrypt_in_place_detached(
+            XNonce::from_slice(nonce),
+            &associated_data(kind, id),
+            ct,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| CryptoError::Auth)
 }
 
 /// Opens a sealed object under an explicit cipher (also used for key files).
@@ -288,15 +301,7 @@ fn open_into_with(
     let (nonce, rest) = sealed.split_at(NONCE_LEN);
     let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
     out.extend_from_slice(ct);
-    if cipher
-        .decrypt_in_place_detached(
-            XNonce::from_slice(nonce),
-            &associated_data(kind, id),
-            &mut out[..],
-            Tag::from_slice(tag),
-        )
-        .is_err()
-    {
+    if decrypt(cipher, kind, id, nonce, out, tag).is_err() {
         // Never leave unauthenticated plaintext behind.
         out.clear();
         return Err(CryptoError::Auth);

@@ -52,6 +52,12 @@ impl ParityConfig {
         }
     }
 
+    /// Whether a stripe of `members` packs with `m` parity shards is the
+    /// open one new packs join: not full, and of this shape.
+    fn takes_more(&self, members: usize, m: u32) -> bool {
+        members < self.k && m as usize == self.m
+    }
+
     /// Parses `K+M`, e.g. `10+2`.
     pub fn parse(s: &str) -> std::result::Result<ParityConfig, String> {
         let (k, m) = s
@@ -569,7 +575,7 @@ fn protect_locked(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
     let open = match top {
         Some(t) => idx
             .stripe(t)?
-            .filter(|k| k.readable && k.members.len() < cfg.k && k.m as usize == cfg.m)
+            .filter(|k| k.readable && cfg.takes_more(k.members.len(), k.m))
             .map(|k| (t, k.members, false)),
         None => None,
     };
@@ -783,9 +789,7 @@ fn protect_fresh(
         let top = files.keys().next_back().copied();
         let (mut id, mut members): (u64, Members) = match last {
             Some(st)
-                if Some(st.id) == top
-                    && st.header.members.len() < cfg.k
-                    && st.header.m as usize == cfg.m =>
+                if Some(st.id) == top && cfg.takes_more(st.header.members.len(), st.header.m) =>
             {
                 let m = st.header.members.iter().map(|m| (m.pack, m.size));
                 (st.id, m.collect())

@@ -277,6 +277,17 @@ impl<W: Write> PackWriter<W> {
     }
 }
 
+/// Whether any two entries share bytes of the pack. A writer never makes
+/// such a table; a reader that decrypts blobs where they lie must refuse it.
+pub fn blobs_overlap(entries: &[PackEntry]) -> bool {
+    let mut spans: Vec<(u64, u64)> = entries
+        .iter()
+        .map(|e| (e.offset, e.offset + u64::from(e.sealed_len)))
+        .collect();
+    spans.sort_unstable();
+    spans.windows(2).any(|w| w[1].0 < w[0].1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +298,21 @@ mod tests {
 
     fn keys() -> Keys {
         Keys::derive(&MasterKey::from_bytes([3u8; 32]))
+    }
+
+    #[test]
+    fn overlapping_entries_are_found() {
+        let e = |offset, sealed_len| PackEntry {
+            kind: Kind::Data,
+            id: crate::id::BlobId([0; 32]),
+            offset,
+            sealed_len,
+            plain_len: 1,
+        };
+        assert!(!blobs_overlap(&[e(8, 10), e(18, 5), e(40, 1)]));
+        assert!(!blobs_overlap(&[e(40, 1), e(8, 10)]));
+        assert!(blobs_overlap(&[e(8, 10), e(17, 5)]));
+        assert!(blobs_overlap(&[e(30, 5), e(8, 30)]));
     }
 
     #[test]

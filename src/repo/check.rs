@@ -266,12 +266,7 @@ fn read_pack(repo: &Repository, id: &PackId, size: u64) -> (u64, Vec<String>) {
     };
     // Each blob is decrypted where it lies, so entries must not overlap
     // (a writer never makes them; an overlap is reported, not opened).
-    let mut spans: Vec<(u64, u64)> = entries
-        .iter()
-        .map(|e| (e.offset, e.offset + e.sealed_len as u64))
-        .collect();
-    spans.sort_unstable();
-    if spans.windows(2).any(|w| w[1].0 < w[0].1) {
+    if pack::blobs_overlap(&entries) {
         errs.push(format!("pack {id}: blobs overlap in the pack"));
         return (0, errs);
     }

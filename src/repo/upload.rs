@@ -155,21 +155,8 @@ impl Uploader {
     /// locking) per block.
     pub fn add(&mut self, cache: &mut Cache, kind: Kind, blobs: &[(BlobId, &[u8])]) -> Result<()> {
         self.drain(cache, false)?;
-        let ids = blobs.iter().map(|(id, _)| id);
-        let known = if self.sparse.is_empty() {
-            cache.have_blobs(ids)?
-        } else {
-            // Copies in mostly dead packs do not count.
-            let mut known = Vec::with_capacity(blobs.len());
-            for id in ids {
-                let live = cache
-                    .locations(id)?
-                    .iter()
-                    .any(|p| !self.sparse.contains(p));
-                known.push(live);
-            }
-            known
-        };
+        // Copies in mostly dead packs do not count.
+        let known = cache.have_blobs(blobs.iter().map(|(id, _)| id), &self.sparse)?;
         for ((id, data), known) in blobs.iter().zip(known) {
             // pending also catches a blob repeated within `blobs`
             if !known && !self.pending.contains(id) {
