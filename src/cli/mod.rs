@@ -50,6 +50,19 @@ impl std::fmt::Display for Damaged {
 }
 impl std::error::Error for Damaged {}
 
+/// Lifts the soft limit on open files to the hard one (at most 64 Ki): a
+/// restore keeps a file open until its last chunk is written, and up to
+/// about a thousand can be in flight; the usual soft limit is 1024.
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let want = hard.min(1 << 16);
+        if soft < want {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let mut cli = match Cli::from_arg_matches(&matches) {
@@ -64,6 +77,7 @@ pub fn main() -> ExitCode {
         }
     }
     let json = cli.json;
+    raise_open_files();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -160,6 +160,62 @@ pub fn make_special(path: &Path, node: &Node) -> io::Result<()> {
     mknod(path, kind, mode, node.rdev as nix::libc::dev_t).map_err(io::Error::from)
 }
 
+/// [`apply_meta`] through an open regular file or directory: no path is
+/// looked up again, and the owner is only changed when it differs (a file
+/// this process created usually has it already). On a restore of 22k files
+/// and 9k directories the per-path `lchown`, `chmod` and `utimes` calls
+/// were a tenth of the CPU.
+pub fn apply_meta_fd(
+    file: &fs::File,
+    path: &Path,
+    node: &Node,
+    owners: bool,
+    warn: &mut MetaWarnings,
+) {
+    use xattr::FileExt;
+    let now = file.metadata().ok();
+    let mut chowned = false;
+    if owners {
+        let same = now
+            .as_ref()
+            .is_some_and(|m| m.uid() == node.uid && m.gid() == node.gid);
+        if !same {
+            chowned = true;
+            if let Err(e) = std::os::unix::fs::fchown(file, Some(node.uid), Some(node.gid)) {
+                warn.0.push(format!("{}: chown: {e}", path.display()));
+            }
+        }
+    }
+    for x in &node.xattrs {
+        let name = std::ffi::OsStr::from_bytes(&x.name);
+        if let Err(e) = file.set_xattr(name, &x.value) {
+            warn.0.push(format!(
+                "{}: xattr {}: {e}",
+                path.display(),
+                name.to_string_lossy()
+            ));
+        }
+    }
+    // A chown may have cleared set-id bits: the mode is set after it.
+    if chowned || now.is_none_or(|m| m.mode() & 0o7777 != node.mode) {
+        if let Err(e) = file.set_permissions(fs::Permissions::from_mode(node.mode)) {
+            warn.0.push(format!("{}: chmod: {e}", path.display()));
+        }
+    }
+    if let Err(e) =
+        filetime::set_file_handle_times(file, Some(mtime_of(node)), Some(mtime_of(node)))
+    {
+        warn.0.push(format!("{}: utimes: {e}", path.display()));
+    }
+}
+
+fn mtime_of(node: &Node) -> filetime::FileTime {
+    filetime::FileTime::from_unix_time(
+        node.mtime_ns.div_euclid(1_000_000_000),
+        node.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    )
+}
+
 /// What applying metadata could not do (not fatal: reported as warnings).
 #[derive(Debug, Default)]
 pub struct MetaWarnings(pub Vec<String>);
@@ -188,10 +244,7 @@ pub fn apply_meta(path: &Path, node: &Node, owners: bool, warn: &mut MetaWarning
             warn.0.push(format!("{}: chmod: {e}", path.display()));
         }
     }
-    let mtime = filetime::FileTime::from_unix_time(
-        node.mtime_ns.div_euclid(1_000_000_000),
-        node.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
+    let mtime = mtime_of(node);
     if let Err(e) = filetime::set_symlink_file_times(path, mtime, mtime) {
         warn.0.push(format!("{}: utimes: {e}", path.display()));
     }

@@ -2,7 +2,7 @@
 //! target that already holds hostile entries.
 
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, FileExt, MetadataExt, PermissionsExt};
 
 use crate::util::*;
 
@@ -132,4 +132,59 @@ fn stats_and_check_on_a_clean_repository() {
         fs::read(restored(&out, &src).join("f")).unwrap(),
         random_bytes(1, 2 << 20)
     );
+}
+
+/// The cases the restore's shortcuts must not get wrong: a set-id file of
+/// another owner (chown clears set-id bits, so the mode comes after), a
+/// file ending in a hole (sized, not written), read-only and unsearchable
+/// directories holding entries (their modes are set last, deepest first),
+/// and more small files than one batch of cache lookups holds.
+#[test]
+fn metadata_survives_a_restore_of_many_small_files() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(src.join("ro/inner")).unwrap();
+    fs::create_dir_all(src.join("many")).unwrap();
+    fs::write(src.join("ro/inner/f"), b"inside a read-only dir").unwrap();
+    for i in 0..700 {
+        fs::write(src.join(format!("many/{i:04}")), format!("file {i}\n")).unwrap();
+    }
+    fs::write(src.join("suid"), b"#!/bin/sh\n").unwrap();
+    if is_root() {
+        std::os::unix::fs::lchown(src.join("suid"), Some(2345), Some(2346)).unwrap();
+        std::os::unix::fs::lchown(src.join("ro"), Some(2347), Some(2348)).unwrap();
+    }
+    // after the chown, which clears set-id bits
+    fs::set_permissions(src.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    {
+        let f = fs::File::create(src.join("tail-hole")).unwrap();
+        f.write_all_at(&random_bytes(9, 5000), 0).unwrap();
+        f.set_len(3 << 20).unwrap();
+    }
+    fs::set_permissions(src.join("ro/inner"), fs::Permissions::from_mode(0o500)).unwrap();
+    fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+    fs::set_permissions(src.join("many"), fs::Permissions::from_mode(0o700)).unwrap();
+    for p in walk(&src) {
+        age(&p);
+    }
+    age(&src);
+    t.backup(&[src.to_str().unwrap()]);
+    let target = t.path("out");
+    t.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .ok();
+    let got = restored(&target, &src);
+    assert_same_tree(&src, &got);
+    let m = fs::metadata(got.join("suid")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o4755, "set-uid bit kept");
+    let hole = fs::metadata(got.join("tail-hole")).unwrap();
+    assert_eq!(hole.len(), 3 << 20);
+    assert!(
+        hole.blocks() * 512 < 1 << 20,
+        "the trailing hole stays sparse"
+    );
+    // let the test directory be removed
+    fs::set_permissions(got.join("ro"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(got.join("ro/inner"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(src.join("ro/inner"), fs::Permissions::from_mode(0o755)).unwrap();
 }
