@@ -186,7 +186,12 @@ fn build_keys() -> Value {
     let kf = KeyFile::create(
         &m,
         PASSPHRASE.as_bytes(),
-        KdfParams::DEFAULT,
+        // One lane, as every key file written before two became the
+        // default: such files must keep opening.
+        KdfParams {
+            parallelism: 1,
+            ..KdfParams::DEFAULT
+        },
         repo,
         1_767_225_600,
         "vps-042".into(),

@@ -332,7 +332,7 @@ fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
         kdf: KdfParams {
             memory_kib: a.kdf_memory_kib,
             iterations: a.kdf_iterations,
-            parallelism: 1,
+            parallelism: KdfParams::DEFAULT.parallelism,
         },
         settings,
         host: host(),
@@ -645,7 +645,7 @@ fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
         let params = KdfParams {
             memory_kib,
             iterations,
-            parallelism: 1,
+            parallelism: KdfParams::DEFAULT.parallelism,
         };
         Ok(repo.add_key(pw, params, host(), now_ns() / 1_000_000_000)?)
     };
