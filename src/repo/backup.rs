@@ -753,26 +753,25 @@ impl Walker {
         let (mut start, mut end, mut eof) = (0usize, 0usize, false);
         let mut cb = ContentBuilder::default();
         let res: Result<()> = (|| loop {
-            while !eof && end - start < max {
-                if end == buf.len() {
-                    buf.copy_within(start..end, 0);
-                    end -= start;
-                    start = 0;
-                }
-                self.check_cancel()?;
-                let n = read_full(r, &mut buf[end..]).map_err(|e| Error::io(src, e))?;
-                if n == 0 {
-                    eof = true;
-                }
-                end += n;
+            // Cut while a cut is certain; refill (moving what is left to the
+            // front) only when none is.
+            if let Some(n) = self.chunker.next_len(&buf[start..end], eof) {
+                self.push_chunk(&mut cb, file, &buf[start..start + n])?;
+                start += n;
+                continue;
             }
-            match self.chunker.next_len(&buf[start..end], eof) {
-                Some(n) => {
-                    self.push_chunk(&mut cb, file, &buf[start..start + n])?;
-                    start += n;
-                }
-                None => return Ok(()),
+            if eof {
+                return Ok(());
             }
+            if end == buf.len() {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+            }
+            self.check_cancel()?;
+            let n = read_full(r, &mut buf[end..]).map_err(|e| Error::io(src, e))?;
+            eof = n == 0;
+            end += n;
         })();
         self.buf = buf;
         res?;
