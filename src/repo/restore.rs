@@ -22,7 +22,7 @@ use crate::cache::{BlobLocation, Cache, ReadHold};
 use crate::crypto::{Keys, Kind};
 use crate::error::{Error, Result};
 use crate::format::blob::{self, Plain};
-use crate::format::chunklist::ChunkRef;
+use crate::format::chunklist::{self, ChunkRef};
 use crate::format::tree::{Node, NodeKind, Tree};
 use crate::id::BlobId;
 use crate::source::{self, MetaWarnings};
@@ -207,7 +207,9 @@ fn send(to: &Sender<Vec<Job>>, batch: Vec<Job>) -> Result<()> {
 /// together, and files whose chunks are all among them.
 #[derive(Default)]
 struct Lookups {
-    chunks: Vec<(Arc<FileTask>, u64, ChunkRef)>,
+    /// A file, a chunk's offset in it, the chunk, and where it lives when
+    /// that was looked up already (`Some(None)`: in no pack).
+    chunks: Vec<(Arc<FileTask>, u64, ChunkRef, Option<Located>)>,
     /// Files the walker has finished with: their walker reference is
     /// dropped once their chunks are queued.
     closed: Vec<Arc<FileTask>>,
@@ -247,16 +249,19 @@ impl Lookups {
         if self.chunks.is_empty() {
             return Ok(());
         }
-        let locs = match cache.lookup_many(self.chunks.iter().map(|(_, _, c)| &c.id)) {
-            Ok(l) => l,
+        let unknown = self.chunks.iter().filter(|c| c.3.is_none());
+        let mut locs = match cache.lookup_many(unknown.map(|(_, _, c, _)| &c.id)) {
+            Ok(l) => l.into_iter(),
             Err(e) => {
-                for (task, _, _) in self.chunks.drain(..) {
+                for (task, _, _, _) in self.chunks.drain(..) {
                     task.fail(e.to_string());
                 }
                 return Ok(());
             }
         };
-        for ((task, offset, chunk), loc) in self.chunks.drain(..).zip(locs) {
+        for (task, offset, chunk, known) in self.chunks.drain(..) {
+            // unwrap: one looked-up location per chunk without one
+            let loc = known.unwrap_or_else(|| locs.next().unwrap());
             let Some(loc) = loc else {
                 task.fail(format!(
                     "chunk {} is in no pack of the repository",
@@ -283,13 +288,51 @@ impl Lookups {
 /// Decoded trees kept ready for the walker.
 const TREES_AHEAD: usize = 64;
 
+/// Where a chunk lives, or that it is in no pack.
+type Located = Option<BlobLocation>;
+
+/// A tree read ahead, with the locations of its files' inline chunks
+/// (those not zero, in order), one entry per node: `None` when not looked
+/// up. The walker then asks the cache only for chunks of long files.
+struct AheadTree {
+    tree: Tree,
+    chunks: Vec<Option<Vec<Located>>>,
+}
+
+/// Looks up the inline chunks of a tree's files in one transaction; none
+/// when that fails (the walker looks them up itself then).
+fn locate_inline(cache: &Cache, tree: &Tree) -> Vec<Option<Vec<Located>>> {
+    let mut ids = Vec::new();
+    let spans: Vec<Option<std::ops::Range<usize>>> = tree
+        .nodes
+        .iter()
+        .map(|n| {
+            let inline = n
+                .chunks
+                .as_ref()
+                .filter(|_| n.kind == Some(NodeKind::File))?;
+            let refs = chunklist::decode(inline).ok()?;
+            let start = ids.len();
+            ids.extend(refs.iter().filter(|r| !r.is_zero()).map(|r| r.id));
+            Some(start..ids.len())
+        })
+        .collect();
+    let Ok(locs) = cache.lookup_many(ids.iter()) else {
+        return spans.iter().map(|_| None).collect();
+    };
+    spans
+        .into_iter()
+        .map(|span| span.map(|r| locs[r].to_vec()))
+        .collect()
+}
+
 /// Reads, opens and decodes a snapshot's trees on a thread of its own, in
 /// the order the walker visits them (depth first, entries in order), so
 /// the walker neither waits on a tree's read nor spends its time opening
 /// it. On a tree of 9k directories those reads were a tenth of the
 /// walker's time, plus its waits on the disk.
 struct TreesAhead {
-    rx: Option<Receiver<(BlobId, Result<Tree>)>>,
+    rx: Option<Receiver<(BlobId, Result<AheadTree>)>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -316,9 +359,14 @@ impl TreesAhead {
                         })
                     })
                     .and_then(|loc| reader.read(&loc, Kind::Tree, &id))
-                    .and_then(|plain| Ok(Tree::decode(&plain)?));
+                    .and_then(|plain| Ok(Tree::decode(&plain)?))
+                    .map(|tree| {
+                        let chunks = locate_inline(&cache, &tree);
+                        AheadTree { tree, chunks }
+                    });
                 if let Ok(t) = &tree {
                     let subs = t
+                        .tree
                         .nodes
                         .iter()
                         .rev()
@@ -340,7 +388,7 @@ impl TreesAhead {
 
     /// The next tree, when it is `id`; None (and no more trees ahead) when
     /// the walk left the expected order.
-    fn next(&mut self, id: &BlobId) -> Option<Result<Tree>> {
+    fn next(&mut self, id: &BlobId) -> Option<Result<AheadTree>> {
         match self.rx.as_ref()?.recv() {
             Ok((got, tree)) if got == *id => Some(tree),
             _ => {
@@ -557,11 +605,18 @@ impl Restorer<'_> {
         fresh: bool,
     ) -> Result<()> {
         self.keep_hold()?;
-        let tree = match self.ahead.as_mut().and_then(|a| a.next(tree)) {
-            Some(t) => t?,
-            None => self.repo.load_tree(self.cache, tree)?,
+        let (tree, mut located) = match self.ahead.as_mut().and_then(|a| a.next(tree)) {
+            Some(t) => {
+                let t = t?;
+                (t.tree, t.chunks.into_iter())
+            }
+            None => (
+                self.repo.load_tree(self.cache, tree)?,
+                Vec::new().into_iter(),
+            ),
         };
         for node in tree.nodes {
+            let located = located.next().flatten();
             self.keep_hold()?;
             let name = String::from_utf8_lossy(&node.name).into_owned();
             let mut rel_child = rel.to_vec();
@@ -570,7 +625,7 @@ impl Restorer<'_> {
                 continue;
             };
             let path = dest.join(std::ffi::OsStr::from_bytes(&node.name));
-            if let Err(e) = self.restore_node(node, &rel_child, &path, full, fresh) {
+            if let Err(e) = self.restore_node(node, located, &rel_child, &path, full, fresh) {
                 match e {
                     Error::Io { .. } | Error::RawIo(_) => self.stats.errors.push(e.to_string()),
                     e => return Err(e),
@@ -595,6 +650,7 @@ impl Restorer<'_> {
     fn restore_node(
         &mut self,
         node: Node,
+        located: Option<Vec<Located>>,
         rel: &[String],
         path: &Path,
         full: bool,
@@ -631,7 +687,7 @@ impl Restorer<'_> {
                         .insert((node.dev, node.inode), (path.to_path_buf(), l.clone()));
                     links = Some(l);
                 }
-                self.restore_file(node, path, links)?;
+                self.restore_file(node, located, path, links)?;
             }
             Some(NodeKind::Symlink) => {
                 clear(path).map_err(io)?;
@@ -664,7 +720,15 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    fn restore_file(&mut self, node: Node, path: &Path, links: Option<Arc<Links>>) -> Result<()> {
+    /// Creates a file and queues its chunks; `located`: where its inline
+    /// chunks live, when known.
+    fn restore_file(
+        &mut self,
+        node: Node,
+        located: Option<Vec<Located>>,
+        path: &Path,
+        links: Option<Arc<Links>>,
+    ) -> Result<()> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -684,13 +748,17 @@ impl Restorer<'_> {
         let (mut offset, mut holes) = (0u64, false);
         let (jobs, cache, batch) = (&self.jobs, self.cache, &mut self.batch);
         let (lookups, shared) = (&mut self.lookups, &*self.shared);
+        // Inline chunks come first, in the order they were located.
+        let mut located = located.into_iter().flatten();
         let res = self.repo.for_each_chunk(cache, &node, &mut |chunk| {
             let at = offset;
             offset += chunk.len;
             if chunk.is_zero() {
                 holes = true;
             } else {
-                lookups.chunks.push((task.clone(), at, chunk));
+                lookups
+                    .chunks
+                    .push((task.clone(), at, chunk, located.next()));
                 if lookups.full() {
                     lookups.flush(cache, batch, jobs, shared)?;
                 }

@@ -222,3 +222,46 @@ fn truncated_and_missing_packs_are_reported() {
         .fails();
     assert_never_wrong(&target, &src, &files);
 }
+
+/// A pack gone from the repository fails exactly the files with a chunk in
+/// it, each named with the reason, and every other file restores whole
+/// (small files' chunks are looked up ahead of the walk, many at a time).
+#[test]
+fn a_missing_pack_fails_only_the_files_it_held() {
+    let names: Vec<String> = (0..12).map(|i| format!("f{i:02}")).collect();
+    let files: Vec<(&str, Vec<u8>)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), random_bytes(100 + i as u64, 150_000)))
+        .collect();
+    let (t, src) = setup(&files);
+    // A pack of file content only: the trees stay readable.
+    let data_packs: Vec<PathBuf> = tables(&t)
+        .into_iter()
+        .filter(|(_, e)| e.iter().all(|x| x.kind == Kind::Data))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(!data_packs.is_empty(), "files spread over several packs");
+    fs::remove_file(&data_packs[0]).unwrap();
+    let target = t.path("out");
+    let r = t
+        .run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .fails();
+    assert!(r.stderr().contains("in no pack"), "{}", r.stderr());
+    assert_never_wrong(&target, &src, &files);
+    let back = |n: &str| restored(&target, &src).join(n).exists();
+    let missing = names.iter().filter(|n| !back(n)).count();
+    assert!(missing >= 1, "the lost pack's files are not left behind");
+    assert!(
+        missing < names.len(),
+        "the other files are restored: {}",
+        r.stderr()
+    );
+    for n in names.iter().filter(|n| !back(n)) {
+        assert!(
+            r.stderr().contains(n.as_str()),
+            "{n} is named: {}",
+            r.stderr()
+        );
+    }
+}
