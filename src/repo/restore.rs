@@ -559,7 +559,16 @@ fn apply_dir_meta(path: &Path, node: &Node, owners: bool, w: &mut MetaWarnings) 
         .open(path)
     {
         Ok(dir) => source::apply_meta_fd(&dir, path, node, owners, w),
-        Err(_) => source::apply_meta(path, node, owners, w),
+        // A directory this process may not read: by path (never a link,
+        // which the open above would have refused with another error).
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            source::apply_meta(path, node, owners, w)
+        }
+        // Replaced by a symlink or something else meanwhile: never follow it.
+        Err(e) => w.0.push(format!(
+            "{}: not restoring its metadata: {e}",
+            path.display()
+        )),
     }
 }
 
