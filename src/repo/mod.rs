@@ -262,10 +262,7 @@ impl Repository {
 
     /// Looks a blob up in the cache and reads it.
     pub fn read_blob(&self, cache: &Cache, kind: Kind, id: &BlobId) -> Result<Vec<u8>> {
-        let loc = cache
-            .lookup(id)?
-            .ok_or_else(|| Error::Corrupt(format!("blob {id} is in no pack of the repository")))?;
-        self.read_blob_at(&loc, kind, id)
+        self.read_blob_at(&locate(cache, id)?, kind, id)
     }
 
     /// Reads a directory tree.
@@ -442,4 +439,11 @@ pub fn default_cache_dir() -> PathBuf {
         return PathBuf::from(d).join(".cache").join("coffer");
     }
     std::env::temp_dir().join("coffer-cache")
+}
+
+/// Where the cache says a blob lives; an error naming it when in no pack.
+pub(crate) fn locate(cache: &Cache, id: &BlobId) -> Result<BlobLocation> {
+    cache
+        .lookup(id)?
+        .ok_or_else(|| Error::Corrupt(format!("blob {id} is in no pack of the repository")))
 }

@@ -285,6 +285,41 @@ impl Lookups {
     }
 }
 
+/// One read transaction of the cache shared by many lookups, taken anew
+/// every [`HOLD_ENTRIES`] steps so it is never held for long.
+struct RenewedHold<'a> {
+    cache: &'a Cache,
+    hold: Option<ReadHold<'a>>,
+    steps: usize,
+}
+
+impl<'a> RenewedHold<'a> {
+    fn new(cache: &'a Cache) -> RenewedHold<'a> {
+        RenewedHold {
+            cache,
+            hold: None,
+            steps: 0,
+        }
+    }
+
+    /// Ends the transaction held now, if any.
+    fn end(&mut self) {
+        self.hold = None;
+    }
+
+    /// Counts a step; holds the transaction, renewing it when due.
+    fn tick(&mut self) -> Result<()> {
+        self.steps += 1;
+        if self.hold.is_none() || self.steps >= HOLD_ENTRIES {
+            // The old transaction ends before the new one begins.
+            self.end();
+            self.hold = Some(self.cache.hold_read()?);
+            self.steps = 0;
+        }
+        Ok(())
+    }
+}
+
 /// Decoded trees kept ready for the walker.
 const TREES_AHEAD: usize = 64;
 
@@ -340,24 +375,13 @@ impl TreesAhead {
     fn start(reader: BlobReader, cache: Cache, root: BlobId) -> TreesAhead {
         let (tx, rx) = bounded(TREES_AHEAD);
         let handle = std::thread::spawn(move || {
-            let mut hold = cache.hold_read().ok();
+            let mut hold = RenewedHold::new(&cache);
             // Pre-order with an explicit stack: next to visit on top.
             let mut stack = vec![root];
-            let mut visited = 0usize;
             while let Some(id) = stack.pop() {
-                visited += 1;
-                if visited % HOLD_ENTRIES == 0 {
-                    // The old transaction ends before the new one begins.
-                    drop(hold.take());
-                    hold = cache.hold_read().ok();
-                }
-                let tree = cache
-                    .lookup(&id)
-                    .and_then(|loc| {
-                        loc.ok_or_else(|| {
-                            Error::Corrupt(format!("blob {id} is in no pack of the repository"))
-                        })
-                    })
+                // Without a hold, lookups take a transaction each.
+                let _ = hold.tick();
+                let tree = super::locate(&cache, &id)
                     .and_then(|loc| reader.read(&loc, Kind::Tree, &id))
                     .and_then(|plain| Ok(Tree::decode(&plain)?))
                     .map(|tree| {
@@ -378,7 +402,6 @@ impl TreesAhead {
                     break;
                 }
             }
-            drop(hold);
         });
         TreesAhead {
             rx: Some(rx),
@@ -431,9 +454,7 @@ struct Restorer<'a> {
     /// Trees read ahead of the walk, when all of the snapshot is restored.
     ahead: Option<TreesAhead>,
     /// The read transaction lookups share, renewed now and then.
-    hold: Option<ReadHold<'a>>,
-    /// Entries walked since `hold` was taken.
-    held_for: usize,
+    hold: RenewedHold<'a>,
     shared: Arc<Shared>,
     stats: RestoreStats,
     /// The first name of each hard-linked file, and its other names.
@@ -505,8 +526,7 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
         batch: Batch::default(),
         lookups: Lookups::default(),
         ahead: None,
-        hold: None,
-        held_for: 0,
+        hold: RenewedHold::new(&cache),
         shared: shared.clone(),
         stats: RestoreStats::default(),
         hardlinks: HashMap::new(),
@@ -518,7 +538,7 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
     let walked = r.restore_tree(&snap.record.tree, &[], &opts.target, fresh);
     r.ahead = None;
     let looked = r.lookups.flush(&cache, &mut r.batch, &r.jobs, &shared);
-    r.hold = None;
+    r.hold.end();
     let sent = r.batch.take().map_or(Ok(()), |last| send(&r.jobs, last));
     let Restorer {
         jobs,
@@ -613,7 +633,7 @@ impl Restorer<'_> {
         dest: &Path,
         fresh: bool,
     ) -> Result<()> {
-        self.keep_hold()?;
+        self.hold.tick()?;
         let (tree, mut located) = match self.ahead.as_mut().and_then(|a| a.next(tree)) {
             Some(t) => {
                 let t = t?;
@@ -626,7 +646,7 @@ impl Restorer<'_> {
         };
         for node in tree.nodes {
             let located = located.next().flatten();
-            self.keep_hold()?;
+            self.hold.tick()?;
             let name = String::from_utf8_lossy(&node.name).into_owned();
             let mut rel_child = rel.to_vec();
             rel_child.push(name);
@@ -640,18 +660,6 @@ impl Restorer<'_> {
                     e => return Err(e),
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Takes the shared read transaction, or takes it anew after a while
-    /// so it is never held for long.
-    fn keep_hold(&mut self) -> Result<()> {
-        self.held_for += 1;
-        if self.hold.is_none() || self.held_for >= HOLD_ENTRIES {
-            self.hold = None;
-            self.hold = Some(self.cache.hold_read()?);
-            self.held_for = 0;
         }
         Ok(())
     }
@@ -922,4 +930,40 @@ pub fn dump(repo: &Repository, cache: &Cache, node: &Node, out: &mut dyn Write) 
     res?;
     out.flush().map_err(Error::RawIo)?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[test]
+    fn directory_metadata_never_follows_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let (real, link) = (d.path().join("real"), d.path().join("link"));
+        fs::create_dir(&real).unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o755)).unwrap();
+        symlink(&real, &link).unwrap();
+        let node = Node {
+            kind: Some(NodeKind::Dir),
+            mode: 0o700,
+            mtime_ns: 1_000_000_000,
+            ..Default::default()
+        };
+        let mut w = MetaWarnings::default();
+        apply_dir_meta(&link, &node, false, &mut w);
+        assert_eq!(w.0.len(), 1, "{:?}", w.0);
+        assert!(w.0[0].contains("not restoring its metadata"), "{:?}", w.0);
+        let m = fs::metadata(&real).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o755, "target untouched");
+        // A real directory gets its metadata.
+        apply_dir_meta(&real, &node, false, &mut w);
+        assert_eq!(w.0.len(), 1, "{:?}", w.0);
+        let m = fs::metadata(&real).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o700);
+        assert_eq!(
+            filetime::FileTime::from_last_modification_time(&m).unix_seconds(),
+            1
+        );
+    }
 }

@@ -186,16 +186,7 @@ pub fn apply_meta_fd(
             }
         }
     }
-    for x in &node.xattrs {
-        let name = std::ffi::OsStr::from_bytes(&x.name);
-        if let Err(e) = file.set_xattr(name, &x.value) {
-            warn.0.push(format!(
-                "{}: xattr {}: {e}",
-                path.display(),
-                name.to_string_lossy()
-            ));
-        }
-    }
+    set_xattrs(path, node, warn, |n, v| file.set_xattr(n, v));
     // A chown may have cleared set-id bits: the mode is set after it.
     if chowned || now.is_none_or(|m| m.mode() & 0o7777 != node.mode) {
         if let Err(e) = file.set_permissions(fs::Permissions::from_mode(node.mode)) {
@@ -206,6 +197,25 @@ pub fn apply_meta_fd(
         filetime::set_file_handle_times(file, Some(mtime_of(node)), Some(mtime_of(node)))
     {
         warn.0.push(format!("{}: utimes: {e}", path.display()));
+    }
+}
+
+/// Sets a node's xattrs with `set`; a failure is a warning about `path`.
+fn set_xattrs(
+    path: &Path,
+    node: &Node,
+    warn: &mut MetaWarnings,
+    set: impl Fn(&std::ffi::OsStr, &[u8]) -> io::Result<()>,
+) {
+    for x in &node.xattrs {
+        let name = std::ffi::OsStr::from_bytes(&x.name);
+        if let Err(e) = set(name, &x.value) {
+            warn.0.push(format!(
+                "{}: xattr {}: {e}",
+                path.display(),
+                name.to_string_lossy()
+            ));
+        }
     }
 }
 
@@ -229,16 +239,7 @@ pub fn apply_meta(path: &Path, node: &Node, owners: bool, warn: &mut MetaWarning
             warn.0.push(format!("{}: chown: {e}", path.display()));
         }
     }
-    for x in &node.xattrs {
-        let name = std::ffi::OsStr::from_bytes(&x.name);
-        if let Err(e) = xattr::set(path, name, &x.value) {
-            warn.0.push(format!(
-                "{}: xattr {}: {e}",
-                path.display(),
-                name.to_string_lossy()
-            ));
-        }
-    }
+    set_xattrs(path, node, warn, |n, v| xattr::set(path, n, v));
     if !is_link {
         if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(node.mode)) {
             warn.0.push(format!("{}: chmod: {e}", path.display()));
