@@ -394,12 +394,16 @@ mod tests {
         assert_eq!(&plain[..], &text[..]);
         assert_eq!(plain.into_vec(), text);
 
-        // A flipped byte: refused, and the buffer still holds only ciphertext.
+        // A flipped byte: refused, and the buffer holds no plaintext: the
+        // ciphertext is zeroed, nonce and tag are left.
         let mut bad = sealed.clone();
         bad[NONCE_LEN + 3] ^= 1;
         let before = bad.clone();
         assert!(open_in_place(&k, Kind::Data, &id, &mut bad).is_err());
-        assert_eq!(bad, before);
+        let tag_at = bad.len() - crate::crypto::TAG_LEN;
+        assert!(bad[NONCE_LEN..tag_at].iter().all(|&b| b == 0));
+        assert_eq!(bad[..NONCE_LEN], before[..NONCE_LEN]);
+        assert_eq!(bad[tag_at..], before[tag_at..]);
         // Sealed under a lying id: authenticates, the content check refuses it.
         let liar = k.blob_id(b"other");
         let sealed = s.seal(&k, Kind::Data, &liar, &rnd, &mut OsRng);

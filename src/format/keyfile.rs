@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
 use super::FormatError;
-use crate::crypto::{
-    cipher_from, open_with, CryptoError, Kind, MasterKey, NONCE_LEN, SEAL_OVERHEAD,
-};
+use crate::crypto::{open_with, Cipher, CryptoError, Kind, MasterKey, NONCE_LEN, SEAL_OVERHEAD};
 use crate::id::RepoId;
 use crate::limits::MAX_SMALL_FILE_BYTES;
 
@@ -154,23 +152,15 @@ impl KeyFile {
             wrapped: String::new(),
         };
         let mut kek = params.derive(passphrase, &salt)?;
-        let cipher = cipher_from(&kek);
+        let cipher = Cipher::new(&kek);
         kek.zeroize();
         let mut buf = vec![0u8; NONCE_LEN];
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
         buf[..NONCE_LEN].copy_from_slice(&nonce);
         buf.extend_from_slice(master.expose());
-        use chacha20poly1305::aead::AeadInPlace;
         let ad = crate::crypto::associated_data(Kind::KeyFile, &kf.binding(&salt));
-        let tag = cipher
-            .encrypt_in_place_detached(
-                chacha20poly1305::XNonce::from_slice(&nonce),
-                &ad,
-                &mut buf[NONCE_LEN..],
-            )
-            // unwrap: a 32-byte message is far within XChaCha20's limits
-            .expect("wrap 32 bytes");
+        let tag = cipher.encrypt(&nonce, &ad, &mut buf[NONCE_LEN..]);
         buf.extend_from_slice(&tag);
         kf.wrapped = hex::encode(&buf);
         buf.zeroize();
@@ -198,7 +188,7 @@ impl KeyFile {
             ));
         }
         let mut kek = self.params.derive(passphrase, &salt)?;
-        let cipher = cipher_from(&kek);
+        let cipher = Cipher::new(&kek);
         kek.zeroize();
         let mut plain = open_with(&cipher, Kind::KeyFile, &self.binding(&salt), &wrapped)?;
         let mut k = [0u8; 32];
