@@ -29,14 +29,14 @@ pub struct Member {
     pub pack: PackId,
     /// Its size in bytes.
     pub size: u64,
-    /// BLAKE3 of each of its blocks, 32 bytes each.
+    /// The sum of each of its blocks ([`block_sum`]), 32 bytes each.
     pub sums: ByteBuf,
 }
 
 /// What every parity file of a stripe records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StripeHeader {
-    /// Layout version (1).
+    /// Layout version (1 or 2: how block sums are computed).
     pub version: u32,
     /// The stripe's number.
     pub stripe: u64,
@@ -50,7 +50,7 @@ pub struct StripeHeader {
     pub members: Vec<Member>,
     /// Which parity shard this file holds.
     pub index: u32,
-    /// BLAKE3 of each block of this shard.
+    /// The sum of each block of this shard ([`block_sum`]).
     pub sums: ByteBuf,
 }
 
@@ -59,19 +59,74 @@ pub fn blocks(len: u64) -> u64 {
     len.div_ceil(PARITY_BLOCK as u64)
 }
 
-/// BLAKE3 of one block's bytes (as stored, not padded).
-pub fn block_sum(data: &[u8]) -> [u8; 32] {
-    *blake3::hash(data).as_bytes()
+/// Layout version of the stripes written now; version 1 stripes are still
+/// read, checked and repaired.
+pub const STRIPE_VERSION: u32 = 2;
+
+/// The sum of block `row` of a member or shard (its bytes as stored, not
+/// padded) in a stripe of layout `version`.
+///
+/// Version 1: BLAKE3 of the block alone. Version 2: the BLAKE3 chaining
+/// value of the block as the subtree of the whole member it is (a 64 KiB
+/// block at a 64 KiB offset always is one), so a member's sums also give
+/// its BLAKE3, its name, without hashing it twice ([`member_hash`]).
+pub fn block_sum(version: u32, row: u64, data: &[u8]) -> [u8; 32] {
+    if version == 1 {
+        return *blake3::hash(data).as_bytes();
+    }
+    use blake3::hazmat::HasherExt;
+    blake3::Hasher::new()
+        .set_input_offset(row * PARITY_BLOCK as u64)
+        .update(data)
+        .finalize_non_root()
+}
+
+/// BLAKE3 of a whole member from its version-2 block sums (32 bytes each);
+/// `None` for a member of one block, whose hash is that of the block.
+pub fn member_hash(sums: &[u8]) -> Option<[u8; 32]> {
+    let cvs: Vec<[u8; 32]> = sums
+        .chunks_exact(32)
+        .map(|c| c.try_into().expect("32-byte chunks"))
+        .collect();
+    if cvs.len() < 2 {
+        return None;
+    }
+    let split = left_len(cvs.len());
+    let root = blake3::hazmat::merge_subtrees_root(
+        &subtree(&cvs[..split]),
+        &subtree(&cvs[split..]),
+        blake3::hazmat::Mode::Hash,
+    );
+    Some(*root.as_bytes())
+}
+
+/// Blocks in the left subtree of `n >= 2` blocks: the largest power of two
+/// below `n` (BLAKE3's tree shape).
+fn left_len(n: usize) -> usize {
+    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+}
+
+/// The chaining value of the subtree over `cvs` (not the root).
+fn subtree(cvs: &[[u8; 32]]) -> [u8; 32] {
+    if cvs.len() == 1 {
+        return cvs[0];
+    }
+    let split = left_len(cvs.len());
+    blake3::hazmat::merge_subtrees_non_root(
+        &subtree(&cvs[..split]),
+        &subtree(&cvs[split..]),
+        blake3::hazmat::Mode::Hash,
+    )
 }
 
 /// Checks a header read from an untrusted file.
 fn validate(h: &StripeHeader) -> Result<(), FormatError> {
     let bad = |d: &str| Err(FormatError::invalid("parity header", d.to_string()));
-    if h.version != 1 {
+    if !(1..=STRIPE_VERSION).contains(&h.version) {
         return Err(FormatError::Version {
             what: "parity header",
             found: h.version,
-            supported: 1,
+            supported: STRIPE_VERSION,
         });
     }
     if h.block as usize != PARITY_BLOCK || h.members.is_empty() || h.m == 0 || h.index >= h.m {
@@ -301,6 +356,46 @@ mod tests {
         ];
         let ps = vec![Some(parity[0].clone()), None];
         assert!(rebuild_row(&ms, &ps).is_err());
+    }
+
+    #[test]
+    fn version_2_sums_give_the_hash_of_the_whole_member() {
+        let b = PARITY_BLOCK;
+        for len in [
+            1,
+            1000,
+            b,
+            b + 1,
+            2 * b,
+            2 * b + 7,
+            3 * b,
+            5 * b - 1,
+            8 * b,
+            9 * b + 3,
+            37 * b + 11,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 1000) as u8).collect();
+            let sums: Vec<u8> = data
+                .chunks(b)
+                .enumerate()
+                .flat_map(|(row, blk)| block_sum(2, row as u64, blk))
+                .collect();
+            assert_eq!(sums.len() as u64, blocks(len as u64) * 32);
+            let whole = *blake3::hash(&data).as_bytes();
+            match member_hash(&sums) {
+                Some(h) => assert_eq!(h, whole, "length {len}"),
+                None => assert!(len <= b),
+            }
+            // a changed byte changes its block's sum and the member's hash
+            let mut other = data.clone();
+            other[len / 2] ^= 1;
+            let row = (len / 2) / b;
+            let changed = block_sum(2, row as u64, &other[row * b..((row + 1) * b).min(len)]);
+            assert_ne!(&changed[..], &sums[row * 32..row * 32 + 32]);
+        }
+        // version 1 is the plain hash of the block
+        assert_eq!(block_sum(1, 3, b"x"), *blake3::hash(b"x").as_bytes());
+        assert_ne!(block_sum(2, 0, b"x"), block_sum(2, 1, b"x"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use serde_bytes::ByteBuf;
 use crate::error::{Error, IoContext, Result};
 use crate::format::snapshot;
 use crate::id::{PackId, SnapshotId};
-use crate::parity::{self, Member, StripeHeader, MAGIC_PARITY, PARITY_BLOCK};
+use crate::parity::{self, Member, StripeHeader, MAGIC_PARITY, PARITY_BLOCK, STRIPE_VERSION};
 use crate::store::{fsync_dir, replace_file, tmp_name, LocalStore, Store};
 use crate::stripe_index::{self, Known, StripeIndex};
 
@@ -457,20 +457,29 @@ fn write_stripe_once(
             let (tx, rx) = crossbeam_channel::bounded::<Vec<Vec<u8>>>(1);
             let (back_tx, back_rx) = crossbeam_channel::unbounded::<Vec<Vec<u8>>>();
             let hashing = sc.spawn(move || {
-                let mut hashers = vec![blake3::Hasher::new(); good.len()];
+                // One pass: the block sums also give each member's hash.
                 let mut sums: Vec<Vec<u8>> = vec![Vec::new(); good.len()];
-                for row in rx {
-                    for ((h, s), b) in hashers.iter_mut().zip(&mut sums).zip(&row) {
-                        if !b.is_empty() {
-                            s.extend_from_slice(&parity::block_sum(b));
-                            h.update(b);
+                let mut single: Vec<Option<[u8; 32]>> = vec![None; good.len()];
+                for (row, blocks) in rx.into_iter().enumerate() {
+                    for (i, b) in blocks.iter().enumerate() {
+                        if b.is_empty() {
+                            continue;
+                        }
+                        sums[i].extend_from_slice(&parity::block_sum(
+                            STRIPE_VERSION,
+                            row as u64,
+                            b,
+                        ));
+                        if good[i].1 <= PARITY_BLOCK as u64 {
+                            single[i] = Some(*blake3::hash(b).as_bytes());
                         }
                     }
-                    let _ = back_tx.send(row);
+                    let _ = back_tx.send(blocks);
                 }
-                let names: Vec<PackId> = hashers
+                let names: Vec<Option<PackId>> = sums
                     .iter()
-                    .map(|h| PackId(*h.finalize().as_bytes()))
+                    .zip(&single)
+                    .map(|(s, one)| one.or_else(|| parity::member_hash(s)).map(PackId))
                     .collect();
                 (names, sums)
             });
@@ -490,7 +499,7 @@ fn write_stripe_once(
                     enc.encode(&refs, &mut pbs)?;
                     for ((t, w, ss), pb) in outs.iter_mut().zip(&pbs) {
                         w.write_all(pb).at(&*t)?;
-                        ss.extend_from_slice(&parity::block_sum(pb));
+                        ss.extend_from_slice(&parity::block_sum(STRIPE_VERSION, row, pb));
                     }
                     if tx.send(blocks).is_err() {
                         break;
@@ -509,7 +518,7 @@ fn write_stripe_once(
         let wrong: Vec<PackId> = good
             .iter()
             .zip(names)
-            .filter(|((p, _), name)| name != p)
+            .filter(|((p, _), name)| *name != Some(*p))
             .map(|((p, _), _)| *p)
             .collect();
         if !wrong.is_empty() {
@@ -526,7 +535,7 @@ fn write_stripe_once(
             .collect();
         for (j, (t, w, ss)) in outs.iter_mut().enumerate() {
             let h = StripeHeader {
-                version: 1,
+                version: STRIPE_VERSION,
                 stripe: id,
                 m: m as u32,
                 block: PARITY_BLOCK as u32,
@@ -1040,7 +1049,7 @@ fn scrub_stripe(
             // Read as the member should be: its recorded size, not the file's.
             let b = read_block(members[i].as_ref(), member.size, row).filter(|b| {
                 let want = &member.sums[row as usize * 32..row as usize * 32 + 32];
-                parity::block_sum(b) == want
+                parity::block_sum(h.version, row, b) == want
             });
             if let Some(b) = &b {
                 t.add(b.len() as u64);
@@ -1059,7 +1068,7 @@ fn scrub_stripe(
                 let mut b = vec![0u8; PARITY_BLOCK];
                 f.read_exact_at(&mut b, start).ok()?;
                 let want = &sums[row as usize * 32..row as usize * 32 + 32];
-                (parity::block_sum(&b) == want).then_some(b)
+                (parity::block_sum(h.version, row, &b) == want).then_some(b)
             });
             if b.is_none() {
                 rep.damaged_blocks += 1;
@@ -1314,6 +1323,63 @@ mod tests {
         let mut want: Vec<PackId> = packs.iter().map(|p| p.0).collect();
         want.sort();
         assert_eq!(all, want);
+    }
+
+    #[test]
+    fn stripes_of_layout_1_are_still_checked_and_repaired() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = ParityConfig { k: 3, m: 1 };
+        let s = LocalStore::create(d.path()).unwrap().with_parity(cfg);
+        let packs: Vec<(PackId, u64)> = (0..3)
+            .map(|i| {
+                let text = format!("layout one {i} ").repeat(20_000 * (i + 1));
+                pack(&s, text.as_bytes())
+            })
+            .collect();
+        protect(&s, cfg).unwrap();
+        // The stripe rewritten as layout 1 wrote it: the same shard, and
+        // the sum of each block alone.
+        let sums_v1 = |bytes: &[u8]| -> ByteBuf {
+            let s = bytes
+                .chunks(PARITY_BLOCK)
+                .flat_map(|b| parity::block_sum(1, 0, b));
+            ByteBuf::from(s.collect::<Vec<u8>>())
+        };
+        let path = parity_path(&s, 0, 0);
+        let mut h = read_header(&path).unwrap();
+        assert_eq!(h.version, STRIPE_VERSION);
+        h.version = 1;
+        for m in &mut h.members {
+            m.sums = sums_v1(&fs::read(s.pack_path(&m.pack)).unwrap());
+        }
+        let file = fs::read(&path).unwrap();
+        let end = 8 + h.rows as usize * PARITY_BLOCK;
+        h.sums = sums_v1(&file[8..end]);
+        let mut out = file[..end].to_vec();
+        out.extend_from_slice(&parity::encode_tail(&h));
+        fs::write(&path, out).unwrap();
+        let rep = scrub(&s, cfg, &ScrubOptions::default()).unwrap();
+        assert_eq!(
+            (rep.damaged_blocks, rep.stripes_unreadable),
+            (0, 0),
+            "{rep:?}"
+        );
+        // A flipped byte in a member of several blocks is found and
+        // repaired from the layout 1 parity.
+        let victim = s.pack_path(&packs[2].0);
+        let mut bytes = fs::read(&victim).unwrap();
+        bytes[100_000] ^= 1;
+        fs::remove_file(&victim).unwrap();
+        fs::write(&victim, &bytes).unwrap();
+        let rep = scrub(&s, cfg, &ScrubOptions::default()).unwrap();
+        assert_eq!((rep.damaged_blocks, rep.repaired_blocks), (1, 1), "{rep:?}");
+        assert!(rep.unrepairable.is_empty(), "{rep:?}");
+        assert_eq!(PackId::of(&fs::read(&victim).unwrap()), packs[2].0);
+        assert_eq!(
+            read_header(&path).unwrap().version,
+            1,
+            "sound parity is kept"
+        );
     }
 
     #[test]
