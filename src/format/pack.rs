@@ -15,7 +15,7 @@ use rand::{CryptoRng, RngCore};
 
 use super::{FormatError, Reader};
 use crate::crypto::{Keys, Kind, SEAL_OVERHEAD};
-use crate::id::{BlobId, PackId};
+use crate::id::{BlobId, PackHasher, PackId};
 use crate::limits::{
     MAX_BLOB_BYTES, MAX_PACK_BYTES, MAX_PACK_ENTRIES, MAX_PACK_HEADER_BYTES, MAX_SEALED_BLOB_BYTES,
 };
@@ -182,7 +182,7 @@ pub fn decode(keys: &Keys, pack: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
 /// sit in memory whole.
 pub struct PackWriter<W: Write> {
     out: W,
-    hasher: blake3::Hasher,
+    hasher: PackHasher,
     offset: u64,
     entries: Vec<PackEntry>,
 }
@@ -191,7 +191,7 @@ impl<W: Write> PackWriter<W> {
     /// Starts a pack: writes the magic.
     pub fn new(mut out: W) -> std::io::Result<Self> {
         out.write_all(&MAGIC_PACK)?;
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = PackHasher::default();
         hasher.update(&MAGIC_PACK);
         Ok(PackWriter {
             out,
@@ -272,7 +272,7 @@ impl<W: Write> PackWriter<W> {
         self.out.write_all(&trailer)?;
         self.hasher.update(&sealed);
         self.hasher.update(&trailer);
-        let id = PackId(*self.hasher.finalize().as_bytes());
+        let id = self.hasher.finalize();
         Ok((id, self.out, self.entries, unpadded + pad))
     }
 }
