@@ -164,24 +164,21 @@ impl SnapshotId {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn pack_hasher_names_bytes_fed_in_any_pieces() {
         let data: Vec<u8> = (0..700_000u32).map(|i| (i * 31 + i / 977) as u8).collect();
-        let want = super::PackId::of(&data);
+        let want = PackId::of(&data);
         for piece in [1usize, 1000, 33_000, 65_536, 65_537, 200_001, 700_000] {
-            let mut h = super::PackHasher::default();
+            let mut h = PackHasher::default();
             for p in data.chunks(piece) {
                 h.update(p);
             }
             assert_eq!(h.finalize(), want, "pieces of {piece}");
         }
-        assert_eq!(
-            super::PackHasher::default().finalize(),
-            super::PackId::of(b"")
-        );
+        assert_eq!(PackHasher::default().finalize(), PackId::of(b""));
     }
-
-    use super::*;
 
     #[test]
     fn hex_round_trip() {

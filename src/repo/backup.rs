@@ -17,6 +17,8 @@ use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use nix::fcntl::PosixFadviseAdvice;
+
 use super::readahead::ReadAhead;
 use super::upload::Uploader;
 use super::Repository;
@@ -811,13 +813,7 @@ impl Walker {
             // extent and zero-fills the hole after it (for an image that is
             // mostly holes, most of its CPU time in the kernel): off, and
             // the data extents are asked for ahead instead.
-            use std::os::fd::AsRawFd;
-            let _ = nix::fcntl::posix_fadvise(
-                f.as_raw_fd(),
-                0,
-                0,
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
-            );
+            source::advise(f, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM);
         }
         let mut cb = ContentBuilder::default();
         let res: Result<()> = (|| loop {
@@ -1091,14 +1087,8 @@ impl Walker {
             return Ok(());
         }
         if let Ok(f) = File::open(path) {
-            use std::os::fd::AsRawFd;
-            let len = m.len().min(PREFETCH_BYTES) as i64;
-            let _ = nix::fcntl::posix_fadvise(
-                f.as_raw_fd(),
-                0,
-                len,
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-            );
+            let len = m.len().min(PREFETCH_BYTES);
+            source::advise(&f, 0, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
             self.prefetched.insert(path.to_path_buf(), f);
         }
         Ok(())
@@ -1237,17 +1227,16 @@ impl AdviseAhead {
     /// Asks for `[pos, pos + READ_AHEAD_BYTES)`, never past `limit` (the
     /// end of the data extent), half a window at a time.
     fn advise(&mut self, f: &File, pos: u64, limit: u64) {
-        use std::os::fd::AsRawFd;
         let want = pos.saturating_add(READ_AHEAD_BYTES).min(limit);
         let from = self.to.max(pos);
         if want <= from || (want - from < READ_AHEAD_BYTES / 2 && want < limit) {
             return;
         }
-        let _ = nix::fcntl::posix_fadvise(
-            f.as_raw_fd(),
-            from as i64,
-            (want - from) as i64,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        source::advise(
+            f,
+            from,
+            want - from,
+            PosixFadviseAdvice::POSIX_FADV_WILLNEED,
         );
         self.to = want;
     }

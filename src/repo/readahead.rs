@@ -14,7 +14,6 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -310,10 +309,10 @@ impl Helper {
         }
         if let Ok(f) = File::open(path) {
             let len = m.len().min(FILE_BYTES);
-            let _ = nix::fcntl::posix_fadvise(
-                f.as_raw_fd(),
+            crate::source::advise(
+                &f,
                 0,
-                len as i64,
+                len,
                 nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
             );
             self.bytes += len;

@@ -225,11 +225,7 @@ impl WriteRun {
             self.flush(shared);
         }
         if data.len() >= WRITE_RUN_BYTES / 4 && self.jobs.is_empty() {
-            let res = job.task.file.write_all_at(data, job.offset);
-            if let Err(e) = res {
-                job.task.fail(Error::io(&job.task.path, e).to_string());
-            }
-            job.task.release(shared);
+            finish(&job, write_at(&job, data), shared);
             return;
         }
         self.buf.extend_from_slice(data);
@@ -241,8 +237,8 @@ impl WriteRun {
         let Some(first) = self.jobs.first() else {
             return;
         };
-        if let Err(e) = first.task.file.write_all_at(&self.buf, first.offset) {
-            first.task.fail(Error::io(&first.task.path, e).to_string());
+        if let Err(e) = write_at(first, &self.buf) {
+            first.task.fail(e.to_string());
         }
         self.buf.clear();
         for job in self.jobs.drain(..) {
@@ -253,6 +249,22 @@ impl WriteRun {
             self.buf = Vec::new();
         }
     }
+}
+
+/// Writes `data` where `job`'s chunk starts.
+fn write_at(job: &Job, data: &[u8]) -> Result<()> {
+    job.task
+        .file
+        .write_all_at(data, job.offset)
+        .map_err(|e| Error::io(&job.task.path, e))
+}
+
+/// Records how a chunk ended and drops its reference to its file.
+fn finish(job: &Job, res: Result<()>, shared: &Shared) {
+    if let Err(e) = res {
+        job.task.fail(e.to_string());
+    }
+    job.task.release(shared);
 }
 
 /// Hands a batch of chunks to the readers.
@@ -552,20 +564,20 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
             let mut run = WriteRun::default();
             for batch in rx.iter() {
                 for job in batch {
-                    let res = reader.read(&job.loc, Kind::Data, &job.chunk.id);
+                    let res = reader
+                        .read(&job.loc, Kind::Data, &job.chunk.id)
+                        .and_then(|data| {
+                            if data.len() as u64 != job.chunk.len {
+                                return Err(Error::Corrupt(format!(
+                                    "chunk {} has the wrong length",
+                                    job.chunk.id.short()
+                                )));
+                            }
+                            Ok(data)
+                        });
                     match res {
-                        Ok(data) if data.len() as u64 == job.chunk.len => {
-                            run.add(job, &data, &shared);
-                        }
-                        Ok(_) => {
-                            let e = format!("chunk {} has the wrong length", job.chunk.id.short());
-                            job.task.fail(Error::Corrupt(e).to_string());
-                            job.task.release(&shared);
-                        }
-                        Err(e) => {
-                            job.task.fail(e.to_string());
-                            job.task.release(&shared);
-                        }
+                        Ok(data) => run.add(job, &data, &shared),
+                        Err(e) => finish(&job, Err(e), &shared),
                     }
                 }
                 // Nothing waits past its batch: the last chunk of a file

@@ -48,6 +48,14 @@ impl Names {
     }
 }
 
+/// Advises the kernel about `[offset, offset + len)` of `f` (`len` 0: to
+/// the end). Only a hint: failure changes nothing but speed.
+pub fn advise(f: &std::fs::File, offset: u64, len: u64, advice: nix::fcntl::PosixFadviseAdvice) {
+    use std::os::fd::AsRawFd;
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let _ = nix::fcntl::posix_fadvise(f.as_raw_fd(), clamp(offset), clamp(len), advice);
+}
+
 /// The kind of an entry from its metadata.
 pub fn kind_of(m: &Metadata) -> NodeKind {
     use std::os::unix::fs::FileTypeExt;
