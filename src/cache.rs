@@ -107,6 +107,26 @@ impl Drop for ReadHold<'_> {
     }
 }
 
+/// A cache file at most this big is read in whole when opened.
+const PREFETCH_MAX_BYTES: u64 = 128 << 20;
+
+/// Starts reading a cache file that is small enough into memory, so the
+/// lookups that follow do not wait on a cold disk one page at a time (a cold
+/// restore's first lookups took a sixth of its time so). Called as a
+/// repository is opened, before its key is derived.
+pub(crate) fn prefetch(path: &Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        if f.metadata().is_ok_and(|m| m.len() <= PREFETCH_MAX_BYTES) {
+            crate::source::advise(
+                &f,
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+            );
+        }
+    }
+}
+
 impl Cache {
     /// Opens (or creates) the cache database at `path`.
     pub fn open(path: &Path) -> Result<Cache> {

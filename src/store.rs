@@ -56,6 +56,13 @@ pub trait Store: Send + Sync {
     fn pack_size(&self, id: &PackId) -> Result<Option<u64>>;
     /// Reads `len` bytes at `offset` of a pack.
     fn read_pack(&self, id: &PackId, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Hints that `[offset, offset + len)` of a pack is read soon, so a
+    /// local disk starts on it while the reader works on what came before.
+    /// Only a hint: it never fails and may do nothing.
+    fn prefetch(&self, _id: &PackId, _offset: u64, _len: u64) {}
+    /// Hints that a command is about to list packs and read snapshots, so
+    /// a local disk can start while the key is derived. Only a hint.
+    fn warm(&self) {}
     /// Calls `f` with every pack's name and size.
     fn for_each_pack(&self, f: &mut dyn FnMut(PackId, u64) -> Result<()>) -> Result<()>;
     /// Stores a snapshot file after checking its plain part and that every pack
@@ -592,6 +599,29 @@ impl LocalStore {
     }
 }
 
+/// Reads what opening a repository reads next into the page cache: the
+/// snapshot files, and the pack directories with their entries' inodes (a
+/// pack listing stats every pack). Errors are left to the real readers.
+fn warm_dirs(root: &Path) {
+    use nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED;
+    if let Ok(dir) = fs::read_dir(root.join("snapshots")) {
+        for e in dir.flatten() {
+            if let Ok(f) = File::open(e.path()) {
+                crate::source::advise(&f, 0, 0, POSIX_FADV_WILLNEED);
+            }
+        }
+    }
+    if let Ok(dir) = fs::read_dir(root.join("packs")) {
+        for shard in dir.flatten() {
+            if let Ok(packs) = fs::read_dir(shard.path()) {
+                for p in packs.flatten() {
+                    let _ = p.metadata();
+                }
+            }
+        }
+    }
+}
+
 /// A set of pack names in a temporary SQLite database under a store's
 /// `tmp/`, removed when dropped: what a sweep must look up by name without
 /// holding every name of the repository in memory. Its page cache is small
@@ -971,6 +1001,26 @@ impl Store for LocalStore {
             }
         })?;
         Ok(buf)
+    }
+
+    fn warm(&self) {
+        let root = self.root.clone();
+        // Detached: it only reads, and a command that needs none of it may
+        // exit before it is done.
+        let _ = std::thread::Builder::new()
+            .name("warm".into())
+            .spawn(move || warm_dirs(&root));
+    }
+
+    fn prefetch(&self, id: &PackId, offset: u64, len: u64) {
+        if let Ok(f) = self.handle(id) {
+            crate::source::advise(
+                &f,
+                offset,
+                len,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+            );
+        }
     }
 
     fn for_each_pack(&self, f: &mut dyn FnMut(PackId, u64) -> Result<()>) -> Result<()> {

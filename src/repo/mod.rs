@@ -145,6 +145,9 @@ impl Repository {
         cache_root: &Path,
     ) -> Result<Repository> {
         let cfg = ConfigFile::decode(&store.read_config()?)?;
+        // The disk starts on what comes next while the key is derived.
+        crate::cache::prefetch(&cache_root.join(cfg.id.to_hex()).join("cache.db"));
+        store.warm();
         let mut last_refusal = None;
         for name in store.list_keys()? {
             let kf = match KeyFile::decode(&store.read_key(&name)?) {

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::format::blob::{self, Plain};
 use crate::format::chunklist::{self, ChunkRef};
 use crate::format::tree::{Node, NodeKind, Tree};
-use crate::id::BlobId;
+use crate::id::{BlobId, PackId};
 use crate::source::{self, MetaWarnings};
 use crate::store::Store;
 
@@ -273,9 +273,62 @@ fn send(to: &Sender<Vec<Job>>, batch: Vec<Job>) -> Result<()> {
         .map_err(|_| Error::Corrupt("restore workers stopped".into()))
 }
 
+/// Pack ranges the readers will want, told to the store in the order they
+/// will read them: on a cold disk a reader would otherwise wait for each
+/// pack's first blocks (an image restore spent a sixth of its time so).
+struct Prefetch {
+    store: Arc<dyn Store>,
+    ranges: Ranges,
+}
+
+impl Prefetch {
+    fn note(&mut self, loc: &BlobLocation) {
+        let end = loc.offset + u64::from(loc.sealed_len);
+        if let Some(done) = self.ranges.add(loc.pack, loc.offset, end) {
+            self.hint(done);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(done) = self.ranges.range.take() {
+            self.hint(done);
+        }
+    }
+
+    fn hint(&self, (pack, start, end): (PackId, u64, u64)) {
+        self.store.prefetch(&pack, start, end - start);
+    }
+}
+
+/// Blobs further apart than this in a pack are fetched as separate ranges.
+const PREFETCH_GAP: u64 = 256 << 10;
+/// The most one hint covers, so the first of a long run arrives early.
+const PREFETCH_SPAN: u64 = 4 << 20;
+
+/// Blob ranges merged into runs of one pack: nearby, ascending, at most
+/// [`PREFETCH_SPAN`] long.
+#[derive(Default)]
+struct Ranges {
+    /// The run gathered so far: a pack, its start and end.
+    range: Option<(PackId, u64, u64)>,
+}
+
+impl Ranges {
+    /// Adds a blob's range; returns the run it does not fit, now complete.
+    fn add(&mut self, pack: PackId, start: u64, end: u64) -> Option<(PackId, u64, u64)> {
+        if let Some((p, s, e)) = &mut self.range {
+            if *p == pack && start >= *s && start <= *e + PREFETCH_GAP && end - *s <= PREFETCH_SPAN
+            {
+                *e = (*e).max(end);
+                return None;
+            }
+        }
+        self.range.replace((pack, start, end))
+    }
+}
+
 /// Chunks (of one file or of many small ones) looked up in the cache
 /// together, and files whose chunks are all among them.
-#[derive(Default)]
 struct Lookups {
     /// A file, a chunk's offset in it, the chunk, and where it lives when
     /// that was looked up already (`Some(None)`: in no pack).
@@ -283,6 +336,7 @@ struct Lookups {
     /// Files the walker has finished with: their walker reference is
     /// dropped once their chunks are queued.
     closed: Vec<Arc<FileTask>>,
+    prefetch: Prefetch,
 }
 
 /// Lookups gathered before one pass over the cache; also bounds the files
@@ -290,6 +344,17 @@ struct Lookups {
 const LOOKUP_ITEMS: usize = 256;
 
 impl Lookups {
+    fn new(store: Arc<dyn Store>) -> Lookups {
+        Lookups {
+            chunks: Vec::new(),
+            closed: Vec::new(),
+            prefetch: Prefetch {
+                store,
+                ranges: Ranges::default(),
+            },
+        }
+    }
+
     fn full(&self) -> bool {
         self.chunks.len() >= LOOKUP_ITEMS || self.closed.len() >= LOOKUP_ITEMS
     }
@@ -329,6 +394,7 @@ impl Lookups {
                 return Ok(());
             }
         };
+        let mut jobs = Vec::with_capacity(self.chunks.len());
         for (task, offset, chunk, known) in self.chunks.drain(..) {
             // unwrap: one looked-up location per chunk without one
             let loc = known.unwrap_or_else(|| locs.next().unwrap());
@@ -339,14 +405,19 @@ impl Lookups {
                 ));
                 continue;
             };
+            self.prefetch.note(&loc);
             task.remaining.fetch_add(1, Ordering::AcqRel);
-            let len = chunk.len;
-            let job = Job {
+            jobs.push(Job {
                 task,
                 offset,
                 chunk,
                 loc,
-            };
+            });
+        }
+        // The disk starts on all of them before the first is handed on.
+        self.prefetch.flush();
+        for job in jobs {
+            let len = job.chunk.len;
             if let Some(full) = batch.push(job, len) {
                 send(to, full)?;
             }
@@ -597,7 +668,7 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
             .collect(),
         jobs: tx,
         batch: Batch::default(),
-        lookups: Lookups::default(),
+        lookups: Lookups::new(repo.store().clone()),
         ahead: None,
         hold: RenewedHold::new(&cache),
         shared: shared.clone(),
@@ -1009,6 +1080,30 @@ pub fn dump(repo: &Repository, cache: &Cache, node: &Node, out: &mut dyn Write) 
 mod tests {
     use super::*;
     use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[test]
+    fn prefetch_ranges_merge_nearby_blobs_of_one_pack_in_order() {
+        let (a, b) = (PackId([1; 32]), PackId([2; 32]));
+        let mut r = Ranges::default();
+        assert_eq!(r.add(a, 100, 200), None);
+        assert_eq!(r.add(a, 200, 300), None);
+        // a gap the size of the limit still merges; one byte more does not
+        assert_eq!(r.add(a, 300 + PREFETCH_GAP, 400 + PREFETCH_GAP), None);
+        let far = 400 + 2 * PREFETCH_GAP + 1;
+        assert_eq!(r.add(a, far, far + 10), Some((a, 100, 400 + PREFETCH_GAP)));
+        // another pack, then going backwards, each start a new run
+        assert_eq!(r.add(b, 100, 110), Some((a, far, far + 10)));
+        assert_eq!(r.add(b, 105, 108), None);
+        assert_eq!(r.add(b, 50, 60), Some((b, 100, 110)));
+        assert_eq!(r.add(a, 0, 10), Some((b, 50, 60)));
+        // a run stops at the span limit
+        assert_eq!(r.add(a, 10, PREFETCH_SPAN), None);
+        assert_eq!(
+            r.add(a, PREFETCH_SPAN, PREFETCH_SPAN + 1),
+            Some((a, 0, PREFETCH_SPAN))
+        );
+        assert_eq!(r.range.take(), Some((a, PREFETCH_SPAN, PREFETCH_SPAN + 1)));
+    }
 
     #[test]
     fn directory_metadata_never_follows_a_symlink() {
