@@ -12,24 +12,34 @@ pub(crate) const BATCH_ITEMS: usize = 64;
 pub(crate) struct Batch<T> {
     items: Vec<T>,
     bytes: u64,
+    /// Hand on at this many bytes.
+    limit: u64,
 }
 
 impl<T> Default for Batch<T> {
     fn default() -> Self {
-        Batch {
-            items: Vec::new(),
-            bytes: 0,
-        }
+        Batch::with_bytes(BATCH_BYTES)
     }
 }
 
 impl<T> Batch<T> {
+    /// A batch handed on at `limit` bytes (or [`BATCH_ITEMS`] items): where
+    /// items are only descriptions of work, not its data, a larger one
+    /// lets the producer run further ahead at no cost in memory.
+    pub fn with_bytes(limit: u64) -> Self {
+        Batch {
+            items: Vec::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
     /// Adds an item standing for `bytes` of work; returns the batch to hand
     /// on when it is full.
     pub fn push(&mut self, item: T, bytes: u64) -> Option<Vec<T>> {
         self.items.push(item);
         self.bytes += bytes;
-        if self.bytes >= BATCH_BYTES || self.items.len() >= BATCH_ITEMS {
+        if self.bytes >= self.limit || self.items.len() >= BATCH_ITEMS {
             self.take()
         } else {
             None

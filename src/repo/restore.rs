@@ -32,6 +32,12 @@ use crate::store::Store;
 /// round trips, and from a disk on I/O, more than they compute.
 const RESTORE_READERS: usize = 6;
 
+/// A batch of chunks handed to a reader holds locations, not data: large
+/// batches let the walker (and the pack prefetch it drives) run tens of
+/// MiB ahead of the readers, with the files held open still bounded by
+/// the batch's item count.
+const RESTORE_BATCH_BYTES: u64 = 4 << 20;
+
 /// Entries walked under one read transaction of the cache.
 const HOLD_ENTRIES: usize = 4096;
 
@@ -667,7 +673,7 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
             .map(|i| components(i).into_iter().map(String::from).collect())
             .collect(),
         jobs: tx,
-        batch: Batch::default(),
+        batch: Batch::with_bytes(RESTORE_BATCH_BYTES),
         lookups: Lookups::new(repo.store().clone()),
         ahead: None,
         hold: RenewedHold::new(&cache),
