@@ -21,10 +21,10 @@ use super::{Repository, Snapshot};
 use crate::cache::{BlobLocation, Cache, ReadHold};
 use crate::crypto::{Keys, Kind};
 use crate::error::{Error, Result};
-use crate::format::blob::{self, Plain};
+use crate::format::blob::{self, Opened, Plain};
 use crate::format::chunklist::{self, ChunkRef};
 use crate::format::tree::{Node, NodeKind, Tree};
-use crate::id::{BlobId, PackId};
+use crate::id::BlobId;
 use crate::source::{self, MetaWarnings};
 use crate::store::Store;
 
@@ -33,9 +33,9 @@ use crate::store::Store;
 const RESTORE_READERS: usize = 6;
 
 /// A batch of chunks handed to a reader holds locations, not data: large
-/// batches let the walker (and the pack prefetch it drives) run tens of
-/// MiB ahead of the readers, with the files held open still bounded by
-/// the batch's item count.
+/// batches let the walker run tens of MiB ahead of the readers and are
+/// read in long runs (see [`span_len`]), with the files held open still
+/// bounded by the batch's item count.
 const RESTORE_BATCH_BYTES: u64 = 4 << 20;
 
 /// Entries walked under one read transaction of the cache.
@@ -79,6 +79,81 @@ struct BlobReader {
 impl BlobReader {
     fn read(&self, loc: &BlobLocation, kind: Kind, id: &BlobId) -> Result<Plain> {
         read_or_repair(self.store.as_ref(), &self.keys, loc, kind, id)
+    }
+
+    /// Reads the chunks of `jobs`, which lie in one run of a pack (see
+    /// [`span_len`]), with one read into `buf`, and hands each to `run`. A
+    /// chunk that does not open is read again alone, where a damaged pack
+    /// is repaired or the failure reported.
+    fn read_span(&self, jobs: Vec<Job>, buf: &mut Vec<u8>, run: &mut WriteRun, shared: &Shared) {
+        let (first, last) = (&jobs[0].loc, &jobs[jobs.len() - 1].loc);
+        let start = first.offset;
+        let len = (last.offset + u64::from(last.sealed_len) - start) as usize;
+        let Ok(at) = self.store.read_pack_span(&first.pack, start, len, buf) else {
+            for job in jobs {
+                self.read_one(job, run, shared);
+            }
+            return;
+        };
+        for job in jobs {
+            let lo = at.start + (job.loc.offset - start) as usize;
+            let sealed = &mut buf[lo..lo + job.loc.sealed_len as usize];
+            match blob::open_in_place(&self.keys, Kind::Data, &job.chunk.id, sealed) {
+                Ok(Opened::Raw(p)) => write_chunk(job, &sealed[p], run, shared),
+                Ok(Opened::Decompressed(v)) => write_chunk(job, &v, run, shared),
+                Err(_) => self.read_one(job, run, shared),
+            }
+        }
+    }
+
+    fn read_one(&self, job: Job, run: &mut WriteRun, shared: &Shared) {
+        match self.read(&job.loc, Kind::Data, &job.chunk.id) {
+            Ok(data) => write_chunk(job, &data, run, shared),
+            Err(e) => finish(&job, Err(e), shared),
+        }
+    }
+}
+
+/// Chunks within this of each other in a pack are read together...
+const SPAN_GAP: u64 = 64 << 10;
+/// ...up to this many bytes at once.
+const SPAN_BYTES: u64 = 16 << 20;
+
+/// How many of `jobs`, from the first, lie one after another in one pack,
+/// close enough to be read with one call: a batch of an image's blocks is
+/// mostly one run of a pack.
+fn span_len(jobs: &[Job]) -> usize {
+    let first = &jobs[0].loc;
+    let mut end = first.offset + u64::from(first.sealed_len);
+    let mut n = 1;
+    for j in &jobs[1..] {
+        let (at, to) = (j.loc.offset, j.loc.offset + u64::from(j.loc.sealed_len));
+        // Each chunk after the one before: a chunk met twice is read twice,
+        // its first copy being decrypted over by then.
+        if j.loc.pack != first.pack
+            || at < end
+            || at > end + SPAN_GAP
+            || to - first.offset > SPAN_BYTES
+        {
+            break;
+        }
+        end = to;
+        n += 1;
+    }
+    n
+}
+
+/// Hands a chunk's plaintext to the write run, unless its length is not
+/// what the tree says.
+fn write_chunk(job: Job, data: &[u8], run: &mut WriteRun, shared: &Shared) {
+    if data.len() as u64 != job.chunk.len {
+        let e = Error::Corrupt(format!(
+            "chunk {} has the wrong length",
+            job.chunk.id.short()
+        ));
+        finish(&job, Err(e), shared);
+    } else {
+        run.add(job, data, shared);
     }
 }
 
@@ -279,62 +354,9 @@ fn send(to: &Sender<Vec<Job>>, batch: Vec<Job>) -> Result<()> {
         .map_err(|_| Error::Corrupt("restore workers stopped".into()))
 }
 
-/// Pack ranges the readers will want, told to the store in the order they
-/// will read them: on a cold disk a reader would otherwise wait for each
-/// pack's first blocks (an image restore spent a sixth of its time so).
-struct Prefetch {
-    store: Arc<dyn Store>,
-    ranges: Ranges,
-}
-
-impl Prefetch {
-    fn note(&mut self, loc: &BlobLocation) {
-        let end = loc.offset + u64::from(loc.sealed_len);
-        if let Some(done) = self.ranges.add(loc.pack, loc.offset, end) {
-            self.hint(done);
-        }
-    }
-
-    fn flush(&mut self) {
-        if let Some(done) = self.ranges.range.take() {
-            self.hint(done);
-        }
-    }
-
-    fn hint(&self, (pack, start, end): (PackId, u64, u64)) {
-        self.store.prefetch(&pack, start, end - start);
-    }
-}
-
-/// Blobs further apart than this in a pack are fetched as separate ranges.
-const PREFETCH_GAP: u64 = 256 << 10;
-/// The most one hint covers, so the first of a long run arrives early.
-const PREFETCH_SPAN: u64 = 4 << 20;
-
-/// Blob ranges merged into runs of one pack: nearby, ascending, at most
-/// [`PREFETCH_SPAN`] long.
-#[derive(Default)]
-struct Ranges {
-    /// The run gathered so far: a pack, its start and end.
-    range: Option<(PackId, u64, u64)>,
-}
-
-impl Ranges {
-    /// Adds a blob's range; returns the run it does not fit, now complete.
-    fn add(&mut self, pack: PackId, start: u64, end: u64) -> Option<(PackId, u64, u64)> {
-        if let Some((p, s, e)) = &mut self.range {
-            if *p == pack && start >= *s && start <= *e + PREFETCH_GAP && end - *s <= PREFETCH_SPAN
-            {
-                *e = (*e).max(end);
-                return None;
-            }
-        }
-        self.range.replace((pack, start, end))
-    }
-}
-
 /// Chunks (of one file or of many small ones) looked up in the cache
 /// together, and files whose chunks are all among them.
+#[derive(Default)]
 struct Lookups {
     /// A file, a chunk's offset in it, the chunk, and where it lives when
     /// that was looked up already (`Some(None)`: in no pack).
@@ -342,7 +364,6 @@ struct Lookups {
     /// Files the walker has finished with: their walker reference is
     /// dropped once their chunks are queued.
     closed: Vec<Arc<FileTask>>,
-    prefetch: Prefetch,
 }
 
 /// Lookups gathered before one pass over the cache; also bounds the files
@@ -350,17 +371,6 @@ struct Lookups {
 const LOOKUP_ITEMS: usize = 256;
 
 impl Lookups {
-    fn new(store: Arc<dyn Store>) -> Lookups {
-        Lookups {
-            chunks: Vec::new(),
-            closed: Vec::new(),
-            prefetch: Prefetch {
-                store,
-                ranges: Ranges::default(),
-            },
-        }
-    }
-
     fn full(&self) -> bool {
         self.chunks.len() >= LOOKUP_ITEMS || self.closed.len() >= LOOKUP_ITEMS
     }
@@ -400,7 +410,6 @@ impl Lookups {
                 return Ok(());
             }
         };
-        let mut jobs = Vec::with_capacity(self.chunks.len());
         for (task, offset, chunk, known) in self.chunks.drain(..) {
             // unwrap: one looked-up location per chunk without one
             let loc = known.unwrap_or_else(|| locs.next().unwrap());
@@ -411,19 +420,14 @@ impl Lookups {
                 ));
                 continue;
             };
-            self.prefetch.note(&loc);
             task.remaining.fetch_add(1, Ordering::AcqRel);
-            jobs.push(Job {
+            let len = chunk.len;
+            let job = Job {
                 task,
                 offset,
                 chunk,
                 loc,
-            });
-        }
-        // The disk starts on all of them before the first is handed on.
-        self.prefetch.flush();
-        for job in jobs {
-            let len = job.chunk.len;
+            };
             if let Some(full) = batch.push(job, len) {
                 send(to, full)?;
             }
@@ -638,24 +642,11 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
     for _ in 0..workers {
         let (rx, reader, shared) = (rx.clone(), reader.clone(), shared.clone());
         handles.push(std::thread::spawn(move || {
-            let mut run = WriteRun::default();
-            for batch in rx.iter() {
-                for job in batch {
-                    let res = reader
-                        .read(&job.loc, Kind::Data, &job.chunk.id)
-                        .and_then(|data| {
-                            if data.len() as u64 != job.chunk.len {
-                                return Err(Error::Corrupt(format!(
-                                    "chunk {} has the wrong length",
-                                    job.chunk.id.short()
-                                )));
-                            }
-                            Ok(data)
-                        });
-                    match res {
-                        Ok(data) => run.add(job, &data, &shared),
-                        Err(e) => finish(&job, Err(e), &shared),
-                    }
+            let (mut run, mut span) = (WriteRun::default(), Vec::new());
+            for mut batch in rx.iter() {
+                while !batch.is_empty() {
+                    let n = span_len(&batch);
+                    reader.read_span(batch.drain(..n).collect(), &mut span, &mut run, &shared);
                 }
                 // Nothing waits past its batch: the last chunk of a file
                 // finishes it.
@@ -674,7 +665,7 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
             .collect(),
         jobs: tx,
         batch: Batch::with_bytes(RESTORE_BATCH_BYTES),
-        lookups: Lookups::new(repo.store().clone()),
+        lookups: Lookups::default(),
         ahead: None,
         hold: RenewedHold::new(&cache),
         shared: shared.clone(),
@@ -1088,27 +1079,55 @@ mod tests {
     use std::os::unix::fs::{symlink, PermissionsExt};
 
     #[test]
-    fn prefetch_ranges_merge_nearby_blobs_of_one_pack_in_order() {
-        let (a, b) = (PackId([1; 32]), PackId([2; 32]));
-        let mut r = Ranges::default();
-        assert_eq!(r.add(a, 100, 200), None);
-        assert_eq!(r.add(a, 200, 300), None);
-        // a gap the size of the limit still merges; one byte more does not
-        assert_eq!(r.add(a, 300 + PREFETCH_GAP, 400 + PREFETCH_GAP), None);
-        let far = 400 + 2 * PREFETCH_GAP + 1;
-        assert_eq!(r.add(a, far, far + 10), Some((a, 100, 400 + PREFETCH_GAP)));
-        // another pack, then going backwards, each start a new run
-        assert_eq!(r.add(b, 100, 110), Some((a, far, far + 10)));
-        assert_eq!(r.add(b, 105, 108), None);
-        assert_eq!(r.add(b, 50, 60), Some((b, 100, 110)));
-        assert_eq!(r.add(a, 0, 10), Some((b, 50, 60)));
-        // a run stops at the span limit
-        assert_eq!(r.add(a, 10, PREFETCH_SPAN), None);
+    fn a_span_is_one_ascending_run_of_one_pack() {
+        let d = tempfile::tempdir().unwrap();
+        let task = Arc::new(FileTask {
+            path: d.path().join("f"),
+            file: File::create(d.path().join("f")).unwrap(),
+            node: Node::default(),
+            owners: false,
+            remaining: AtomicUsize::new(1),
+            failed: Mutex::new(None),
+            links: None,
+        });
+        let job = |pack: u8, offset: u64, len: u32| Job {
+            task: task.clone(),
+            offset: 0,
+            chunk: ChunkRef {
+                id: BlobId([0; 32]),
+                len: 1,
+            },
+            loc: BlobLocation {
+                pack: crate::id::PackId([pack; 32]),
+                offset,
+                sealed_len: len,
+                plain_len: 1,
+                kind: Kind::Data,
+            },
+        };
+        let gap = SPAN_GAP;
+        let jobs = vec![
+            job(1, 0, 100),
+            job(1, 100, 50),
+            job(1, 150 + gap, 10),         // a gap of the limit still joins
+            job(1, 160 + 2 * gap + 1, 10), // one byte more does not
+        ];
+        assert_eq!(span_len(&jobs), 3);
+        assert_eq!(span_len(&jobs[3..]), 1);
+        // another pack, a chunk met again, a step back: each ends the run
+        assert_eq!(span_len(&[job(1, 0, 10), job(2, 10, 10)]), 1);
+        assert_eq!(span_len(&[job(1, 0, 10), job(1, 0, 10)]), 1);
+        assert_eq!(span_len(&[job(1, 50, 10), job(1, 5, 10)]), 1);
+        // and a run stops at the size limit
+        let big = (SPAN_BYTES / 2) as u32;
         assert_eq!(
-            r.add(a, PREFETCH_SPAN, PREFETCH_SPAN + 1),
-            Some((a, 0, PREFETCH_SPAN))
+            span_len(&[
+                job(1, 0, big),
+                job(1, big.into(), big),
+                job(1, 2 * u64::from(big), 1)
+            ]),
+            2
         );
-        assert_eq!(r.range.take(), Some((a, PREFETCH_SPAN, PREFETCH_SPAN + 1)));
     }
 
     #[test]
