@@ -948,13 +948,21 @@ impl Write for LocalUpload {
                 "pack larger than allowed",
             ));
         }
-        let n = self.file.write(buf)?;
+        let n = self.file.write(buf).map_err(|e| self.named(e))?;
         self.hasher.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        self.file.flush().map_err(|e| self.named(e))
+    }
+}
+
+impl LocalUpload {
+    /// An error that says which file it was about ("No space left on
+    /// device" alone does not say where), of the same kind.
+    fn named(&self, e: io::Error) -> io::Error {
+        io::Error::new(e.kind(), format!("writing {}: {e}", self.tmp.display()))
     }
 }
 

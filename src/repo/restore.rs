@@ -654,6 +654,9 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
             }
         }));
     }
+    // Only the workers receive: should they all stop, a send fails instead
+    // of waiting for ever.
+    drop(rx);
     let mut r = Restorer {
         repo,
         cache: &cache,

@@ -287,25 +287,61 @@ fn seal_one(
     })
 }
 
+/// A pack written whole, waiting to be made durable.
+struct Written {
+    id: PackId,
+    upload: Box<dyn PackUpload>,
+    entries: Vec<PackEntry>,
+    size: u64,
+    started: Instant,
+}
+
+/// Packs written but not yet committed: the packer fills the next one
+/// while the committer waits for the disk (a local store's fsync of 16 MiB
+/// stalled the whole pipeline, a fifth of an image backup's wall time).
+const COMMITS_AHEAD: usize = 1;
+
 fn packer(
     rx: Receiver<Vec<Sealed>>,
     done: Sender<PackDone>,
     store: &dyn Store,
     keys: &Keys,
     pack_size: u64,
-    mut pacer: Option<Pacer>,
+    pacer: Option<Pacer>,
+) -> Result<()> {
+    let (tx, written) = bounded::<Written>(COMMITS_AHEAD);
+    std::thread::scope(|s| {
+        let committer = s.spawn(move || committer(written, done, pacer));
+        let packed = pack_all(rx, tx, store, keys, pack_size);
+        let committed = committer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Corrupt("the pack committer panicked".into())));
+        // The committer's failure first: the packer only saw it stop.
+        committed.and(packed)
+    })
+}
+
+/// Gathers sealed blobs into packs and hands each finished pack on.
+fn pack_all(
+    rx: Receiver<Vec<Sealed>>,
+    to: Sender<Written>,
+    store: &dyn Store,
+    keys: &Keys,
+    pack_size: u64,
 ) -> Result<()> {
     let mut current: Option<PackWriter<Box<dyn PackUpload>>> = None;
-    let mut flush = |w: PackWriter<Box<dyn PackUpload>>| -> Result<()> {
+    let flush = |w: PackWriter<Box<dyn PackUpload>>| -> Result<()> {
         let started = Instant::now();
         let (id, upload, entries, size) = w.finish(keys, &mut OsRng)?;
-        upload.commit(id)?;
-        if let Some(p) = pacer.as_mut() {
-            let wait = p.wait_after(started, size, Instant::now());
-            p.sleep(wait)?;
-        }
-        let _ = done.send(PackDone { id, size, entries });
-        Ok(())
+        let w = Written {
+            id,
+            upload,
+            entries,
+            size,
+            started,
+        };
+        to.send(w)
+            .map_err(|_| Error::Corrupt("the pack committer stopped".into()))
     };
     for s in rx.iter().flatten() {
         let w = match current.as_mut() {
@@ -320,6 +356,27 @@ fn packer(
     }
     if let Some(w) = current.take() {
         flush(w)?;
+    }
+    Ok(())
+}
+
+/// Makes written packs durable, in order, and reports each once it is.
+fn committer(
+    rx: Receiver<Written>,
+    done: Sender<PackDone>,
+    mut pacer: Option<Pacer>,
+) -> Result<()> {
+    for w in rx {
+        w.upload.commit(w.id)?;
+        if let Some(p) = pacer.as_mut() {
+            let wait = p.wait_after(w.started, w.size, Instant::now());
+            p.sleep(wait)?;
+        }
+        let _ = done.send(PackDone {
+            id: w.id,
+            size: w.size,
+            entries: w.entries,
+        });
     }
     Ok(())
 }

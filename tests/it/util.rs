@@ -83,8 +83,15 @@ impl TestRepo {
 
     pub fn with_init(extra: &[&str]) -> TestRepo {
         let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        Self::init_at(dir, repo, extra)
+    }
+
+    /// Initializes a repository at `repo` (which may lie outside `dir`,
+    /// on a file system of its own), with its cache in `dir`.
+    pub fn init_at(dir: tempfile::TempDir, repo: PathBuf, extra: &[&str]) -> TestRepo {
         let t = TestRepo {
-            repo: dir.path().join("repo"),
+            repo,
             cache: dir.path().join("cache"),
             dir,
         };
