@@ -258,7 +258,14 @@ fn open_store(cli: &Cli, store: Arc<dyn Store>) -> Result<Repository> {
 }
 
 fn open(cli: &Cli) -> Result<Repository> {
-    let (s, _) = store(cli, false)?;
+    let (s, exists) = store(cli, false)?;
+    if !exists {
+        // A server namespace without a config: say so, not "object not found".
+        bail!(
+            "no repository at {} (run `coffer init` first)",
+            repo_arg(cli)?
+        );
+    }
     open_store(cli, s)
 }
 

@@ -230,6 +230,13 @@ fn round_trip_through_the_server() {
     let srv = TestServer::start(1);
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
+    // Before init, the namespace is named as holding no repository.
+    let r = run(srv.client(0, &cache), &["snapshots"]).fails();
+    assert!(
+        r.stderr().contains("no repository at quic://") && r.stderr().contains("coffer init"),
+        "{}",
+        r.stderr()
+    );
     run(srv.client(0, &cache), &init_args()).ok();
     let src = work.path().join("src");
     crate::backup::make_tree(&src);
