@@ -298,7 +298,7 @@ struct Written {
 
 /// Packs written but not yet committed: the packer fills the next one
 /// while the committer waits for the disk (a local store's fsync of 16 MiB
-/// stalled the whole pipeline, a fifth of an image backup's wall time).
+/// stalled the whole pipeline: a tenth of an image backup's wall time).
 const COMMITS_AHEAD: usize = 1;
 
 fn packer(
