@@ -138,6 +138,9 @@ pub struct LocalStore {
     policy: Policy,
     parity: crate::scrub::ParityConfig,
     clock: Clock,
+    /// Cleared once the file system refuses O_DIRECT: spans are then read
+    /// through the cache without trying again for each one.
+    direct_io: std::sync::atomic::AtomicBool,
 }
 
 const OPEN_HANDLES: usize = 64;
@@ -200,6 +203,7 @@ impl LocalStore {
             policy: read_setting(root)?,
             parity: read_setting(root)?,
             clock: system_clock(),
+            direct_io: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -600,7 +604,8 @@ impl LocalStore {
     /// Reads a pack range with O_DIRECT: the disk writes straight into
     /// `buf`, with no page cache to fill, charge and copy out of (a sixth
     /// of a cold image restore's CPU). `None` where the file system does
-    /// not do direct I/O; the caller then reads through the cache.
+    /// not do direct I/O (remembered); the caller then reads through the
+    /// cache.
     fn read_direct(
         &self,
         id: &PackId,
@@ -612,8 +617,18 @@ impl LocalStore {
         // Offsets, lengths and memory aligned to this; 4 KiB covers the
         // logical block size of the disks that matter.
         const ALIGN: u64 = 4096;
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.direct_io.load(Relaxed) {
+            return Ok(None);
+        }
         let path = self.pack_path(id);
-        let unsupported = |e: &io::Error| e.raw_os_error() == Some(nix::libc::EINVAL);
+        let unsupported = |e: &io::Error| {
+            let no = e.raw_os_error() == Some(nix::libc::EINVAL);
+            if no {
+                self.direct_io.store(false, Relaxed);
+            }
+            no
+        };
         let f = match OpenOptions::new()
             .read(true)
             .custom_flags(nix::libc::O_DIRECT)
@@ -1321,6 +1336,13 @@ mod tests {
         ] {
             let r = s.read_pack_span(&id, off as u64, len, &mut buf).unwrap();
             assert_eq!(&buf[r], &bytes[off..off + len], "{off}+{len}");
+            // and through the cache, as where the file system refuses O_DIRECT
+            s.direct_io
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            let r = s.read_pack_span(&id, off as u64, len, &mut buf).unwrap();
+            assert_eq!(&buf[r], &bytes[off..off + len], "cached {off}+{len}");
+            s.direct_io
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             // and by the direct path itself, where the file system has one
             if let Some(r) = s.read_direct(&id, off as u64, len, &mut buf).unwrap() {
                 assert_eq!(&buf[r], &bytes[off..off + len], "direct {off}+{len}");

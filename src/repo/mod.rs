@@ -68,6 +68,9 @@ pub struct Snapshot {
     pub stamp: Option<crate::retention::Stamp>,
 }
 
+/// The cache database's file in a repository's cache directory.
+const CACHE_FILE: &str = "cache.db";
+
 /// An open, unlocked repository.
 pub struct Repository {
     store: Arc<dyn Store>,
@@ -145,8 +148,9 @@ impl Repository {
         cache_root: &Path,
     ) -> Result<Repository> {
         let cfg = ConfigFile::decode(&store.read_config()?)?;
+        let cache_dir = cache_root.join(cfg.id.to_hex());
         // The disk starts on what comes next while the key is derived.
-        crate::cache::prefetch(&cache_root.join(cfg.id.to_hex()).join("cache.db"));
+        crate::cache::prefetch(&cache_dir.join(CACHE_FILE));
         store.warm();
         let mut last_refusal = None;
         for name in store.list_keys()? {
@@ -171,7 +175,7 @@ impl Repository {
                         key_name: name,
                         id: cfg.id,
                         settings,
-                        cache_dir: cache_root.join(cfg.id.to_hex()),
+                        cache_dir,
                     });
                 }
                 Err(FormatError::Crypto(_)) => continue,
@@ -205,7 +209,7 @@ impl Repository {
 
     /// Opens the local cache database of this repository.
     pub fn cache(&self) -> Result<Cache> {
-        Cache::open(&self.cache_dir.join("cache.db"))
+        Cache::open(&self.cache_dir.join(CACHE_FILE))
     }
 
     /// Brings the cache in line with the repository: reads the header of
