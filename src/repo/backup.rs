@@ -32,6 +32,7 @@ use crate::format::tree::{Node, NodeKind, Tree};
 use crate::format::{cbor_decode, cbor_encode};
 use crate::id::{BlobId, PackId, SnapshotId};
 use crate::source::command::CommandReader;
+use crate::source::image::{ImageReader, Piece};
 use crate::source::{self, Names};
 
 /// What to back up. One run may take several sources: they become one
@@ -782,7 +783,7 @@ impl Walker {
     }
 
     /// Reads an image in fixed blocks: an in-place change of a few bytes
-    /// costs one block, and zero blocks cost nothing.
+    /// costs one block, and zero blocks (or holes, never read) cost nothing.
     fn read_blocks(
         &mut self,
         f: &mut File,
@@ -790,75 +791,19 @@ impl Walker {
         file: u64,
         src: &Path,
     ) -> Result<(Content, u64)> {
-        use nix::unistd::Whence;
-        use std::io::{Seek, SeekFrom};
-        use std::os::fd::AsRawFd;
-        let mut buf = std::mem::take(&mut self.buf);
-        let size = (READ_BYTES / self.block).max(1) * self.block;
-        buf.resize(size, 0);
-        let len = if sparse {
-            f.metadata().map(|m| m.len()).unwrap_or(0)
-        } else {
-            0
-        };
-        let block = self.block as u64;
-        let mut pos = 0u64;
-        // Where the data extent being read ends (a hole or the end of the
-        // file), rounded up to a block: reads stop there instead of running
-        // into the hole, so the kernel zero-fills and copies nothing of it.
-        let mut data_end = 0u64;
-        let mut ahead = AdviseAhead::default();
-        if sparse {
-            // The kernel's own readahead runs past the end of each data
-            // extent and zero-fills the hole after it (for an image that is
-            // mostly holes, most of its CPU time in the kernel): off, and
-            // the data extents are asked for ahead instead.
-            source::advise(f, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM);
-        }
+        let reader = ImageReader::start(f, sparse, self.block).map_err(|e| Error::io(src, e))?;
         let mut cb = ContentBuilder::default();
-        let res: Result<()> = (|| loop {
-            let mut want = buf.len();
-            if sparse {
-                if pos >= data_end {
-                    // Skip holes without reading them: whole blocks of a
-                    // hole are zero runs, exactly what reading them would give.
-                    let fd = f.as_raw_fd();
-                    let next = match nix::unistd::lseek(fd, pos as i64, Whence::SeekData) {
-                        Ok(d) => (d as u64 / block) * block,
-                        Err(nix::errno::Errno::ENXIO) => len,
-                        Err(_) => pos,
-                    };
-                    if next > pos {
-                        self.push_zeros(&mut cb, next - pos);
-                        pos = next;
-                    }
-                    data_end = match nix::unistd::lseek(fd, pos as i64, Whence::SeekHole) {
-                        Ok(h) if h as u64 > pos => (h as u64).div_ceil(block) * block,
-                        // No answer: read on, and ask again after one buffer.
-                        _ => pos + buf.len() as u64,
-                    };
-                    // lseek moved the file offset: put it where we read.
-                    f.seek(SeekFrom::Start(pos))
-                        .map_err(|e| Error::io(src, e))?;
-                    if pos >= len {
-                        return Ok(());
-                    }
-                }
-                want = want.min((data_end - pos).try_into().unwrap_or(usize::MAX));
-            }
+        loop {
             self.check_cancel()?;
-            if sparse {
-                ahead.advise(f, pos, data_end);
+            match reader.next_piece().map_err(|e| Error::io(src, e))? {
+                Piece::Hole(n) => self.push_zeros(&mut cb, n),
+                Piece::Data(b) => {
+                    self.push_blocks(&mut cb, file, b.bytes())?;
+                    reader.give_back(b);
+                }
+                Piece::End => break,
             }
-            let n = read_full(f, &mut buf[..want]).map_err(|e| Error::io(src, e))?;
-            self.push_blocks(&mut cb, file, &buf[..n])?;
-            pos += n as u64;
-            if n < want {
-                return Ok(());
-            }
-        })();
-        self.buf = buf;
-        res?;
+        }
         let bytes = cb.bytes;
         Ok((self.finish_content(cb, file)?, bytes))
     }
@@ -1208,37 +1153,6 @@ impl Walker {
         node.size = n;
         Self::set_content(&mut node, &c);
         Ok(node)
-    }
-}
-
-/// Bytes of an image asked for ahead of its reader.
-const READ_AHEAD_BYTES: u64 = 8 << 20;
-
-/// Keeps the kernel reading a sparse image ahead of its reader, within the
-/// data extent being read, so the reader neither waits for the disk nor
-/// has holes zero-filled for nothing.
-#[derive(Default)]
-struct AdviseAhead {
-    /// Everything before this offset has been asked for.
-    to: u64,
-}
-
-impl AdviseAhead {
-    /// Asks for `[pos, pos + READ_AHEAD_BYTES)`, never past `limit` (the
-    /// end of the data extent), half a window at a time.
-    fn advise(&mut self, f: &File, pos: u64, limit: u64) {
-        let want = pos.saturating_add(READ_AHEAD_BYTES).min(limit);
-        let from = self.to.max(pos);
-        if want <= from || (want - from < READ_AHEAD_BYTES / 2 && want < limit) {
-            return;
-        }
-        source::advise(
-            f,
-            from,
-            want - from,
-            PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-        );
-        self.to = want;
     }
 }
 

@@ -4,6 +4,7 @@
 //! nothing of keys or packs.
 
 pub mod command;
+pub mod image;
 
 use std::collections::HashMap;
 use std::fs::{self, Metadata};
