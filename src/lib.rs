@@ -49,6 +49,7 @@ pub mod monitor;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod parity;
+pub mod priority;
 pub mod proto;
 pub mod repo;
 pub mod retention;

@@ -22,6 +22,10 @@ use crate::format::pack::{PackEntry, PackWriter};
 use crate::id::{BlobId, PackId};
 use crate::store::{PackUpload, Store};
 
+/// Calls of [`Uploader::add`] with fewer bytes than this are gathered and
+/// looked up together.
+const UNSURE_BYTES: usize = 256 << 10;
+
 struct Job {
     kind: Kind,
     id: BlobId,
@@ -65,6 +69,8 @@ pub(crate) struct Uploader {
     jobs: Option<Sender<Vec<Job>>>,
     /// Blobs not yet handed to the workers.
     batch: Batch<Job>,
+    /// Blobs of small files not yet looked up in the cache (pending).
+    unsure: Batch<Job>,
     done: Receiver<PackDone>,
     threads: Vec<JoinHandle<()>>,
     error: ErrorSlot,
@@ -97,6 +103,7 @@ impl Uploader {
             let (rx, tx, keys, err) =
                 (job_rx.clone(), seal_tx.clone(), keys.clone(), error.clone());
             threads.push(std::thread::spawn(move || {
+                crate::priority::lower_this_thread(crate::priority::HELPER_NICE);
                 seal_worker(rx, tx, &keys, level, &err)
             }));
         }
@@ -112,6 +119,7 @@ impl Uploader {
             pending: HashSet::new(),
             jobs: Some(job_tx),
             batch: Batch::default(),
+            unsure: Batch::default(),
             done: done_rx,
             threads,
             error,
@@ -150,33 +158,73 @@ impl Uploader {
     }
 
     /// Stores blobs of one kind unless the repository or this run has them
-    /// already, looked up in one read transaction of the cache: an image's
-    /// 32 KiB blocks cost one transaction per buffer read, not one (and its
-    /// locking) per block.
+    /// already. Whether the repository has them is asked of the cache for
+    /// many blobs in one read transaction: an image's 32 KiB blocks cost
+    /// one per buffer read, and the blobs of small files are gathered
+    /// (copied, as a new blob is anyway) and asked about together, since a
+    /// transaction per small file cost a tree backup more than its lookups.
     pub fn add(&mut self, cache: &mut Cache, kind: Kind, blobs: &[(BlobId, &[u8])]) -> Result<()> {
         self.drain(cache, false)?;
-        // Copies in mostly dead packs do not count.
-        let known = cache.have_blobs(blobs.iter().map(|(id, _)| id), &self.sparse)?;
-        for ((id, data), known) in blobs.iter().zip(known) {
-            // pending also catches a blob repeated within `blobs`
-            if !known && !self.pending.contains(id) {
-                self.queue(kind, *id, data)?;
+        let bytes: usize = blobs.iter().map(|(_, d)| d.len()).sum();
+        if bytes >= UNSURE_BYTES {
+            self.look_up_unsure(cache)?;
+            let known = cache.have_blobs(blobs.iter().map(|(id, _)| id), &self.sparse)?;
+            for ((id, data), known) in blobs.iter().zip(known) {
+                // pending also catches a blob repeated within `blobs`
+                if !known && self.pending.insert(*id) {
+                    self.queue(Job {
+                        kind,
+                        id: *id,
+                        data: data.to_vec(),
+                    })?;
+                }
+            }
+            return Ok(());
+        }
+        for (id, data) in blobs {
+            // Pending from here on, so a repeat within the run is not
+            // gathered twice; taken back if the cache knows it.
+            if self.pending.insert(*id) {
+                let job = Job {
+                    kind,
+                    id: *id,
+                    data: data.to_vec(),
+                };
+                if let Some(full) = self.unsure.push(job, data.len() as u64) {
+                    self.look_up(cache, full)?;
+                }
             }
         }
         Ok(())
     }
 
-    /// Hands a new blob to the workers (in the next batch).
-    fn queue(&mut self, kind: Kind, id: BlobId, data: &[u8]) -> Result<()> {
-        self.pending.insert(id);
+    /// Looks up what was gathered by [`Uploader::add`].
+    fn look_up_unsure(&mut self, cache: &mut Cache) -> Result<()> {
+        match self.unsure.take() {
+            Some(jobs) => self.look_up(cache, jobs),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues those of `jobs` the repository does not have.
+    fn look_up(&mut self, cache: &mut Cache, jobs: Vec<Job>) -> Result<()> {
+        let known = cache.have_blobs(jobs.iter().map(|j| &j.id), &self.sparse)?;
+        for (job, known) in jobs.into_iter().zip(known) {
+            if known {
+                self.pending.remove(&job.id);
+            } else {
+                self.queue(job)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a new blob to the workers (in the next batch); it is pending.
+    fn queue(&mut self, job: Job) -> Result<()> {
+        let len = job.data.len() as u64;
         self.stats.new_blobs += 1;
-        self.stats.new_bytes += data.len() as u64;
-        let job = Job {
-            kind,
-            id,
-            data: data.to_vec(),
-        };
-        match self.batch.push(job, data.len() as u64) {
+        self.stats.new_bytes += len;
+        match self.batch.push(job, len) {
             Some(full) => self.send(full),
             None => Ok(()),
         }
@@ -199,6 +247,7 @@ impl Uploader {
     /// Flushes the last pack and waits until every pack is durable and in
     /// the cache.
     pub fn finish(mut self, cache: &mut Cache) -> Result<UploadStats> {
+        self.look_up_unsure(cache)?;
         let sent = match self.batch.take() {
             Some(last) => self.send(last),
             None => Ok(()),
@@ -435,6 +484,59 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::MasterKey;
+    use crate::store::LocalStore;
+
+    /// Stores `calls` (each one [`Uploader::add`] of data blobs) into a
+    /// fresh uploader and returns its figures.
+    fn upload(
+        store: &Arc<dyn Store>,
+        cache: &mut Cache,
+        keys: &Arc<Keys>,
+        calls: &[Vec<Vec<u8>>],
+    ) -> UploadStats {
+        let mut up = Uploader::start(store.clone(), keys.clone(), 1, 1 << 20, None, None);
+        for call in calls {
+            let blobs: Vec<(BlobId, &[u8])> = call
+                .iter()
+                .map(|d| (keys.blob_id(d), d.as_slice()))
+                .collect();
+            up.add(cache, Kind::Data, &blobs).unwrap();
+        }
+        up.finish(cache).unwrap()
+    }
+
+    #[test]
+    fn gathered_and_direct_lookups_store_each_new_blob_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::create(&dir.path().join("repo")).unwrap());
+        let mut cache = Cache::open(&dir.path().join("cache.db")).unwrap();
+        let keys = Arc::new(Keys::derive(&MasterKey::from_bytes([9; 32])));
+        let small = |i: u32| format!("small file {i}").repeat(50).into_bytes();
+        let large = |i: u8| vec![i; UNSURE_BYTES];
+        // Small blobs (gathered, in more than one batch), repeated across
+        // calls and within one; large ones (looked up at once) in between,
+        // one of them twice.
+        let mut calls: Vec<Vec<Vec<u8>>> = (0..200).map(|i| vec![small(i % 150)]).collect();
+        calls.push(vec![small(3), small(3), small(151)]);
+        calls.push(vec![large(1), large(2)]);
+        calls.push(vec![small(152), large(1)]);
+        let first = upload(&store, &mut cache, &keys, &calls);
+        assert_eq!(first.new_blobs, 150 + 1 + 1 + 2);
+        for call in &calls {
+            for d in call {
+                assert!(
+                    cache.lookup(&keys.blob_id(d)).unwrap().is_some(),
+                    "every blob is in a pack"
+                );
+            }
+        }
+        // Again, with one new small blob among the known: only it is new.
+        calls.push(vec![small(999)]);
+        let second = upload(&store, &mut cache, &keys, &calls);
+        assert_eq!(second.new_blobs, 1);
+        assert_eq!(second.new_bytes, small(999).len() as u64);
+    }
 
     #[test]
     fn pacer_holds_the_average_rate() {
