@@ -23,7 +23,7 @@ const ALIGN: usize = 4096;
 /// Bytes asked for by one read. Reads of 1, 2, 4 and 8 MiB (with 3 to 8
 /// buffers) backed up the harness image equally fast; each buffer costs
 /// its size in resident memory.
-pub const READ_BYTES: usize = 2 << 20;
+pub const READ_BYTES: usize = 1 << 20;
 /// Buffers in flight: one being read, one waiting, one with the caller.
 const BUFFERS: usize = 3;
 /// Bytes asked of the kernel ahead of the reader when reading through the
