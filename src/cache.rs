@@ -533,25 +533,37 @@ impl Cache {
         let tx = self.conn.transaction()?;
         {
             let mut rows = tx.prepare(
-                "SELECT seq, path, size, mtime_ns, ctime_ns, inode, dev, content FROM run_files",
+                "SELECT seq, path, size, mtime_ns, ctime_ns, inode, dev, content FROM run_files ORDER BY seq",
             )?;
-            let mut packs = tx.prepare_cached(
-                "SELECT b.pack, SUM(b.bytes) FROM (SELECT DISTINCT blob FROM run_refs WHERE file = ?1) r
+            // Every file's packs in one pass, in file order (one query per
+            // file cost a tree backup of 22k files 0.3 s at its end).
+            let mut packs = tx.prepare(
+                "SELECT r.file, b.pack, SUM(b.bytes) FROM (SELECT DISTINCT file, blob FROM run_refs) r
                  JOIN run_blobs b ON b.blob = r.blob
-                 WHERE b.pack IS NOT NULL GROUP BY b.pack ORDER BY b.pack",
+                 WHERE b.pack IS NOT NULL GROUP BY r.file, b.pack ORDER BY r.file, b.pack",
             )?;
             let mut put = tx.prepare_cached(
                 "INSERT OR REPLACE INTO files (path, size, mtime_ns, ctime_ns, inode, dev, content, packs)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
+            let mut pr = packs.query([])?;
+            let mut next = pr.next()?;
             let mut it = rows.query([])?;
             while let Some(r) = it.next()? {
                 let seq: i64 = r.get(0)?;
                 let mut ids = Vec::new();
-                let mut pr = packs.query([seq])?;
-                while let Some(p) = pr.next()? {
-                    ids.extend_from_slice(&p.get::<_, Vec<u8>>(0)?);
-                    ids.extend_from_slice(&(p.get::<_, i64>(1)? as u64).to_le_bytes());
+                // Both in ascending file order: skip the packs of files
+                // not kept (trees, lists, files read but not cached).
+                while let Some(p) = next {
+                    let file: i64 = p.get(0)?;
+                    if file > seq {
+                        break;
+                    }
+                    if file == seq {
+                        ids.extend_from_slice(&p.get::<_, Vec<u8>>(1)?);
+                        ids.extend_from_slice(&(p.get::<_, i64>(2)? as u64).to_le_bytes());
+                    }
+                    next = pr.next()?;
                 }
                 put.execute(params![
                     r.get::<_, Vec<u8>>(1)?,
@@ -701,16 +713,7 @@ mod tests {
         let (packs, missing) = c.run_packs().unwrap();
         assert_eq!((packs, missing), (vec![PackId([2; 32])], 1));
         // the files cache records, per file, each pack and its bytes
-        let rec = FileRecord {
-            size: 50,
-            mtime_ns: 1,
-            ctime_ns: 1,
-            inode: 1,
-            dev: 1,
-            content: vec![],
-            packs: vec![],
-        };
-        c.run_file(1, b"/f", &rec).unwrap();
+        c.run_file(1, b"/f", &record()).unwrap();
         assert_eq!(c.run_commit_files().unwrap(), 1);
         let mut want = vec![2u8; 32];
         want.extend_from_slice(&100u64.to_le_bytes());
@@ -721,6 +724,59 @@ mod tests {
                 .unwrap(),
             vec![false]
         );
+    }
+
+    #[test]
+    fn committed_files_get_each_of_their_packs_with_its_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Cache::open(&d.path().join("c.db")).unwrap();
+        let (p, q) = (PackId([7; 32]), PackId([8; 32]));
+        c.add_pack(&p, 1000, &[entry(1, 10), entry(2, 20)]).unwrap();
+        c.add_pack(&q, 1000, &[entry(3, 30)]).unwrap();
+        // File 1: blobs in both packs, one of them twice; file 2: pack q
+        // only; file 3 (read, not kept) and the trees (0) in between;
+        // file 4: a blob no pack holds.
+        c.run_refs(&[
+            (0, BlobId([3; 32])),
+            (1, BlobId([1; 32])),
+            (1, BlobId([3; 32])),
+            (1, BlobId([1; 32])),
+            (1, BlobId([2; 32])),
+            (2, BlobId([3; 32])),
+            (3, BlobId([2; 32])),
+            (4, BlobId([9; 32])),
+        ])
+        .unwrap();
+        for (seq, path) in [(1, b"/a"), (2, b"/b"), (4, b"/d")] {
+            c.run_file(seq, path, &record()).unwrap();
+        }
+        assert_eq!(c.run_commit_files().unwrap(), 3);
+        let packs = |pairs: &[(PackId, u64)]| -> Vec<u8> {
+            let mut v = Vec::new();
+            for (id, n) in pairs {
+                v.extend_from_slice(id.as_bytes());
+                v.extend_from_slice(&n.to_le_bytes());
+            }
+            v
+        };
+        let got = |path: &[u8]| c.file(path).unwrap().unwrap().packs;
+        assert_eq!(got(b"/a"), packs(&[(p, 30), (q, 30)]));
+        assert_eq!(got(b"/b"), packs(&[(q, 30)]));
+        assert_eq!(got(b"/d"), packs(&[]));
+        assert!(c.file(b"/c").unwrap().is_none());
+    }
+
+    /// A file's record before the backup commits it (no packs yet).
+    fn record() -> FileRecord {
+        FileRecord {
+            size: 50,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            inode: 1,
+            dev: 1,
+            content: vec![],
+            packs: vec![],
+        }
     }
 
     /// A data blob's entry in a pack, `len` bytes sealed and plain.
