@@ -786,7 +786,7 @@ impl Walker {
     /// costs one block, and zero blocks (or holes, never read) cost nothing.
     fn read_blocks(
         &mut self,
-        f: &mut File,
+        f: &File,
         sparse: bool,
         file: u64,
         src: &Path,
@@ -885,7 +885,7 @@ impl Walker {
             self.file_seq += 1;
             let seq = self.file_seq;
             let (c, n) = if source::is_image_like(path, m) {
-                self.read_blocks(&mut f, m.is_file(), seq, path)?
+                self.read_blocks(&f, m.is_file(), seq, path)?
             } else {
                 self.read_cdc(&mut f, seq, path)?
             };
@@ -1144,10 +1144,10 @@ impl Walker {
         let mut node = source::node_from(path, name.as_bytes(), &m, &mut self.names);
         node.kind = Some(NodeKind::File);
         node.rdev = 0;
-        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let f = File::open(path).map_err(|e| Error::io(path, e))?;
         self.file_seq += 1;
         self.note_progress(1, 0);
-        let (c, n) = self.read_blocks(&mut f, m.is_file(), self.file_seq, path)?;
+        let (c, n) = self.read_blocks(&f, m.is_file(), self.file_seq, path)?;
         self.stats.files += 1;
         self.stats.bytes += n;
         node.size = n;
