@@ -231,12 +231,19 @@ impl Uploader {
     }
 
     /// Hands a batch of blobs to the workers.
-    fn send(&self, batch: Vec<Job>) -> Result<()> {
+    fn send(&mut self, batch: Vec<Job>) -> Result<()> {
         let sent = match self.jobs.as_ref() {
             Some(jobs) => jobs.send(batch).is_ok(),
             None => false,
         };
         if !sent {
+            // The workers are gone, so the packer ends too: wait for it, as
+            // it records why (a full disk) only after its committer stops.
+            // Dropping our end of `done` keeps the committer from blocking.
+            self.done = crossbeam_channel::never();
+            for t in std::mem::take(&mut self.threads) {
+                let _ = t.join();
+            }
             return Err(self
                 .take_error()
                 .unwrap_or_else(|| Error::Corrupt("upload pipeline stopped".into())));
@@ -252,6 +259,8 @@ impl Uploader {
             Some(last) => self.send(last),
             None => Ok(()),
         };
+        // A failed send has already waited for the threads and taken why.
+        sent?;
         drop(self.jobs.take());
         let threads = std::mem::take(&mut self.threads);
         // Drain while the threads finish, so the packer never blocks on us.
@@ -264,7 +273,6 @@ impl Uploader {
         if let Some(e) = self.take_error() {
             return Err(e);
         }
-        sent?;
         if !self.pending.is_empty() {
             return Err(Error::Corrupt(format!(
                 "{} blobs were not stored",
