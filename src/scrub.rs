@@ -437,15 +437,25 @@ fn write_stripe_once(
     let mut outs = Vec::new();
     for _ in 0..m {
         let t = tmp_name(&tmp_dir);
-        let mut f = OpenOptions::new()
+        let opened = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&t)
-            .at(&t)?;
-        f.write_all(&MAGIC_PARITY).at(&t)?;
-        // Written a 64 KiB block at a time, unbuffered: a stripe computed
-        // during a backup adds little to its memory.
-        outs.push((t, f, Vec::new()));
+            .and_then(|mut f| f.write_all(&MAGIC_PARITY).map(|_| f))
+            .at(&t);
+        match opened {
+            // Written a 64 KiB block at a time, unbuffered: a stripe
+            // computed during a backup adds little to its memory.
+            Ok(f) => outs.push((t, f, Vec::new())),
+            // A full disk: none of this stripe's files is left behind.
+            Err(e) => {
+                let _ = fs::remove_file(&t);
+                for (t, _, _) in &outs {
+                    let _ = fs::remove_file(t);
+                }
+                return Err(e);
+            }
+        }
     }
     let res = (|| -> Result<Option<Vec<PackId>>> {
         let (rows_done, names) = std::thread::scope(|sc| {
