@@ -614,9 +614,8 @@ impl LocalStore {
         buf: &mut Vec<u8>,
     ) -> Result<Option<std::ops::Range<usize>>> {
         use std::os::unix::fs::OpenOptionsExt;
-        // Offsets, lengths and memory aligned to this; 4 KiB covers the
-        // logical block size of the disks that matter.
-        const ALIGN: u64 = 4096;
+        // Offsets, lengths and memory aligned as for an image's reads.
+        const ALIGN: u64 = crate::source::image::ALIGN as u64;
         use std::sync::atomic::Ordering::Relaxed;
         if !self.direct_io.load(Relaxed) {
             return Ok(None);

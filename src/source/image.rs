@@ -19,7 +19,7 @@ use nix::fcntl::PosixFadviseAdvice;
 
 /// Alignment of direct reads: offset, length and memory. 4 KiB covers the
 /// logical block size of the disks that matter.
-const ALIGN: usize = 4096;
+pub(crate) const ALIGN: usize = 4096;
 /// Bytes asked for by one read. Reads of 1, 2, 4 and 8 MiB (with 3 to 8
 /// buffers) backed up the harness image equally fast; each buffer costs
 /// its size in resident memory.
