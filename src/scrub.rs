@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crossbeam_channel::RecvTimeoutError;
 use serde::Serialize;
 use serde_bytes::ByteBuf;
 
@@ -761,13 +762,19 @@ impl Protector {
     }
 
     /// For a backup that failed or was interrupted: starts no further
-    /// stripe and does not wait for the one being written (it is written
-    /// whole or not at all); the next protect covers the packs.
+    /// stripe, and waits only for the one being written, so that the
+    /// process does not exit with its temporary files half written in
+    /// `tmp/` (CI's full-disk test caught two). The next protect covers
+    /// the packs.
     pub fn abandon(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         drop(self.tx.take());
+        let _ = self.thread.join();
     }
 }
+
+/// How often the parity thread of a backup looks whether it was abandoned.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The parity thread: gathers fresh packs, writes each stripe as soon as
 /// it can be filled, and the last (open) one when the sender is gone.
@@ -782,9 +789,13 @@ fn protect_fresh(
     let mut fresh: Members = Vec::new();
     let mut open = true;
     while open {
-        match rx.recv() {
+        // Polled, so an abandoning backup that still holds a sender is not
+        // kept waiting.
+        match rx.recv_timeout(STOP_POLL) {
             Ok(p) => fresh.push(p),
-            Err(_) => open = false,
+            Err(RecvTimeoutError::Timeout) if stop.load(Ordering::SeqCst) => break,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => open = false,
         }
         // A lock and a directory listing per stripe, not per pack.
         if fresh.is_empty() || (open && fresh.len() < cfg.k) || stop.load(Ordering::SeqCst) {
@@ -1429,15 +1440,16 @@ mod tests {
         assert_eq!(p.finish().unwrap().packs_protected, 0);
         drop(held);
         assert!(members(&s).is_empty());
-        // Abandoned (a failed backup): nothing more is written.
+        // Abandoned (a failed backup): the thread has stopped when abandon
+        // returns, though the backup still holds its sender, and nothing
+        // more is written.
         let mut p = Protector::start(LocalStore::open_dir(d.path()).unwrap(), cfg).unwrap();
         let tx = p.sender().unwrap();
         p.abandon();
         for x in &packs[2..] {
-            tx.send(*x).unwrap();
+            assert!(tx.send(*x).is_err(), "no one listens any more");
         }
         drop(tx);
-        std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(members(&s).is_empty());
         // The next protect covers them all.
         assert_eq!(protect(&s, cfg).unwrap().packs_protected, 4);
