@@ -435,30 +435,23 @@ fn write_stripe_once(
         .max()
         .unwrap_or(0);
     let tmp_dir = s.root().join("tmp");
-    let mut outs = Vec::new();
-    for _ in 0..m {
-        let t = tmp_name(&tmp_dir);
-        let opened = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&t)
-            .and_then(|mut f| f.write_all(&MAGIC_PARITY).map(|_| f))
-            .at(&t);
-        match opened {
+    // Every file created is in `outs` before anything is written to it,
+    // so that a failure anywhere (a full disk) removes them all.
+    let mut outs: Vec<(PathBuf, File, Vec<u8>)> = Vec::new();
+    let res = (|| -> Result<Option<Vec<PackId>>> {
+        for _ in 0..m {
+            let t = tmp_name(&tmp_dir);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&t)
+                .at(&t)?;
             // Written a 64 KiB block at a time, unbuffered: a stripe
             // computed during a backup adds little to its memory.
-            Ok(f) => outs.push((t, f, Vec::new())),
-            // A full disk: none of this stripe's files is left behind.
-            Err(e) => {
-                let _ = fs::remove_file(&t);
-                for (t, _, _) in &outs {
-                    let _ = fs::remove_file(t);
-                }
-                return Err(e);
-            }
+            let magic = f.write_all(&MAGIC_PARITY).at(&t);
+            outs.push((t, f, Vec::new()));
+            magic?;
         }
-    }
-    let res = (|| -> Result<Option<Vec<PackId>>> {
         let (rows_done, names) = std::thread::scope(|sc| {
             // The members' block sums and whole hashes on a second core,
             // from the blocks this one reads for the parity: every byte is

@@ -643,13 +643,7 @@ impl LocalStore {
         let start = offset & !(ALIGN - 1);
         let end = (offset + len as u64).div_ceil(ALIGN) * ALIGN;
         let n = (end - start) as usize;
-        // Grown, never shrunk or cleared: zeroing it for every read would
-        // cost what the direct read saves.
-        let need = n + ALIGN as usize;
-        if buf.len() < need {
-            buf.resize(need, 0);
-        }
-        let pad = buf.as_ptr().align_offset(ALIGN as usize);
+        let pad = crate::source::image::aligned_room(buf, n);
         let mut got = 0;
         while got < n {
             match f.read_at(&mut buf[pad + got..pad + n], start + got as u64) {

@@ -165,6 +165,11 @@ impl Uploader {
     /// transaction per small file cost a tree backup more than its lookups.
     pub fn add(&mut self, cache: &mut Cache, kind: Kind, blobs: &[(BlobId, &[u8])]) -> Result<()> {
         self.drain(cache, false)?;
+        let job = |id: &BlobId, data: &[u8]| Job {
+            kind,
+            id: *id,
+            data: data.to_vec(),
+        };
         let bytes: usize = blobs.iter().map(|(_, d)| d.len()).sum();
         if bytes >= UNSURE_BYTES {
             self.look_up_unsure(cache)?;
@@ -172,11 +177,7 @@ impl Uploader {
             for ((id, data), known) in blobs.iter().zip(known) {
                 // pending also catches a blob repeated within `blobs`
                 if !known && self.pending.insert(*id) {
-                    self.queue(Job {
-                        kind,
-                        id: *id,
-                        data: data.to_vec(),
-                    })?;
+                    self.queue(job(id, data))?;
                 }
             }
             return Ok(());
@@ -185,12 +186,7 @@ impl Uploader {
             // Pending from here on, so a repeat within the run is not
             // gathered twice; taken back if the cache knows it.
             if self.pending.insert(*id) {
-                let job = Job {
-                    kind,
-                    id: *id,
-                    data: data.to_vec(),
-                };
-                if let Some(full) = self.unsure.push(job, data.len() as u64) {
+                if let Some(full) = self.unsure.push(job(id, data), data.len() as u64) {
                     self.look_up(cache, full)?;
                 }
             }

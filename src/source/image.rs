@@ -49,10 +49,21 @@ pub struct Buffer {
     len: usize,
 }
 
+/// Grows `buf` (never shrinks or clears it: zeroing memory for every read
+/// would cost what a direct read saves) until `len` bytes fit from an
+/// address aligned for direct I/O, and returns where that address is.
+pub(crate) fn aligned_room(buf: &mut Vec<u8>, len: usize) -> usize {
+    let need = len + ALIGN;
+    if buf.len() < need {
+        buf.resize(need, 0);
+    }
+    buf.as_ptr().align_offset(ALIGN)
+}
+
 impl Buffer {
     fn new(size: usize) -> Buffer {
-        let mem = vec![0; size + ALIGN];
-        let start = mem.as_ptr().align_offset(ALIGN);
+        let mut mem = Vec::new();
+        let start = aligned_room(&mut mem, size);
         Buffer { mem, start, len: 0 }
     }
 
