@@ -258,10 +258,10 @@ impl Uploader {
         // A failed send has already waited for the threads and taken why.
         sent?;
         drop(self.jobs.take());
-        let threads = std::mem::take(&mut self.threads);
-        // Drain while the threads finish, so the packer never blocks on us.
+        // Drain while the threads finish, so the packer never blocks on us
+        // (should this fail, dropping self waits for them).
         self.drain(cache, true)?;
-        for t in threads {
+        for t in std::mem::take(&mut self.threads) {
             if t.join().is_err() {
                 return Err(Error::Corrupt("an upload thread panicked".into()));
             }
@@ -276,6 +276,22 @@ impl Uploader {
             )));
         }
         Ok(self.stats)
+    }
+}
+
+impl Drop for Uploader {
+    /// A run that stops early (a failed dump, an error, a cancel) still
+    /// waits for the packs already handed over: the process must not exit
+    /// with a pack half written in the store's `tmp/`. Those packs are
+    /// committed, for the next run to reuse.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        // Nothing listens for finished packs any more; the committer
+        // ignores a failed report.
+        self.done = crossbeam_channel::never();
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
+        }
     }
 }
 

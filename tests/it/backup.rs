@@ -169,6 +169,62 @@ fn stdin_from_command_success_and_failure() {
 }
 
 #[test]
+fn a_dump_failing_mid_pack_leaves_no_partial_file_and_its_packs_are_reused() {
+    let t = TestRepo::new();
+    t.backup(&[
+        "--stdin-name",
+        "first.sql",
+        "--stdin-from-command",
+        "sh",
+        "-c",
+        "seq 1 1000",
+    ]);
+    // Fails with a pack full and another half written (packs are 16 MiB).
+    for _ in 0..3 {
+        t.run(&[
+            "backup",
+            "--stdin-name",
+            "bad.sql",
+            "--stdin-from-command",
+            "sh",
+            "-c",
+            "head -c 24000000 /dev/urandom; exit 3",
+        ])
+        .fails();
+        assert_eq!(walk(&t.repo.join("tmp")), Vec::<std::path::PathBuf>::new());
+    }
+    assert_eq!(t.snapshots().len(), 1, "a failed dump must commit nothing");
+    t.run(&["check", "--read-data"]).ok();
+    // What a failed run stored is reused by the next one.
+    let big = t.path("big.sql");
+    fs::write(&big, random_bytes(7, 24_000_000)).unwrap();
+    let cat = format!("cat {}", big.display());
+    t.run(&[
+        "backup",
+        "--stdin-name",
+        "big.sql",
+        "--stdin-from-command",
+        "sh",
+        "-c",
+        &format!("{cat}; exit 3"),
+    ])
+    .fails();
+    let out = t.backup(&[
+        "--stdin-name",
+        "big.sql",
+        "--stdin-from-command",
+        "sh",
+        "-c",
+        &cat,
+    ]);
+    assert!(
+        out["new_bytes"].as_u64().unwrap() < 1_000_000,
+        "the failed run's packs were not reused: {out}"
+    );
+    t.run(&["check", "--read-data"]).ok();
+}
+
+#[test]
 fn image_with_holes_round_trip_sparse() {
     let t = TestRepo::new();
     let img = t.path("disk.img");
