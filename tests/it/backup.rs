@@ -122,48 +122,29 @@ fn stdin_stream_round_trip() {
     assert_eq!(snaps[0]["paths"][0], "db.sql");
 }
 
+/// `backup` of the output of `sh -c SCRIPT`, named `name`.
+fn dump_backup<'a>(name: &'a str, script: &'a str) -> [&'a str; 7] {
+    let cmd = "--stdin-from-command";
+    ["backup", "--stdin-name", name, cmd, "sh", "-c", script]
+}
+
 #[test]
 fn stdin_from_command_success_and_failure() {
     let t = TestRepo::new();
-    t.backup(&[
-        "--stdin-name",
-        "dump.sql",
-        "--stdin-from-command",
-        "sh",
-        "-c",
-        "seq 1 200000",
-    ]);
+    t.backup(&dump_backup("dump.sql", "seq 1 200000")[1..]);
     let dumped = t.run(&["dump", "latest", "dump.sql"]).ok().out.stdout;
     let expect: String = (1..=200000).map(|i| format!("{i}\n")).collect();
     assert!(dumped == expect.as_bytes());
     // a failing command: non-zero exit, no snapshot
-    let r = t
-        .run(&[
-            "backup",
-            "--stdin-name",
-            "bad.sql",
-            "--stdin-from-command",
-            "sh",
-            "-c",
-            "seq 1 1000; exit 3",
-        ])
-        .fails();
+    let r = t.run(&dump_backup("bad.sql", "seq 1 1000; exit 3")).fails();
     assert!(
         r.stderr().contains("no snapshot committed"),
         "{}",
         r.stderr()
     );
     // a command killed by a signal
-    t.run(&[
-        "backup",
-        "--stdin-name",
-        "killed.sql",
-        "--stdin-from-command",
-        "sh",
-        "-c",
-        "seq 1 1000; kill -9 $$",
-    ])
-    .fails();
+    t.run(&dump_backup("killed.sql", "seq 1 1000; kill -9 $$"))
+        .fails();
     assert_eq!(t.snapshots().len(), 1, "a failed dump must commit nothing");
     t.run(&["check"]).ok();
 }
@@ -171,26 +152,11 @@ fn stdin_from_command_success_and_failure() {
 #[test]
 fn a_dump_failing_mid_pack_leaves_no_partial_file_and_its_packs_are_reused() {
     let t = TestRepo::new();
-    t.backup(&[
-        "--stdin-name",
-        "first.sql",
-        "--stdin-from-command",
-        "sh",
-        "-c",
-        "seq 1 1000",
-    ]);
+    t.backup(&dump_backup("first.sql", "seq 1 1000")[1..]);
     // Fails with a pack full and another half written (packs are 16 MiB).
     for _ in 0..3 {
-        t.run(&[
-            "backup",
-            "--stdin-name",
-            "bad.sql",
-            "--stdin-from-command",
-            "sh",
-            "-c",
-            "head -c 24000000 /dev/urandom; exit 3",
-        ])
-        .fails();
+        let script = "head -c 24000000 /dev/urandom; exit 3";
+        t.run(&dump_backup("bad.sql", script)).fails();
         assert_eq!(walk(&t.repo.join("tmp")), Vec::<std::path::PathBuf>::new());
     }
     assert_eq!(t.snapshots().len(), 1, "a failed dump must commit nothing");
@@ -199,24 +165,9 @@ fn a_dump_failing_mid_pack_leaves_no_partial_file_and_its_packs_are_reused() {
     let big = t.path("big.sql");
     fs::write(&big, random_bytes(7, 24_000_000)).unwrap();
     let cat = format!("cat {}", big.display());
-    t.run(&[
-        "backup",
-        "--stdin-name",
-        "big.sql",
-        "--stdin-from-command",
-        "sh",
-        "-c",
-        &format!("{cat}; exit 3"),
-    ])
-    .fails();
-    let out = t.backup(&[
-        "--stdin-name",
-        "big.sql",
-        "--stdin-from-command",
-        "sh",
-        "-c",
-        &cat,
-    ]);
+    let failing = format!("{cat}; exit 3");
+    t.run(&dump_backup("big.sql", &failing)).fails();
+    let out = t.backup(&dump_backup("big.sql", &cat)[1..]);
     assert!(
         out["new_bytes"].as_u64().unwrap() < 1_000_000,
         "the failed run's packs were not reused: {out}"
