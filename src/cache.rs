@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS pack_live (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack);
 CREATE TABLE IF NOT EXISTS packs (id BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (
     path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
     inode INTEGER NOT NULL, dev INTEGER NOT NULL, content BLOB NOT NULL, packs BLOB NOT NULL
@@ -149,6 +150,20 @@ impl Cache {
             conn.pragma_update(None, "user_version", CACHE_VERSION)?;
         }
         conn.execute_batch(SCHEMA)?;
+        // The counter behind `blobs.seq` (see `add_pack`); a cache from
+        // before it existed starts it past every seq in use, once.
+        let counted: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM counters WHERE name = 'seq')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !counted {
+            conn.execute(
+                "INSERT OR IGNORE INTO counters (name, value)
+                 SELECT 'seq', IFNULL(MAX(seq), 0) FROM blobs",
+                [],
+            )?;
+        }
         conn.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS run_refs (file INTEGER NOT NULL, blob BLOB NOT NULL);
              CREATE INDEX IF NOT EXISTS temp.run_refs_file ON run_refs(file);
@@ -277,9 +292,13 @@ impl Cache {
     pub fn add_pack(&mut self, id: &PackId, size: u64, entries: &[PackEntry]) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
-            let seq: i64 = tx.query_row("SELECT IFNULL(MAX(seq), 0) + 1 FROM blobs", [], |r| {
-                r.get(0)
-            })?;
+            // From a counter: MAX(seq) over `blobs` has no index to use and
+            // read the whole table for every pack (0.18 s at 2M blobs).
+            let seq: i64 = tx.query_row(
+                "UPDATE counters SET value = value + 1 WHERE name = 'seq' RETURNING value",
+                [],
+                |r| r.get(0),
+            )?;
             let mut st = tx.prepare_cached(
                 "INSERT OR IGNORE INTO blobs (id, pack, offset, sealed_len, plain_len, kind, seq)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -746,6 +765,13 @@ mod tests {
         let many = c.lookup_many([&BlobId([1; 32]), &BlobId([2; 32])]).unwrap();
         assert_eq!(many[0].as_ref().map(|l| l.pack), Some(mid));
         assert!(many[1].is_none(), "unknown blob");
+        // A cache from before the counter: it starts past the seqs in use.
+        c.conn.execute_batch("DROP TABLE counters").unwrap();
+        drop(c);
+        let mut c = Cache::open(&d.path().join("c.db")).unwrap();
+        c.add_pack(&new, 1000, &[entry(1, 40)]).unwrap();
+        let l = c.lookup(&BlobId([1; 32])).unwrap().unwrap();
+        assert_eq!((l.pack, l.sealed_len), (new, 40));
     }
 
     #[test]
