@@ -11,7 +11,7 @@
 //!
 //! | layer | modules | what it may touch |
 //! |---|---|---|
-//! | vocabulary | [`id`], [`error`], [`limits`] | nothing |
+//! | vocabulary | [`id`], [`error`], [`limits`], `aligned` | nothing |
 //! | pure core | [`chunk`], [`crypto`], [`format`] | bytes in, values out; no files, clock or sockets |
 //! | store | [`store`] | one repository directory: write-once objects |
 //! | monitoring | [`monitor`] | figures in, metrics text and alert decisions out |
@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub(crate) mod aligned;
 pub mod cache;
 pub mod chunk;
 pub mod crypto;

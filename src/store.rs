@@ -614,8 +614,7 @@ impl LocalStore {
         buf: &mut Vec<u8>,
     ) -> Result<Option<std::ops::Range<usize>>> {
         use std::os::unix::fs::OpenOptionsExt;
-        // Offsets, lengths and memory aligned as for an image's reads.
-        const ALIGN: u64 = crate::source::image::ALIGN as u64;
+        const ALIGN: u64 = crate::aligned::ALIGN as u64;
         use std::sync::atomic::Ordering::Relaxed;
         if !self.direct_io.load(Relaxed) {
             return Ok(None);
@@ -643,7 +642,7 @@ impl LocalStore {
         let start = offset & !(ALIGN - 1);
         let end = (offset + len as u64).div_ceil(ALIGN) * ALIGN;
         let n = (end - start) as usize;
-        let pad = crate::source::image::aligned_room(buf, n);
+        let pad = crate::aligned::aligned_room(buf, n);
         let mut got = 0;
         while got < n {
             match f.read_at(&mut buf[pad + got..pad + n], start + got as u64) {

@@ -235,16 +235,23 @@ impl Uploader {
         if !sent {
             // The workers are gone, so the packer ends too: wait for it, as
             // it records why (a full disk) only after its committer stops.
-            // Dropping our end of `done` keeps the committer from blocking.
-            self.done = crossbeam_channel::never();
-            for t in std::mem::take(&mut self.threads) {
-                let _ = t.join();
-            }
+            self.stop_threads();
             return Err(self
                 .take_error()
                 .unwrap_or_else(|| Error::Corrupt("upload pipeline stopped".into())));
         }
         Ok(())
+    }
+
+    /// Closes the queue and waits for every thread to end. Nothing
+    /// listens for finished packs any more: dropping our end of `done`
+    /// keeps the committer from blocking (it ignores a failed report).
+    fn stop_threads(&mut self) {
+        drop(self.jobs.take());
+        self.done = crossbeam_channel::never();
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
+        }
     }
 
     /// Flushes the last pack and waits until every pack is durable and in
@@ -285,13 +292,7 @@ impl Drop for Uploader {
     /// with a pack half written in the store's `tmp/`. Those packs are
     /// committed, for the next run to reuse.
     fn drop(&mut self) {
-        drop(self.jobs.take());
-        // Nothing listens for finished packs any more; the committer
-        // ignores a failed report.
-        self.done = crossbeam_channel::never();
-        for t in std::mem::take(&mut self.threads) {
-            let _ = t.join();
-        }
+        self.stop_threads();
     }
 }
 

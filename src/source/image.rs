@@ -17,9 +17,8 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use nix::fcntl::PosixFadviseAdvice;
 
-/// Alignment of direct reads: offset, length and memory. 4 KiB covers the
-/// logical block size of the disks that matter.
-pub(crate) const ALIGN: usize = 4096;
+use crate::aligned::{aligned_room, ALIGN};
+
 /// Bytes asked for by one read. Reads of 1, 2, 4 and 8 MiB (with 3 to 8
 /// buffers) backed up the harness image equally fast; each buffer costs
 /// its size in resident memory.
@@ -47,17 +46,6 @@ pub struct Buffer {
     start: usize,
     /// Bytes of data from `start`.
     len: usize,
-}
-
-/// Grows `buf` (never shrinks or clears it: zeroing memory for every read
-/// would cost what a direct read saves) until `len` bytes fit from an
-/// address aligned for direct I/O, and returns where that address is.
-pub(crate) fn aligned_room(buf: &mut Vec<u8>, len: usize) -> usize {
-    let need = len + ALIGN;
-    if buf.len() < need {
-        buf.resize(need, 0);
-    }
-    buf.as_ptr().align_offset(ALIGN)
 }
 
 impl Buffer {
