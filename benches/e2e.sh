@@ -38,22 +38,25 @@ med = {k: statistics.median(v) for k, v in val.items()}
 # ../shared/bench was written for); bupstash was added later: both ratios.
 NAMED = {"restic", "borg", "rustic"}
 print(f"\n{'dataset':8} {'figure':16} {'coffer':>10} {'best peer':>20} {'ratio':>7} {'best named':>20} {'ratio':>7}")
+
+
+def versus(v, fig, among):
+    """coffer's figure `v` against the best of `among`, as tool, value and ratio."""
+    if not among:
+        return f"{'-':>20} {'-':>7}"
+    pick = max if fig in higher_better else min
+    who, best = pick(among, key=lambda p: p[1])
+    # >1 means coffer is better: faster, or smaller/shorter.
+    ratio = v / best if fig in higher_better else (best / v if v else float("inf"))
+    return f"{who:>10} {best:9.1f} {ratio:6.2f}x"
+
+
 for (tool, ds, fig), v in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][2])):
     if tool != "coffer":
         continue
     peers = [(t, x) for (t, d, f), x in med.items() if d == ds and f == fig and t != "coffer"]
     if not peers:
         continue
-    pick = max if fig in higher_better else min
-
-    def versus(among):
-        if not among:
-            return f"{'-':>20} {'-':>7}"
-        who, best = pick(among, key=lambda p: p[1])
-        # >1 means coffer is better: faster, or smaller/shorter.
-        ratio = v / best if fig in higher_better else (best / v if v else float("inf"))
-        return f"{who:>10} {best:9.1f} {ratio:6.2f}x"
-
     named = [p for p in peers if p[0] in NAMED]
-    print(f"{ds:8} {fig:16} {v:10.1f} {versus(peers)} {versus(named)}")
+    print(f"{ds:8} {fig:16} {v:10.1f} {versus(v, fig, peers)} {versus(v, fig, named)}")
 PY
