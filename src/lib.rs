@@ -27,7 +27,7 @@
 //! let dir = std::path::Path::new("/tmp/repo");
 //! Repository::init(dir, b"passphrase", &InitOptions::default())?;
 //! let repo = Repository::open(dir, b"passphrase")?;
-//! for snap in repo.snapshots()? {
+//! for snap in repo.snapshots()?.good {
 //!     println!("{} {}", snap.id.short(), snap.record.host);
 //! }
 //! # Ok(()) }

@@ -154,8 +154,24 @@ pub enum Refusal {
 
 /// Formats seconds since the epoch as RFC 3339.
 pub fn fmt_time(secs: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
+    // Days to a civil date (Howard Hinnant's algorithm), so times before
+    // 1970 (a file's mtime can be) print as they are, not as the epoch.
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 impl std::fmt::Display for Refusal {
@@ -345,5 +361,18 @@ mod tests {
                 prop_assert!(now >= s.locked_until);
             }
         }
+    }
+
+    #[test]
+    fn times_print_as_rfc3339_before_and_after_the_epoch() {
+        assert_eq!(fmt_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(fmt_time(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(fmt_time(-86_400 * 365), "1969-01-01T00:00:00Z");
+        assert_eq!(fmt_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(fmt_time(-2_208_988_800), "1900-01-01T00:00:00Z");
+        proptest::proptest!(|(s in 0i64..253_402_300_800)| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s as u64);
+            proptest::prop_assert_eq!(fmt_time(s), humantime::format_rfc3339_seconds(t).to_string());
+        });
     }
 }

@@ -382,6 +382,33 @@ impl LocalStore {
         fsync_dir(&self.root.join("snapshots"))
     }
 
+    /// The operator's removal of a snapshot that does not open (damaged, or
+    /// planted by a client without the key): whatever its lock and legal
+    /// hold say, since a lock protects a backup and this one restores
+    /// nothing. The store cannot open a snapshot, so the judgement is the
+    /// caller's; every removal is appended to `REPO/operator.log` (one JSON
+    /// line: when, by whom, what, and the stamp it overrode) before it
+    /// happens. Returns that stamp.
+    pub fn remove_damaged(&self, id: &SnapshotId, by: &str, why: &str) -> Result<Stamp> {
+        let st = self.stamp(id)?;
+        let now = (self.clock)();
+        let entry = serde_json::json!({
+            "time": retention::fmt_time(now), "action": "remove-damaged-snapshot",
+            "snapshot": id.to_hex(), "by": by, "why": why, "stamp": st,
+        });
+        let path = self.root.join("operator.log");
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .at(&path)?;
+        writeln!(log, "{entry}")
+            .and_then(|()| log.sync_all())
+            .at(&path)?;
+        self.remove_snapshot(id)?;
+        Ok(st)
+    }
+
     /// Removes expired snapshots, then every pack that no remaining snapshot
     /// references and that is older than the grace period. Needs no key.
     /// Deletes nothing when the clock is behind a time already seen.

@@ -44,8 +44,13 @@ pub enum Command {
     Init(InitArgs),
     /// Back up files, a stream or a disk image.
     Backup(BackupArgs),
-    /// List snapshots.
-    Snapshots,
+    /// List snapshots (those that do not open are named on standard error).
+    Snapshots {
+        /// Exit 3 when some snapshot does not open (damaged, or not sealed
+        /// with this repository's key).
+        #[arg(long)]
+        strict: bool,
+    },
     /// List the entries of a snapshot.
     Ls {
         /// Snapshot id prefix or `latest`.
@@ -96,6 +101,21 @@ pub enum Command {
         /// Snapshot id prefixes or `latest`.
         #[arg(required = true)]
         snaps: Vec<String>,
+        /// Remove snapshots that do not open, whatever their lock and legal
+        /// hold say (logged): for a local repository with its passphrase
+        /// (a snapshot that opens is refused), or as a server's operator
+        /// with --config and --namespace (no key there to tell).
+        #[arg(long)]
+        damaged: bool,
+        /// With --damaged: a server config, to act on one of its namespaces.
+        #[arg(long, requires = "damaged", requires = "namespace")]
+        config: Option<PathBuf>,
+        /// With --config: the namespace.
+        #[arg(long, requires = "config")]
+        namespace: Option<String>,
+        /// With --config: run even as root.
+        #[arg(long)]
+        allow_root: bool,
     },
     /// Extend a snapshot's lock or put it on legal hold (never shortens).
     Lock {

@@ -115,10 +115,14 @@ pub(super) fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
     };
     // The summary first: the snapshot exists whatever `post` did.
     let reported = report(&cli, a, &job, sources, &done);
-    post_res.context(format!(
-        "snapshot {} saved, but the post hook failed",
-        done.out.id.short()
-    ))?;
+    if let Err(e) = post_res {
+        // Saved whatever the hook did: exit 3, not "nothing committed".
+        return Err(Incomplete(format!(
+            "snapshot {} saved, but the post hook failed: {e:#}",
+            done.out.id
+        ))
+        .into());
+    }
     reported
 }
 
@@ -159,10 +163,14 @@ fn from_args(a: &BackupArgs) -> Result<Job> {
         if cmd.is_empty() {
             bail!("--stdin-from-command needs a command");
         }
-        vec![BackupSource::Command {
-            name,
-            argv: cmd.clone(),
-        }]
+        let argv = match cmd.split_first() {
+            Some((dashes, rest)) if dashes == "--" && !rest.is_empty() => rest.to_vec(),
+            _ => {
+                refuse_swallowed_options(cmd)?;
+                cmd.clone()
+            }
+        };
+        vec![BackupSource::Command { name, argv }]
     } else if a.stdin {
         coffer::source::widen_pipe(io::stdin());
         vec![BackupSource::Stream {
@@ -190,6 +198,37 @@ fn from_args(a: &BackupArgs) -> Result<Job> {
         lock: None,
         from_config: false,
     })
+}
+
+/// `--stdin-from-command` takes every word after it as the command, so
+/// `… --stdin-from-command pg_dump app --post 'release'` would hand
+/// `--post` to pg_dump and never run the hook. A word that names one of
+/// `coffer backup`'s own options is refused, unless the command follows a
+/// `--`, after which every word is the command's.
+fn refuse_swallowed_options(cmd: &[String]) -> Result<()> {
+    use clap::CommandFactory;
+    let root = super::args::Cli::command();
+    let Some(sub) = root.find_subcommand("backup") else {
+        return Ok(());
+    };
+    let mut names = Vec::new();
+    for arg in sub.get_arguments().chain(root.get_arguments()) {
+        names.extend(arg.get_long().map(|l| format!("--{l}")));
+        names.extend(arg.get_short().map(|c| format!("-{c}")));
+    }
+    let ours = cmd.iter().find(|w| {
+        let flag = w.split('=').next().unwrap_or(w);
+        names.iter().any(|n| n == flag)
+    });
+    match ours {
+        Some(w) => Err(super::Usage(format!(
+            "{w:?} comes after --stdin-from-command, so it would go to the command, not to coffer: \
+             put coffer's options before --stdin-from-command, or write `--stdin-from-command -- CMD …` \
+             if the command itself takes {w:?}"
+        ))
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// The job of a config file; arguments and variables given win over it.
@@ -277,7 +316,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         };
         let id = Repository::init_store(st.as_ref(), &pw, &opts)?;
         if !cli.quiet && !cli.json {
-            eprintln!("created repository {} at {}", id.short(), repo_arg(cli)?);
+            errln!("created repository {} at {}", id.short(), repo_arg(cli)?);
         }
     }
     let repo = open_store(cli, st)?;
@@ -327,13 +366,19 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         }
         (_, None) => None,
     };
-    let out = res?;
+    let mut out = res?;
     if let Some(local) = &local {
         if let Some(Err(e)) = early {
-            eprintln!("coffer: warning: parity during the backup failed, computing it now: {e}");
+            errln!("coffer: warning: parity during the backup failed, computing it now: {e}");
         }
-        // Whatever the thread did not cover: packs of other writers.
-        coffer::scrub::protect(local, local.parity())?;
+        // Whatever the thread did not cover: packs of other writers. The
+        // snapshot is committed already: a failure here is a warning with
+        // its own exit code, never "nothing saved".
+        if let Err(e) = coffer::scrub::protect(local, local.parity()) {
+            out.after_commit.push(format!(
+                "parity could not be computed ({e}); the next backup or scrub computes it"
+            ));
+        }
     }
     Ok(Done {
         out,
@@ -354,8 +399,13 @@ struct Done {
 fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> Result<()> {
     let out = &done.out;
     let s = &out.stats;
-    for w in &out.warnings {
-        eprintln!("coffer: warning: {w}");
+    for w in out
+        .notices
+        .iter()
+        .chain(&out.warnings)
+        .chain(&out.after_commit)
+    {
+        errln!("coffer: warning: {w}");
     }
     let unattended = job.from_config && !io::stdout().is_terminal() && !stdout_is_journal();
     if cli.json {
@@ -368,10 +418,10 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
             "new_packs": s.new_packs, "new_pack_bytes": s.new_pack_bytes,
             "seconds": done.seconds, "parity_seconds": done.parity_seconds,
             "sources": sources,
-            "warnings": out.warnings,
+            "warnings": out.warnings, "notices": out.notices, "after_commit": out.after_commit,
         }))?;
     } else if !cli.quiet && (!unattended || a.verbose) {
-        println!(
+        outln!(
             "snapshot {} saved: {} files, {} processed, {} new ({} stored) in {:.1}s",
             out.id.short(),
             s.files,
@@ -388,6 +438,9 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
             out.warnings.len()
         ))
         .into());
+    }
+    if let Some(first) = out.after_commit.first() {
+        return Err(Incomplete(format!("snapshot {} saved, but {first}", out.id)).into());
     }
     Ok(())
 }
@@ -487,9 +540,9 @@ fn watch_signals(cancel: Arc<AtomicBool>, post: Arc<Hook>, pre: Arc<Mutex<()>>) 
         }
         coffer::source::command::signal_running(Signal::SIGTERM);
         if COMMITTED.load(Ordering::SeqCst) {
-            eprintln!("coffer: signal {sig}: the snapshot is saved; finishing");
+            errln!("coffer: signal {sig}: the snapshot is saved; finishing");
         } else {
-            eprintln!("coffer: signal {sig}: stopping; no snapshot will be committed");
+            errln!("coffer: signal {sig}: stopping; no snapshot will be committed");
         }
         // A second signal, or the grace period, forces the end.
         let end = Instant::now() + STOP_GRACE;
@@ -499,12 +552,12 @@ fn watch_signals(cancel: Arc<AtomicBool>, post: Arc<Hook>, pre: Arc<Mutex<()>>) 
         coffer::source::command::signal_running(Signal::SIGKILL);
         drop(pre.lock().unwrap_or_else(|e| e.into_inner()));
         if let Err(e) = post.run_once(&[("COFFER_RESULT", "interrupted")]) {
-            eprintln!("coffer: error: {e:#}");
+            errln!("coffer: error: {e:#}");
         }
         if COMMITTED.load(Ordering::SeqCst) {
-            eprintln!("coffer: error: stopped by signal {sig} after the snapshot was saved");
+            errln!("coffer: error: stopped by signal {sig} after the snapshot was saved");
         } else {
-            eprintln!("coffer: error: interrupted; no snapshot committed");
+            errln!("coffer: error: interrupted; no snapshot committed");
         }
         std::process::exit(128 + sig);
     });

@@ -4,14 +4,17 @@
 //! out, 4 wrong passphrase or refused key file, 5 damaged repository data,
 //! 6 another run of the same job holds its lock, 128+N stopped by signal N.
 
+#[macro_use]
+mod output;
 mod args;
 mod backup;
+mod damaged;
 
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches};
@@ -29,26 +32,37 @@ use coffer::repo::{check, default_cache_dir, diff, InitOptions, Repository, Snap
 use coffer::store::LocalStore;
 use coffer::store::Store;
 use coffer::{Error, ErrorKind};
+use damaged::{cmd_forget_damaged, cmd_forget_damaged_on_server};
 
-/// A run that finished but left something out: exit 3.
-#[derive(Debug)]
-struct Incomplete(String);
-impl std::fmt::Display for Incomplete {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// An error whose type says the exit code (see `exit_code`): a newtype
+/// around its message.
+macro_rules! exit_error {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        struct $name(String);
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for $name {}
+    };
 }
-impl std::error::Error for Incomplete {}
 
-/// Problems found by check: exit 5.
-#[derive(Debug)]
-struct Damaged(String);
-impl std::fmt::Display for Damaged {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for Damaged {}
+exit_error!(
+    /// A run that finished but left something out: exit 3.
+    Incomplete
+);
+exit_error!(
+    /// A command line that cannot be carried out as given, found after
+    /// parsing (clap's own errors exit 2 too): exit 2, nothing changed.
+    Usage
+);
+exit_error!(
+    /// Problems found by check: exit 5.
+    Damaged
+);
 
 /// Lifts the soft limit on open files to the hard one (at most 64 Ki): a
 /// restore keeps a file open until its last chunk is written, and up to
@@ -78,7 +92,11 @@ pub fn main() -> ExitCode {
     }
     let json = cli.json;
     raise_open_files();
-    match run(cli) {
+    let res = run(cli).and_then(|()| match output::take_stdout_error() {
+        Some(e) => Err(anyhow::Error::new(e).context("writing standard output")),
+        None => Ok(()),
+    });
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A closed pipe (e.g. `coffer dump … | head`) is not an error.
@@ -87,7 +105,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            eprintln!("coffer: error: {e:#}");
+            errln!("coffer: error: {e:#}");
             let code = exit_code(&e);
             if json && !JSON_PRINTED.load(std::sync::atomic::Ordering::Relaxed) {
                 // A script reading stdout gets an answer either way.
@@ -111,6 +129,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     }
     if e.downcast_ref::<Damaged>().is_some() {
         return 5;
+    }
+    if e.downcast_ref::<Usage>().is_some() {
+        return 2;
     }
     match e.downcast_ref::<Error>().map(|e| e.kind()) {
         Some(ErrorKind::Auth) => 4,
@@ -147,8 +168,7 @@ fn user() -> String {
 }
 
 fn fmt_time(ns: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
+    coffer::retention::fmt_time(ns.div_euclid(1_000_000_000))
 }
 
 fn fmt_bytes(n: u64) -> String {
@@ -198,9 +218,33 @@ fn passphrase(
 }
 
 fn repo_arg(cli: &Cli) -> Result<&str> {
-    cli.repo
+    let r = cli
+        .repo
         .as_deref()
-        .ok_or_else(|| anyhow!("no repository: give --repo or set COFFER_REPO"))
+        .ok_or_else(|| anyhow!("no repository: give --repo or set COFFER_REPO"))?;
+    check_scheme(r)?;
+    Ok(r)
+}
+
+/// Refuses a repository in a scheme coffer does not speak (`s3://…`,
+/// restic's `sftp:…` or `rest:…`): taken as a path, it would become a local
+/// directory named after the scheme.
+fn check_scheme(r: &str) -> Result<()> {
+    const FOREIGN: [&str; 9] = [
+        "sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:", "rclone:", "ssh:",
+    ];
+    let scheme = match r.find("://") {
+        Some(i) if !r.starts_with("quic://") => Some(&r[..i + 1]),
+        Some(_) => None,
+        None => FOREIGN.iter().copied().find(|f| r.starts_with(f)),
+    };
+    match scheme {
+        Some(s) => Err(Usage(format!(
+            "repository {r:?}: coffer does not speak {s:?}; give a local directory (write ./{r} for a directory of that name) or quic://HOST:PORT/NAMESPACE"
+        ))
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// Connects to a `quic://` repository with the client's identity and pin.
@@ -272,11 +316,20 @@ fn open(cli: &Cli) -> Result<Repository> {
 /// Whether a JSON answer went to stdout (an error then adds none).
 static JSON_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Prints a JSON answer; a failure to write it is handled as for every
+/// line of output (see `output`), so the command's own outcome stands.
 fn print_json(v: &serde_json::Value) -> Result<()> {
     JSON_PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
+    if output::stdout_closed() {
+        return Ok(());
+    }
     let mut out = io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)?;
+    let written = serde_json::to_writer_pretty(&mut out, v)
+        .map_err(io::Error::from)
+        .and_then(|()| writeln!(out));
+    if let Err(e) = written {
+        output::note_stdout_error(e);
+    }
     Ok(())
 }
 
@@ -284,7 +337,7 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Init(a) => cmd_init(&cli, a),
         Command::Backup(a) => backup::cmd_backup(&cli, a),
-        Command::Snapshots => cmd_snapshots(&cli),
+        Command::Snapshots { strict } => cmd_snapshots(&cli, *strict),
         Command::Ls { snap, path } => cmd_ls(&cli, snap, path.as_deref()),
         Command::Restore {
             snap,
@@ -297,7 +350,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check { read_data } => cmd_check(&cli, *read_data),
         Command::Key(k) => cmd_key(&cli, k),
         Command::Identity(i) => cmd_identity(&cli, i),
-        Command::Forget { snaps } => cmd_forget(&cli, snaps),
+        Command::Forget {
+            snaps,
+            damaged,
+            config,
+            namespace,
+            allow_root,
+        } => match (damaged, config, namespace) {
+            (true, Some(c), Some(ns)) => {
+                cmd_forget_damaged_on_server(&cli, c, ns, snaps, *allow_root)
+            }
+            (true, _, _) => cmd_forget_damaged(&cli, snaps),
+            _ => cmd_forget(&cli, snaps),
+        },
         Command::Lock { snap, days, hold } => cmd_lock(&cli, snap, *days, *hold),
         Command::Scrub {
             config,
@@ -310,6 +375,25 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
+    let choices = init_choices(a)?;
+    let r = repo_arg(cli)?;
+    let created = !r.starts_with("quic://") && !Path::new(r).exists();
+    let res = init_with(cli, choices);
+    if res.is_err() && created {
+        // A failed init leaves no skeleton behind for the next one to trip on.
+        let _ = std::fs::remove_dir_all(r);
+    }
+    res
+}
+
+/// What `init` was asked for: options, retention rules, parity.
+type InitChoices = (
+    InitOptions,
+    coffer::retention::Policy,
+    coffer::scrub::ParityConfig,
+);
+
+fn init_with(cli: &Cli, (opts, policy, parity): InitChoices) -> Result<()> {
     let (store, exists) = store(cli, true)?;
     if exists {
         bail!("{} holds a repository already", repo_arg(cli)?);
@@ -324,6 +408,27 @@ fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
     if pw.is_empty() {
         bail!("refusing an empty passphrase");
     }
+    if !repo_arg(cli)?.starts_with("quic://") {
+        let local = LocalStore::open_dir(Path::new(repo_arg(cli)?))?;
+        if policy != coffer::retention::Policy::default() {
+            local.write_policy(&policy)?;
+        }
+        if parity != coffer::scrub::ParityConfig::default() {
+            local.write_parity(&parity)?;
+        }
+    }
+    let id = Repository::init_store(store.as_ref(), &pw, &opts)?;
+    if cli.json {
+        print_json(&json!({"id": id.to_hex(), "repo": repo_arg(cli)?}))?;
+    } else if !cli.quiet {
+        outln!("created repository {} at {}", id.short(), repo_arg(cli)?);
+    }
+    Ok(())
+}
+
+/// What `init` was asked for, checked before anything is created: a
+/// rejected choice is a usage error (exit 2) that leaves no directory.
+fn init_choices(a: &InitArgs) -> Result<InitChoices> {
     let d = Settings::default();
     let settings = Settings {
         chunker: ChunkerParams {
@@ -345,28 +450,17 @@ fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
         host: host(),
         now: now_ns() / 1_000_000_000,
     };
-    if !repo_arg(cli)?.starts_with("quic://") {
-        let policy = coffer::retention::Policy {
-            lock_secs: a.lock_days as i64 * coffer::retention::DAY_SECS,
-            retention_secs: a.retention_days as i64 * coffer::retention::DAY_SECS,
-            ..Default::default()
-        };
-        let local = LocalStore::open_dir(Path::new(repo_arg(cli)?))?;
-        if policy != coffer::retention::Policy::default() {
-            local.write_policy(&policy)?;
-        }
-        let parity = coffer::scrub::ParityConfig::parse(&a.parity).map_err(|e| anyhow!(e))?;
-        if parity != coffer::scrub::ParityConfig::default() {
-            local.write_parity(&parity)?;
-        }
-    }
-    let id = Repository::init_store(store.as_ref(), &pw, &opts)?;
-    if cli.json {
-        print_json(&json!({"id": id.to_hex(), "repo": repo_arg(cli)?}))?;
-    } else if !cli.quiet {
-        println!("created repository {} at {}", id.short(), repo_arg(cli)?);
-    }
-    Ok(())
+    let usage = |e: String| anyhow::Error::new(Usage(e));
+    opts.settings.validate().map_err(|e| usage(e.to_string()))?;
+    opts.kdf.check().map_err(|e| usage(e.to_string()))?;
+    let policy = coffer::retention::Policy {
+        lock_secs: a.lock_days as i64 * coffer::retention::DAY_SECS,
+        retention_secs: a.retention_days as i64 * coffer::retention::DAY_SECS,
+        ..Default::default()
+    };
+    policy.validate().map_err(usage)?;
+    let parity = coffer::scrub::ParityConfig::parse(&a.parity).map_err(usage)?;
+    Ok((opts, policy, parity))
 }
 
 fn snapshot_json(s: &Snapshot) -> serde_json::Value {
@@ -383,26 +477,53 @@ fn snapshot_json(s: &Snapshot) -> serde_json::Value {
     })
 }
 
-fn cmd_snapshots(cli: &Cli) -> Result<()> {
-    let repo = open(cli)?;
-    let snaps = repo.snapshots()?;
-    if cli.json {
-        return print_json(&serde_json::Value::Array(
-            snaps.iter().map(snapshot_json).collect(),
-        ));
+/// Names each snapshot that does not open, on standard error, with what
+/// can be done about it.
+fn report_unopened(unopened: &[(coffer::id::SnapshotId, Error)]) {
+    for (id, e) in unopened {
+        errln!("coffer: warning: {e}; listed apart (`coffer forget --damaged {id}` removes it)");
     }
-    println!(
+}
+
+fn cmd_snapshots(cli: &Cli, strict: bool) -> Result<()> {
+    let repo = open(cli)?;
+    let all = repo.snapshots()?;
+    let snaps = &all.good;
+    report_unopened(&all.unopened);
+    let strict_fail = || -> Result<()> {
+        if strict && !all.unopened.is_empty() {
+            return Err(Incomplete(format!("{} snapshots do not open", all.unopened.len())).into());
+        }
+        Ok(())
+    };
+    if cli.json {
+        print_json(&serde_json::Value::Array(
+            snaps.iter().map(snapshot_json).collect(),
+        ))?;
+        return strict_fail();
+    }
+    if cli.quiet {
+        // Ids alone, one a line, for scripts.
+        for s in snaps {
+            outln!("{}", s.id);
+        }
+        return strict_fail();
+    }
+    outln!(
         "{:<8}  {:<20}  {:<16}  {:>10}  paths",
-        "id", "time", "host", "size"
+        "id",
+        "time",
+        "host",
+        "size"
     );
-    for s in &snaps {
+    for s in snaps {
         let r = &s.record;
         let tags = if r.tags.is_empty() {
             String::new()
         } else {
             format!(" [{}]", r.tags.join(","))
         };
-        println!(
+        outln!(
             "{:<8}  {:<20}  {:<16}  {:>10}  {}{}",
             s.id.short(),
             fmt_time(r.time_ns),
@@ -412,10 +533,11 @@ fn cmd_snapshots(cli: &Cli) -> Result<()> {
             tags
         );
     }
-    if !cli.quiet {
-        println!("{} snapshots", snaps.len());
+    match all.unopened.len() {
+        0 => outln!("{} snapshots", snaps.len()),
+        n => outln!("{} snapshots ({n} more do not open)", snaps.len()),
     }
-    Ok(())
+    strict_fail()
 }
 
 fn kind_name(k: Option<NodeKind>) -> &'static str {
@@ -503,10 +625,10 @@ fn cmd_restore(cli: &Cli, snap: &str, target: &Path, paths: &[String]) -> Result
     let started = std::time::Instant::now();
     let st = restore::restore(&repo, &s, &opts)?;
     for w in &st.warnings {
-        eprintln!("coffer: warning: {w}");
+        errln!("coffer: warning: {w}");
     }
     for e in &st.errors {
-        eprintln!("coffer: error: {e}");
+        errln!("coffer: error: {e}");
     }
     if cli.json {
         print_json(
@@ -515,7 +637,7 @@ fn cmd_restore(cli: &Cli, snap: &str, target: &Path, paths: &[String]) -> Result
                            "seconds": started.elapsed().as_secs_f64()}),
         )?;
     } else if !cli.quiet {
-        println!(
+        outln!(
             "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
             s.id.short(),
             target.display(),
@@ -555,7 +677,7 @@ fn cmd_diff(cli: &Cli, a: &str, b: &str) -> Result<()> {
         return print_json(&serde_json::to_value(&changes)?);
     }
     for c in &changes {
-        println!("{}  {}", c.change, c.path);
+        outln!("{}  {}", c.change, c.path);
     }
     Ok(())
 }
@@ -568,18 +690,20 @@ fn cmd_stats(cli: &Cli, snap: Option<&str>) -> Result<()> {
             return print_json(&snapshot_json(&s));
         }
         let st = &s.record.stats;
-        println!("snapshot {} ({})", s.id.short(), fmt_time(s.record.time_ns));
-        println!(
+        outln!("snapshot {} ({})", s.id.short(), fmt_time(s.record.time_ns));
+        outln!(
             "  files {}  dirs {}  others {}",
-            st.files, st.dirs, st.others
+            st.files,
+            st.dirs,
+            st.others
         );
-        println!(
+        outln!(
             "  processed {}  new {}  stored {}",
             fmt_bytes(st.bytes),
             fmt_bytes(st.new_bytes),
             fmt_bytes(st.new_pack_bytes)
         );
-        println!("  references {} packs", s.packs.len());
+        outln!("  references {} packs", s.packs.len());
         return Ok(());
     }
     let snaps = repo.store().list_snapshots()?.len();
@@ -594,9 +718,9 @@ fn cmd_stats(cli: &Cli, snap: Option<&str>) -> Result<()> {
             &json!({"snapshots": snaps, "packs": packs, "pack_bytes": bytes, "repository": repo.id().to_hex()}),
         );
     }
-    println!("repository {}", repo.id().short());
-    println!("  snapshots {snaps}");
-    println!("  packs {packs} ({})", fmt_bytes(bytes));
+    outln!("repository {}", repo.id().short());
+    outln!("  snapshots {snaps}");
+    outln!("  packs {packs} ({})", fmt_bytes(bytes));
     Ok(())
 }
 
@@ -607,10 +731,13 @@ fn cmd_check(cli: &Cli, read_data: bool) -> Result<()> {
         print_json(&serde_json::to_value(&rep)?)?;
     } else {
         for e in &rep.errors {
-            eprintln!("coffer: damaged: {e}");
+            errln!("coffer: damaged: {e}");
+        }
+        for w in &rep.foreign_packs {
+            errln!("coffer: warning: {w}");
         }
         if !cli.quiet {
-            println!(
+            outln!(
                 "checked {} snapshots, {} trees, {} chunk references{}: {}",
                 rep.snapshots,
                 rep.trees,
@@ -665,7 +792,7 @@ fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
             if cli.json {
                 print_json(&json!({"id": name}))?;
             } else if !cli.quiet {
-                println!("added key {name}");
+                outln!("added key {name}");
             }
         }
         KeyCommand::List => {
@@ -680,7 +807,7 @@ fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
             }
             for (n, k) in keys {
                 let cur = if n == repo.key_name() { "*" } else { " " };
-                println!(
+                outln!(
                     "{cur} {n}  {}  {}  argon2id m={}KiB t={}",
                     fmt_time(k.created * 1_000_000_000),
                     k.host,
@@ -692,7 +819,7 @@ fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
         KeyCommand::Remove { id } => {
             let name = repo.remove_key(id)?;
             if !cli.quiet {
-                println!("removed key {name}");
+                outln!("removed key {name}");
             }
         }
         KeyCommand::Passwd {
@@ -702,7 +829,7 @@ fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
             let name = add_key(&new_pw()?, *kdf_memory_kib, *kdf_iterations)?;
             repo.store().remove_key(repo.key_name())?;
             if !cli.quiet {
-                println!(
+                outln!(
                     "passphrase changed: key {} replaced by {name}",
                     repo.key_name()
                 );
@@ -737,7 +864,7 @@ fn cmd_identity(cli: &Cli, i: &IdentityCommand) -> Result<()> {
     if cli.json {
         print_json(&json!({"fingerprint": fp.to_string(), "file": path}))
     } else {
-        println!("{fp}");
+        outln!("{fp}");
         Ok(())
     }
 }
@@ -754,9 +881,9 @@ fn cmd_serve(config: &Path, allow_root: bool) -> Result<()> {
     rt.block_on(async move {
         let (ep, addr) = coffer::net::server::endpoint(&cfg)?;
         let metrics = coffer::net::watch::bind_metrics(&cfg).await?;
-        println!("coffer serve: listening on {addr}");
+        outln!("coffer serve: listening on {addr}");
         if let Some(m) = &metrics {
-            println!("coffer serve: metrics on http://{}/metrics", m.local_addr()?);
+            outln!("coffer serve: metrics on http://{}/metrics", m.local_addr()?);
         }
         io::stdout().flush()?;
         let shutdown = async {
@@ -775,15 +902,17 @@ fn cmd_forget(cli: &Cli, snaps: &[String]) -> Result<()> {
     let repo = open(cli)?;
     let mut failed = 0;
     for spec in snaps {
-        let s = repo.find_snapshot(spec)?;
-        match repo.store().forget(&s.id) {
+        // Not opened: a snapshot that does not open can be forgotten too
+        // (when its lock allows).
+        let id = repo.resolve_snapshot(spec)?;
+        match repo.store().forget(&id) {
             Ok(()) => {
                 if !cli.quiet {
-                    println!("forgot snapshot {}", s.id.short());
+                    outln!("forgot snapshot {}", id.short());
                 }
             }
             Err(e) => {
-                eprintln!("coffer: {e}");
+                errln!("coffer: {e}");
                 failed += 1;
             }
         }
@@ -806,7 +935,7 @@ fn cmd_lock(cli: &Cli, snap: &str, days: Option<u32>, hold: bool) -> Result<()> 
         );
     }
     if !cli.quiet {
-        println!(
+        outln!(
             "snapshot {} locked until {}, expires {}{}",
             s.id.short(),
             coffer::retention::fmt_time(st.locked_until),
@@ -841,11 +970,11 @@ fn cmd_prune(cli: &Cli, config: Option<&Path>, allow_root: bool) -> Result<()> {
     let mut refused = false;
     for (name, r) in &reports {
         if let Some(why) = &r.refused {
-            eprintln!("coffer: {name}: {why}");
+            errln!("coffer: {name}: {why}");
             refused = true;
         }
         if !cli.json && !cli.quiet {
-            println!(
+            outln!(
                 "{name}: {} snapshots expired, {} kept; {} packs ({}) collected, {} kept{}",
                 r.snapshots_removed.len(),
                 r.snapshots_kept,
@@ -913,7 +1042,7 @@ fn cmd_scrub(
         let r = scrub(store, store.parity(), &opts)?;
         unrepairable += r.unrepairable.len();
         if !cli.json && !cli.quiet {
-            println!(
+            outln!(
                 "{name}: checked {} packs and {} parity files ({} blocks, {}): {} damaged blocks, {} repaired in {} packs, {} unrepairable",
                 r.packs_checked,
                 r.parity_checked,
@@ -927,7 +1056,7 @@ fn cmd_scrub(
         }
         for u in &r.unrepairable {
             let snaps: Vec<String> = u.snapshots.iter().map(|s| s.short()).collect();
-            eprintln!(
+            errln!(
                 "coffer: {name}: pack {} is damaged beyond repair ({}); snapshots affected: {}",
                 u.pack,
                 u.reason,

@@ -162,6 +162,12 @@ pub struct BackupOutcome {
     pub stats: SnapshotStats,
     /// Entries that could not be read (left out of the snapshot).
     pub warnings: Vec<String>,
+    /// What the repository held that this run could not use, such as packs
+    /// that do not open (never a source entry left out).
+    pub notices: Vec<String>,
+    /// Steps after the commit that failed: the snapshot is saved and
+    /// complete, but something meant to follow it did not happen.
+    pub after_commit: Vec<String>,
 }
 
 /// A file's content as a node holds it, also what the files cache stores.
@@ -227,11 +233,7 @@ pub fn backup(
         refs: Vec::new(),
         hardlinks: HashMap::new(),
         buf: Vec::new(),
-        warnings: sync
-            .unreadable
-            .iter()
-            .map(|(p, e)| format!("pack {p} has an unreadable header, not reused: {e}"))
-            .collect(),
+        warnings: Vec::new(),
         start_ns: opts.time_ns,
         prefetched: HashMap::new(),
         cancel: opts.cancel.clone(),
@@ -354,13 +356,22 @@ pub fn backup(
     };
     let (id, bytes) = snapshot::encode(repo.keys(), packs, &record, &mut OsRng);
     repo.store().write_snapshot(&bytes)?;
-    cache.run_commit_files()?;
-    cache.run_note_liveness()?;
-    cache.run_reset()?;
+    // Committed: what follows only speeds up the next run, and its failure
+    // must not be reported as a backup that saved nothing.
+    let mut after_commit = Vec::new();
+    if let Err(e) = cache
+        .run_commit_files()
+        .and_then(|_| cache.run_note_liveness())
+        .and_then(|()| cache.run_reset())
+    {
+        after_commit.push(format!("the local cache was not updated: {e}"));
+    }
     Ok(BackupOutcome {
         id,
         stats,
         warnings,
+        notices: sync.notices(),
+        after_commit,
     })
 }
 

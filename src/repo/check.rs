@@ -4,7 +4,7 @@
 //! `read_data` it also reads every pack whole, checks its name against its
 //! hash and opens every blob (decrypt, decompress, recompute the keyed id).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use super::Repository;
@@ -31,6 +31,11 @@ pub struct CheckReport {
     pub blobs_read: u64,
     /// Problems, one line each.
     pub errors: Vec<String>,
+    /// Packs that no snapshot lists and whose header does not open with
+    /// this repository's key (their bytes do hash to their name): foreign
+    /// objects, such as a client without the key could upload. Never
+    /// reused; collected by prune like any unreferenced pack. Not damage.
+    pub foreign_packs: Vec<String>,
 }
 
 /// Checks the repository; problems go into the report, not the `Err`.
@@ -38,9 +43,12 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     let mut cache = repo.cache()?;
     let sync = repo.sync_cache(&mut cache)?;
     let mut rep = CheckReport::default();
-    for (p, e) in sync.unreadable {
-        rep.errors.push(format!("pack {p}: header unreadable: {e}"));
-    }
+    // Judged once every snapshot is read: damage if a snapshot lists one.
+    let mut suspects: HashMap<PackId, String> = sync
+        .unreadable
+        .into_iter()
+        .map(|(p, e)| (p, format!("header does not open: {e}")))
+        .collect();
     let mut trees_seen: HashSet<BlobId> = HashSet::new();
     for id in repo.store().list_snapshots()? {
         rep.snapshots += 1;
@@ -69,9 +77,47 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         w.tree(&snap.record.tree, "/");
     }
     if read_data {
-        read_all(repo, &cache, &mut rep)?;
+        read_all(repo, &cache, &mut rep, &mut suspects)?;
     }
+    judge_suspects(repo, suspects, &mut rep)?;
     Ok(rep)
+}
+
+/// Packs whose bytes match their name but whose header does not open are
+/// damage when a snapshot lists them, and foreign objects otherwise. Only
+/// the suspects are held, and the snapshots' plain pack lists are read
+/// again one at a time, only when there are any.
+fn judge_suspects(
+    repo: &Repository,
+    suspects: HashMap<PackId, String>,
+    rep: &mut CheckReport,
+) -> Result<()> {
+    if suspects.is_empty() {
+        return Ok(());
+    }
+    let mut listed = HashSet::new();
+    for id in repo.store().list_snapshots()? {
+        // A snapshot whose plain part does not decode was reported above.
+        let Ok(bytes) = repo.store().read_snapshot(&id) else {
+            continue;
+        };
+        if let Ok(f) = crate::format::snapshot::decode(&bytes) {
+            listed.extend(f.packs.into_iter().filter(|p| suspects.contains_key(p)));
+        }
+    }
+    let mut all: Vec<_> = suspects.into_iter().collect();
+    all.sort();
+    for (p, why) in all {
+        if listed.contains(&p) {
+            rep.errors.push(format!("pack {p}: {why}"));
+        } else {
+            rep.foreign_packs.push(format!(
+                "pack {p} is listed by no snapshot and does not open with this repository's key ({why}): \
+                 a foreign object, never reused; prune collects it"
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct TreeCheck<'a> {
@@ -207,9 +253,14 @@ impl TreeCheck<'_> {
 }
 
 /// Reads every pack whole, in parallel.
-fn read_all(repo: &Repository, _cache: &Cache, rep: &mut CheckReport) -> Result<()> {
+fn read_all(
+    repo: &Repository,
+    _cache: &Cache,
+    rep: &mut CheckReport,
+    suspects: &mut HashMap<PackId, String>,
+) -> Result<()> {
     let (tx, rx) = crossbeam_channel::bounded::<(PackId, u64)>(4);
-    let out = Mutex::new((0u64, 0u64, Vec::<String>::new()));
+    let out = Mutex::new((0u64, 0u64, Vec::<String>::new(), Vec::new()));
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -220,12 +271,13 @@ fn read_all(repo: &Repository, _cache: &Cache, rep: &mut CheckReport) -> Result<
             let out = &out;
             s.spawn(move || {
                 for (id, size) in rx {
-                    let (n, errs) = read_pack(repo, &id, size);
+                    let r = read_pack(repo, &id, size);
                     // unwrap: the lock is never held across a panic
                     let mut o = out.lock().unwrap();
                     o.0 += 1;
-                    o.1 += n;
-                    o.2.extend(errs);
+                    o.1 += r.blobs;
+                    o.2.extend(r.errors);
+                    o.3.extend(r.unopened.map(|why| (id, why)));
                 }
             });
         }
@@ -238,37 +290,62 @@ fn read_all(repo: &Repository, _cache: &Cache, rep: &mut CheckReport) -> Result<
         r
     })?;
     // unwrap: the lock is never held across a panic
-    let (packs, blobs, errs) = out.into_inner().unwrap();
+    let (packs, blobs, errs, unopened) = out.into_inner().unwrap();
     rep.packs_read = packs;
     rep.blobs_read = blobs;
     rep.errors.extend(errs);
+    for (id, why) in unopened {
+        // A header the cache sync could not open either: one line.
+        suspects.entry(id).or_insert(why);
+    }
     Ok(())
 }
 
+/// What reading one pack whole found.
+#[derive(Default)]
+struct PackRead {
+    /// Blobs opened.
+    blobs: u64,
+    /// Problems.
+    errors: Vec<String>,
+    /// The pack's bytes match its name, but its header does not open:
+    /// damage or a foreign object, as [`judge_suspects`] decides.
+    unopened: Option<String>,
+}
+
 /// Reads one pack whole; returns the blobs opened and the problems found.
-fn read_pack(repo: &Repository, id: &PackId, size: u64) -> (u64, Vec<String>) {
+fn read_pack(repo: &Repository, id: &PackId, size: u64) -> PackRead {
+    let mut out = PackRead::default();
     let mut bytes = match repo.store().read_pack(id, 0, size as usize) {
         Ok(b) => b,
-        Err(e) => return (0, vec![format!("pack {id}: {e}")]),
+        Err(e) => {
+            out.errors.push(format!("pack {id}: {e}"));
+            return out;
+        }
     };
-    let mut errs = Vec::new();
-    if PackId::of(&bytes) != *id {
-        errs.push(format!(
+    let sound = PackId::of(&bytes) == *id;
+    if !sound {
+        out.errors.push(format!(
             "pack {id}: content does not hash to its name (damaged)"
         ));
     }
     let entries = match pack::decode(repo.keys(), &bytes) {
         Ok(e) => e,
+        Err(e) if sound => {
+            out.unopened = Some(format!("header does not open: {e}"));
+            return out;
+        }
         Err(e) => {
-            errs.push(format!("pack {id}: {e}"));
-            return (0, errs);
+            out.errors.push(format!("pack {id}: {e}"));
+            return out;
         }
     };
+    let errs = &mut out.errors;
     // Each blob is decrypted where it lies, so entries must not overlap
     // (a writer never makes them; an overlap is reported, not opened).
     if pack::blobs_overlap(&entries) {
         errs.push(format!("pack {id}: blobs overlap in the pack"));
-        return (0, errs);
+        return out;
     }
     let mut n = 0;
     for e in entries {
@@ -283,5 +360,6 @@ fn read_pack(repo: &Repository, id: &PackId, size: u64) -> (u64, Vec<String>) {
             Err(err) => errs.push(format!("pack {id}: blob {}: {err}", e.id.short())),
         }
     }
-    (n, errs)
+    out.blobs = n;
+    out
 }

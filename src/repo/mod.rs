@@ -19,7 +19,7 @@ use rand::RngCore;
 
 use crate::cache::{BlobLocation, Cache};
 use crate::crypto::{Keys, Kind, MasterKey};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::blob::Plain;
 use crate::format::chunklist::{self, ChunkRef};
 use crate::format::config::{ConfigFile, Settings};
@@ -89,6 +89,16 @@ fn new_key_name() -> String {
     hex::encode(b)
 }
 
+/// The snapshots of a repository, as [`Repository::snapshots`] found them.
+#[derive(Debug, Default)]
+pub struct Snapshots {
+    /// Those that open, oldest first.
+    pub good: Vec<Snapshot>,
+    /// Those that do not (damaged, or not sealed with this repository's
+    /// key), by id, with why.
+    pub unopened: Vec<(SnapshotId, Error)>,
+}
+
 /// What syncing the cache with the repository found.
 #[derive(Debug, Default, Clone)]
 pub struct SyncReport {
@@ -98,6 +108,21 @@ pub struct SyncReport {
     pub removed: u64,
     /// Packs whose header could not be read: name and reason.
     pub unreadable: Vec<(PackId, String)>,
+}
+
+impl SyncReport {
+    /// One line for each pack whose header does not open. Such a pack is
+    /// never reused, and no source entry was lost for it: a backup reports
+    /// it apart from entries it could not read. Whether it is damage (a
+    /// snapshot lists it) or a foreign object is for `check` to say.
+    pub fn notices(&self) -> Vec<String> {
+        self.unreadable
+            .iter()
+            .map(|(p, e)| {
+                format!("pack {p} does not open with this repository's key, not reused: {e}")
+            })
+            .collect()
+    }
 }
 
 impl Repository {
@@ -303,13 +328,12 @@ impl Repository {
         let bytes = self.store.read_snapshot(id)?;
         if SnapshotId::of(&bytes) != *id {
             return Err(Error::Corrupt(format!(
-                "snapshot file {id} does not hash to its name"
+                "snapshot {id} does not open: its file does not hash to its name"
             )));
         }
-        let file = snapshot::decode(&bytes)
-            .map_err(|e| Error::Corrupt(format!("snapshot {}: {e}", id.short())))?;
-        let record = snapshot::open_record(&self.keys, &file)
-            .map_err(|e| Error::Corrupt(format!("snapshot {}: {e}", id.short())))?;
+        let unopened = |e: FormatError| Error::Corrupt(format!("snapshot {id} does not open: {e}"));
+        let file = snapshot::decode(&bytes).map_err(unopened)?;
+        let record = snapshot::open_record(&self.keys, &file).map_err(unopened)?;
         Ok(Snapshot {
             id: *id,
             record,
@@ -318,23 +342,41 @@ impl Repository {
         })
     }
 
-    /// Every snapshot, oldest first. A damaged snapshot file is an error.
-    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        let mut out = Vec::new();
+    /// Every snapshot that opens, oldest first, and apart those that do
+    /// not. A snapshot file that is damaged, or that a client without the
+    /// key planted (the store cannot tell: it holds no key), must not hide
+    /// the history around it. Failures to reach the store are errors.
+    pub fn snapshots(&self) -> Result<Snapshots> {
+        let mut out = Snapshots::default();
         for id in self.store.list_snapshots()? {
-            out.push(self.load_snapshot(&id)?);
+            match self.load_snapshot(&id) {
+                Ok(s) => out.good.push(s),
+                Err(e) if e.kind() == ErrorKind::Corrupt => out.unopened.push((id, e)),
+                // Forgotten since it was listed.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
-        out.sort_by_key(|s| (s.record.time_ns, s.id));
+        out.good.sort_by_key(|s| (s.record.time_ns, s.id));
         Ok(out)
     }
 
-    /// Resolves `latest` or a unique id prefix.
+    /// Resolves `latest` (the newest snapshot that opens) or a unique id
+    /// prefix, and opens it.
     pub fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
         if spec == "latest" {
-            return self
-                .snapshots()?
-                .pop()
-                .ok_or_else(|| Error::NotFound("snapshot (the repository has none)".into()));
+            return self.snapshots()?.good.pop().ok_or_else(|| {
+                Error::NotFound("snapshot (the repository has none that opens)".into())
+            });
+        }
+        self.load_snapshot(&self.resolve_snapshot(spec)?)
+    }
+
+    /// Resolves `latest` or a unique id prefix to an id, without opening a
+    /// snapshot a prefix names (so a damaged one can still be named).
+    pub fn resolve_snapshot(&self, spec: &str) -> Result<SnapshotId> {
+        if spec == "latest" {
+            return self.find_snapshot(spec).map(|s| s.id);
         }
         let spec_l = spec.to_ascii_lowercase();
         let matches: Vec<SnapshotId> = self
@@ -344,7 +386,7 @@ impl Repository {
             .filter(|id| id.to_hex().starts_with(&spec_l))
             .collect();
         match matches.as_slice() {
-            [one] => self.load_snapshot(one),
+            [one] => Ok(*one),
             [] => Err(Error::NotFound(format!("snapshot {spec}"))),
             _ => Err(Error::Denied(format!(
                 "snapshot prefix {spec} is ambiguous ({} matches)",

@@ -219,20 +219,28 @@ impl Links {
         Ok(())
     }
 
-    /// Removes every name linked so far, and refuses new ones.
-    fn fail(&self) {
+    /// Removes every name linked so far, and refuses new ones. Returns how
+    /// many names were removed.
+    fn fail(&self) -> u64 {
         // unwrap: the lock is never held across a panic
         let mut st = self.state.lock().unwrap();
         st.1 = true;
+        let mut n = 0;
         for l in st.0.drain(..) {
             let _ = fs::remove_file(l);
+            n += 1;
         }
+        n
     }
 }
 
 struct Shared {
     errors: Mutex<Vec<String>>,
     warnings: Mutex<Vec<String>>,
+    /// Names and bytes of files counted when created whose content then
+    /// failed (removed): taken off the summary, which counts what was
+    /// restored.
+    lost: Mutex<(u64, u64)>,
 }
 
 impl FileTask {
@@ -253,8 +261,11 @@ impl FileTask {
         if let Some(msg) = self.failed.lock().unwrap().take() {
             // Never leave wrong or partial bytes behind.
             let _ = fs::remove_file(&self.path);
-            if let Some(l) = &self.links {
-                l.fail();
+            let names = 1 + self.links.as_ref().map_or(0, |l| l.fail());
+            {
+                let mut lost = shared.lost.lock().unwrap();
+                lost.0 += names;
+                lost.1 += self.node.size;
             }
             shared
                 .errors
@@ -626,6 +637,7 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
     let shared = Arc::new(Shared {
         errors: Mutex::new(Vec::new()),
         warnings: Mutex::new(Vec::new()),
+        lost: Mutex::new((0, 0)),
     });
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -706,6 +718,9 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
     }
     // unwrap: the lock is never held across a panic
     stats.errors.extend(shared.errors.lock().unwrap().drain(..));
+    let (lost_files, lost_bytes) = *shared.lost.lock().unwrap();
+    stats.files = stats.files.saturating_sub(lost_files);
+    stats.bytes = stats.bytes.saturating_sub(lost_bytes);
     stats
         .warnings
         .extend(shared.warnings.lock().unwrap().drain(..));

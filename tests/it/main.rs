@@ -4,6 +4,7 @@
 
 mod backup;
 mod crash;
+mod hardening;
 mod job;
 mod keys;
 mod monitor;

@@ -190,7 +190,11 @@ fn data_blob_in_a_snapshots_place_is_detected() {
         .find(|p| p.extension().is_none())
         .unwrap();
     fs::write(&snap, &sealed).unwrap();
-    assert_eq!(t.run(&["snapshots"]).fails().code(), 5);
+    // Listed apart, never opened as a snapshot.
+    let r = t.run(&["snapshots"]).ok();
+    assert!(r.stderr().contains("does not open"), "{}", r.stderr());
+    assert!(r.stdout().contains("0 snapshots (1 more do not open)"));
+    assert_eq!(t.run(&["snapshots", "--strict"]).code(), 3);
     let r = t.run(&["check"]).fails();
     assert_eq!(r.code(), 5, "{}", r.stderr());
     let target = t.path("out");
@@ -200,7 +204,7 @@ fn data_blob_in_a_snapshots_place_is_detected() {
     // renamed to its own hash so the name checks out: the magic still refuses it
     let renamed = snap.with_file_name(PackId::of(&sealed).to_hex());
     fs::rename(&snap, &renamed).unwrap();
-    let r = t.run(&["snapshots"]).fails();
+    let r = t.run(&["snapshots", "--strict"]).fails();
     assert!(r.stderr().contains("bad magic"), "{}", r.stderr());
 }
 
@@ -264,4 +268,20 @@ fn a_missing_pack_fails_only_the_files_it_held() {
             r.stderr()
         );
     }
+    // The summary counts what was restored, not what was attempted.
+    let again = t.path("out2");
+    let j = t
+        .run(&[
+            "--json",
+            "restore",
+            "latest",
+            "--target",
+            again.to_str().unwrap(),
+        ])
+        .fails()
+        .json();
+    let restored_files = (names.len() - missing) as u64;
+    assert_eq!(j["files"].as_u64(), Some(restored_files), "{j}");
+    assert_eq!(j["bytes"].as_u64(), Some(restored_files * 150_000), "{j}");
+    assert_eq!(j["errors"].as_array().unwrap().len(), missing, "{j}");
 }
