@@ -149,6 +149,13 @@ impl RemoteStore {
             // TLS 1.3 lets a client finish its handshake before the server
             // has judged its certificate: a refusal shows up here.
             Err(e) => match s.conn.close_reason() {
+                // Admitted, but over a limit of the server's: the reason says which.
+                Some(reason) if reason.to_string().contains("(limit ") => {
+                    Err(Error::Denied(format!(
+                        "server quic://{}:{} refused the connection: {reason}",
+                        url.host, url.port
+                    )))
+                }
                 Some(reason) => Err(Error::Denied(format!(
                     "server quic://{}:{} refused the connection ({reason}); is this client's certificate listed in the server's config?",
                     url.host, url.port

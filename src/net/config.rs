@@ -69,6 +69,25 @@ pub struct ServerConfig {
     pub metrics: Option<MetricsConfig>,
     /// Alerts (none without this section).
     pub alerts: Option<AlertsConfig>,
+    /// What one client certificate, and all of them together, may hold
+    /// (defaults without this section).
+    pub limits: Option<LimitsConfig>,
+}
+
+/// `[limits]`: connections per client certificate and memory for data in
+/// flight (see `net::admission`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Connections one certificate may hold at once (16).
+    pub connections_per_client: Option<usize>,
+    /// MiB of frames and bodies in flight per certificate (256).
+    pub client_memory_mib: Option<u32>,
+    /// MiB of frames and bodies in flight for all clients together (1024).
+    pub memory_mib: Option<u32>,
+    /// How long a frame or body may stall before its connection is closed
+    /// (default "60s").
+    pub stall_timeout: Option<String>,
 }
 
 /// `[metrics]`: where to serve `GET /metrics`.
@@ -186,6 +205,38 @@ fn duration(section: &str, key: &str, v: &str) -> Result<Duration> {
         )));
     }
     Ok(d)
+}
+
+impl ServerConfig {
+    /// The `[limits]`, validated: every limit at least 1 (memory at least
+    /// what one frame and one read of a pack span take).
+    pub fn limits(&self) -> Result<super::admission::Limits> {
+        let d = super::admission::Limits::default();
+        let Some(l) = &self.limits else {
+            return Ok(d);
+        };
+        let out = super::admission::Limits {
+            connections_per_client: l.connections_per_client.unwrap_or(d.connections_per_client),
+            client_memory_mib: l.client_memory_mib.unwrap_or(d.client_memory_mib),
+            memory_mib: l.memory_mib.unwrap_or(d.memory_mib),
+            stall: match &l.stall_timeout {
+                Some(v) => duration("limits", "stall_timeout", v)?,
+                None => d.stall,
+            },
+        };
+        if out.connections_per_client == 0 {
+            return Err(Error::Denied(
+                "[limits] connections_per_client must be at least 1".into(),
+            ));
+        }
+        if out.client_memory_mib < 2 || out.memory_mib < out.client_memory_mib {
+            return Err(Error::Denied(format!(
+                "[limits] client_memory_mib = {} must be at least 2, and memory_mib = {} at least that",
+                out.client_memory_mib, out.memory_mib
+            )));
+        }
+        Ok(out)
+    }
 }
 
 impl MetricsConfig {
@@ -328,6 +379,7 @@ impl ServerConfig {
             toml::from_str(text).map_err(|e| Error::Denied(e.to_string().trim().to_string()))?;
         c.listen_addr()?;
         c.validated_clients()?;
+        c.limits()?;
         crate::scrub::ParityConfig::parse(&c.parity).map_err(Error::Denied)?;
         if c.scrub_interval_hours == 0 {
             return Err(Error::Denied(

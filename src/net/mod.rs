@@ -3,10 +3,12 @@
 //! store. Mutual TLS always; there is no plaintext mode, not even on
 //! localhost. The messages themselves are in [`crate::proto`].
 
+pub mod admission;
 pub mod client;
 pub mod config;
 pub mod http;
 pub mod log;
+pub mod refusal;
 pub mod server;
 pub mod watch;
 
@@ -207,7 +209,7 @@ impl ClientCertVerifier for PinnedClients {
         if self.allowed.contains(&fp) {
             Ok(ClientCertVerified::assertion())
         } else {
-            tracing::warn!(fingerprint = %fp, "refused connection: unknown client certificate {fp}");
+            // Logged with the peer's address by `refusal`, from this text.
             Err(rustls::Error::General(format!(
                 "unknown client certificate {fp}"
             )))
@@ -229,7 +231,14 @@ impl ClientCertVerifier for PinnedClients {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        tls13(&self.provider, message, cert, dss)
+        // A known certificate whose key the peer does not hold (a copied
+        // or stolen certificate): name it, for the log.
+        tls13(&self.provider, message, cert, dss).map_err(|e| {
+            rustls::Error::General(format!(
+                "client certificate {} presented without its private key ({e})",
+                Fingerprint::of(cert)
+            ))
+        })
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

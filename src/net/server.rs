@@ -13,6 +13,7 @@ use quinn::{RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
 use tracing::{error, info, warn};
 
+use super::admission::{self, Admission, Admitted, ReadError, Reservation};
 use super::config::{Client, ServerConfig};
 use super::{provider, tls_err, transport, Fingerprint, Identity, PinnedClients};
 use crate::error::{Error, ErrorKind, Result};
@@ -37,6 +38,8 @@ struct State {
     parity: crate::scrub::ParityConfig,
     /// Metrics and alerts.
     watch: Arc<super::watch::Watch>,
+    /// Connections and memory per certificate, and memory overall.
+    admission: Arc<Admission>,
 }
 
 /// Opens a namespace's store with its retention rules.
@@ -208,6 +211,7 @@ pub async fn serve(
         usage: Mutex::new(HashMap::new()),
         parity: cfg.parity_config(),
         watch,
+        admission: Admission::new(cfg.limits()?),
     });
     // Scrub on the server's own schedule.
     let scrub_every = std::time::Duration::from_secs(cfg.scrub_interval_hours as u64 * 3600);
@@ -246,8 +250,10 @@ pub async fn serve(
                 let state = state.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Ok(conn) = inc.await {
-                        connection(state, conn).await;
+                    let from = inc.remote_address();
+                    match inc.await {
+                        Ok(conn) => connection(state, conn).await,
+                        Err(e) => super::refusal::handshake_failed(from, &e),
                     }
                 });
             }
@@ -274,18 +280,47 @@ struct Conn {
     hello: AtomicBool,
     conn: quinn::Connection,
     budget: Arc<tokio::sync::Semaphore>,
+    /// This connection, counted against its certificate.
+    admitted: Admitted,
 }
 
+/// Memory held for one stream's frame or body until its answer is sent.
+type Held = (tokio::sync::OwnedSemaphorePermit, Reservation);
+
 impl Conn {
-    /// Reserves memory for a body of `len` bytes.
-    async fn reserve(&self, len: u64) -> tokio::sync::OwnedSemaphorePermit {
+    /// Reserves memory for a frame or body of `len` bytes: the connection's
+    /// budget is waited for (its own streams queue), the certificate's and
+    /// the server's are taken at once or refused, naming the limit.
+    async fn reserve(&self, len: u64) -> std::result::Result<Held, Reply> {
         let mib = len.div_ceil(1 << 20).clamp(1, CONN_BUDGET_MIB as u64) as u32;
         // unwrap: the semaphore is never closed
-        self.budget
+        let own = self
+            .budget
             .clone()
             .acquire_many_owned(mib)
             .await
-            .expect("budget semaphore open")
+            .expect("budget semaphore open");
+        let shared = self
+            .state
+            .admission
+            .reserve(&self.admitted, len)
+            .map_err(|why| Reply::err(ErrorCode::TooLarge, why))?;
+        Ok((own, shared))
+    }
+
+    /// Reads exactly `buf.len()` bytes of a frame or body. A stall closes
+    /// the connection: it holds memory and a stream for nothing.
+    async fn read_exact(
+        &self,
+        recv: &mut RecvStream,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), ReadError> {
+        let r = admission::read_exact(recv, buf, self.state.admission.limits().stall).await;
+        if let Err(e @ ReadError::Stalled(_)) = &r {
+            log(self, "a stalled stream", &e.to_string());
+            self.conn.close(4u32.into(), b"stalled mid-frame");
+        }
+        r
     }
 }
 
@@ -295,12 +330,21 @@ async fn connection(state: Arc<State>, conn: quinn::Connection) {
         conn.close(2u32.into(), b"unknown client");
         return;
     };
+    let admitted = match state.admission.admit(client.fingerprint) {
+        Ok(a) => a,
+        Err(why) => {
+            super::refusal::over_limit(conn.remote_address(), &client.fingerprint, &why);
+            conn.close(3u32.into(), why.as_bytes());
+            return;
+        }
+    };
     let ctx = Arc::new(Conn {
         state,
         client,
         hello: AtomicBool::new(false),
         conn: conn.clone(),
         budget: Arc::new(tokio::sync::Semaphore::new(CONN_BUDGET_MIB as usize)),
+        admitted,
     });
     while let Ok((send, recv)) = conn.accept_bi().await {
         let ctx = ctx.clone();
@@ -322,23 +366,39 @@ fn log(ctx: &Conn, what: &str, msg: &str) {
     );
 }
 
-async fn read_frame(recv: &mut RecvStream) -> std::result::Result<(u16, Vec<u8>), String> {
+/// Why a request's frame was not read.
+enum FrameError {
+    /// Malformed or cut off: closes the connection.
+    Violation(String),
+    /// Refused by a memory limit: answered on the stream.
+    Refused(Reply),
+}
+
+/// Reads a request frame; its memory is reserved (and held in `held`)
+/// before the payload is allocated.
+async fn read_frame(
+    ctx: &Conn,
+    recv: &mut RecvStream,
+    held: &mut Option<Held>,
+) -> std::result::Result<(u16, Vec<u8>), FrameError> {
+    let violation = |e: ReadError| FrameError::Violation(format!("reading a frame: {e}"));
     let mut head = [0u8; HEAD_LEN];
-    recv.read_exact(&mut head)
-        .await
-        .map_err(|e| format!("reading a frame: {e}"))?;
-    let (tag, len) = proto::decode_head(&head).map_err(|e| e.to_string())?;
+    ctx.read_exact(recv, &mut head).await.map_err(violation)?;
+    let (tag, len) = proto::decode_head(&head).map_err(|e| FrameError::Violation(e.to_string()))?;
+    *held = Some(ctx.reserve(len as u64).await.map_err(FrameError::Refused)?);
     let mut p = vec![0u8; len];
-    recv.read_exact(&mut p)
-        .await
-        .map_err(|e| format!("reading a frame: {e}"))?;
+    ctx.read_exact(recv, &mut p).await.map_err(violation)?;
     Ok((tag, p))
 }
 
+/// Reads a request's body of `len` bytes, at most `max`, its memory
+/// reserved in `held` first.
 async fn read_body(
+    ctx: &Conn,
     recv: &mut RecvStream,
     len: u64,
     max: u64,
+    held: &mut Option<Held>,
 ) -> std::result::Result<Vec<u8>, Reply> {
     if len > max {
         return Err(Reply::err(
@@ -346,8 +406,9 @@ async fn read_body(
             format!("{len} bytes exceeds the limit of {max}"),
         ));
     }
+    *held = Some(ctx.reserve(len).await?);
     let mut b = vec![0u8; len as usize];
-    recv.read_exact(&mut b).await.map_err(|e| {
+    ctx.read_exact(recv, &mut b).await.map_err(|e| {
         Reply::err(
             ErrorCode::Invalid,
             format!("body shorter than announced: {e}"),
@@ -418,8 +479,19 @@ async fn stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> std::result::Result<(), String> {
-    let (tag, payload) = read_frame(&mut recv).await?;
+    let mut frame_held = None;
+    let (tag, payload) = match read_frame(ctx, &mut recv, &mut frame_held).await {
+        Ok(f) => f,
+        Err(FrameError::Violation(why)) => return Err(why),
+        Err(FrameError::Refused(r)) => {
+            log(ctx, "a frame", &message_of(&r));
+            let _ = send.write_all(&r.head.encode()).await;
+            let _ = send.finish();
+            return Ok(());
+        }
+    };
     let req = Request::decode(tag, &payload).map_err(|e| e.to_string())?;
+    drop((payload, frame_held));
     // Which failures monitoring counts: commits and uploads.
     let counted = match &req {
         Request::WriteSnapshot { .. } => Some(true),
@@ -432,7 +504,7 @@ async fn stream(
         .unwrap_or("request")
         .to_string();
     // Hold this stream's memory reservation until its answer is sent.
-    let mut permit = None;
+    let mut permit: Option<Held> = None;
     let answer = match handle(ctx, req, &mut recv, &mut permit).await {
         Ok(a) => a,
         Err(r) => Answer::One(r),
@@ -475,6 +547,14 @@ async fn stream(
     }
     let _ = send.finish();
     Ok(())
+}
+
+/// The message of an error reply, for the log.
+fn message_of(r: &Reply) -> String {
+    match &r.head {
+        Response::Error { message, .. } => message.clone(),
+        other => format!("{other:?}"),
+    }
 }
 
 /// What `handle` answers: one reply, or a listing sent while it is read.
@@ -538,7 +618,7 @@ async fn handle(
     ctx: &Arc<Conn>,
     req: Request,
     recv: &mut RecvStream,
-    permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: &mut Option<Held>,
 ) -> std::result::Result<Answer, Reply> {
     if let Request::Hello { version, namespace } = &req {
         if *version != PROTOCOL_VERSION {
@@ -570,8 +650,7 @@ async fn handle(
         Request::Hello { .. } => unreachable!("handled above"),
         Request::ReadConfig => one(Reply::bytes(blocking(move || store.read_config()).await?)),
         Request::WriteConfig { len } => {
-            *permit = Some(ctx.reserve(len).await);
-            let body = read_body(recv, len, MAX_SMALL_FILE_BYTES as u64).await?;
+            let body = read_body(ctx, recv, len, MAX_SMALL_FILE_BYTES as u64, permit).await?;
             blocking(move || store.write_config(&body)).await?;
             one(Reply::of(Response::Ok))
         }
@@ -582,8 +661,7 @@ async fn handle(
             one(Reply::bytes(blocking(move || store.read_key(&name)).await?))
         }
         Request::WriteKey { name, len } => {
-            *permit = Some(ctx.reserve(len).await);
-            let body = read_body(recv, len, MAX_SMALL_FILE_BYTES as u64).await?;
+            let body = read_body(ctx, recv, len, MAX_SMALL_FILE_BYTES as u64, permit).await?;
             blocking(move || store.write_key(&name, &body)).await?;
             one(Reply::of(Response::Ok))
         }
@@ -616,26 +694,23 @@ async fn handle(
                     ));
                 }
             }
-            *permit = Some(ctx.reserve(1 << 20).await);
+            *permit = Some(ctx.reserve(1 << 20).await?);
             let mut upload = store.upload_pack()?;
             let mut left = len;
             let mut buf = vec![0u8; 1 << 20];
             while left > 0 {
                 let want = left.min(buf.len() as u64) as usize;
-                match recv.read(&mut buf[..want]).await {
-                    Ok(Some(n)) => {
-                        tokio::task::block_in_place(|| upload.write_all(&buf[..n]))
-                            .map_err(Error::RawIo)?;
-                        left -= n as u64;
-                    }
-                    // Cut off mid-upload: dropping the upload removes its temporary file.
-                    _ => {
-                        return Err(Reply::err(
-                            ErrorCode::Invalid,
-                            "pack body shorter than announced",
-                        ))
-                    }
-                }
+                // Cut off or stalled mid-upload: dropping the upload
+                // removes its temporary file.
+                ctx.read_exact(recv, &mut buf[..want]).await.map_err(|e| {
+                    Reply::err(
+                        ErrorCode::Invalid,
+                        format!("pack body shorter than announced: {e}"),
+                    )
+                })?;
+                tokio::task::block_in_place(|| upload.write_all(&buf[..want]))
+                    .map_err(Error::RawIo)?;
+                left -= want as u64;
             }
             let created = blocking(move || upload.commit(id)).await?;
             if created {
@@ -653,15 +728,14 @@ async fn handle(
                     format!("read of {len} bytes exceeds the limit"),
                 ));
             }
-            *permit = Some(ctx.reserve(len).await);
+            *permit = Some(ctx.reserve(len).await?);
             one(Reply::bytes(
                 blocking(move || store.read_pack(&id, offset, len as usize)).await?,
             ))
         }
         Request::ListPacks => Ok(Answer::Packs(store)),
         Request::WriteSnapshot { len } => {
-            *permit = Some(ctx.reserve(len).await);
-            let body = read_body(recv, len, MAX_WIRE_SNAPSHOT_BYTES).await?;
+            let body = read_body(ctx, recv, len, MAX_WIRE_SNAPSHOT_BYTES, permit).await?;
             let st2 = store.clone();
             let id = blocking(move || store.write_snapshot(&body)).await?;
             let (watch, ns) = (ctx.state.watch.clone(), ctx.client.namespace.clone());

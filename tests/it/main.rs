@@ -2,6 +2,7 @@
 //! cache and a real repository directory. One test binary, one module per
 //! story. `util` holds the harness.
 
+mod admission;
 mod backup;
 mod crash;
 mod hardening;

@@ -1,0 +1,244 @@
+//! What one client certificate may take from a server: connection slots
+//! and memory are limited per certificate, a stalled frame closes its
+//! connection, and every refused connection is logged with the peer's
+//! address and certificate. See issue 18, items 7 and 10.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer::net::{Fingerprint, Identity};
+
+use crate::server::*;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Waits (bounded) until the server's log holds `what`.
+fn wait_for_log(srv: &TestServer, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = srv.log();
+        if log.contains(what) || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn one_certificate_cannot_take_every_connection_slot() {
+    let srv = TestServer::start_full(2, "", "[limits]\nconnections_per_client = 3", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let pin = Fingerprint::parse(&srv.fingerprint).unwrap();
+    let id0 = || Identity::load(&srv.clients[0].0).unwrap();
+    rt().block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (ep, conn, mut r) = raw_hello(srv.port, raw_config(pin, Some(id0())))
+                .await
+                .unwrap();
+            r.read_to_end(1 << 16).await.unwrap();
+            held.push((ep, conn));
+        }
+        // The fourth is closed, naming the limit.
+        let e = match raw_hello(srv.port, raw_config(pin, Some(id0()))).await {
+            Ok((_ep, c, _r)) => c.closed().await.to_string(),
+            Err(e) => e,
+        };
+        assert!(
+            e.contains("too many connections") && e.contains("limit 3"),
+            "{e}"
+        );
+        // Another certificate still gets in while those are held, and the
+        // same one is told which limit it hit.
+        run(srv.client(1, &work.path().join("c1")), &init_args()).ok();
+        let r = run(srv.client(0, &work.path().join("c0")), &init_args()).fails();
+        assert!(r.stderr().contains("(limit 3)"), "{}", r.stderr());
+        for (ep, conn) in held {
+            conn.close(0u32.into(), b"done");
+            ep.wait_idle().await;
+        }
+    });
+    let fp0 = &srv.clients[0].1;
+    let log = wait_for_log(&srv, "too many connections");
+    assert!(
+        log.lines().any(|l| l.contains("too many connections")
+            && l.contains(fp0.as_str())
+            && l.contains("127.0.0.1")),
+        "{log}"
+    );
+    // Once its connections are gone, the certificate is served again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = run(srv.client(0, &work.path().join("c0")), &init_args());
+        if r.code() == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.stderr());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn stalled_frames_are_refused_past_the_budget_and_close_their_connection() {
+    let top = "[limits]\nclient_memory_mib = 4\nmemory_mib = 8\nstall_timeout = \"2s\"";
+    let srv = TestServer::start_full(1, "", top, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let pin = Fingerprint::parse(&srv.fingerprint).unwrap();
+    let id0 = Identity::load(&srv.clients[0].0).unwrap();
+    let started = Instant::now();
+    let (refused, closed_after) = rt().block_on(async {
+        let (_ep, conn, mut r) = raw_hello(srv.port, raw_config(pin, Some(id0)))
+            .await
+            .unwrap();
+        r.read_to_end(1 << 16).await.unwrap();
+        // Frames that announce almost 1 MiB each, send a few bytes and stall.
+        let len = (coffer::proto::MAX_FRAME_BYTES - 16) as u32;
+        let mut head = len.to_le_bytes().to_vec();
+        head.extend_from_slice(&[0x05, 0x00]);
+        head.extend_from_slice(&[0u8; 10]);
+        let mut streams = Vec::new();
+        for _ in 0..6 {
+            let (mut s, r) = conn.open_bi().await.unwrap();
+            s.write_all(&head).await.unwrap();
+            streams.push((s, r));
+        }
+        // Two of them are past the certificate's 4 MiB: answered at once,
+        // before the stall limit; the other four get no answer.
+        // The send sides stay open: a dropped one would finish its stream.
+        let mut answers = Vec::new();
+        let mut sends = Vec::new();
+        for (s, mut r) in streams {
+            sends.push(s);
+            answers.push(tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_millis(1500), r.read_to_end(1 << 16))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+            }));
+        }
+        let mut refused = Vec::new();
+        for a in answers {
+            if let Some(got) = a.await.unwrap() {
+                refused.push(String::from_utf8_lossy(&got).into_owned());
+            }
+        }
+        // The stalled ones close the connection after the stall limit.
+        let why = tokio::time::timeout(Duration::from_secs(15), conn.closed())
+            .await
+            .expect("closed within a bounded time");
+        (refused, (started.elapsed(), why.to_string()))
+    });
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for r in &refused {
+        assert!(r.contains("budget of 4 MiB"), "{r}");
+    }
+    assert!(closed_after.0 >= Duration::from_secs(2), "{closed_after:?}");
+    assert!(closed_after.1.contains("stalled"), "{closed_after:?}");
+    let log = wait_for_log(&srv, "stalled mid-frame");
+    assert!(log.contains("stalled mid-frame"), "{log}");
+    // Its memory came back: the same client is served.
+    run(srv.client(0, &work.path().join("c0")), &init_args()).ok();
+}
+
+/// A raw client config with the server pinned, `alpn` offered and the
+/// client's certificate chosen by `auth`.
+fn client_config(
+    pin: Fingerprint,
+    alpn: &[u8],
+    auth: impl FnOnce(
+        rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    ) -> rustls::ClientConfig,
+) -> quinn::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = auth(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(TestVerifier(pin))),
+    );
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let qc = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    quinn::ClientConfig::new(Arc::new(qc))
+}
+
+/// Presents `cert` with a private key that is not its own, as a thief of
+/// the certificate file alone would.
+fn stolen_certificate(pin: Fingerprint, cert: Identity) -> quinn::ClientConfig {
+    client_config(pin, coffer::proto::ALPN, |b| {
+        let provider = rustls::crypto::ring::default_provider();
+        let (other, _) = Identity::generate().unwrap();
+        let key = provider.key_provider.load_private_key(other.key).unwrap();
+        let ck = rustls::sign::CertifiedKey::new(vec![cert.cert], key);
+        b.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck)))
+    })
+}
+
+#[test]
+fn every_refused_handshake_is_logged_with_peer_and_certificate() {
+    let srv = TestServer::start(1);
+    let work = tempfile::tempdir().unwrap();
+    let pin = Fingerprint::parse(&srv.fingerprint).unwrap();
+    // No client certificate.
+    assert!(connect_without_certificate(srv.port, &srv.fingerprint).is_err());
+    // A known certificate without its key.
+    let fp0 = srv.clients[0].1.clone();
+    let stolen = stolen_certificate(pin, Identity::load(&srv.clients[0].0).unwrap());
+    // A wrong ALPN.
+    let id = Identity::load(&srv.clients[0].0).unwrap();
+    let wrong = client_config(pin, b"not-coffer", |b| {
+        b.with_client_auth_cert(vec![id.cert], id.key).unwrap()
+    });
+    rt().block_on(async {
+        for cfg in [stolen, wrong] {
+            let ok = match raw_hello(srv.port, cfg).await {
+                Ok((_ep, _c, mut r)) => r.read_to_end(1 << 16).await.is_ok(),
+                Err(_) => false,
+            };
+            assert!(!ok, "a refused handshake served a request");
+        }
+    });
+    // An unknown certificate, through the CLI.
+    let stranger = work.path().join("stranger.id");
+    let fp_stranger = identity(&stranger);
+    let mut c = srv.client(0, &work.path().join("cache"));
+    c.env("COFFER_IDENTITY", &stranger);
+    run(c, &["snapshots"]).fails();
+
+    let log = wait_for_log(&srv, &fp_stranger);
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused connection") && l.contains("peer=127.0.0.1"))
+        .collect();
+    let has = |what: &str, fp: Option<&str>| {
+        refusals
+            .iter()
+            .any(|l| l.contains(what) && fp.is_none_or(|f| l.contains(f)))
+    };
+    assert!(has("no certificates", None), "{log}");
+    assert!(has("without its private key", Some(&fp0)), "{log}");
+    assert!(has("support any known protocol", None), "{log}");
+    assert!(
+        has("unknown client certificate", Some(&fp_stranger)),
+        "{log}"
+    );
+
+    // A flood of refusals is rate-limited: at most 30 lines a minute.
+    for _ in 0..40 {
+        let _ = connect_without_certificate(srv.port, &srv.fingerprint);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let n = srv
+        .log()
+        .lines()
+        .filter(|l| l.contains("refused connection"))
+        .count();
+    assert_eq!(n, 30, "refusal lines logged for 44 refusals");
+    // And the server still serves.
+    run(srv.client(0, &work.path().join("cache")), &init_args()).ok();
+}
