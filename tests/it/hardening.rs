@@ -328,3 +328,52 @@ fn commands_whose_output_closes_exit_cleanly_and_finish_their_work() {
         serde_json::from_slice(&fs::read(t.repo.join("scrub.json")).unwrap()).unwrap();
     assert!(st["last"].is_object(), "{st}");
 }
+
+#[test]
+fn an_operators_prune_and_scrub_with_stdout_closed_finish_every_namespace() {
+    let srv = TestServer::start(2);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut planted = Vec::new();
+    for i in 0..2 {
+        let cache = tmp.path().join(format!("cache{i}"));
+        let src = tmp.path().join(format!("src{i}"));
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("f"), random_bytes(20 + i as u64, 100 << 10)).unwrap();
+        let mut c = srv.client(i, &cache);
+        c.args(["backup", src.to_str().unwrap()]);
+        Run {
+            out: c.stdin(Stdio::null()).output().unwrap(),
+        }
+        .ok();
+        // An unreferenced pack past its grace period in each namespace.
+        let ns = srv.namespace_dir(&format!("ns-{i}"));
+        let name = plant_garbage_pack(&ns, 30 + i as u64);
+        let p = ns.join("packs").join(&name[..2]).join(&name);
+        let old = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        filetime::set_file_mtime(&p, old).unwrap();
+        planted.push(p);
+    }
+    for args in [&["scrub"][..], &["prune"]] {
+        let mut child = clean_command()
+            .args(args)
+            .args(["--allow-root", "--config"])
+            .arg(srv.dir.path().join("server.toml"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let code = child.wait().unwrap().code();
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+    }
+    for p in planted {
+        assert!(!p.exists(), "{} was collected", p.display());
+    }
+}
