@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod http;
 pub mod log;
+pub mod rollback;
 pub mod server;
 pub mod watch;
 
