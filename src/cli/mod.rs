@@ -905,13 +905,12 @@ fn cmd_serve(config: &Path, allow_root: bool, accept_rollback: &[String]) -> Res
     }
     let cfg = coffer::net::config::ServerConfig::load(config)?;
     // Before listening: a namespace put back from an older copy is not served.
-    let (back, accepted) =
-        coffer::net::rollback::verify(&cfg.data, &namespaces(&cfg)?, accept_rollback, &user())?;
-    for a in &accepted {
+    let verdict = rollback_verdict(&cfg, accept_rollback, &user())?;
+    for a in &verdict.accepted {
         errln!("coffer serve: accepted (logged in its operator.log): {a}");
     }
-    if !back.is_empty() {
-        let lines: Vec<String> = back.iter().map(|r| r.to_string()).collect();
+    if !verdict.refused.is_empty() {
+        let lines: Vec<String> = verdict.refused.iter().map(|r| r.to_string()).collect();
         bail!("{}", lines.join("\n"));
     }
     coffer::net::log::init();
@@ -1059,7 +1058,7 @@ fn cmd_scrub(
     let targets: Vec<(String, LocalStore)> = match config {
         Some(c) => {
             let cfg = coffer::net::config::ServerConfig::load(c)?;
-            back = coffer::net::rollback::verify(&cfg.data, &namespaces(&cfg)?, &[], "")?.0;
+            back = rollback_verdict(&cfg, &[], "")?.refused;
             let mut seen = std::collections::HashSet::new();
             let mut v = Vec::new();
             for cl in cfg.validated_clients()? {
@@ -1134,14 +1133,24 @@ fn cmd_scrub(
     Ok(())
 }
 
-/// The namespaces of a server config, each once.
-fn namespaces(cfg: &coffer::net::config::ServerConfig) -> Result<Vec<String>> {
-    let mut v: Vec<String> = cfg
+/// Compares the commit counter of every namespace of a server config with
+/// the highest seen (see `coffer::net::rollback`); a counter that could not
+/// be checked is named in a warning.
+fn rollback_verdict(
+    cfg: &coffer::net::config::ServerConfig,
+    accept: &[String],
+    by: &str,
+) -> Result<coffer::net::rollback::Verdict> {
+    let mut names: Vec<String> = cfg
         .validated_clients()?
         .into_iter()
         .map(|c| c.namespace)
         .collect();
-    v.sort();
-    v.dedup();
+    names.sort();
+    names.dedup();
+    let v = coffer::net::rollback::verify(&cfg.data, &names, accept, by)?;
+    for (ns, e) in &v.unchecked {
+        errln!("coffer: warning: namespace {ns}: commit counter not checked: {e}");
+    }
     Ok(v)
 }

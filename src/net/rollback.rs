@@ -101,33 +101,47 @@ pub fn committed(data: &Path, ns: &str) {
     }
 }
 
+/// What [`verify`] found.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Namespaces whose counter went back: not to be served.
+    pub refused: Vec<RolledBack>,
+    /// Namespaces whose counter went back, accepted by the operator.
+    pub accepted: Vec<RolledBack>,
+    /// Namespaces whose counter or mark could not be read or written (a
+    /// damaged counter file, a mark the server's user cannot replace):
+    /// served, with a warning, since one bad file must not stop the others.
+    pub unchecked: Vec<(String, Error)>,
+}
+
 /// Notes every namespace of `namespaces`; those in `accept` whose counter
 /// went back get their mark set to it (logged in their `operator.log` by
-/// `by`). Returns the rolled-back namespaces refused, and those accepted.
-/// A name in `accept` that is not a namespace is an error.
-pub fn verify(
-    data: &Path,
-    namespaces: &[String],
-    accept: &[String],
-    by: &str,
-) -> Result<(Vec<RolledBack>, Vec<RolledBack>)> {
+/// `by`). A name in `accept` that is not a namespace is an error.
+pub fn verify(data: &Path, namespaces: &[String], accept: &[String], by: &str) -> Result<Verdict> {
     if let Some(a) = accept.iter().find(|a| !namespaces.contains(a)) {
         return Err(Error::NotFound(format!(
             "namespace {a} (--accept-rollback names a namespace of the config)"
         )));
     }
-    let (mut refused, mut accepted) = (Vec::new(), Vec::new());
+    let mut v = Verdict::default();
     for ns in namespaces {
-        let Some(r) = note(data, ns)? else { continue };
+        let r = match note(data, ns) {
+            Ok(None) => continue,
+            Ok(Some(r)) => r,
+            Err(e) => {
+                v.unchecked.push((ns.clone(), e));
+                continue;
+            }
+        };
         if !accept.contains(ns) {
-            refused.push(r);
+            v.refused.push(r);
             continue;
         }
         log_accept(data, &r, by)?;
         write_mark(data, ns, r.now)?;
-        accepted.push(r);
+        v.accepted.push(r);
     }
-    Ok((refused, accepted))
+    Ok(v)
 }
 
 /// Appends the acceptance to the namespace's `operator.log`, fsynced.
@@ -160,11 +174,12 @@ mod tests {
         let ns = vec!["a".to_string(), "b".to_string()];
         set(data, "a", 3);
         set(data, "b", 1);
-        assert_eq!(verify(data, &ns, &[], "op").unwrap(), (vec![], vec![]));
+        let v = verify(data, &ns, &[], "op").unwrap();
+        assert!(v.refused.is_empty() && v.accepted.is_empty() && v.unchecked.is_empty());
         assert_eq!(mark(data, "a").unwrap(), 3);
         set(data, "a", 2);
         set(data, "b", 5);
-        let (refused, _) = verify(data, &ns, &[], "op").unwrap();
+        let refused = verify(data, &ns, &[], "op").unwrap().refused;
         let back = RolledBack {
             namespace: "a".into(),
             seen: 3,
@@ -173,9 +188,16 @@ mod tests {
         assert_eq!(refused, vec![back.clone()]);
         assert_eq!(mark(data, "b").unwrap(), 5, "the others are noted");
         assert!(verify(data, &ns, &["c".into()], "op").is_err());
-        let (refused, accepted) = verify(data, &ns, &["a".into()], "op").unwrap();
-        assert_eq!((refused, accepted), (vec![], vec![back]));
-        assert_eq!(verify(data, &ns, &[], "op").unwrap(), (vec![], vec![]));
+        let v = verify(data, &ns, &["a".into()], "op").unwrap();
+        assert_eq!((v.refused, v.accepted), (vec![], vec![back]));
+        assert!(verify(data, &ns, &[], "op").unwrap().refused.is_empty());
+        // A damaged counter is named, and stops nothing else.
+        std::fs::write(namespace_dir(data, "b").join(crate::commits::FILE), "x").unwrap();
+        set(data, "a", 1);
+        let v = verify(data, &ns, &[], "op").unwrap();
+        assert_eq!(v.unchecked.len(), 1);
+        assert_eq!(v.unchecked[0].0, "b");
+        assert_eq!(v.refused.len(), 1);
         let log = std::fs::read_to_string(namespace_dir(data, "a").join("operator.log")).unwrap();
         assert!(log.contains("accept-rollback"), "{log}");
     }

@@ -716,7 +716,11 @@ pub fn prune_config(cfg: &ServerConfig) -> Result<Vec<(String, crate::store::Pru
     let clients = cfg.validated_clients()?;
     // A namespace older than the server saw is left alone (see rollback).
     let names: Vec<String> = clients.iter().map(|c| c.namespace.clone()).collect();
-    let (back, _) = super::rollback::verify(&cfg.data, &names, &[], "")?;
+    let verdict = super::rollback::verify(&cfg.data, &names, &[], "")?;
+    for (ns, e) in &verdict.unchecked {
+        warn!(namespace = %ns, "commit counter not checked: {e}");
+    }
+    let back = verdict.refused;
     for c in clients {
         if let Some(r) = back.iter().find(|r| r.namespace == c.namespace) {
             if seen.insert(c.namespace.clone()) {
