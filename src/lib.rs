@@ -38,6 +38,7 @@
 pub(crate) mod aligned;
 pub mod cache;
 pub mod chunk;
+pub mod commits;
 pub mod crypto;
 pub mod error;
 pub mod format;

@@ -396,15 +396,7 @@ impl LocalStore {
             "time": retention::fmt_time(now), "action": "remove-damaged-snapshot",
             "snapshot": id.to_hex(), "by": by, "why": why, "stamp": st,
         });
-        let path = self.root.join("operator.log");
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .at(&path)?;
-        writeln!(log, "{entry}")
-            .and_then(|()| log.sync_all())
-            .at(&path)?;
+        append_operator_log(&self.root, &entry)?;
         self.remove_snapshot(id)?;
         Ok(st)
     }
@@ -871,6 +863,20 @@ fn mtime_secs(m: &fs::Metadata) -> Option<i64> {
         .map(|d| d.as_secs() as i64)
 }
 
+/// Appends one JSON line to the store's `REPO/operator.log`, fsynced: the
+/// record of an operator's override.
+pub fn append_operator_log(root: &Path, entry: &serde_json::Value) -> Result<()> {
+    let path = root.join("operator.log");
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .at(&path)?;
+    writeln!(log, "{entry}")
+        .and_then(|()| log.sync_all())
+        .at(&path)
+}
+
 /// Fsyncs a directory so a rename or link in it is durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
@@ -1180,6 +1186,9 @@ impl Store for LocalStore {
         if self.snapshot_path(&id).exists() {
             return Err(Error::Conflict(format!("snapshot {id} exists already")));
         }
+        // Counted before the snapshot is written: a copy of this directory
+        // put back later shows a smaller count (see `commits`).
+        crate::commits::bump(self)?;
         // The store's clock, never the client's, starts the lock window.
         let now = (self.clock)();
         let now = now.max(self.seen());

@@ -50,6 +50,11 @@ pub enum Command {
         /// with this repository's key).
         #[arg(long)]
         strict: bool,
+        /// Accept the repository as it is now: snapshots this client saw
+        /// that are gone (rolled back, or forgotten by another client) are
+        /// no longer reported.
+        #[arg(long)]
+        accept_rollback: bool,
     },
     /// List the entries of a snapshot.
     Ls {
@@ -164,6 +169,11 @@ pub enum Command {
         /// Run even as root (not recommended: use a dedicated user).
         #[arg(long)]
         allow_root: bool,
+        /// Start although this namespace's commit counter went back (its
+        /// directory was put back from an older copy), and take its counter
+        /// as it is now (repeatable).
+        #[arg(long, value_name = "NAMESPACE")]
+        accept_rollback: Vec<String>,
     },
 }
 

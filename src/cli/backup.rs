@@ -320,6 +320,8 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         }
     }
     let repo = open_store(cli, st)?;
+    // Warned now, so a backup that fails later still says it.
+    let gone = super::rollback::watch_listing(&repo)?;
     // A local repository computes parity for full stripes during the
     // backup, and for the rest right after it.
     let local = LocalStore::open(Path::new(repo_arg(cli)?)).ok();
@@ -346,6 +348,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         rewrite_below: coffer::cache::REWRITE_BELOW_LIVE,
         durable_packs: protector.as_mut().and_then(|p| p.sender()),
     };
+    let time_ns = opts.time_ns;
     let started = Instant::now();
     let bar = (!cli.quiet && !cli.json && io::stderr().is_terminal())
         .then(|| ProgressLine::start(progress.clone()));
@@ -367,6 +370,16 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         (_, None) => None,
     };
     let mut out = res?;
+    let stamp = repo.store().stamp(&out.id).ok();
+    super::rollback::record(
+        &repo,
+        coffer::repo::seen::SeenSnapshot {
+            id: out.id,
+            time_ns,
+            expires: stamp.map(|t| t.expires),
+            hold: stamp.is_some_and(|t| t.hold),
+        },
+    );
     if let Some(local) = &local {
         if let Some(Err(e)) = early {
             errln!("coffer: warning: parity during the backup failed, computing it now: {e}");
@@ -382,6 +395,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
     }
     Ok(Done {
         out,
+        gone: gone.len(),
         seconds: started.elapsed().as_secs_f64(),
         parity_seconds: parity_started.elapsed().as_secs_f64(),
     })
@@ -390,6 +404,8 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
 /// A finished backup and its timings.
 struct Done {
     out: backup::BackupOutcome,
+    /// Snapshots this client saw that are gone (named in a warning already).
+    gone: usize,
     seconds: f64,
     parity_seconds: f64,
 }
@@ -419,6 +435,7 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
             "seconds": done.seconds, "parity_seconds": done.parity_seconds,
             "sources": sources,
             "warnings": out.warnings, "notices": out.notices, "after_commit": out.after_commit,
+            "snapshots_gone": done.gone,
         }))?;
     } else if !cli.quiet && (!unattended || a.verbose) {
         outln!(
@@ -441,6 +458,13 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
     }
     if let Some(first) = out.after_commit.first() {
         return Err(Incomplete(format!("snapshot {} saved, but {first}", out.id)).into());
+    }
+    if done.gone > 0 {
+        return Err(Incomplete(format!(
+            "snapshot {} saved, but {} snapshots seen before are gone from the repository (see the warning above)",
+            out.id, done.gone
+        ))
+        .into());
     }
     Ok(())
 }

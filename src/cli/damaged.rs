@@ -27,6 +27,7 @@ pub(super) fn cmd_forget_damaged(cli: &Cli, snaps: &[String]) -> Result<()> {
     }
     let repo = open(cli)?;
     let store = LocalStore::open(Path::new(r))?;
+    let mut forgets = super::rollback::Forgets::start(&repo);
     let mut done = Vec::new();
     for spec in snaps {
         let id = repo.resolve_snapshot(spec)?;
@@ -38,7 +39,11 @@ pub(super) fn cmd_forget_damaged(cli: &Cli, snaps: &[String]) -> Result<()> {
             Err(e) if e.kind() == coffer::ErrorKind::Corrupt => e.to_string(),
             Err(e) => return Err(e.into()),
         };
-        done.push(remove(cli, &store, r, id, &why)?);
+        // Seen by this client while it opened: not reported as vanished.
+        forgets.before(id);
+        let res = remove(cli, &store, r, id, &why);
+        forgets.after(id, res.is_ok());
+        done.push(res?);
     }
     finish(cli, done)
 }

@@ -9,6 +9,7 @@ mod output;
 mod args;
 mod backup;
 mod damaged;
+mod rollback;
 
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -337,7 +338,10 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Init(a) => cmd_init(&cli, a),
         Command::Backup(a) => backup::cmd_backup(&cli, a),
-        Command::Snapshots { strict } => cmd_snapshots(&cli, *strict),
+        Command::Snapshots {
+            strict,
+            accept_rollback,
+        } => cmd_snapshots(&cli, *strict, *accept_rollback),
         Command::Ls { snap, path } => cmd_ls(&cli, snap, path.as_deref()),
         Command::Restore {
             snap,
@@ -370,7 +374,11 @@ fn run(cli: Cli) -> Result<()> {
             allow_root,
         } => cmd_scrub(&cli, config.as_deref(), *rate_mb, *allow_root),
         Command::Prune { config, allow_root } => cmd_prune(&cli, config.as_deref(), *allow_root),
-        Command::Serve { config, allow_root } => cmd_serve(config, *allow_root),
+        Command::Serve {
+            config,
+            allow_root,
+            accept_rollback,
+        } => cmd_serve(config, *allow_root, accept_rollback),
     }
 }
 
@@ -485,14 +493,34 @@ fn report_unopened(unopened: &[(coffer::id::SnapshotId, Error)]) {
     }
 }
 
-fn cmd_snapshots(cli: &Cli, strict: bool) -> Result<()> {
+fn cmd_snapshots(cli: &Cli, strict: bool, accept_rollback: bool) -> Result<()> {
     let repo = open(cli)?;
+    // Locked before the listing: a forget by this client cannot cross it.
+    let seen = (!accept_rollback).then(|| rollback::lock(&repo)).flatten();
     let all = repo.snapshots()?;
     let snaps = &all.good;
     report_unopened(&all.unopened);
+    let listed = all
+        .good
+        .iter()
+        .map(|s| s.id)
+        .chain(all.unopened.iter().map(|(id, _)| *id))
+        .collect();
+    let gone = match accept_rollback {
+        true => {
+            rollback::accept(&repo, &listed, snaps)?;
+            Vec::new()
+        }
+        false => rollback::watch(seen, &listed, rollback::sightings(snaps)),
+    };
     let strict_fail = || -> Result<()> {
         if strict && !all.unopened.is_empty() {
             return Err(Incomplete(format!("{} snapshots do not open", all.unopened.len())).into());
+        }
+        if strict && !gone.is_empty() {
+            return Err(
+                Incomplete(format!("{} snapshots seen before are gone", gone.len())).into(),
+            );
         }
         Ok(())
     };
@@ -726,7 +754,9 @@ fn cmd_stats(cli: &Cli, snap: Option<&str>) -> Result<()> {
 
 fn cmd_check(cli: &Cli, read_data: bool) -> Result<()> {
     let repo = open(cli)?;
-    let rep = check::check(&repo, read_data)?;
+    let gone = rollback::watch_listing(&repo)?;
+    let mut rep = check::check(&repo, read_data)?;
+    rep.errors.extend(rollback::problems(&gone));
     if cli.json {
         print_json(&serde_json::to_value(&rep)?)?;
     } else {
@@ -869,11 +899,20 @@ fn cmd_identity(cli: &Cli, i: &IdentityCommand) -> Result<()> {
     }
 }
 
-fn cmd_serve(config: &Path, allow_root: bool) -> Result<()> {
+fn cmd_serve(config: &Path, allow_root: bool, accept_rollback: &[String]) -> Result<()> {
     if nix::unistd::geteuid().is_root() && !allow_root {
         bail!("refusing to run as root: run the server as a dedicated user (or pass --allow-root)");
     }
     let cfg = coffer::net::config::ServerConfig::load(config)?;
+    // Before listening: a namespace put back from an older copy is not served.
+    let verdict = rollback_verdict(&cfg, accept_rollback, &user())?;
+    for a in &verdict.accepted {
+        errln!("coffer serve: accepted (logged in its operator.log): {a}");
+    }
+    if !verdict.refused.is_empty() {
+        let lines: Vec<String> = verdict.refused.iter().map(|r| r.to_string()).collect();
+        bail!("{}", lines.join("\n"));
+    }
     coffer::net::log::init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -900,12 +939,16 @@ fn cmd_serve(config: &Path, allow_root: bool) -> Result<()> {
 
 fn cmd_forget(cli: &Cli, snaps: &[String]) -> Result<()> {
     let repo = open(cli)?;
+    let mut forgets = rollback::Forgets::start(&repo);
     let mut failed = 0;
     for spec in snaps {
         // Not opened: a snapshot that does not open can be forgotten too
         // (when its lock allows).
         let id = repo.resolve_snapshot(spec)?;
-        match repo.store().forget(&id) {
+        forgets.before(id);
+        let res = repo.store().forget(&id);
+        forgets.after(id, res.is_ok());
+        match res {
             Ok(()) => {
                 if !cli.quiet {
                     outln!("forgot snapshot {}", id.short());
@@ -989,7 +1032,9 @@ fn cmd_prune(cli: &Cli, config: Option<&Path>, allow_root: bool) -> Result<()> {
         }
     }
     if refused {
-        bail!("nothing was deleted where the clock could not be trusted");
+        bail!(
+            "nothing was deleted where the clock could not be trusted or the namespace went back"
+        );
     }
     Ok(())
 }
@@ -1008,9 +1053,12 @@ fn cmd_scrub(
         rate: rate_mb.map(|r| r * 1_000_000),
         restart: false,
     };
+    // Namespaces whose commit counter went back (with --config).
+    let mut back = Vec::new();
     let targets: Vec<(String, LocalStore)> = match config {
         Some(c) => {
             let cfg = coffer::net::config::ServerConfig::load(c)?;
+            back = rollback_verdict(&cfg, &[], "")?.refused;
             let mut seen = std::collections::HashSet::new();
             let mut v = Vec::new();
             for cl in cfg.validated_clients()? {
@@ -1072,8 +1120,37 @@ fn cmd_scrub(
     if cli.json {
         print_json(&serde_json::Value::Array(reports))?;
     }
-    if unrepairable > 0 {
-        return Err(Damaged(format!("{unrepairable} packs could not be repaired")).into());
+    for r in &back {
+        errln!("coffer: {r}");
+    }
+    if unrepairable > 0 || !back.is_empty() {
+        return Err(Damaged(format!(
+            "{unrepairable} packs could not be repaired, {} namespaces went back to an older copy",
+            back.len()
+        ))
+        .into());
     }
     Ok(())
+}
+
+/// Compares the commit counter of every namespace of a server config with
+/// the highest seen (see `coffer::net::rollback`); a counter that could not
+/// be checked is named in a warning.
+fn rollback_verdict(
+    cfg: &coffer::net::config::ServerConfig,
+    accept: &[String],
+    by: &str,
+) -> Result<coffer::net::rollback::Verdict> {
+    let mut names: Vec<String> = cfg
+        .validated_clients()?
+        .into_iter()
+        .map(|c| c.namespace)
+        .collect();
+    names.sort();
+    names.dedup();
+    let v = coffer::net::rollback::verify(&cfg.data, &names, accept, by)?;
+    for (ns, e) in &v.unchecked {
+        errln!("coffer: warning: namespace {ns}: commit counter not checked: {e}");
+    }
+    Ok(v)
 }

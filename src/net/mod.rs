@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod log;
 pub mod refusal;
+pub mod rollback;
 pub mod server;
 pub mod watch;
 

@@ -737,7 +737,14 @@ async fn handle(
         Request::WriteSnapshot { len } => {
             let body = read_body(ctx, recv, len, MAX_WIRE_SNAPSHOT_BYTES, permit).await?;
             let st2 = store.clone();
-            let id = blocking(move || store.write_snapshot(&body)).await?;
+            let (data, ns0) = (ctx.state.data.clone(), ctx.client.namespace.clone());
+            let id = blocking(move || {
+                let id = store.write_snapshot(&body)?;
+                // The highest commit counter seen, kept outside the namespace.
+                super::rollback::committed(&data, &ns0);
+                Ok(id)
+            })
+            .await?;
             let (watch, ns) = (ctx.state.watch.clone(), ctx.client.namespace.clone());
             let fp = ctx.client.fingerprint.to_string();
             // The watcher first (log, figures, anomaly): parity below may
@@ -780,7 +787,26 @@ async fn handle(
 pub fn prune_config(cfg: &ServerConfig) -> Result<Vec<(String, crate::store::PruneReport)>> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for c in cfg.validated_clients()? {
+    let clients = cfg.validated_clients()?;
+    // A namespace older than the server saw is left alone (see rollback).
+    let names: Vec<String> = clients.iter().map(|c| c.namespace.clone()).collect();
+    let verdict = super::rollback::verify(&cfg.data, &names, &[], "")?;
+    for (ns, e) in &verdict.unchecked {
+        warn!(namespace = %ns, "commit counter not checked: {e}");
+    }
+    let back = verdict.refused;
+    for c in clients {
+        if let Some(r) = back.iter().find(|r| r.namespace == c.namespace) {
+            if seen.insert(c.namespace.clone()) {
+                let refused = Some(format!("nothing deleted: {r}"));
+                let rep = crate::store::PruneReport {
+                    refused,
+                    ..Default::default()
+                };
+                out.push((c.namespace.clone(), rep));
+            }
+            continue;
+        }
         if seen.insert(c.namespace.clone()) {
             let s = namespace_store(&cfg.data, &c.namespace, c.policy, cfg.parity_config())?;
             out.push((c.namespace.clone(), s.prune()?));

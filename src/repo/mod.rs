@@ -9,6 +9,7 @@ pub mod check;
 pub mod diff;
 mod readahead;
 pub mod restore;
+pub mod seen;
 mod upload;
 
 use std::path::{Path, PathBuf};

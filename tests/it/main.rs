@@ -11,6 +11,7 @@ mod keys;
 mod monitor;
 mod restore;
 mod retention;
+mod rollback;
 mod scrub;
 mod server;
 mod tamper;
