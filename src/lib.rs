@@ -52,6 +52,7 @@ pub mod net;
 pub mod parity;
 pub mod priority;
 pub mod proto;
+pub(crate) mod referenced;
 pub mod repo;
 pub mod retention;
 pub mod scrub;

@@ -11,5 +11,6 @@ mod restore;
 mod retention;
 mod scrub;
 mod server;
+mod store_loss;
 mod tamper;
 mod util;
