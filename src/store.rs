@@ -134,7 +134,7 @@ pub struct PruneReport {
 /// A repository in a local directory.
 pub struct LocalStore {
     root: PathBuf,
-    handles: Mutex<HashMap<PackId, Arc<File>>>,
+    handles: Mutex<HashMap<PackId, Handle>>,
     policy: Policy,
     parity: crate::scrub::ParityConfig,
     clock: Clock,
@@ -660,26 +660,57 @@ impl LocalStore {
         Ok(Some(pad + lo..pad + lo + len))
     }
 
+    /// An open handle on a pack, kept for the next reads of it. One stat
+    /// of its path per call: a pack replaced since it was opened (the
+    /// operator's `coffer scrub` rewrote it repaired, in another process)
+    /// is opened again, so a long-running server never keeps serving the
+    /// damaged copy; a pack deleted meanwhile is not found.
     fn handle(&self, id: &PackId) -> Result<Arc<File>> {
-        // unwrap: the lock is never held across a panic
-        if let Some(f) = self.handles.lock().unwrap().get(id) {
-            return Ok(f.clone());
-        }
+        use std::os::unix::fs::MetadataExt;
         let path = self.pack_path(id);
-        let f = Arc::new(File::open(&path).map_err(|e| {
+        let not_found = |e: io::Error| {
             if e.kind() == io::ErrorKind::NotFound {
                 Error::NotFound(format!("pack {id}"))
             } else {
                 Error::io(&path, e)
             }
-        })?);
-        let mut h = self.handles.lock().unwrap();
-        if h.len() >= OPEN_HANDLES {
-            h.clear();
+        };
+        let now = fs::metadata(&path);
+        // unwrap: the lock is never held across a panic
+        let cached = self.handles.lock().unwrap().get(id).cloned();
+        if let (Some(h), Ok(md)) = (cached, &now) {
+            if (h.dev, h.ino) == (md.dev(), md.ino()) {
+                return Ok(h.file);
+            }
         }
-        h.insert(*id, f.clone());
-        Ok(f)
+        let f = match now.and_then(|_| File::open(&path)) {
+            Ok(f) => f,
+            Err(e) => {
+                self.handles.lock().unwrap().remove(id);
+                return Err(not_found(e));
+            }
+        };
+        let md = f.metadata().at(&path)?;
+        let h = Handle {
+            file: Arc::new(f),
+            dev: md.dev(),
+            ino: md.ino(),
+        };
+        let mut all = self.handles.lock().unwrap();
+        if all.len() >= OPEN_HANDLES {
+            all.clear();
+        }
+        all.insert(*id, h.clone());
+        Ok(h.file)
     }
+}
+
+/// An open pack and the file it was opened as.
+#[derive(Clone)]
+struct Handle {
+    file: Arc<File>,
+    dev: u64,
+    ino: u64,
 }
 
 /// Reads what opening a repository reads next into the page cache: the

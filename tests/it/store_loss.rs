@@ -4,8 +4,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::scrub::stripes;
+use crate::server::{init_args, run, TestServer};
 use crate::util::*;
 
 /// A repository holding `n` files of 330 KB (1 MiB packs: about n/3 packs).
@@ -133,4 +135,99 @@ fn r18_a_backup_growing_a_stripe_keeps_a_lost_member_repairable() {
     assert_eq!(repaired, vec![file_name(&lost)], "{v}");
     t.run(&["check", "--read-data"]).ok();
     assert_restores(&t, &snap, &first, "out-first");
+}
+
+/// Flips bytes in the middle of a file in place (same inode, as bit rot).
+fn rot_in_place(p: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut b = [0u8; 64];
+    f.read_exact_at(&mut b, len / 2).unwrap();
+    for x in &mut b {
+        *x ^= 0x5a;
+    }
+    f.write_all_at(&b, len / 2).unwrap();
+}
+
+/// Waits (at most 20 s) until `cond` holds.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "waited for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn parity_written(dir: &Path) -> bool {
+    walk(&dir.join("parity"))
+        .iter()
+        .any(|p| p.extension().is_some_and(|e| e == "0"))
+}
+
+/// A server (client entries with `extra`) whose client 0 has initialized
+/// its namespace, its cache, and a source tree of `n` random files of
+/// `len` bytes.
+fn served(extra: &str, n: u64, len: usize) -> (TestServer, tempfile::TempDir, PathBuf, PathBuf) {
+    let srv = TestServer::start_with(1, extra);
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    run(srv.client(0, &cache), &init_args()).ok();
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..n {
+        fs::write(src.join(format!("f{i}")), random_bytes(50 + i, len)).unwrap();
+    }
+    (srv, work, cache, src)
+}
+
+// See: issue 18, item 11.
+#[test]
+fn r18_a_running_server_serves_what_the_operators_scrub_repaired() {
+    let (srv, work, cache, src) = served("", 8, 330_000);
+    let snap = run(
+        srv.client(0, &cache),
+        &["--json", "backup", src.to_str().unwrap()],
+    )
+    .ok()
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ns = srv.namespace_dir("ns-0");
+    wait_for("the server's parity", || parity_written(&ns));
+    let victim = walk(&ns.join("packs"))
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    rot_in_place(&victim);
+    // The client sees the damage (the server now has the pack open).
+    let r = run(srv.client(0, &cache), &["check", "--read-data"]);
+    assert_eq!(r.code(), 5, "{}", r.stderr());
+    // The operator's scrub, another process, repairs it.
+    let out = srv.operator(&["--json", "scrub"]);
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{rep}");
+    assert!(
+        rep[0]["report"]["repaired_packs"]
+            .to_string()
+            .contains(&file_name(&victim)),
+        "{rep}"
+    );
+    // The running server serves the repaired file.
+    run(srv.client(0, &cache), &["check", "--read-data"]).ok();
+    let target = work.path().join("out");
+    run(
+        srv.client(0, &cache),
+        &["restore", &snap, "--target", target.to_str().unwrap()],
+    )
+    .ok();
+    assert_same_tree(&src, &restored(&target, &src));
 }
