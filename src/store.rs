@@ -705,6 +705,21 @@ impl LocalStore {
     }
 }
 
+/// Refuses a range that no pack can hold (a client's or a damaged
+/// header's), before the OS is asked for it: an offset past what `pread`
+/// takes would come back as an I/O error, as if the disk had failed.
+fn within_any_pack(id: &PackId, offset: u64, len: usize) -> Result<()> {
+    if offset
+        .checked_add(len as u64)
+        .is_none_or(|end| end > MAX_PACK_BYTES)
+    {
+        return Err(Error::Corrupt(format!(
+            "range {offset}+{len} of pack {id} lies past the end of any pack"
+        )));
+    }
+    Ok(())
+}
+
 /// An open pack and the file it was opened as.
 #[derive(Clone)]
 struct Handle {
@@ -1111,6 +1126,7 @@ impl Store for LocalStore {
     }
 
     fn read_pack(&self, id: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        within_any_pack(id, offset, len)?;
         let f = self.handle(id)?;
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, offset)
@@ -1125,6 +1141,7 @@ impl Store for LocalStore {
         len: usize,
         buf: &mut Vec<u8>,
     ) -> Result<std::ops::Range<usize>> {
+        within_any_pack(id, offset, len)?;
         if let Some(r) = self.read_direct(id, offset, len, buf)? {
             return Ok(r);
         }

@@ -6,8 +6,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use coffer::proto::{ErrorCode, Request, Response};
+
 use crate::scrub::stripes;
-use crate::server::{init_args, run, TestServer};
+use crate::server::{init_args, raw_request, run, TestServer};
 use crate::util::*;
 
 /// A repository holding `n` files of 330 KB (1 MiB packs: about n/3 packs).
@@ -230,4 +232,47 @@ fn r18_a_running_server_serves_what_the_operators_scrub_repaired() {
     )
     .ok();
     assert_same_tree(&src, &restored(&target, &src));
+}
+
+/// The response frame in `got`, decoded.
+fn response(got: &[u8]) -> Response {
+    let head: &[u8; coffer::proto::HEAD_LEN] = got[..coffer::proto::HEAD_LEN].try_into().unwrap();
+    let (tag, len) = coffer::proto::decode_head(head).unwrap();
+    let payload = &got[coffer::proto::HEAD_LEN..coffer::proto::HEAD_LEN + len];
+    Response::decode(tag, payload).unwrap()
+}
+
+// See: issue 18 ("ReadPack at an offset past any pack answers internal").
+#[test]
+fn r18_a_read_past_the_end_of_a_pack_is_the_clients_error() {
+    let (srv, _work, cache, src) = served("", 1, 100_000);
+    run(srv.client(0, &cache), &["backup", src.to_str().unwrap()]).ok();
+    let pack = walk(&srv.namespace_dir("ns-0").join("packs"))[0].clone();
+    let size = fs::metadata(&pack).unwrap().len();
+    let id: coffer::id::PackId = file_name(&pack).parse().unwrap();
+    for (offset, len) in [
+        (u64::MAX - 8, 16),
+        (1 << 62, 1),
+        (size + 10, 16),
+        (size - 4, 16),
+    ] {
+        let frame = Request::ReadPack { id, offset, len }.encode();
+        let got = raw_request(&srv, &frame).unwrap();
+        match response(&got) {
+            Response::Error { code, message } => {
+                assert_eq!(code, ErrorCode::Invalid, "{offset}+{len}: {message}");
+                assert!(!message.contains("storage error"), "{message}");
+            }
+            r => panic!("{offset}+{len}: {r:?}"),
+        }
+    }
+    // and a range inside still reads
+    let frame = Request::ReadPack {
+        id,
+        offset: 0,
+        len: 8,
+    }
+    .encode();
+    let got = raw_request(&srv, &frame).unwrap();
+    assert!(matches!(response(&got), Response::Bytes { len: 8 }));
 }
