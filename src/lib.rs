@@ -50,6 +50,7 @@ pub mod monitor;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod parity;
+pub(crate) mod partial;
 pub mod priority;
 pub mod proto;
 pub(crate) mod referenced;

@@ -11,7 +11,7 @@
 //! and reports what it could not repair with the snapshots that need it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -26,8 +26,9 @@ use serde_bytes::ByteBuf;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{PackId, SnapshotId};
 use crate::parity::{self, Member, StripeHeader, MAGIC_PARITY, PARITY_BLOCK, STRIPE_VERSION};
+use crate::partial;
 use crate::referenced;
-use crate::store::{fsync_dir, replace_file, tmp_name, LocalStore, Store};
+use crate::store::{fsync_dir, replace_file, LocalStore, Store};
 use crate::stripe_index::{self, Known, StripeIndex};
 
 /// Stripe shape: k packs, m parity shards.
@@ -458,14 +459,12 @@ fn write_stripe_once(
     // Every file created is in `outs` before anything is written to it,
     // so that a failure anywhere (a full disk) removes them all.
     let mut outs: Vec<(PathBuf, File, Vec<u8>)> = Vec::new();
+    // Locked while this writer lives: a new session's sweep leaves them.
+    let mut held = Vec::new();
     let res = (|| -> Result<Option<Vec<PackId>>> {
         for _ in 0..m {
-            let t = tmp_name(&tmp_dir);
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&t)
-                .at(&t)?;
+            let (t, mut f, h) = partial::create(&tmp_dir)?;
+            held.push(h);
             // Written a 64 KiB block at a time, unbuffered: a stripe
             // computed during a backup adds little to its memory.
             let magic = f.write_all(&MAGIC_PARITY).at(&t);
@@ -979,6 +978,9 @@ pub fn repair_pack(s: &LocalStore, id: &PackId) -> Result<bool> {
 /// packs that were in no stripe yet.
 pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<ScrubReport> {
     let _g = s.lock_named("parity.lock", true)?;
+    // What a killed scrub (or upload) left in tmp/: repaired packs and
+    // parity half written. Live writers hold theirs locked.
+    s.sweep_abandoned()?;
     let mut rep = ScrubReport::default();
     let mut t = Throttle {
         rate: opts.rate,
@@ -1208,12 +1210,7 @@ fn scrub_stripe(
             continue;
         }
         let path = s.pack_path(&member.pack);
-        let tmp = tmp_name(&s.root().join("tmp"));
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .at(&tmp)?;
+        let (tmp, mut out, _held) = partial::create(&s.root().join("tmp"))?;
         // A pack keeps its time (the store's clock at upload: what a
         // commit's new bytes and the collection's grace period read).
         let written = fs::metadata(&path).and_then(|m| m.modified()).ok();
@@ -1261,6 +1258,7 @@ fn scrub_stripe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn pack(s: &LocalStore, bytes: &[u8]) -> (PackId, u64) {
         let id = PackId::of(bytes);

@@ -495,6 +495,20 @@ impl LocalStore {
         Ok(removed)
     }
 
+    /// Removes the partial files (uploads, parity, repairs) that killed
+    /// writers left in `tmp/`, at the start of a writing session: a crash
+    /// loop must not fill the disk. A live writer holds its file locked
+    /// and keeps it. Returns how many files and bytes were removed.
+    pub fn sweep_abandoned(&self) -> Result<(u64, u64)> {
+        crate::partial::sweep(&self.root.join("tmp"))
+    }
+
+    /// Bytes in `tmp/` (uploads in progress and leftovers): they take
+    /// space like packs, and a namespace's quota counts them.
+    pub fn tmp_bytes(&self) -> Result<u64> {
+        crate::partial::bytes(&self.root.join("tmp"))
+    }
+
     /// Every snapshot with its stamp, in the order they were committed, for
     /// figures: a snapshot removed meanwhile (a concurrent forget) is
     /// skipped, and so is one whose stamp cannot be read, its error returned
@@ -987,6 +1001,8 @@ fn link_into_place(tmp: &Path, path: &Path) -> Result<bool> {
 struct LocalUpload {
     clock: Clock,
     tmp: PathBuf,
+    /// Held while the upload lives: a sweep leaves its file alone.
+    _held: crate::partial::Held,
     file: io::BufWriter<File>,
     hasher: PackHasher,
     len: u64,
@@ -1100,14 +1116,10 @@ impl Store for LocalStore {
     }
 
     fn upload_pack(&self) -> Result<Box<dyn PackUpload>> {
-        let tmp = tmp_name(&self.root.join("tmp"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .at(&tmp)?;
+        let (tmp, file, held) = crate::partial::create(&self.root.join("tmp"))?;
         Ok(Box::new(LocalUpload {
             tmp,
+            _held: held,
             file: io::BufWriter::with_capacity(1 << 20, file),
             hasher: PackHasher::default(),
             len: 0,

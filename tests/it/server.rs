@@ -387,7 +387,7 @@ impl rustls::client::danger::ServerCertVerifier for TestVerifier {
 
 /// A TLS 1.3 QUIC client config for the raw tests: the server pinned by
 /// `pin`, `id` presented as the client certificate when given.
-fn raw_config(pin: Fingerprint, id: Option<Identity>) -> quinn::ClientConfig {
+pub(crate) fn raw_config(pin: Fingerprint, id: Option<Identity>) -> quinn::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -406,7 +406,7 @@ fn raw_config(pin: Fingerprint, id: Option<Identity>) -> quinn::ClientConfig {
 /// Connects to the server on 127.0.0.1:`port` and sends a Hello for ns-0 on
 /// a first stream; returns the endpoint (kept alive), the connection and the
 /// Hello's answer stream.
-async fn raw_hello(
+pub(crate) async fn raw_hello(
     port: u16,
     cfg: quinn::ClientConfig,
 ) -> Result<(quinn::Endpoint, quinn::Connection, quinn::RecvStream), String> {

@@ -2,11 +2,16 @@
 //! its stripe's parity, a repair a running server must see, a crash loop's
 //! leftovers, and kill -9 campaigns against scrub and prune.
 
+use std::collections::BTreeSet;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use coffer::proto::{ErrorCode, Request, Response};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::scrub::stripes;
 use crate::server::{init_args, raw_request, run, TestServer};
@@ -275,4 +280,162 @@ fn r18_a_read_past_the_end_of_a_pack_is_the_clients_error() {
     .encode();
     let got = raw_request(&srv, &frame).unwrap();
     assert!(matches!(response(&got), Response::Bytes { len: 8 }));
+}
+
+/// The files in a repository's (or namespace's) `tmp/`.
+fn tmp_files(dir: &Path) -> BTreeSet<PathBuf> {
+    walk(&dir.join("tmp")).into_iter().collect()
+}
+
+/// `coffer backup --stdin` of a stream that stops after `first` bytes
+/// (stdin left open, the process alive): returns it once the store's
+/// `tmp/` holds the upload of the pack it is filling (new files there,
+/// unchanged for 500 ms).
+fn stalled_backup(t: &TestRepo, first: &[u8]) -> (std::process::Child, std::process::ChildStdin) {
+    let before = tmp_files(&t.repo);
+    let mut child = t
+        .command()
+        .args(["--json", "backup", "--stdin", "--stdin-name", "db.sql"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(first).unwrap();
+    let new = || -> BTreeSet<PathBuf> { tmp_files(&t.repo).difference(&before).cloned().collect() };
+    let mut seen = (new(), Instant::now());
+    wait_for("an upload in tmp/", || {
+        let now = new();
+        if now != seen.0 {
+            seen = (now, Instant::now());
+        }
+        !seen.0.is_empty() && seen.1.elapsed() > Duration::from_millis(500)
+    });
+    (child, stdin)
+}
+
+// See: issue 18, item 12.
+#[test]
+fn r18_a_backup_sweeps_what_killed_backups_left_in_tmp_but_not_a_live_upload() {
+    // 8 MiB packs and the default chunk sizes: 6 MB of a stream leave a
+    // pack being written (with the test's 1 MiB packs, every gathered
+    // batch of blobs fills one pack exactly).
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestRepo {
+        repo: dir.path().join("repo"),
+        cache: dir.path().join("cache"),
+        dir,
+    };
+    let mut init = init_args();
+    assert_eq!(init.pop(), Some("1048576"));
+    init.push("8388608");
+    t.run(&init).ok();
+    let small = t.path("small");
+    fs::create_dir_all(&small).unwrap();
+    fs::write(small.join("a"), b"a small backup").unwrap();
+    t.backup(&[small.to_str().unwrap()]);
+    // A crash loop: five backups killed mid-upload (each with a pack of
+    // about 4 MB being written).
+    for round in 0..5 {
+        let (mut child, _stdin) = stalled_backup(&t, &random_bytes(round, 6_000_000));
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+    }
+    // Each run swept what the one before it left: only the last one's
+    // upload is there, not five.
+    let left = tmp_files(&t.repo);
+    assert!(!left.is_empty() && left.len() <= 2, "{left:?}");
+    // A backup still uploading while another one starts.
+    let data = random_bytes(77, 10_000_000);
+    let (live, mut stdin) = stalled_backup(&t, &data[..6_000_000]);
+    let live_files: BTreeSet<PathBuf> = tmp_files(&t.repo).difference(&left).cloned().collect();
+    let other_cache = t.path("other-cache");
+    let r = t.run_env(
+        &["backup", small.to_str().unwrap()],
+        &[("COFFER_CACHE_DIR", other_cache.to_str().unwrap())],
+    );
+    r.ok();
+    let now = tmp_files(&t.repo);
+    assert!(left.iter().all(|p| !now.contains(p)), "left over: {now:?}");
+    assert!(
+        live_files.iter().all(|p| now.contains(p)),
+        "the live upload's file was taken: {live_files:?} {now:?}"
+    );
+    // The live backup completes and its data is whole.
+    stdin.write_all(&data[6_000_000..]).unwrap();
+    drop(stdin);
+    let out = Run {
+        out: live.wait_with_output().unwrap(),
+    }
+    .ok();
+    let id = out.json()["id"].as_str().unwrap().to_string();
+    t.run(&["check", "--read-data"]).ok();
+    let dumped = t.run(&["dump", &id, "db.sql"]).ok().out.stdout;
+    assert!(dumped == data, "the dump differs");
+}
+
+/// A client's `PutPack` of `len` bytes that stops after `sent` of them,
+/// its stream held open until `stop` is sent (or dropped).
+fn stalled_put(srv: &TestServer, len: u64, sent: usize) -> std::sync::mpsc::Sender<()> {
+    let id = coffer::net::Identity::load(&srv.clients[0].0).unwrap();
+    let pin = coffer::net::Fingerprint::parse(&srv.fingerprint).unwrap();
+    let port = srv.port;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let cfg = crate::server::raw_config(pin, Some(id));
+            let (_ep, conn, mut r) = crate::server::raw_hello(port, cfg).await.unwrap();
+            r.read_to_end(1 << 16).await.unwrap();
+            let (mut s, _r) = conn.open_bi().await.unwrap();
+            let put = Request::PutPack {
+                id: coffer::id::PackId::of(b"never finished"),
+                len,
+            };
+            s.write_all(&put.encode()).await.unwrap();
+            s.write_all(&random_bytes(9, sent)).await.unwrap();
+            let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
+        });
+    });
+    stop
+}
+
+// See: issue 18, item 12 (a server's namespace).
+#[test]
+fn r18_a_server_counts_tmp_against_the_quota_and_sweeps_what_it_left_when_killed() {
+    let (mut srv, _work, cache, src) = served("quota_bytes = 8000000", 1, 4_000_000);
+    let ns = srv.namespace_dir("ns-0");
+    // A client's upload in progress holds 5 to 6 MB in the namespace's tmp/.
+    let stop = stalled_put(&srv, 8_000_000, 6_000_000);
+    let tmp_bytes = || -> u64 {
+        tmp_files(&ns)
+            .iter()
+            .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    wait_for("the stalled upload in tmp/", || tmp_bytes() >= 4_900_000);
+    let live = tmp_files(&ns);
+    // Those bytes count against the quota: 4 MB more do not fit in 8.
+    let r = run(srv.client(0, &cache), &["backup", src.to_str().unwrap()]).fails();
+    assert!(r.stderr().contains("quota"), "{}", r.stderr());
+    assert_eq!(
+        tmp_files(&ns),
+        live,
+        "a client's session took a live upload"
+    );
+    // The server is killed mid-upload; the next session sweeps what it left.
+    srv.restart();
+    drop(stop);
+    run(srv.client(0, &cache), &["backup", src.to_str().unwrap()]).ok();
+    assert!(
+        tmp_files(&ns).is_disjoint(&live),
+        "left over: {:?}",
+        tmp_files(&ns)
+    );
+    run(srv.client(0, &cache), &["check", "--read-data"]).ok();
 }
