@@ -129,6 +129,9 @@ pub struct PruneReport {
     pub tmp_removed: u64,
     /// Why nothing was deleted, when nothing could be.
     pub refused: Option<String>,
+    /// Snapshots whose pack list could not be read: what packs they need
+    /// is unknown, so no pack was collected (the cause of `refused`).
+    pub unreadable: Vec<SnapshotId>,
 }
 
 /// A repository in a local directory.
@@ -406,19 +409,30 @@ impl LocalStore {
         // at a time, so that memory does not grow with the repository.
         let tmp = self.root.join("tmp");
         let mut referenced = PackSet::create(&tmp)?;
+        let mut first_error = None;
         for id in self.list_snapshots()? {
-            let bytes = self.read_snapshot(&id)?;
-            match snapshot::decode(&bytes) {
-                Ok(f) => referenced.insert(&f.packs)?,
+            let read = match self.read_snapshot(&id) {
+                Err(Error::NotFound(_)) => continue, // forgotten meanwhile
+                r => r.and_then(|b| Ok(snapshot::decode(&b)?.packs)),
+            };
+            rep.snapshots_kept += 1;
+            match read {
+                Ok(packs) => referenced.insert(&packs)?,
+                // Which packs it needs is unknown: collect nothing, but
+                // read on to count (and name) the others.
                 Err(e) => {
-                    // Which packs it needs is unknown: collect nothing.
-                    rep.refused = Some(format!(
-                        "snapshot {id} is unreadable ({e}); no pack collected"
-                    ));
-                    return Ok(rep);
+                    rep.unreadable.push(id);
+                    first_error.get_or_insert(format!("snapshot {id} is unreadable ({e})"));
                 }
             }
-            rep.snapshots_kept += 1;
+        }
+        if let Some(why) = first_error {
+            let more = match rep.unreadable.len() - 1 {
+                0 => String::new(),
+                n => format!(", and {n} more"),
+            };
+            rep.refused = Some(format!("{why}{more}; no pack collected"));
+            return Ok(rep);
         }
         // Then the packs, one shard at a time: the rule sees the shard's packs
         // and which of them are referenced, read back from disk in one range.

@@ -153,7 +153,14 @@ impl State {
                         tmp_removed = r.tmp_removed,
                         "prune done"
                     ),
-                    Some(why) => warn!(namespace = %c.namespace, "prune deleted nothing: {why}"),
+                    Some(why) if r.unreadable.is_empty() => {
+                        warn!(namespace = %c.namespace, "prune deleted nothing: {why}")
+                    }
+                    Some(why) => error!(
+                        namespace = %c.namespace,
+                        snapshots_expired = r.snapshots_removed.len(),
+                        "prune collected no pack: {why}"
+                    ),
                 },
                 Err(e) => error!(namespace = %c.namespace, "prune failed: {e}"),
             }

@@ -439,3 +439,27 @@ fn r18_a_server_counts_tmp_against_the_quota_and_sweeps_what_it_left_when_killed
     );
     run(srv.client(0, &cache), &["check", "--read-data"]).ok();
 }
+
+// See: issue 18 ("prune … blames the clock when the real cause was an
+// unreadable snapshot").
+#[test]
+fn r18_prune_names_an_unreadable_snapshot_as_the_cause_not_the_clock() {
+    let t = TestRepo::new();
+    setup(&t, "a", 2, 300);
+    setup(&t, "b", 2, 400);
+    let files: Vec<PathBuf> = walk(&t.repo.join("snapshots"))
+        .into_iter()
+        .filter(|p| p.extension().is_none())
+        .collect();
+    assert_eq!(files.len(), 2);
+    let bad = files[0].clone();
+    fs::write(&bad, b"not a snapshot").unwrap();
+    let r = t.run(&["prune"]);
+    assert_eq!(r.code(), 5, "{}", r.stderr());
+    let (out, err) = (r.stdout(), r.stderr());
+    assert!(err.contains(&file_name(&bad)[..8]), "{err}");
+    assert!(err.contains("unreadable"), "{err}");
+    assert!(!err.contains("clock"), "{err}");
+    assert!(out.contains("2 kept"), "{out}");
+    assert!(out.contains("no pack collected"), "{out}");
+}
