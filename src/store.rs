@@ -148,6 +148,10 @@ pub struct LocalStore {
 
 const OPEN_HANDLES: usize = 64;
 
+/// `REPO/collecting`: present while packs a prune deleted may still be in
+/// the parity of their stripes (see [`LocalStore::prune`]).
+const COLLECTING: &str = "collecting";
+
 impl LocalStore {
     /// Opens an existing repository directory.
     pub fn open(root: &Path) -> Result<LocalStore> {
@@ -436,7 +440,8 @@ impl LocalStore {
         }
         // Then the packs, one shard at a time: the rule sees the shard's packs
         // and which of them are referenced, read back from disk in one range.
-        let mut gone = PackSet::create(&tmp)?;
+        let collecting = self.root.join(COLLECTING);
+        let mut marked = false;
         let mut walk = || -> Result<()> {
             for shard in self.pack_shards()? {
                 let packs = self.shard_packs(&shard)?;
@@ -455,9 +460,13 @@ impl LocalStore {
                     })
                     .collect();
                 let doomed = retention::collectable(&ages, &in_use, now, &self.policy);
-                // Recorded before deleting, so parity forgets whatever was deleted
-                // even if a later step fails.
-                gone.insert(&doomed)?;
+                // Marked before the first deletion, durably: parity must
+                // forget whatever was deleted even if this process is
+                // killed before it gets there (the next prune does it).
+                if !doomed.is_empty() && !marked {
+                    replace_file(&tmp, &collecting, b"")?;
+                    marked = true;
+                }
                 for id in &doomed {
                     let p = self.pack_path(id);
                     fs::remove_file(&p).at(&p)?;
@@ -477,15 +486,23 @@ impl LocalStore {
             Ok(())
         };
         let walked = walk();
-        drop(referenced);
         drop(guard);
         // Parity must forget collected packs, or a scrub would bring them
-        // back: also when the walk failed after deleting some.
-        if rep.packs_removed > 0 || walked.is_err() {
-            crate::scrub::forget_packs(self, &mut |id| gone.contains(id), self.parity)?;
+        // back: also when the walk failed after deleting some, and when an
+        // earlier prune was killed after deleting some. A collected pack is
+        // one no snapshot lists whose file is gone; one that a snapshot
+        // lists is never forgotten (a scrub reports it as missing), and a
+        // missing pack cannot come to be listed (a commit checks its packs).
+        if collecting.exists() {
+            crate::scrub::forget_packs(
+                self,
+                &mut |id| Ok(!referenced.contains(id)? && self.pack_size(id)?.is_none()),
+                self.parity,
+            )?;
+            fs::remove_file(&collecting).at(&collecting)?;
         }
+        drop(referenced);
         walked?;
-        drop(gone);
         rep.tmp_removed = self.sweep_tmp(now)?;
         Ok(rep)
     }

@@ -20,7 +20,7 @@ fn libfaketime() -> Option<&'static str> {
 }
 
 /// Whether libfaketime is installed (CI installs it).
-fn faketime() -> bool {
+pub(crate) fn faketime() -> bool {
     libfaketime().is_some()
 }
 

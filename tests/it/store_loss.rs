@@ -463,3 +463,157 @@ fn r18_prune_names_an_unreadable_snapshot_as_the_cause_not_the_clock() {
     assert!(out.contains("2 kept"), "{out}");
     assert!(out.contains("no pack collected"), "{out}");
 }
+
+/// The campaign's seed: `COFFER_TEST_SEED` to repeat a run, else the clock.
+/// Printed, so a failing run shows it.
+fn campaign_seed() -> u64 {
+    let seed = std::env::var("COFFER_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("campaign seed {seed} (repeat with COFFER_TEST_SEED={seed})");
+    seed
+}
+
+/// The next number of a seeded sequence (xorshift).
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Starts `cmd`, kills it with SIGKILL after `ms` milliseconds (if it is
+/// still running), and reaps it.
+fn kill_after(mut cmd: std::process::Command, ms: u64) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    child.wait().unwrap();
+}
+
+/// Packs that do not hash to their name.
+fn unsound_packs(t: &TestRepo) -> BTreeSet<PathBuf> {
+    t.packs()
+        .into_iter()
+        .filter(|p| coffer::id::PackId::of(&fs::read(p).unwrap()).to_hex() != file_name(p))
+        .collect()
+}
+
+// See: issue 18 (campaigns: kill -9 of scrub at random points).
+#[test]
+fn r18_campaign_scrub_killed_at_random_points_loses_nothing() {
+    let seed = campaign_seed();
+    let mut rng = seed | 1;
+    let t = TestRepo::new();
+    let src = setup(&t, "src", 30, 500);
+    let snap = t.snapshots()[0]["id"].as_str().unwrap().to_string();
+    // Damage within the budget for the scrubs to repair: per stripe, one
+    // member and one parity file.
+    for (members, parity) in stripes(&t).values() {
+        rot_in_place(&members[(next(&mut rng) % members.len() as u64) as usize]);
+        rot_in_place(&parity[0]);
+    }
+    let damaged = unsound_packs(&t);
+    assert!(!damaged.is_empty());
+    for round in 0..5 {
+        // A pass at 8 MB/s takes about 1.5 s: killed anywhere in it.
+        let ms = next(&mut rng) % 1500;
+        let mut c = t.command();
+        c.args(["scrub", "--rate-mb", "8"]);
+        kill_after(c, ms);
+        // A kill damages nothing more: every pack is whole, or one of the
+        // damaged ones not repaired yet.
+        let bad = unsound_packs(&t);
+        assert!(
+            bad.is_subset(&damaged),
+            "seed {seed}, round {round}, killed after {ms} ms: {bad:?}"
+        );
+    }
+    // A rerun completes and repairs what is left; the next pass is clean.
+    let r = t.run(&["--json", "scrub"]);
+    let v = r.json();
+    assert_eq!(r.code(), 0, "seed {seed}: {v}");
+    let again = t.run(&["--json", "scrub"]).json();
+    assert_eq!(
+        again[0]["report"]["damaged_blocks"], 0,
+        "seed {seed}: {again}"
+    );
+    assert!(unsound_packs(&t).is_empty(), "seed {seed}");
+    let parts: Vec<PathBuf> = tmp_files(&t.repo).into_iter().collect();
+    assert!(parts.is_empty(), "seed {seed}: left in tmp/: {parts:?}");
+    t.run(&["check", "--read-data"]).ok();
+    assert_restores(&t, &snap, &src, "out");
+}
+
+/// The binary for `t` with the clock shifted by `offset` (libfaketime).
+fn at(t: &TestRepo, offset: &str) -> std::process::Command {
+    let mut c = crate::retention::faked(offset);
+    c.env("COFFER_PASSWORD", PASSWORD)
+        .env("COFFER_CACHE_DIR", &t.cache)
+        .arg("--repo")
+        .arg(&t.repo);
+    c
+}
+
+// See: issue 18 (campaigns: kill -9 of prune at random points).
+#[test]
+fn r18_campaign_prune_killed_at_random_points_loses_nothing() {
+    if !crate::retention::faketime() {
+        return;
+    }
+    let seed = campaign_seed();
+    let mut rng = seed | 1;
+    let t = TestRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut last = String::new();
+    for round in 0..5u64 {
+        // One job backed up twice, 20 days apart; on day 31 the first
+        // expires and the packs only it used are collected.
+        let day = |d: u64| format!("+{}d", 40 * round + d);
+        for (d, s) in [(0, 2 * round), (20, 2 * round + 1)] {
+            fs::write(src.join("f"), random_bytes(700 + s, 1_500_000)).unwrap();
+            run(at(&t, &day(d)), &["backup", src.to_str().unwrap()]).ok();
+        }
+        last = day(31);
+        let ms = next(&mut rng) % 150;
+        let mut c = at(&t, &last);
+        c.arg("prune");
+        kill_after(c, ms);
+        // What the newest snapshot needs is all there.
+        let r = run(at(&t, &last), &["check", "--read-data"]);
+        assert_eq!(
+            r.code(),
+            0,
+            "seed {seed}, round {round}, {ms} ms: {}",
+            r.stderr()
+        );
+        let out = t.path(&format!("out{round}"));
+        run(
+            at(&t, &last),
+            &["restore", "latest", "--target", out.to_str().unwrap()],
+        )
+        .ok();
+        assert!(
+            fs::read(restored(&out, &src).join("f")).unwrap()
+                == random_bytes(700 + 2 * round + 1, 1_500_000),
+            "seed {seed}, round {round}"
+        );
+    }
+    // A rerun completes, and the scrub after it finds nothing lost.
+    run(at(&t, &last), &["prune"]).ok();
+    let r = run(at(&t, &last), &["--json", "scrub"]);
+    assert_eq!(r.code(), 0, "seed {seed}: {}", r.stdout());
+    run(at(&t, &last), &["check", "--read-data"]).ok();
+}
