@@ -51,8 +51,10 @@ pub mod monitor;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod parity;
+pub(crate) mod partial;
 pub mod priority;
 pub mod proto;
+pub(crate) mod referenced;
 pub mod repo;
 pub mod retention;
 pub mod scrub;

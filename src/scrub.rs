@@ -11,7 +11,7 @@
 //! and reports what it could not repair with the snapshots that need it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -24,10 +24,11 @@ use serde::Serialize;
 use serde_bytes::ByteBuf;
 
 use crate::error::{Error, IoContext, Result};
-use crate::format::snapshot;
 use crate::id::{PackId, SnapshotId};
 use crate::parity::{self, Member, StripeHeader, MAGIC_PARITY, PARITY_BLOCK, STRIPE_VERSION};
-use crate::store::{fsync_dir, replace_file, tmp_name, LocalStore, Store};
+use crate::partial;
+use crate::referenced;
+use crate::store::{fsync_dir, replace_file, LocalStore, Store};
 use crate::stripe_index::{self, Known, StripeIndex};
 
 /// Stripe shape: k packs, m parity shards.
@@ -379,15 +380,32 @@ fn read_block_into(f: &File, size: u64, row: u64, b: &mut Vec<u8>) -> bool {
     len == 0 || f.read_exact_at(b, start).is_ok()
 }
 
+/// What [`write_stripe`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Wrote {
+    /// The parity is written; these fresh members were left out because
+    /// they are missing or do not hash to their name.
+    Done(Vec<PackId>),
+    /// A member the stripe's parity already held is missing or damaged:
+    /// nothing was written. That parity is what can rebuild the member,
+    /// so the stripe is never recomputed without it.
+    Kept(Vec<PackId>),
+}
+
 /// Computes and writes the parity of a stripe over `members`, replacing
-/// any earlier version. Members that do not hash to their name are left
-/// out and returned.
+/// any earlier version. The first `old` members are those the stripe's
+/// current parity holds: when one of them is missing or damaged, the
+/// stripe is left as it is ([`Wrote::Kept`]). Fresh members that are
+/// missing or damaged are left out and returned.
 fn write_stripe(
     s: &LocalStore,
     id: u64,
     members: &[(PackId, u64)],
+    old: usize,
     m: usize,
-) -> Result<Vec<PackId>> {
+) -> Result<Wrote> {
+    let (earlier, _) = members.split_at(old.min(members.len()));
+    let earlier: Vec<PackId> = earlier.iter().map(|(p, _)| *p).collect();
     let mut members = members.to_vec();
     let mut bad = Vec::new();
     loop {
@@ -395,7 +413,10 @@ fn write_stripe(
         // member that does not hash to its name is left out and the stripe
         // computed again without it.
         match write_stripe_once(s, id, &members, m)? {
-            None => return Ok(bad),
+            None => return Ok(Wrote::Done(bad)),
+            Some(wrong) if wrong.iter().any(|p| earlier.contains(p)) => {
+                return Ok(Wrote::Kept(wrong))
+            }
             Some(wrong) => {
                 members.retain(|(p, _)| !wrong.contains(p));
                 bad.extend(wrong);
@@ -438,14 +459,12 @@ fn write_stripe_once(
     // Every file created is in `outs` before anything is written to it,
     // so that a failure anywhere (a full disk) removes them all.
     let mut outs: Vec<(PathBuf, File, Vec<u8>)> = Vec::new();
+    // Locked while this writer lives: a new session's sweep leaves them.
+    let mut held = Vec::new();
     let res = (|| -> Result<Option<Vec<PackId>>> {
         for _ in 0..m {
-            let t = tmp_name(&tmp_dir);
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&t)
-                .at(&t)?;
+            let (t, mut f, h) = partial::create(&tmp_dir)?;
+            held.push(h);
             // Written a 64 KiB block at a time, unbuffered: a stripe
             // computed during a backup adds little to its memory.
             let magic = f.write_all(&MAGIC_PARITY).at(&t);
@@ -589,7 +608,12 @@ fn protect_locked(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
         Some(t) => idx
             .stripe(t)?
             .filter(|k| k.readable && cfg.takes_more(k.members.len(), k.m))
-            .map(|k| (t, k.members, false)),
+            .map(|k| Open {
+                id: t,
+                old: k.members.len(),
+                members: k.members,
+                grew: false,
+            }),
         None => None,
     };
     let mut f = Filler {
@@ -630,9 +654,19 @@ struct Filler<'a> {
     cfg: ParityConfig,
     idx: StripeIndex,
     rep: ProtectReport,
-    /// The stripe being filled: id, members, whether it gained any.
-    open: Option<(u64, Members, bool)>,
+    /// The stripe being filled.
+    open: Option<Open>,
     next_id: u64,
+}
+
+/// The stripe [`Filler`] is filling.
+struct Open {
+    id: u64,
+    members: Members,
+    /// How many of `members` its parity on disk holds already.
+    old: usize,
+    /// Whether it gained any member.
+    grew: bool,
 }
 
 impl Filler<'_> {
@@ -643,24 +677,40 @@ impl Filler<'_> {
                 continue;
             }
             let next_id = &mut self.next_id;
-            let (sid, members, grew) = self.open.get_or_insert_with(|| {
+            let open = self.open.get_or_insert_with(|| {
                 *next_id += 1;
-                (*next_id - 1, Vec::new(), false)
+                Open {
+                    id: *next_id - 1,
+                    members: Vec::new(),
+                    old: 0,
+                    grew: false,
+                }
             });
-            members.push((id, size));
-            *grew = true;
+            open.members.push((id, size));
+            open.grew = true;
             self.rep.packs_protected += 1;
-            if members.len() >= self.cfg.k {
-                let (sid, members) = (*sid, std::mem::take(members));
-                self.open = None;
-                self.write(sid, &members)?;
+            if open.members.len() >= self.cfg.k {
+                // unwrap: set just above
+                let full = self.open.take().unwrap();
+                self.write(full)?;
             }
         }
         Ok(())
     }
 
-    fn write(&mut self, id: u64, members: &[(PackId, u64)]) -> Result<()> {
-        let written = write_counted(self.s, self.cfg, &mut self.rep, id, members)?;
+    fn write(&mut self, st: Open) -> Result<()> {
+        let spare = self.next_id;
+        let (id, written) = write_counted(
+            self.s,
+            self.cfg,
+            &mut self.rep,
+            (st.id, spare),
+            &st.members,
+            st.old,
+        )?;
+        if id == spare {
+            self.next_id += 1;
+        }
         if written.is_empty() {
             return self.idx.remove(id);
         }
@@ -676,23 +726,37 @@ impl Filler<'_> {
     }
 
     fn close(mut self) -> Result<ProtectReport> {
-        if let Some((sid, members, true)) = self.open.take() {
-            self.write(sid, &members)?;
+        if let Some(st) = self.open.take().filter(|o| o.grew) {
+            self.write(st)?;
         }
         Ok(self.rep)
     }
 }
 
-/// Writes a stripe and counts it: members that turn out damaged are left
-/// out of it and reported instead of protected.
+/// Writes stripe `id.0` over `members`, the first `old` of which its
+/// parity holds already, and counts it: fresh members that turn out
+/// damaged are left out of it and reported instead of protected. When an
+/// old member is missing or damaged, that stripe keeps its parity (the
+/// copy that can rebuild the member) and the fresh members go to the new
+/// stripe `id.1` instead. Returns the stripe written and its members.
 fn write_counted(
     s: &LocalStore,
     cfg: ParityConfig,
     rep: &mut ProtectReport,
-    id: u64,
+    id: (u64, u64),
     members: &[(PackId, u64)],
-) -> Result<Members> {
-    let bad = write_stripe(s, id, members, cfg.m)?;
+    old: usize,
+) -> Result<(u64, Members)> {
+    let (id, members, bad) = match write_stripe(s, id.0, members, old, cfg.m)? {
+        Wrote::Done(bad) => (id.0, members, bad),
+        Wrote::Kept(lost) => {
+            rep.damaged.extend(lost);
+            let fresh = &members[old..];
+            match write_stripe(s, id.1, fresh, 0, cfg.m)? {
+                Wrote::Done(bad) | Wrote::Kept(bad) => (id.1, fresh, bad),
+            }
+        }
+    };
     // Saturating: an earlier member of a grown stripe may be among them.
     rep.packs_protected = rep.packs_protected.saturating_sub(bad.len() as u64);
     let written = members
@@ -702,7 +766,7 @@ fn write_counted(
         .collect();
     rep.damaged.extend(bad);
     rep.stripes_written += 1;
-    Ok(written)
+    Ok((id, written))
 }
 
 /// Parity computed while a backup runs: the backup hands over each pack as
@@ -819,6 +883,7 @@ fn protect_fresh(
             }
             _ => (top.map_or(0, |t| t + 1), Vec::new()),
         };
+        let mut old = members.len();
         // Full stripes now; while the backup runs, an open one waits.
         while !fresh.is_empty()
             && (!open || members.len() + fresh.len() >= cfg.k)
@@ -827,10 +892,11 @@ fn protect_fresh(
             let n = (cfg.k - members.len()).min(fresh.len());
             members.extend(fresh.drain(..n));
             rep.packs_protected += n as u64;
-            write_counted(s, cfg, &mut rep, id, &members)?;
-            from = id;
-            id += 1;
+            let (used, _) = write_counted(s, cfg, &mut rep, (id, id + 1), &members, old)?;
+            from = used;
+            id = used + 1;
             members.clear();
+            old = 0;
         }
     }
     Ok(rep)
@@ -839,6 +905,9 @@ fn protect_fresh(
 /// After packs were deleted on purpose: rewrites the parity of the stripes
 /// that held them, so a scrub never brings a collected pack back. `gone`
 /// tells whether a pack was deleted; it is asked once per stripe member.
+/// A stripe with another member missing or damaged keeps its parity: it
+/// is what rebuilds that member (a scrub may then bring the collected
+/// ones back too, as unreferenced packs the next collection removes).
 pub fn forget_packs(
     s: &LocalStore,
     gone: &mut dyn FnMut(&PackId) -> Result<bool>,
@@ -853,7 +922,7 @@ pub fn forget_packs(
             }
         }
         if keep.len() < st.header.members.len() {
-            write_stripe(s, st.id, &keep, cfg.m.max(st.header.m as usize))?;
+            write_stripe(s, st.id, &keep, keep.len(), cfg.m.max(st.header.m as usize))?;
         }
         Ok(())
     })
@@ -909,6 +978,9 @@ pub fn repair_pack(s: &LocalStore, id: &PackId) -> Result<bool> {
 /// packs that were in no stripe yet.
 pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<ScrubReport> {
     let _g = s.lock_named("parity.lock", true)?;
+    // What a killed scrub (or upload) left in tmp/: repaired packs and
+    // parity half written. Live writers hold theirs locked.
+    s.sweep_abandoned()?;
     let mut rep = ScrubReport::default();
     let mut t = Throttle {
         rate: opts.rate,
@@ -967,7 +1039,7 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
         }
         Ok(())
     })?;
-    for (id, size) in loose {
+    for &(id, size) in &loose {
         rep.unprotected_checked += 1;
         rep.packs_checked += 1;
         let ok = s.read_pack(&id, 0, size as usize).map(|b| {
@@ -980,32 +1052,23 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
             bad.insert(id, "damaged and in no stripe yet (no parity)".into());
         }
     }
+    let loose: HashSet<PackId> = loose.into_iter().map(|(id, _)| id).collect();
     let pr = protect_locked(s, cfg)?;
     for p in pr.damaged {
         bad.entry(p).or_insert_with(|| "damaged".into());
     }
-    if !bad.is_empty() {
-        let mut refs: HashMap<PackId, Vec<SnapshotId>> = HashMap::new();
-        for sid in s.list_snapshots()? {
-            if let Ok(bytes) = s.read_snapshot(&sid) {
-                if let Ok(f) = snapshot::decode(&bytes) {
-                    for p in f.packs {
-                        if bad.contains_key(&p) {
-                            refs.entry(p).or_default().push(sid);
-                        }
-                    }
-                }
-            }
-        }
-        let mut list: Vec<_> = bad.into_iter().collect();
-        list.sort();
-        for (pack, reason) in list {
-            rep.unrepairable.push(Unrepairable {
-                pack,
-                reason,
-                snapshots: refs.remove(&pack).unwrap_or_default(),
-            });
-        }
+    // Every pack a snapshot lists must be somewhere: one lost together
+    // with its stripe's parity is in no stripe and on no disk, and only
+    // the snapshots still know of it.
+    let mut refs = referenced::walk(s, &|p| in_stripe.contains(p) || loose.contains(p), &mut bad)?;
+    let mut list: Vec<_> = bad.into_iter().collect();
+    list.sort();
+    for (pack, reason) in list {
+        rep.unrepairable.push(Unrepairable {
+            pack,
+            reason,
+            snapshots: refs.remove(&pack).unwrap_or_default(),
+        });
     }
     state.last = Some(ScrubCounts::tally(&base, &rep, &rep.unrepairable));
     state.current = ScrubCounts::default();
@@ -1147,12 +1210,7 @@ fn scrub_stripe(
             continue;
         }
         let path = s.pack_path(&member.pack);
-        let tmp = tmp_name(&s.root().join("tmp"));
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .at(&tmp)?;
+        let (tmp, mut out, _held) = partial::create(&s.root().join("tmp"))?;
         // A pack keeps its time (the store's clock at upload: what a
         // commit's new bytes and the collection's grace period read).
         let written = fs::metadata(&path).and_then(|m| m.modified()).ok();
@@ -1188,8 +1246,9 @@ fn scrub_stripe(
             .filter(|mb| !bad.contains_key(&mb.pack))
             .map(|mb| (mb.pack, mb.size))
             .collect();
-        if keep.len() == h.members.len() {
-            write_stripe(s, st.id, &keep, m)?;
+        if keep.len() == h.members.len()
+            && write_stripe(s, st.id, &keep, keep.len(), m)? == Wrote::Done(Vec::new())
+        {
             rep.parity_rewritten += 1;
         }
     }
@@ -1199,6 +1258,7 @@ fn scrub_stripe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn pack(s: &LocalStore, bytes: &[u8]) -> (PackId, u64) {
         let id = PackId::of(bytes);

@@ -129,12 +129,15 @@ pub struct PruneReport {
     pub tmp_removed: u64,
     /// Why nothing was deleted, when nothing could be.
     pub refused: Option<String>,
+    /// Snapshots whose pack list could not be read: what packs they need
+    /// is unknown, so no pack was collected (the cause of `refused`).
+    pub unreadable: Vec<SnapshotId>,
 }
 
 /// A repository in a local directory.
 pub struct LocalStore {
     root: PathBuf,
-    handles: Mutex<HashMap<PackId, Arc<File>>>,
+    handles: Mutex<HashMap<PackId, Handle>>,
     policy: Policy,
     parity: crate::scrub::ParityConfig,
     clock: Clock,
@@ -144,6 +147,10 @@ pub struct LocalStore {
 }
 
 const OPEN_HANDLES: usize = 64;
+
+/// `REPO/collecting`: present while packs a prune deleted may still be in
+/// the parity of their stripes (see [`LocalStore::prune`]).
+const COLLECTING: &str = "collecting";
 
 impl LocalStore {
     /// Opens an existing repository directory.
@@ -425,23 +432,35 @@ impl LocalStore {
         // at a time, so that memory does not grow with the repository.
         let tmp = self.root.join("tmp");
         let mut referenced = PackSet::create(&tmp)?;
+        let mut first_error = None;
         for id in self.list_snapshots()? {
-            let bytes = self.read_snapshot(&id)?;
-            match snapshot::decode(&bytes) {
-                Ok(f) => referenced.insert(&f.packs)?,
+            let read = match self.read_snapshot(&id) {
+                Err(Error::NotFound(_)) => continue, // forgotten meanwhile
+                r => r.and_then(|b| Ok(snapshot::decode(&b)?.packs)),
+            };
+            rep.snapshots_kept += 1;
+            match read {
+                Ok(packs) => referenced.insert(&packs)?,
+                // Which packs it needs is unknown: collect nothing, but
+                // read on to count (and name) the others.
                 Err(e) => {
-                    // Which packs it needs is unknown: collect nothing.
-                    rep.refused = Some(format!(
-                        "snapshot {id} is unreadable ({e}); no pack collected"
-                    ));
-                    return Ok(rep);
+                    rep.unreadable.push(id);
+                    first_error.get_or_insert(format!("snapshot {id} is unreadable ({e})"));
                 }
             }
-            rep.snapshots_kept += 1;
+        }
+        if let Some(why) = first_error {
+            let more = match rep.unreadable.len() - 1 {
+                0 => String::new(),
+                n => format!(", and {n} more"),
+            };
+            rep.refused = Some(format!("{why}{more}; no pack collected"));
+            return Ok(rep);
         }
         // Then the packs, one shard at a time: the rule sees the shard's packs
         // and which of them are referenced, read back from disk in one range.
-        let mut gone = PackSet::create(&tmp)?;
+        let collecting = self.root.join(COLLECTING);
+        let mut marked = false;
         let mut walk = || -> Result<()> {
             for shard in self.pack_shards()? {
                 let packs = self.shard_packs(&shard)?;
@@ -460,9 +479,13 @@ impl LocalStore {
                     })
                     .collect();
                 let doomed = retention::collectable(&ages, &in_use, now, &self.policy);
-                // Recorded before deleting, so parity forgets whatever was deleted
-                // even if a later step fails.
-                gone.insert(&doomed)?;
+                // Marked before the first deletion, durably: parity must
+                // forget whatever was deleted even if this process is
+                // killed before it gets there (the next prune does it).
+                if !doomed.is_empty() && !marked {
+                    replace_file(&tmp, &collecting, b"")?;
+                    marked = true;
+                }
                 for id in &doomed {
                     let p = self.pack_path(id);
                     fs::remove_file(&p).at(&p)?;
@@ -482,15 +505,23 @@ impl LocalStore {
             Ok(())
         };
         let walked = walk();
-        drop(referenced);
         drop(guard);
         // Parity must forget collected packs, or a scrub would bring them
-        // back: also when the walk failed after deleting some.
-        if rep.packs_removed > 0 || walked.is_err() {
-            crate::scrub::forget_packs(self, &mut |id| gone.contains(id), self.parity)?;
+        // back: also when the walk failed after deleting some, and when an
+        // earlier prune was killed after deleting some. A collected pack is
+        // one no snapshot lists whose file is gone; one that a snapshot
+        // lists is never forgotten (a scrub reports it as missing), and a
+        // missing pack cannot come to be listed (a commit checks its packs).
+        if collecting.exists() {
+            crate::scrub::forget_packs(
+                self,
+                &mut |id| Ok(!referenced.contains(id)? && self.pack_size(id)?.is_none()),
+                self.parity,
+            )?;
+            fs::remove_file(&collecting).at(&collecting)?;
         }
+        drop(referenced);
         walked?;
-        drop(gone);
         rep.tmp_removed = self.sweep_tmp(now)?;
         Ok(rep)
     }
@@ -512,6 +543,20 @@ impl LocalStore {
             }
         }
         Ok(removed)
+    }
+
+    /// Removes the partial files (uploads, parity, repairs) that killed
+    /// writers left in `tmp/`, at the start of a writing session: a crash
+    /// loop must not fill the disk. A live writer holds its file locked
+    /// and keeps it. Returns how many files and bytes were removed.
+    pub fn sweep_abandoned(&self) -> Result<(u64, u64)> {
+        crate::partial::sweep(&self.root.join("tmp"))
+    }
+
+    /// Bytes in `tmp/` (uploads in progress and leftovers): they take
+    /// space like packs, and a namespace's quota counts them.
+    pub fn tmp_bytes(&self) -> Result<u64> {
+        crate::partial::bytes(&self.root.join("tmp"))
     }
 
     /// Every snapshot with its stamp, in the order they were committed, for
@@ -679,26 +724,72 @@ impl LocalStore {
         Ok(Some(pad + lo..pad + lo + len))
     }
 
+    /// An open handle on a pack, kept for the next reads of it. One stat
+    /// of its path per call: a pack replaced since it was opened (the
+    /// operator's `coffer scrub` rewrote it repaired, in another process)
+    /// is opened again, so a long-running server never keeps serving the
+    /// damaged copy; a pack deleted meanwhile is not found.
     fn handle(&self, id: &PackId) -> Result<Arc<File>> {
-        // unwrap: the lock is never held across a panic
-        if let Some(f) = self.handles.lock().unwrap().get(id) {
-            return Ok(f.clone());
-        }
+        use std::os::unix::fs::MetadataExt;
         let path = self.pack_path(id);
-        let f = Arc::new(File::open(&path).map_err(|e| {
+        let not_found = |e: io::Error| {
             if e.kind() == io::ErrorKind::NotFound {
                 Error::NotFound(format!("pack {id}"))
             } else {
                 Error::io(&path, e)
             }
-        })?);
-        let mut h = self.handles.lock().unwrap();
-        if h.len() >= OPEN_HANDLES {
-            h.clear();
+        };
+        let now = fs::metadata(&path);
+        // unwrap: the lock is never held across a panic
+        let cached = self.handles.lock().unwrap().get(id).cloned();
+        if let (Some(h), Ok(md)) = (cached, &now) {
+            if (h.dev, h.ino) == (md.dev(), md.ino()) {
+                return Ok(h.file);
+            }
         }
-        h.insert(*id, f.clone());
-        Ok(f)
+        let f = match now.and_then(|_| File::open(&path)) {
+            Ok(f) => f,
+            Err(e) => {
+                self.handles.lock().unwrap().remove(id);
+                return Err(not_found(e));
+            }
+        };
+        let md = f.metadata().at(&path)?;
+        let h = Handle {
+            file: Arc::new(f),
+            dev: md.dev(),
+            ino: md.ino(),
+        };
+        let mut all = self.handles.lock().unwrap();
+        if all.len() >= OPEN_HANDLES {
+            all.clear();
+        }
+        all.insert(*id, h.clone());
+        Ok(h.file)
     }
+}
+
+/// Refuses a range that no pack can hold (a client's or a damaged
+/// header's), before the OS is asked for it: an offset past what `pread`
+/// takes would come back as an I/O error, as if the disk had failed.
+fn within_any_pack(id: &PackId, offset: u64, len: usize) -> Result<()> {
+    if offset
+        .checked_add(len as u64)
+        .is_none_or(|end| end > MAX_PACK_BYTES)
+    {
+        return Err(Error::Corrupt(format!(
+            "range {offset}+{len} of pack {id} lies past the end of any pack"
+        )));
+    }
+    Ok(())
+}
+
+/// An open pack and the file it was opened as.
+#[derive(Clone)]
+struct Handle {
+    file: Arc<File>,
+    dev: u64,
+    ino: u64,
 }
 
 /// Reads what opening a repository reads next into the page cache: the
@@ -974,6 +1065,8 @@ fn link_into_place(tmp: &Path, path: &Path) -> Result<bool> {
 struct LocalUpload {
     clock: Clock,
     tmp: PathBuf,
+    /// Held while the upload lives: a sweep leaves its file alone.
+    _held: crate::partial::Held,
     file: io::BufWriter<File>,
     hasher: PackHasher,
     len: u64,
@@ -1087,14 +1180,10 @@ impl Store for LocalStore {
     }
 
     fn upload_pack(&self) -> Result<Box<dyn PackUpload>> {
-        let tmp = tmp_name(&self.root.join("tmp"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .at(&tmp)?;
+        let (tmp, file, held) = crate::partial::create(&self.root.join("tmp"))?;
         Ok(Box::new(LocalUpload {
             tmp,
+            _held: held,
             file: io::BufWriter::with_capacity(1 << 20, file),
             hasher: PackHasher::default(),
             len: 0,
@@ -1113,6 +1202,7 @@ impl Store for LocalStore {
     }
 
     fn read_pack(&self, id: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        within_any_pack(id, offset, len)?;
         let f = self.handle(id)?;
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, offset)
@@ -1127,6 +1217,7 @@ impl Store for LocalStore {
         len: usize,
         buf: &mut Vec<u8>,
     ) -> Result<std::ops::Range<usize>> {
+        within_any_pack(id, offset, len)?;
         if let Some(r) = self.read_direct(id, offset, len, buf)? {
             return Ok(r);
         }

@@ -325,6 +325,16 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
     // A local repository computes parity for full stripes during the
     // backup, and for the rest right after it.
     let local = LocalStore::open(Path::new(repo_arg(cli)?)).ok();
+    // What killed runs left in tmp/ goes now, not after the grace period
+    // (a crash loop must not fill the disk); live uploads are kept.
+    match local.as_ref().map(|l| l.sweep_abandoned()) {
+        Some(Ok((n, bytes))) if n > 0 && !cli.quiet => errln!(
+            "coffer: removed {n} partial files ({}) that interrupted runs left in tmp/",
+            fmt_bytes(bytes)
+        ),
+        Some(Err(e)) => errln!("coffer: warning: sweeping tmp/: {e}"),
+        _ => {}
+    }
     let mut protector = match &local {
         Some(l) => Some(coffer::scrub::Protector::start(
             LocalStore::open(l.root())?,

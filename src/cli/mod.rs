@@ -1010,31 +1010,52 @@ fn cmd_prune(cli: &Cli, config: Option<&Path>, allow_root: bool) -> Result<()> {
             .collect();
         print_json(&serde_json::Value::Array(v))?;
     }
-    let mut refused = false;
+    let (mut clock, mut unreadable) = (false, 0);
     for (name, r) in &reports {
         if let Some(why) = &r.refused {
             errln!("coffer: {name}: {why}");
-            refused = true;
+            // A refusal names its cause: unreadable snapshots, or the clock
+            // (or a namespace whose commits went back).
+            if r.unreadable.is_empty() {
+                clock = true;
+            }
+            unreadable += r.unreadable.len();
         }
-        if !cli.json && !cli.quiet {
+        if cli.json || cli.quiet {
+            continue;
+        }
+        if !r.unreadable.is_empty() {
             outln!(
-                "{name}: {} snapshots expired, {} kept; {} packs ({}) collected, {} kept{}",
+                "{name}: {} snapshots expired, {} kept; no pack collected ({} snapshots unreadable)",
                 r.snapshots_removed.len(),
                 r.snapshots_kept,
-                r.packs_removed,
-                fmt_bytes(r.bytes_freed),
-                r.packs_kept,
-                match r.tmp_removed {
-                    0 => String::new(),
-                    n => format!("; {n} stale temporary files removed"),
-                }
+                r.unreadable.len()
             );
+            continue;
         }
+        outln!(
+            "{name}: {} snapshots expired, {} kept; {} packs ({}) collected, {} kept{}",
+            r.snapshots_removed.len(),
+            r.snapshots_kept,
+            r.packs_removed,
+            fmt_bytes(r.bytes_freed),
+            r.packs_kept,
+            match r.tmp_removed {
+                0 => String::new(),
+                n => format!("; {n} stale temporary files removed"),
+            }
+        );
     }
-    if refused {
+    if clock {
         bail!(
             "nothing was deleted where the clock could not be trusted or the namespace went back"
         );
+    }
+    if unreadable > 0 {
+        return Err(Damaged(format!(
+            "{unreadable} snapshots could not be read, so no pack was collected in their repository"
+        ))
+        .into());
     }
     Ok(())
 }

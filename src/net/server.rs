@@ -156,7 +156,14 @@ impl State {
                         tmp_removed = r.tmp_removed,
                         "prune done"
                     ),
-                    Some(why) => warn!(namespace = %c.namespace, "prune deleted nothing: {why}"),
+                    Some(why) if r.unreadable.is_empty() => {
+                        warn!(namespace = %c.namespace, "prune deleted nothing: {why}")
+                    }
+                    Some(why) => error!(
+                        namespace = %c.namespace,
+                        snapshots_expired = r.snapshots_removed.len(),
+                        "prune collected no pack: {why}"
+                    ),
                 },
                 Err(e) => error!(namespace = %c.namespace, "prune failed: {e}"),
             }
@@ -636,6 +643,19 @@ async fn handle(
             ));
         }
         ctx.hello.store(true, Ordering::SeqCst);
+        // A session begins: what a killed server left in the namespace's
+        // tmp/ goes now (a crash loop must not fill the disk); uploads that
+        // live connections hold locked stay.
+        let store = ctx.state.store(&ctx.client)?;
+        let ns = &ctx.client.namespace;
+        match blocking(move || store.sweep_abandoned()).await {
+            Ok((0, _)) => {}
+            Ok((n, bytes)) => info!(
+                namespace = %ns,
+                "removed {n} partial files ({bytes} bytes) that interrupted uploads left in tmp/"
+            ),
+            Err(e) => warn!(namespace = %ns, "sweeping tmp/: {e}"),
+        }
         return Ok(Answer::One(Reply::of(Response::Hello {
             version: PROTOCOL_VERSION,
             namespace: namespace.clone(),
@@ -683,12 +703,18 @@ async fn handle(
                 ));
             }
             if let Some(quota) = ctx.client.quota {
-                let used = ctx.state.usage(&ctx.client.namespace, &store)?;
+                let packs = ctx.state.usage(&ctx.client.namespace, &store)?;
+                // Uploads in progress (and any left by a killed server)
+                // take disk space too: many packs begun at once must not
+                // pass the quota together.
+                let st = store.clone();
+                let tmp = blocking(move || st.tmp_bytes()).await?;
+                let used = packs + tmp;
                 if used + len > quota {
                     return Err(Reply::err(
                         ErrorCode::TooLarge,
                         format!(
-                            "namespace {} is over its quota: {used} of {quota} bytes used, this pack needs {len} more; nothing stored was touched",
+                            "namespace {} is over its quota: {used} of {quota} bytes used ({tmp} by uploads in progress), this pack needs {len} more; nothing stored was touched",
                             ctx.client.namespace
                         ),
                     ));

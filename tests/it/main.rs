@@ -14,5 +14,6 @@ mod retention;
 mod rollback;
 mod scrub;
 mod server;
+mod store_loss;
 mod tamper;
 mod util;

@@ -22,7 +22,7 @@ fn setup() -> (TestRepo, PathBuf) {
 }
 
 /// Stripe number → (member pack paths, parity file paths).
-fn stripes(t: &TestRepo) -> HashMap<String, (Vec<PathBuf>, Vec<PathBuf>)> {
+pub(crate) fn stripes(t: &TestRepo) -> HashMap<String, (Vec<PathBuf>, Vec<PathBuf>)> {
     let mut out: HashMap<String, (Vec<PathBuf>, Vec<PathBuf>)> = HashMap::new();
     for p in walk(&t.repo.join("parity")) {
         let name = p.file_name().unwrap().to_str().unwrap().to_string();

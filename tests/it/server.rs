@@ -643,7 +643,7 @@ fn malformed_input_closes_only_that_connection() {
 }
 
 /// Sends raw bytes as a request after a proper Hello, as client 0.
-fn raw_request(srv: &TestServer, bytes: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn raw_request(srv: &TestServer, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let id = Identity::load(&srv.clients[0].0).unwrap();
     let pin = Fingerprint::parse(&srv.fingerprint).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
