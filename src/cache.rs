@@ -180,6 +180,23 @@ impl Cache {
         })
     }
 
+    /// [`Cache::open`], then checks that the database is whole (see
+    /// [`crate::cache_trust::verify`]): a damaged one is an error for which
+    /// [`crate::cache_trust::is_damage`] holds.
+    pub fn open_verified(path: &Path) -> Result<Cache> {
+        let c = Cache::open(path)?;
+        crate::cache_trust::verify(&c.conn, path)?;
+        Ok(c)
+    }
+
+    /// Closes the database (every later call fails), so its files can be
+    /// moved aside.
+    pub(crate) fn close(&mut self) {
+        if let Ok(mem) = Connection::open_in_memory() {
+            drop(std::mem::replace(&mut self.conn, mem));
+        }
+    }
+
     /// Looks a blob up.
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         lookup_in(&self.conn, id)

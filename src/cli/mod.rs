@@ -254,7 +254,23 @@ fn open_store(cli: &Cli, store: Arc<dyn Store>) -> Result<Repository> {
         false,
     )?;
     let cache = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    Ok(Repository::open_store(store, &pw, &cache)?)
+    let mut repo = Repository::open_store(store, &pw, &cache)?;
+    repo.set_notice(Arc::new(|m: &str| eprintln!("coffer: {m}")));
+    Ok(repo)
+}
+
+/// Runs `op` again once, with a cache rebuilt from the repository, when it
+/// failed on a cache database found damaged only while in use (the check
+/// at open catches most damage before anything runs). For operations that
+/// can simply run again: they wrote nothing a second run would mind.
+fn with_cache_rebuilt<T>(repo: &Repository, op: impl Fn() -> coffer::Result<T>) -> Result<T> {
+    match op() {
+        Err(e) if coffer::cache_trust::is_damage(&e) => {
+            repo.set_cache_aside(&e)?;
+            Ok(op()?)
+        }
+        r => Ok(r?),
+    }
 }
 
 fn open(cli: &Cli) -> Result<Repository> {
@@ -501,7 +517,7 @@ fn cmd_restore(cli: &Cli, snap: &str, target: &Path, paths: &[String]) -> Result
         owners: nix::unistd::geteuid().is_root(),
     };
     let started = std::time::Instant::now();
-    let st = restore::restore(&repo, &s, &opts)?;
+    let st = with_cache_rebuilt(&repo, || restore::restore(&repo, &s, &opts))?;
     for w in &st.warnings {
         eprintln!("coffer: warning: {w}");
     }
@@ -602,7 +618,7 @@ fn cmd_stats(cli: &Cli, snap: Option<&str>) -> Result<()> {
 
 fn cmd_check(cli: &Cli, read_data: bool) -> Result<()> {
     let repo = open(cli)?;
-    let rep = check::check(&repo, read_data)?;
+    let rep = with_cache_rebuilt(&repo, || check::check(&repo, read_data))?;
     if cli.json {
         print_json(&serde_json::to_value(&rep)?)?;
     } else {

@@ -80,7 +80,16 @@ pub struct Repository {
     id: RepoId,
     settings: Settings,
     cache_dir: PathBuf,
+    /// Whether the cache was checked whole in this process (the check runs
+    /// at the first open only).
+    cache_verified: std::sync::atomic::AtomicBool,
+    /// Told, in one line, what the engine did on its own (a damaged cache
+    /// moved aside).
+    notice: Notice,
 }
+
+/// Where [`Repository`] says what it did on its own.
+pub type Notice = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// A key file's name: 16 random bytes in hex.
 fn new_key_name() -> String {
@@ -176,6 +185,8 @@ impl Repository {
                         id: cfg.id,
                         settings,
                         cache_dir,
+                        cache_verified: Default::default(),
+                        notice: Arc::new(|_| {}),
                     });
                 }
                 Err(FormatError::Crypto(_)) => continue,
@@ -207,15 +218,66 @@ impl Repository {
         &self.key_name
     }
 
-    /// Opens the local cache database of this repository.
+    /// Sets where notices go (by default nowhere); the command line prints
+    /// them on stderr.
+    pub fn set_notice(&mut self, notice: Notice) {
+        self.notice = notice;
+    }
+
+    fn cache_path(&self) -> PathBuf {
+        self.cache_dir.join(CACHE_FILE)
+    }
+
+    /// Opens the local cache database of this repository. The first open in
+    /// a process checks it whole (see [`crate::cache_trust::verify`]); a
+    /// damaged one is moved aside and an empty one started, to be filled by
+    /// [`Repository::sync_cache`] from the repository.
     pub fn cache(&self) -> Result<Cache> {
-        Cache::open(&self.cache_dir.join(CACHE_FILE))
+        use std::sync::atomic::Ordering;
+        let path = self.cache_path();
+        if self.cache_verified.load(Ordering::SeqCst) {
+            return Cache::open(&path);
+        }
+        let cache = match Cache::open_verified(&path) {
+            Err(e) if crate::cache_trust::is_damage(&e) => {
+                self.set_cache_aside(&e)?;
+                Cache::open(&path)?
+            }
+            r => r?,
+        };
+        self.cache_verified.store(true, Ordering::SeqCst);
+        Ok(cache)
+    }
+
+    /// Moves the damaged cache database aside, so the next open starts an
+    /// empty one, and says so. `why` is the damage found. Every connection
+    /// to it must be closed.
+    pub fn set_cache_aside(&self, why: &Error) -> Result<()> {
+        let aside = crate::cache_trust::set_aside(&self.cache_path())?;
+        (self.notice)(&format!(
+            "the local cache was damaged ({why}); moved aside to {} and rebuilding it from the repository",
+            aside.display()
+        ));
+        Ok(())
     }
 
     /// Brings the cache in line with the repository: reads the header of
     /// every pack it does not know, forgets packs that are gone. Pack by
-    /// pack, so memory stays flat.
+    /// pack, so memory stays flat. A cache found damaged on the way is
+    /// moved aside and `cache` replaced by one built anew.
     pub fn sync_cache(&self, cache: &mut Cache) -> Result<SyncReport> {
+        match self.sync_cache_once(cache) {
+            Err(e) if crate::cache_trust::is_damage(&e) => {
+                cache.close();
+                self.set_cache_aside(&e)?;
+                *cache = Cache::open(&self.cache_path())?;
+                self.sync_cache_once(cache)
+            }
+            r => r,
+        }
+    }
+
+    fn sync_cache_once(&self, cache: &mut Cache) -> Result<SyncReport> {
         let mut rep = SyncReport::default();
         // One listing of the repository, no request per pack: its names go
         // to a temporary table so the packs that vanished can be found.

@@ -3,6 +3,7 @@
 //! story. `util` holds the harness.
 
 mod backup;
+mod cache_trust;
 mod crash;
 mod job;
 mod keys;
