@@ -254,9 +254,8 @@ fn open_store(cli: &Cli, store: Arc<dyn Store>) -> Result<Repository> {
         false,
     )?;
     let cache = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let mut repo = Repository::open_store(store, &pw, &cache)?;
-    repo.set_notice(Arc::new(|m: &str| eprintln!("coffer: {m}")));
-    Ok(repo)
+    let notice = Arc::new(|m: &str| eprintln!("coffer: {m}"));
+    Ok(Repository::open_store_with(store, &pw, &cache, notice)?)
 }
 
 /// Runs `op` again once, with a cache rebuilt from the repository, when it

@@ -70,6 +70,9 @@ pub struct Snapshot {
 
 /// The cache database's file in a repository's cache directory.
 const CACHE_FILE: &str = "cache.db";
+/// The name of the key file that opened the repository last, in its cache
+/// directory.
+const LAST_KEY_FILE: &str = "last-key";
 
 /// An open, unlocked repository.
 pub struct Repository {
@@ -83,8 +86,8 @@ pub struct Repository {
     /// Whether the cache was checked whole in this process (the check runs
     /// at the first open only).
     cache_verified: std::sync::atomic::AtomicBool,
-    /// Told, in one line, what the engine did on its own (a damaged cache
-    /// moved aside).
+    /// Told, in one line, what the engine did on its own (a key file
+    /// skipped, a damaged cache moved aside).
     notice: Notice,
 }
 
@@ -156,13 +159,39 @@ impl Repository {
         passphrase: &[u8],
         cache_root: &Path,
     ) -> Result<Repository> {
+        Self::open_store_with(store, passphrase, cache_root, Arc::new(|_| {}))
+    }
+
+    /// [`Repository::open_store`], telling `notice` of what it does on its
+    /// own (a key file refused, later a damaged cache moved aside). The key
+    /// file that opened the repository last time is tried first (its name
+    /// is remembered in the cache directory, in a file of its own that
+    /// outlives a rebuilt cache database), so a key file planted to sort
+    /// first costs nothing while the passphrase is unchanged; any other is
+    /// refused before its KDF runs if its parameters are outside the floor
+    /// and ceiling (see [`KdfParams::check`]).
+    pub fn open_store_with(
+        store: Arc<dyn Store>,
+        passphrase: &[u8],
+        cache_root: &Path,
+        notice: Notice,
+    ) -> Result<Repository> {
         let cfg = ConfigFile::decode(&store.read_config()?)?;
         let cache_dir = cache_root.join(cfg.id.to_hex());
         // The disk starts on what comes next while the key is derived.
         crate::cache::prefetch(&cache_dir.join(CACHE_FILE));
         store.warm();
-        let mut last_refusal = None;
-        for name in store.list_keys()? {
+        let remembered = std::fs::read_to_string(cache_dir.join(LAST_KEY_FILE)).ok();
+        let mut names = store.list_keys()?;
+        if let Some(pos) = remembered
+            .as_deref()
+            .and_then(|r| names.iter().position(|n| n == r.trim()))
+        {
+            let first = names.remove(pos);
+            names.insert(0, first);
+        }
+        let (mut last_refusal, mut tried) = (None, false);
+        for name in names {
             let kf = match KeyFile::decode(&store.read_key(&name)?) {
                 Ok(k) => k,
                 Err(e) => {
@@ -177,6 +206,12 @@ impl Repository {
                 Ok(master) => {
                     let keys = Keys::derive(&master);
                     let settings = cfg.open(&keys)?;
+                    if remembered.as_deref().map(str::trim) != Some(name.as_str()) {
+                        // Only an ordering hint: failing to write it costs
+                        // the next run time, never a wrong answer.
+                        let _ = std::fs::create_dir_all(&cache_dir)
+                            .and_then(|()| std::fs::write(cache_dir.join(LAST_KEY_FILE), &name));
+                    }
                     return Ok(Repository {
                         store,
                         keys: Arc::new(keys),
@@ -186,15 +221,25 @@ impl Repository {
                         settings,
                         cache_dir,
                         cache_verified: Default::default(),
-                        notice: Arc::new(|_| {}),
+                        notice,
                     });
                 }
-                Err(FormatError::Crypto(_)) => continue,
-                // A weakened or malformed key file: say so rather than "wrong passphrase".
-                Err(e) => last_refusal = Some(Error::KeyRefused(e.to_string())),
+                Err(FormatError::Crypto(_)) => tried = true,
+                // A weakened, too costly or malformed key file: say so, by
+                // name, and go on to the next; if none opens, say so rather
+                // than "wrong passphrase".
+                Err(e) => {
+                    notice(&format!("warning: key file {name} skipped: {e}"));
+                    last_refusal = Some(Error::KeyRefused(format!("key file {name}: {e}")));
+                }
             }
         }
-        Err(last_refusal.unwrap_or(Error::WrongPassphrase))
+        // A key file that ran its KDF and did not open: the passphrase is
+        // wrong, whatever other key files were refused on the way.
+        match last_refusal {
+            Some(e) if !tried => Err(e),
+            _ => Err(Error::WrongPassphrase),
+        }
     }
 
     /// The store underneath.
@@ -216,12 +261,6 @@ impl Repository {
     /// Name of the key file that opened the repository.
     pub fn key_name(&self) -> &str {
         &self.key_name
-    }
-
-    /// Sets where notices go (by default nowhere); the command line prints
-    /// them on stderr.
-    pub fn set_notice(&mut self, notice: Notice) {
-        self.notice = notice;
     }
 
     fn cache_path(&self) -> PathBuf {

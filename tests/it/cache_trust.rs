@@ -101,3 +101,92 @@ fn a_damaged_cache_is_moved_aside_and_rebuilt_by_backup_restore_and_check() {
         assert!(!r.stderr().contains("cache"), "{}", r.stderr());
     }
 }
+
+/// Writes a copy of the repository's key file under `name`, with other
+/// Argon2id parameters (its binding no longer holds: it can never open).
+fn plant_key(t: &TestRepo, name: &str, memory_kib: u64, iterations: u64) {
+    let keys = t.repo.join("keys");
+    let real = walk(&keys).pop().unwrap();
+    let mut kf: serde_json::Value = serde_json::from_slice(&fs::read(real).unwrap()).unwrap();
+    kf["params"]["memory_kib"] = memory_kib.into();
+    kf["params"]["iterations"] = iterations.into();
+    fs::write(keys.join(name), serde_json::to_vec(&kf).unwrap()).unwrap();
+}
+
+/// Runs the binary for `t` with its address space limited to 1 GiB: a
+/// KDF asking for more cannot even allocate its memory.
+fn run_small(t: &TestRepo, args: &[&str]) -> Run {
+    let mut c = std::process::Command::new("prlimit");
+    c.arg(format!("--as={}", 1u64 << 30)).arg(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COFFER_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("COFFER_PASSWORD", PASSWORD)
+        .env("COFFER_CACHE_DIR", &t.cache)
+        .arg("--repo")
+        .arg(&t.repo)
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    Run {
+        out: c.output().unwrap(),
+    }
+}
+
+const PLANTED: &str = "00000000000000000000000000000000";
+
+// See: issue 18, item 5
+#[test]
+fn a_planted_key_file_above_the_ceiling_is_refused_by_name_without_its_kdf() {
+    let t = TestRepo::new();
+    // the format's old ceiling: 4 GiB and 64 passes, named to sort first
+    plant_key(&t, PLANTED, 4 << 20, 64);
+    let warned = |r: &Run| {
+        let lines: Vec<String> = r
+            .stderr()
+            .lines()
+            .filter(|l| l.contains(PLANTED))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(lines.len(), 1, "{}", r.stderr());
+        assert!(lines[0].contains("above the ceiling"), "{}", r.stderr());
+    };
+    // nothing remembered yet: the planted file comes first and is refused
+    warned(&run_small(&t, &["snapshots"]).ok());
+    // then the remembered key opens first, and the planted file is not read
+    let r = run_small(&t, &["check"]).ok();
+    assert!(!r.stderr().contains(PLANTED), "{}", r.stderr());
+    // with the cache directory gone, refused again by name
+    fs::remove_dir_all(&t.cache).unwrap();
+    warned(&run_small(&t, &["check"]).ok());
+    // a wrong passphrase is still called one
+    let r = t
+        .run_env(&["snapshots"], &[("COFFER_PASSWORD", "wrong")])
+        .fails();
+    assert_eq!(r.code(), 4);
+    assert!(r.stderr().contains("wrong passphrase"), "{}", r.stderr());
+}
+
+// See: issue 18, item 5
+#[test]
+fn the_key_file_that_opened_the_repository_last_is_tried_first() {
+    let t = TestRepo::new();
+    t.run(&["check"]).ok();
+    let real = walk(&t.repo.join("keys")).pop().unwrap();
+    let real = real.file_name().unwrap().to_str().unwrap().to_string();
+    let remembered = walk(&t.cache)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "last-key"))
+        .expect("the key that opened the repository is remembered");
+    assert_eq!(fs::read_to_string(&remembered).unwrap().trim(), real);
+    // within the ceiling (1.5 GiB, 2 passes) but more than this process
+    // may allocate: it would fail if it ran before the remembered key
+    plant_key(&t, PLANTED, 3 << 19, 2);
+    run_small(&t, &["snapshots"]).ok();
+    // the remembered key survives the cache database being rebuilt
+    let db = cache_db(&t);
+    fs::write(&db, random_bytes(5, 4096)).unwrap();
+    run_small(&t, &["check"]).ok();
+    assert_eq!(fs::read_to_string(&remembered).unwrap().trim(), real);
+}
