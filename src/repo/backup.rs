@@ -357,6 +357,7 @@ pub fn backup(
     cache.run_commit_files()?;
     cache.run_note_liveness()?;
     cache.run_reset()?;
+    repo.mend_cache(&mut cache)?;
     Ok(BackupOutcome {
         id,
         stats,

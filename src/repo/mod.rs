@@ -86,6 +86,8 @@ pub struct Repository {
     /// Whether the cache was checked whole in this process (the check runs
     /// at the first open only).
     cache_verified: std::sync::atomic::AtomicBool,
+    /// Whether the cache was set aside and built anew in this process.
+    cache_rebuilt: std::sync::atomic::AtomicBool,
     /// Told, in one line, what the engine did on its own (a key file
     /// skipped, a damaged cache moved aside).
     notice: Notice,
@@ -221,6 +223,7 @@ impl Repository {
                         settings,
                         cache_dir,
                         cache_verified: Default::default(),
+                        cache_rebuilt: Default::default(),
                         notice,
                     });
                 }
@@ -274,18 +277,57 @@ impl Repository {
     pub fn cache(&self) -> Result<Cache> {
         use std::sync::atomic::Ordering;
         let path = self.cache_path();
-        if self.cache_verified.load(Ordering::SeqCst) {
-            return Cache::open(&path);
-        }
-        let cache = match Cache::open_verified(&path) {
-            Err(e) if crate::cache_trust::is_damage(&e) => {
-                self.set_cache_aside(&e)?;
-                Cache::open(&path)?
+        let mut cache = if self.cache_verified.load(Ordering::SeqCst) {
+            Cache::open(&path)?
+        } else {
+            match Cache::open_verified(&path) {
+                Err(e) if crate::cache_trust::is_damage(&e) => {
+                    self.set_cache_aside(&e)?;
+                    Cache::open(&path)?
+                }
+                r => r?,
             }
-            r => r?,
         };
         self.cache_verified.store(true, Ordering::SeqCst);
+        cache.set_row_key(crate::cache_trust::RowKey::new(self.keys.cache_row_key()));
         Ok(cache)
+    }
+
+    /// Whether this process built the cache anew (it was damaged, or
+    /// wrong): it then holds exactly what the repository's headers say.
+    pub fn cache_rebuilt(&self) -> bool {
+        self.cache_rebuilt.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Mends the blob rows the cache found not to check since it was
+    /// opened: removes them, and reads again from their headers the packs
+    /// they named, if the repository holds them. Returns the rows mended.
+    pub fn mend_cache(&self, cache: &mut Cache) -> Result<usize> {
+        let bad = cache.take_bad_rows();
+        if bad.is_empty() {
+            return Ok(0);
+        }
+        let mut packs = std::collections::BTreeSet::new();
+        for (id, pack) in &bad {
+            cache.remove_row(id, pack)?;
+            packs.extend(PackId::from_slice(pack));
+        }
+        for p in &packs {
+            cache.remove_pack(p)?;
+            if let Some(size) = self.store.pack_size(p)? {
+                // A header that does not read leaves the pack unknown: the
+                // next sync tries again and reports it.
+                if let Ok(entries) = self.read_pack_header(p, size) {
+                    cache.add_pack(p, size, &entries)?;
+                }
+            }
+        }
+        (self.notice)(&format!(
+            "the local cache held {} blob rows that did not match their checksum; not used, and the rows of {} packs read again from their headers",
+            bad.len(),
+            packs.len()
+        ));
+        Ok(bad.len())
     }
 
     /// Moves the damaged cache database aside, so the next open starts an
@@ -293,8 +335,10 @@ impl Repository {
     /// to it must be closed.
     pub fn set_cache_aside(&self, why: &Error) -> Result<()> {
         let aside = crate::cache_trust::set_aside(&self.cache_path())?;
+        self.cache_rebuilt
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         (self.notice)(&format!(
-            "the local cache was damaged ({why}); moved aside to {} and rebuilding it from the repository",
+            "the local cache was damaged or wrong ({why}); moved aside to {} and rebuilding it from the repository",
             aside.display()
         ));
         Ok(())

@@ -190,3 +190,98 @@ fn the_key_file_that_opened_the_repository_last_is_tried_first() {
     run_small(&t, &["check"]).ok();
     assert_eq!(fs::read_to_string(&remembered).unwrap().trim(), real);
 }
+
+/// Ways a cache's blob rows can be wrong yet well-formed.
+#[derive(Debug, Clone, Copy)]
+enum Wrong {
+    /// The rows of one pack point at another existing pack.
+    OtherPack,
+    /// Every row is one byte off.
+    Offset,
+    /// The rows of every pack are gone, the packs still known.
+    NoRows,
+}
+
+/// A pack's id, from its file name.
+fn pack_id(p: &Path) -> Vec<u8> {
+    hex::decode(p.file_name().unwrap().to_str().unwrap()).unwrap()
+}
+
+/// Edits `t`'s cache database behind coffer's back.
+fn make_wrong(t: &TestRepo, how: Wrong) {
+    let c = rusqlite::Connection::open(cache_db(t)).unwrap();
+    let packs = t.packs();
+    assert!(packs.len() >= 2, "two packs at least");
+    let n = match how {
+        Wrong::OtherPack => {
+            let (a, b) = (pack_id(&packs[0]), pack_id(&packs[1]));
+            c.execute(
+                "UPDATE OR IGNORE blobs SET pack = ?2 WHERE pack = ?1",
+                [&a, &b],
+            )
+            .unwrap()
+        }
+        Wrong::Offset => c
+            .execute("UPDATE blobs SET offset = offset + 1", [])
+            .unwrap(),
+        Wrong::NoRows => c.execute("DELETE FROM blobs", []).unwrap(),
+    };
+    assert!(n > 0, "{how:?} changed nothing");
+}
+
+// See: issue 18, item 2
+#[test]
+fn a_wrong_cache_never_makes_a_snapshot_omit_a_pack_that_prune_then_collects() {
+    if !crate::retention::faketime() {
+        eprintln!("faketime not installed; skipped");
+        return;
+    }
+    for how in [Wrong::OtherPack, Wrong::Offset, Wrong::NoRows] {
+        let t = TestRepo::new();
+        // two packs of old data at least (packs of 1 MiB)
+        let old = t.path("old");
+        fs::create_dir_all(&old).unwrap();
+        fs::write(old.join("a"), random_bytes(1, 900_000)).unwrap();
+        fs::write(old.join("b"), random_bytes(2, 900_000)).unwrap();
+        t.backup(&[old.to_str().unwrap()]);
+        // the new snapshot holds the same content under another path, and more
+        let new = t.path("new");
+        fs::create_dir_all(&new).unwrap();
+        fs::copy(old.join("a"), new.join("a")).unwrap();
+        fs::copy(old.join("b"), new.join("b")).unwrap();
+        fs::write(new.join("c"), random_bytes(3, 300_000)).unwrap();
+        make_wrong(&t, how);
+        let at = |offset: &str, args: &[&str]| crate::retention::at(&t, offset, args);
+        at("+20d", &["backup", new.to_str().unwrap()]).ok();
+        t.run(&["check"]).ok();
+        // day 31: the old snapshot expires and prune collects what only it listed
+        at("+31d", &["prune"]).ok();
+        assert_eq!(t.snapshots().len(), 1, "{how:?}");
+        at("+31d", &["check", "--read-data"]).ok();
+        let out = t.path("out");
+        t.run(&["restore", "latest", "--target", out.to_str().unwrap()])
+            .ok();
+        assert_same_tree(&new, &restored(&out, &new));
+    }
+}
+
+// See: issue 18, item 2
+#[test]
+fn a_wrong_cache_makes_restore_and_check_of_an_intact_repository_report_nothing() {
+    for how in [Wrong::OtherPack, Wrong::Offset, Wrong::NoRows] {
+        let t = TestRepo::new();
+        let src = tree(&t);
+        t.backup(&[src.to_str().unwrap()]);
+        make_wrong(&t, how);
+        let out = t.path("out");
+        let r = t
+            .run(&["restore", "latest", "--target", out.to_str().unwrap()])
+            .ok();
+        assert!(!r.stderr().contains("damaged:"), "{how:?}: {}", r.stderr());
+        assert_same_tree(&src, &restored(&out, &src));
+        make_wrong(&t, how);
+        t.run(&["check", "--read-data"]).ok();
+        make_wrong(&t, how);
+        t.run(&["check"]).ok();
+    }
+}

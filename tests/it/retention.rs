@@ -20,7 +20,7 @@ fn libfaketime() -> Option<&'static str> {
 }
 
 /// Whether libfaketime is installed (CI installs it).
-fn faketime() -> bool {
+pub fn faketime() -> bool {
     libfaketime().is_some()
 }
 
@@ -40,7 +40,7 @@ pub fn faked(offset: &str) -> Command {
 }
 
 /// Runs the binary for `t` with the clock shifted by `offset`.
-fn at(t: &TestRepo, offset: &str, args: &[&str]) -> Run {
+pub fn at(t: &TestRepo, offset: &str, args: &[&str]) -> Run {
     let mut c = faked(offset);
     c.env("COFFER_PASSWORD", PASSWORD)
         .env("COFFER_CACHE_DIR", &t.cache)
