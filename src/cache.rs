@@ -87,11 +87,13 @@ CREATE TABLE IF NOT EXISTS packs (id BLOB PRIMARY KEY, size INTEGER NOT NULL) WI
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (
     path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
-    inode INTEGER NOT NULL, dev INTEGER NOT NULL, content BLOB NOT NULL, packs BLOB NOT NULL
+    inode INTEGER NOT NULL, dev INTEGER NOT NULL, content BLOB NOT NULL, packs BLOB NOT NULL,
+    mac BLOB NOT NULL
 ) WITHOUT ROWID;
 ";
 
-/// Layout version of the cache database (3: blob rows carry a checksum).
+/// Layout version of the cache database (3: blob and file rows carry a
+/// checksum).
 const CACHE_VERSION: i64 = 3;
 
 /// Bad blob rows remembered for mending; more are still not used.
@@ -240,6 +242,21 @@ impl Cache {
         self.conn
             .execute("DELETE FROM blobs WHERE id = ?1 AND pack = ?2", [id, pack])?;
         Ok(())
+    }
+
+    /// A files-cache record whose checksum holds; one that does not is
+    /// not used (the file is read again, and its record replaced).
+    fn file_in(&self, conn: &Connection, path: &[u8]) -> Result<Option<FileRecord>> {
+        let mut st = conn.prepare_cached(
+            "SELECT size, mtime_ns, ctime_ns, inode, dev, content, packs, mac FROM files WHERE path = ?1",
+        )?;
+        let row = st
+            .query_row([path], |r| {
+                let rec = file_record(r, 0, r.get(6)?)?;
+                Ok((rec, r.get::<_, Vec<u8>>(7)?))
+            })
+            .optional()?;
+        Ok(row.and_then(|(rec, mac)| self.row_key.file_checks(path, &rec, &mac).then_some(rec)))
     }
 
     /// Looks a blob up.
@@ -501,7 +518,7 @@ impl Cache {
 
     /// Reads a files-cache record.
     pub fn file(&self, path: &[u8]) -> Result<Option<FileRecord>> {
-        file_in(&self.conn, path)
+        self.file_in(&self.conn, path)
     }
 
     /// [`Cache::file`] for many paths in one read transaction: one lock of
@@ -510,7 +527,7 @@ impl Cache {
         &mut self,
         paths: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Vec<Option<FileRecord>>> {
-        self.in_read_tx(|conn| paths.into_iter().map(|p| file_in(conn, p)).collect())
+        self.in_read_tx(|conn| paths.into_iter().map(|p| self.file_in(conn, p)).collect())
     }
 
     /// Notes that the running backup references these blobs, each for a
@@ -710,8 +727,8 @@ impl Cache {
                  WHERE b.pack IS NOT NULL GROUP BY r.file, b.pack ORDER BY r.file, b.pack",
             )?;
             let mut put = tx.prepare_cached(
-                "INSERT OR REPLACE INTO files (path, size, mtime_ns, ctime_ns, inode, dev, content, packs)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR REPLACE INTO files (path, size, mtime_ns, ctime_ns, inode, dev, content, packs, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let mut pr = packs.query([])?;
             let mut next = pr.next()?;
@@ -732,15 +749,18 @@ impl Cache {
                     }
                     next = pr.next()?;
                 }
+                let path: Vec<u8> = r.get(1)?;
+                let rec = file_record(r, 2, ids)?;
                 put.execute(params![
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, Vec<u8>>(7)?,
-                    ids
+                    path,
+                    rec.size as i64,
+                    rec.mtime_ns,
+                    rec.ctime_ns,
+                    rec.inode as i64,
+                    rec.dev as i64,
+                    rec.content,
+                    rec.packs,
+                    self.row_key.file_mac(&path, &rec)
                 ])?;
                 n += 1;
             }
@@ -748,6 +768,20 @@ impl Cache {
         tx.commit()?;
         Ok(n)
     }
+}
+
+/// A files-cache record from columns size, mtime_ns, ctime_ns, inode, dev
+/// and content from column `first`, with `packs`.
+fn file_record(r: &rusqlite::Row, first: usize, packs: Vec<u8>) -> rusqlite::Result<FileRecord> {
+    Ok(FileRecord {
+        size: r.get::<_, i64>(first)? as u64,
+        mtime_ns: r.get(first + 1)?,
+        ctime_ns: r.get(first + 2)?,
+        inode: r.get::<_, i64>(first + 3)? as u64,
+        dev: r.get::<_, i64>(first + 4)? as u64,
+        content: r.get(first + 5)?,
+        packs,
+    })
 }
 
 /// A blob row from columns `pack` (given), then offset, sealed_len,
@@ -767,25 +801,6 @@ fn raw_row(
         kind: r.get(first + 3)?,
         mac: r.get(first + 4)?,
     })
-}
-
-fn file_in(conn: &rusqlite::Connection, path: &[u8]) -> Result<Option<FileRecord>> {
-    let mut st = conn.prepare_cached(
-        "SELECT size, mtime_ns, ctime_ns, inode, dev, content, packs FROM files WHERE path = ?1",
-    )?;
-    Ok(st
-        .query_row([path], |r| {
-            Ok(FileRecord {
-                size: r.get::<_, i64>(0)? as u64,
-                mtime_ns: r.get(1)?,
-                ctime_ns: r.get(2)?,
-                inode: r.get::<_, i64>(3)? as u64,
-                dev: r.get::<_, i64>(4)? as u64,
-                content: r.get(5)?,
-                packs: r.get(6)?,
-            })
-        })
-        .optional()?)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, ErrorCode};
 
-use crate::cache::BlobLocation;
+use crate::cache::{BlobLocation, FileRecord};
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
@@ -71,6 +71,34 @@ impl RowKey {
         out
     }
 
+    /// The checksum of a files-cache row: what the file looked like and the
+    /// content and packs a backup reuses without reading it.
+    pub fn file_mac(&self, path: &[u8], rec: &FileRecord) -> [u8; ROW_MAC_LEN] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(b"file");
+        for part in [path, &rec.content, &rec.packs] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        for n in [
+            rec.size,
+            rec.mtime_ns as u64,
+            rec.ctime_ns as u64,
+            rec.inode,
+            rec.dev,
+        ] {
+            h.update(&n.to_le_bytes());
+        }
+        let mut out = [0u8; ROW_MAC_LEN];
+        out.copy_from_slice(&h.finalize().as_bytes()[..ROW_MAC_LEN]);
+        out
+    }
+
+    /// Whether a files-cache row's checksum holds.
+    pub fn file_checks(&self, path: &[u8], rec: &FileRecord, mac: &[u8]) -> bool {
+        same(&self.file_mac(path, rec), mac)
+    }
+
     /// The location a row gives, if it is well-formed and its checksum
     /// holds; `None` for a row not to use.
     pub fn check(&self, row: &RawRow) -> Option<(BlobId, BlobLocation)> {
@@ -82,16 +110,14 @@ impl RowKey {
             plain_len: u32::try_from(row.plain_len).ok()?,
             kind: Kind::from_u8(u8::try_from(row.kind).ok()?)?,
         };
-        let want = self.mac(&id, &loc);
-        // Not secret: compared in constant time anyway, as a MAC should be.
-        let ok = row.mac.len() == ROW_MAC_LEN
-            && want
-                .iter()
-                .zip(&row.mac)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        ok.then_some((id, loc))
+        same(&self.mac(&id, &loc), &row.mac).then_some((id, loc))
     }
+}
+
+/// Whether a stored checksum is the one computed, compared in constant time
+/// as a MAC should be.
+fn same(want: &[u8; ROW_MAC_LEN], got: &[u8]) -> bool {
+    got.len() == ROW_MAC_LEN && want.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// A cache file at most this big gets a `PRAGMA quick_check` at every open.

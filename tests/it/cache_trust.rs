@@ -285,3 +285,50 @@ fn a_wrong_cache_makes_restore_and_check_of_an_intact_repository_report_nothing(
         t.run(&["check"]).ok();
     }
 }
+
+// See: issue 18, item 2 (the files cache's rows are the cache's word too)
+#[test]
+fn a_wrong_files_cache_row_never_makes_a_snapshot_omit_a_pack() {
+    if !crate::retention::faketime() {
+        eprintln!("faketime not installed; skipped");
+        return;
+    }
+    let t = TestRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), random_bytes(1, 900_000)).unwrap();
+    fs::write(src.join("b"), random_bytes(2, 900_000)).unwrap();
+    age(&src.join("a"));
+    age(&src.join("b"));
+    t.backup(&[src.to_str().unwrap()]);
+    // every file's record names another existing pack instead of its own
+    let c = rusqlite::Connection::open(cache_db(&t)).unwrap();
+    let other = pack_id(&t.packs()[0]);
+    let recs: Vec<(Vec<u8>, Vec<u8>)> = c
+        .prepare("SELECT path, packs FROM files")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!recs.is_empty(), "the files cache holds the files");
+    for (path, mut packs) in recs {
+        for e in packs.chunks_mut(40) {
+            e[..32].copy_from_slice(&other);
+        }
+        c.execute(
+            "UPDATE files SET packs = ?2 WHERE path = ?1",
+            [&path, &packs],
+        )
+        .unwrap();
+    }
+    drop(c);
+    crate::retention::at(&t, "+20d", &["backup", src.to_str().unwrap()]).ok();
+    crate::retention::at(&t, "+31d", &["prune"]).ok();
+    assert_eq!(t.snapshots().len(), 1);
+    crate::retention::at(&t, "+31d", &["check", "--read-data"]).ok();
+    let out = t.path("out");
+    t.run(&["restore", "latest", "--target", out.to_str().unwrap()])
+        .ok();
+    assert_same_tree(&src, &restored(&out, &src));
+}
