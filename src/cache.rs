@@ -658,6 +658,49 @@ impl Cache {
         Ok(())
     }
 
+    /// Calls `f` with each pack the running backup's blobs resolved to and
+    /// those blobs with where the cache says they lie, one pack at a time
+    /// (memory holds one pack's blobs).
+    pub fn run_blobs_by_pack(
+        &self,
+        f: &mut dyn FnMut(PackId, Vec<(BlobId, BlobLocation)>) -> Result<()>,
+    ) -> Result<()> {
+        self.run_resolve()?;
+        let mut st = self.conn.prepare(
+            "SELECT blob, pack, offset, bytes, plain_len, kind, mac FROM run_blobs
+             WHERE pack IS NOT NULL ORDER BY pack",
+        )?;
+        let mut rows = st.query([])?;
+        let mut group: Option<(PackId, Vec<(BlobId, BlobLocation)>)> = None;
+        while let Some(r) = rows.next()? {
+            let raw = raw_row(r, r.get(0)?, r.get(1)?, 2)?;
+            // Checked when resolved: a row that fails now is damage.
+            let (id, loc) = self
+                .row_key
+                .check(&raw)
+                .ok_or_else(|| crate::cache_trust::damage("a resolved blob row".into()))?;
+            match &mut group {
+                Some((p, blobs)) if *p == loc.pack => blobs.push((id, loc)),
+                _ => {
+                    if let Some((p, blobs)) = group.take() {
+                        f(p, blobs)?;
+                    }
+                    group = Some((loc.pack, vec![(id, loc)]));
+                }
+            }
+        }
+        if let Some((p, blobs)) = group {
+            f(p, blobs)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the next question about the running backup resolve its blobs
+    /// anew (after rows were mended).
+    pub fn run_unresolve(&self) {
+        self.run_resolved.set(false);
+    }
+
     /// The rows of `run_blobs` that do not check (noted as bad).
     fn run_unchecked(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut st = self.conn.prepare(

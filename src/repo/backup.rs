@@ -323,7 +323,8 @@ pub fn backup(
         warnings,
         ..
     } = w;
-    let up_stats = up.finish(&mut cache)?;
+    let (up_stats, written) = up.finish(&mut cache)?;
+    super::reused::verify(repo, &mut cache, &written)?;
     let (packs, missing) = cache.run_packs()?;
     if missing > 0 {
         return Err(Error::Corrupt(format!(

@@ -9,6 +9,7 @@ pub mod check;
 pub mod diff;
 mod readahead;
 pub mod restore;
+mod reused;
 mod upload;
 
 use std::path::{Path, PathBuf};
@@ -291,6 +292,11 @@ impl Repository {
         self.cache_verified.store(true, Ordering::SeqCst);
         cache.set_row_key(crate::cache_trust::RowKey::new(self.keys.cache_row_key()));
         Ok(cache)
+    }
+
+    /// Says, in one line, what the engine did on its own.
+    pub(crate) fn notify(&self, what: &str) {
+        (self.notice)(what)
     }
 
     /// Whether this process built the cache anew (it was damaged, or

@@ -202,6 +202,38 @@ enum Wrong {
     NoRows,
 }
 
+/// A directory of two files of 900 kB (two packs of 1 MiB at least),
+/// backed up: the older snapshot.
+fn two_packs(t: &TestRepo, name: &str) -> PathBuf {
+    let d = t.path(name);
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join("a"), random_bytes(1, 900_000)).unwrap();
+    fs::write(d.join("b"), random_bytes(2, 900_000)).unwrap();
+    d
+}
+
+/// The same content as `old` under another path: the newer snapshot's.
+fn same_content(t: &TestRepo, old: &Path) -> PathBuf {
+    let new = t.path("new");
+    fs::create_dir_all(&new).unwrap();
+    fs::copy(old.join("a"), new.join("a")).unwrap();
+    fs::copy(old.join("b"), new.join("b")).unwrap();
+    new
+}
+
+/// Day 31: the older snapshot expires and prune collects what only it
+/// listed; the newer one (of `src`, taken on day 20) must check whole and
+/// restore byte for byte.
+fn newer_survives_prune(t: &TestRepo, src: &Path) {
+    crate::retention::at(t, "+31d", &["prune"]).ok();
+    assert_eq!(t.snapshots().len(), 1);
+    crate::retention::at(t, "+31d", &["check", "--read-data"]).ok();
+    let out = t.path("out");
+    t.run(&["restore", "latest", "--target", out.to_str().unwrap()])
+        .ok();
+    assert_same_tree(src, &restored(&out, src));
+}
+
 /// A pack's id, from its file name.
 fn pack_id(p: &Path) -> Vec<u8> {
     hex::decode(p.file_name().unwrap().to_str().unwrap()).unwrap()
@@ -238,30 +270,15 @@ fn a_wrong_cache_never_makes_a_snapshot_omit_a_pack_that_prune_then_collects() {
     }
     for how in [Wrong::OtherPack, Wrong::Offset, Wrong::NoRows] {
         let t = TestRepo::new();
-        // two packs of old data at least (packs of 1 MiB)
-        let old = t.path("old");
-        fs::create_dir_all(&old).unwrap();
-        fs::write(old.join("a"), random_bytes(1, 900_000)).unwrap();
-        fs::write(old.join("b"), random_bytes(2, 900_000)).unwrap();
+        let old = two_packs(&t, "old");
         t.backup(&[old.to_str().unwrap()]);
         // the new snapshot holds the same content under another path, and more
-        let new = t.path("new");
-        fs::create_dir_all(&new).unwrap();
-        fs::copy(old.join("a"), new.join("a")).unwrap();
-        fs::copy(old.join("b"), new.join("b")).unwrap();
+        let new = same_content(&t, &old);
         fs::write(new.join("c"), random_bytes(3, 300_000)).unwrap();
         make_wrong(&t, how);
-        let at = |offset: &str, args: &[&str]| crate::retention::at(&t, offset, args);
-        at("+20d", &["backup", new.to_str().unwrap()]).ok();
+        crate::retention::at(&t, "+20d", &["backup", new.to_str().unwrap()]).ok();
         t.run(&["check"]).ok();
-        // day 31: the old snapshot expires and prune collects what only it listed
-        at("+31d", &["prune"]).ok();
-        assert_eq!(t.snapshots().len(), 1, "{how:?}");
-        at("+31d", &["check", "--read-data"]).ok();
-        let out = t.path("out");
-        t.run(&["restore", "latest", "--target", out.to_str().unwrap()])
-            .ok();
-        assert_same_tree(&new, &restored(&out, &new));
+        newer_survives_prune(&t, &new);
     }
 }
 
@@ -294,10 +311,7 @@ fn a_wrong_files_cache_row_never_makes_a_snapshot_omit_a_pack() {
         return;
     }
     let t = TestRepo::new();
-    let src = t.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("a"), random_bytes(1, 900_000)).unwrap();
-    fs::write(src.join("b"), random_bytes(2, 900_000)).unwrap();
+    let src = two_packs(&t, "src");
     age(&src.join("a"));
     age(&src.join("b"));
     t.backup(&[src.to_str().unwrap()]);
@@ -324,11 +338,39 @@ fn a_wrong_files_cache_row_never_makes_a_snapshot_omit_a_pack() {
     }
     drop(c);
     crate::retention::at(&t, "+20d", &["backup", src.to_str().unwrap()]).ok();
-    crate::retention::at(&t, "+31d", &["prune"]).ok();
-    assert_eq!(t.snapshots().len(), 1);
-    crate::retention::at(&t, "+31d", &["check", "--read-data"]).ok();
-    let out = t.path("out");
-    t.run(&["restore", "latest", "--target", out.to_str().unwrap()])
-        .ok();
-    assert_same_tree(&src, &restored(&out, &src));
+    newer_survives_prune(&t, &src);
+}
+
+// See: issue 18, item 2 (a row that checks is still held against the
+// pack's header before a snapshot lists that pack)
+#[test]
+fn a_cache_row_its_pack_header_does_not_hold_is_mended_before_the_snapshot() {
+    use coffer::repo::Repository;
+    use coffer::store::LocalStore;
+    use std::sync::Arc;
+    if !crate::retention::faketime() {
+        eprintln!("faketime not installed; skipped");
+        return;
+    }
+    let t = TestRepo::new();
+    let old = two_packs(&t, "old");
+    t.backup(&[old.to_str().unwrap()]);
+    // Through the library, as a bug of coffer's could: every blob of one
+    // pack also claimed, newest, by another pack whose header lacks them.
+    {
+        let store = LocalStore::open(&t.repo).unwrap();
+        let repo = Repository::open_store(Arc::new(store), PASSWORD.as_bytes(), &t.cache).unwrap();
+        let packs = t.packs();
+        let id = |p: &Path| coffer::id::PackId::from_slice(&pack_id(p)).unwrap();
+        let (a, b) = (id(&packs[0]), id(&packs[1]));
+        let size = |p: &Path| fs::metadata(p).unwrap().len();
+        let entries = repo.read_pack_header(&a, size(&packs[0])).unwrap();
+        assert!(!entries.is_empty());
+        let mut cache = repo.cache().unwrap();
+        cache.add_pack(&b, size(&packs[1]), &entries).unwrap();
+    }
+    let new = same_content(&t, &old);
+    let r = crate::retention::at(&t, "+20d", &["backup", new.to_str().unwrap()]).ok();
+    assert!(r.stderr().contains("wrong about 1 packs"), "{}", r.stderr());
+    newer_survives_prune(&t, &new);
 }
