@@ -199,10 +199,21 @@ fn wal_of(db: &Path) -> PathBuf {
 
 /// Moves a damaged cache database and its write-ahead log and shared-memory
 /// files aside, to `<name>.corrupt-<unix time>[-wal|-shm]`, so the next open
-/// starts an empty one and the damaged one is kept for a look. Every
+/// starts an empty one and the damaged one is kept for a look (the one set
+/// aside before it is removed). Every
 /// connection to it must be closed first (SQLite removes its `-wal` by
 /// name when the last one closes). Returns the new name of the database.
 pub(crate) fn set_aside(db: &Path) -> Result<PathBuf> {
+    // Only the latest is kept: a repository whose damage sends every check
+    // through a rebuilt cache must not fill the disk with old ones.
+    if let (Some(dir), Some(name)) = (db.parent(), db.file_name()) {
+        let prefix = format!("{}.corrupt-", name.to_string_lossy());
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
