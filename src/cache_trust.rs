@@ -160,7 +160,7 @@ fn checked_marker(db: &Path) -> PathBuf {
 /// here, as SQLITE_NOTADB), a file as long as its header says (a truncated
 /// file, unless a write-ahead log holds the missing pages), and a
 /// quick_check when the file is small or the last one is old.
-pub(crate) fn verify(conn: &Connection, db: &Path) -> Result<()> {
+pub fn verify(conn: &Connection, db: &Path) -> Result<()> {
     let _: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
     let pages: u64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let page_size: u64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
