@@ -7,6 +7,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::cache_trust::{RawRow, RowKey};
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::format::pack::PackEntry;
@@ -62,6 +63,11 @@ impl FileRecord {
 /// The cache database of one repository.
 pub struct Cache {
     conn: Connection,
+    /// Checks each blob row's checksum (see [`RowKey`]).
+    row_key: RowKey,
+    /// Blob rows (id, pack) found not to check, not used since: see
+    /// [`Cache::take_bad_rows`]. At most [`BAD_ROWS_KEPT`].
+    bad_rows: std::cell::RefCell<Vec<(Vec<u8>, Vec<u8>)>>,
     /// Whether `run_blobs` holds where each blob of `run_refs` lives, as
     /// the index says now.
     run_resolved: std::cell::Cell<bool>,
@@ -71,7 +77,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS blobs (
     id BLOB NOT NULL, pack BLOB NOT NULL, offset INTEGER NOT NULL,
     sealed_len INTEGER NOT NULL, plain_len INTEGER NOT NULL, kind INTEGER NOT NULL,
-    seq INTEGER NOT NULL, PRIMARY KEY (id, pack)
+    seq INTEGER NOT NULL, mac BLOB NOT NULL, PRIMARY KEY (id, pack)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pack_live (
     pack BLOB PRIMARY KEY, live INTEGER NOT NULL, size INTEGER NOT NULL
@@ -81,12 +87,17 @@ CREATE TABLE IF NOT EXISTS packs (id BLOB PRIMARY KEY, size INTEGER NOT NULL) WI
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (
     path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
-    inode INTEGER NOT NULL, dev INTEGER NOT NULL, content BLOB NOT NULL, packs BLOB NOT NULL
+    inode INTEGER NOT NULL, dev INTEGER NOT NULL, content BLOB NOT NULL, packs BLOB NOT NULL,
+    mac BLOB NOT NULL
 ) WITHOUT ROWID;
 ";
 
-/// Layout version of the cache database.
-const CACHE_VERSION: i64 = 2;
+/// Layout version of the cache database (3: blob and file rows carry a
+/// checksum).
+const CACHE_VERSION: i64 = 3;
+
+/// Bad blob rows remembered for mending; more are still not used.
+const BAD_ROWS_KEPT: usize = 4096;
 
 /// A pack holding less than this share of live data (as the last backup
 /// found it) is not deduplicated against: its live chunks are written anew,
@@ -168,7 +179,9 @@ impl Cache {
             "CREATE TEMP TABLE IF NOT EXISTS run_refs (file INTEGER NOT NULL, blob BLOB NOT NULL);
              CREATE INDEX IF NOT EXISTS temp.run_refs_file ON run_refs(file);
              CREATE TEMP TABLE IF NOT EXISTS run_packs (pack BLOB NOT NULL, bytes INTEGER NOT NULL);
-             CREATE TEMP TABLE IF NOT EXISTS run_blobs (blob BLOB PRIMARY KEY, pack BLOB, bytes INTEGER) WITHOUT ROWID;
+             CREATE TEMP TABLE IF NOT EXISTS run_blobs (
+                 blob BLOB PRIMARY KEY, pack BLOB, bytes INTEGER, offset INTEGER, plain_len INTEGER,
+                 kind INTEGER, mac BLOB) WITHOUT ROWID;
              CREATE TEMP TABLE IF NOT EXISTS listed (pack BLOB PRIMARY KEY) WITHOUT ROWID;
              CREATE TEMP TABLE IF NOT EXISTS run_files (
                  seq INTEGER PRIMARY KEY, path BLOB NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
@@ -176,13 +189,113 @@ impl Cache {
         )?;
         Ok(Cache {
             conn,
+            row_key: RowKey::new([0; 32]),
+            bad_rows: Default::default(),
             run_resolved: std::cell::Cell::new(false),
         })
     }
 
+    /// [`Cache::open`], then checks that the database is whole (see
+    /// [`crate::cache_trust::verify`]): a damaged one is an error for which
+    /// [`crate::cache_trust::is_damage`] holds.
+    pub fn open_verified(path: &Path) -> Result<Cache> {
+        let c = Cache::open(path)?;
+        crate::cache_trust::verify(&c.conn, path)?;
+        Ok(c)
+    }
+
+    /// Closes the database (every later call fails), so its files can be
+    /// moved aside.
+    pub(crate) fn close(&mut self) {
+        if let Ok(mem) = Connection::open_in_memory() {
+            drop(std::mem::replace(&mut self.conn, mem));
+        }
+    }
+
+    /// Sets the key of the rows' checksums: rows written under another key
+    /// do not check (a cache opened without it uses a key of zeros).
+    pub fn set_row_key(&mut self, key: RowKey) {
+        self.row_key = key;
+    }
+
+    /// Checks a row; one that does not check is noted and not used.
+    fn checked(&self, row: RawRow) -> Option<BlobLocation> {
+        match self.row_key.check(&row) {
+            Some((_, loc)) => Some(loc),
+            None => {
+                let mut bad = self.bad_rows.borrow_mut();
+                if bad.len() < BAD_ROWS_KEPT {
+                    bad.push((row.id, row.pack));
+                }
+                None
+            }
+        }
+    }
+
+    /// The blob rows (id, pack) found not to check since the last call.
+    pub fn take_bad_rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut *self.bad_rows.borrow_mut())
+    }
+
+    /// Removes one blob row.
+    pub fn remove_row(&self, id: &[u8], pack: &[u8]) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM blobs WHERE id = ?1 AND pack = ?2", [id, pack])?;
+        Ok(())
+    }
+
+    /// A files-cache record whose checksum holds; one that does not is
+    /// not used (the file is read again, and its record replaced).
+    fn file_in(&self, conn: &Connection, path: &[u8]) -> Result<Option<FileRecord>> {
+        let mut st = conn.prepare_cached(
+            "SELECT size, mtime_ns, ctime_ns, inode, dev, content, packs, mac FROM files WHERE path = ?1",
+        )?;
+        let row = st
+            .query_row([path], |r| {
+                let rec = file_record(r, 0, r.get(6)?)?;
+                Ok((rec, r.get::<_, Vec<u8>>(7)?))
+            })
+            .optional()?;
+        Ok(row.and_then(|(rec, mac)| self.row_key.file_checks(path, &rec, &mac).then_some(rec)))
+    }
+
     /// Looks a blob up.
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
-        lookup_in(&self.conn, id)
+        self.lookup_in(&self.conn, id)
+    }
+
+    /// The newest location of a blob whose row checks.
+    fn lookup_in(&self, conn: &Connection, id: &BlobId) -> Result<Option<BlobLocation>> {
+        // The newest location: with max(), SQLite takes the bare columns
+        // from the row holding the maximum, in one seek. `ORDER BY seq DESC
+        // LIMIT 1` built a temporary B-tree for every lookup (a restore
+        // makes one per chunk). No such blob: one row of NULLs.
+        let mut st = conn.prepare_cached(
+            "SELECT pack, offset, sealed_len, plain_len, kind, mac, max(seq) FROM blobs WHERE id = ?1",
+        )?;
+        let row = st.query_row([id.as_bytes()], |r| {
+            let Some(pack) = r.get::<_, Option<Vec<u8>>>(0)? else {
+                return Ok(None);
+            };
+            raw_row(r, id.as_bytes().to_vec(), pack, 1).map(Some)
+        })?;
+        let Some(row) = row else { return Ok(None) };
+        if let Some(loc) = self.checked(row) {
+            return Ok(Some(loc));
+        }
+        // The newest row does not check: the newest that does, if any.
+        let mut st = conn.prepare_cached(
+            "SELECT pack, offset, sealed_len, plain_len, kind, mac FROM blobs WHERE id = ?1 ORDER BY seq DESC",
+        )?;
+        let rows = st.query_map([id.as_bytes()], |r| {
+            raw_row(r, id.as_bytes().to_vec(), r.get(0)?, 1)
+        })?;
+        for row in rows {
+            if let Some(loc) = self.checked(row?) {
+                return Ok(Some(loc));
+            }
+        }
+        Ok(None)
     }
 
     /// [`Cache::lookup`] for many blobs, in one read transaction.
@@ -190,7 +303,7 @@ impl Cache {
         &self,
         ids: impl IntoIterator<Item = &'a BlobId>,
     ) -> Result<Vec<Option<BlobLocation>>> {
-        self.in_read_tx(|conn| ids.into_iter().map(|id| lookup_in(conn, id)).collect())
+        self.in_read_tx(|conn| ids.into_iter().map(|id| self.lookup_in(conn, id)).collect())
     }
 
     /// Holds one read transaction until the guard is dropped: every lookup
@@ -224,14 +337,16 @@ impl Cache {
 
     /// Every pack known to hold a blob, newest first.
     pub fn locations(&self, id: &BlobId) -> Result<Vec<PackId>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT pack FROM blobs WHERE id = ?1 ORDER BY seq DESC")?;
-        let rows = st.query_map([id.as_bytes()], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut st = self.conn.prepare_cached(
+            "SELECT pack, offset, sealed_len, plain_len, kind, mac FROM blobs WHERE id = ?1 ORDER BY seq DESC",
+        )?;
+        let rows = st.query_map([id.as_bytes()], |r| {
+            raw_row(r, id.as_bytes().to_vec(), r.get(0)?, 1)
+        })?;
         let mut out = Vec::new();
         for r in rows {
-            if let Some(p) = PackId::from_slice(&r?) {
-                out.push(p);
+            if let Some(loc) = self.checked(r?) {
+                out.push(loc.pack);
             }
         }
         Ok(out)
@@ -262,17 +377,21 @@ impl Cache {
         except: &std::collections::HashSet<PackId>,
     ) -> Result<Vec<bool>> {
         self.in_read_tx(|conn| {
-            if except.is_empty() {
-                let mut st = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
-                let out = ids.into_iter().map(|id| st.exists([id.as_bytes()]));
-                return Ok(out.collect::<rusqlite::Result<Vec<bool>>>()?);
-            }
-            let mut st = conn.prepare_cached("SELECT pack FROM blobs WHERE id = ?1")?;
+            // Only a row that checks counts: one that does not would leave
+            // the blob unstored and the snapshot without its pack.
+            let mut st = conn.prepare_cached(
+                "SELECT pack, offset, sealed_len, plain_len, kind, mac FROM blobs WHERE id = ?1",
+            )?;
             let mut out = Vec::new();
             for id in ids {
                 let mut elsewhere = false;
-                for p in st.query_map([id.as_bytes()], |r| r.get::<_, Vec<u8>>(0))? {
-                    elsewhere |= PackId::from_slice(&p?).is_some_and(|p| !except.contains(&p));
+                let rows = st.query_map([id.as_bytes()], |r| {
+                    raw_row(r, id.as_bytes().to_vec(), r.get(0)?, 1)
+                })?;
+                for row in rows {
+                    elsewhere |= self
+                        .checked(row?)
+                        .is_some_and(|l| !except.contains(&l.pack));
                 }
                 out.push(elsewhere);
             }
@@ -300,10 +419,17 @@ impl Cache {
                 |r| r.get(0),
             )?;
             let mut st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO blobs (id, pack, offset, sealed_len, plain_len, kind, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR IGNORE INTO blobs (id, pack, offset, sealed_len, plain_len, kind, seq, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for e in entries {
+                let loc = BlobLocation {
+                    pack: *id,
+                    offset: e.offset,
+                    sealed_len: e.sealed_len,
+                    plain_len: e.plain_len,
+                    kind: e.kind,
+                };
                 st.execute(params![
                     e.id.as_bytes(),
                     id.as_bytes(),
@@ -311,7 +437,8 @@ impl Cache {
                     e.sealed_len as i64,
                     e.plain_len as i64,
                     e.kind as u8 as i64,
-                    seq
+                    seq,
+                    self.row_key.mac(&e.id, &loc)
                 ])?;
             }
             tx.execute(
@@ -391,7 +518,7 @@ impl Cache {
 
     /// Reads a files-cache record.
     pub fn file(&self, path: &[u8]) -> Result<Option<FileRecord>> {
-        file_in(&self.conn, path)
+        self.file_in(&self.conn, path)
     }
 
     /// [`Cache::file`] for many paths in one read transaction: one lock of
@@ -400,7 +527,7 @@ impl Cache {
         &mut self,
         paths: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Vec<Option<FileRecord>>> {
-        self.in_read_tx(|conn| paths.into_iter().map(|p| file_in(conn, p)).collect())
+        self.in_read_tx(|conn| paths.into_iter().map(|p| self.file_in(conn, p)).collect())
     }
 
     /// Notes that the running backup references these blobs, each for a
@@ -496,18 +623,99 @@ impl Cache {
         }
         self.conn.execute_batch(
             "DELETE FROM run_blobs;
-             INSERT INTO run_blobs (blob, pack, bytes)
-             SELECT blob, pack, bytes FROM (
+             INSERT INTO run_blobs (blob, pack, bytes, offset, plain_len, kind, mac)
+             SELECT blob, pack, bytes, offset, plain_len, kind, mac FROM (
                  -- One seek per blob: with max(), SQLite takes the bare
                  -- columns from the row holding the maximum (the newest).
-                 SELECT r.blob AS blob, b.pack AS pack, b.sealed_len AS bytes, max(b.seq)
+                 SELECT r.blob AS blob, b.pack AS pack, b.sealed_len AS bytes, b.offset AS offset,
+                        b.plain_len AS plain_len, b.kind AS kind, b.mac AS mac, max(b.seq)
                  FROM (SELECT DISTINCT blob FROM run_refs) r
                  LEFT JOIN blobs b ON b.id = r.blob
                  GROUP BY r.blob
              );",
         )?;
+        // What the snapshot lists comes from here: a row that does not
+        // check is removed and the blob resolved again, to its newest row
+        // that does or to none (then the backup fails: nothing missing is
+        // ever committed). Each round removes rows, so it ends.
+        loop {
+            let bad = self.run_unchecked()?;
+            if bad.is_empty() {
+                break;
+            }
+            for (id, pack) in &bad {
+                self.remove_row(id, pack)?;
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO run_blobs (blob, pack, bytes, offset, plain_len, kind, mac)
+                     SELECT ?1, pack, sealed_len, offset, plain_len, kind, mac FROM (
+                         SELECT pack, sealed_len, offset, plain_len, kind, mac, max(seq) FROM blobs WHERE id = ?1
+                     )",
+                    [id],
+                )?;
+            }
+        }
         self.run_resolved.set(true);
         Ok(())
+    }
+
+    /// Calls `f` with each pack the running backup's blobs resolved to and
+    /// those blobs with where the cache says they lie, one pack at a time
+    /// (memory holds one pack's blobs).
+    pub fn run_blobs_by_pack(
+        &self,
+        f: &mut dyn FnMut(PackId, Vec<(BlobId, BlobLocation)>) -> Result<()>,
+    ) -> Result<()> {
+        self.run_resolve()?;
+        let mut st = self.conn.prepare(
+            "SELECT blob, pack, offset, bytes, plain_len, kind, mac FROM run_blobs
+             WHERE pack IS NOT NULL ORDER BY pack",
+        )?;
+        let mut rows = st.query([])?;
+        let mut group: Option<(PackId, Vec<(BlobId, BlobLocation)>)> = None;
+        while let Some(r) = rows.next()? {
+            let raw = raw_row(r, r.get(0)?, r.get(1)?, 2)?;
+            // Checked when resolved: a row that fails now is damage.
+            let (id, loc) = self
+                .row_key
+                .check(&raw)
+                .ok_or_else(|| crate::cache_trust::damage("a resolved blob row".into()))?;
+            match &mut group {
+                Some((p, blobs)) if *p == loc.pack => blobs.push((id, loc)),
+                _ => {
+                    if let Some((p, blobs)) = group.take() {
+                        f(p, blobs)?;
+                    }
+                    group = Some((loc.pack, vec![(id, loc)]));
+                }
+            }
+        }
+        if let Some((p, blobs)) = group {
+            f(p, blobs)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the next question about the running backup resolve its blobs
+    /// anew (after rows were mended).
+    pub fn run_unresolve(&self) {
+        self.run_resolved.set(false);
+    }
+
+    /// The rows of `run_blobs` that do not check (noted as bad).
+    fn run_unchecked(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut st = self.conn.prepare(
+            "SELECT blob, pack, offset, bytes, plain_len, kind, mac FROM run_blobs WHERE pack IS NOT NULL",
+        )?;
+        let rows = st.query_map([], |r| raw_row(r, r.get(0)?, r.get(1)?, 2))?;
+        let mut bad = Vec::new();
+        for row in rows {
+            let row = row?;
+            if self.row_key.check(&row).is_none() {
+                bad.push((row.id.clone(), row.pack.clone()));
+                self.checked(row);
+            }
+        }
+        Ok(bad)
     }
 
     /// Remembers a file read by the running backup, to enter into the files
@@ -562,8 +770,8 @@ impl Cache {
                  WHERE b.pack IS NOT NULL GROUP BY r.file, b.pack ORDER BY r.file, b.pack",
             )?;
             let mut put = tx.prepare_cached(
-                "INSERT OR REPLACE INTO files (path, size, mtime_ns, ctime_ns, inode, dev, content, packs)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR REPLACE INTO files (path, size, mtime_ns, ctime_ns, inode, dev, content, packs, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let mut pr = packs.query([])?;
             let mut next = pr.next()?;
@@ -584,15 +792,18 @@ impl Cache {
                     }
                     next = pr.next()?;
                 }
+                let path: Vec<u8> = r.get(1)?;
+                let rec = file_record(r, 2, ids)?;
                 put.execute(params![
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, Vec<u8>>(7)?,
-                    ids
+                    path,
+                    rec.size as i64,
+                    rec.mtime_ns,
+                    rec.ctime_ns,
+                    rec.inode as i64,
+                    rec.dev as i64,
+                    rec.content,
+                    rec.packs,
+                    self.row_key.file_mac(&path, &rec)
                 ])?;
                 n += 1;
             }
@@ -602,57 +813,37 @@ impl Cache {
     }
 }
 
-fn lookup_in(conn: &rusqlite::Connection, id: &BlobId) -> Result<Option<BlobLocation>> {
-    // The newest location: with max(), SQLite takes the bare columns from
-    // the row holding the maximum, in one seek. `ORDER BY seq DESC LIMIT 1`
-    // built a temporary B-tree for every lookup (a restore makes one per
-    // chunk). No such blob: one row of NULLs.
-    let mut st = conn.prepare_cached(
-        "SELECT pack, offset, sealed_len, plain_len, kind, max(seq) FROM blobs WHERE id = ?1",
-    )?;
-    let row = st.query_row([id.as_bytes()], |r| {
-        let Some(pack) = r.get::<_, Option<Vec<u8>>>(0)? else {
-            return Ok(None);
-        };
-        Ok(Some((
-            pack,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, i64>(4)?,
-        )))
-    })?;
-    Ok(match row {
-        None => None,
-        Some((pack, offset, sealed_len, plain_len, kind)) => Some(BlobLocation {
-            pack: PackId::from_slice(&pack)
-                .ok_or_else(|| Error::Corrupt("cache: bad pack id".into()))?,
-            offset: offset as u64,
-            sealed_len: sealed_len as u32,
-            plain_len: plain_len as u32,
-            kind: Kind::from_u8(kind as u8)
-                .ok_or_else(|| Error::Corrupt("cache: bad kind".into()))?,
-        }),
+/// A files-cache record from columns size, mtime_ns, ctime_ns, inode, dev
+/// and content from column `first`, with `packs`.
+fn file_record(r: &rusqlite::Row, first: usize, packs: Vec<u8>) -> rusqlite::Result<FileRecord> {
+    Ok(FileRecord {
+        size: r.get::<_, i64>(first)? as u64,
+        mtime_ns: r.get(first + 1)?,
+        ctime_ns: r.get(first + 2)?,
+        inode: r.get::<_, i64>(first + 3)? as u64,
+        dev: r.get::<_, i64>(first + 4)? as u64,
+        content: r.get(first + 5)?,
+        packs,
     })
 }
 
-fn file_in(conn: &rusqlite::Connection, path: &[u8]) -> Result<Option<FileRecord>> {
-    let mut st = conn.prepare_cached(
-        "SELECT size, mtime_ns, ctime_ns, inode, dev, content, packs FROM files WHERE path = ?1",
-    )?;
-    Ok(st
-        .query_row([path], |r| {
-            Ok(FileRecord {
-                size: r.get::<_, i64>(0)? as u64,
-                mtime_ns: r.get(1)?,
-                ctime_ns: r.get(2)?,
-                inode: r.get::<_, i64>(3)? as u64,
-                dev: r.get::<_, i64>(4)? as u64,
-                content: r.get(5)?,
-                packs: r.get(6)?,
-            })
-        })
-        .optional()?)
+/// A blob row from columns `pack` (given), then offset, sealed_len,
+/// plain_len, kind and mac from column `first`.
+fn raw_row(
+    r: &rusqlite::Row,
+    id: Vec<u8>,
+    pack: Vec<u8>,
+    first: usize,
+) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        id,
+        pack,
+        offset: r.get(first)?,
+        sealed_len: r.get(first + 1)?,
+        plain_len: r.get(first + 2)?,
+        kind: r.get(first + 3)?,
+        mac: r.get(first + 4)?,
+    })
 }
 
 #[cfg(test)]

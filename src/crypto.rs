@@ -130,12 +130,14 @@ impl MasterKey {
 const CTX_ID: &str = "coffer 2026-11 chunk id key v1";
 const CTX_GEAR: &str = "coffer 2026-11 chunker gear table v1";
 const CTX_ENC: &str = "coffer 2026-11 object encryption key v1";
+const CTX_CACHE_ROWS: &str = "coffer 2026-12 local cache row checksum key v1";
 
 /// Subkeys derived from the master key, one per purpose.
 #[derive(Clone)]
 pub struct Keys {
     id_key: [u8; 32],
     gear_key: [u8; 32],
+    cache_row_key: [u8; 32],
     cipher: Cipher,
 }
 
@@ -149,6 +151,7 @@ impl Drop for Keys {
     fn drop(&mut self) {
         self.id_key.zeroize();
         self.gear_key.zeroize();
+        self.cache_row_key.zeroize();
     }
 }
 
@@ -161,6 +164,7 @@ impl Keys {
         Keys {
             id_key: blake3::derive_key(CTX_ID, &master.0),
             gear_key: blake3::derive_key(CTX_GEAR, &master.0),
+            cache_row_key: blake3::derive_key(CTX_CACHE_ROWS, &master.0),
             cipher,
         }
     }
@@ -170,6 +174,13 @@ impl Keys {
         let mut h = blake3::Hasher::new_keyed(&self.id_key);
         h.update(plaintext);
         BlobId(*h.finalize().as_bytes())
+    }
+
+    /// The key of the local cache's row checksums (see
+    /// `cache_trust::RowKey`): never stored, so a row the client did not
+    /// write, or one a flipped bit changed, does not check.
+    pub fn cache_row_key(&self) -> [u8; 32] {
+        self.cache_row_key
     }
 
     /// The chunker's secret 256-entry gear table, from the BLAKE3 XOF keyed by

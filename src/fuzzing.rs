@@ -229,6 +229,82 @@ pub fn keyfile(data: &[u8]) {
     assert_eq!(again, kf, "key file round trip");
 }
 
+/// Rows of the local cache's blob table, as SQLite could hand them back
+/// after any damage: the input is cut into an id and a pack of any length
+/// (the first two bytes give them), four integers and a checksum. A row that
+/// checks must give back exactly its fields; a row built from what a check
+/// returned, with its checksum, checks again.
+pub fn cache_row(data: &[u8]) {
+    use crate::cache_trust::{RawRow, RowKey};
+    let key = RowKey::new(keys().cache_row_key());
+    let mut rest = data;
+    let mut take = |n: usize| {
+        let (a, b) = rest.split_at(n.min(rest.len()));
+        rest = b;
+        a.to_vec()
+    };
+    let lens = take(2);
+    let (id_len, pack_len) = (
+        *lens.first().unwrap_or(&32) as usize % 40,
+        *lens.get(1).unwrap_or(&32) as usize % 40,
+    );
+    let id = take(id_len);
+    let pack = take(pack_len);
+    let mut int = || {
+        let mut b = [0u8; 8];
+        let got = take(8);
+        b[..got.len()].copy_from_slice(&got);
+        i64::from_le_bytes(b)
+    };
+    let (offset, sealed_len, plain_len, kind) = (int(), int(), int(), int());
+    let row = RawRow {
+        id,
+        pack,
+        offset,
+        sealed_len,
+        plain_len,
+        kind,
+        mac: rest.to_vec(),
+    };
+    if let Some((id, loc)) = key.check(&row) {
+        assert_eq!(id.as_bytes().as_slice(), row.id.as_slice(), "id");
+        assert_eq!(loc.pack.as_bytes().as_slice(), row.pack.as_slice(), "pack");
+        assert_eq!(
+            (
+                loc.offset as i64,
+                loc.sealed_len as i64,
+                loc.plain_len as i64,
+                loc.kind as i64
+            ),
+            (row.offset, row.sealed_len, row.plain_len, row.kind),
+            "fields"
+        );
+    }
+    // Whatever the fields, a well-formed row sealed under the key checks.
+    if let (Ok(id), Some(pack), Some(kind)) = (
+        <[u8; 32]>::try_from(row.id.as_slice()),
+        crate::id::PackId::from_slice(&row.pack),
+        u8::try_from(row.kind).ok().and_then(Kind::from_u8),
+    ) {
+        let loc = crate::cache::BlobLocation {
+            pack,
+            offset: row.offset.unsigned_abs() >> 1,
+            sealed_len: row.sealed_len as u32,
+            plain_len: row.plain_len as u32,
+            kind,
+        };
+        let id = BlobId(id);
+        let sealed = RawRow {
+            offset: loc.offset as i64,
+            sealed_len: loc.sealed_len as i64,
+            plain_len: loc.plain_len as i64,
+            mac: key.mac(&id, &loc).to_vec(),
+            ..row
+        };
+        assert_eq!(key.check(&sealed), Some((id, loc)), "a sealed row checks");
+    }
+}
+
 /// Repository configs: the envelope round-trips, and opened settings re-seal
 /// to a config that opens to the same settings. The input is also sealed as
 /// the settings of a config, so the settings decoder sees fuzzed bytes too.

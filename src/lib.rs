@@ -15,7 +15,7 @@
 //! | pure core | [`chunk`], [`crypto`], [`format`] | bytes in, values out; no files, clock or sockets |
 //! | store | [`store`] | one repository directory: write-once objects |
 //! | monitoring | [`monitor`] | figures in, metrics text and alert decisions out |
-//! | engine | [`repo`], [`cache`], [`source`], [`job`] | files being backed up, the SQLite cache, a store |
+//! | engine | [`repo`], [`cache`], [`cache_trust`], [`source`], [`job`] | files being backed up, the SQLite cache, a store |
 //!
 //! The on-disk formats are documented in `docs/format.md`.
 //!
@@ -37,6 +37,7 @@
 
 pub(crate) mod aligned;
 pub mod cache;
+pub mod cache_trust;
 pub mod chunk;
 pub mod commits;
 pub mod crypto;

@@ -452,3 +452,28 @@ fn parity_header() {
     assert_eq!(coffer::parity::decode_header(&header, file_len).unwrap(), h);
     hammer("parity_header", &[header, tail], fuzzing::parity_header);
 }
+
+#[test]
+fn cache_row() {
+    use coffer::cache::BlobLocation;
+    use coffer::cache_trust::RowKey;
+    let key = RowKey::new(fuzzing::keys().cache_row_key());
+    let (id, loc) = (
+        BlobId([3; 32]),
+        BlobLocation {
+            pack: PackId([4; 32]),
+            offset: 8,
+            sealed_len: 1000,
+            plain_len: 960,
+            kind: Kind::Data,
+        },
+    );
+    let mut seed = vec![32, 32];
+    seed.extend_from_slice(id.as_bytes());
+    seed.extend_from_slice(loc.pack.as_bytes());
+    for n in [8i64, 1000, 960, Kind::Data as i64] {
+        seed.extend_from_slice(&n.to_le_bytes());
+    }
+    seed.extend_from_slice(&key.mac(&id, &loc));
+    hammer("cache_row", &[seed], fuzzing::cache_row);
+}

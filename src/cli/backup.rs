@@ -379,7 +379,17 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         }
         (_, None) => None,
     };
-    let mut out = res?;
+    let mut out = match res {
+        // Found only while in use (the check at open catches most damage):
+        // this run's sources may not be readable twice, so the next run
+        // starts from a cache rebuilt from the repository.
+        Err(e) if coffer::cache_trust::is_damage(&e) => {
+            repo.set_cache_aside(&e)?;
+            return Err(anyhow!(e)
+                .context("the cache was damaged; nothing committed, run the backup again"));
+        }
+        r => r?,
+    };
     let stamp = repo.store().stamp(&out.id).ok();
     super::rollback::record(
         &repo,

@@ -299,7 +299,37 @@ fn open_store(cli: &Cli, store: Arc<dyn Store>) -> Result<Repository> {
         false,
     )?;
     let cache = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    Ok(Repository::open_store(store, &pw, &cache)?)
+    let notice = Arc::new(|m: &str| eprintln!("coffer: {m}"));
+    Ok(Repository::open_store_with(store, &pw, &cache, notice)?)
+}
+
+/// Runs `op` again once, with a cache rebuilt from the repository, when it
+/// failed on a cache database found damaged only while in use (the check at
+/// open catches most damage before anything runs), or when it found damage
+/// (`damaged`) through a cache it did not build itself: a wrong cache (a
+/// blob row gone, or pointing elsewhere) must not be reported as damage of
+/// an intact repository. For operations that can simply run again: they
+/// wrote nothing a second run would mind.
+fn with_cache_rebuilt<T>(
+    repo: &Repository,
+    op: impl Fn() -> coffer::Result<T>,
+    damaged: impl Fn(&T) -> bool,
+) -> Result<T> {
+    let first = op();
+    let suspect = match &first {
+        Err(e) if coffer::cache_trust::is_damage(e) => Some(format!("{e}")),
+        _ if repo.cache_rebuilt() => None,
+        Err(e) if e.kind() == ErrorKind::Corrupt => Some(format!("{e}")),
+        Ok(t) if damaged(t) => Some("damage was found through it".into()),
+        _ => None,
+    };
+    match suspect {
+        Some(why) => {
+            repo.set_cache_aside(&Error::Corrupt(why))?;
+            Ok(op()?)
+        }
+        None => Ok(first?),
+    }
 }
 
 fn open(cli: &Cli) -> Result<Repository> {
@@ -651,7 +681,11 @@ fn cmd_restore(cli: &Cli, snap: &str, target: &Path, paths: &[String]) -> Result
         owners: nix::unistd::geteuid().is_root(),
     };
     let started = std::time::Instant::now();
-    let st = restore::restore(&repo, &s, &opts)?;
+    let st = with_cache_rebuilt(
+        &repo,
+        || restore::restore(&repo, &s, &opts),
+        |st| !st.errors.is_empty(),
+    )?;
     for w in &st.warnings {
         errln!("coffer: warning: {w}");
     }
@@ -755,7 +789,11 @@ fn cmd_stats(cli: &Cli, snap: Option<&str>) -> Result<()> {
 fn cmd_check(cli: &Cli, read_data: bool) -> Result<()> {
     let repo = open(cli)?;
     let gone = rollback::watch_listing(&repo)?;
-    let mut rep = check::check(&repo, read_data)?;
+    let mut rep = with_cache_rebuilt(
+        &repo,
+        || check::check(&repo, read_data),
+        |rep| !rep.errors.is_empty(),
+    )?;
     rep.errors.extend(rollback::problems(&gone));
     if cli.json {
         print_json(&serde_json::to_value(&rep)?)?;

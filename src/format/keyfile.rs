@@ -46,12 +46,27 @@ impl KdfParams {
         iterations: 4,
         parallelism: 2,
     };
-    /// Upper bounds, so a hostile key file cannot make a client exhaust memory.
+    /// The most one key file may ask a client to spend, enforced like the
+    /// floor: before the KDF runs. Anyone who may add a key file (a client
+    /// of the namespace, a compromised VPS) can plant one that sorts first,
+    /// and every command of every client would try it before the real key,
+    /// so the ceiling is what such a file can cost each of them: at most
+    /// 2 GiB of memory, 16 passes, 16 lanes, and at most
+    /// [`KdfParams::CEILING_WORK_KIB`] of memory times passes. That still
+    /// admits the memory of RFC 9106's first recommended setting (2 GiB, at
+    /// the floor's 2 passes) and its second (64 MiB, 3 passes) with room
+    /// to spare, and bounds a planted file to the memory traffic of about
+    /// a 4 GiB fill (seconds on one core; the old bound of 4 GiB × 64
+    /// passes was minutes, and more memory than a small VPS has). Bitwarden bounds the parameters
+    /// its server hands to clients the same way (1 GiB, 10 passes).
     pub const CEILING: KdfParams = KdfParams {
-        memory_kib: 4 * 1024 * 1024,
-        iterations: 64,
+        memory_kib: 2 * 1024 * 1024,
+        iterations: 16,
         parallelism: 16,
     };
+    /// The ceiling of memory (KiB) times passes: 4 GiB × 1, 2 GiB × 2,
+    /// 1 GiB × 4 … 256 MiB × 16.
+    pub const CEILING_WORK_KIB: u64 = 4 * 1024 * 1024;
 
     /// Refuses parameters below the floor or above the ceiling.
     pub fn check(&self) -> Result<(), FormatError> {
@@ -71,10 +86,14 @@ impl KdfParams {
         if self.memory_kib > c.memory_kib
             || self.iterations > c.iterations
             || self.parallelism > c.parallelism
+            || self.memory_kib as u64 * self.iterations as u64 > Self::CEILING_WORK_KIB
         {
             return Err(FormatError::invalid(
                 "key file",
-                "Argon2id parameters above the ceiling",
+                format!(
+                    "Argon2id parameters (memory {} KiB, {} iterations, {} lanes) are above the ceiling of {} KiB, {} iterations, {} lanes and {} KiB times iterations; refusing to run so costly a KDF",
+                    self.memory_kib, self.iterations, self.parallelism, c.memory_kib, c.iterations, c.parallelism, Self::CEILING_WORK_KIB
+                ),
             ));
         }
         Ok(())
@@ -278,9 +297,37 @@ mod tests {
         let mut edited = kf.clone();
         edited.params.iterations = 5;
         assert!(edited.open(b"pw").is_err());
-        let mut moved = kf;
+        let mut moved = kf.clone();
         moved.repo = RepoId([2; 32]);
         assert!(moved.open(b"pw").is_err());
+        // above the ceiling, in any one bound or in memory times passes
+        for (m, t, p) in [
+            (4 << 20, 2, 1),
+            (19456, 64, 1),
+            (19456, 2, 64),
+            (1 << 20, 5, 1),
+        ] {
+            let mut costly = kf.clone();
+            costly.params = KdfParams {
+                memory_kib: m,
+                iterations: t,
+                parallelism: p,
+            };
+            let e = costly.open(b"pw").unwrap_err().to_string();
+            assert!(e.contains("above the ceiling"), "{e}");
+        }
+        // RFC 9106's first recommended setting is within it
+        let rfc = KdfParams {
+            memory_kib: 2 << 20,
+            iterations: 1,
+            parallelism: 4,
+        };
+        assert!(rfc.check().is_err(), "one pass is below the floor");
+        let two = KdfParams {
+            iterations: 2,
+            ..rfc
+        };
+        assert!(two.check().is_ok());
     }
 
     #[test]

@@ -325,7 +325,8 @@ pub fn backup(
         warnings,
         ..
     } = w;
-    let up_stats = up.finish(&mut cache)?;
+    let (up_stats, written) = up.finish(&mut cache)?;
+    super::reused::verify(repo, &mut cache, &written)?;
     let (packs, missing) = cache.run_packs()?;
     if missing > 0 {
         return Err(Error::Corrupt(format!(
@@ -363,6 +364,7 @@ pub fn backup(
         .run_commit_files()
         .and_then(|_| cache.run_note_liveness())
         .and_then(|()| cache.run_reset())
+        .and_then(|()| repo.mend_cache(&mut cache))
     {
         after_commit.push(format!("the local cache was not updated: {e}"));
     }

@@ -9,6 +9,7 @@ pub mod check;
 pub mod diff;
 mod readahead;
 pub mod restore;
+mod reused;
 pub mod seen;
 mod upload;
 
@@ -71,6 +72,9 @@ pub struct Snapshot {
 
 /// The cache database's file in a repository's cache directory.
 const CACHE_FILE: &str = "cache.db";
+/// The name of the key file that opened the repository last, in its cache
+/// directory.
+const LAST_KEY_FILE: &str = "last-key";
 
 /// An open, unlocked repository.
 pub struct Repository {
@@ -81,7 +85,18 @@ pub struct Repository {
     id: RepoId,
     settings: Settings,
     cache_dir: PathBuf,
+    /// Whether the cache was checked whole in this process (the check runs
+    /// at the first open only).
+    cache_verified: std::sync::atomic::AtomicBool,
+    /// Whether the cache was set aside and built anew in this process.
+    cache_rebuilt: std::sync::atomic::AtomicBool,
+    /// Told, in one line, what the engine did on its own (a key file
+    /// skipped, a damaged cache moved aside).
+    notice: Notice,
 }
+
+/// Where [`Repository`] says what it did on its own.
+pub type Notice = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// A key file's name: 16 random bytes in hex.
 fn new_key_name() -> String {
@@ -173,13 +188,39 @@ impl Repository {
         passphrase: &[u8],
         cache_root: &Path,
     ) -> Result<Repository> {
+        Self::open_store_with(store, passphrase, cache_root, Arc::new(|_| {}))
+    }
+
+    /// [`Repository::open_store`], telling `notice` of what it does on its
+    /// own (a key file refused, later a damaged cache moved aside). The key
+    /// file that opened the repository last time is tried first (its name
+    /// is remembered in the cache directory, in a file of its own that
+    /// outlives a rebuilt cache database), so a key file planted to sort
+    /// first costs nothing while the passphrase is unchanged; any other is
+    /// refused before its KDF runs if its parameters are outside the floor
+    /// and ceiling (see [`KdfParams::check`]).
+    pub fn open_store_with(
+        store: Arc<dyn Store>,
+        passphrase: &[u8],
+        cache_root: &Path,
+        notice: Notice,
+    ) -> Result<Repository> {
         let cfg = ConfigFile::decode(&store.read_config()?)?;
         let cache_dir = cache_root.join(cfg.id.to_hex());
         // The disk starts on what comes next while the key is derived.
         crate::cache::prefetch(&cache_dir.join(CACHE_FILE));
         store.warm();
-        let mut last_refusal = None;
-        for name in store.list_keys()? {
+        let remembered = std::fs::read_to_string(cache_dir.join(LAST_KEY_FILE)).ok();
+        let mut names = store.list_keys()?;
+        if let Some(pos) = remembered
+            .as_deref()
+            .and_then(|r| names.iter().position(|n| n == r.trim()))
+        {
+            let first = names.remove(pos);
+            names.insert(0, first);
+        }
+        let (mut last_refusal, mut tried) = (None, false);
+        for name in names {
             let kf = match KeyFile::decode(&store.read_key(&name)?) {
                 Ok(k) => k,
                 Err(e) => {
@@ -194,6 +235,12 @@ impl Repository {
                 Ok(master) => {
                     let keys = Keys::derive(&master);
                     let settings = cfg.open(&keys)?;
+                    if remembered.as_deref().map(str::trim) != Some(name.as_str()) {
+                        // Only an ordering hint: failing to write it costs
+                        // the next run time, never a wrong answer.
+                        let _ = std::fs::create_dir_all(&cache_dir)
+                            .and_then(|()| std::fs::write(cache_dir.join(LAST_KEY_FILE), &name));
+                    }
                     return Ok(Repository {
                         store,
                         keys: Arc::new(keys),
@@ -202,14 +249,27 @@ impl Repository {
                         id: cfg.id,
                         settings,
                         cache_dir,
+                        cache_verified: Default::default(),
+                        cache_rebuilt: Default::default(),
+                        notice,
                     });
                 }
-                Err(FormatError::Crypto(_)) => continue,
-                // A weakened or malformed key file: say so rather than "wrong passphrase".
-                Err(e) => last_refusal = Some(Error::KeyRefused(e.to_string())),
+                Err(FormatError::Crypto(_)) => tried = true,
+                // A weakened, too costly or malformed key file: say so, by
+                // name, and go on to the next; if none opens, say so rather
+                // than "wrong passphrase".
+                Err(e) => {
+                    notice(&format!("warning: key file {name} skipped: {e}"));
+                    last_refusal = Some(Error::KeyRefused(format!("key file {name}: {e}")));
+                }
             }
         }
-        Err(last_refusal.unwrap_or(Error::WrongPassphrase))
+        // A key file that ran its KDF and did not open: the passphrase is
+        // wrong, whatever other key files were refused on the way.
+        match last_refusal {
+            Some(e) if !tried => Err(e),
+            _ => Err(Error::WrongPassphrase),
+        }
     }
 
     /// The store underneath.
@@ -233,15 +293,106 @@ impl Repository {
         &self.key_name
     }
 
-    /// Opens the local cache database of this repository.
+    fn cache_path(&self) -> PathBuf {
+        self.cache_dir.join(CACHE_FILE)
+    }
+
+    /// Opens the local cache database of this repository. The first open in
+    /// a process checks it whole (see [`crate::cache_trust::verify`]); a
+    /// damaged one is moved aside and an empty one started, to be filled by
+    /// [`Repository::sync_cache`] from the repository.
     pub fn cache(&self) -> Result<Cache> {
-        Cache::open(&self.cache_dir.join(CACHE_FILE))
+        use std::sync::atomic::Ordering;
+        let path = self.cache_path();
+        let mut cache = if self.cache_verified.load(Ordering::SeqCst) {
+            Cache::open(&path)?
+        } else {
+            match Cache::open_verified(&path) {
+                Err(e) if crate::cache_trust::is_damage(&e) => {
+                    self.set_cache_aside(&e)?;
+                    Cache::open(&path)?
+                }
+                r => r?,
+            }
+        };
+        self.cache_verified.store(true, Ordering::SeqCst);
+        cache.set_row_key(crate::cache_trust::RowKey::new(self.keys.cache_row_key()));
+        Ok(cache)
+    }
+
+    /// Says, in one line, what the engine did on its own.
+    pub(crate) fn notify(&self, what: &str) {
+        (self.notice)(what)
+    }
+
+    /// Whether this process built the cache anew (it was damaged, or
+    /// wrong): it then holds exactly what the repository's headers say.
+    pub fn cache_rebuilt(&self) -> bool {
+        self.cache_rebuilt.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Mends the blob rows the cache found not to check since it was
+    /// opened: removes them, and reads again from their headers the packs
+    /// they named, if the repository holds them. Returns the rows mended.
+    pub fn mend_cache(&self, cache: &mut Cache) -> Result<usize> {
+        let bad = cache.take_bad_rows();
+        if bad.is_empty() {
+            return Ok(0);
+        }
+        let mut packs = std::collections::BTreeSet::new();
+        for (id, pack) in &bad {
+            cache.remove_row(id, pack)?;
+            packs.extend(PackId::from_slice(pack));
+        }
+        for p in &packs {
+            cache.remove_pack(p)?;
+            if let Some(size) = self.store.pack_size(p)? {
+                // A header that does not read leaves the pack unknown: the
+                // next sync tries again and reports it.
+                if let Ok(entries) = self.read_pack_header(p, size) {
+                    cache.add_pack(p, size, &entries)?;
+                }
+            }
+        }
+        (self.notice)(&format!(
+            "the local cache held {} blob rows that did not match their checksum; not used, and the rows of {} packs read again from their headers",
+            bad.len(),
+            packs.len()
+        ));
+        Ok(bad.len())
+    }
+
+    /// Moves the damaged cache database aside, so the next open starts an
+    /// empty one, and says so. `why` is the damage found. Every connection
+    /// to it must be closed.
+    pub fn set_cache_aside(&self, why: &Error) -> Result<()> {
+        let aside = crate::cache_trust::set_aside(&self.cache_path())?;
+        self.cache_rebuilt
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        (self.notice)(&format!(
+            "the local cache was damaged or wrong ({why}); moved aside to {} and rebuilding it from the repository",
+            aside.display()
+        ));
+        Ok(())
     }
 
     /// Brings the cache in line with the repository: reads the header of
     /// every pack it does not know, forgets packs that are gone. Pack by
-    /// pack, so memory stays flat.
+    /// pack, so memory stays flat. A cache found damaged on the way is
+    /// moved aside and `cache` replaced by one built anew.
     pub fn sync_cache(&self, cache: &mut Cache) -> Result<SyncReport> {
+        match self.sync_cache_once(cache) {
+            Err(e) if crate::cache_trust::is_damage(&e) => {
+                cache.close();
+                self.set_cache_aside(&e)?;
+                *cache = Cache::open(&self.cache_path())?;
+                self.sync_cache_once(cache)
+            }
+            r => r,
+        }
+    }
+
+    fn sync_cache_once(&self, cache: &mut Cache) -> Result<SyncReport> {
         let mut rep = SyncReport::default();
         // One listing of the repository, no request per pack: its names go
         // to a temporary table so the packs that vanished can be found.

@@ -79,6 +79,9 @@ pub(crate) struct Uploader {
     pub sparse: HashSet<PackId>,
     /// Told of each pack once it is durable.
     pub durable: Option<Sender<(PackId, u64)>>,
+    /// The packs this run wrote (32 bytes each: a run of 100 GB of new
+    /// data in 16 MiB packs holds 200 KB).
+    pub written: HashSet<PackId>,
 }
 
 impl Uploader {
@@ -124,6 +127,7 @@ impl Uploader {
             threads,
             error,
             stats: UploadStats::default(),
+            written: HashSet::new(),
             sparse: HashSet::new(),
             durable: None,
         }
@@ -153,6 +157,7 @@ impl Uploader {
                 self.pending.remove(&e.id);
             }
             self.stats.packs += 1;
+            self.written.insert(p.id);
             self.stats.pack_bytes += p.size;
         }
     }
@@ -256,7 +261,9 @@ impl Uploader {
 
     /// Flushes the last pack and waits until every pack is durable and in
     /// the cache.
-    pub fn finish(mut self, cache: &mut Cache) -> Result<UploadStats> {
+    /// Stores what is left and waits for every pack to be durable; the
+    /// figures, and the packs this run wrote.
+    pub fn finish(mut self, cache: &mut Cache) -> Result<(UploadStats, HashSet<PackId>)> {
         self.look_up_unsure(cache)?;
         let sent = match self.batch.take() {
             Some(last) => self.send(last),
@@ -282,7 +289,7 @@ impl Uploader {
                 self.pending.len()
             )));
         }
-        Ok(self.stats)
+        Ok((self.stats, std::mem::take(&mut self.written)))
     }
 }
 
@@ -524,7 +531,7 @@ mod tests {
                 .collect();
             up.add(cache, Kind::Data, &blobs).unwrap();
         }
-        up.finish(cache).unwrap()
+        up.finish(cache).unwrap().0
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod admission;
 mod backup;
+mod cache_trust;
 mod crash;
 mod hardening;
 mod job;
