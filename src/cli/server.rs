@@ -1,0 +1,230 @@
+//! The server's side of the command line: `serve`, and the operator's
+//! `prune` and `scrub` of a local repository or of every namespace of a
+//! server config. Needs no key.
+
+use super::*;
+
+pub(super) fn cmd_serve(config: &Path, allow_root: bool, accept_rollback: &[String]) -> Result<()> {
+    if nix::unistd::geteuid().is_root() && !allow_root {
+        bail!("refusing to run as root: run the server as a dedicated user (or pass --allow-root)");
+    }
+    let cfg = coffer::net::config::ServerConfig::load(config)?;
+    // Before listening: a namespace put back from an older copy is not served.
+    let verdict = rollback_verdict(&cfg, accept_rollback, &user())?;
+    for a in &verdict.accepted {
+        errln!("coffer serve: accepted (logged in its operator.log): {a}");
+    }
+    if !verdict.refused.is_empty() {
+        let lines: Vec<String> = verdict.refused.iter().map(|r| r.to_string()).collect();
+        bail!("{}", lines.join("\n"));
+    }
+    coffer::net::log::init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (ep, addr) = coffer::net::server::endpoint(&cfg)?;
+        let metrics = coffer::net::watch::bind_metrics(&cfg).await?;
+        outln!("coffer serve: listening on {addr}");
+        if let Some(m) = &metrics {
+            outln!("coffer serve: metrics on http://{}/metrics", m.local_addr()?);
+        }
+        io::stdout().flush()?;
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        coffer::net::server::serve(cfg, ep, metrics, shutdown).await?;
+        Ok(())
+    })
+}
+
+pub(super) fn cmd_prune(cli: &Cli, config: Option<&Path>, allow_root: bool) -> Result<()> {
+    if config.is_some() && nix::unistd::geteuid().is_root() && !allow_root {
+        bail!("refusing to prune a server's data as root: run as the server's user (or pass --allow-root)");
+    }
+    let reports = match config {
+        Some(c) => coffer::net::server::prune_config(&coffer::net::config::ServerConfig::load(c)?)?,
+        None => {
+            let r = repo_arg(cli)?;
+            if r.starts_with("quic://") {
+                bail!("a server prunes on its own schedule; its operator can run `coffer prune --config SERVER_CONFIG`");
+            }
+            vec![(r.to_string(), LocalStore::open(Path::new(r))?.prune()?)]
+        }
+    };
+    if cli.json {
+        let v: Vec<_> = reports
+            .iter()
+            .map(|(n, r)| json!({"repository": n, "report": r}))
+            .collect();
+        print_json(&serde_json::Value::Array(v))?;
+    }
+    let (mut clock, mut unreadable) = (false, 0);
+    for (name, r) in &reports {
+        if let Some(why) = &r.refused {
+            errln!("coffer: {name}: {why}");
+            // A refusal names its cause: unreadable snapshots, or the clock
+            // (or a namespace whose commits went back).
+            if r.unreadable.is_empty() {
+                clock = true;
+            }
+            unreadable += r.unreadable.len();
+        }
+        if cli.json || cli.quiet {
+            continue;
+        }
+        if !r.unreadable.is_empty() {
+            outln!(
+                "{name}: {} snapshots expired, {} kept; no pack collected ({} snapshots unreadable)",
+                r.snapshots_removed.len(),
+                r.snapshots_kept,
+                r.unreadable.len()
+            );
+            continue;
+        }
+        outln!(
+            "{name}: {} snapshots expired, {} kept; {} packs ({}) collected, {} kept{}",
+            r.snapshots_removed.len(),
+            r.snapshots_kept,
+            r.packs_removed,
+            fmt_bytes(r.bytes_freed),
+            r.packs_kept,
+            match r.tmp_removed {
+                0 => String::new(),
+                n => format!("; {n} stale temporary files removed"),
+            }
+        );
+    }
+    if clock {
+        bail!(
+            "nothing was deleted where the clock could not be trusted or the namespace went back"
+        );
+    }
+    if unreadable > 0 {
+        return Err(Damaged(format!(
+            "{unreadable} snapshots could not be read, so no pack was collected in their repository"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+pub(super) fn cmd_scrub(
+    cli: &Cli,
+    config: Option<&Path>,
+    rate_mb: Option<u64>,
+    allow_root: bool,
+) -> Result<()> {
+    use coffer::scrub::{scrub, ScrubOptions};
+    if config.is_some() && nix::unistd::geteuid().is_root() && !allow_root {
+        bail!("refusing to scrub a server's data as root: run as the server's user (or pass --allow-root)");
+    }
+    let opts = ScrubOptions {
+        rate: rate_mb.map(|r| r * 1_000_000),
+        restart: false,
+    };
+    // Namespaces whose commit counter went back (with --config).
+    let mut back = Vec::new();
+    let targets: Vec<(String, LocalStore)> = match config {
+        Some(c) => {
+            let cfg = coffer::net::config::ServerConfig::load(c)?;
+            back = rollback_verdict(&cfg, &[], "")?.refused;
+            let mut seen = std::collections::HashSet::new();
+            let mut v = Vec::new();
+            for cl in cfg.validated_clients()? {
+                if seen.insert(cl.namespace.clone()) {
+                    v.push((
+                        cl.namespace.clone(),
+                        coffer::net::server::namespace_store(
+                            &cfg.data,
+                            &cl.namespace,
+                            cl.policy,
+                            cfg.parity_config(),
+                        )?,
+                    ));
+                }
+            }
+            v
+        }
+        None => {
+            let r = repo_arg(cli)?;
+            if r.starts_with("quic://") {
+                bail!("a server scrubs its own data; its operator can run `coffer scrub --config SERVER_CONFIG`");
+            }
+            vec![(r.to_string(), LocalStore::open(Path::new(r))?)]
+        }
+    };
+    let mut reports = Vec::new();
+    let mut unrepairable = 0;
+    for (name, store) in &targets {
+        let r = scrub(store, store.parity(), &opts)?;
+        unrepairable += r.unrepairable.len();
+        if !cli.json && !cli.quiet {
+            outln!(
+                "{name}: checked {} packs and {} parity files ({} blocks, {}): {} damaged blocks, {} repaired in {} packs, {} unrepairable",
+                r.packs_checked,
+                r.parity_checked,
+                r.blocks_checked,
+                fmt_bytes(r.bytes_read),
+                r.damaged_blocks,
+                r.repaired_blocks,
+                r.repaired_packs.len(),
+                r.unrepairable.len()
+            );
+        }
+        for u in &r.unrepairable {
+            let snaps: Vec<String> = u.snapshots.iter().map(|s| s.short()).collect();
+            errln!(
+                "coffer: {name}: pack {} is damaged beyond repair ({}); snapshots affected: {}",
+                u.pack,
+                u.reason,
+                if snaps.is_empty() {
+                    "none".into()
+                } else {
+                    snaps.join(" ")
+                }
+            );
+        }
+        reports.push(json!({"repository": name, "report": r}));
+    }
+    if cli.json {
+        print_json(&serde_json::Value::Array(reports))?;
+    }
+    for r in &back {
+        errln!("coffer: {r}");
+    }
+    if unrepairable > 0 || !back.is_empty() {
+        return Err(Damaged(format!(
+            "{unrepairable} packs could not be repaired, {} namespaces went back to an older copy",
+            back.len()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Compares the commit counter of every namespace of a server config with
+/// the highest seen (see `coffer::net::rollback`); a counter that could not
+/// be checked is named in a warning.
+pub(super) fn rollback_verdict(
+    cfg: &coffer::net::config::ServerConfig,
+    accept: &[String],
+    by: &str,
+) -> Result<coffer::net::rollback::Verdict> {
+    let mut names: Vec<String> = cfg
+        .validated_clients()?
+        .into_iter()
+        .map(|c| c.namespace)
+        .collect();
+    names.sort();
+    names.dedup();
+    let v = coffer::net::rollback::verify(&cfg.data, &names, accept, by)?;
+    for (ns, e) in &v.unchecked {
+        errln!("coffer: warning: namespace {ns}: commit counter not checked: {e}");
+    }
+    Ok(v)
+}
