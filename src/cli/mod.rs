@@ -306,7 +306,7 @@ fn open_store(cli: &Cli, store: Arc<dyn Store>) -> Result<Repository> {
         false,
     )?;
     let cache = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let notice = Arc::new(|m: &str| eprintln!("coffer: {m}"));
+    let notice = Arc::new(|m: &str| errln!("coffer: {m}"));
     Ok(Repository::open_store_with(store, &pw, &cache, notice)?)
 }
 

@@ -72,3 +72,27 @@ macro_rules! errln {
         $crate::cli::output::err_line(format_args!($($t)*))
     };
 }
+
+#[cfg(test)]
+mod tests {
+    /// `print!` and friends panic on a closed pipe: every line of a command
+    /// goes through this module instead.
+    #[test]
+    fn no_command_prints_past_this_module() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cli");
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.ends_with("output.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for bad in ["println!(", "print!(", "eprint!(", "eprintln!("] {
+                assert!(
+                    !text.contains(bad),
+                    "{} uses {bad}: use outln!/errln!",
+                    path.display()
+                );
+            }
+        }
+    }
+}
