@@ -211,31 +211,41 @@ impl Repository {
         crate::cache::prefetch(&cache_dir.join(CACHE_FILE));
         store.warm();
         let remembered = std::fs::read_to_string(cache_dir.join(LAST_KEY_FILE)).ok();
-        let mut names = store.list_keys()?;
-        if let Some(pos) = remembered
-            .as_deref()
-            .and_then(|r| names.iter().position(|n| n == r.trim()))
-        {
-            let first = names.remove(pos);
-            names.insert(0, first);
-        }
         let (mut last_refusal, mut tried) = (None, false);
-        for name in names {
-            let kf = match KeyFile::decode(&store.read_key(&name)?) {
-                Ok(k) => k,
-                Err(e) => {
-                    last_refusal = Some(Error::KeyRefused(e.to_string()));
-                    continue;
-                }
-            };
-            if kf.repo != cfg.id {
-                continue;
+        // Key files are small: all are read first, so that after the
+        // remembered one the cheapest KDF runs first, and a costly file
+        // planted to sort first (within the ceiling) runs last, if at all.
+        let mut files = Vec::new();
+        for name in store.list_keys()? {
+            match KeyFile::decode(&store.read_key(&name)?) {
+                Ok(kf) if kf.repo == cfg.id => files.push((name, kf)),
+                Ok(_) => {}
+                Err(e) => last_refusal = Some(Error::KeyRefused(e.to_string())),
             }
+        }
+        let is_remembered = |n: &str| remembered.as_deref().map(str::trim) == Some(n);
+        files.sort_by_key(|(name, kf)| {
+            let cost = u64::from(kf.params.memory_kib) * u64::from(kf.params.iterations);
+            (!is_remembered(name), cost, name.clone())
+        });
+        for (name, kf) in files {
             match kf.open(passphrase) {
                 Ok(master) => {
                     let keys = Keys::derive(&master);
-                    let settings = cfg.open(&keys)?;
-                    if remembered.as_deref().map(str::trim) != Some(name.as_str()) {
+                    // A key file sealed under this passphrase can still wrap
+                    // another master key (planted by a client that knows
+                    // the passphrase): it must not stop the real one.
+                    let settings = match cfg.open(&keys) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            notice(&format!(
+                                "warning: key file {name} opens with this passphrase but not the repository's config ({e}); skipped"
+                            ));
+                            tried = true;
+                            continue;
+                        }
+                    };
+                    if !is_remembered(&name) {
                         // Only an ordering hint: failing to write it costs
                         // the next run time, never a wrong answer.
                         let _ = std::fs::create_dir_all(&cache_dir)

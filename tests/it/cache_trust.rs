@@ -116,6 +116,11 @@ fn plant_key(t: &TestRepo, name: &str, memory_kib: u64, iterations: u64) {
 /// Runs the binary for `t` with its address space limited to 1 GiB: a
 /// KDF asking for more cannot even allocate its memory.
 fn run_small(t: &TestRepo, args: &[&str]) -> Run {
+    run_small_as(t, PASSWORD, args)
+}
+
+/// [`run_small`] with another passphrase.
+fn run_small_as(t: &TestRepo, password: &str, args: &[&str]) -> Run {
     let mut c = std::process::Command::new("prlimit");
     c.arg(format!("--as={}", 1u64 << 30)).arg(bin());
     for (k, _) in std::env::vars() {
@@ -123,7 +128,7 @@ fn run_small(t: &TestRepo, args: &[&str]) -> Run {
             c.env_remove(k);
         }
     }
-    c.env("COFFER_PASSWORD", PASSWORD)
+    c.env("COFFER_PASSWORD", password)
         .env("COFFER_CACHE_DIR", &t.cache)
         .arg("--repo")
         .arg(&t.repo)
@@ -152,18 +157,15 @@ fn a_planted_key_file_above_the_ceiling_is_refused_by_name_without_its_kdf() {
         assert_eq!(lines.len(), 1, "{}", r.stderr());
         assert!(lines[0].contains("above the ceiling"), "{}", r.stderr());
     };
-    // nothing remembered yet: the planted file comes first and is refused
-    warned(&run_small(&t, &["snapshots"]).ok());
-    // then the remembered key opens first, and the planted file is not read
-    let r = run_small(&t, &["check"]).ok();
+    // nothing remembered yet: the real key, the cheapest, opens first
+    let r = run_small(&t, &["snapshots"]).ok();
     assert!(!r.stderr().contains(PLANTED), "{}", r.stderr());
-    // with the cache directory gone, refused again by name
+    // a passphrase that opens nothing reaches the planted file: refused by
+    // name without its KDF (which could not allocate its 4 GiB here), and
+    // still called a wrong passphrase
     fs::remove_dir_all(&t.cache).unwrap();
-    warned(&run_small(&t, &["check"]).ok());
-    // a wrong passphrase is still called one
-    let r = t
-        .run_env(&["snapshots"], &[("COFFER_PASSWORD", "wrong")])
-        .fails();
+    let r = run_small_as(&t, "wrong", &["snapshots"]).fails();
+    warned(&r);
     assert_eq!(r.code(), 4);
     assert!(r.stderr().contains("wrong passphrase"), "{}", r.stderr());
 }
@@ -189,6 +191,62 @@ fn the_key_file_that_opened_the_repository_last_is_tried_first() {
     fs::write(&db, random_bytes(5, 4096)).unwrap();
     run_small(&t, &["check"]).ok();
     assert_eq!(fs::read_to_string(&remembered).unwrap().trim(), real);
+}
+
+/// A key file sealed under the repository's own passphrase and id, but
+/// wrapping another master key: what a client that knows the passphrase
+/// can plant.
+fn plant_foreign_master(t: &TestRepo, name: &str) {
+    use coffer::format::config::ConfigFile;
+    use coffer::format::keyfile::{KdfParams, KeyFile};
+    let cfg = ConfigFile::decode(&fs::read(t.repo.join("config")).unwrap()).unwrap();
+    let other = coffer::crypto::MasterKey::generate(&mut rand::rngs::OsRng);
+    let kf = KeyFile::create(
+        &other,
+        PASSWORD.as_bytes(),
+        KdfParams::FLOOR,
+        cfg.id,
+        0,
+        "attacker".into(),
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap();
+    fs::write(t.repo.join("keys").join(name), kf.encode()).unwrap();
+}
+
+// See: issue 18, item 5 (found in review)
+#[test]
+fn a_key_file_wrapping_another_master_key_does_not_lock_out_the_real_one() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), random_bytes(40, 50_000)).unwrap();
+    t.backup(&[src.to_str().unwrap()]);
+    // Named and priced to be tried first by a machine that remembers nothing.
+    plant_foreign_master(&t, PLANTED);
+    fs::remove_dir_all(&t.cache).unwrap();
+    let r = t.run(&["snapshots"]).ok();
+    assert!(
+        r.stderr().contains(PLANTED) && r.stderr().contains("skipped"),
+        "{}",
+        r.stderr()
+    );
+    let out = t.path("out");
+    t.run(&["restore", "latest", "--target", out.to_str().unwrap()])
+        .ok();
+    assert_same_tree(&src, &restored(&out, &src));
+}
+
+// See: issue 18, item 5 (found in review)
+#[test]
+fn with_nothing_remembered_the_cheapest_key_file_runs_first() {
+    let t = TestRepo::new();
+    // within the ceiling (1.5 GiB, 2 passes), named to sort first: more
+    // than this process may allocate, so it must not run before the real key
+    plant_key(&t, PLANTED, 3 << 19, 2);
+    fs::remove_dir_all(&t.cache).ok();
+    let r = run_small(&t, &["snapshots"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
 }
 
 /// Ways a cache's blob rows can be wrong yet well-formed.
