@@ -137,6 +137,14 @@ pub fn is_damage(e: &Error) -> bool {
         Error::Cache(rusqlite::Error::SqliteFailure(f, _)) => {
             matches!(f.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
         }
+        // A value of the wrong type where the schema has one (a flipped bit
+        // in a record's type byte turns a BLOB into TEXT): SQLite reads it
+        // without complaint, so only the reader can tell.
+        Error::Cache(
+            rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..),
+        ) => true,
         _ => false,
     }
 }

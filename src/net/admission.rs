@@ -118,27 +118,41 @@ impl Admission {
     }
 
     /// Reserves `len` bytes (rounded up to MiB) against the certificate's
-    /// budget and the server's, at once or not at all: a client that holds
-    /// its budget in stalled frames is refused, never waited for.
-    pub fn reserve(&self, who: &Admitted, len: u64) -> Result<Reservation, String> {
+    /// budget and the server's. The certificate's is taken at once or
+    /// refused: a client that holds its own budget in stalled frames waits
+    /// for nothing. The server's is waited for, up to the stall limit: a
+    /// busy night of many honest clients queues instead of failing, while
+    /// a few hostile certificates cannot hold everyone else's requests for
+    /// longer than that.
+    pub async fn reserve(&self, who: &Admitted, len: u64) -> Result<Reservation, String> {
         let mib = len.div_ceil(1 << 20).max(1);
-        let take = |sem: &Arc<Semaphore>, cap: u32, what: &str| {
-            let n = u32::try_from(mib).unwrap_or(u32::MAX).min(cap);
-            sem.clone().try_acquire_many_owned(n).map_err(|_| {
+        let want = |cap: u32| u32::try_from(mib).unwrap_or(u32::MAX).min(cap);
+        let cap = self.limits.client_memory_mib;
+        let client = who
+            .memory
+            .clone()
+            .try_acquire_many_owned(want(cap))
+            .map_err(|_| {
                 format!(
-                    "{what} of {cap} MiB for data in flight is in use; {mib} MiB more refused, retry later"
+                    "this client certificate's budget of {cap} MiB for data in flight is in use; {mib} MiB more refused, retry later"
                 )
-            })
-        };
-        let client = take(
-            &who.memory,
-            self.limits.client_memory_mib,
-            "this client certificate's budget",
-        )?;
-        let all = take(&self.memory, self.limits.memory_mib, "the server's budget")?;
-        Ok(Reservation {
-            _permits: [client, all],
-        })
+            })?;
+        let cap = self.limits.memory_mib;
+        let all = tokio::time::timeout(
+            self.limits.stall,
+            self.memory.clone().acquire_many_owned(want(cap)),
+        )
+        .await;
+        match all {
+            // unwrap-free: the semaphore is never closed.
+            Ok(Ok(all)) => Ok(Reservation {
+                _permits: [client, all],
+            }),
+            _ => Err(format!(
+                "the server's budget of {cap} MiB for data in flight stayed in use for {}; {mib} MiB more refused, retry later",
+                humantime::format_duration(self.limits.stall)
+            )),
+        }
     }
 }
 
@@ -211,23 +225,32 @@ mod tests {
         adm.admit(fp(1)).unwrap();
     }
 
-    #[test]
-    fn memory_is_refused_past_either_budget_and_given_back() {
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn memory_past_the_certificates_budget_is_refused_and_the_servers_waited_for() {
         let adm = Admission::new(Limits {
             client_memory_mib: 4,
             memory_mib: 6,
+            stall: Duration::from_secs(5),
             ..Limits::default()
         });
         let (a, b) = (adm.admit(fp(1)).unwrap(), adm.admit(fp(2)).unwrap());
-        let r1 = adm.reserve(&a, 3 << 20).unwrap();
-        let e = adm.reserve(&a, 2 << 20).err().unwrap();
+        let r1 = adm.reserve(&a, 3 << 20).await.unwrap();
+        let e = adm.reserve(&a, 2 << 20).await.err().unwrap();
         assert!(e.contains("client certificate's budget of 4 MiB"), "{e}");
-        let r2 = adm.reserve(&b, 3 << 20).unwrap();
-        let e = adm.reserve(&b, 1).err().unwrap();
+        let r2 = adm.reserve(&b, 3 << 20).await.unwrap();
+        // The server's budget is full: waited for up to the stall limit ...
+        let e = adm.reserve(&b, 1).await.err().unwrap();
         assert!(e.contains("server's budget of 6 MiB"), "{e}");
-        drop((r1, r2));
-        adm.reserve(&a, 4 << 20).unwrap();
+        // ... and granted as soon as some comes back.
+        let waiting = adm.reserve(&b, 1);
+        let release = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(r1);
+        };
+        let (got, ()) = tokio::join!(waiting, release);
+        assert!(got.is_ok());
+        drop((got, r2));
         // A body larger than a budget takes all of it, not more.
-        assert!(adm.reserve(&b, 100 << 20).is_ok());
+        assert!(adm.reserve(&b, 100 << 20).await.is_ok());
     }
 }

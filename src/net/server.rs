@@ -311,6 +311,7 @@ impl Conn {
             .state
             .admission
             .reserve(&self.admitted, len)
+            .await
             .map_err(|why| Reply::err(ErrorCode::TooLarge, why))?;
         Ok((own, shared))
     }

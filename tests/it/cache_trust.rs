@@ -193,6 +193,44 @@ fn the_key_file_that_opened_the_repository_last_is_tried_first() {
     assert_eq!(fs::read_to_string(&remembered).unwrap().trim(), real);
 }
 
+// See: issue 18, item 3 (found in review)
+#[test]
+fn a_cache_value_of_the_wrong_type_is_damage_not_an_error_for_ever() {
+    let t = TestRepo::new();
+    let src = tree(&t);
+    t.backup(&[src.to_str().unwrap()]);
+    let wrong_type = || {
+        let c = rusqlite::Connection::open(cache_db(&t)).unwrap();
+        let n = c
+            .execute("UPDATE blobs SET sealed_len = 'x', pack = 'not a blob'", [])
+            .unwrap();
+        assert!(n > 0);
+    };
+    wrong_type();
+    let out = t.path("out");
+    let r = t
+        .run(&["restore", "latest", "--target", out.to_str().unwrap()])
+        .ok();
+    assert!(r.stderr().contains("moved aside"), "{}", r.stderr());
+    assert_same_tree(&src, &restored(&out, &src));
+    wrong_type();
+    t.run(&["check", "--read-data"]).ok();
+    // a backup that meets it commits nothing and leaves a rebuilt cache
+    wrong_type();
+    let before = t.snapshots().len();
+    let r = t.run(&["backup", src.to_str().unwrap()]);
+    if r.code() != 0 {
+        assert!(
+            r.stderr().contains("run the backup again"),
+            "{}",
+            r.stderr()
+        );
+        assert_eq!(t.snapshots().len(), before);
+    }
+    t.run(&["backup", src.to_str().unwrap()]).ok();
+    t.run(&["check", "--read-data"]).ok();
+}
+
 /// A key file sealed under the repository's own passphrase and id, but
 /// wrapping another master key: what a client that knows the passphrase
 /// can plant.
