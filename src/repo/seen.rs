@@ -53,7 +53,10 @@ pub struct SeenSnapshot {
     /// The store's expiry for it, when known (seconds).
     #[serde(default)]
     pub expires: Option<i64>,
-    /// On legal hold when last seen: expiry explains nothing.
+    /// On legal hold when last seen. Informative only: a hold can be
+    /// released and the long-expired snapshot swept, so a past expiry
+    /// explains it all the same (a rollback still shows through the newer
+    /// snapshots that vanish with it).
     #[serde(default)]
     pub hold: bool,
 }
@@ -72,7 +75,7 @@ impl SeenSnapshot {
     /// Whether its expiry explains that it is gone at `now` (seconds, the
     /// client's clock).
     fn expired(&self, now: i64) -> bool {
-        !self.hold && self.expires.is_some_and(|e| e <= now + EXPIRY_SLACK_SECS)
+        self.expires.is_some_and(|e| e <= now + EXPIRY_SLACK_SECS)
     }
 }
 
@@ -336,5 +339,20 @@ mod tests {
         assert!(s.notice().unwrap().contains("starts over"));
         assert!(s.state.seen.is_empty());
         assert!(d.path().join("seen.json.bad").exists());
+    }
+
+    #[test]
+    fn a_past_expiry_explains_a_snapshot_last_seen_on_hold() {
+        // The hold is released later and the long-expired snapshot swept.
+        let d = tempfile::tempdir().unwrap();
+        let now = 1_000_000;
+        let mut s = Seen::open(d.path()).unwrap();
+        let held = |n, expires| SeenSnapshot {
+            hold: true,
+            ..snap(n, n as i64, Some(expires))
+        };
+        s.record([held(1, now - 30 * DAY_SECS), held(2, now + 30 * DAY_SECS)]);
+        // 2 had a month to live: gone, whatever the hold said.
+        assert_eq!(ids(&s.vanished(&HashSet::new(), now)), [2]);
     }
 }
