@@ -169,9 +169,10 @@ pub enum Command {
         /// Run even as root (not recommended: use a dedicated user).
         #[arg(long)]
         allow_root: bool,
-        /// Start although this namespace's commit counter went back (its
-        /// directory was put back from an older copy), and take its counter
-        /// as it is now (repeatable).
+        /// Serve this namespace although its commit counter went back (its
+        /// directory was put back from an older copy; without this its
+        /// clients are refused), and take its counter as it is now
+        /// (repeatable).
         #[arg(long, value_name = "NAMESPACE")]
         accept_rollback: Vec<String>,
     },

@@ -9,16 +9,21 @@ pub(super) fn cmd_serve(config: &Path, allow_root: bool, accept_rollback: &[Stri
         bail!("refusing to run as root: run the server as a dedicated user (or pass --allow-root)");
     }
     let cfg = coffer::net::config::ServerConfig::load(config)?;
-    // Before listening: a namespace put back from an older copy is not served.
+    // Before listening: a namespace put back from an older copy is not
+    // served; the others are (one such namespace must not stop them all).
     let verdict = rollback_verdict(&cfg, accept_rollback, &user())?;
     for a in &verdict.accepted {
         errln!("coffer serve: accepted (logged in its operator.log): {a}");
     }
-    if !verdict.refused.is_empty() {
-        let lines: Vec<String> = verdict.refused.iter().map(|r| r.to_string()).collect();
-        bail!("{}", lines.join("\n"));
-    }
     coffer::net::log::init();
+    for r in &verdict.refused {
+        tracing::error!(
+            namespace = %r.namespace,
+            commits_seen = r.seen,
+            commits_now = r.now,
+            "not served, its clients are refused (the other namespaces are served): {r}"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -37,7 +42,7 @@ pub(super) fn cmd_serve(config: &Path, allow_root: bool, accept_rollback: &[Stri
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        coffer::net::server::serve(cfg, ep, metrics, shutdown).await?;
+        coffer::net::server::serve(cfg, ep, metrics, &verdict.refused, shutdown).await?;
         Ok(())
     })
 }

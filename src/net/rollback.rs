@@ -6,9 +6,10 @@
 //! back from an older copy of itself (a disk restore, or someone with
 //! access to the data directory): the snapshots committed since are gone,
 //! and every snapshot left still opens, so nothing else would notice.
-//! `coffer serve` refuses to start on it until the operator accepts it
-//! with `--accept-rollback NAMESPACE`, which takes the counter as it is and
-//! logs it in the namespace's `operator.log`.
+//! `coffer serve` serves every other namespace and refuses this one (its
+//! clients' Hello is denied, saying why) until the operator accepts it with
+//! `--accept-rollback NAMESPACE`, which takes the counter as it is and logs
+//! it in the namespace's `operator.log`.
 //!
 //! A data directory replaced whole (this state with it) is beyond what the
 //! server can see; clients notice that from their own memory of the
@@ -47,6 +48,21 @@ impl fmt::Display for RolledBack {
              from an older copy of itself, and the snapshots committed since are gone. If that is \
              intended, start the server once with `coffer serve --config FILE --accept-rollback {ns}`",
             self.seen, self.now
+        )
+    }
+}
+
+impl RolledBack {
+    /// The answer to a Hello for the namespace: what happened, and what
+    /// the server's operator can do.
+    pub fn refusal(&self) -> String {
+        format!(
+            "namespace {ns} is not served: its commit counter went back from {} to {} (its \
+             directory on the server was put back from an older copy of itself); the server's \
+             operator accepts that with `coffer serve --config FILE --accept-rollback {ns}`",
+            self.seen,
+            self.now,
+            ns = self.namespace
         )
     }
 }
@@ -104,7 +120,7 @@ pub fn committed(data: &Path, ns: &str) {
 /// What [`verify`] found.
 #[derive(Debug, Default)]
 pub struct Verdict {
-    /// Namespaces whose counter went back: not to be served.
+    /// Namespaces whose counter went back: not to be served (the others are).
     pub refused: Vec<RolledBack>,
     /// Namespaces whose counter went back, accepted by the operator.
     pub accepted: Vec<RolledBack>,

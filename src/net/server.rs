@@ -40,6 +40,9 @@ struct State {
     watch: Arc<super::watch::Watch>,
     /// Connections and memory per certificate, and memory overall.
     admission: Arc<Admission>,
+    /// Namespaces whose commit counter went back, not served (see
+    /// `rollback`): the answer to their clients' Hello.
+    refused: HashMap<String, String>,
 }
 
 /// Opens a namespace's store with its retention rules.
@@ -137,7 +140,8 @@ impl State {
     fn prune_all(&self) {
         let mut seen = std::collections::HashSet::new();
         for c in self.clients.values() {
-            if !seen.insert(c.namespace.clone()) {
+            // A namespace not served is left as it is, as `prune --config` does.
+            if !seen.insert(c.namespace.clone()) || self.refused.contains_key(&c.namespace) {
                 continue;
             }
             let res = self.store(c).and_then(|s| {
@@ -200,11 +204,13 @@ pub fn endpoint(cfg: &ServerConfig) -> Result<(quinn::Endpoint, SocketAddr)> {
 }
 
 /// Serves until `shutdown` resolves; `metrics` is the listener of
-/// [`super::watch::bind_metrics`], when the config has `[metrics]`.
+/// [`super::watch::bind_metrics`], when the config has `[metrics]`. The
+/// namespaces in `refused` (their counter went back) are not served.
 pub async fn serve(
     cfg: ServerConfig,
     ep: quinn::Endpoint,
     metrics: Option<tokio::net::TcpListener>,
+    refused: &[super::rollback::RolledBack],
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let clients = cfg.validated_clients()?;
@@ -219,6 +225,10 @@ pub async fn serve(
         parity: cfg.parity_config(),
         watch,
         admission: Admission::new(cfg.limits()?),
+        refused: refused
+            .iter()
+            .map(|r| (r.namespace.clone(), r.refusal()))
+            .collect(),
     });
     // Scrub on the server's own schedule.
     let scrub_every = std::time::Duration::from_secs(cfg.scrub_interval_hours as u64 * 3600);
@@ -642,6 +652,9 @@ async fn handle(
                 ErrorCode::Denied,
                 format!("namespace {namespace:?} is not available to this client"),
             ));
+        }
+        if let Some(why) = ctx.state.refused.get(namespace) {
+            return Err(Reply::err(ErrorCode::Denied, why.clone()));
         }
         ctx.hello.store(true, Ordering::SeqCst);
         // A session begins: what a killed server left in the namespace's

@@ -53,7 +53,10 @@ pub struct SeenSnapshot {
     /// The store's expiry for it, when known (seconds).
     #[serde(default)]
     pub expires: Option<i64>,
-    /// On legal hold when last seen: expiry explains nothing.
+    /// On legal hold when last seen. Informative only: a hold can be
+    /// released and the long-expired snapshot swept, so a past expiry
+    /// explains it all the same (a rollback still shows through the newer
+    /// snapshots that vanish with it).
     #[serde(default)]
     pub hold: bool,
 }
@@ -72,7 +75,7 @@ impl SeenSnapshot {
     /// Whether its expiry explains that it is gone at `now` (seconds, the
     /// client's clock).
     fn expired(&self, now: i64) -> bool {
-        !self.hold && self.expires.is_some_and(|e| e <= now + EXPIRY_SLACK_SECS)
+        self.expires.is_some_and(|e| e <= now + EXPIRY_SLACK_SECS)
     }
 }
 
@@ -186,6 +189,9 @@ impl Seen {
         for s in snaps {
             self.state.newest_ns = self.state.newest_ns.max(s.time_ns);
             match self.state.seen.iter_mut().find(|o| o.id == s.id) {
+                // A stamp that could not be read this time is not "no
+                // expiry": the one recorded before still explains it.
+                Some(o) if s.expires.is_none() => o.time_ns = s.time_ns,
                 Some(o) => *o = s,
                 None => self.state.seen.push(s),
             }
@@ -336,5 +342,39 @@ mod tests {
         assert!(s.notice().unwrap().contains("starts over"));
         assert!(s.state.seen.is_empty());
         assert!(d.path().join("seen.json.bad").exists());
+    }
+
+    #[test]
+    fn a_past_expiry_explains_a_snapshot_last_seen_on_hold() {
+        // The hold is released later and the long-expired snapshot swept.
+        let d = tempfile::tempdir().unwrap();
+        let now = 1_000_000;
+        let mut s = Seen::open(d.path()).unwrap();
+        let held = |n, expires| SeenSnapshot {
+            hold: true,
+            ..snap(n, n as i64, Some(expires))
+        };
+        s.record([held(1, now - 30 * DAY_SECS), held(2, now + 30 * DAY_SECS)]);
+        // 2 had a month to live: gone, whatever the hold said.
+        assert_eq!(ids(&s.vanished(&HashSet::new(), now)), [2]);
+    }
+
+    #[test]
+    fn a_stamp_not_read_keeps_the_expiry_recorded_before() {
+        let d = tempfile::tempdir().unwrap();
+        let now = 1_000_000;
+        let mut s = Seen::open(d.path()).unwrap();
+        s.record([snap(1, 10, Some(now + 2 * DAY_SECS))]);
+        // A later listing could not read its stamp.
+        s.record([snap(1, 10, None)]);
+        s.save().unwrap();
+        drop(s);
+        let mut s = Seen::open(d.path()).unwrap();
+        assert_eq!(s.state.seen[0].expires, Some(now + 2 * DAY_SECS));
+        // A month later it expired and was swept: not vanished.
+        assert!(s.vanished(&HashSet::new(), now + 30 * DAY_SECS).is_empty());
+        // A stamp read again replaces it.
+        s.record([snap(2, 20, Some(now)), snap(2, 20, Some(now + DAY_SECS))]);
+        assert_eq!(s.state.seen[0].expires, Some(now + DAY_SECS));
     }
 }
