@@ -412,6 +412,11 @@ impl LocalStore {
     /// references and that is older than the grace period. Needs no key.
     /// Deletes nothing when the clock is behind a time already seen.
     pub fn prune(&self) -> Result<PruneReport> {
+        // One prune at a time (the server's schedule and an operator's
+        // `prune --config` may meet): the `collecting` marker one writes
+        // must not be removed by the other before its packs are out of
+        // the parity.
+        let _one = self.lock_named("prune.lock", true)?;
         let now = (self.clock)();
         let mut rep = PruneReport::default();
         if let Err(r) = retention::clock_ok(now, self.seen()) {
@@ -535,14 +540,19 @@ impl LocalStore {
         let mut removed = 0;
         for e in fs::read_dir(&dir).at(&dir)? {
             let e = e.at(&dir)?;
+            // Partial files belong to `partial`: their writers hold them
+            // locked, and a scrub's repair sets its file's time back to the
+            // pack's, so age says nothing about them. Those no one holds
+            // are removed below whatever their age.
+            let partial = e.path().extension().is_some_and(|x| x == "part");
             let Ok(m) = e.metadata() else { continue };
             let old =
                 mtime_secs(&m).is_some_and(|t| now.saturating_sub(t) >= self.policy.grace_secs);
-            if m.is_file() && old && fs::remove_file(e.path()).is_ok() {
+            if !partial && m.is_file() && old && fs::remove_file(e.path()).is_ok() {
                 removed += 1;
             }
         }
-        Ok(removed)
+        Ok(removed + self.sweep_abandoned()?.0)
     }
 
     /// Removes the partial files (uploads, parity, repairs) that killed

@@ -617,3 +617,73 @@ fn r18_campaign_prune_killed_at_random_points_loses_nothing() {
     assert_eq!(r.code(), 0, "seed {seed}: {}", r.stdout());
     run(at(&t, &last), &["check", "--read-data"]).ok();
 }
+
+/// Holds an exclusive flock on `path` until dropped, as a live coffer
+/// process holds its lock files.
+fn hold_lock(path: &std::path::Path) -> nix::fcntl::Flock<fs::File> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap()
+}
+
+// See: issue 18, item 12 (found in review)
+#[test]
+fn r18_prune_never_removes_a_partial_file_its_writer_holds_however_old() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), random_bytes(50, 10_000)).unwrap();
+    t.backup(&[src.to_str().unwrap()]);
+    // A repair's partial file carries its pack's old time; its writer lives.
+    let part = t.repo.join("tmp").join("0123456789abcdef.part");
+    fs::write(&part, b"being written").unwrap();
+    let held = hold_lock(&part);
+    let old = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+    filetime::set_file_mtime(&part, old).unwrap();
+    t.run(&["prune"]).ok();
+    assert!(part.exists(), "a held partial file was removed");
+    // Once nobody holds it, the next prune removes it whatever its age.
+    drop(held);
+    filetime::set_file_mtime(&part, filetime::FileTime::now()).unwrap();
+    t.run(&["prune"]).ok();
+    assert!(!part.exists());
+}
+
+// See: issue 18, item 12 (found in review)
+#[test]
+fn r18_two_prunes_of_one_repository_run_one_after_the_other() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), random_bytes(51, 10_000)).unwrap();
+    t.backup(&[src.to_str().unwrap()]);
+    // Another prune is running: this one waits for it.
+    let held = hold_lock(&t.repo.join("prune.lock"));
+    let mut child = t
+        .command()
+        .arg("prune")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "prune ran beside another"
+    );
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "prune never finished");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success());
+}
