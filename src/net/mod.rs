@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod http;
 pub mod log;
+pub mod quota;
 pub mod refusal;
 pub mod rollback;
 pub mod server;

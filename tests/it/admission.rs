@@ -242,3 +242,100 @@ fn every_refused_handshake_is_logged_with_peer_and_certificate() {
     // And the server still serves.
     run(srv.client(0, &work.path().join("cache")), &init_args()).ok();
 }
+
+/// Files under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => files_under(&e.path()),
+                    Ok(_) => 1,
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn concurrent_uploads_cannot_pass_the_quota_together() {
+    const LEN: usize = 100_000;
+    const UPLOADS: usize = 8;
+    // Room for three packs of LEN, not four.
+    let srv = TestServer::start_with(1, "quota_bytes = 350000");
+    let work = tempfile::tempdir().unwrap();
+    run(srv.client(0, &work.path().join("c0")), &init_args()).ok();
+    let pin = Fingerprint::parse(&srv.fingerprint).unwrap();
+    let answers = rt().block_on(async {
+        // Two connections, four streams each: every upload is announced
+        // before any body byte is sent.
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let id = Identity::load(&srv.clients[0].0).unwrap();
+            let (ep, conn, mut r) = raw_hello(srv.port, raw_config(pin, Some(id)))
+                .await
+                .unwrap();
+            r.read_to_end(1 << 16).await.unwrap();
+            conns.push((ep, conn));
+        }
+        let mut streams = Vec::new();
+        for i in 0..UPLOADS {
+            let body = vec![i as u8 + 1; LEN];
+            let req = coffer::proto::Request::PutPack {
+                id: coffer::id::PackId::of(&body),
+                len: LEN as u64,
+            };
+            let (mut s, r) = conns[i % 2].1.open_bi().await.unwrap();
+            s.write_all(&req.encode()).await.unwrap();
+            streams.push((s, r, body));
+        }
+        // Every check has been made; now the bodies.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut tasks = Vec::new();
+        for (mut s, mut r, body) in streams {
+            tasks.push(tokio::spawn(async move {
+                // A refused upload may stop its stream: write errors are fine.
+                let _ = s.write_all(&body).await;
+                let _ = s.finish();
+                let got = tokio::time::timeout(Duration::from_secs(20), r.read_to_end(1 << 16))
+                    .await
+                    .expect("answered within a bounded time")
+                    .unwrap_or_default();
+                String::from_utf8_lossy(&got).into_owned()
+            }));
+        }
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        for (ep, conn) in conns {
+            conn.close(0u32.into(), b"done");
+            ep.wait_idle().await;
+        }
+        answers
+    });
+    let refused = answers
+        .iter()
+        .filter(|a| a.contains("over its quota"))
+        .count();
+    let stored = files_under(&srv.namespace_dir("ns-0").join("packs"));
+    assert_eq!(stored, 3, "packs stored; answers: {answers:?}");
+    assert_eq!(refused, UPLOADS - 3, "{answers:?}");
+    // The reservations of refused and finished uploads are gone: the
+    // stored packs are all that counts, so a pack that fits still fits.
+    let body = vec![0xee; 40_000];
+    let mut frame = coffer::proto::Request::PutPack {
+        id: coffer::id::PackId::of(&body),
+        len: body.len() as u64,
+    }
+    .encode();
+    frame.extend_from_slice(&body);
+    let got = raw_request(&srv, &frame).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&got).contains("quota"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(files_under(&srv.namespace_dir("ns-0").join("packs")), 4);
+}
