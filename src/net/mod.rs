@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod client;
 pub mod config;
+pub mod handshake;
 pub mod http;
 pub mod log;
 pub mod quota;

@@ -222,12 +222,26 @@ pub async fn serve(
         }
     });
     let limit = Arc::new(tokio::sync::Semaphore::new(1024));
+    // Unauthenticated peers hold slots only briefly and only a few each.
+    let limits = state.admission.limits();
+    let handshakes = super::handshake::Handshakes::new(limits.handshakes_per_address);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             inc = ep.accept() => {
                 let Some(inc) = inc else { break };
+                let from = inc.remote_address();
+                let pending = match handshakes.begin(from.ip()) {
+                    Ok(p) => p,
+                    Err(first) => {
+                        if first {
+                            super::refusal::too_many_handshakes(from, handshakes.cap());
+                        }
+                        inc.refuse();
+                        continue;
+                    }
+                };
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
                     inc.refuse();
                     continue;
@@ -235,10 +249,13 @@ pub async fn serve(
                 let state = state.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let from = inc.remote_address();
-                    match inc.await {
-                        Ok(conn) => connection(state, conn).await,
-                        Err(e) => super::refusal::handshake_failed(from, &e),
+                    // Dropped unfinished, the handshake is abandoned.
+                    let done = tokio::time::timeout(limits.handshake, inc).await;
+                    drop(pending);
+                    match done {
+                        Ok(Ok(conn)) => connection(state, conn).await,
+                        Ok(Err(e)) => super::refusal::handshake_failed(from, &e),
+                        Err(_) => super::refusal::handshake_timed_out(from, limits.handshake),
                     }
                 });
             }

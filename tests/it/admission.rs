@@ -339,3 +339,99 @@ fn concurrent_uploads_cannot_pass_the_quota_together() {
     );
     assert_eq!(files_under(&srv.namespace_dir("ns-0").join("packs")), 4);
 }
+
+/// The Destination Connection ID of a QUIC long-header packet.
+fn initial_dcid(d: &[u8]) -> Option<Vec<u8>> {
+    if d.first()? & 0x80 == 0 {
+        return None;
+    }
+    let len = *d.get(5)? as usize;
+    d.get(6..6 + len).map(<[u8]>::to_vec)
+}
+
+/// `n` distinct QUIC Initial datagrams (each a ClientHello under its own
+/// connection ID), captured from a real client pointed at a socket that
+/// never answers.
+async fn capture_initials(n: usize, cfg: quinn::ClientConfig) -> Vec<Vec<u8>> {
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = sink.local_addr().unwrap();
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut got = std::collections::HashMap::new();
+    let mut pending = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // In batches, so the sink's buffer keeps up; a dropped Initial is sent
+    // again under the same connection ID.
+    while got.len() < n {
+        assert!(Instant::now() < deadline, "captured {} Initials", got.len());
+        if pending.len() < n && pending.len() <= got.len() + 50 {
+            for _ in 0..50.min(n - pending.len()) {
+                pending.push(ep.connect_with(cfg.clone(), to, "coffer").unwrap());
+            }
+        }
+        let mut buf = vec![0u8; 2048];
+        if let Ok(Ok(len)) =
+            tokio::time::timeout(Duration::from_millis(200), sink.recv(&mut buf)).await
+        {
+            if let Some(dcid) = initial_dcid(&buf[..len]) {
+                got.entry(dcid).or_insert_with(|| buf[..len].to_vec());
+            }
+        }
+    }
+    drop(pending);
+    got.into_values().collect()
+}
+
+#[test]
+fn handshakes_that_never_finish_cannot_lock_clients_out() {
+    let srv = TestServer::start(1);
+    let pin = Fingerprint::parse(&srv.fingerprint).unwrap();
+    let id = || Identity::load(&srv.clients[0].0).unwrap();
+    rt().block_on(async {
+        // More than the server's 1024 connection slots, all from one
+        // address, each started and then left silent.
+        // Their Initials offer no idle timeout of their own: the server's
+        // (60 s) is the one that would end them.
+        let mut silent = raw_config(pin, Some(id()));
+        let mut t = quinn::TransportConfig::default();
+        t.max_idle_timeout(None);
+        silent.transport_config(Arc::new(t));
+        let initials = capture_initials(1100, silent).await;
+        let flood = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for batch in initials.chunks(25) {
+            for d in batch {
+                flood.send_to(d, ("127.0.0.1", srv.port)).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A client that finishes its handshake is served within a bounded
+        // time (the handshake timeout), not after the idle timeout.
+        let started = Instant::now();
+        loop {
+            let served = match raw_hello(srv.port, raw_config(pin, Some(id()))).await {
+                Ok((_ep, _c, mut r)) => r.read_to_end(1 << 16).await.is_ok_and(|a| !a.is_empty()),
+                Err(_) => false,
+            };
+            if served {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(25),
+                "locked out for 25 s by handshakes that never finish"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let log = wait_for_log(&srv, "handshake not finished within");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("too many handshakes in progress")
+                && l.contains("limit handshakes_per_address = 32")
+                && l.contains("127.0.0.1")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("handshake not finished within 10s") && l.contains("127.0.0.1")),
+        "{log}"
+    );
+}
