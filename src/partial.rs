@@ -76,15 +76,23 @@ pub(crate) fn sweep(tmp_dir: &Path) -> Result<(u64, u64)> {
     Ok(removed)
 }
 
-/// Bytes of every file in `tmp_dir`: live uploads and leftovers alike
-/// take disk space, and count against a namespace's quota.
-pub(crate) fn bytes(tmp_dir: &Path) -> Result<u64> {
+/// Bytes of the partial files in `tmp_dir` that no live process holds:
+/// what killed uploads left, which takes disk space until swept and counts
+/// against a namespace's quota. Live uploads are counted by their
+/// reservation instead (see `net::quota`), and other writers' scratch files
+/// (parity, repairs, prune's lists) by no one.
+pub(crate) fn abandoned_bytes(tmp_dir: &Path) -> Result<u64> {
     let mut total = 0;
     for e in fs::read_dir(tmp_dir).at(tmp_dir)? {
-        if let Ok(m) = e.at(tmp_dir)?.metadata() {
-            if m.is_file() {
-                total += m.len();
-            }
+        let path = e.at(tmp_dir)?.path();
+        if path.extension().is_none_or(|x| x != PART) {
+            continue;
+        }
+        let Ok(f) = File::open(&path) else { continue };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        // Lockable: its writer is dead. The lock is let go at once.
+        if Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok() {
+            total += len;
         }
     }
     Ok(total)
@@ -105,8 +113,10 @@ mod tests {
         fs::write(&other, b"not a partial file").unwrap();
         assert_eq!(sweep(d.path()).unwrap(), (1, 0));
         assert!(live.exists() && !dead.exists() && other.exists());
-        assert_eq!(bytes(d.path()).unwrap(), 11 + 18);
+        // Neither the live upload nor the other scratch file is abandoned.
+        assert_eq!(abandoned_bytes(d.path()).unwrap(), 0);
         drop(held);
+        assert_eq!(abandoned_bytes(d.path()).unwrap(), 11);
         assert_eq!(sweep(d.path()).unwrap(), (1, 11));
         assert!(!live.exists());
     }

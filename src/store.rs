@@ -563,10 +563,10 @@ impl LocalStore {
         crate::partial::sweep(&self.root.join("tmp"))
     }
 
-    /// Bytes in `tmp/` (uploads in progress and leftovers): they take
-    /// space like packs, and a namespace's quota counts them.
-    pub fn tmp_bytes(&self) -> Result<u64> {
-        crate::partial::bytes(&self.root.join("tmp"))
+    /// Bytes of the partial uploads in `tmp/` that killed writers left:
+    /// they take space like packs, and a namespace's quota counts them.
+    pub fn abandoned_tmp_bytes(&self) -> Result<u64> {
+        crate::partial::abandoned_bytes(&self.root.join("tmp"))
     }
 
     /// Every snapshot with its stamp, in the order they were committed, for

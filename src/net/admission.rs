@@ -28,6 +28,10 @@ pub struct Limits {
     /// How long a read in the middle of a frame or body may wait for the
     /// next byte before the connection is closed.
     pub stall: Duration,
+    /// How long a handshake may take (see `net::handshake`).
+    pub handshake: Duration,
+    /// Handshakes one address may have in progress at once.
+    pub handshakes_per_address: usize,
 }
 
 impl Default for Limits {
@@ -37,6 +41,8 @@ impl Default for Limits {
             client_memory_mib: 256,
             memory_mib: 1024,
             stall: Duration::from_secs(60),
+            handshake: Duration::from_secs(10),
+            handshakes_per_address: 32,
         }
     }
 }

@@ -88,6 +88,10 @@ pub struct LimitsConfig {
     /// How long a frame or body may stall before its connection is closed
     /// (default "60s").
     pub stall_timeout: Option<String>,
+    /// How long a handshake may take (default "10s").
+    pub handshake_timeout: Option<String>,
+    /// Handshakes one address may have in progress at once (32).
+    pub handshakes_per_address: Option<usize>,
 }
 
 /// `[metrics]`: where to serve `GET /metrics`.
@@ -223,11 +227,19 @@ impl ServerConfig {
                 Some(v) => duration("limits", "stall_timeout", v)?,
                 None => d.stall,
             },
+            handshake: match &l.handshake_timeout {
+                Some(v) => duration("limits", "handshake_timeout", v)?,
+                None => d.handshake,
+            },
+            handshakes_per_address: l.handshakes_per_address.unwrap_or(d.handshakes_per_address),
         };
-        if out.connections_per_client == 0 {
-            return Err(Error::Denied(
-                "[limits] connections_per_client must be at least 1".into(),
-            ));
+        for (name, n) in [
+            ("connections_per_client", out.connections_per_client),
+            ("handshakes_per_address", out.handshakes_per_address),
+        ] {
+            if n == 0 {
+                return Err(Error::Denied(format!("[limits] {name} must be at least 1")));
+            }
         }
         if out.client_memory_mib < 2 || out.memory_mib < out.client_memory_mib {
             return Err(Error::Denied(format!(
@@ -506,6 +518,24 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("stale_after"), "{e}");
+    }
+
+    #[test]
+    fn handshake_limits_are_read_and_checked() {
+        let cfg = |limits: &str| {
+            ServerConfig::parse(&format!(
+                "data = \"/d\"\nidentity = \"/i\"\n[limits]\n{limits}\n[[client]]\nfingerprint = \"{FP}\"\nnamespace = \"w\"\n"
+            ))
+        };
+        let l = cfg("").unwrap().limits().unwrap();
+        assert_eq!((l.handshake.as_secs(), l.handshakes_per_address), (10, 32));
+        let l = cfg("handshake_timeout = \"3s\"\nhandshakes_per_address = 4")
+            .unwrap()
+            .limits()
+            .unwrap();
+        assert_eq!((l.handshake.as_secs(), l.handshakes_per_address), (3, 4));
+        let e = cfg("handshakes_per_address = 0").unwrap_err();
+        assert!(e.to_string().contains("handshakes_per_address"), "{e}");
     }
 
     #[test]

@@ -6,8 +6,10 @@
 pub mod admission;
 pub mod client;
 pub mod config;
+pub mod handshake;
 pub mod http;
 pub mod log;
+pub mod quota;
 pub mod refusal;
 pub mod rollback;
 pub mod server;

@@ -1,8 +1,9 @@
 //! The server's log of connections it refused before any request: a
 //! handshake that failed (no client certificate, an unknown one, a known
-//! certificate whose private key the peer does not hold, a wrong ALPN), and
-//! a certificate over its connection limit. Each line names the peer's
-//! address and, when there is one, the certificate's fingerprint. Lines are
+//! certificate whose private key the peer does not hold, a wrong ALPN), a
+//! certificate over its connection limit, a handshake not finished in time,
+//! and an address with too many handshakes in progress. Each line names the
+//! peer's address and, when there is one, the certificate's fingerprint. Lines are
 //! rate-limited, so a flood of refusals cannot flood the journal: past
 //! [`LINES_PER_MINUTE`] in a minute they are counted, and the count is
 //! logged when the next line may be.
@@ -62,6 +63,28 @@ pub fn handshake_failed(from: SocketAddr, e: &quinn::ConnectionError) {
         fingerprint,
         suppressed,
         "refused connection: handshake failed: {why}"
+    );
+}
+
+/// Logs a handshake that did not finish within `limit`.
+pub fn handshake_timed_out(from: SocketAddr, limit: Duration) {
+    let Some(suppressed) = admit() else { return };
+    warn!(
+        peer = %from,
+        suppressed,
+        "refused connection: handshake not finished within {} (limit handshake_timeout)",
+        humantime::format_duration(limit)
+    );
+}
+
+/// Logs the first handshake refused because its address has `cap` in
+/// progress (later ones are not logged until it is under the cap again).
+pub fn too_many_handshakes(from: SocketAddr, cap: usize) {
+    let Some(suppressed) = admit() else { return };
+    warn!(
+        peer = %from,
+        suppressed,
+        "refused connection: too many handshakes in progress from this address (limit handshakes_per_address = {cap}); refusing more until they finish"
     );
 }
 

@@ -32,8 +32,8 @@ struct State {
     data: PathBuf,
     clients: HashMap<Fingerprint, Client>,
     stores: Mutex<HashMap<String, Arc<LocalStore>>>,
-    /// Bytes of packs per namespace, counted once, then kept up to date.
-    usage: Mutex<HashMap<String, u64>>,
+    /// Bytes of packs and of uploads in progress per namespace.
+    quotas: Arc<super::quota::Quotas>,
     /// Parity shape of every namespace.
     parity: crate::scrub::ParityConfig,
     /// Metrics and alerts.
@@ -72,27 +72,6 @@ impl State {
         )?);
         m.insert(client.namespace.clone(), s.clone());
         Ok(s)
-    }
-
-    fn usage(&self, ns: &str, store: &LocalStore) -> Result<u64> {
-        // unwrap: the lock is never held across a panic
-        if let Some(u) = self.usage.lock().unwrap().get(ns) {
-            return Ok(*u);
-        }
-        let mut total = 0;
-        store.for_each_pack(&mut |_, size| {
-            total += size;
-            Ok(())
-        })?;
-        self.usage.lock().unwrap().insert(ns.to_string(), total);
-        Ok(total)
-    }
-
-    fn add_usage(&self, ns: &str, n: u64) {
-        // unwrap: the lock is never held across a panic
-        if let Some(u) = self.usage.lock().unwrap().get_mut(ns) {
-            *u += n;
-        }
     }
 
     /// Scrubs every namespace and logs each finding.
@@ -148,8 +127,7 @@ impl State {
                 s.prune()
                     .and_then(|r| crate::scrub::protect(&s, s.parity()).map(|_| r))
             });
-            // unwrap: the lock is never held across a panic
-            self.usage.lock().unwrap().remove(&c.namespace);
+            self.quotas.forget_stored(&c.namespace);
             match res {
                 Ok(r) => match r.refused {
                     None => info!(
@@ -221,7 +199,7 @@ pub async fn serve(
         data: cfg.data.clone(),
         clients: clients.into_iter().map(|c| (c.fingerprint, c)).collect(),
         stores: Mutex::new(HashMap::new()),
-        usage: Mutex::new(HashMap::new()),
+        quotas: Default::default(),
         parity: cfg.parity_config(),
         watch,
         admission: Admission::new(cfg.limits()?),
@@ -254,12 +232,26 @@ pub async fn serve(
         }
     });
     let limit = Arc::new(tokio::sync::Semaphore::new(1024));
+    // Unauthenticated peers hold slots only briefly and only a few each.
+    let limits = state.admission.limits();
+    let handshakes = super::handshake::Handshakes::new(limits.handshakes_per_address);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             inc = ep.accept() => {
                 let Some(inc) = inc else { break };
+                let from = inc.remote_address();
+                let pending = match handshakes.begin(from.ip()) {
+                    Ok(p) => p,
+                    Err(first) => {
+                        if first {
+                            super::refusal::too_many_handshakes(from, handshakes.cap());
+                        }
+                        inc.refuse();
+                        continue;
+                    }
+                };
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
                     inc.refuse();
                     continue;
@@ -267,10 +259,13 @@ pub async fn serve(
                 let state = state.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let from = inc.remote_address();
-                    match inc.await {
-                        Ok(conn) => connection(state, conn).await,
-                        Err(e) => super::refusal::handshake_failed(from, &e),
+                    // Dropped unfinished, the handshake is abandoned.
+                    let done = tokio::time::timeout(limits.handshake, inc).await;
+                    drop(pending);
+                    match done {
+                        Ok(Ok(conn)) => connection(state, conn).await,
+                        Ok(Err(e)) => super::refusal::handshake_failed(from, &e),
+                        Err(_) => super::refusal::handshake_timed_out(from, limits.handshake),
                     }
                 });
             }
@@ -716,24 +711,19 @@ async fn handle(
                     format!("pack of {len} bytes exceeds the limit"),
                 ));
             }
-            if let Some(quota) = ctx.client.quota {
-                let packs = ctx.state.usage(&ctx.client.namespace, &store)?;
-                // Uploads in progress (and any left by a killed server)
-                // take disk space too: many packs begun at once must not
-                // pass the quota together.
-                let st = store.clone();
-                let tmp = blocking(move || st.tmp_bytes()).await?;
-                let used = packs + tmp;
-                if used + len > quota {
-                    return Err(Reply::err(
-                        ErrorCode::TooLarge,
-                        format!(
-                            "namespace {} is over its quota: {used} of {quota} bytes used ({tmp} by uploads in progress), this pack needs {len} more; nothing stored was touched",
-                            ctx.client.namespace
-                        ),
-                    ));
+            // Reserved under the check's lock until the upload ends (on
+            // every path): uploads announced at once cannot pass the
+            // quota together.
+            let claim = match ctx.client.quota {
+                None => None,
+                Some(quota) => {
+                    let ns = &ctx.client.namespace;
+                    match super::quota::claim(&ctx.state.quotas, &store, ns, quota, len).await? {
+                        Ok(c) => Some(c),
+                        Err(over) => return Err(Reply::err(ErrorCode::TooLarge, over.message(ns))),
+                    }
                 }
-            }
+            };
             *permit = Some(ctx.reserve(1 << 20).await?);
             let mut upload = store.upload_pack()?;
             let mut left = len;
@@ -753,8 +743,8 @@ async fn handle(
                 left -= want as u64;
             }
             let created = blocking(move || upload.commit(id)).await?;
-            if created {
-                ctx.state.add_usage(&ctx.client.namespace, len);
+            if let Some(c) = claim {
+                c.commit(created);
             }
             one(Reply::of(Response::Stored { created }))
         }

@@ -242,3 +242,196 @@ fn every_refused_handshake_is_logged_with_peer_and_certificate() {
     // And the server still serves.
     run(srv.client(0, &work.path().join("cache")), &init_args()).ok();
 }
+
+/// Files under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => files_under(&e.path()),
+                    Ok(_) => 1,
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn concurrent_uploads_cannot_pass_the_quota_together() {
+    const LEN: usize = 100_000;
+    const UPLOADS: usize = 8;
+    // Room for three packs of LEN, not four.
+    let srv = TestServer::start_with(1, "quota_bytes = 350000");
+    let work = tempfile::tempdir().unwrap();
+    run(srv.client(0, &work.path().join("c0")), &init_args()).ok();
+    let pin = Fingerprint::parse(&srv.fingerprint).unwrap();
+    let answers = rt().block_on(async {
+        // Two connections, four streams each: every upload is announced
+        // before any body byte is sent.
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let id = Identity::load(&srv.clients[0].0).unwrap();
+            let (ep, conn, mut r) = raw_hello(srv.port, raw_config(pin, Some(id)))
+                .await
+                .unwrap();
+            r.read_to_end(1 << 16).await.unwrap();
+            conns.push((ep, conn));
+        }
+        let mut streams = Vec::new();
+        for i in 0..UPLOADS {
+            let body = vec![i as u8 + 1; LEN];
+            let req = coffer::proto::Request::PutPack {
+                id: coffer::id::PackId::of(&body),
+                len: LEN as u64,
+            };
+            let (mut s, r) = conns[i % 2].1.open_bi().await.unwrap();
+            s.write_all(&req.encode()).await.unwrap();
+            streams.push((s, r, body));
+        }
+        // Every check has been made; now the bodies.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut tasks = Vec::new();
+        for (mut s, mut r, body) in streams {
+            tasks.push(tokio::spawn(async move {
+                // A refused upload may stop its stream: write errors are fine.
+                let _ = s.write_all(&body).await;
+                let _ = s.finish();
+                let got = tokio::time::timeout(Duration::from_secs(20), r.read_to_end(1 << 16))
+                    .await
+                    .expect("answered within a bounded time")
+                    .unwrap_or_default();
+                String::from_utf8_lossy(&got).into_owned()
+            }));
+        }
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        for (ep, conn) in conns {
+            conn.close(0u32.into(), b"done");
+            ep.wait_idle().await;
+        }
+        answers
+    });
+    let refused = answers
+        .iter()
+        .filter(|a| a.contains("over its quota"))
+        .count();
+    let stored = files_under(&srv.namespace_dir("ns-0").join("packs"));
+    assert_eq!(stored, 3, "packs stored; answers: {answers:?}");
+    assert_eq!(refused, UPLOADS - 3, "{answers:?}");
+    // The reservations of refused and finished uploads are gone: the
+    // stored packs are all that counts, so a pack that fits still fits.
+    let body = vec![0xee; 40_000];
+    let mut frame = coffer::proto::Request::PutPack {
+        id: coffer::id::PackId::of(&body),
+        len: body.len() as u64,
+    }
+    .encode();
+    frame.extend_from_slice(&body);
+    let got = raw_request(&srv, &frame).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&got).contains("quota"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(files_under(&srv.namespace_dir("ns-0").join("packs")), 4);
+}
+
+/// The Destination Connection ID of a QUIC long-header packet.
+fn initial_dcid(d: &[u8]) -> Option<Vec<u8>> {
+    if d.first()? & 0x80 == 0 {
+        return None;
+    }
+    let len = *d.get(5)? as usize;
+    d.get(6..6 + len).map(<[u8]>::to_vec)
+}
+
+/// `n` distinct QUIC Initial datagrams (each a ClientHello under its own
+/// connection ID), captured from a real client pointed at a socket that
+/// never answers.
+async fn capture_initials(n: usize, cfg: quinn::ClientConfig) -> Vec<Vec<u8>> {
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = sink.local_addr().unwrap();
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut got = std::collections::HashMap::new();
+    let mut pending = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // In batches, so the sink's buffer keeps up; a dropped Initial is sent
+    // again under the same connection ID.
+    while got.len() < n {
+        assert!(Instant::now() < deadline, "captured {} Initials", got.len());
+        if pending.len() < n && pending.len() <= got.len() + 50 {
+            for _ in 0..50.min(n - pending.len()) {
+                pending.push(ep.connect_with(cfg.clone(), to, "coffer").unwrap());
+            }
+        }
+        let mut buf = vec![0u8; 2048];
+        if let Ok(Ok(len)) =
+            tokio::time::timeout(Duration::from_millis(200), sink.recv(&mut buf)).await
+        {
+            if let Some(dcid) = initial_dcid(&buf[..len]) {
+                got.entry(dcid).or_insert_with(|| buf[..len].to_vec());
+            }
+        }
+    }
+    drop(pending);
+    got.into_values().collect()
+}
+
+#[test]
+fn handshakes_that_never_finish_cannot_lock_clients_out() {
+    let srv = TestServer::start(1);
+    let pin = Fingerprint::parse(&srv.fingerprint).unwrap();
+    let id = || Identity::load(&srv.clients[0].0).unwrap();
+    rt().block_on(async {
+        // More than the server's 1024 connection slots, all from one
+        // address, each started and then left silent.
+        // Their Initials offer no idle timeout of their own: the server's
+        // (60 s) is the one that would end them.
+        let mut silent = raw_config(pin, Some(id()));
+        let mut t = quinn::TransportConfig::default();
+        t.max_idle_timeout(None);
+        silent.transport_config(Arc::new(t));
+        let initials = capture_initials(1100, silent).await;
+        let flood = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for batch in initials.chunks(25) {
+            for d in batch {
+                flood.send_to(d, ("127.0.0.1", srv.port)).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A client that finishes its handshake is served within a bounded
+        // time (the handshake timeout), not after the idle timeout.
+        let started = Instant::now();
+        loop {
+            let served = match raw_hello(srv.port, raw_config(pin, Some(id()))).await {
+                Ok((_ep, _c, mut r)) => r.read_to_end(1 << 16).await.is_ok_and(|a| !a.is_empty()),
+                Err(_) => false,
+            };
+            if served {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(25),
+                "locked out for 25 s by handshakes that never finish"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let log = wait_for_log(&srv, "handshake not finished within");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("too many handshakes in progress")
+                && l.contains("limit handshakes_per_address = 32")
+                && l.contains("127.0.0.1")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("handshake not finished within 10s") && l.contains("127.0.0.1")),
+        "{log}"
+    );
+}
