@@ -49,30 +49,39 @@ pub(crate) fn create(tmp_dir: &Path) -> Result<(PathBuf, File, Held)> {
 /// The lock on a partial file; released when dropped.
 pub(crate) struct Held(#[allow(dead_code)] Flock<File>);
 
-/// Removes the partial files in `tmp_dir` that no live process holds.
-/// Returns how many it removed and the bytes they held.
-pub(crate) fn sweep(tmp_dir: &Path) -> Result<(u64, u64)> {
-    let mut removed = (0, 0);
+/// Calls `f` with each partial file in `tmp_dir` that no live process
+/// holds (its writer is dead), its length, and its lock, taken.
+fn for_each_abandoned(tmp_dir: &Path, f: &mut dyn FnMut(&Path, u64, Flock<File>)) -> Result<()> {
     for e in fs::read_dir(tmp_dir).at(tmp_dir)? {
         let path = e.at(tmp_dir)?.path();
         if path.extension().is_none_or(|x| x != PART) {
             continue;
         }
         // Gone meanwhile (committed, or another sweep): nothing to do.
-        let Ok(f) = File::open(&path) else { continue };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            // No one holds it: its writer is dead. Removed under the lock.
-            Ok(_abandoned) => {
-                if fs::remove_file(&path).is_ok() {
-                    removed.0 += 1;
-                    removed.1 += len;
-                }
-            }
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => f(&path, len, lock),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {}
             Err((_, e)) => return Err(Error::io(&path, e.into())),
         }
     }
+    Ok(())
+}
+
+/// Removes the partial files in `tmp_dir` that no live process holds.
+/// Returns how many it removed and the bytes they held.
+pub(crate) fn sweep(tmp_dir: &Path) -> Result<(u64, u64)> {
+    let mut removed = (0, 0);
+    // Removed under the lock, so no one can take it meanwhile.
+    for_each_abandoned(tmp_dir, &mut |path, len, _lock| {
+        if fs::remove_file(path).is_ok() {
+            removed.0 += 1;
+            removed.1 += len;
+        }
+    })?;
     Ok(removed)
 }
 
@@ -83,18 +92,8 @@ pub(crate) fn sweep(tmp_dir: &Path) -> Result<(u64, u64)> {
 /// (parity, repairs, prune's lists) by no one.
 pub(crate) fn abandoned_bytes(tmp_dir: &Path) -> Result<u64> {
     let mut total = 0;
-    for e in fs::read_dir(tmp_dir).at(tmp_dir)? {
-        let path = e.at(tmp_dir)?.path();
-        if path.extension().is_none_or(|x| x != PART) {
-            continue;
-        }
-        let Ok(f) = File::open(&path) else { continue };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        // Lockable: its writer is dead. The lock is let go at once.
-        if Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok() {
-            total += len;
-        }
-    }
+    // The lock is let go at once.
+    for_each_abandoned(tmp_dir, &mut |_, len, _lock| total += len)?;
     Ok(total)
 }
 

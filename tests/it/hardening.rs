@@ -277,12 +277,10 @@ fn a_failure_after_the_commit_exits_3_and_names_the_snapshot() {
     t.run(&["check", "--read-data"]).ok();
 }
 
-/// Runs `coffer ARGS | true`: standard output is a pipe whose reader is
-/// gone before the first line; returns the exit code and standard error.
-fn with_closed_stdout(t: &TestRepo, args: &[&str]) -> (i32, String) {
-    let mut child = t
-        .command()
-        .args(args)
+/// Runs `c` as `c | true`: standard output is a pipe whose reader is gone
+/// before the first line; returns the exit code and standard error.
+fn with_closed_stdout(mut c: std::process::Command) -> (i32, String) {
+    let mut child = c
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -319,7 +317,9 @@ fn commands_whose_output_closes_exit_cleanly_and_finish_their_work() {
         &["--json", "snapshots"],
         &["--json", "prune"],
     ] {
-        let (code, err) = with_closed_stdout(&t, args);
+        let mut c = t.command();
+        c.args(args);
+        let (code, err) = with_closed_stdout(c);
         assert_eq!(code, 0, "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
@@ -354,24 +354,12 @@ fn an_operators_prune_and_scrub_with_stdout_closed_finish_every_namespace() {
         planted.push(p);
     }
     for args in [&["scrub"][..], &["prune"]] {
-        let mut child = clean_command()
-            .args(args)
+        let mut c = clean_command();
+        c.args(args)
             .args(["--allow-root", "--config"])
-            .arg(srv.dir.path().join("server.toml"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        let code = child.wait().unwrap().code();
-        assert_eq!(code, Some(0), "{args:?}: {err}");
+            .arg(srv.dir.path().join("server.toml"));
+        let (code, err) = with_closed_stdout(c);
+        assert_eq!(code, 0, "{args:?}: {err}");
     }
     for p in planted {
         assert!(!p.exists(), "{} was collected", p.display());
