@@ -29,14 +29,8 @@ pub fn walk(
     // read here is deleted (as unreferenced) before it is looked up.
     let _shared = s.lock_file(false)?;
     let mut touched: HashMap<PackId, Vec<SnapshotId>> = HashMap::new();
-    for sid in s.list_snapshots()? {
-        let Ok(bytes) = s.read_snapshot(&sid) else {
-            continue;
-        };
-        let Ok(f) = snapshot::decode(&bytes) else {
-            continue;
-        };
-        for p in f.packs {
+    for_each_list(s, &mut |sid, packs| {
+        for p in packs {
             // A pack written since the caller's walk (a backup running
             // meanwhile) is vouched for by its presence; a missing one is
             // looked up once, then known bad.
@@ -47,6 +41,25 @@ pub fn walk(
                 touched.entry(p).or_default().push(sid);
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(touched)
+}
+
+/// Calls `f` with each snapshot's plain pack list, one snapshot in memory
+/// at a time, without a key. A snapshot file that cannot be read or
+/// decoded is skipped: check and prune name it.
+pub fn for_each_list(
+    s: &dyn Store,
+    f: &mut dyn FnMut(SnapshotId, Vec<PackId>) -> Result<()>,
+) -> Result<()> {
+    for sid in s.list_snapshots()? {
+        let Ok(bytes) = s.read_snapshot(&sid) else {
+            continue;
+        };
+        if let Ok(file) = snapshot::decode(&bytes) {
+            f(sid, file.packs)?;
+        }
+    }
+    Ok(())
 }

@@ -61,18 +61,13 @@ pub(super) fn cmd_forget_damaged_on_server(
     }
     let cfg = coffer::net::config::ServerConfig::load(config)?;
     let Some(client) = cfg
-        .validated_clients()?
+        .namespaces()?
         .into_iter()
         .find(|c| c.namespace == namespace)
     else {
         bail!("namespace {namespace:?} is not in {}", config.display());
     };
-    let store = coffer::net::server::namespace_store(
-        &cfg.data,
-        namespace,
-        client.policy,
-        cfg.parity_config(),
-    )?;
+    let store = cfg.namespace_store(&client)?;
     let mut done = Vec::new();
     for spec in snaps {
         // The whole id: without a key nothing confirms the choice, so a

@@ -138,22 +138,10 @@ pub(super) fn cmd_scrub(
         Some(c) => {
             let cfg = coffer::net::config::ServerConfig::load(c)?;
             back = rollback_verdict(&cfg, &[], "")?.refused;
-            let mut seen = std::collections::HashSet::new();
-            let mut v = Vec::new();
-            for cl in cfg.validated_clients()? {
-                if seen.insert(cl.namespace.clone()) {
-                    v.push((
-                        cl.namespace.clone(),
-                        coffer::net::server::namespace_store(
-                            &cfg.data,
-                            &cl.namespace,
-                            cl.policy,
-                            cfg.parity_config(),
-                        )?,
-                    ));
-                }
-            }
-            v
+            cfg.namespaces()?
+                .into_iter()
+                .map(|c| Ok((c.namespace.clone(), cfg.namespace_store(&c)?)))
+                .collect::<Result<_>>()?
         }
         None => {
             let r = repo_arg(cli)?;
@@ -220,13 +208,8 @@ pub(super) fn rollback_verdict(
     accept: &[String],
     by: &str,
 ) -> Result<coffer::net::rollback::Verdict> {
-    let mut names: Vec<String> = cfg
-        .validated_clients()?
-        .into_iter()
-        .map(|c| c.namespace)
-        .collect();
+    let mut names: Vec<String> = cfg.namespaces()?.into_iter().map(|c| c.namespace).collect();
     names.sort();
-    names.dedup();
     let v = coffer::net::rollback::verify(&cfg.data, &names, accept, by)?;
     for (ns, e) in &v.unchecked {
         errln!("coffer: warning: namespace {ns}: commit counter not checked: {e}");

@@ -428,6 +428,28 @@ impl ServerConfig {
         })
     }
 
+    /// One client entry per namespace (the first that names it), in the
+    /// config's order: clients sharing a namespace share its settings.
+    pub fn namespaces(&self) -> Result<Vec<Client>> {
+        let mut out: Vec<Client> = Vec::new();
+        for c in self.validated_clients()? {
+            if !out.iter().any(|o| o.namespace == c.namespace) {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The store of `client`'s namespace, with its retention and parity.
+    pub fn namespace_store(&self, client: &Client) -> Result<crate::store::LocalStore> {
+        super::server::namespace_store(
+            &self.data,
+            &client.namespace,
+            client.policy,
+            self.parity_config(),
+        )
+    }
+
     /// The clients, with fingerprints parsed and namespaces checked.
     pub fn validated_clients(&self) -> Result<Vec<Client>> {
         let mut seen = HashSet::new();

@@ -815,32 +815,23 @@ async fn handle(
 /// `coffer prune --config`: the sweep and collection of every namespace, as
 /// the server's operator, without any key.
 pub fn prune_config(cfg: &ServerConfig) -> Result<Vec<(String, crate::store::PruneReport)>> {
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let clients = cfg.validated_clients()?;
+    let namespaces = cfg.namespaces()?;
     // A namespace older than the server saw is left alone (see rollback).
-    let names: Vec<String> = clients.iter().map(|c| c.namespace.clone()).collect();
+    let names: Vec<String> = namespaces.iter().map(|c| c.namespace.clone()).collect();
     let verdict = super::rollback::verify(&cfg.data, &names, &[], "")?;
     for (ns, e) in &verdict.unchecked {
         warn!(namespace = %ns, "commit counter not checked: {e}");
     }
-    let back = verdict.refused;
-    for c in clients {
-        if let Some(r) = back.iter().find(|r| r.namespace == c.namespace) {
-            if seen.insert(c.namespace.clone()) {
-                let refused = Some(format!("nothing deleted: {r}"));
-                let rep = crate::store::PruneReport {
-                    refused,
-                    ..Default::default()
-                };
-                out.push((c.namespace.clone(), rep));
-            }
-            continue;
-        }
-        if seen.insert(c.namespace.clone()) {
-            let s = namespace_store(&cfg.data, &c.namespace, c.policy, cfg.parity_config())?;
-            out.push((c.namespace.clone(), s.prune()?));
-        }
+    let mut out = Vec::new();
+    for c in namespaces {
+        let rep = match verdict.refused.iter().find(|r| r.namespace == c.namespace) {
+            Some(r) => crate::store::PruneReport {
+                refused: Some(format!("nothing deleted: {r}")),
+                ..Default::default()
+            },
+            None => cfg.namespace_store(&c)?.prune()?,
+        };
+        out.push((c.namespace, rep));
     }
     Ok(out)
 }

@@ -152,15 +152,13 @@ impl Watch {
     /// A watcher for a validated config.
     pub fn new(cfg: &ServerConfig) -> Result<Watch> {
         let mut namespaces: Vec<Namespace> = Vec::new();
-        for c in cfg.validated_clients()? {
-            if !namespaces.iter().any(|n| n.name == c.namespace) {
-                namespaces.push(Namespace {
-                    name: c.namespace,
-                    policy: c.policy,
-                    quota: c.quota,
-                    stale_after: c.stale_after,
-                });
-            }
+        for c in cfg.namespaces()? {
+            namespaces.push(Namespace {
+                name: c.namespace,
+                policy: c.policy,
+                quota: c.quota,
+                stale_after: c.stale_after,
+            });
         }
         namespaces.sort_by(|a, b| a.name.cmp(&b.name));
         let alerting = cfg.alerts.as_ref().map(|a| a.validated()).transpose()?;

@@ -96,15 +96,11 @@ fn judge_suspects(
         return Ok(());
     }
     let mut listed = HashSet::new();
-    for id in repo.store().list_snapshots()? {
-        // A snapshot whose plain part does not decode was reported above.
-        let Ok(bytes) = repo.store().read_snapshot(&id) else {
-            continue;
-        };
-        if let Ok(f) = crate::format::snapshot::decode(&bytes) {
-            listed.extend(f.packs.into_iter().filter(|p| suspects.contains_key(p)));
-        }
-    }
+    // A snapshot whose plain part does not decode was reported above.
+    crate::referenced::for_each_list(repo.store().as_ref(), &mut |_, packs| {
+        listed.extend(packs.into_iter().filter(|p| suspects.contains_key(p)));
+        Ok(())
+    })?;
     let mut all: Vec<_> = suspects.into_iter().collect();
     all.sort();
     for (p, why) in all {
