@@ -423,3 +423,12 @@ pub fn parity_header(data: &[u8]) {
         }
     }
 }
+
+/// `seen.json` as the cache directory could hold it: decoded within its
+/// bounds, then a listing and a recording run over it without a panic.
+pub fn seen_state(data: &[u8]) {
+    if let Some((kept, gone)) = crate::repo::seen::fuzz_state(data) {
+        assert!(kept <= crate::repo::seen::KEEP + gone + 1, "{kept} kept");
+        assert!(gone <= crate::repo::seen::KEEP, "{gone} gone");
+    }
+}

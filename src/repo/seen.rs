@@ -101,7 +101,8 @@ pub struct Seen {
     missing: HashSet<SnapshotId>,
     /// Why the file was started over, when it did not read.
     notice: Option<String>,
-    _lock: nix::fcntl::Flock<File>,
+    /// Held for the command's life (`None` only in the fuzz target).
+    _lock: Option<nix::fcntl::Flock<File>>,
 }
 
 impl Repository {
@@ -146,7 +147,7 @@ impl Seen {
             state,
             missing: HashSet::new(),
             notice,
-            _lock: lock,
+            _lock: Some(lock),
         })
     }
 
@@ -269,13 +270,43 @@ fn read(path: &Path) -> Result<State> {
     if bytes.len() as u64 > MAX_BYTES {
         return Err(Error::Corrupt(format!("larger than {MAX_BYTES} bytes")));
     }
-    let mut st: State =
-        serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
-    // Never more than the bound, whatever the file says.
+    decode(&bytes)
+}
+
+/// Decodes `seen.json`'s bytes (the cache directory is a convenience,
+/// never an authority: anything may be there), within the bounds whatever
+/// the file says.
+fn decode(bytes: &[u8]) -> Result<State> {
+    let mut st: State = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
     st.seen.truncate(KEEP);
     let extra = st.forgetting.len().saturating_sub(FORGETTING_KEEP);
     st.forgetting.drain(..extra);
     Ok(st)
+}
+
+/// For the fuzz target: decodes `bytes` as `seen.json`, then runs a
+/// listing and a recording over the state; returns the number of
+/// snapshots kept and found vanished, which never pass their bounds.
+#[doc(hidden)]
+pub fn fuzz_state(bytes: &[u8]) -> Option<(usize, usize)> {
+    let state = decode(bytes).ok()?;
+    let present: HashSet<SnapshotId> = state.seen.iter().step_by(2).map(|s| s.id).collect();
+    let newest = state.seen.first().cloned();
+    let mut seen = Seen {
+        dir: PathBuf::new(),
+        state,
+        missing: HashSet::new(),
+        notice: None,
+        _lock: None,
+    };
+    let gone = seen.vanished(&present, state_now(&seen));
+    seen.record(newest);
+    Some((seen.state.seen.len(), gone.len()))
+}
+
+/// A `now` inside the state's own times, so expiry is exercised both ways.
+fn state_now(s: &Seen) -> i64 {
+    s.state.newest_ns / 1_000_000_000
 }
 
 #[cfg(test)]
