@@ -19,7 +19,7 @@ use rand::{CryptoRng, RngCore};
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::id::BlobId;
+use crate::id::{BlobId, SnapshotGroup};
 
 /// Version of the sealed-object format, part of every object's associated data.
 pub const SEAL_VERSION: u8 = 1;
@@ -131,6 +131,7 @@ const CTX_ID: &str = "coffer 2026-11 chunk id key v1";
 const CTX_GEAR: &str = "coffer 2026-11 chunker gear table v1";
 const CTX_ENC: &str = "coffer 2026-11 object encryption key v1";
 const CTX_CACHE_ROWS: &str = "coffer 2026-12 local cache row checksum key v1";
+const CTX_GROUP: &str = "coffer 2026-12 snapshot group key v1";
 
 /// Subkeys derived from the master key, one per purpose.
 #[derive(Clone)]
@@ -138,6 +139,7 @@ pub struct Keys {
     id_key: [u8; 32],
     gear_key: [u8; 32],
     cache_row_key: [u8; 32],
+    group_key: [u8; 32],
     cipher: Cipher,
 }
 
@@ -152,6 +154,7 @@ impl Drop for Keys {
         self.id_key.zeroize();
         self.gear_key.zeroize();
         self.cache_row_key.zeroize();
+        self.group_key.zeroize();
     }
 }
 
@@ -165,6 +168,7 @@ impl Keys {
             id_key: blake3::derive_key(CTX_ID, &master.0),
             gear_key: blake3::derive_key(CTX_GEAR, &master.0),
             cache_row_key: blake3::derive_key(CTX_CACHE_ROWS, &master.0),
+            group_key: blake3::derive_key(CTX_GROUP, &master.0),
             cipher,
         }
     }
@@ -181,6 +185,25 @@ impl Keys {
     /// write, or one a flipped bit changed, does not check.
     pub fn cache_row_key(&self) -> [u8; 32] {
         self.cache_row_key
+    }
+
+    /// The retention group of a backup job: keyed BLAKE3 of its host and
+    /// its source paths (sorted, duplicates dropped, so the order given on
+    /// the command line does not matter), each length-prefixed. Keyed, so
+    /// the store sees which snapshots share a job and nothing else.
+    pub fn snapshot_group(&self, host: &str, paths: &[String]) -> SnapshotGroup {
+        let mut sorted: Vec<&str> = paths.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut h = blake3::Hasher::new_keyed(&self.group_key);
+        h.update(&(host.len() as u64).to_le_bytes());
+        h.update(host.as_bytes());
+        h.update(&(sorted.len() as u64).to_le_bytes());
+        for p in sorted {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p.as_bytes());
+        }
+        SnapshotGroup(*h.finalize().as_bytes())
     }
 
     /// The chunker's secret 256-entry gear table, from the BLAKE3 XOF keyed by

@@ -106,6 +106,13 @@ id_type!(
     /// Random identifier of a repository, chosen at init.
     RepoId
 );
+id_type!(
+    /// Keyed BLAKE3 of a backup job's host and source paths: the group a
+    /// snapshot belongs to for retention (a machine's job keeps its newest
+    /// snapshots). The store learns which snapshots share a job, never the
+    /// host or the paths.
+    SnapshotGroup
+);
 
 impl PackId {
     /// The name a pack must have: the plain BLAKE3 of its bytes.

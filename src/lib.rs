@@ -38,6 +38,7 @@
 pub(crate) mod aligned;
 pub mod cache;
 pub mod cache_trust;
+pub mod calendar;
 pub mod chunk;
 pub mod commits;
 pub mod crypto;
@@ -47,6 +48,7 @@ pub mod format;
 pub mod fuzzing;
 pub mod id;
 pub mod job;
+pub mod keep;
 pub mod limits;
 pub mod monitor;
 #[cfg(feature = "net")]

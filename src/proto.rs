@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::format::{cbor_decode, cbor_encode, FormatError};
-use crate::id::{PackId, SnapshotId};
+use crate::id::{PackId, SnapshotGroup, SnapshotId};
 use crate::retention::Stamp;
 
 /// ALPN protocol id: names the protocol and its version.
@@ -108,6 +108,9 @@ pub enum Request {
     WriteSnapshot {
         /// Bytes that follow.
         len: u64,
+        /// The backup job it belongs to, for retention (absent from older
+        /// clients: their snapshots form one group).
+        group: Option<SnapshotGroup>,
     },
     /// 0x000d: list snapshots; answered by `Snapshots` batches and `End`.
     ListSnapshots,
@@ -219,6 +222,15 @@ struct HelloP {
 #[derive(Serialize, Deserialize)]
 struct LenP {
     len: u64,
+}
+/// `WriteSnapshot`'s payload: `group` is left out when absent, so the bytes
+/// stay those of protocol version 1 for a client that sends none, and an
+/// older server ignores it.
+#[derive(Serialize, Deserialize)]
+struct SnapLenP {
+    len: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<SnapshotGroup>,
 }
 #[derive(Serialize, Deserialize)]
 struct NameP {
@@ -380,7 +392,13 @@ impl Request {
                 }),
             ),
             Request::ListPacks => frame(0x000b, EMPTY),
-            Request::WriteSnapshot { len } => frame(0x000c, &cbor_encode(&LenP { len: *len })),
+            Request::WriteSnapshot { len, group } => frame(
+                0x000c,
+                &cbor_encode(&SnapLenP {
+                    len: *len,
+                    group: *group,
+                }),
+            ),
             Request::ListSnapshots => frame(0x000d, EMPTY),
             Request::ReadSnapshot { id } => frame(0x000e, &cbor_encode(&SnapP { id: *id })),
             Request::Stamp { id } => frame(0x000f, &cbor_encode(&SnapP { id: *id })),
@@ -452,9 +470,13 @@ impl Request {
                 }
             }
             0x000b => empty(Request::ListPacks)?,
-            0x000c => Request::WriteSnapshot {
-                len: cbor_decode::<LenP>(W, p)?.len,
-            },
+            0x000c => {
+                let v: SnapLenP = cbor_decode(W, p)?;
+                Request::WriteSnapshot {
+                    len: v.len,
+                    group: v.group,
+                }
+            }
             0x000d => empty(Request::ListSnapshots)?,
             0x000e => Request::ReadSnapshot {
                 id: cbor_decode::<SnapP>(W, p)?.id,
@@ -630,7 +652,14 @@ mod tests {
                 len: 2,
             },
             Request::ListPacks,
-            Request::WriteSnapshot { len: 9 },
+            Request::WriteSnapshot {
+                len: 9,
+                group: None,
+            },
+            Request::WriteSnapshot {
+                len: 9,
+                group: Some(SnapshotGroup([7; 32])),
+            },
             Request::ListSnapshots,
             Request::ReadSnapshot {
                 id: SnapshotId([4; 32]),

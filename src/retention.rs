@@ -7,10 +7,10 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{PackId, SnapshotId};
+pub use crate::calendar::DAY_SECS;
+use crate::id::{PackId, SnapshotGroup, SnapshotId};
+pub use crate::keep::{KeepRules, KeptBy};
 
-/// Seconds in a day.
-pub const DAY_SECS: i64 = 86_400;
 /// How far the clock may step back (NTP adjustments) before deletion stops.
 pub const CLOCK_SLACK_SECS: i64 = 300;
 
@@ -25,6 +25,9 @@ pub struct Policy {
     /// A pack no snapshot references is kept this long after it was written,
     /// so a backup still running can commit the snapshot that needs it.
     pub grace_secs: i64,
+    /// The rules that keep snapshots past their expiry (see [`crate::keep`]).
+    #[serde(default)]
+    pub keep: KeepRules,
 }
 
 impl Default for Policy {
@@ -33,6 +36,7 @@ impl Default for Policy {
             lock_secs: 30 * DAY_SECS,
             retention_secs: 30 * DAY_SECS,
             grace_secs: 2 * DAY_SECS,
+            keep: KeepRules::default(),
         }
     }
 }
@@ -42,6 +46,9 @@ impl Policy {
     pub fn validate(&self) -> Result<(), String> {
         if self.lock_secs < 0 || self.retention_secs <= 0 || self.grace_secs < 0 {
             return Err("lock, retention and grace must not be negative".into());
+        }
+        if self.keep.last == 0 {
+            return Err("keep_last must be at least 1: time alone never removes a machine's newest backup (an operator removes it with `coffer forget --config`)".into());
         }
         if self.lock_secs > self.retention_secs {
             return Err(format!(
@@ -73,6 +80,14 @@ pub struct Stamp {
     /// does not travel in the wire protocol (see [`Stamp::for_wire`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<SnapshotUsage>,
+    /// The backup job it belongs to, as its client named it at commit;
+    /// absent for clients that name none (they share one group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<SnapshotGroup>,
+    /// The rules that kept it at the last sweep that found it past its
+    /// expiry (or that extended its expiry): why it is still there.
+    #[serde(default, skip_serializing_if = "KeptBy::is_empty")]
+    pub kept_by: KeptBy,
 }
 
 /// What a snapshot occupies, as a store sees it without a key, recorded at
@@ -111,6 +126,8 @@ impl Stamp {
             expires: now.saturating_add(p.retention_secs),
             hold: false,
             usage: None,
+            group: None,
+            kept_by: KeptBy::default(),
         }
     }
 
@@ -154,18 +171,10 @@ pub enum Refusal {
 
 /// Formats seconds since the epoch as RFC 3339.
 pub fn fmt_time(secs: i64) -> String {
-    // Days to a civil date (Howard Hinnant's algorithm), so times before
-    // 1970 (a file's mtime can be) print as they are, not as the epoch.
+    // Through the civil date, so times before 1970 (a file's mtime can
+    // be) print as they are, not as the epoch.
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::calendar::civil_from_days(days);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
@@ -354,7 +363,7 @@ mod tests {
     proptest! {
         #[test]
         fn never_forget_a_locked_snapshot(received in 0i64..4_000_000_000, lock in 0i64..100, keep in 0i64..100, dt in -5_000_000i64..20_000_000) {
-            let p = Policy { lock_secs: lock * DAY_SECS, retention_secs: (lock + keep).max(1) * DAY_SECS, grace_secs: 0 };
+            let p = Policy { lock_secs: lock * DAY_SECS, retention_secs: (lock + keep).max(1) * DAY_SECS, grace_secs: 0, ..Policy::default() };
             let s = Stamp::new(received, &p);
             let now = received + dt;
             if may_forget(SnapshotId([0; 32]), &s, now, received).is_ok() || expired(&s, now) {

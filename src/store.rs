@@ -23,9 +23,9 @@ use rand::RngCore;
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::snapshot;
-use crate::id::{PackHasher, PackId, SnapshotId};
+use crate::id::{PackHasher, PackId, SnapshotGroup, SnapshotId};
 use crate::limits::{MAX_PACK_BYTES, MAX_SMALL_FILE_BYTES, MAX_SNAPSHOT_BYTES};
-use crate::retention::{self, PackAge, Policy, SnapshotUsage, Stamp};
+use crate::retention::{self, Policy, SnapshotUsage, Stamp};
 
 /// A pack being uploaded: write its bytes, then [`PackUpload::commit`] it
 /// under its name. Dropping it without commit leaves nothing visible.
@@ -76,8 +76,9 @@ pub trait Store: Send + Sync {
     /// Calls `f` with every pack's name and size.
     fn for_each_pack(&self, f: &mut dyn FnMut(PackId, u64) -> Result<()>) -> Result<()>;
     /// Stores a snapshot file after checking its plain part and that every pack
-    /// it references exists. Returns its id.
-    fn write_snapshot(&self, bytes: &[u8]) -> Result<SnapshotId>;
+    /// it references exists. Returns its id. `group` names the backup job it
+    /// belongs to (see [`crate::keep`]): the store records it in the stamp.
+    fn write_snapshot(&self, bytes: &[u8], group: Option<SnapshotGroup>) -> Result<SnapshotId>;
     /// Ids of all snapshots.
     fn list_snapshots(&self) -> Result<Vec<SnapshotId>>;
     /// Reads a snapshot file.
@@ -111,28 +112,8 @@ pub fn system_clock() -> Clock {
     })
 }
 
-/// What a sweep did.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct PruneReport {
-    /// Snapshots removed because they expired.
-    pub snapshots_removed: Vec<SnapshotId>,
-    /// Packs removed because no snapshot references them.
-    pub packs_removed: u64,
-    /// Bytes those packs held.
-    pub bytes_freed: u64,
-    /// Snapshots kept.
-    pub snapshots_kept: u64,
-    /// Packs kept.
-    pub packs_kept: u64,
-    /// Files left in `tmp/` by killed writers (older than the grace
-    /// period), removed.
-    pub tmp_removed: u64,
-    /// Why nothing was deleted, when nothing could be.
-    pub refused: Option<String>,
-    /// Snapshots whose pack list could not be read: what packs they need
-    /// is unknown, so no pack was collected (the cause of `refused`).
-    pub unreadable: Vec<SnapshotId>,
-}
+mod sweep;
+pub use sweep::{PruneReport, SnapshotFate};
 
 /// A repository in a local directory.
 pub struct LocalStore {
@@ -372,6 +353,13 @@ impl LocalStore {
         nix::fcntl::Flock::lock(f, arg).map_err(|(_, e)| Error::io(&p, e.into()))
     }
 
+    /// Held across every read-modify-write of a stamp and every judgement
+    /// that removes a snapshot by its stamp, so a lock or hold set
+    /// meanwhile is neither lost nor overlooked.
+    pub(crate) fn stamps_lock(&self) -> Result<nix::fcntl::Flock<File>> {
+        self.lock_named("stamps.lock", true)
+    }
+
     fn write_stamp(&self, id: &SnapshotId, st: &Stamp, replace: bool) -> Result<()> {
         // unwrap: plain data always serializes
         let bytes = serde_json::to_vec(st).expect("stamp JSON");
@@ -406,153 +394,6 @@ impl LocalStore {
         append_operator_log(&self.root, &entry)?;
         self.remove_snapshot(id)?;
         Ok(st)
-    }
-
-    /// Removes expired snapshots, then every pack that no remaining snapshot
-    /// references and that is older than the grace period. Needs no key.
-    /// Deletes nothing when the clock is behind a time already seen.
-    pub fn prune(&self) -> Result<PruneReport> {
-        // One prune at a time (the server's schedule and an operator's
-        // `prune --config` may meet): the `collecting` marker one writes
-        // must not be removed by the other before its packs are out of
-        // the parity.
-        let _one = self.lock_named("prune.lock", true)?;
-        let now = (self.clock)();
-        let mut rep = PruneReport::default();
-        if let Err(r) = retention::clock_ok(now, self.seen()) {
-            rep.refused = Some(r.to_string());
-            return Ok(rep);
-        }
-        self.note_time(now)?;
-        for id in self.list_snapshots()? {
-            if retention::expired(&self.stamp(&id)?, now) {
-                self.remove_snapshot(&id)?;
-                rep.snapshots_removed.push(id);
-            }
-        }
-        // Collect under the exclusive lock: no snapshot commits meanwhile, so
-        // none can come to reference a pack being deleted.
-        let guard = self.lock_file(true)?;
-        // What the remaining snapshots reference goes to disk, one snapshot
-        // at a time, so that memory does not grow with the repository.
-        let tmp = self.root.join("tmp");
-        let mut referenced = PackSet::create(&tmp)?;
-        let mut first_error = None;
-        for id in self.list_snapshots()? {
-            let read = match self.read_snapshot(&id) {
-                Err(Error::NotFound(_)) => continue, // forgotten meanwhile
-                r => r.and_then(|b| Ok(snapshot::decode(&b)?.packs)),
-            };
-            rep.snapshots_kept += 1;
-            match read {
-                Ok(packs) => referenced.insert(&packs)?,
-                // Which packs it needs is unknown: collect nothing, but
-                // read on to count (and name) the others.
-                Err(e) => {
-                    rep.unreadable.push(id);
-                    first_error.get_or_insert(format!("snapshot {id} is unreadable ({e})"));
-                }
-            }
-        }
-        if let Some(why) = first_error {
-            let more = match rep.unreadable.len() - 1 {
-                0 => String::new(),
-                n => format!(", and {n} more"),
-            };
-            rep.refused = Some(format!("{why}{more}; no pack collected"));
-            return Ok(rep);
-        }
-        // Then the packs, one shard at a time: the rule sees the shard's packs
-        // and which of them are referenced, read back from disk in one range.
-        let collecting = self.root.join(COLLECTING);
-        let mut marked = false;
-        let mut walk = || -> Result<()> {
-            for shard in self.pack_shards()? {
-                let packs = self.shard_packs(&shard)?;
-                let (Some(lo), Some(hi)) = (packs.first(), packs.last()) else {
-                    continue;
-                };
-                let in_use = referenced.range(&lo.0, &hi.0)?;
-                let ages: Vec<PackAge> = packs
-                    .iter()
-                    .map(|(id, _)| PackAge {
-                        id: *id,
-                        written: fs::metadata(self.pack_path(id))
-                            .ok()
-                            .and_then(|m| mtime_secs(&m))
-                            .unwrap_or(now),
-                    })
-                    .collect();
-                let doomed = retention::collectable(&ages, &in_use, now, &self.policy);
-                // Marked before the first deletion, durably: parity must
-                // forget whatever was deleted even if this process is
-                // killed before it gets there (the next prune does it).
-                if !doomed.is_empty() && !marked {
-                    replace_file(&tmp, &collecting, b"")?;
-                    marked = true;
-                }
-                for id in &doomed {
-                    let p = self.pack_path(id);
-                    fs::remove_file(&p).at(&p)?;
-                    // unwrap: the lock is never held across a panic
-                    self.handles.lock().unwrap().remove(id);
-                    rep.packs_removed += 1;
-                    // both sorted by name
-                    if let Ok(i) = packs.binary_search_by(|(p, _)| p.cmp(id)) {
-                        rep.bytes_freed += packs[i].1;
-                    }
-                }
-                if !doomed.is_empty() {
-                    fsync_dir(&shard)?;
-                }
-                rep.packs_kept += (packs.len() - doomed.len()) as u64;
-            }
-            Ok(())
-        };
-        let walked = walk();
-        drop(guard);
-        // Parity must forget collected packs, or a scrub would bring them
-        // back: also when the walk failed after deleting some, and when an
-        // earlier prune was killed after deleting some. A collected pack is
-        // one no snapshot lists whose file is gone; one that a snapshot
-        // lists is never forgotten (a scrub reports it as missing), and a
-        // missing pack cannot come to be listed (a commit checks its packs).
-        if collecting.exists() {
-            crate::scrub::forget_packs(
-                self,
-                &mut |id| Ok(!referenced.contains(id)? && self.pack_size(id)?.is_none()),
-                self.parity,
-            )?;
-            fs::remove_file(&collecting).at(&collecting)?;
-        }
-        drop(referenced);
-        walked?;
-        rep.tmp_removed = self.sweep_tmp(now)?;
-        Ok(rep)
-    }
-
-    /// Removes what killed writers left in `tmp/`: partial uploads and
-    /// scratch files last written more than the grace period ago, by the
-    /// store's clock. A live upload writes its file as it goes, and one
-    /// idle that long has been given up. Returns how many were removed.
-    fn sweep_tmp(&self, now: i64) -> Result<u64> {
-        let dir = self.root.join("tmp");
-        let mut removed = 0;
-        for e in fs::read_dir(&dir).at(&dir)? {
-            let e = e.at(&dir)?;
-            // Partial files belong to `partial`: their writers hold them
-            // locked, and a scrub's repair sets its file's time back to the
-            // pack's, so age says nothing about them. Those no one holds
-            // are removed below whatever their age.
-            let partial = e.path().extension().is_some_and(|x| x == "part");
-            let Ok(m) = e.metadata() else { continue };
-            let old =
-                mtime_secs(&m).is_some_and(|t| now.saturating_sub(t) >= self.policy.grace_secs);
-            if !partial && m.is_file() && old && fs::remove_file(e.path()).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(removed + self.sweep_abandoned()?.0)
     }
 
     /// Removes the partial files (uploads, parity, repairs) that killed
@@ -1256,7 +1097,7 @@ impl Store for LocalStore {
         Ok(())
     }
 
-    fn write_snapshot(&self, bytes: &[u8]) -> Result<SnapshotId> {
+    fn write_snapshot(&self, bytes: &[u8], group: Option<SnapshotGroup>) -> Result<SnapshotId> {
         let file = snapshot::decode(bytes)?;
         // A shared lock: a collection cannot delete a pack between the check
         // below and the commit.
@@ -1296,6 +1137,7 @@ impl Store for LocalStore {
         self.note_time(now)?;
         let stamp = Stamp {
             usage,
+            group,
             ..Stamp::new(now, &self.policy)
         };
         match self.write_stamp(&id, &stamp, false) {
@@ -1342,6 +1184,7 @@ impl Store for LocalStore {
     }
 
     fn forget(&self, id: &SnapshotId) -> Result<()> {
+        let _g = self.stamps_lock()?;
         let st = self.stamp(id)?;
         let now = (self.clock)();
         retention::may_forget(*id, &st, now, self.seen())
@@ -1366,6 +1209,7 @@ impl Store for LocalStore {
                 MAX_LOCK_SECS / retention::DAY_SECS
             )));
         }
+        let _g = self.stamps_lock()?;
         let mut st = self.stamp(id)?;
         st.extend(until, hold);
         self.write_stamp(id, &st, true)?;
@@ -1533,17 +1377,17 @@ mod tests {
         let set = |v| t.store(v, std::sync::atomic::Ordering::SeqCst);
         let s = store_at(&d.path().join("r"), &t);
         let a = pack(&s, b"aaaa");
-        let s1 = s.write_snapshot(&snapshot_file(&[a], 1)).unwrap();
+        let s1 = s.write_snapshot(&snapshot_file(&[a], 1), None).unwrap();
         assert_eq!(s.stamp(&s1).unwrap().usage, usage(4, 4));
         set(1010);
         let b = pack(&s, b"bbbbbb");
-        let s2 = s.write_snapshot(&snapshot_file(&[a, b], 2)).unwrap();
+        let s2 = s.write_snapshot(&snapshot_file(&[a, b], 2), None).unwrap();
         assert_eq!(s.stamp(&s2).unwrap().usage, usage(6, 10));
         // a corrupt stamp is skipped: the commit goes through, measured
         // against the latest readable one
         fs::write(s.stamp_path(&s2), b"{garbage").unwrap();
         set(1020);
-        let s3 = s.write_snapshot(&snapshot_file(&[a, b], 3)).unwrap();
+        let s3 = s.write_snapshot(&snapshot_file(&[a, b], 3), None).unwrap();
         assert_eq!(s.stamp(&s3).unwrap().usage, usage(6, 10));
         let (listed, skipped) = s.stamps().unwrap();
         assert_eq!(
@@ -1559,7 +1403,7 @@ mod tests {
         // an unreadable previous snapshot: committed without usage
         fs::write(s.snapshot_path(&s3), b"garbage").unwrap();
         set(1030);
-        let s4 = s.write_snapshot(&snapshot_file(&[a], 4)).unwrap();
+        let s4 = s.write_snapshot(&snapshot_file(&[a], 4), None).unwrap();
         assert_eq!(s.stamp(&s4).unwrap().usage, None);
     }
 
@@ -1569,10 +1413,10 @@ mod tests {
         let t = Arc::new(std::sync::atomic::AtomicI64::new(2000));
         let s = store_at(&d.path().join("r"), &t);
         let a = pack(&s, b"aaaa");
-        s.write_snapshot(&snapshot_file(&[a], 1)).unwrap();
+        s.write_snapshot(&snapshot_file(&[a], 1), None).unwrap();
         t.store(1500, std::sync::atomic::Ordering::SeqCst);
         let b = pack(&s, b"bbbbbb");
-        let s2 = s.write_snapshot(&snapshot_file(&[a, b], 2)).unwrap();
+        let s2 = s.write_snapshot(&snapshot_file(&[a, b], 2), None).unwrap();
         assert_eq!(s.stamp(&s2).unwrap().usage, usage(6, 10));
     }
 
@@ -1599,8 +1443,8 @@ mod tests {
         first.extend(&young_ref[..5]);
         let mut second = old_ref[8..].to_vec();
         second.extend(&young_ref[5..]);
-        s.write_snapshot(&snapshot_file(&first, 1)).unwrap();
-        s.write_snapshot(&snapshot_file(&second, 2)).unwrap();
+        s.write_snapshot(&snapshot_file(&first, 1), None).unwrap();
+        s.write_snapshot(&snapshot_file(&second, 2), None).unwrap();
         (old_ref, old_free, young_ref, young_free)
     }
 
@@ -1699,7 +1543,9 @@ mod tests {
         let t = Arc::new(std::sync::atomic::AtomicI64::new(t0));
         let s = store_at(&d.path().join("r"), &t);
         let (old_ref, old_free, _, _) = shard_fixture(&s, &t, t0);
-        let bad = s.write_snapshot(&snapshot_file(&old_ref[..1], 3)).unwrap();
+        let bad = s
+            .write_snapshot(&snapshot_file(&old_ref[..1], 3), None)
+            .unwrap();
         fs::write(s.snapshot_path(&bad), b"garbage").unwrap();
         t.store(
             t0 + 10 * retention::DAY_SECS,

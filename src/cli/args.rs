@@ -133,13 +133,19 @@ pub enum Command {
         #[arg(long)]
         hold: bool,
     },
-    /// Remove expired snapshots and the packs no snapshot needs (no key
-    /// needed): `--repo PATH` for a local repository, `--config FILE` for
-    /// every namespace of a server, as its operator.
+    /// Remove expired snapshots that no keep rule names and the packs no
+    /// snapshot needs (no key needed): `--repo PATH` for a local
+    /// repository, `--config FILE` for every namespace of a server, as its
+    /// operator.
     Prune {
         /// A server config: prune its data directory.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Delete nothing: list every snapshot with the rule that keeps it
+        /// or the reason it would go, and the packs and bytes that would be
+        /// freed.
+        #[arg(long)]
+        dry_run: bool,
         /// With --config: run even as root (files it creates would be root's).
         #[arg(long)]
         allow_root: bool,
@@ -225,6 +231,22 @@ pub struct InitArgs {
     /// Retention of a local repository, in days.
     #[arg(long, default_value_t = 30)]
     pub retention_days: u32,
+    /// Newest snapshots of each backup job (host and paths) that time
+    /// alone never removes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_last: u32,
+    /// Also keep the newest snapshot of each of the last N days that have one.
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    /// ... of each of the last N ISO weeks.
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// ... of each of the last N months.
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// ... of each of the last N years.
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
     /// Parity of a local repository: K packs per stripe + M parity files.
     #[arg(long, default_value = "10+2")]
     pub parity: String,

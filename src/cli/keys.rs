@@ -84,6 +84,13 @@ pub(super) fn init_choices(a: &InitArgs) -> Result<InitChoices> {
     let policy = coffer::retention::Policy {
         lock_secs: a.lock_days as i64 * coffer::retention::DAY_SECS,
         retention_secs: a.retention_days as i64 * coffer::retention::DAY_SECS,
+        keep: coffer::keep::KeepRules {
+            last: a.keep_last,
+            daily: a.keep_daily,
+            weekly: a.keep_weekly,
+            monthly: a.keep_monthly,
+            yearly: a.keep_yearly,
+        },
         ..Default::default()
     };
     policy.validate().map_err(usage)?;

@@ -410,7 +410,11 @@ fn run(cli: Cli) -> Result<()> {
             rate_mb,
             allow_root,
         } => cmd_scrub(&cli, config.as_deref(), *rate_mb, *allow_root),
-        Command::Prune { config, allow_root } => cmd_prune(&cli, config.as_deref(), *allow_root),
+        Command::Prune {
+            config,
+            dry_run,
+            allow_root,
+        } => cmd_prune(&cli, config.as_deref(), *dry_run, *allow_root),
         Command::Serve {
             config,
             allow_root,

@@ -13,6 +13,9 @@ pub(super) fn snapshot_json(s: &Snapshot) -> serde_json::Value {
         "locked_until": st.map(|t| coffer::retention::fmt_time(t.locked_until)),
         "expires": st.map(|t| coffer::retention::fmt_time(t.expires)),
         "hold": st.map(|t| t.hold),
+        // The rules that kept it at the store's last sweep: why a snapshot
+        // past `expires` is still there.
+        "kept_by": st.map(|t| t.kept_by),
         "id": s.id.to_hex(), "short_id": s.id.short(), "time": fmt_time(r.time_ns),
         "host": r.host, "user": r.user, "source": r.source, "paths": r.paths, "tags": r.tags,
         "tree": r.tree.to_hex(), "packs": s.packs.len(), "stats": r.stats,

@@ -47,18 +47,30 @@ pub(super) fn cmd_serve(config: &Path, allow_root: bool, accept_rollback: &[Stri
     })
 }
 
-pub(super) fn cmd_prune(cli: &Cli, config: Option<&Path>, allow_root: bool) -> Result<()> {
+pub(super) fn cmd_prune(
+    cli: &Cli,
+    config: Option<&Path>,
+    dry: bool,
+    allow_root: bool,
+) -> Result<()> {
     if config.is_some() && nix::unistd::geteuid().is_root() && !allow_root {
         bail!("refusing to prune a server's data as root: run as the server's user (or pass --allow-root)");
     }
     let reports = match config {
-        Some(c) => coffer::net::server::prune_config(&coffer::net::config::ServerConfig::load(c)?)?,
+        Some(c) => {
+            coffer::net::server::prune_config(&coffer::net::config::ServerConfig::load(c)?, dry)?
+        }
         None => {
             let r = repo_arg(cli)?;
             if r.starts_with("quic://") {
                 bail!("a server prunes on its own schedule; its operator can run `coffer prune --config SERVER_CONFIG`");
             }
-            vec![(r.to_string(), LocalStore::open(Path::new(r))?.prune()?)]
+            let store = LocalStore::open(Path::new(r))?;
+            let rep = match dry {
+                true => store.prune_dry_run()?,
+                false => store.prune()?,
+            };
+            vec![(r.to_string(), rep)]
         }
     };
     if cli.json {
@@ -81,6 +93,20 @@ pub(super) fn cmd_prune(cli: &Cli, config: Option<&Path>, allow_root: bool) -> R
         }
         if cli.json || cli.quiet {
             continue;
+        }
+        if let Some(c) = &r.policy_changed {
+            outln!("{name}: retention rules changed, applied from this sweep: {c}");
+        }
+        if r.dry_run {
+            print_dry_run(name, r);
+            continue;
+        }
+        for f in r
+            .snapshots
+            .iter()
+            .filter(|f| f.reason.starts_with("past its expiry"))
+        {
+            outln!("{name}: snapshot {} {}", f.id.short(), f.reason);
         }
         if !r.unreadable.is_empty() {
             outln!(
@@ -116,6 +142,30 @@ pub(super) fn cmd_prune(cli: &Cli, config: Option<&Path>, allow_root: bool) -> R
         .into());
     }
     Ok(())
+}
+
+/// A dry run, for a person: every snapshot's fate, then what would be freed.
+fn print_dry_run(name: &str, r: &coffer::store::PruneReport) {
+    outln!("{name}: dry run, nothing deleted");
+    for f in &r.snapshots {
+        outln!(
+            "  {:<6}  {}  received {}  {}",
+            f.fate,
+            f.id.short(),
+            f.received,
+            f.reason
+        );
+    }
+    if r.refused.is_none() {
+        outln!(
+            "{name}: would remove {} snapshots and keep {}; would collect {} packs ({}), keep {}",
+            r.snapshots_removed.len(),
+            r.snapshots_kept,
+            r.packs_removed,
+            fmt_bytes(r.bytes_freed),
+            r.packs_kept
+        );
+    }
 }
 
 pub(super) fn cmd_scrub(

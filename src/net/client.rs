@@ -11,7 +11,7 @@ use quinn::RecvStream;
 
 use super::{provider, tls_err, transport, Fingerprint, Identity, PinnedServer};
 use crate::error::{Error, Result};
-use crate::id::{PackId, SnapshotId};
+use crate::id::{PackId, SnapshotGroup, SnapshotId};
 use crate::limits::{MAX_PACK_BYTES, MAX_SMALL_FILE_BYTES};
 use crate::proto::{self, ErrorCode, Request, Response, HEAD_LEN, PROTOCOL_VERSION};
 use crate::retention::Stamp;
@@ -373,10 +373,11 @@ impl Store for Remote {
             r => Err(self.0.unexpected(r)),
         })
     }
-    fn write_snapshot(&self, bytes: &[u8]) -> Result<SnapshotId> {
+    fn write_snapshot(&self, bytes: &[u8], group: Option<SnapshotGroup>) -> Result<SnapshotId> {
         match self.0.call(
             &Request::WriteSnapshot {
                 len: bytes.len() as u64,
+                group,
             },
             bytes,
             0,

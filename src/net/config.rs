@@ -27,6 +27,16 @@ pub struct ClientEntry {
     pub lock_days: Option<u32>,
     /// This namespace's retention in days (default: the server's).
     pub retention_days: Option<u32>,
+    /// This namespace's `keep_last` (default: the server's).
+    pub keep_last: Option<u32>,
+    /// This namespace's `keep_daily` (default: the server's).
+    pub keep_daily: Option<u32>,
+    /// This namespace's `keep_weekly` (default: the server's).
+    pub keep_weekly: Option<u32>,
+    /// This namespace's `keep_monthly` (default: the server's).
+    pub keep_monthly: Option<u32>,
+    /// This namespace's `keep_yearly` (default: the server's).
+    pub keep_yearly: Option<u32>,
     /// Most bytes of packs this namespace may hold (default: no limit).
     pub quota_bytes: Option<u64>,
     /// This namespace's `[alerts] stale_after` (e.g. "8d" for a weekly job).
@@ -50,6 +60,22 @@ pub struct ServerConfig {
     /// Default retention in days (30).
     #[serde(default = "thirty")]
     pub retention_days: u32,
+    /// The newest snapshots of each backup job that time alone never
+    /// removes (1; at least 1).
+    #[serde(default = "one")]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N days (0).
+    #[serde(default)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N ISO weeks (0).
+    #[serde(default)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months (0).
+    #[serde(default)]
+    pub keep_monthly: u32,
+    /// Keep the newest snapshot of each of the last N years (0).
+    #[serde(default)]
+    pub keep_yearly: u32,
     /// Unreferenced packs younger than this survive a collection (48 hours).
     #[serde(default = "grace")]
     pub gc_grace_hours: u32,
@@ -171,6 +197,10 @@ fn sixty_s() -> String {
 fn ten_s() -> String {
     "10s".into()
 }
+fn one() -> u32 {
+    1
+}
+
 fn stale_default() -> String {
     "26h".into()
 }
@@ -474,6 +504,13 @@ impl ServerConfig {
                 lock_secs: c.lock_days.unwrap_or(self.lock_days) as i64 * DAY_SECS,
                 retention_secs: c.retention_days.unwrap_or(self.retention_days) as i64 * DAY_SECS,
                 grace_secs: self.gc_grace_hours as i64 * 3600,
+                keep: crate::keep::KeepRules {
+                    last: c.keep_last.unwrap_or(self.keep_last),
+                    daily: c.keep_daily.unwrap_or(self.keep_daily),
+                    weekly: c.keep_weekly.unwrap_or(self.keep_weekly),
+                    monthly: c.keep_monthly.unwrap_or(self.keep_monthly),
+                    yearly: c.keep_yearly.unwrap_or(self.keep_yearly),
+                },
             };
             policy.validate().map_err(|e| {
                 Error::Denied(format!(

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use quinn::{RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::admission::{self, Admission, Admitted, ReadError, Reservation};
 use super::config::{Client, ServerConfig};
@@ -130,14 +130,26 @@ impl State {
             self.quotas.forget_stored(&c.namespace);
             match res {
                 Ok(r) => match r.refused {
-                    None => info!(
-                        namespace = %c.namespace,
-                        snapshots_expired = r.snapshots_removed.len(),
-                        packs_collected = r.packs_removed,
-                        bytes = r.bytes_freed,
-                        tmp_removed = r.tmp_removed,
-                        "prune done"
-                    ),
+                    None => {
+                        if let Some(c2) = &r.policy_changed {
+                            info!(namespace = %c.namespace, "retention rules changed, applied from this sweep: {c2}");
+                        }
+                        for f in r
+                            .snapshots
+                            .iter()
+                            .filter(|f| f.reason.starts_with("past its expiry"))
+                        {
+                            debug!(namespace = %c.namespace, snapshot = %f.id, "{}", f.reason);
+                        }
+                        info!(
+                            namespace = %c.namespace,
+                            snapshots_expired = r.snapshots_removed.len(),
+                            packs_collected = r.packs_removed,
+                            bytes = r.bytes_freed,
+                            tmp_removed = r.tmp_removed,
+                            "prune done"
+                        )
+                    }
                     Some(why) if r.unreadable.is_empty() => {
                         warn!(namespace = %c.namespace, "prune deleted nothing: {why}")
                     }
@@ -764,12 +776,12 @@ async fn handle(
             ))
         }
         Request::ListPacks => Ok(Answer::Packs(store)),
-        Request::WriteSnapshot { len } => {
+        Request::WriteSnapshot { len, group } => {
             let body = read_body(ctx, recv, len, MAX_WIRE_SNAPSHOT_BYTES, permit).await?;
             let st2 = store.clone();
             let (data, ns0) = (ctx.state.data.clone(), ctx.client.namespace.clone());
             let id = blocking(move || {
-                let id = store.write_snapshot(&body)?;
+                let id = store.write_snapshot(&body, group)?;
                 // The highest commit counter seen, kept outside the namespace.
                 super::rollback::committed(&data, &ns0);
                 Ok(id)
@@ -814,7 +826,12 @@ async fn handle(
 
 /// `coffer prune --config`: the sweep and collection of every namespace, as
 /// the server's operator, without any key.
-pub fn prune_config(cfg: &ServerConfig) -> Result<Vec<(String, crate::store::PruneReport)>> {
+/// The sweep of every namespace of a server config, as `coffer prune
+/// --config` runs it (`dry`: deciding, deleting nothing).
+pub fn prune_config(
+    cfg: &ServerConfig,
+    dry: bool,
+) -> Result<Vec<(String, crate::store::PruneReport)>> {
     let namespaces = cfg.namespaces()?;
     // A namespace older than the server saw is left alone (see rollback).
     let names: Vec<String> = namespaces.iter().map(|c| c.namespace.clone()).collect();
@@ -829,6 +846,7 @@ pub fn prune_config(cfg: &ServerConfig) -> Result<Vec<(String, crate::store::Pru
                 refused: Some(format!("nothing deleted: {r}")),
                 ..Default::default()
             },
+            None if dry => cfg.namespace_store(&c)?.prune_dry_run()?,
             None => cfg.namespace_store(&c)?.prune()?,
         };
         out.push((c.namespace, rep));

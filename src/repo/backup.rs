@@ -355,8 +355,9 @@ pub fn backup(
         tree,
         stats: stats.clone(),
     };
+    let group = repo.keys().snapshot_group(&record.host, &record.paths);
     let (id, bytes) = snapshot::encode(repo.keys(), packs, &record, &mut OsRng);
-    repo.store().write_snapshot(&bytes)?;
+    repo.store().write_snapshot(&bytes, Some(group))?;
     // Committed: what follows only speeds up the next run, and its failure
     // must not be reported as a backup that saved nothing.
     let mut after_commit = Vec::new();

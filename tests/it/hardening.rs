@@ -144,7 +144,7 @@ fn a_junk_snapshot_planted_through_the_server_is_removed_by_the_operator() {
         .unwrap();
     let store = srv.store(0, "ns-0").unwrap();
     let junk_id = store
-        .write_snapshot(&junk_snapshot(&fs::read(real).unwrap(), 11))
+        .write_snapshot(&junk_snapshot(&fs::read(real).unwrap(), 11), None)
         .unwrap();
     let until = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

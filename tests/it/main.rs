@@ -8,6 +8,7 @@ mod cache_trust;
 mod crash;
 mod hardening;
 mod job;
+mod keep;
 mod keys;
 mod monitor;
 mod restore;

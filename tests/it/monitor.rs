@@ -350,7 +350,7 @@ fn metrics_after_real_backups() {
     assert!(t.contains("# HELP coffer_namespace_stored_bytes "));
     // a refused commit is counted
     let store = srv.store(0, "ns-0").unwrap();
-    assert!(coffer::store::Store::write_snapshot(&store, b"not a snapshot").is_err());
+    assert!(coffer::store::Store::write_snapshot(&store, b"not a snapshot", None).is_err());
     wait_metric(&srv, "coffer_namespace_failed_commits_total", "ns-0", |v| {
         v == 1.0
     });

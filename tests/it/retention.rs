@@ -96,7 +96,8 @@ fn prune_expires_snapshots_and_collects_exactly_the_unreferenced_packs() {
     let old = data(&t, "old", 1);
     t.backup(&[old.to_str().unwrap()]);
     let packs_old = t.packs();
-    let new = data(&t, "new", 2);
+    // the same job (host and path) backs up new content on day 20
+    let new = data(&t, "old", 2);
     at(&t, "+20d", &["backup", new.to_str().unwrap()]).ok();
     let packs_new: Vec<_> = t
         .packs()
@@ -157,6 +158,9 @@ fn a_backup_running_during_collection_stays_restorable() {
     // an old snapshot whose packs become collectable on day 31
     let old = data(&t, "old", 1);
     t.backup(&[old.to_str().unwrap()]);
+    // the job moves on the next day, so the first snapshot is not its newest
+    data(&t, "old", 7);
+    at(&t, "+1d", &["backup", old.to_str().unwrap()]).ok();
     let d = t.path("big");
     fs::create_dir_all(&d).unwrap();
     for i in 0..8 {
@@ -343,7 +347,8 @@ fn the_servers_clock_decides_and_quotas_hold() {
         .output()
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    // the operator's prune, under a clock 31 days ahead, sweeps the expired snapshot
+    // the operator's prune, under a clock 31 days ahead: the snapshot is
+    // past its expiry, and kept as its job's newest
     let out = faked("+31d")
         .args(["--json", "prune", "--allow-root", "--config"])
         .arg(srv.dir.path().join("server.toml"))
@@ -351,12 +356,22 @@ fn the_servers_clock_decides_and_quotas_hold() {
         .unwrap();
     let out = Run { out }.ok().out;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &v[0]["report"];
     assert_eq!(
-        v[0]["report"]["snapshots_removed"]
-            .as_array()
+        report["snapshots_removed"].as_array().unwrap().len(),
+        0,
+        "{v}"
+    );
+    assert_eq!(
+        report["snapshots"][0]["kept_by"],
+        serde_json::json!(["keep_last"]),
+        "{v}"
+    );
+    assert!(
+        report["snapshots"][0]["reason"]
+            .as_str()
             .unwrap()
-            .len(),
-        1,
+            .starts_with("past its expiry"),
         "{v}"
     );
 }

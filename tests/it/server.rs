@@ -523,10 +523,10 @@ fn append_only_refusals() {
         &rec,
         &mut rand::rngs::OsRng,
     );
-    let e = store.write_snapshot(&bytes).unwrap_err().to_string();
+    let e = store.write_snapshot(&bytes, None).unwrap_err().to_string();
     assert!(e.contains("does not hold"), "{e}");
     // garbage as a snapshot is refused too
-    assert!(store.write_snapshot(b"not a snapshot").is_err());
+    assert!(store.write_snapshot(b"not a snapshot", None).is_err());
     run(srv.client(0, &cache), &["check", "--read-data"]).ok();
     assert!(srv.log().contains("refused"), "{}", srv.log());
 }
