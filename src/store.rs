@@ -317,7 +317,7 @@ impl LocalStore {
     }
 
     /// The latest time this store has seen, so a clock that goes back is noticed.
-    fn seen(&self) -> i64 {
+    pub(crate) fn seen(&self) -> i64 {
         read_seen(&self.root)
     }
 
@@ -372,7 +372,7 @@ impl LocalStore {
         nix::fcntl::Flock::lock(f, arg).map_err(|(_, e)| Error::io(&p, e.into()))
     }
 
-    fn write_stamp(&self, id: &SnapshotId, st: &Stamp, replace: bool) -> Result<()> {
+    pub(crate) fn write_stamp(&self, id: &SnapshotId, st: &Stamp, replace: bool) -> Result<()> {
         // unwrap: plain data always serializes
         let bytes = serde_json::to_vec(st).expect("stamp JSON");
         let path = self.stamp_path(id);

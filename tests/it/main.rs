@@ -10,6 +10,7 @@ mod hardening;
 mod job;
 mod keys;
 mod monitor;
+mod operator;
 mod restore;
 mod retention;
 mod rollback;
