@@ -115,7 +115,7 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
-    /// A namespace without a snapshot for this long is stale (default "26h").
+    /// A namespace without a snapshot for this long is stale (default "2d").
     #[serde(default = "stale_default")]
     pub stale_after: String,
     /// How often conditions are evaluated (default "60s").
@@ -160,6 +160,9 @@ pub struct Alerting {
     pub webhook: Option<super::http::HttpUrl>,
     /// Delivery timeout.
     pub timeout: Duration,
+    /// Without `[alerts]`: only the `stale` condition is judged, and only
+    /// logged (the others need the section).
+    pub stale_only: bool,
 }
 
 fn thirty_s() -> String {
@@ -172,7 +175,7 @@ fn ten_s() -> String {
     "10s".into()
 }
 fn stale_default() -> String {
-    "26h".into()
+    "2d".into()
 }
 fn day() -> String {
     "24h".into()
@@ -327,7 +330,27 @@ impl AlertsConfig {
             command: self.command.clone(),
             webhook,
             timeout: duration("alerts", "timeout", &self.timeout)?,
+            stale_only: false,
         })
+    }
+}
+
+impl ServerConfig {
+    /// The alerting in force: `[alerts]`, or without it the `stale` check
+    /// alone with the defaults, logged. A client that stopped backing up is
+    /// noticed either way.
+    pub fn alerting(&self) -> Result<Alerting> {
+        match &self.alerts {
+            Some(a) => a.validated(),
+            None => {
+                // unwrap: every key of [alerts] has a default
+                let a: AlertsConfig = toml::from_str("").expect("[alerts] defaults");
+                Ok(Alerting {
+                    stale_only: true,
+                    ..a.validated()?
+                })
+            }
+        }
     }
 }
 
@@ -610,6 +633,20 @@ mod tests {
         ))
         .unwrap();
         assert!(c.metrics.is_some());
+    }
+
+    #[test]
+    fn the_stale_check_runs_without_an_alerts_section() {
+        let a = ServerConfig::parse(BASE).unwrap().alerting().unwrap();
+        assert!(a.stale_only);
+        assert_eq!(a.rules.stale_after, 2 * 86_400);
+        assert!(a.command.is_none() && a.webhook.is_none());
+        let a = ServerConfig::parse(&format!("{BASE}[alerts]\nquota_warn = 0.5\n"))
+            .unwrap()
+            .alerting()
+            .unwrap();
+        assert!(!a.stale_only);
+        assert_eq!(a.rules.stale_after, 2 * 86_400, "the default threshold");
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod retention;
 mod rollback;
 mod scrub;
 mod server;
+mod stale;
 mod store_loss;
 mod tamper;
 mod util;
