@@ -45,10 +45,12 @@ pub(super) fn cmd_lock(cli: &Cli, a: &args::LockArgs) -> Result<()> {
     }
     let repo = open(cli)?;
     let s = repo.find_snapshot(&a.snap)?;
-    let (mut st, mut note) = (repo.store().stamp(&s.id)?, String::new());
-    if !a.release_hold || a.days.is_some() {
-        st = repo.store().lock(&s.id, lock_until(a), a.hold)?;
-    }
+    let mut note = String::new();
+    let mut st = if a.release_hold && a.days.is_none() {
+        repo.store().stamp(&s.id)?
+    } else {
+        repo.store().lock(&s.id, lock_until(a), a.hold)?
+    };
     if a.release_hold {
         // The passphrase holder of a local repository is its operator.
         let store = LocalStore::open(Path::new(r))?;

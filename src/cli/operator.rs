@@ -86,10 +86,12 @@ pub(super) fn cmd_lock_on_server(
 ) -> Result<()> {
     let store = served_store(config, namespace, a.operator.allow_root)?;
     let id = resolve(&store, &a.snap)?;
-    let (mut st, mut note) = (store.stamp(&id)?, String::new());
-    if !a.release_hold || a.days.is_some() {
-        st = coffer::operator::extend(&store, &id, lock_until(a), a.hold, &user())?;
-    }
+    let mut note = String::new();
+    let mut st = if a.release_hold && a.days.is_none() {
+        store.stamp(&id)?
+    } else {
+        coffer::operator::extend(&store, &id, lock_until(a), a.hold, &user())?
+    };
     if a.release_hold {
         (st, note) = release_hold(&store, &id, st)?;
     }
