@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | vocabulary | [`id`], [`error`], [`limits`], `aligned` | nothing |
 //! | pure core | [`chunk`], [`crypto`], [`format`] | bytes in, values out; no files, clock or sockets |
-//! | store | [`store`] | one repository directory: write-once objects |
+//! | store | [`store`], [`operator`] | one repository directory: write-once objects; the operator's logged overrides |
 //! | monitoring | [`monitor`] | figures in, metrics text and alert decisions out |
 //! | engine | [`repo`], [`cache`], [`cache_trust`], [`source`], [`job`] | files being backed up, the SQLite cache, a store |
 //!
@@ -53,6 +53,7 @@ pub mod limits;
 pub mod monitor;
 #[cfg(feature = "net")]
 pub mod net;
+pub mod operator;
 pub mod parity;
 pub(crate) mod partial;
 pub mod priority;

@@ -298,7 +298,7 @@ impl LocalStore {
     }
 
     /// The latest time this store has seen, so a clock that goes back is noticed.
-    fn seen(&self) -> i64 {
+    pub(crate) fn seen(&self) -> i64 {
         read_seen(&self.root)
     }
 
@@ -360,7 +360,7 @@ impl LocalStore {
         self.lock_named("stamps.lock", true)
     }
 
-    fn write_stamp(&self, id: &SnapshotId, st: &Stamp, replace: bool) -> Result<()> {
+    pub(crate) fn write_stamp(&self, id: &SnapshotId, st: &Stamp, replace: bool) -> Result<()> {
         // unwrap: plain data always serializes
         let bytes = serde_json::to_vec(st).expect("stamp JSON");
         let path = self.stamp_path(id);

@@ -101,9 +101,13 @@ pub enum Command {
     /// Manage key files (passphrases).
     #[command(subcommand)]
     Key(KeyCommand),
-    /// Remove snapshots (refused inside their lock window).
+    /// Remove snapshots (refused inside their lock window and on legal
+    /// hold). A server's operator: `--config FILE --namespace NS ID…`, no
+    /// key needed, logged in the namespace's operator.log.
     Forget {
-        /// Snapshot id prefixes or `latest`.
+        /// Snapshot id prefixes or `latest` (with --config: hex id
+        /// prefixes, each naming one snapshot of the namespace; all are
+        /// checked before any is removed).
         #[arg(required = true)]
         snaps: Vec<String>,
         /// Remove snapshots that do not open, whatever their lock and legal
@@ -112,27 +116,15 @@ pub enum Command {
         /// with --config and --namespace (no key there to tell).
         #[arg(long)]
         damaged: bool,
-        /// With --damaged: a server config, to act on one of its namespaces.
-        #[arg(long, requires = "damaged", requires = "namespace")]
-        config: Option<PathBuf>,
-        /// With --config: the namespace.
-        #[arg(long, requires = "config")]
-        namespace: Option<String>,
-        /// With --config: run even as root.
-        #[arg(long)]
-        allow_root: bool,
+        #[command(flatten)]
+        operator: OperatorArgs,
     },
-    /// Extend a snapshot's lock or put it on legal hold (never shortens).
-    Lock {
-        /// Snapshot id prefix or `latest`.
-        snap: String,
-        /// Lock it for this many days from now.
-        #[arg(long)]
-        days: Option<u32>,
-        /// Put it on legal hold: never removed.
-        #[arg(long)]
-        hold: bool,
-    },
+    /// Extend a snapshot's lock or put it on legal hold (never shortens),
+    /// or release a legal hold (the lock window stays): a local
+    /// repository's passphrase holder, or a server's operator with
+    /// `--config FILE --namespace NS`; logged in operator.log. A client of
+    /// a server cannot release a hold.
+    Lock(LockArgs),
     /// Remove expired snapshots that no keep rule names and the packs no
     /// snapshot needs (no key needed): `--repo PATH` for a local
     /// repository, `--config FILE` for every namespace of a server, as its
@@ -182,6 +174,40 @@ pub enum Command {
         #[arg(long, value_name = "NAMESPACE")]
         accept_rollback: Vec<String>,
     },
+}
+
+/// Acting as a server's operator on one namespace of its config.
+#[derive(Args, Debug, Clone)]
+pub struct OperatorArgs {
+    /// A server config: act as its operator on one of its namespaces (no
+    /// key needed; run as the server's user).
+    #[arg(long, requires = "namespace")]
+    pub config: Option<PathBuf>,
+    /// With --config: the namespace.
+    #[arg(long, requires = "config")]
+    pub namespace: Option<String>,
+    /// With --config: run even as root.
+    #[arg(long)]
+    pub allow_root: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LockArgs {
+    /// Snapshot id prefix or `latest` (with --config: a hex id prefix).
+    pub snap: String,
+    /// Lock it for this many days from now.
+    #[arg(long)]
+    pub days: Option<u32>,
+    /// Put it on legal hold: never removed.
+    #[arg(long)]
+    pub hold: bool,
+    /// Release its legal hold; its lock window stays (logged in
+    /// operator.log). Not through a server: its operator does it with
+    /// --config and --namespace.
+    #[arg(long, conflicts_with = "hold")]
+    pub release_hold: bool,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
 }
 
 #[derive(Subcommand, Debug, Clone)]

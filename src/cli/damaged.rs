@@ -13,6 +13,7 @@ use anyhow::{bail, Result};
 use super::args::Cli;
 use super::{open, print_json, repo_arg, user};
 use coffer::id::SnapshotId;
+use coffer::net::config::ServerConfig;
 use coffer::store::LocalStore;
 use serde_json::json;
 
@@ -56,18 +57,7 @@ pub(super) fn cmd_forget_damaged_on_server(
     snaps: &[String],
     allow_root: bool,
 ) -> Result<()> {
-    if nix::unistd::geteuid().is_root() && !allow_root {
-        bail!("refusing to change a server's data as root: run as the server's user (or pass --allow-root)");
-    }
-    let cfg = coffer::net::config::ServerConfig::load(config)?;
-    let Some(client) = cfg
-        .namespaces()?
-        .into_iter()
-        .find(|c| c.namespace == namespace)
-    else {
-        bail!("namespace {namespace:?} is not in {}", config.display());
-    };
-    let store = cfg.namespace_store(&client)?;
+    let (_, store) = operator_store(config, namespace, allow_root)?;
     let mut done = Vec::new();
     for spec in snaps {
         // The whole id: without a key nothing confirms the choice, so a
@@ -84,6 +74,28 @@ pub(super) fn cmd_forget_damaged_on_server(
         )?);
     }
     finish(cli, done)
+}
+
+/// A namespace of a server config, opened for its operator (not as root
+/// unless allowed: files created would be root's).
+pub(super) fn operator_store(
+    config: &Path,
+    namespace: &str,
+    allow_root: bool,
+) -> Result<(ServerConfig, LocalStore)> {
+    if nix::unistd::geteuid().is_root() && !allow_root {
+        bail!("refusing to change a server's data as root: run as the server's user (or pass --allow-root)");
+    }
+    let cfg = ServerConfig::load(config)?;
+    let Some(client) = cfg
+        .namespaces()?
+        .into_iter()
+        .find(|c| c.namespace == namespace)
+    else {
+        bail!("namespace {namespace:?} is not in {}", config.display());
+    };
+    let store = cfg.namespace_store(&client)?;
+    Ok((cfg, store))
 }
 
 fn remove(
@@ -104,7 +116,7 @@ fn remove(
     Ok(json!({"repository": name, "snapshot": id.to_hex(), "stamp": st}))
 }
 
-fn finish(cli: &Cli, done: Vec<serde_json::Value>) -> Result<()> {
+pub(super) fn finish(cli: &Cli, done: Vec<serde_json::Value>) -> Result<()> {
     if cli.json {
         print_json(&serde_json::Value::Array(done))?;
     }

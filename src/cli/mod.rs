@@ -11,6 +11,7 @@ mod backup;
 mod damaged;
 mod forget;
 mod keys;
+mod operator;
 mod restore;
 mod rollback;
 mod server;
@@ -394,17 +395,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Forget {
             snaps,
             damaged,
-            config,
-            namespace,
-            allow_root,
-        } => match (damaged, config, namespace) {
+            operator: op,
+        } => match (damaged, &op.config, &op.namespace) {
             (true, Some(c), Some(ns)) => {
-                cmd_forget_damaged_on_server(&cli, c, ns, snaps, *allow_root)
+                cmd_forget_damaged_on_server(&cli, c, ns, snaps, op.allow_root)
             }
             (true, _, _) => cmd_forget_damaged(&cli, snaps),
+            (false, Some(c), Some(ns)) => {
+                operator::cmd_forget_on_server(&cli, c, ns, snaps, op.allow_root)
+            }
             _ => cmd_forget(&cli, snaps),
         },
-        Command::Lock { snap, days, hold } => cmd_lock(&cli, snap, *days, *hold),
+        Command::Lock(a) => match (&a.operator.config, &a.operator.namespace) {
+            (Some(c), Some(ns)) => operator::cmd_lock_on_server(&cli, c, ns, a),
+            _ => cmd_lock(&cli, a),
+        },
         Command::Scrub {
             config,
             rate_mb,

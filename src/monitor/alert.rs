@@ -118,17 +118,43 @@ pub const COLLAPSE_FRACTION: f64 = 0.5;
 /// See [`COLLAPSE_FRACTION`].
 pub const USUAL_FRACTION_MAX: f64 = 0.1;
 
-/// The periodic conditions that hold now, one alert each. A namespace with
-/// no snapshot counts from when the server began watching it, so a client
-/// that never backed up is noticed too.
+/// How long a namespace has gone without a snapshot, and the threshold it
+/// is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Staleness {
+    /// Seconds since its latest snapshot was received, or since the server
+    /// began watching it when it has none.
+    pub age: i64,
+    /// Its own `stale_after`, else the server's, in seconds.
+    pub after: i64,
+}
+
+impl Staleness {
+    /// Whether it is stale.
+    pub fn stale(&self) -> bool {
+        self.age > self.after
+    }
+}
+
+/// A namespace's [`Staleness`] at `now`, `default_after` unless it has its
+/// own threshold. A namespace with no snapshot counts from when the server
+/// began watching it, so a client that never backed up is noticed too.
+pub fn staleness(n: &NamespaceFigures, default_after: i64, now: i64) -> Staleness {
+    Staleness {
+        age: now - n.last_snapshot.unwrap_or(n.watched_since),
+        after: n.stale_after.unwrap_or(default_after),
+    }
+}
+
+/// The periodic conditions that hold now, one alert each (staleness as
+/// [`staleness`] judges it).
 pub fn conditions(figures: &[NamespaceFigures], rules: &AlertRules, now: i64) -> Vec<Alert> {
     let mut out = Vec::new();
     for n in figures {
         let ns = n.namespace.as_str();
-        let since = n.last_snapshot.unwrap_or(n.watched_since);
-        let age = now - since;
-        let stale_after = n.stale_after.unwrap_or(rules.stale_after);
-        if age > stale_after {
+        let st = staleness(n, rules.stale_after, now);
+        let (age, stale_after) = (st.age, st.after);
+        if st.stale() {
             let message = match n.last_snapshot {
                 Some(t) => format!(
                     "namespace {ns}: no snapshot since {} ({} ago; threshold {})",

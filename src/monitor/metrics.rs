@@ -120,6 +120,24 @@ const NAMESPACE_METRICS: &[NsMetric] = &[
         |n| Some(n.last_snapshot.unwrap_or(0) as f64),
     ),
     (
+        "coffer_namespace_last_snapshot_age_seconds",
+        Kind::Gauge,
+        "Seconds from the latest snapshot (or, with none, from when the server began watching the namespace) to the collection of these figures.",
+        |n| n.staleness.map(|s| s.age as f64),
+    ),
+    (
+        "coffer_namespace_stale_after_seconds",
+        Kind::Gauge,
+        "The age of the latest snapshot past which the namespace is stale (its own stale_after, else the server's).",
+        |n| n.staleness.map(|s| s.after as f64),
+    ),
+    (
+        "coffer_namespace_stale",
+        Kind::Gauge,
+        "1 when the namespace's latest snapshot is older than its stale threshold (the stale alert's condition), else 0.",
+        |n| n.staleness.map(|s| f64::from(u8::from(s.stale()))),
+    ),
+    (
         "coffer_namespace_last_snapshot_new_bytes",
         Kind::Gauge,
         "Bytes of packs the latest snapshot references that were written since the commit before it and are not in the snapshot before it.",
@@ -315,6 +333,10 @@ mod tests {
                 }),
                 stored_bytes: 100,
                 packs: 3,
+                staleness: Some(crate::monitor::alert::Staleness {
+                    age: 90_000,
+                    after: 86_400,
+                }),
                 ..Default::default()
             }],
             disk_free_bytes: Some(5),
@@ -329,6 +351,9 @@ mod tests {
             text.contains("coffer_namespace_last_snapshot_new_bytes{namespace=\"vps-101\"} 10\n")
         );
         assert!(text.contains("coffer_alerts_total{kind=\"stale\"} 1\n"));
+        assert!(text.contains("coffer_namespace_stale{namespace=\"vps-101\"} 1\n"));
+        assert!(text
+            .contains("coffer_namespace_last_snapshot_age_seconds{namespace=\"vps-101\"} 90000\n"));
         assert!(text.contains("coffer_disk_free_bytes 5\n"));
         // no quota: no sample and no family
         assert!(!text.contains("coffer_namespace_quota_bytes"));

@@ -40,6 +40,8 @@ pub struct NamespaceFigures {
     /// Since when the server has watched it (its first start with the
     /// namespace configured): a namespace without snapshots is stale from then.
     pub watched_since: i64,
+    /// How stale it is as of the collection (shown in the metrics).
+    pub staleness: Option<alert::Staleness>,
 }
 
 /// A namespace's scrub, as its `scrub.json` records it.

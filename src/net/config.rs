@@ -141,7 +141,7 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
-    /// A namespace without a snapshot for this long is stale (default "26h").
+    /// A namespace without a snapshot for this long is stale (default "2d").
     #[serde(default = "stale_default")]
     pub stale_after: String,
     /// How often conditions are evaluated (default "60s").
@@ -186,6 +186,9 @@ pub struct Alerting {
     pub webhook: Option<super::http::HttpUrl>,
     /// Delivery timeout.
     pub timeout: Duration,
+    /// Without `[alerts]`: only the `stale` condition is judged, and only
+    /// logged (the others need the section).
+    pub stale_only: bool,
 }
 
 fn thirty_s() -> String {
@@ -202,7 +205,7 @@ fn one() -> u32 {
 }
 
 fn stale_default() -> String {
-    "26h".into()
+    "2d".into()
 }
 fn day() -> String {
     "24h".into()
@@ -357,7 +360,27 @@ impl AlertsConfig {
             command: self.command.clone(),
             webhook,
             timeout: duration("alerts", "timeout", &self.timeout)?,
+            stale_only: false,
         })
+    }
+}
+
+impl ServerConfig {
+    /// The alerting in force: `[alerts]`, or without it the `stale` check
+    /// alone with the defaults, logged. A client that stopped backing up is
+    /// noticed either way.
+    pub fn alerting(&self) -> Result<Alerting> {
+        match &self.alerts {
+            Some(a) => a.validated(),
+            None => {
+                // unwrap: every key of [alerts] has a default
+                let a: AlertsConfig = toml::from_str("").expect("[alerts] defaults");
+                Ok(Alerting {
+                    stale_only: true,
+                    ..a.validated()?
+                })
+            }
+        }
     }
 }
 
@@ -647,6 +670,20 @@ mod tests {
         ))
         .unwrap();
         assert!(c.metrics.is_some());
+    }
+
+    #[test]
+    fn the_stale_check_runs_without_an_alerts_section() {
+        let a = ServerConfig::parse(BASE).unwrap().alerting().unwrap();
+        assert!(a.stale_only);
+        assert_eq!(a.rules.stale_after, 2 * 86_400);
+        assert!(a.command.is_none() && a.webhook.is_none());
+        let a = ServerConfig::parse(&format!("{BASE}[alerts]\nquota_warn = 0.5\n"))
+            .unwrap()
+            .alerting()
+            .unwrap();
+        assert!(!a.stale_only);
+        assert_eq!(a.rules.stale_after, 2 * 86_400, "the default threshold");
     }
 
     #[test]

@@ -97,7 +97,8 @@ pub struct Watch {
     namespaces: Vec<Namespace>,
     started: i64,
     refresh: Option<Duration>,
-    alerting: Option<Alerting>,
+    /// `[alerts]`, or the stale check alone (see [`ServerConfig::alerting`]).
+    alerting: Alerting,
     figures: Mutex<BTreeMap<String, NamespaceFigures>>,
     cache: Mutex<HashMap<String, Cache>>,
     /// Each namespace's newest snapshot and its `received`, as last collected.
@@ -161,7 +162,7 @@ impl Watch {
             });
         }
         namespaces.sort_by(|a, b| a.name.cmp(&b.name));
-        let alerting = cfg.alerts.as_ref().map(|a| a.validated()).transpose()?;
+        let alerting = cfg.alerting()?;
         let refresh = cfg.metrics.as_ref().map(|m| m.refresh()).transpose()?;
         let mut state = load_state(&cfg.data.join(ALERT_STATE));
         let started = now();
@@ -196,10 +197,8 @@ impl Watch {
             outbox,
             inbox: Mutex::new(Some(inbox)),
         };
-        if w.alerting.is_some() {
-            // unwrap: the lock is never held across a panic
-            w.save(&w.state.lock().unwrap());
-        }
+        // unwrap: the lock is never held across a panic
+        w.save(&w.state.lock().unwrap());
         Ok(w)
     }
 
@@ -213,18 +212,11 @@ impl Watch {
         }
     }
 
-    /// Starts the collector, the alert delivery and the metrics endpoint,
-    /// as far as the config asks for them.
+    /// Starts the collector, the alert delivery and, when the config asks
+    /// for it, the metrics endpoint.
     pub fn start(self: Arc<Self>, listener: Option<TcpListener>) {
-        let periods: Vec<Duration> = self
-            .refresh
-            .iter()
-            .copied()
-            .chain(self.alerting.as_ref().map(|a| a.check_interval))
-            .collect();
-        let Some(period) = periods.iter().min().copied() else {
-            return;
-        };
+        let check = self.alerting.check_interval;
+        let period = self.refresh.map_or(check, |r| r.min(check));
         if let Some(l) = listener {
             let w = self.clone();
             let text = Arc::new(move || w.text.read().unwrap_or_else(|p| p.into_inner()).clone());
@@ -232,7 +224,7 @@ impl Watch {
         }
         // unwrap: the lock is never held across a panic
         let inbox = self.inbox.lock().unwrap().take();
-        if let (Some(_), Some(rx)) = (&self.alerting, inbox) {
+        if let Some(rx) = inbox {
             tokio::spawn(self.clone().deliver_loop(rx));
         }
         tokio::spawn(self.collect_loop(period));
@@ -252,22 +244,19 @@ impl Watch {
             };
             let w = self.clone();
             let _ = tokio::task::spawn_blocking(move || w.collect(full, period)).await;
-            if let Some(a) = &self.alerting {
-                let due = last_check.is_none_or(|t| t.elapsed() + period / 2 >= a.check_interval);
-                if full && due {
-                    last_check = Some(tokio::time::Instant::now());
-                    let w = self.clone();
-                    let _ = tokio::task::spawn_blocking(move || w.check()).await;
-                }
+            let every = self.alerting.check_interval;
+            let due = last_check.is_none_or(|t| t.elapsed() + period / 2 >= every);
+            if full && due {
+                last_check = Some(tokio::time::Instant::now());
+                let w = self.clone();
+                let _ = tokio::task::spawn_blocking(move || w.check()).await;
             }
         }
     }
 
     /// How often a namespace's packs are walked again, at most.
     fn walk_every(&self) -> Duration {
-        self.refresh
-            .or(self.alerting.as_ref().map(|a| a.check_interval))
-            .unwrap_or(Duration::from_secs(30))
+        self.refresh.unwrap_or(self.alerting.check_interval)
     }
 
     /// Collects every namespace (`full`) or those marked dirty, then renders
@@ -360,8 +349,10 @@ impl Watch {
             None => newest.remove(&n.name),
         };
         drop(newest);
+        // Only the metrics and the quota alert need the packs.
+        let walk = self.refresh.is_some() || !self.alerting.stale_only;
         let every = self.walk_every();
-        if c.walk.is_none_or(|(t, _, _)| t.elapsed() + slack >= every) {
+        if walk && c.walk.is_none_or(|(t, _, _)| t.elapsed() + slack >= every) {
             let (mut packs, mut bytes) = (0, 0);
             s.for_each_pack(&mut |_, size| {
                 packs += 1;
@@ -400,6 +391,8 @@ impl Watch {
     /// The figures as of the last collection, with the live counters.
     fn figures(&self) -> ServerFigures {
         let failures = self.failures.lock().unwrap().clone();
+        let collected = self.collected.load(Ordering::SeqCst);
+        let stale_after = self.alerting.rules.stale_after;
         let namespaces = self
             .figures
             .lock()
@@ -411,6 +404,7 @@ impl Watch {
                     failed_commits: x.commits,
                     failed_uploads: x.uploads,
                     collect_errors: x.collections,
+                    staleness: (collected > 0).then(|| alert::staleness(f, stale_after, collected)),
                     ..f.clone()
                 }
             })
@@ -428,7 +422,7 @@ impl Watch {
             disk_free_bytes,
             disk_size_bytes,
             started: self.started,
-            collected: self.collected.load(Ordering::SeqCst),
+            collected,
             alerts: per_kind(&self.delivered),
             alert_delivery_failures: per_kind(&self.delivery_failures),
             alert_checks: self.checks.load(Ordering::SeqCst),
@@ -468,7 +462,7 @@ impl Watch {
             referenced_bytes = usage.map(|u| u.referenced_bytes),
             "snapshot committed"
         );
-        if self.alerting.is_none() {
+        if self.alerting.stale_only {
             return;
         }
         match store.stamps() {
@@ -483,7 +477,10 @@ impl Watch {
     /// newer than the last one judged; those received before the server
     /// first watched the namespace are history, never judged.
     fn judge(&self, ns: &str, stamps: &[(SnapshotId, Stamp)]) {
-        let Some(a) = &self.alerting else { return };
+        let a = &self.alerting;
+        if a.stale_only {
+            return;
+        }
         let Some((last_id, last)) = stamps.last() else {
             return;
         };
@@ -539,8 +536,10 @@ impl Watch {
     /// snapshots nobody judged (committed while the server was down), and
     /// retries the deliveries that are due.
     fn check(&self) {
-        let Some(a) = &self.alerting else { return };
-        for n in &self.namespaces {
+        let a = &self.alerting;
+        // Without [alerts], snapshots are not judged, and of the periodic
+        // conditions only staleness is.
+        for n in self.namespaces.iter().filter(|_| !a.stale_only) {
             let newest = self.newest.lock().unwrap().get(&n.name).copied();
             let mark = self.state.lock().unwrap().judged.get(&n.name).copied();
             let unjudged = newest.is_some_and(|(id, received)| {
@@ -565,7 +564,10 @@ impl Watch {
         let figures: Vec<NamespaceFigures> =
             self.figures.lock().unwrap().values().cloned().collect();
         let t = now();
-        let active = alert::conditions(&figures, &a.rules, t);
+        let active = alert::conditions(&figures, &a.rules, t)
+            .into_iter()
+            .filter(|x| !a.stale_only || x.kind == AlertKind::Stale)
+            .collect();
         let mut st = self.state.lock().unwrap();
         if st
             .limit
@@ -581,7 +583,7 @@ impl Watch {
     /// Hands the alerts due for delivery to the delivery task. With no
     /// command and no webhook, the log is the delivery.
     fn dispatch(&self, t: i64) {
-        let Some(a) = &self.alerting else { return };
+        let a = &self.alerting;
         let mut st = self.state.lock().unwrap();
         let due = st.limit.take_due(t);
         if due.is_empty() {
@@ -617,10 +619,7 @@ impl Watch {
             let permit = limit.clone().acquire_owned().await.expect("semaphore open");
             let w = self.clone();
             tokio::spawn(async move {
-                let ok = match &w.alerting {
-                    Some(a) => deliver(a, &al).await,
-                    None => false,
-                };
+                let ok = deliver(&w.alerting, &al).await;
                 let w2 = w.clone();
                 let _ = tokio::task::spawn_blocking(move || w2.settle(&al, ok)).await;
                 drop(permit);
@@ -632,8 +631,7 @@ impl Watch {
 
     /// Records a delivery's outcome: sent, or tried again later.
     fn settle(&self, al: &Alert, delivered: bool) {
-        let Some(a) = &self.alerting else { return };
-        let retry = a.check_interval.as_secs() as i64;
+        let retry = self.alerting.check_interval.as_secs() as i64;
         let mut st = self.state.lock().unwrap();
         st.limit.settle(al, delivered, now(), retry);
         let counter = if delivered {

@@ -540,21 +540,7 @@ impl Repository {
         if spec == "latest" {
             return self.find_snapshot(spec).map(|s| s.id);
         }
-        let spec_l = spec.to_ascii_lowercase();
-        let matches: Vec<SnapshotId> = self
-            .store
-            .list_snapshots()?
-            .into_iter()
-            .filter(|id| id.to_hex().starts_with(&spec_l))
-            .collect();
-        match matches.as_slice() {
-            [one] => Ok(*one),
-            [] => Err(Error::NotFound(format!("snapshot {spec}"))),
-            _ => Err(Error::Denied(format!(
-                "snapshot prefix {spec} is ambiguous ({} matches)",
-                matches.len()
-            ))),
-        }
+        resolve_prefix(self.store.as_ref(), spec)
     }
 
     /// Finds the node at `path` inside a snapshot (`/` or empty: the root).
@@ -634,6 +620,26 @@ impl Repository {
         }
         self.store.remove_key(&name)?;
         Ok(name)
+    }
+}
+
+/// The one snapshot of `store` whose id starts with the hex prefix `spec`
+/// (a whole id included); none or several are an error that says which.
+/// Needs no key, so a server's operator names snapshots the same way.
+pub fn resolve_prefix(store: &dyn Store, spec: &str) -> Result<SnapshotId> {
+    let spec_l = spec.to_ascii_lowercase();
+    let matches: Vec<SnapshotId> = store
+        .list_snapshots()?
+        .into_iter()
+        .filter(|id| id.to_hex().starts_with(&spec_l))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(Error::NotFound(format!("snapshot {spec}"))),
+        _ => Err(Error::Denied(format!(
+            "snapshot prefix {spec} is ambiguous ({} matches)",
+            matches.len()
+        ))),
     }
 }
 

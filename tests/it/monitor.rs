@@ -27,7 +27,7 @@ fn now() -> f64 {
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after the deadline.
-fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -52,7 +52,7 @@ fn http(port: u16, request: &[u8]) -> (String, String, String) {
 }
 
 /// `GET /metrics`, once the first collection is done.
-fn scrape(srv: &TestServer) -> String {
+pub(crate) fn scrape(srv: &TestServer) -> String {
     let port = srv.metrics_port.expect("metrics configured");
     poll("the first collection", || {
         let (status, headers, body) = http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -69,7 +69,7 @@ fn scrape(srv: &TestServer) -> String {
 }
 
 /// The value of a sample: `name{namespace="ns"}`, or `name` when `ns` is empty.
-fn metric(text: &str, name: &str, ns: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, name: &str, ns: &str) -> Option<f64> {
     let key = if ns.is_empty() {
         format!("{name} ")
     } else {
