@@ -134,7 +134,7 @@ mod tests {
         let mut file = crate::format::snapshot::MAGIC_SNAPSHOT.to_vec();
         file.extend(0u32.to_le_bytes());
         file.push(7);
-        let id = store.write_snapshot(&file).unwrap();
+        let id = store.write_snapshot(&file, None).unwrap();
         // inside the lock window: refused, nothing logged
         let e = forget(&store, &id, "op").unwrap_err().to_string();
         assert!(e.contains(&id.short()) && e.contains("locked until"), "{e}");

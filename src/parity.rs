@@ -15,6 +15,59 @@ use serde_bytes::ByteBuf;
 use crate::format::{cbor_decode, cbor_encode, FormatError};
 use crate::id::PackId;
 
+/// Stripe shape: k packs, m parity shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParityConfig {
+    /// Members per stripe.
+    pub k: usize,
+    /// Parity shards per stripe: that many lost members can be rebuilt.
+    pub m: usize,
+}
+
+impl ParityConfig {
+    /// Checks a shape read from a file or an option.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if (1..=64).contains(&self.k) && (1..=16).contains(&self.m) {
+            Ok(())
+        } else {
+            Err(format!(
+                "parity {}+{}: k must be 1..=64 and m 1..=16",
+                self.k, self.m
+            ))
+        }
+    }
+
+    /// Whether a stripe of `members` packs with `m` parity shards is the
+    /// open one new packs join: not full, and of this shape.
+    pub(crate) fn takes_more(&self, members: usize, m: u32) -> bool {
+        members < self.k && m as usize == self.m
+    }
+
+    /// Parses `K+M`, e.g. `10+2`.
+    pub fn parse(s: &str) -> std::result::Result<ParityConfig, String> {
+        let (k, m) = s
+            .split_once('+')
+            .ok_or_else(|| format!("parity {s:?}: expected K+M, e.g. 10+2"))?;
+        let p = ParityConfig {
+            k: k.trim()
+                .parse()
+                .map_err(|_| format!("parity {s:?}: K is not a number"))?,
+            m: m.trim()
+                .parse()
+                .map_err(|_| format!("parity {s:?}: M is not a number"))?,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+impl Default for ParityConfig {
+    fn default() -> Self {
+        ParityConfig { k: 10, m: 2 }
+    }
+}
+
 /// Bytes per block: the unit of checksums and of repair.
 pub const PARITY_BLOCK: usize = 64 << 10;
 /// `blake3("coffer parity v1")[..8]`. Never change.

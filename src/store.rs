@@ -120,7 +120,7 @@ pub struct LocalStore {
     root: PathBuf,
     handles: Mutex<HashMap<PackId, Handle>>,
     policy: Policy,
-    parity: crate::scrub::ParityConfig,
+    parity: crate::parity::ParityConfig,
     clock: Clock,
     /// Cleared once the file system refuses O_DIRECT: spans are then read
     /// through the cache without trying again for each one.
@@ -258,18 +258,18 @@ impl LocalStore {
     }
 
     /// Uses this parity shape instead of the repository's own.
-    pub fn with_parity(mut self, p: crate::scrub::ParityConfig) -> Self {
+    pub fn with_parity(mut self, p: crate::parity::ParityConfig) -> Self {
         self.parity = p;
         self
     }
 
     /// The parity shape in force.
-    pub fn parity(&self) -> crate::scrub::ParityConfig {
+    pub fn parity(&self) -> crate::parity::ParityConfig {
         self.parity
     }
 
     /// Records the parity shape of a local repository (`REPO/parity.json`).
-    pub fn write_parity(&self, p: &crate::scrub::ParityConfig) -> Result<()> {
+    pub fn write_parity(&self, p: &crate::parity::ParityConfig) -> Result<()> {
         self.write_setting(p)
     }
 
@@ -1233,7 +1233,7 @@ impl Setting for Policy {
     }
 }
 
-impl Setting for crate::scrub::ParityConfig {
+impl Setting for crate::parity::ParityConfig {
     const FILE: &'static str = "parity.json";
     fn check(&self) -> std::result::Result<(), String> {
         self.validate()
@@ -1454,7 +1454,7 @@ mod tests {
         let t0 = 1_800_000_000;
         let t = Arc::new(std::sync::atomic::AtomicI64::new(t0));
         let s = store_at(&d.path().join("r"), &t)
-            .with_parity(crate::scrub::ParityConfig { k: 4, m: 1 });
+            .with_parity(crate::parity::ParityConfig { k: 4, m: 1 });
         let (old_ref, old_free, young_ref, young_free) = shard_fixture(&s, &t, t0);
         let shards = |ids: &[PackId]| {
             ids.iter()
@@ -1511,7 +1511,7 @@ mod tests {
         let t0 = 1_800_000_000;
         let t = Arc::new(std::sync::atomic::AtomicI64::new(t0));
         let s = store_at(&d.path().join("r"), &t)
-            .with_parity(crate::scrub::ParityConfig { k: 4, m: 1 });
+            .with_parity(crate::parity::ParityConfig { k: 4, m: 1 });
         let (_, old_free, _, _) = shard_fixture(&s, &t, t0);
         crate::scrub::protect(&s, s.parity()).unwrap();
         // A shard after every other one that cannot be listed (a symlink

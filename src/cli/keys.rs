@@ -18,7 +18,7 @@ pub(super) fn cmd_init(cli: &Cli, a: &InitArgs) -> Result<()> {
 type InitChoices = (
     InitOptions,
     coffer::retention::Policy,
-    coffer::scrub::ParityConfig,
+    coffer::parity::ParityConfig,
 );
 
 pub(super) fn init_with(cli: &Cli, (opts, policy, parity): InitChoices) -> Result<()> {
@@ -41,7 +41,7 @@ pub(super) fn init_with(cli: &Cli, (opts, policy, parity): InitChoices) -> Resul
         if policy != coffer::retention::Policy::default() {
             local.write_policy(&policy)?;
         }
-        if parity != coffer::scrub::ParityConfig::default() {
+        if parity != coffer::parity::ParityConfig::default() {
             local.write_parity(&parity)?;
         }
     }
@@ -94,7 +94,7 @@ pub(super) fn init_choices(a: &InitArgs) -> Result<InitChoices> {
         ..Default::default()
     };
     policy.validate().map_err(usage)?;
-    let parity = coffer::scrub::ParityConfig::parse(&a.parity).map_err(usage)?;
+    let parity = coffer::parity::ParityConfig::parse(&a.parity).map_err(usage)?;
     Ok((opts, policy, parity))
 }
 

@@ -445,7 +445,7 @@ impl ServerConfig {
         c.listen_addr()?;
         c.validated_clients()?;
         c.limits()?;
-        crate::scrub::ParityConfig::parse(&c.parity).map_err(Error::Denied)?;
+        crate::parity::ParityConfig::parse(&c.parity).map_err(Error::Denied)?;
         if c.scrub_interval_hours == 0 {
             return Err(Error::Denied(
                 "scrub_interval_hours must be at least 1".into(),
@@ -467,8 +467,8 @@ impl ServerConfig {
     }
 
     /// The parity shape (validated at parse).
-    pub fn parity_config(&self) -> crate::scrub::ParityConfig {
-        crate::scrub::ParityConfig::parse(&self.parity).unwrap_or_default()
+    pub fn parity_config(&self) -> crate::parity::ParityConfig {
+        crate::parity::ParityConfig::parse(&self.parity).unwrap_or_default()
     }
 
     /// The address to bind.

@@ -35,7 +35,7 @@ struct State {
     /// Bytes of packs and of uploads in progress per namespace.
     quotas: Arc<super::quota::Quotas>,
     /// Parity shape of every namespace.
-    parity: crate::scrub::ParityConfig,
+    parity: crate::parity::ParityConfig,
     /// Metrics and alerts.
     watch: Arc<super::watch::Watch>,
     /// Connections and memory per certificate, and memory overall.
@@ -50,7 +50,7 @@ pub fn namespace_store(
     data: &std::path::Path,
     ns: &str,
     policy: Policy,
-    parity: crate::scrub::ParityConfig,
+    parity: crate::parity::ParityConfig,
 ) -> Result<LocalStore> {
     Ok(LocalStore::open_dir(&data.join("namespaces").join(ns))?
         .with_policy(policy)
