@@ -34,6 +34,9 @@ pub struct Cli {
     /// rather than the command line (a job file wins over those).
     #[arg(skip)]
     pub from_env: Vec<String>,
+    /// The snapshot filter of the command (`--host`, `--tag`, `--path`).
+    #[arg(skip)]
+    pub filter: coffer::repo::filter::SnapshotFilter,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,42 +58,60 @@ pub enum Command {
         /// no longer reported.
         #[arg(long)]
         accept_rollback: bool,
+        /// List in groups: any of `host`, `paths`, `tags`, comma-separated.
+        #[arg(long, value_name = "host,paths,tags")]
+        group_by: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// List the entries of a snapshot.
     Ls {
-        /// Snapshot id prefix or `latest`.
+        /// Snapshot id prefix or `latest`, optionally `:SUBPATH` (relative
+        /// to the snapshot's root).
         snap: String,
         /// A path inside the snapshot.
         path: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Restore a snapshot, or some paths of it, into a directory.
     Restore {
-        /// Snapshot id prefix or `latest`.
+        /// Snapshot id prefix or `latest`, optionally `:SUBPATH`: that
+        /// subtree's contents are restored into the target.
         snap: String,
         /// Directory to restore into.
         #[arg(long)]
         target: PathBuf,
         /// Paths inside the snapshot to restore (all when none).
         paths: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Write one file of a snapshot to standard output.
     Dump {
-        /// Snapshot id prefix or `latest`.
+        /// Snapshot id prefix or `latest`, optionally `:SUBPATH` (then PATH
+        /// may be left out).
         snap: String,
         /// The file's path inside the snapshot.
-        path: String,
+        path: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
-    /// Show what changed between two snapshots.
+    /// Show what changed between two snapshots (each may be `SNAP:SUBPATH`).
     Diff {
         /// The older snapshot.
         snap1: String,
         /// The newer snapshot.
         snap2: String,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Show repository figures.
     Stats {
         /// One snapshot's figures instead.
         snap: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Verify the repository.
     Check {
@@ -118,6 +139,8 @@ pub enum Command {
         damaged: bool,
         #[command(flatten)]
         operator: OperatorArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Extend a snapshot's lock or put it on legal hold (never shortens),
     /// or release a legal hold (the lock window stays): a local
@@ -191,6 +214,32 @@ pub struct OperatorArgs {
     pub allow_root: bool,
 }
 
+/// Which snapshots a command considers; `latest` is the newest of them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Only snapshots of this host (repeatable: any of them).
+    #[arg(long = "host", id = "filter_hosts", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only snapshots with every tag of this comma-separated set
+    /// (repeatable: any of the sets).
+    #[arg(long = "tag", id = "filter_tags", value_name = "TAG[,TAG…]")]
+    pub tags: Vec<String>,
+    /// Only snapshots whose sources include this path (repeatable: all).
+    #[arg(long = "path", id = "filter_paths", value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+impl FilterArgs {
+    /// The library's filter.
+    pub fn filter(&self) -> coffer::repo::filter::SnapshotFilter {
+        coffer::repo::filter::SnapshotFilter {
+            hosts: self.hosts.clone(),
+            tags: self.tags.clone(),
+            paths: self.paths.clone(),
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct LockArgs {
     /// Snapshot id prefix or `latest` (with --config: a hex id prefix).
@@ -208,6 +257,8 @@ pub struct LockArgs {
     pub release_hold: bool,
     #[command(flatten)]
     pub operator: OperatorArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -360,4 +411,16 @@ pub enum KeyCommand {
         #[arg(long, default_value_t = 4)]
         kdf_iterations: u32,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks its definitions (unique names, valid relations) only
+    /// when a command is parsed: every subcommand is checked here at once.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -11,7 +11,10 @@ pub(super) fn cmd_forget(cli: &Cli, snaps: &[String]) -> Result<()> {
     for spec in snaps {
         // Not opened: a snapshot that does not open can be forgotten too
         // (when its lock allows).
-        let id = repo.resolve_snapshot(spec)?;
+        let id = match spec.as_str() {
+            "latest" => repo.find_snapshot_in(spec, &cli.filter)?.id,
+            _ => repo.resolve_snapshot(spec)?,
+        };
         forgets.before(id);
         let res = repo.store().forget(&id);
         forgets.after(id, res.is_ok());
@@ -44,7 +47,7 @@ pub(super) fn cmd_lock(cli: &Cli, a: &args::LockArgs) -> Result<()> {
         .into());
     }
     let repo = open(cli)?;
-    let s = repo.find_snapshot(&a.snap)?;
+    let s = repo.find_snapshot_in(&a.snap, &cli.filter)?;
     let mut note = String::new();
     let mut st = if a.release_hold && a.days.is_none() {
         repo.store().stamp(&s.id)?

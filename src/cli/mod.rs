@@ -26,7 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches};
 use serde_json::json;
 
-use args::{Cli, Command, IdentityCommand, InitArgs, KeyCommand};
+use args::{Cli, Command, FilterArgs, IdentityCommand, InitArgs, KeyCommand};
 use coffer::chunk::ChunkerParams;
 use coffer::format::config::Settings;
 use coffer::format::keyfile::KdfParams;
@@ -372,23 +372,44 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The snapshot filter a command was given, if it takes one.
+fn filter_of(c: &Command) -> Option<&FilterArgs> {
+    match c {
+        Command::Snapshots { filter, .. }
+        | Command::Ls { filter, .. }
+        | Command::Restore { filter, .. }
+        | Command::Dump { filter, .. }
+        | Command::Diff { filter, .. }
+        | Command::Stats { filter, .. }
+        | Command::Forget { filter, .. } => Some(filter),
+        Command::Lock(a) => Some(&a.filter),
+        _ => None,
+    }
+}
+
+fn run(mut cli: Cli) -> Result<()> {
+    if let Some(f) = filter_of(&cli.command) {
+        cli.filter = f.filter();
+    }
     match &cli.command {
         Command::Init(a) => cmd_init(&cli, a),
         Command::Backup(a) => backup::cmd_backup(&cli, a),
         Command::Snapshots {
             strict,
             accept_rollback,
-        } => cmd_snapshots(&cli, *strict, *accept_rollback),
-        Command::Ls { snap, path } => cmd_ls(&cli, snap, path.as_deref()),
+            group_by,
+            ..
+        } => cmd_snapshots(&cli, *strict, *accept_rollback, group_by.as_deref()),
+        Command::Ls { snap, path, .. } => cmd_ls(&cli, snap, path.as_deref()),
         Command::Restore {
             snap,
             target,
             paths,
+            ..
         } => cmd_restore(&cli, snap, target, paths),
-        Command::Dump { snap, path } => cmd_dump(&cli, snap, path),
-        Command::Diff { snap1, snap2 } => cmd_diff(&cli, snap1, snap2),
-        Command::Stats { snap } => cmd_stats(&cli, snap.as_deref()),
+        Command::Dump { snap, path, .. } => cmd_dump(&cli, snap, path.as_deref()),
+        Command::Diff { snap1, snap2, .. } => cmd_diff(&cli, snap1, snap2),
+        Command::Stats { snap, .. } => cmd_stats(&cli, snap.as_deref()),
         Command::Check { read_data } => cmd_check(&cli, *read_data),
         Command::Key(k) => cmd_key(&cli, k),
         Command::Identity(i) => cmd_identity(&cli, i),
@@ -396,6 +417,7 @@ fn run(cli: Cli) -> Result<()> {
             snaps,
             damaged,
             operator: op,
+            ..
         } => match (damaged, &op.config, &op.namespace) {
             (true, Some(c), Some(ns)) => {
                 cmd_forget_damaged_on_server(&cli, c, ns, snaps, op.allow_root)

@@ -22,6 +22,24 @@ pub(super) fn snapshot_json(s: &Snapshot) -> serde_json::Value {
     })
 }
 
+/// A snapshot argument, `SNAP[:SUBPATH]`, resolved under the command's
+/// filter (`latest` is the newest snapshot that matches it).
+fn find(cli: &Cli, repo: &Repository, spec: &str) -> Result<(Snapshot, Option<String>)> {
+    let (snap, sub) = coffer::repo::filter::split_spec(spec);
+    let s = repo.find_snapshot_in(snap, &cli.filter)?;
+    Ok((s, sub.map(|p| p.trim_matches('/').to_string())))
+}
+
+/// A subpath and a path below it, as one path from the snapshot's root.
+fn joined(sub: Option<&str>, path: Option<&str>) -> Option<String> {
+    match (sub, path) {
+        (None, None) => None,
+        (Some(a), None) => Some(format!("/{a}")),
+        (None, Some(b)) => Some(b.to_string()),
+        (Some(a), Some(b)) => Some(format!("/{a}/{}", b.trim_start_matches('/'))),
+    }
+}
+
 /// Names each snapshot that does not open, on standard error, with what
 /// can be done about it.
 pub(super) fn report_unopened(unopened: &[(coffer::id::SnapshotId, Error)]) {
@@ -30,7 +48,74 @@ pub(super) fn report_unopened(unopened: &[(coffer::id::SnapshotId, Error)]) {
     }
 }
 
-pub(super) fn cmd_snapshots(cli: &Cli, strict: bool, accept_rollback: bool) -> Result<()> {
+/// What `snapshots --group-by` groups by.
+#[derive(Default)]
+struct GroupBy {
+    host: bool,
+    paths: bool,
+    tags: bool,
+}
+
+impl GroupBy {
+    fn parse(s: &str) -> Result<GroupBy> {
+        let mut g = GroupBy::default();
+        for k in s.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            match k {
+                "host" => g.host = true,
+                "paths" | "path" => g.paths = true,
+                "tags" | "tag" => g.tags = true,
+                _ => {
+                    return Err(Usage(format!(
+                        "--group-by {k:?}: expected host, paths or tags (comma-separated)"
+                    ))
+                    .into())
+                }
+            }
+        }
+        Ok(g)
+    }
+
+    /// A snapshot's group key, as JSON (only the chosen fields).
+    fn key(&self, s: &Snapshot) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        if self.host {
+            m.insert("host".into(), json!(s.record.host));
+        }
+        if self.paths {
+            let mut p = s.record.paths.clone();
+            p.sort();
+            m.insert("paths".into(), json!(p));
+        }
+        if self.tags {
+            let mut t = s.record.tags.clone();
+            t.sort();
+            m.insert("tags".into(), json!(t));
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+/// `snaps` in groups of equal key, each in the order given, groups in the
+/// order of their first snapshot.
+fn grouped<'a>(g: &GroupBy, snaps: &[&'a Snapshot]) -> Vec<(serde_json::Value, Vec<&'a Snapshot>)> {
+    let mut out: Vec<(serde_json::Value, Vec<&Snapshot>)> = Vec::new();
+    for s in snaps {
+        let k = g.key(s);
+        match out.iter_mut().find(|(key, _)| *key == k) {
+            Some((_, v)) => v.push(s),
+            None => out.push((k, vec![s])),
+        }
+    }
+    out
+}
+
+pub(super) fn cmd_snapshots(
+    cli: &Cli,
+    strict: bool,
+    accept_rollback: bool,
+    group_by: Option<&str>,
+) -> Result<()> {
+    let group_by = group_by.map(GroupBy::parse).transpose()?;
     let repo = open(cli)?;
     // Locked before the listing: a forget by this client cannot cross it.
     let seen = (!accept_rollback).then(|| rollback::lock(&repo)).flatten();
@@ -61,19 +146,67 @@ pub(super) fn cmd_snapshots(cli: &Cli, strict: bool, accept_rollback: bool) -> R
         }
         Ok(())
     };
+    // The filter chooses what is shown; the rollback watch above saw all.
+    let shown: Vec<&Snapshot> = snaps
+        .iter()
+        .filter(|s| cli.filter.matches(&s.record))
+        .collect();
+    let groups = match &group_by {
+        Some(g) => grouped(g, &shown),
+        None => vec![(serde_json::Value::Null, shown.clone())],
+    };
     if cli.json {
-        print_json(&serde_json::Value::Array(
-            snaps.iter().map(snapshot_json).collect(),
-        ))?;
+        let v = match group_by {
+            None => serde_json::Value::Array(shown.iter().map(|s| snapshot_json(s)).collect()),
+            Some(_) => serde_json::Value::Array(
+                groups
+                    .iter()
+                    .map(|(k, v)| json!({"group": k, "snapshots": v.iter().map(|s| snapshot_json(s)).collect::<Vec<_>>()}))
+                    .collect(),
+            ),
+        };
+        print_json(&v)?;
         return strict_fail();
     }
     if cli.quiet {
         // Ids alone, one a line, for scripts.
-        for s in snaps {
+        for s in &shown {
             outln!("{}", s.id);
         }
         return strict_fail();
     }
+    for (i, (key, members)) in groups.iter().enumerate() {
+        if group_by.is_some() {
+            if i > 0 {
+                outln!();
+            }
+            let mut head = Vec::new();
+            if let Some(h) = key.get("host") {
+                head.push(format!("host {}", h.as_str().unwrap_or("")));
+            }
+            for (name, k) in [("paths", "paths"), ("tags", "tags")] {
+                if let Some(v) = key.get(k).and_then(|v| v.as_array()) {
+                    let items: Vec<&str> = v.iter().filter_map(|x| x.as_str()).collect();
+                    head.push(format!("{name} {}", items.join(" ")));
+                }
+            }
+            outln!("{}:", head.join(", "));
+        }
+        print_table(members);
+    }
+    let filtered = match snaps.len() - shown.len() {
+        0 => String::new(),
+        n => format!(" ({n} more not matching {})", cli.filter.describe()),
+    };
+    match all.unopened.len() {
+        0 => outln!("{} snapshots{filtered}", shown.len()),
+        n => outln!("{} snapshots{filtered} ({n} more do not open)", shown.len()),
+    }
+    strict_fail()
+}
+
+/// The snapshot table of `snapshots`, for a person.
+fn print_table(snaps: &[&Snapshot]) {
     outln!(
         "{:<8}  {:<20}  {:<16}  {:>10}  paths",
         "id",
@@ -98,11 +231,6 @@ pub(super) fn cmd_snapshots(cli: &Cli, strict: bool, accept_rollback: bool) -> R
             tags
         );
     }
-    match all.unopened.len() {
-        0 => outln!("{} snapshots", snaps.len()),
-        n => outln!("{} snapshots ({n} more do not open)", snaps.len()),
-    }
-    strict_fail()
 }
 
 pub(super) fn kind_name(k: Option<NodeKind>) -> &'static str {
@@ -122,8 +250,9 @@ pub(super) fn cmd_ls(cli: &Cli, snap: &str, path: Option<&str>) -> Result<()> {
     let repo = open(cli)?;
     let mut cache = repo.cache()?;
     repo.sync_cache(&mut cache)?;
-    let s = repo.find_snapshot(snap)?;
-    let start = path.unwrap_or("/");
+    let (s, sub) = find(cli, &repo, snap)?;
+    let start = joined(sub.as_deref(), path).unwrap_or_else(|| "/".into());
+    let start = start.as_str();
     let node = repo.find_node(&cache, &s, start)?;
     let mut rows = Vec::new();
     let base = format!("/{}", start.trim_matches('/'));
@@ -181,7 +310,24 @@ pub(super) fn cmd_ls(cli: &Cli, snap: &str, path: Option<&str>) -> Result<()> {
 
 pub(super) fn cmd_restore(cli: &Cli, snap: &str, target: &Path, paths: &[String]) -> Result<()> {
     let repo = open(cli)?;
-    let s = repo.find_snapshot(snap)?;
+    let (mut s, sub) = find(cli, &repo, snap)?;
+    if let Some(sub) = sub.filter(|p| !p.is_empty()) {
+        // The subtree's contents go into the target, as its root.
+        let mut cache = repo.cache()?;
+        repo.sync_cache(&mut cache)?;
+        let node = repo.find_node(&cache, &s, &sub)?;
+        match (node.kind, node.subtree) {
+            (Some(NodeKind::Dir), Some(tree)) => s.record.tree = tree,
+            _ => {
+                return Err(Usage(format!(
+                    "{sub} in snapshot {} is not a directory: restore it by its path                      (`restore {} --target DIR /{sub}`) or write it out with `dump`",
+                    s.id.short(),
+                    s.id.short()
+                ))
+                .into())
+            }
+        }
+    }
     let opts = RestoreOptions {
         target: target.to_path_buf(),
         include: paths.to_vec(),
@@ -222,12 +368,15 @@ pub(super) fn cmd_restore(cli: &Cli, snap: &str, target: &Path, paths: &[String]
     Ok(())
 }
 
-pub(super) fn cmd_dump(cli: &Cli, snap: &str, path: &str) -> Result<()> {
+pub(super) fn cmd_dump(cli: &Cli, snap: &str, path: Option<&str>) -> Result<()> {
     let repo = open(cli)?;
     let mut cache = repo.cache()?;
     repo.sync_cache(&mut cache)?;
-    let s = repo.find_snapshot(snap)?;
-    let node = repo.find_node(&cache, &s, path)?;
+    let (s, sub) = find(cli, &repo, snap)?;
+    let Some(path) = joined(sub.as_deref().filter(|p| !p.is_empty()), path) else {
+        return Err(Usage("dump needs a file: `dump SNAP PATH` or `dump SNAP:PATH`".into()).into());
+    };
+    let node = repo.find_node(&cache, &s, &path)?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
     match engine::dump(&repo, &cache, &node, &mut out) {
@@ -240,8 +389,22 @@ pub(super) fn cmd_diff(cli: &Cli, a: &str, b: &str) -> Result<()> {
     let repo = open(cli)?;
     let mut cache = repo.cache()?;
     repo.sync_cache(&mut cache)?;
-    let (sa, sb) = (repo.find_snapshot(a)?, repo.find_snapshot(b)?);
-    let changes = diff::diff(&repo, &cache, &sa.record.tree, &sb.record.tree)?;
+    // Each side's tree: the root, or the subtree its `:SUBPATH` names.
+    let tree = |spec: &str| -> Result<coffer::id::BlobId> {
+        let (s, sub) = find(cli, &repo, spec)?;
+        match sub.filter(|p| !p.is_empty()) {
+            None => Ok(s.record.tree),
+            Some(p) => repo.find_node(&cache, &s, &p)?.subtree.ok_or_else(|| {
+                Usage(format!(
+                    "{p} in snapshot {} is not a directory",
+                    s.id.short()
+                ))
+                .into()
+            }),
+        }
+    };
+    let (ta, tb) = (tree(a)?, tree(b)?);
+    let changes = diff::diff(&repo, &cache, &ta, &tb)?;
     if cli.json {
         return print_json(&serde_json::to_value(&changes)?);
     }
@@ -254,7 +417,7 @@ pub(super) fn cmd_diff(cli: &Cli, a: &str, b: &str) -> Result<()> {
 pub(super) fn cmd_stats(cli: &Cli, snap: Option<&str>) -> Result<()> {
     let repo = open(cli)?;
     if let Some(sp) = snap {
-        let s = repo.find_snapshot(sp)?;
+        let (s, _) = find(cli, &repo, sp)?;
         if cli.json {
             return print_json(&snapshot_json(&s));
         }

@@ -7,6 +7,7 @@ pub mod backup;
 mod batch;
 pub mod check;
 pub mod diff;
+pub mod filter;
 mod readahead;
 pub mod restore;
 mod reused;
@@ -526,9 +527,23 @@ impl Repository {
     /// Resolves `latest` (the newest snapshot that opens) or a unique id
     /// prefix, and opens it.
     pub fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
+        self.find_snapshot_in(spec, &filter::SnapshotFilter::default())
+    }
+
+    /// Like [`Repository::find_snapshot`], with `latest` meaning the newest
+    /// snapshot that opens and that `filter` takes. An id prefix names its
+    /// snapshot whatever the filter says, as restic reads them.
+    pub fn find_snapshot_in(
+        &self,
+        spec: &str,
+        filter: &filter::SnapshotFilter,
+    ) -> Result<Snapshot> {
         if spec == "latest" {
-            return self.snapshots()?.good.pop().ok_or_else(|| {
-                Error::NotFound("snapshot (the repository has none that opens)".into())
+            let mut good = self.snapshots()?.good;
+            good.retain(|s| filter.matches(&s.record));
+            return good.pop().ok_or_else(|| match filter.is_empty() {
+                true => Error::NotFound("snapshot (the repository has none that opens)".into()),
+                false => Error::NotFound(format!("snapshot matching {}", filter.describe())),
             });
         }
         self.load_snapshot(&self.resolve_snapshot(spec)?)
@@ -636,10 +651,22 @@ pub fn resolve_prefix(store: &dyn Store, spec: &str) -> Result<SnapshotId> {
     match matches.as_slice() {
         [one] => Ok(*one),
         [] => Err(Error::NotFound(format!("snapshot {spec}"))),
-        _ => Err(Error::Denied(format!(
-            "snapshot prefix {spec} is ambiguous ({} matches)",
-            matches.len()
-        ))),
+        _ => {
+            const SHOWN: usize = 20;
+            let mut names: Vec<String> = matches
+                .iter()
+                .take(SHOWN)
+                .map(|id| id.to_hex()[..16].to_string())
+                .collect();
+            if matches.len() > SHOWN {
+                names.push(format!("and {} more", matches.len() - SHOWN));
+            }
+            Err(Error::Denied(format!(
+                "snapshot prefix {spec} is ambiguous ({} matches: {}); give more digits",
+                matches.len(),
+                names.join(", ")
+            )))
+        }
     }
 }
 

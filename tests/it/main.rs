@@ -6,6 +6,7 @@ mod admission;
 mod backup;
 mod cache_trust;
 mod crash;
+mod filters;
 mod hardening;
 mod job;
 mod keep;
