@@ -88,6 +88,8 @@ pub struct JobConfig {
     pub lock_file: Option<PathBuf>,
     /// Host name recorded in the snapshot.
     pub host: Option<String>,
+    /// The backup job's name for retention (see `backup --job`).
+    pub job: Option<String>,
     /// Tags of the snapshot.
     #[serde(default)]
     pub tags: Vec<String>,

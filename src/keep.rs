@@ -3,8 +3,8 @@
 //! never removes a job's newest snapshots (`keep_last`, at least 1), and
 //! the period rules keep the newest snapshot of each of the last N days,
 //! ISO weeks, months and years that have one, by the store's clock (UTC),
-//! as restic's `forget --keep-*` and Proxmox Backup Server's prune count
-//! them. Rules only keep: a snapshot goes when time would remove it and no
+//! as restic's `forget --keep-*` counts them (Proxmox Backup Server's prune
+//! skips periods an earlier rule covered; this does not). Rules only keep: a snapshot goes when time would remove it and no
 //! rule names it.
 
 use std::collections::HashMap;

@@ -42,6 +42,23 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// No rules at all: what a store that never recorded any is compared
+    /// with (never in force: it does not validate).
+    pub fn unset() -> Policy {
+        Policy {
+            lock_secs: 0,
+            retention_secs: 0,
+            grace_secs: 0,
+            keep: KeepRules {
+                last: 0,
+                daily: 0,
+                weekly: 0,
+                monthly: 0,
+                yearly: 0,
+            },
+        }
+    }
+
     /// Checks the rules: the lock never outlasts retention, nothing negative.
     pub fn validate(&self) -> Result<(), String> {
         if self.lock_secs < 0 || self.retention_secs <= 0 || self.grace_secs < 0 {

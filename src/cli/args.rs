@@ -361,6 +361,13 @@ pub struct BackupArgs {
     /// Host name to record (default: this machine's).
     #[arg(long)]
     pub host: Option<String>,
+    /// The backup job this snapshot belongs to, for retention: the server
+    /// keeps each job's newest snapshots however old. Default: the host and
+    /// the source paths (an image's --name in place of its path). Set it
+    /// when a source's name changes from run to run (a dated dump name, a
+    /// dated device snapshot), or every run is a job of its own and kept.
+    #[arg(long)]
+    pub job: Option<String>,
     /// Read every file, ignoring the files cache.
     #[arg(long)]
     pub no_files_cache: bool,

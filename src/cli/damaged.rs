@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 
 use super::args::Cli;
-use super::{open, print_json, repo_arg, user};
+use super::{open, print_json, repo_arg, who_runs};
 use coffer::id::SnapshotId;
 use coffer::net::config::ServerConfig;
 use coffer::store::LocalStore;
@@ -105,7 +105,7 @@ fn remove(
     id: SnapshotId,
     why: &str,
 ) -> Result<serde_json::Value> {
-    let st = store.remove_damaged(&id, &user(), why)?;
+    let st = store.remove_damaged(&id, &who_runs(), why)?;
     let held = if st.hold { ", on legal hold" } else { "" };
     if !cli.json && !cli.quiet {
         outln!(

@@ -74,10 +74,12 @@ pub(super) fn release_hold(
     id: &coffer::id::SnapshotId,
     st: coffer::retention::Stamp,
 ) -> Result<(coffer::retention::Stamp, String)> {
-    Ok(match coffer::operator::release_hold(store, id, &user())? {
-        Some(after) => (after, "; hold released (logged in operator.log)".into()),
-        None => (st, "; it was not on legal hold: nothing changed".into()),
-    })
+    Ok(
+        match coffer::operator::release_hold(store, id, &who_runs())? {
+            Some(after) => (after, "; hold released (logged in operator.log)".into()),
+            None => (st, "; it was not on legal hold: nothing changed".into()),
+        },
+    )
 }
 
 /// Prints a snapshot's lock as `lock` leaves it; `note` ends the line.

@@ -164,6 +164,33 @@ fn host() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Who runs this command, for an operator log: the account it runs as
+/// (by uid, not `$USER`, which anyone can set), and the person behind it
+/// when the system knows: the login uid the kernel keeps across `su`,
+/// `sudo` and `runuser` (audit), and `SUDO_USER`.
+fn who_runs() -> String {
+    let uid = nix::unistd::getuid();
+    let name = |uid: u32| {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| format!("uid {uid}"))
+    };
+    let mut who = format!("{} (uid {uid})", name(uid.as_raw()));
+    let login = std::fs::read_to_string("/proc/self/loginuid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|l| *l != u32::MAX && *l != uid.as_raw());
+    if let Some(l) = login {
+        who.push_str(&format!(", logged in as {} (uid {l})", name(l)));
+    }
+    if let Ok(s) = std::env::var("SUDO_USER") {
+        who.push_str(&format!(", SUDO_USER {s}"));
+    }
+    who
+}
+
 fn user() -> String {
     std::env::var("USER")
         .ok()

@@ -63,7 +63,7 @@ pub(super) fn cmd_forget_on_server(
             ids.len()
         );
     }
-    let by = user();
+    let by = who_runs();
     let mut done = Vec::new();
     for id in &ids {
         let st = coffer::operator::forget(&store, id, &by)?;
@@ -90,7 +90,7 @@ pub(super) fn cmd_lock_on_server(
     let mut st = if a.release_hold && a.days.is_none() {
         store.stamp(&id)?
     } else {
-        coffer::operator::extend(&store, &id, lock_until(a), a.hold, &user())?
+        coffer::operator::extend(&store, &id, lock_until(a), a.hold, &who_runs())?
     };
     if a.release_hold {
         (st, note) = release_hold(&store, &id, st)?;

@@ -11,7 +11,7 @@ pub(super) fn cmd_serve(config: &Path, allow_root: bool, accept_rollback: &[Stri
     let cfg = coffer::net::config::ServerConfig::load(config)?;
     // Before listening: a namespace put back from an older copy is not
     // served; the others are (one such namespace must not stop them all).
-    let verdict = rollback_verdict(&cfg, accept_rollback, &user())?;
+    let verdict = rollback_verdict(&cfg, accept_rollback, &who_runs())?;
     for a in &verdict.accepted {
         errln!("coffer serve: accepted (logged in its operator.log): {a}");
     }
@@ -95,7 +95,7 @@ pub(super) fn cmd_prune(
             continue;
         }
         if let Some(c) = &r.policy_changed {
-            outln!("{name}: retention rules changed, applied from this sweep: {c}");
+            outln!("{name}: retention rules, applied from this sweep: {c}");
         }
         if r.dry_run {
             print_dry_run(name, r);

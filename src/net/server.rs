@@ -132,7 +132,7 @@ impl State {
                 Ok(r) => match r.refused {
                     None => {
                         if let Some(c2) = &r.policy_changed {
-                            info!(namespace = %c.namespace, "retention rules changed, applied from this sweep: {c2}");
+                            info!(namespace = %c.namespace, "retention rules, applied from this sweep: {c2}");
                         }
                         for f in r
                             .snapshots

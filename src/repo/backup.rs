@@ -105,6 +105,9 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Host name recorded.
     pub host: String,
+    /// The backup job's name for retention; `None`: the host and the
+    /// sources name it (see [`crate::crypto::Keys::snapshot_group`]).
+    pub job: Option<String>,
     /// User name recorded.
     pub user: String,
     /// Start time by the client's clock (ns since the epoch).
@@ -138,6 +141,7 @@ impl Default for BackupOptions {
         BackupOptions {
             tags: vec![],
             host: String::new(),
+            job: None,
             user: String::new(),
             time_ns: 0,
             excludes: vec![],
@@ -253,11 +257,14 @@ pub fn backup(
     };
     let mut planned = plan(&sources)?.into_iter();
     let mut paths = Vec::new();
+    // What names the job for retention: the paths, an image by its name.
+    let mut group_by: Vec<String> = Vec::new();
     let mut trees = Vec::new();
     let mut files = Vec::new();
     for src in sources {
         // unwrap-free: plan gives one entry per source.
         let abs = planned.next().unwrap_or_default();
+        let before = paths.len();
         match src {
             BackupSource::Paths { excludes, .. } => {
                 if !excludes.is_empty() {
@@ -280,9 +287,17 @@ pub fn backup(
                 for a in abs {
                     files.push(w.backup_image(&a, name.as_deref())?);
                     paths.push(a.to_string_lossy().into_owned());
+                    // A hook's device path may change every night; the
+                    // image's name does not.
+                    group_by.push(
+                        name.clone()
+                            .unwrap_or_else(|| a.to_string_lossy().into_owned()),
+                    );
                 }
+                continue;
             }
         }
+        group_by.extend(paths[before..].iter().cloned());
     }
     let mut root = if trees.is_empty() {
         Tree::default()
@@ -355,7 +370,12 @@ pub fn backup(
         tree,
         stats: stats.clone(),
     };
-    let group = repo.keys().snapshot_group(&record.host, &record.paths);
+    let group = match &opts.job {
+        Some(job) => repo
+            .keys()
+            .snapshot_group(&record.host, &[format!("job:{job}")]),
+        None => repo.keys().snapshot_group(&record.host, &group_by),
+    };
     let (id, bytes) = snapshot::encode(repo.keys(), packs, &record, &mut OsRng);
     repo.store().write_snapshot(&bytes, Some(group))?;
     // Committed: what follows only speeds up the next run, and its failure

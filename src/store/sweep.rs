@@ -92,6 +92,11 @@ impl LocalStore {
         // must not be removed by the other before its packs are out of
         // the parity.
         let _one = self.lock_named("prune.lock", true)?;
+        // Exclusive from the clock reading on: no commit is halfway (its
+        // stamp written, its snapshot file not yet) while the rules judge,
+        // so every commit the sweep does not see arrives after `now`; and
+        // none can come to reference a pack being deleted below.
+        let guard = self.lock_file(true)?;
         let now = (self.clock)();
         let mut rep = PruneReport {
             dry_run: dry,
@@ -106,17 +111,14 @@ impl LocalStore {
             rep.policy_changed = self.note_policy(now)?;
         }
         let removed = self.sweep_snapshots(now, dry, &mut rep)?;
-        // Collect under the exclusive lock: no snapshot commits meanwhile, so
-        // none can come to reference a pack being deleted.
-        let guard = self.lock_file(true)?;
         // What the remaining snapshots reference goes to disk, one snapshot
         // at a time, so that memory does not grow with the repository.
         let tmp = self.root.join("tmp");
         let mut referenced = PackSet::create(&tmp)?;
         let mut first_error = None;
         for id in self.list_snapshots()? {
-            if removed.contains(&id) {
-                continue; // a dry run's: still there
+            if dry && removed.contains(&id) {
+                continue; // still there: a real sweep removed it
             }
             let read = match self.read_snapshot(&id) {
                 Err(Error::NotFound(_)) => continue, // forgotten meanwhile
@@ -295,30 +297,41 @@ impl LocalStore {
         Ok(Some(st))
     }
 
-    /// Records the rules this sweep applies; when they differ from the
-    /// previous sweep's, says how, in the operator log too.
+    /// Records the rules this sweep applies; when they differ from those of
+    /// the previous sweep (or none were recorded, or the record does not
+    /// read), says so, in the operator log too, so every rule in force has
+    /// a line saying since when.
     fn note_policy(&self, now: i64) -> Result<Option<String>> {
         let path = self.root.join(APPLIED);
-        let before: Option<Policy> = fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let before: Option<Policy> = match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&path, e)),
+        };
         if before == Some(self.policy) {
             return Ok(None);
         }
         // unwrap: plain data always serializes
         let bytes = serde_json::to_vec_pretty(&self.policy).expect("policy JSON");
-        let changed = before.map(|b| {
-            super::append_operator_log(
-                &self.root,
-                &serde_json::json!({
-                    "time": fmt_time(now), "action": "policy-changed",
-                    "from": b, "to": self.policy,
-                }),
-            )
-            .map(|()| describe_change(&b, &self.policy))
-        });
+        let (action, said) = match &before {
+            Some(b) => ("policy-changed", describe_change(b, &self.policy)),
+            None => (
+                "policy-applied",
+                format!(
+                    "now in force: {}",
+                    describe_change(&Policy::unset(), &self.policy)
+                ),
+            ),
+        };
+        super::append_operator_log(
+            &self.root,
+            &serde_json::json!({
+                "time": fmt_time(now), "action": action,
+                "from": before, "to": self.policy,
+            }),
+        )?;
         replace_file(&self.root.join("tmp"), &path, &bytes)?;
-        changed.transpose()
+        Ok(Some(said))
     }
 
     /// Removes what killed writers left in `tmp/`: partial uploads and
@@ -366,14 +379,15 @@ fn reason(st: &Stamp, v: &keep::Verdict, now: i64) -> String {
     format!("past its expiry, kept by {}", v.kept_by)
 }
 
-/// The rules that changed, in words.
+/// The rules that changed, in words (all of them, from [`Policy::unset`]).
 fn describe_change(a: &Policy, b: &Policy) -> String {
     let days = |s: i64| s / retention::DAY_SECS;
     let mut out = Vec::new();
-    let mut diff = |name: &str, x: i64, y: i64| {
-        if x != y {
-            out.push(format!("{name} {x} -> {y}"));
-        }
+    let unset = *a == Policy::unset();
+    let mut diff = |name: &str, x: i64, y: i64| match (unset, x != y) {
+        (true, _) => out.push(format!("{name} {y}")),
+        (false, true) => out.push(format!("{name} {x} -> {y}")),
+        (false, false) => {}
     };
     diff("lock_days", days(a.lock_secs), days(b.lock_secs));
     diff(

@@ -54,12 +54,24 @@ fn backup_at(t: &TestRepo, offset: &str, args: &[&str]) -> String {
 }
 
 fn backup_stdin_at(t: &TestRepo, offset: &str, name: &str, bytes: &[u8]) -> String {
+    backup_stdin_with(t, offset, &[], name, bytes)
+}
+
+fn backup_stdin_with(
+    t: &TestRepo,
+    offset: &str,
+    extra: &[&str],
+    name: &str,
+    bytes: &[u8],
+) -> String {
     let mut c = faked(offset);
     c.env("COFFER_PASSWORD", PASSWORD)
         .env("COFFER_CACHE_DIR", &t.cache)
         .arg("--repo")
         .arg(&t.repo)
-        .args(["--json", "backup", "--stdin", "--stdin-name", name]);
+        .args(["--json", "backup"])
+        .args(extra)
+        .args(["--stdin", "--stdin-name", name]);
     let mut child = c
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -423,4 +435,42 @@ fn the_servers_namespaces_keep_each_jobs_newest_and_log_rule_changes() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("keep_last"));
     assert_eq!(stamps(&srv.namespace_dir("ns-0")).len(), 2);
+}
+
+#[test]
+fn a_job_named_with_job_keeps_one_newest_whatever_its_dump_is_called() {
+    if !faketime() {
+        eprintln!("faketime not installed; skipped");
+        return;
+    }
+    let t = TestRepo::new();
+    // A nightly dump named by its date: without --job each night is a job
+    // of its own (and kept as its newest); with --job they are one job.
+    let mut named = Vec::new();
+    let mut dated = Vec::new();
+    for d in 0..3 {
+        let off = format!("+{d}d");
+        let name = format!("db-2026-12-0{d}.sql");
+        dated.push(backup_stdin_at(
+            &t,
+            &off,
+            &name,
+            format!("plain {d}\n").as_bytes(),
+        ));
+        let job = format!("job {d}\n");
+        named.push(backup_stdin_with(
+            &t,
+            &off,
+            &["--job", "db"],
+            &name,
+            job.as_bytes(),
+        ));
+    }
+    let r = at(&t, "+400d", &["--json", "prune"]).ok().json();
+    let expected: BTreeSet<String> = named[..2].iter().cloned().collect();
+    assert_eq!(removed(&r), expected, "{r}");
+    let left: BTreeSet<String> = stamps(&t.repo).into_keys().collect();
+    let mut want: BTreeSet<String> = dated.into_iter().collect();
+    want.insert(named[2].clone());
+    assert_eq!(left, want, "each dated name is a job of its own");
 }
