@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | vocabulary | [`id`], [`error`], [`limits`], `aligned` | nothing |
 //! | pure core | [`chunk`], [`crypto`], [`format`] | bytes in, values out; no files, clock or sockets |
-//! | store | [`store`], [`operator`] | one repository directory: write-once objects; the operator's logged overrides |
+//! | store | [`store`], [`operator`], [`clock_guard`] | one repository directory: write-once objects; the operator's logged overrides; whether its clock may delete |
 //! | monitoring | [`monitor`] | figures in, metrics text and alert decisions out |
 //! | engine | [`repo`], [`cache`], [`cache_trust`], [`source`], [`job`] | files being backed up, the SQLite cache, a store |
 //!
@@ -40,6 +40,7 @@ pub mod cache;
 pub mod cache_trust;
 pub mod calendar;
 pub mod chunk;
+pub mod clock_guard;
 pub mod commits;
 pub mod crypto;
 pub mod error;

@@ -122,6 +122,9 @@ pub struct LocalStore {
     policy: Policy,
     parity: crate::parity::ParityConfig,
     clock: Clock,
+    /// Whether the kernel's boot clocks stand beside `clock` (not beside a
+    /// test's clock): see `clock_guard`.
+    kernel_clocks: bool,
     /// Cleared once the file system refuses O_DIRECT: spans are then read
     /// through the cache without trying again for each one.
     direct_io: std::sync::atomic::AtomicBool,
@@ -191,6 +194,7 @@ impl LocalStore {
             policy: read_setting(root)?,
             parity: read_setting(root)?,
             clock: system_clock(),
+            kernel_clocks: true,
             direct_io: std::sync::atomic::AtomicBool::new(true),
         })
     }
@@ -245,6 +249,11 @@ impl LocalStore {
         (self.clock)()
     }
 
+    /// Whether the kernel's boot clocks go with the store's clock.
+    pub(crate) fn kernel_clocks(&self) -> bool {
+        self.kernel_clocks
+    }
+
     /// Drops a cached handle of a pack that was replaced or removed.
     pub(crate) fn forget_handle(&self, id: &PackId) {
         // unwrap: the lock is never held across a panic
@@ -254,6 +263,7 @@ impl LocalStore {
     /// Uses this clock instead of the system's.
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self.kernel_clocks = false;
         self
     }
 
@@ -759,7 +769,7 @@ fn sql_err(path: &Path, e: rusqlite::Error) -> Error {
 }
 
 /// The latest time the store at `root` has seen (0: none).
-fn read_seen(root: &Path) -> i64 {
+pub(crate) fn read_seen(root: &Path) -> i64 {
     fs::read_to_string(root.join("clock"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -1188,6 +1198,11 @@ impl Store for LocalStore {
         let _g = self.stamps_lock()?;
         let st = self.stamp(id)?;
         let now = (self.clock)();
+        if let Some(why) =
+            crate::clock_guard::refusal(self, self.seen(), crate::clock_guard::Check::Forget)?
+        {
+            return Err(Error::Denied(why));
+        }
         retention::may_forget(*id, &st, now, self.seen())
             .map_err(|r| Error::Denied(r.to_string()))?;
         self.note_time(now)?;

@@ -165,6 +165,25 @@ pub enum Command {
         #[arg(long)]
         allow_root: bool,
     },
+    /// Show whether deletion is frozen because the clock jumped, or (with
+    /// --accept-now) acknowledge the clock as correct now, logged: `--repo
+    /// PATH`, or `--config FILE` for every namespace of a server (no key
+    /// needed). Exits 3 while frozen.
+    Clock {
+        /// A server config: every namespace of its data directory.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// With --config: this namespace only.
+        #[arg(long, requires = "config")]
+        namespace: Option<String>,
+        /// The clock is right now: lift the freeze and take now as the
+        /// latest time seen (also when it is earlier).
+        #[arg(long)]
+        accept_now: bool,
+        /// With --config: run even as root.
+        #[arg(long)]
+        allow_root: bool,
+    },
     /// Verify every block of every pack and parity file, repair damage from
     /// parity (no key needed): `--repo PATH`, or `--config FILE` for every
     /// namespace of a server.

@@ -8,6 +8,7 @@
 mod output;
 mod args;
 mod backup;
+mod clock;
 mod damaged;
 mod forget;
 mod keys;
@@ -469,6 +470,18 @@ fn run(mut cli: Cli) -> Result<()> {
             dry_run,
             allow_root,
         } => cmd_prune(&cli, config.as_deref(), *dry_run, *allow_root),
+        Command::Clock {
+            config,
+            namespace,
+            accept_now,
+            allow_root,
+        } => clock::cmd_clock(
+            &cli,
+            config.as_deref(),
+            namespace.as_deref(),
+            *accept_now,
+            *allow_root,
+        ),
         Command::Serve {
             config,
             allow_root,

@@ -22,15 +22,18 @@ pub enum AlertKind {
     Quota,
     /// A snapshot far above the client's usual (ransomware?).
     Anomaly,
+    /// Deletion is frozen: the clock jumped (see `clock_guard`).
+    Clock,
 }
 
 impl AlertKind {
     /// Every kind, in a stable order.
-    pub const ALL: [AlertKind; 4] = [
+    pub const ALL: [AlertKind; 5] = [
         AlertKind::Stale,
         AlertKind::ScrubUnrepairable,
         AlertKind::Quota,
         AlertKind::Anomaly,
+        AlertKind::Clock,
     ];
 
     /// Its name in JSON and in metrics.
@@ -40,6 +43,7 @@ impl AlertKind {
             AlertKind::ScrubUnrepairable => "scrub_unrepairable",
             AlertKind::Quota => "quota",
             AlertKind::Anomaly => "anomaly",
+            AlertKind::Clock => "clock",
         }
     }
 
@@ -178,6 +182,15 @@ pub fn conditions(figures: &[NamespaceFigures], rules: &AlertRules, now: i64) ->
                     "age_seconds": age,
                     "stale_after_seconds": stale_after,
                 }),
+            ));
+        }
+        if let Some(why) = &n.clock_frozen {
+            out.push(Alert::new(
+                AlertKind::Clock,
+                ns,
+                now,
+                format!("namespace {ns}: {why}"),
+                json!({ "frozen": why }),
             ));
         }
         if let Some(q) = n.quota_bytes {

@@ -168,6 +168,12 @@ const NAMESPACE_METRICS: &[NsMetric] = &[
         |n| n.quota_bytes.map(|q| q as f64),
     ),
     (
+        "coffer_namespace_clock_frozen",
+        Kind::Gauge,
+        "1 while the namespace's deletion is frozen because the clock jumped (until `coffer clock --accept-now`), else 0.",
+        |n| Some(f64::from(u8::from(n.clock_frozen.is_some()))),
+    ),
+    (
         "coffer_namespace_failed_commits_total",
         Kind::Counter,
         "Snapshot commits refused or failed since the server started.",

@@ -37,6 +37,9 @@ pub struct NamespaceFigures {
     pub collect_errors: u64,
     /// Its scrub state.
     pub scrub: ScrubFigures,
+    /// Why its deletion is frozen after a jump of the clock, if it is
+    /// (see `clock_guard`).
+    pub clock_frozen: Option<String>,
     /// Since when the server has watched it (its first start with the
     /// namespace configured): a namespace without snapshots is stale from then.
     pub watched_since: i64,

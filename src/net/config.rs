@@ -82,6 +82,9 @@ pub struct ServerConfig {
     /// How often the retention sweep and collection run (60 minutes).
     #[serde(default = "sixty")]
     pub prune_interval_minutes: u32,
+    /// The same as a humantime duration ("90s", "2h"); replaces
+    /// `prune_interval_minutes` when given (tests sweep every few seconds).
+    pub prune_interval: Option<String>,
     /// Parity shape of every namespace, `K+M` (default `10+2`).
     #[serde(default = "parity_default")]
     pub parity: String,
@@ -186,8 +189,8 @@ pub struct Alerting {
     pub webhook: Option<super::http::HttpUrl>,
     /// Delivery timeout.
     pub timeout: Duration,
-    /// Without `[alerts]`: only the `stale` condition is judged, and only
-    /// logged (the others need the section).
+    /// Without `[alerts]`: only the `stale` and `clock` conditions are
+    /// judged, and only logged (the others need the section).
     pub stale_only: bool,
 }
 
@@ -456,6 +459,7 @@ impl ServerConfig {
                 "prune_interval_minutes must be at least 1".into(),
             ));
         }
+        c.prune_every()?;
         if let Some(m) = &c.metrics {
             m.listen_addr()?;
             m.refresh()?;
@@ -464,6 +468,14 @@ impl ServerConfig {
             a.validated()?;
         }
         Ok(c)
+    }
+
+    /// How often the retention sweep runs.
+    pub fn prune_every(&self) -> Result<Duration> {
+        match &self.prune_interval {
+            Some(v) => duration("top level", "prune_interval", v),
+            None => Ok(Duration::from_secs(self.prune_interval_minutes as u64 * 60)),
+        }
     }
 
     /// The parity shape (validated at parse).
@@ -618,6 +630,17 @@ mod tests {
         assert_eq!((l.handshake.as_secs(), l.handshakes_per_address), (3, 4));
         let e = cfg("handshakes_per_address = 0").unwrap_err();
         assert!(e.to_string().contains("handshakes_per_address"), "{e}");
+    }
+
+    #[test]
+    fn the_sweep_interval_may_be_a_duration() {
+        let cfg =
+            |top: &str| ServerConfig::parse(&format!("data = \"/d\"\nidentity = \"/i\"\n{top}\n"));
+        assert_eq!(cfg("").unwrap().prune_every().unwrap().as_secs(), 3600);
+        let c = cfg("prune_interval_minutes = 5\nprune_interval = \"2s\"").unwrap();
+        assert_eq!(c.prune_every().unwrap().as_secs(), 2);
+        let e = cfg("prune_interval = \"0s\"").unwrap_err();
+        assert!(e.to_string().contains("prune_interval"), "{e}");
     }
 
     #[test]

@@ -150,6 +150,14 @@ impl State {
                             "prune done"
                         )
                     }
+                    // A jump of the clock is the operator's to judge: loud.
+                    Some(why)
+                        if crate::clock_guard::is_frozen(
+                            &self.data.join("namespaces").join(&c.namespace),
+                        ) =>
+                    {
+                        error!(namespace = %c.namespace, "prune deleted nothing, the clock cannot be trusted: {why}")
+                    }
                     Some(why) if r.unreadable.is_empty() => {
                         warn!(namespace = %c.namespace, "prune deleted nothing: {why}")
                     }
@@ -233,7 +241,7 @@ pub async fn serve(
         }
     });
     // The retention sweep and collection, on the server's own schedule.
-    let every = std::time::Duration::from_secs(cfg.prune_interval_minutes as u64 * 60);
+    let every = cfg.prune_every()?;
     let sweeper = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);

@@ -376,6 +376,7 @@ impl Watch {
                 figures
             }
         };
+        f.clock_frozen = crate::clock_guard::frozen_refusal(s.root())?;
         let last = stamps.last().map(|(_, st)| *st);
         f.snapshots = stamps.len() as u64;
         f.last_snapshot = last.map(|st| st.received);
@@ -566,7 +567,7 @@ impl Watch {
         let t = now();
         let active = alert::conditions(&figures, &a.rules, t)
             .into_iter()
-            .filter(|x| !a.stale_only || x.kind == AlertKind::Stale)
+            .filter(|x| !a.stale_only || matches!(x.kind, AlertKind::Stale | AlertKind::Clock))
             .collect();
         let mut st = self.state.lock().unwrap();
         if st

@@ -75,8 +75,8 @@ const APPLIED: &str = "policy.applied";
 impl LocalStore {
     /// Removes expired snapshots that no keep rule names, then every pack
     /// that no remaining snapshot references and that is older than the
-    /// grace period. Needs no key. Deletes nothing when the clock is
-    /// behind a time already seen.
+    /// grace period. Needs no key. Deletes nothing after a jump of the
+    /// clock (see `clock_guard`).
     pub fn prune(&self) -> Result<PruneReport> {
         self.sweep(false)
     }
@@ -102,8 +102,12 @@ impl LocalStore {
             dry_run: dry,
             ..PruneReport::default()
         };
-        if let Err(r) = retention::clock_ok(now, self.seen()) {
-            rep.refused = Some(r.to_string());
+        let check = match dry {
+            true => crate::clock_guard::Check::DryRun,
+            false => crate::clock_guard::Check::Sweep,
+        };
+        if let Some(why) = crate::clock_guard::refusal(self, self.seen(), check)? {
+            rep.refused = Some(why);
             return Ok(rep);
         }
         if !dry {

@@ -5,6 +5,7 @@
 mod admission;
 mod backup;
 mod cache_trust;
+mod clock;
 mod crash;
 mod filters;
 mod hardening;

@@ -81,7 +81,12 @@ pub(crate) fn metric(text: &str, name: &str, ns: &str) -> Option<f64> {
 }
 
 /// Scrapes until `name` for `ns` satisfies `ok`; returns that scrape.
-fn wait_metric(srv: &TestServer, name: &str, ns: &str, ok: impl Fn(f64) -> bool) -> String {
+pub(crate) fn wait_metric(
+    srv: &TestServer,
+    name: &str,
+    ns: &str,
+    ok: impl Fn(f64) -> bool,
+) -> String {
     poll(&format!("{name}{{{ns}}}"), || {
         let t = scrape(srv);
         metric(&t, name, ns).filter(|v| ok(*v)).map(|_| t)

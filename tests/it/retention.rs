@@ -9,7 +9,7 @@ use crate::util::*;
 
 /// libfaketime, preloaded straight into the binary (the `faketime` wrapper
 /// forks, so killing it would leave the real process running).
-fn libfaketime() -> Option<&'static str> {
+pub(crate) fn libfaketime() -> Option<&'static str> {
     [
         "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
         "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
@@ -24,7 +24,11 @@ pub(crate) fn faketime() -> bool {
     libfaketime().is_some()
 }
 
-/// The binary with its clock shifted by `offset` (e.g. "+31d").
+/// The binary with its clock shifted by `offset` (e.g. "+31d"), as if that
+/// much time had passed: the monotonic and boot clocks are shifted too
+/// (libfaketime then reports them from the shifted wall clock), so the
+/// store's clock guard sees time that passed, not a jump. Tests of a jump
+/// shift the wall clock alone (`clock::jumped`).
 pub fn faked(offset: &str) -> Command {
     let mut c = Command::new(bin());
     for (k, _) in std::env::vars() {
@@ -34,8 +38,7 @@ pub fn faked(offset: &str) -> Command {
     }
     // unwrap: callers check faketime() first
     c.env("LD_PRELOAD", libfaketime().unwrap())
-        .env("FAKETIME", offset)
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        .env("FAKETIME", offset);
     c
 }
 
