@@ -573,18 +573,30 @@ impl ObjectBackend for S3Backend {
                 },
                 _ => classify("get", &full, e),
             })?;
-            out.body
-                .collect()
-                .await
-                .map(|b| b.into_bytes())
-                .map_err(|e| ObjectError::Unavailable {
+            // into one buffer of the size asked for, and never past it:
+            // a store that sends more cannot make us hold more
+            let want = (range.end - range.start) as usize;
+            let mut buf = Vec::with_capacity(want);
+            let mut body = out.body;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| ObjectError::Unavailable {
                     op: "get",
                     key: full.clone(),
                     reason: e.to_string(),
-                })
+                })?;
+                if buf.len() + chunk.len() > want {
+                    return Err(ObjectError::Damaged {
+                        op: "get",
+                        key: full.clone(),
+                        reason: format!("the store sent more than the {want} bytes asked for"),
+                    });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(buf)
         })?;
         check_range_len(key, &range, bytes.len())?;
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
     fn head(&self, key: &ObjectKey, version: Option<&VersionId>) -> Result<Option<ObjectHead>> {
