@@ -323,7 +323,15 @@ impl ObjectBackend for DirBackend {
         };
         let rd = match fs::read_dir(&start) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // nothing under a prefix that names no directory (or a file)
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(())
+            }
             Err(e) => return Err(Error::io(start, e)),
         };
         // One open directory per level of the key: memory is bounded by the
@@ -535,6 +543,7 @@ mod tests {
             "records and temporary files are not listed"
         );
         assert!(keys("nothing/").is_empty());
+        assert!(keys("packsx/").is_empty(), "a file is no directory to list");
         let mut n = 0;
         b.list("", &mut |_| {
             n += 1;

@@ -103,6 +103,17 @@ fn put_once_twice_keeps_the_first_bytes_and_reads_ranges() {
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert_eq!(b.head(&key("packs/none"), None).unwrap(), None);
 
+    // the Ceph RGW setting: a HEAD first answers for an existing key
+    let mut cfg = weed.config("once", LockMode::Compliance);
+    cfg.head_before_put = true;
+    let ceph = S3Backend::connect(cfg).unwrap();
+    assert_eq!(
+        ceph.put_once(&k, b"third", None).unwrap(),
+        PutOutcome::Exists
+    );
+    created(ceph.put_once(&key("packs/new"), b"n", None).unwrap());
+    assert_eq!(b.get_range(&k, None, 0..3).unwrap(), &first[..3]);
+
     // the put carried a SHA-256 the store kept, and the store checks one:
     // bytes that do not match their checksum are refused
     let sum = b.raw(|c| async move {
