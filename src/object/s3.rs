@@ -115,7 +115,8 @@ const WRITE_PROBE: &str = ".coffer-write-probe";
 
 /// An S3 bucket as an [`ObjectBackend`].
 pub struct S3Backend {
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (taken by `Drop`).
+    rt: Option<tokio::runtime::Runtime>,
     client: Client,
     cfg: S3Config,
     page: i32,
@@ -349,7 +350,7 @@ impl S3Backend {
             )
             .build();
         Ok(S3Backend {
-            rt,
+            rt: Some(rt),
             client: Client::from_conf(conf),
             cfg,
             page: LIST_PAGE,
@@ -377,7 +378,13 @@ impl S3Backend {
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = T>,
     {
-        self.rt.block_on(f(self.client.clone()))
+        self.block_on(f(self.client.clone()))
+    }
+
+    /// Runs one request to its end on the backend's runtime.
+    fn block_on<F: Future>(&self, f: F) -> F::Output {
+        // unwrap: only Drop takes the runtime
+        self.rt.as_ref().expect("runtime until dropped").block_on(f)
     }
 
     fn full(&self, key: &str) -> String {
@@ -399,7 +406,7 @@ impl S3Backend {
     pub fn check(&self) -> Result<()> {
         let c = &self.client;
         let bucket = &self.cfg.bucket;
-        match self.rt.block_on(c.head_bucket().bucket(bucket).send()) {
+        match self.block_on(c.head_bucket().bucket(bucket).send()) {
             Ok(_) => {}
             Err(e) => match status(&e) {
                 Some(404) => return Err(self.setup("the bucket does not exist")),
@@ -430,7 +437,7 @@ impl S3Backend {
                 b"coffer checks it can write here\n",
             ))
             .send();
-        match self.rt.block_on(put) {
+        match self.block_on(put) {
             Ok(_) => {}
             Err(e) if status(&e) == Some(412) => {}
             Err(e) => {
@@ -441,7 +448,6 @@ impl S3Backend {
             }
         }
         let versioning = self
-            .rt
             .block_on(c.get_bucket_versioning().bucket(bucket).send())
             .map_err(|e| classify("bucket versioning", bucket, e))?;
         match versioning.status() {
@@ -451,9 +457,7 @@ impl S3Backend {
             }
             _ => return Err(self.setup("versioning is not enabled; enable it")),
         }
-        let lock = self
-            .rt
-            .block_on(c.get_object_lock_configuration().bucket(bucket).send());
+        let lock = self.block_on(c.get_object_lock_configuration().bucket(bucket).send());
         let enabled = match lock {
             Ok(out) => {
                 out.object_lock_configuration()
@@ -483,6 +487,16 @@ impl S3Backend {
             ));
         }
         Ok(())
+    }
+}
+
+impl Drop for S3Backend {
+    fn drop(&mut self) {
+        // a runtime dropped the usual way blocks on its workers, which
+        // panics inside an async context (a server shutting down)
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -519,7 +533,7 @@ impl ObjectBackend for S3Backend {
                     .object_lock_mode(lock_mode(r.mode).0)
                     .object_lock_retain_until_date(to_datetime(r.until));
             }
-            match self.rt.block_on(req.send()) {
+            match self.block_on(req.send()) {
                 Ok(out) => {
                     let v = out.version_id().unwrap_or("null");
                     return Ok(PutOutcome::Created(VersionId(v.to_string())));
@@ -563,7 +577,7 @@ impl ObjectBackend for S3Backend {
             .key(&full)
             .set_version_id(version.map(|v| v.0.clone()))
             .range(format!("bytes={}-{}", range.start, range.end - 1));
-        let bytes = self.rt.block_on(async {
+        let bytes = self.block_on(async {
             let out = req.send().await.map_err(|e| match status(&e) {
                 // asked past the end: the caller knew a longer object
                 Some(416) => ObjectError::Damaged {
@@ -607,7 +621,7 @@ impl ObjectBackend for S3Backend {
             .bucket(&self.cfg.bucket)
             .key(&full)
             .set_version_id(version.map(|v| v.0.clone()));
-        let out = match self.rt.block_on(req.send()) {
+        let out = match self.block_on(req.send()) {
             Ok(out) => out,
             // absent, or its latest version is a delete marker
             Err(e) if status(&e) == Some(404) => return Ok(None),
@@ -651,7 +665,6 @@ impl ObjectBackend for S3Backend {
                 .max_keys(self.page)
                 .set_continuation_token(token.take());
             let page = self
-                .rt
                 .block_on(req.send())
                 .map_err(|e| classify("list", &full, e))?;
             for obj in page.contents() {
@@ -709,7 +722,7 @@ impl ObjectBackend for S3Backend {
                     .retain_until_date(to_datetime(target.until))
                     .build(),
             );
-        match self.rt.block_on(req.send()) {
+        match self.block_on(req.send()) {
             Ok(_) => Ok(target),
             Err(e) => {
                 let err = classify("extend retention", &full, e);
@@ -742,8 +755,7 @@ impl ObjectBackend for S3Backend {
             .key(&full)
             .set_version_id(version.map(|v| v.0.clone()))
             .legal_hold(ObjectLockLegalHold::builder().status(status).build());
-        self.rt
-            .block_on(req.send())
+        self.block_on(req.send())
             .map_err(|e| classify("legal hold", &full, e))?;
         Ok(())
     }
@@ -756,7 +768,6 @@ impl ObjectBackend for S3Backend {
             .bucket(&self.cfg.bucket)
             .key(&full);
         let out = self
-            .rt
             .block_on(req.send())
             .map_err(|e| classify("delete", &full, e))?;
         Ok(out.version_id().map(|v| VersionId(v.to_string())))
@@ -777,7 +788,6 @@ impl ObjectBackend for S3Backend {
                 .set_key_marker(key_marker.take())
                 .set_version_id_marker(version_marker.take());
             let page = self
-                .rt
                 .block_on(req.send())
                 .map_err(|e| classify("list versions", &full, e))?;
             // the prefix also matches longer keys; only this key counts
@@ -845,7 +855,7 @@ impl ObjectBackend for S3Backend {
             .bucket(&self.cfg.bucket)
             .key(&full)
             .version_id(version.0.clone());
-        match self.rt.block_on(req.send()) {
+        match self.block_on(req.send()) {
             Ok(_) => Ok(()),
             Err(e) if status(&e) == Some(404) => Ok(()),
             Err(e) => Err(classify("delete version", &full, e).into()),
@@ -862,7 +872,7 @@ impl ObjectBackend for S3Backend {
             .interceptor(capture.clone())
             .send();
         // an error answer carries a Date too; only no answer at all fails
-        let sent = self.rt.block_on(req);
+        let sent = self.block_on(req);
         let date = capture.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         let unavailable = |reason: String| ObjectError::Unavailable {
             op: "clock",
@@ -906,8 +916,8 @@ mod tests {
         assert!(parse_credentials("[default]\ngarbage\n", "default").is_err());
     }
 
-    #[test]
-    fn a_credentials_file_others_can_read_is_refused() {
+    /// A temporary credentials file of mode 0600.
+    fn creds_file() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("creds");
         std::fs::write(
@@ -915,6 +925,13 @@ mod tests {
             "[default]\naws_access_key_id=a\naws_secret_access_key=b\n",
         )
         .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn a_credentials_file_others_can_read_is_refused() {
+        let (_dir, p) = creds_file();
         for (mode, ok) in [
             (0o600, true),
             (0o400, true),
@@ -929,6 +946,27 @@ mod tests {
                 assert!(e.to_string().contains("readable by group or others"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn dropping_it_inside_an_async_task_does_not_panic() {
+        let (_dir, creds) = creds_file();
+        let b = S3Backend::connect(S3Config {
+            endpoint: "http://127.0.0.1:9".into(),
+            bucket: "b".into(),
+            prefix: String::new(),
+            region: "us-east-1".into(),
+            credentials_file: creds,
+            profile: "default".into(),
+            path_style: true,
+            lock_mode: LockMode::Compliance,
+            head_before_put: false,
+        })
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async move { drop(b) });
     }
 
     #[test]
