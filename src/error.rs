@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::crypto::CryptoError;
 use crate::format::FormatError;
+use crate::object::ObjectError;
 
 /// What kind of failure an [`Error`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,9 @@ pub enum Error {
     /// Sealing or opening failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// An object backend (directory or bucket) failed.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
     /// I/O on a path failed.
     #[error("{path}: {err}")]
     Io {
@@ -88,6 +92,7 @@ impl Error {
                 _ => ErrorKind::Io,
             },
             Error::Cache(_) => ErrorKind::Io,
+            Error::Object(e) => e.kind(),
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::Denied(_) => ErrorKind::Denied,

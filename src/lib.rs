@@ -14,6 +14,7 @@
 //! | vocabulary | [`id`], [`error`], [`limits`], `aligned` | nothing |
 //! | pure core | [`chunk`], [`crypto`], [`format`] | bytes in, values out; no files, clock or sockets |
 //! | store | [`store`], [`operator`], [`clock_guard`] | one repository directory: write-once objects; the operator's logged overrides; whether its clock may delete |
+//! | object backends | [`object`] | a directory or an S3 bucket: put-once, ranges, retention (not wired in yet) |
 //! | monitoring | [`monitor`] | figures in, metrics text and alert decisions out |
 //! | engine | [`repo`], [`cache`], [`cache_trust`], [`source`], [`job`] | files being backed up, the SQLite cache, a store |
 //!
@@ -54,6 +55,7 @@ pub mod limits;
 pub mod monitor;
 #[cfg(feature = "net")]
 pub mod net;
+pub mod object;
 pub mod operator;
 pub mod parity;
 pub(crate) mod partial;
