@@ -15,14 +15,26 @@ use crate::error::{Error, IoContext, Result};
 
 /// The suffix of a partial file that its writer holds locked.
 const PART: &str = "part";
+/// The suffix it has between its creation and its rename to `.part`, also
+/// locked by its writer.
+const NEW: &str = "new";
+
+/// Whether a file name's extension is a partial file's (either suffix):
+/// such a file is never judged by its age. A `.part` goes when no one holds
+/// its lock; a `.new` is never touched, since its writer has created it but
+/// may not hold its lock yet (one a writer died with in that instant stays,
+/// empty).
+pub(crate) fn is_partial(ext: &std::ffi::OsStr) -> bool {
+    ext == PART || ext == NEW
+}
 
 /// A new partial file in `tmp_dir`, open for writing and locked. The lock
 /// is held by a duplicate of the file's descriptor: it lasts until the
 /// returned [`Held`] is dropped or the process dies.
 pub(crate) fn create(tmp_dir: &Path) -> Result<(PathBuf, File, Held)> {
-    // Created under a name the sweep never touches, locked, then renamed:
-    // a sweep cannot find it between its creation and its lock.
-    let new = crate::store::tmp_name(tmp_dir).with_extension("new");
+    // Created under a name no sweep touches (see `is_partial`), locked,
+    // then renamed: a sweep cannot find it between its creation and its lock.
+    let new = crate::store::tmp_name(tmp_dir).with_extension(NEW);
     let f = OpenOptions::new()
         .write(true)
         .read(true)

@@ -148,6 +148,9 @@ pub enum Command {
     /// `--config FILE --namespace NS`; logged in operator.log. A client of
     /// a server cannot release a hold.
     Lock(LockArgs),
+    /// Show or change a local repository's retention rules (no key needed;
+    /// logged in its operator.log). A server's are in its config.
+    Policy(PolicyArgs),
     /// Remove expired snapshots that no keep rule names and the packs no
     /// snapshot needs (no key needed): `--repo PATH` for a local
     /// repository, `--config FILE` for every namespace of a server, as its
@@ -231,6 +234,32 @@ pub struct OperatorArgs {
     /// With --config: run even as root.
     #[arg(long)]
     pub allow_root: bool,
+}
+
+/// `coffer policy`: each option given replaces that rule; none: show them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PolicyArgs {
+    /// Lock window for new snapshots, in days.
+    #[arg(long)]
+    pub lock_days: Option<u32>,
+    /// Retention of new snapshots, in days.
+    #[arg(long)]
+    pub retention_days: Option<u32>,
+    /// Newest snapshots of each backup job that time alone never removes (at least 1).
+    #[arg(long)]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have one.
+    #[arg(long)]
+    pub keep_daily: Option<u32>,
+    /// ... of each of the last N ISO weeks.
+    #[arg(long)]
+    pub keep_weekly: Option<u32>,
+    /// ... of each of the last N months.
+    #[arg(long)]
+    pub keep_monthly: Option<u32>,
+    /// ... of each of the last N years.
+    #[arg(long)]
+    pub keep_yearly: Option<u32>,
 }
 
 /// Which snapshots a command considers; `latest` is the newest of them.

@@ -42,7 +42,7 @@ use damaged::{cmd_forget_damaged, cmd_forget_damaged_on_server};
 use forget::{cmd_forget, cmd_lock};
 use keys::{cmd_identity, cmd_init, cmd_key};
 use restore::{cmd_check, cmd_diff, cmd_dump, cmd_ls, cmd_restore, cmd_snapshots, cmd_stats};
-use server::{cmd_prune, cmd_scrub, cmd_serve};
+use server::{cmd_policy, cmd_prune, cmd_scrub, cmd_serve};
 
 /// An error whose type says the exit code (see `exit_code`): a newtype
 /// around its message.
@@ -465,6 +465,7 @@ fn run(mut cli: Cli) -> Result<()> {
             rate_mb,
             allow_root,
         } => cmd_scrub(&cli, config.as_deref(), *rate_mb, *allow_root),
+        Command::Policy(a) => cmd_policy(&cli, a),
         Command::Prune {
             config,
             dry_run,

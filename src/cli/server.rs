@@ -144,6 +144,53 @@ pub(super) fn cmd_prune(
     Ok(())
 }
 
+pub(super) fn cmd_policy(cli: &Cli, a: &args::PolicyArgs) -> Result<()> {
+    use coffer::retention::DAY_SECS;
+    let r = repo_arg(cli)?;
+    if r.starts_with("quic://") {
+        bail!("a server's retention rules are in its config (retention_days, keep_daily, …), set by its operator");
+    }
+    let store = LocalStore::open(Path::new(r))?;
+    let mut p = store.policy();
+    let days = |d: u32| d as i64 * DAY_SECS;
+    let given = [
+        a.lock_days.map(|d| p.lock_secs = days(d)),
+        a.retention_days.map(|d| p.retention_secs = days(d)),
+        a.keep_last.map(|n| p.keep.last = n),
+        a.keep_daily.map(|n| p.keep.daily = n),
+        a.keep_weekly.map(|n| p.keep.weekly = n),
+        a.keep_monthly.map(|n| p.keep.monthly = n),
+        a.keep_yearly.map(|n| p.keep.yearly = n),
+    ];
+    if given.iter().any(Option::is_some) {
+        p.validate().map_err(Usage)?;
+        if p != store.policy() {
+            store.replace_policy(&p, &who_runs())?;
+        }
+    }
+    let k = &p.keep;
+    if cli.json {
+        return print_json(&json!({
+            "lock_days": p.lock_secs / DAY_SECS, "retention_days": p.retention_secs / DAY_SECS,
+            "gc_grace_hours": p.grace_secs / 3600, "keep_last": k.last, "keep_daily": k.daily,
+            "keep_weekly": k.weekly, "keep_monthly": k.monthly, "keep_yearly": k.yearly,
+        }));
+    }
+    if !cli.quiet {
+        outln!(
+            "lock_days {}, retention_days {}, keep_last {}, keep_daily {}, keep_weekly {}, keep_monthly {}, keep_yearly {}",
+            p.lock_secs / DAY_SECS,
+            p.retention_secs / DAY_SECS,
+            k.last,
+            k.daily,
+            k.weekly,
+            k.monthly,
+            k.yearly
+        );
+    }
+    Ok(())
+}
+
 /// A dry run, for a person: every snapshot's fate, then what would be freed.
 fn print_dry_run(name: &str, r: &coffer::store::PruneReport) {
     outln!("{name}: dry run, nothing deleted");

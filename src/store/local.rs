@@ -189,6 +189,30 @@ impl LocalStore {
         self.write_setting(p)
     }
 
+    /// Changes the retention rules of a local repository, by its owner's
+    /// word: checked, appended to `operator.log` (who, the rules before and
+    /// after) and then written in place of `REPO/policy.json`. Stamps
+    /// already given keep their lock and expiry; the next sweep applies the
+    /// new keep rules and new commits get the new lock and retention.
+    pub fn replace_policy(&self, p: &Policy, by: &str) -> Result<()> {
+        p.validate().map_err(Error::Denied)?;
+        let before = self.policy;
+        append_operator_log(
+            &self.root,
+            &serde_json::json!({
+                "time": retention::fmt_time((self.clock)()), "action": "policy-set",
+                "by": by, "from": before, "to": p,
+            }),
+        )?;
+        // unwrap: plain data always serializes
+        let bytes = serde_json::to_vec_pretty(p).expect("policy JSON");
+        replace_file(
+            &self.root.join("tmp"),
+            &self.root.join("policy.json"),
+            &bytes,
+        )
+    }
+
     pub(super) fn stamp_path(&self, id: &SnapshotId) -> PathBuf {
         self.root
             .join("snapshots")

@@ -351,7 +351,7 @@ impl LocalStore {
             // locked, and a scrub's repair sets its file's time back to the
             // pack's, so age says nothing about them. Those no one holds
             // are removed below whatever their age.
-            let partial = e.path().extension().is_some_and(|x| x == "part");
+            let partial = e.path().extension().is_some_and(crate::partial::is_partial);
             let Ok(m) = e.metadata() else { continue };
             let old =
                 mtime_secs(&m).is_some_and(|t| now.saturating_sub(t) >= self.policy.grace_secs);

@@ -351,3 +351,33 @@ fn prune_sweeps_what_killed_writers_left_in_tmp() {
     assert!(u.commit(id).unwrap(), "the running upload still commits");
     assert_eq!(s.pack_size(&id).unwrap(), Some(11));
 }
+
+/// A partial file between its creation and its rename (`.new`, locked) is
+/// its writer's, whatever its age says: a sweep whose clock is far ahead of
+/// the file's time (a test's faked clock, a store clock ahead of the file
+/// system's) removed it, and the writer's rename failed with "No such
+/// file". No sweep touches one: its writer may not hold its lock yet.
+#[test]
+fn a_sweep_leaves_a_partial_file_its_writer_is_still_naming() {
+    let d = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let t = Arc::new(std::sync::atomic::AtomicI64::new(
+        now + 31 * retention::DAY_SECS,
+    ));
+    let s = store_at(&d.path().join("r"), &t);
+    let new = d.path().join("r/tmp/0123456789abcdef01234567.new");
+    let f = File::create(&new).unwrap();
+    let held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let r = s.prune().unwrap();
+    assert!(r.refused.is_none(), "{r:?}");
+    assert!(new.exists(), "a locked .new file was swept");
+    drop(held);
+    s.prune().unwrap();
+    assert!(
+        new.exists(),
+        "a .new file whose writer has not locked it yet was swept"
+    );
+}

@@ -474,3 +474,43 @@ fn a_job_named_with_job_keeps_one_newest_whatever_its_dump_is_called() {
     want.insert(named[2].clone());
     assert_eq!(left, want, "each dated name is a job of its own");
 }
+
+#[test]
+fn a_local_repositorys_rules_change_later_logged_and_checked() {
+    if !faketime() {
+        eprintln!("faketime not installed; skipped");
+        return;
+    }
+    let t = TestRepo::new();
+    let tree = t.path("opt");
+    for (i, off) in ["+0d", "+1d", "+2d", "+3d"].iter().enumerate() {
+        write_data(&tree, 60 + i as u64);
+        backup_at(&t, off, &[tree.to_str().unwrap()]);
+    }
+    let shown = t.run(&["--json", "policy"]).ok().json();
+    assert_eq!(shown["keep_last"], 1);
+    assert_eq!(shown["keep_daily"], 0);
+    // refused: nothing changes
+    let r = t.run(&["policy", "--keep-last", "0"]).fails();
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    let r = t.run(&["policy", "--lock-days", "40"]).fails();
+    assert!(r.stderr().contains("lock window"), "{}", r.stderr());
+    assert!(!t.repo.join("operator.log").exists());
+    // set, logged with who and both rule sets
+    let shown = t
+        .run(&["--json", "policy", "--keep-daily", "2"])
+        .ok()
+        .json();
+    assert_eq!(shown["keep_daily"], 2);
+    assert_eq!(t.run(&["--json", "policy"]).ok().json()["keep_daily"], 2);
+    let log = fs::read_to_string(t.repo.join("operator.log")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(line["action"], "policy-set");
+    assert_eq!(line["from"]["keep"]["daily"], 0);
+    assert_eq!(line["to"]["keep"]["daily"], 2);
+    assert!(line["by"].as_str().unwrap().contains("(uid "), "{line}");
+    // the next sweep applies it: the newest of the last two days stay
+    let r = at(&t, "+40d", &["--json", "prune"]).ok().json();
+    assert_eq!(removed(&r).len(), 2, "{r}");
+    assert_eq!(stamps(&t.repo).len(), 2);
+}
