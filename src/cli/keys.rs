@@ -152,7 +152,9 @@ pub(super) fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
         }
         KeyCommand::Remove { id } => {
             let name = repo.remove_key(id)?;
-            if !cli.quiet {
+            if cli.json {
+                print_json(&json!({"id": name}))?;
+            } else if !cli.quiet {
                 outln!("removed key {name}");
             }
         }
@@ -162,7 +164,9 @@ pub(super) fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
         } => {
             let name = add_key(&new_pw()?, *kdf_memory_kib, *kdf_iterations)?;
             repo.store().remove_key(repo.key_name())?;
-            if !cli.quiet {
+            if cli.json {
+                print_json(&json!({"id": name, "replaced": repo.key_name()}))?;
+            } else if !cli.quiet {
                 outln!(
                     "passphrase changed: key {} replaced by {name}",
                     repo.key_name()

@@ -18,6 +18,7 @@ mod operator;
 mod restore;
 mod retention;
 mod rollback;
+mod scripting;
 mod scrub;
 mod server;
 mod stale;
