@@ -11,7 +11,9 @@ pub mod http;
 pub mod log;
 pub mod quota;
 pub mod refusal;
+pub mod reload;
 pub mod rollback;
+pub mod schedule;
 pub mod server;
 pub mod watch;
 

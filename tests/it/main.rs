@@ -15,6 +15,7 @@ mod keys;
 mod monitor;
 mod object;
 mod operator;
+mod reload;
 mod restore;
 mod retention;
 mod rollback;
