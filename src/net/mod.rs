@@ -16,6 +16,7 @@ pub mod rollback;
 pub mod schedule;
 pub mod server;
 pub mod watch;
+pub mod webhook;
 
 use std::fmt;
 use std::path::Path;

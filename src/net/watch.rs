@@ -720,8 +720,12 @@ async fn deliver(a: &Alerting, al: &Alert) -> bool {
         Some(r.is_ok())
     };
     let hook = async {
+        let url = a.webhook.clone()?;
+        let b = body.clone();
+        let r = tokio::task::spawn_blocking(move || url.post(&b))
+            .await
+            .unwrap_or_else(|e| Err(format!("the delivery task failed: {e}")));
         let url = a.webhook.as_ref()?;
-        let r = super::http::post_json(url, &body, a.timeout).await;
         if let Err(e) = &r {
             error!(alert = al.kind.as_str(), namespace = %al.namespace, webhook = %url, "alert webhook failed: {e}");
         }

@@ -26,4 +26,5 @@ mod stale;
 mod store_loss;
 mod tamper;
 mod util;
+mod webhook_tls;
 mod weed;
