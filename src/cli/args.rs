@@ -106,6 +106,11 @@ pub enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// Search snapshots for entries whose name or path matches glob
+    /// patterns; prints snapshot, time, type, size, mtime and path, oldest
+    /// snapshot first (`--json`: one array). Trees that snapshots share are
+    /// read once.
+    Find(FindArgs),
     /// Show repository figures.
     Stats {
         /// One snapshot's figures instead.
@@ -284,6 +289,50 @@ impl FilterArgs {
             hosts: self.hosts.clone(),
             tags: self.tags.clone(),
             paths: self.paths.clone(),
+        }
+    }
+}
+
+/// `coffer find`.
+#[derive(Args, Debug, Clone)]
+pub struct FindArgs {
+    /// Glob patterns: without `/` an entry's name, with `/` its whole path
+    /// (`*` within one component, `**` across; relative: at any depth).
+    #[arg(required = true, value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+    /// Match every pattern against the whole path, `*` crossing `/` (as
+    /// `find -path`).
+    #[arg(long = "path")]
+    pub whole_path: bool,
+    /// Letters match either case.
+    #[arg(long, short = 'i')]
+    pub ignore_case: bool,
+    /// Only the N newest snapshots with a match.
+    #[arg(long, short = 'N', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub newest: Option<u64>,
+    /// Search only this snapshot (id prefix or `latest`; repeatable).
+    #[arg(long = "snapshot", short = 's', value_name = "SNAP")]
+    pub snaps: Vec<String>,
+    /// Only snapshots of this host (repeatable: any of them).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only snapshots with every tag of this comma-separated set
+    /// (repeatable: any of the sets).
+    #[arg(long = "tag", value_name = "TAG[,TAG…]")]
+    pub tags: Vec<String>,
+    /// Only snapshots whose sources include this path (repeatable: all);
+    /// the `--path` of other commands (here `--path` reads whole paths).
+    #[arg(long = "source-path", value_name = "PATH")]
+    pub source_paths: Vec<String>,
+}
+
+impl FindArgs {
+    /// The library's snapshot filter.
+    pub fn filter(&self) -> coffer::repo::filter::SnapshotFilter {
+        coffer::repo::filter::SnapshotFilter {
+            hosts: self.hosts.clone(),
+            tags: self.tags.clone(),
+            paths: self.source_paths.clone(),
         }
     }
 }

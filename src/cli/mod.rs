@@ -10,6 +10,7 @@ mod args;
 mod backup;
 mod clock;
 mod damaged;
+mod find;
 mod forget;
 mod keys;
 mod operator;
@@ -419,6 +420,9 @@ fn run(mut cli: Cli) -> Result<()> {
     if let Some(f) = filter_of(&cli.command) {
         cli.filter = f.filter();
     }
+    if let Command::Find(a) = &cli.command {
+        cli.filter = a.filter();
+    }
     match &cli.command {
         Command::Init(a) => cmd_init(&cli, a),
         Command::Backup(a) => backup::cmd_backup(&cli, a),
@@ -437,6 +441,7 @@ fn run(mut cli: Cli) -> Result<()> {
         } => cmd_restore(&cli, snap, target, paths),
         Command::Dump { snap, path, .. } => cmd_dump(&cli, snap, path.as_deref()),
         Command::Diff { snap1, snap2, .. } => cmd_diff(&cli, snap1, snap2),
+        Command::Find(a) => find::cmd_find(&cli, a),
         Command::Stats { snap, .. } => cmd_stats(&cli, snap.as_deref()),
         Command::Check { read_data } => cmd_check(&cli, *read_data),
         Command::Key(k) => cmd_key(&cli, k),

@@ -8,6 +8,7 @@ mod cache_trust;
 mod clock;
 mod crash;
 mod filters;
+mod find;
 mod hardening;
 mod job;
 mod keep;
