@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// coffer: encrypted, deduplicating backups.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "coffer", version, about, long_about = None)]
+#[command(name = "coffer", version, about, long_about = None, after_help = super::secret::HELP)]
 pub struct Cli {
     /// Repository: a local directory (or quic://HOST:PORT/NAMESPACE).
     #[arg(long, global = true, env = "COFFER_REPO")]
@@ -26,10 +26,23 @@ pub struct Cli {
     /// The server's certificate fingerprint to pin (for quic:// repositories).
     #[arg(long, global = true, env = "COFFER_SERVER_FINGERPRINT")]
     pub server_fingerprint: Option<String>,
-    /// Passphrase file named by a job config (after COFFER_PASSWORD and
-    /// COFFER_PASSWORD_FILE).
-    #[arg(skip)]
+    /// Run this to get the passphrase (first line of its output; no shell
+    /// unless `sh -c '…'`).
+    #[arg(
+        long,
+        global = true,
+        env = "COFFER_PASSWORD_COMMAND",
+        hide_env_values = true,
+        value_name = "CMD"
+    )]
+    pub password_command: Option<String>,
+    /// Read the passphrase from this file (one trailing newline dropped).
+    #[arg(long, global = true, env = "COFFER_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Passphrase file named by a job config (over the environment, under
+    /// the command line; see `secret`).
+    #[arg(skip)]
+    pub job_password_file: Option<PathBuf>,
     /// Which of the global options above came from a `COFFER_*` variable
     /// rather than the command line (a job file wins over those).
     #[arg(skip)]
@@ -490,7 +503,8 @@ pub struct BackupArgs {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum KeyCommand {
-    /// Add a passphrase (from COFFER_NEW_PASSWORD, COFFER_NEW_PASSWORD_FILE or a prompt).
+    /// Add a passphrase (from COFFER_NEW_PASSWORD_COMMAND, COFFER_NEW_PASSWORD_FILE
+    /// or COFFER_NEW_PASSWORD, only one, or a prompt).
     Add {
         /// Argon2id memory in KiB.
         #[arg(long, default_value_t = 32768)]

@@ -20,6 +20,7 @@ mod restore;
 mod retention;
 mod rollback;
 mod scrub;
+mod secrets;
 mod server;
 mod stale;
 mod store_loss;
