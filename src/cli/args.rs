@@ -119,10 +119,11 @@ pub enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
-    /// Search snapshots for entries whose name or path matches glob
-    /// patterns; prints snapshot, time, type, size, mtime and path, oldest
-    /// snapshot first (`--json`: one array). Trees that snapshots share are
-    /// read once.
+    /// Search snapshots for entries by name or path (glob patterns).
+    ///
+    /// Prints snapshot, time, type, size, mtime and path, one line a hit,
+    /// oldest snapshot first (`--json`: one array). Trees that snapshots
+    /// share are read once.
     Find(FindArgs),
     /// Show repository figures.
     Stats {
@@ -222,6 +223,18 @@ pub enum Command {
     /// Manage TLS identities (key and self-signed certificate).
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Print a completion script for a shell (e.g. `source <(coffer
+    /// completions bash)`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write a manual page for every command into a directory
+    /// (`coffer.1`, `coffer-backup.1`, …).
+    Man {
+        /// The directory (made if missing).
+        dir: PathBuf,
+    },
     /// Run the repository server.
     Serve {
         /// Server config file (TOML).

@@ -10,6 +10,7 @@ mod args;
 mod backup;
 mod clock;
 mod damaged;
+mod docs;
 mod find;
 mod forget;
 mod keys;
@@ -418,6 +419,18 @@ fn run(mut cli: Cli) -> Result<()> {
         Command::Dump { snap, path, .. } => cmd_dump(&cli, snap, path.as_deref()),
         Command::Diff { snap1, snap2, .. } => cmd_diff(&cli, snap1, snap2),
         Command::Find(a) => find::cmd_find(&cli, a),
+        Command::Completions { shell } => docs::cmd_completions(*shell),
+        Command::Man { dir } => {
+            let pages = docs::write_man_pages(dir)?;
+            if cli.json {
+                print_json(&json!(pages))?;
+            } else if !cli.quiet {
+                for p in pages {
+                    outln!("{}", p.display());
+                }
+            }
+            Ok(())
+        }
         Command::Stats { snap, .. } => cmd_stats(&cli, snap.as_deref()),
         Command::Check { read_data } => cmd_check(&cli, *read_data),
         Command::Key(k) => cmd_key(&cli, k),

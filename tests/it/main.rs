@@ -7,6 +7,7 @@ mod backup;
 mod cache_trust;
 mod clock;
 mod crash;
+mod docs;
 mod filters;
 mod find;
 mod hardening;
