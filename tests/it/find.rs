@@ -201,3 +201,52 @@ fn find_across_thirty_snapshots_returns_exactly_the_expected_pairs() {
     // A bad pattern is a usage error.
     assert_eq!(h.t.run(&["find", "a["]).code(), 2);
 }
+
+#[test]
+fn find_works_on_a_quic_repository() {
+    use crate::server::{init_args, run, TestServer};
+    let srv = TestServer::start(1);
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    run(srv.client(0, &cache), &init_args()).ok();
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        fs::write(src.join(format!("d/r{i}.log")), format!("{i}")).unwrap();
+        let s = run(
+            srv.client(0, &cache),
+            &["--json", "backup", src.to_str().unwrap()],
+        )
+        .ok()
+        .json();
+        ids.push(s["id"].as_str().unwrap().to_string());
+    }
+    let v = run(srv.client(0, &cache), &["--json", "find", "*.log"])
+        .ok()
+        .json();
+    let got: BTreeSet<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["snapshot"].as_str().unwrap().to_string(),
+                h["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = (0..3)
+        .flat_map(|s| {
+            let ids = &ids;
+            let src = &src;
+            (0..=s).map(move |i| {
+                (
+                    ids[s].clone(),
+                    format!("{}/d/r{i}.log", src.to_str().unwrap()),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(got, want);
+}
