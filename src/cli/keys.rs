@@ -26,16 +26,7 @@ pub(super) fn init_with(cli: &Cli, (opts, policy, parity): InitChoices) -> Resul
     if exists {
         bail!("{} holds a repository already", repo_arg(cli)?);
     }
-    let pw = passphrase(
-        "COFFER_PASSWORD",
-        "COFFER_PASSWORD_FILE",
-        None,
-        "New repository passphrase: ",
-        true,
-    )?;
-    if pw.is_empty() {
-        bail!("refusing an empty passphrase");
-    }
+    let pw = secret::passphrase(cli, "New repository passphrase: ", true)?;
     if !repo_arg(cli)?.starts_with("quic://") {
         let local = LocalStore::open_dir(Path::new(repo_arg(cli)?))?;
         if policy != coffer::retention::Policy::default() {
@@ -100,15 +91,7 @@ pub(super) fn init_choices(a: &InitArgs) -> Result<InitChoices> {
 
 pub(super) fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
     let repo = open(cli)?;
-    let new_pw = || {
-        passphrase(
-            "COFFER_NEW_PASSWORD",
-            "COFFER_NEW_PASSWORD_FILE",
-            None,
-            "New passphrase: ",
-            true,
-        )
-    };
+    let new_pw = secret::new_passphrase;
     let add_key = |pw: &[u8], memory_kib: u32, iterations: u32| -> Result<String> {
         let params = KdfParams {
             memory_kib,
