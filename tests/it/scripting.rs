@@ -70,6 +70,9 @@ fn every_command_survives_a_closed_output_pipe() {
         vec!["scrub"],
         vec!["policy"],
         vec!["restore", "latest", "--target", target.to_str().unwrap()],
+        vec!["find", "f*"],
+        vec!["--json", "find", "f*"],
+        vec!["completions", "bash"],
         vec!["--help"],
         vec!["snapshots", "--help"],
         vec!["--version"],
@@ -128,6 +131,7 @@ fn every_printing_command_answers_json() {
         vec!["--json", "policy"],
         vec!["--json", "scrub"],
         vec!["--json", "clock"],
+        vec!["--json", "find", "f1*"],
     ] {
         let r = t.run_env(&args, &t_env);
         assert!(
