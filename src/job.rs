@@ -119,15 +119,27 @@ impl JobConfig {
         Self::parse(&text).map_err(|e| Error::Denied(format!("{}: {e}", path.display())))
     }
 
+    /// Reads a job file as a profile for commands other than `backup`
+    /// (`--profile`): validated as a job, except that it need not name a
+    /// source.
+    pub fn load_profile(path: &Path) -> Result<JobConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse_as(&text, false).map_err(|e| Error::Denied(format!("{}: {e}", path.display())))
+    }
+
     /// Parses and validates job text.
     pub fn parse(text: &str) -> Result<JobConfig> {
+        Self::parse_as(text, true)
+    }
+
+    fn parse_as(text: &str, needs_source: bool) -> Result<JobConfig> {
         let c: JobConfig =
             toml::from_str(text).map_err(|e| Error::Denied(e.to_string().trim().to_string()))?;
-        c.validate()?;
+        c.validate(needs_source)?;
         Ok(c)
     }
 
-    fn validate(&self) -> Result<()> {
+    fn validate(&self, needs_source: bool) -> Result<()> {
         if let Some(r) = &self.repo {
             if r.trim().is_empty() {
                 return Err(Error::Denied("`repo` is empty".into()));
@@ -156,7 +168,7 @@ impl JobConfig {
         if let Some(h) = &self.post {
             h.validate("post")?;
         }
-        if self.sources.is_empty() {
+        if self.sources.is_empty() && needs_source {
             return Err(Error::Denied(
                 "no [[source]]: give at least one `path`, `command` or `image`".into(),
             ));

@@ -11,6 +11,11 @@ pub struct Cli {
     /// Repository: a local directory (or quic://HOST:PORT/NAMESPACE).
     #[arg(long, global = true, env = "COFFER_REPO")]
     pub repo: Option<String>,
+    /// A job file (as `backup --config` takes) whose repository, passphrase
+    /// file, identity, pin and cache serve this command; an option given on
+    /// the command line wins over it, and it wins over `COFFER_*` variables.
+    #[arg(long, global = true, env = "COFFER_PROFILE", value_name = "FILE")]
+    pub profile: Option<PathBuf>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,

@@ -233,18 +233,14 @@ fn refuse_swallowed_options(cmd: &[String]) -> Result<()> {
     }
 }
 
-/// The job of a config file; arguments and variables given win over it.
-fn from_config(cli: &Cli, a: &BackupArgs, path: &Path) -> Result<(Cli, Job)> {
-    if !a.paths.is_empty() || a.stdin || a.stdin_from_command.is_some() || a.image.is_some() {
-        bail!("--config takes its sources from the file: give no PATHS, --stdin, --stdin-from-command or --image");
-    }
-    let c = JobConfig::load(path)?;
-    let mut cli = cli.clone();
-    // The file wins over a variable (one exported for interactive use must
-    // not redirect the job); an option given on the command line wins over
-    // the file.
+/// Takes the connection settings of a job file (repository, pin, identity,
+/// cache, passphrase file) into `cli`. The file wins over a variable (one
+/// exported for interactive use must not redirect the job); an option
+/// given on the command line wins over the file.
+pub(super) fn apply_profile(cli: &mut Cli, c: &JobConfig) {
+    let from_env = cli.from_env.clone();
     let pick = |given: Option<String>, id: &str, file: &Option<String>| match file {
-        Some(f) if given.is_none() || cli.from_env.iter().any(|e| e == id) => Some(f.clone()),
+        Some(f) if given.is_none() || from_env.iter().any(|e| e == id) => Some(f.clone()),
         _ => given,
     };
     let path_of = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
@@ -258,7 +254,19 @@ fn from_config(cli: &Cli, a: &BackupArgs, path: &Path) -> Result<(Cli, Job)> {
         pick(path_of(&cli.identity), "identity", &path_of(&c.identity)).map(PathBuf::from);
     cli.cache_dir =
         pick(path_of(&cli.cache_dir), "cache_dir", &path_of(&c.cache_dir)).map(PathBuf::from);
-    cli.job_password_file = c.password_file.clone();
+    if c.password_file.is_some() {
+        cli.job_password_file = c.password_file.clone();
+    }
+}
+
+/// The job of a config file; arguments and variables given win over it.
+fn from_config(cli: &Cli, a: &BackupArgs, path: &Path) -> Result<(Cli, Job)> {
+    if !a.paths.is_empty() || a.stdin || a.stdin_from_command.is_some() || a.image.is_some() {
+        bail!("--config takes its sources from the file: give no PATHS, --stdin, --stdin-from-command or --image");
+    }
+    let c = JobConfig::load(path)?;
+    let mut cli = cli.clone();
+    apply_profile(&mut cli, &c);
     let sources = c
         .sources()
         .into_iter()

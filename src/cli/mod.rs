@@ -394,6 +394,11 @@ fn filter_of(c: &Command) -> Option<&FilterArgs> {
 }
 
 fn run(mut cli: Cli) -> Result<()> {
+    if let Some(p) = cli.profile.clone() {
+        let job = coffer::job::JobConfig::load_profile(&p)
+            .with_context(|| format!("the profile --profile {}", p.display()))?;
+        backup::apply_profile(&mut cli, &job);
+    }
     if let Some(f) = filter_of(&cli.command) {
         cli.filter = f.filter();
     }

@@ -17,6 +17,7 @@ mod keys;
 mod monitor;
 mod object;
 mod operator;
+mod profile;
 mod reload;
 mod restore;
 mod retention;
