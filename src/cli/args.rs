@@ -31,6 +31,10 @@ pub struct Cli {
     /// The server's certificate fingerprint to pin (for quic:// repositories).
     #[arg(long, global = true, env = "COFFER_SERVER_FINGERPRINT")]
     pub server_fingerprint: Option<String>,
+    /// Give up connecting to a quic:// server after this long (e.g. "10s").
+    #[arg(long, global = true, env = "COFFER_CONNECT_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub connect_timeout: std::time::Duration,
     /// Run this to get the passphrase (first line of its output; no shell
     /// unless `sh -c '…'`).
     #[arg(

@@ -273,7 +273,12 @@ fn remote(cli: &Cli, url: &str) -> Result<Arc<dyn Store>> {
     let fp = cli.server_fingerprint.as_deref().ok_or_else(|| {
         anyhow!("a quic:// repository needs --server-fingerprint FP or COFFER_SERVER_FINGERPRINT")
     })?;
-    let store = RemoteStore::connect(&url, Identity::load(id)?, Fingerprint::parse(fp)?)?;
+    let store = RemoteStore::connect_within(
+        &url,
+        Identity::load(id)?,
+        Fingerprint::parse(fp)?,
+        cli.connect_timeout,
+    )?;
     Ok(Arc::new(Remote(Arc::new(store))))
 }
 

@@ -91,9 +91,25 @@ async fn read_frame(recv: &mut RecvStream) -> std::result::Result<Response, Stri
     Response::decode(tag, &p).map_err(|e| e.to_string())
 }
 
+/// How long a connection attempt waits for the server by default.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl RemoteStore {
     /// Connects, checks the server against `pin`, and says hello.
     pub fn connect(url: &RemoteUrl, identity: Identity, pin: Fingerprint) -> Result<RemoteStore> {
+        Self::connect_within(url, identity, pin, DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    /// Like [`RemoteStore::connect`]; gives up when the server has not
+    /// answered the handshake within `timeout` (a server that is down or
+    /// a dropped UDP port would otherwise hold a nightly job for the
+    /// transport's idle timeout).
+    pub fn connect_within(
+        url: &RemoteUrl,
+        identity: Identity,
+        pin: Fingerprint,
+        timeout: std::time::Duration,
+    ) -> Result<RemoteStore> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -126,10 +142,21 @@ impl RemoteStore {
         .expect("valid bind address");
         let (endpoint, conn) = rt.block_on(async {
             let ep = quinn::Endpoint::client(bind).map_err(|e| net_err(url, e))?;
-            let conn = ep
+            let connecting = ep
                 .connect_with(cc, addr, "coffer")
-                .map_err(|e| net_err(url, e))?
+                .map_err(|e| net_err(url, e))?;
+            let conn = tokio::time::timeout(timeout, connecting)
                 .await
+                .map_err(|_| {
+                    net_err(
+                        url,
+                        format!(
+                            "no answer within {} (is the server up, and UDP port {} open?)",
+                            humantime::format_duration(timeout),
+                            url.port
+                        ),
+                    )
+                })?
                 .map_err(|e| net_err(url, format!("handshake failed: {e}")))?;
             Ok::<_, Error>((ep, conn))
         })?;

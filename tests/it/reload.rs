@@ -161,3 +161,23 @@ fn the_scrub_schedule_survives_a_restart() {
         "a restart scrubbed again before the interval passed"
     );
 }
+
+/// A server that is down is reported after the connect timeout, with a
+/// message saying what to check, not after the transport's idle minute.
+#[test]
+fn a_server_that_does_not_answer_is_given_up_after_the_connect_timeout() {
+    let srv = TestServer::start(1);
+    // A UDP port nobody answers on: bound here and never read.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = srv
+        .client(0, &tmp.path().join("cache"))
+        .env("COFFER_REPO", format!("quic://127.0.0.1:{port}/ns-0"))
+        .args(["--connect-timeout", "1s", "snapshots"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no answer within 1s"), "{err}");
+}
