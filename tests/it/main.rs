@@ -16,6 +16,7 @@ mod monitor;
 mod object;
 mod operator;
 mod restore;
+mod restore_opts;
 mod retention;
 mod rollback;
 mod scrub;
