@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use tar::{EntryType, Header};
 
-use super::restore::dump;
+use super::dump::dump;
 use super::Repository;
 use crate::cache::Cache;
 use crate::error::{Error, Result};

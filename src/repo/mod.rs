@@ -7,6 +7,7 @@ pub mod backup;
 mod batch;
 pub mod check;
 pub mod diff;
+pub mod dump;
 pub mod dump_tar;
 pub mod filter;
 mod readahead;
