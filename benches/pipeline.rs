@@ -181,11 +181,7 @@ fn time_restore(repo_dir: &Path, snap_id: &str, expect: u64, iters: u64) -> Dura
         let target = TempDir::new().unwrap();
         let repo = open(repo_dir, cache.path());
         let snap: Snapshot = repo.find_snapshot(snap_id).unwrap();
-        let opts = RestoreOptions {
-            target: target.path().to_path_buf(),
-            include: vec![],
-            owners: false,
-        };
+        let opts = RestoreOptions::new(target.path().to_path_buf());
         let start = Instant::now();
         let stats = restore(&repo, &snap, &opts).unwrap();
         total += start.elapsed();

@@ -93,6 +93,10 @@ pub enum Command {
         snap: String,
         /// A path inside the snapshot.
         path: Option<String>,
+        /// Long listing: type and permissions, owner, group, size, mtime,
+        /// link target.
+        #[arg(short, long)]
+        long: bool,
         #[command(flatten)]
         filter: FilterArgs,
     },
@@ -107,15 +111,22 @@ pub enum Command {
         /// Paths inside the snapshot to restore (all when none).
         paths: Vec<String>,
         #[command(flatten)]
+        opts: RestoreArgs,
+        #[command(flatten)]
         filter: FilterArgs,
     },
-    /// Write one file of a snapshot to standard output.
+    /// Write a file of a snapshot to standard output, or a directory as a
+    /// tar stream.
     Dump {
         /// Snapshot id prefix or `latest`, optionally `:SUBPATH` (then PATH
         /// may be left out).
         snap: String,
-        /// The file's path inside the snapshot.
+        /// The file's or directory's path inside the snapshot.
         path: Option<String>,
+        /// The archive format of a directory (`tar`, the default; a file
+        /// goes out raw unless this is given).
+        #[arg(long, value_parser = ["tar"])]
+        archive: Option<String>,
         #[command(flatten)]
         filter: FilterArgs,
     },
@@ -300,6 +311,33 @@ pub struct PolicyArgs {
     /// ... of each of the last N years.
     #[arg(long)]
     pub keep_yearly: Option<u32>,
+}
+
+/// How `restore` treats the target (docs/operations.md, Restore).
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// Restore only entries matching this glob (repeatable), matched
+    /// against the path below the restored root; a pattern without `/`
+    /// matches a name at any depth; a matching directory takes its subtree.
+    #[arg(long = "include", value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Leave out entries matching this glob (repeatable), as --include.
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// What to do with an entry already in the target: always,
+    /// if-changed (content or metadata differ), if-newer, never.
+    #[arg(long, default_value = "if-changed", value_parser = str::parse::<coffer::repo::restore_plan::Overwrite>)]
+    pub overwrite: coffer::repo::restore_plan::Overwrite,
+    /// Remove what the snapshot does not have, inside the restored paths.
+    #[arg(long)]
+    pub delete: bool,
+    /// List what would change (`+` new, `M` replaced, `-` deleted, `!`
+    /// refused) and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Read every written file back and compare it with the snapshot.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 /// Which snapshots a command considers; `latest` is the newest of them.

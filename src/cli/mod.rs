@@ -14,13 +14,14 @@ mod docs;
 mod find;
 mod forget;
 mod keys;
+mod ls;
 mod operator;
 mod restore;
 mod rollback;
 mod secret;
 mod server;
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,7 +45,8 @@ use coffer::{Error, ErrorKind};
 use damaged::{cmd_forget_damaged, cmd_forget_damaged_on_server};
 use forget::{cmd_forget, cmd_lock};
 use keys::{cmd_identity, cmd_init, cmd_key};
-use restore::{cmd_check, cmd_diff, cmd_dump, cmd_ls, cmd_restore, cmd_snapshots, cmd_stats};
+use ls::cmd_ls;
+use restore::{cmd_check, cmd_diff, cmd_dump, cmd_restore, cmd_snapshots, cmd_stats};
 use server::{cmd_policy, cmd_prune, cmd_scrub, cmd_serve};
 
 /// An error whose type says the exit code (see `exit_code`): a newtype
@@ -419,14 +421,22 @@ fn run(mut cli: Cli) -> Result<()> {
             group_by,
             ..
         } => cmd_snapshots(&cli, *strict, *accept_rollback, group_by.as_deref()),
-        Command::Ls { snap, path, .. } => cmd_ls(&cli, snap, path.as_deref()),
+        Command::Ls {
+            snap, path, long, ..
+        } => cmd_ls(&cli, snap, path.as_deref(), *long),
         Command::Restore {
             snap,
             target,
             paths,
+            opts,
             ..
-        } => cmd_restore(&cli, snap, target, paths),
-        Command::Dump { snap, path, .. } => cmd_dump(&cli, snap, path.as_deref()),
+        } => cmd_restore(&cli, snap, target, paths, opts),
+        Command::Dump {
+            snap,
+            path,
+            archive,
+            ..
+        } => cmd_dump(&cli, snap, path.as_deref(), archive.is_some()),
         Command::Diff { snap1, snap2, .. } => cmd_diff(&cli, snap1, snap2),
         Command::Find(a) => find::cmd_find(&cli, a),
         Command::Completions { shell } => docs::cmd_completions(*shell),

@@ -2,6 +2,7 @@
 //! `dump`, `diff`, `stats` and `check`. Reads a repository, never changes
 //! one (the client's own record of the snapshots it saw aside).
 
+use super::ls::escape;
 use super::*;
 use coffer::repo::restore::{self as engine, RestoreOptions};
 
@@ -24,14 +25,14 @@ pub(super) fn snapshot_json(s: &Snapshot) -> serde_json::Value {
 
 /// A snapshot argument, `SNAP[:SUBPATH]`, resolved under the command's
 /// filter (`latest` is the newest snapshot that matches it).
-fn find(cli: &Cli, repo: &Repository, spec: &str) -> Result<(Snapshot, Option<String>)> {
+pub(super) fn find(cli: &Cli, repo: &Repository, spec: &str) -> Result<(Snapshot, Option<String>)> {
     let (snap, sub) = coffer::repo::filter::split_spec(spec);
     let s = repo.find_snapshot_in(snap, &cli.filter)?;
     Ok((s, sub.map(|p| p.trim_matches('/').to_string())))
 }
 
 /// A subpath and a path below it, as one path from the snapshot's root.
-fn joined(sub: Option<&str>, path: Option<&str>) -> Option<String> {
+pub(super) fn joined(sub: Option<&str>, path: Option<&str>) -> Option<String> {
     match (sub, path) {
         (None, None) => None,
         (Some(a), None) => Some(format!("/{a}")),
@@ -246,69 +247,13 @@ pub(super) fn kind_name(k: Option<NodeKind>) -> &'static str {
     }
 }
 
-pub(super) fn cmd_ls(cli: &Cli, snap: &str, path: Option<&str>) -> Result<()> {
-    let repo = open(cli)?;
-    let mut cache = repo.cache()?;
-    repo.sync_cache(&mut cache)?;
-    let (s, sub) = find(cli, &repo, snap)?;
-    let start = joined(sub.as_deref(), path).unwrap_or_else(|| "/".into());
-    let start = start.as_str();
-    let node = repo.find_node(&cache, &s, start)?;
-    let mut rows = Vec::new();
-    let base = format!("/{}", start.trim_matches('/'));
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    let mut visit = |n: &Node, p: &str| -> Result<()> {
-        if cli.json {
-            rows.push(json!({"path": p, "type": kind_name(n.kind), "size": n.size, "mode": format!("{:o}", n.mode),
-                             "uid": n.uid, "gid": n.gid, "mtime": fmt_time(n.mtime_ns)}));
-        } else {
-            writeln!(
-                out,
-                "{:<7} {:>5o} {:>12} {}  {}",
-                kind_name(n.kind),
-                n.mode,
-                n.size,
-                fmt_time(n.mtime_ns),
-                p
-            )?;
-        }
-        Ok(())
-    };
-    fn walk(
-        repo: &Repository,
-        cache: &coffer::cache::Cache,
-        n: &Node,
-        p: &str,
-        visit: &mut dyn FnMut(&Node, &str) -> Result<()>,
-    ) -> Result<()> {
-        if let Some(sub) = &n.subtree {
-            for c in repo.load_tree(cache, sub)?.nodes {
-                let cp = format!(
-                    "{}/{}",
-                    p.trim_end_matches('/'),
-                    String::from_utf8_lossy(&c.name)
-                );
-                visit(&c, &cp)?;
-                walk(repo, cache, &c, &cp, visit)?;
-            }
-        }
-        Ok(())
-    }
-    if node.kind != Some(NodeKind::Dir) {
-        visit(&node, &base)?;
-    } else {
-        walk(&repo, &cache, &node, &base, &mut visit)?;
-    }
-    out.flush()?;
-    drop(out);
-    if cli.json {
-        print_json(&serde_json::Value::Array(rows))?;
-    }
-    Ok(())
-}
-
-pub(super) fn cmd_restore(cli: &Cli, snap: &str, target: &Path, paths: &[String]) -> Result<()> {
+pub(super) fn cmd_restore(
+    cli: &Cli,
+    snap: &str,
+    target: &Path,
+    paths: &[String],
+    args: &super::args::RestoreArgs,
+) -> Result<()> {
     let repo = open(cli)?;
     let (mut s, sub) = find(cli, &repo, snap)?;
     if let Some(sub) = sub.filter(|p| !p.is_empty()) {
@@ -328,60 +273,138 @@ pub(super) fn cmd_restore(cli: &Cli, snap: &str, target: &Path, paths: &[String]
             }
         }
     }
+    let patterns = coffer::repo::restore_plan::Patterns::new(&args.include, &args.exclude)
+        .map_err(|e| Usage(e.to_string()))?;
+    let progress =
+        (!cli.quiet && !cli.json && !args.dry_run && io::stderr().is_terminal()).then(|| {
+            let style = indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_bar}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            indicatif::ProgressBar::new(0).with_style(style)
+        });
     let opts = RestoreOptions {
-        target: target.to_path_buf(),
         include: paths.to_vec(),
         owners: nix::unistd::geteuid().is_root(),
+        patterns,
+        overwrite: args.overwrite,
+        delete: args.delete,
+        dry_run: args.dry_run,
+        verify: args.verify,
+        progress,
+        ..RestoreOptions::new(target.to_path_buf())
     };
     let started = std::time::Instant::now();
-    let st = with_cache_rebuilt(
+    let attempts = std::cell::RefCell::new(Vec::new());
+    let mut st = with_cache_rebuilt(
         &repo,
-        || engine::restore(&repo, &s, &opts),
+        || {
+            let st = engine::restore(&repo, &s, &opts)?;
+            attempts.borrow_mut().push(st.clone());
+            Ok(st)
+        },
         |st| !st.errors.is_empty(),
     )?;
+    // Run again with a rebuilt cache, the restore leaves alone what the
+    // first run wrote: that counts as written.
+    for a in attempts
+        .borrow()
+        .iter()
+        .rev()
+        .skip(1)
+        .filter(|_| !args.dry_run)
+    {
+        st.files += a.files;
+        st.bytes += a.bytes;
+        st.deleted += a.deleted;
+        st.verified += a.verified;
+        st.unchanged = st.unchanged.saturating_sub(a.files);
+    }
     for w in &st.warnings {
         errln!("coffer: warning: {w}");
+    }
+    for p in &st.skipped {
+        errln!("coffer: warning: {}: a socket, not restored", escape(p));
+    }
+    for p in &st.refused {
+        errln!(
+            "coffer: warning: {}: a non-empty directory stands where the snapshot has no directory; left as it is (`--overwrite always` or `--delete` replaces it)",
+            escape(p)
+        );
     }
     for e in &st.errors {
         errln!("coffer: error: {e}");
     }
     if cli.json {
-        print_json(
-            &json!({"snapshot": s.id.to_hex(), "files": st.files, "dirs": st.dirs, "others": st.others,
-                           "bytes": st.bytes, "errors": st.errors, "warnings": st.warnings,
-                           "seconds": started.elapsed().as_secs_f64()}),
-        )?;
-    } else if !cli.quiet {
-        outln!(
-            "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
-            s.id.short(),
-            target.display(),
-            st.files,
-            st.dirs,
-            fmt_bytes(st.bytes),
-            started.elapsed().as_secs_f64()
-        );
+        print_json(&json!({"snapshot": s.id.to_hex(), "dry_run": args.dry_run,
+            "files": st.files, "dirs": st.dirs, "others": st.others, "bytes": st.bytes,
+            "unchanged": st.unchanged, "deleted": st.deleted, "skipped": st.skipped,
+            "refused": st.refused, "verified": st.verified, "changes": st.changes,
+            "errors": st.errors, "warnings": st.warnings,
+            "seconds": started.elapsed().as_secs_f64()}))?;
+    } else {
+        for c in &st.changes {
+            outln!("{}", escape(c));
+        }
+        if !cli.quiet {
+            let verb = if args.dry_run {
+                "would restore"
+            } else {
+                "restored"
+            };
+            let mut tail = String::new();
+            if !st.skipped.is_empty() {
+                tail += &format!(", {} skipped", st.skipped.len());
+            }
+            if !st.refused.is_empty() {
+                tail += &format!(", {} refused", st.refused.len());
+            }
+            if args.verify {
+                tail += &format!(", verified {} files", st.verified);
+            }
+            outln!(
+                "{verb} snapshot {} to {}: {} files written ({}), {} left alone, {} deleted{tail} in {:.1}s",
+                s.id.short(),
+                target.display(),
+                st.files,
+                fmt_bytes(st.bytes),
+                st.unchanged,
+                st.deleted,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     if !st.errors.is_empty() {
         return Err(Damaged(format!("{} entries could not be restored", st.errors.len())).into());
     }
+    if !st.refused.is_empty() {
+        return Err(Incomplete(format!(
+            "{} non-empty directories left where the snapshot has files",
+            st.refused.len()
+        ))
+        .into());
+    }
     Ok(())
 }
 
-pub(super) fn cmd_dump(cli: &Cli, snap: &str, path: Option<&str>) -> Result<()> {
+pub(super) fn cmd_dump(cli: &Cli, snap: &str, path: Option<&str>, tar: bool) -> Result<()> {
     let repo = open(cli)?;
     let mut cache = repo.cache()?;
     repo.sync_cache(&mut cache)?;
     let (s, sub) = find(cli, &repo, snap)?;
     let Some(path) = joined(sub.as_deref().filter(|p| !p.is_empty()), path) else {
-        return Err(Usage("dump needs a file: `dump SNAP PATH` or `dump SNAP:PATH`".into()).into());
+        return Err(Usage("dump needs a path: `dump SNAP PATH` or `dump SNAP:PATH`".into()).into());
     };
     let node = repo.find_node(&cache, &s, &path)?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    match engine::dump(&repo, &cache, &node, &mut out) {
+    let res = match tar || node.kind == Some(NodeKind::Dir) {
+        true => coffer::repo::dump_tar::dump_tar(&repo, &cache, &node, &mut out),
+        false => engine::dump(&repo, &cache, &node, &mut out).map(|_| ()),
+    };
+    match res {
         Err(Error::RawIo(e)) => Err(e.into()),
-        r => r.map(|_| ()).map_err(Into::into),
+        r => r.map_err(Into::into),
     }
 }
 

@@ -1,14 +1,14 @@
-//! Restore and dump: turns a snapshot's trees back into files. The calling
+//! Restore: turns a snapshot's trees back into files. The calling
 //! thread walks trees and creates entries; worker threads read, open and
 //! verify chunks and write them in place, so files fill in parallel. Every
 //! name comes from a validated tree, so nothing is written outside the
 //! target, and an entry already in the target is replaced, never followed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::batch::Batch;
+use super::restore_plan::{self, Action, Overwrite, Patterns};
 use super::{Repository, Snapshot};
 use crate::cache::{BlobLocation, Cache, ReadHold};
 use crate::crypto::{Keys, Kind};
@@ -28,9 +29,11 @@ use crate::id::BlobId;
 use crate::source::{self, MetaWarnings};
 use crate::store::Store;
 
+pub use super::dump::dump;
+
 /// Chunk readers at least, whatever the cores: reads from a server wait on
 /// round trips, and from a disk on I/O, more than they compute.
-const RESTORE_READERS: usize = 6;
+pub(super) const RESTORE_READERS: usize = 6;
 
 /// A batch of chunks handed to a reader holds locations, not data: large
 /// batches let the walker run tens of MiB ahead of the readers and are
@@ -50,6 +53,35 @@ pub struct RestoreOptions {
     pub include: Vec<String>,
     /// Restore owners (needs root).
     pub owners: bool,
+    /// `--include` and `--exclude` patterns (see [`restore_plan`]).
+    pub patterns: Patterns,
+    /// What to do with an entry already in the target.
+    pub overwrite: Overwrite,
+    /// Remove what the snapshot does not have, inside the restored paths.
+    pub delete: bool,
+    /// Decide and list, but change nothing.
+    pub dry_run: bool,
+    /// Read every written file back and compare it with the snapshot.
+    pub verify: bool,
+    /// A progress bar to advance by the bytes written.
+    pub progress: Option<indicatif::ProgressBar>,
+}
+
+impl RestoreOptions {
+    /// Restores everything into `target`, the defaults otherwise.
+    pub fn new(target: PathBuf) -> RestoreOptions {
+        RestoreOptions {
+            target,
+            include: Vec::new(),
+            owners: false,
+            patterns: Patterns::default(),
+            overwrite: Overwrite::default(),
+            delete: false,
+            dry_run: false,
+            verify: false,
+            progress: None,
+        }
+    }
 }
 
 /// What a restore did.
@@ -67,17 +99,31 @@ pub struct RestoreStats {
     pub errors: Vec<String>,
     /// Metadata that could not be applied.
     pub warnings: Vec<String>,
+    /// Entries (not directories) already as the snapshot has them, or
+    /// kept by the overwrite mode: left alone.
+    pub unchanged: u64,
+    /// Entries removed by `--delete`.
+    pub deleted: u64,
+    /// Recorded entries not restored (sockets), by relative path.
+    pub skipped: Vec<String>,
+    /// Non-empty directories left where the snapshot has something else.
+    pub refused: Vec<String>,
+    /// With `--dry-run`: `+ path` (created), `M path` (replaced), `- path`
+    /// (deleted), `! path` (refused).
+    pub changes: Vec<String>,
+    /// Files read back and found equal to the snapshot (`--verify`).
+    pub verified: u64,
 }
 
 /// Reads and opens blobs: the part of a repository a worker thread needs.
 #[derive(Clone)]
-struct BlobReader {
-    store: Arc<dyn Store>,
-    keys: Arc<Keys>,
+pub(super) struct BlobReader {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) keys: Arc<Keys>,
 }
 
 impl BlobReader {
-    fn read(&self, loc: &BlobLocation, kind: Kind, id: &BlobId) -> Result<Plain> {
+    pub(super) fn read(&self, loc: &BlobLocation, kind: Kind, id: &BlobId) -> Result<Plain> {
         read_or_repair(self.store.as_ref(), &self.keys, loc, kind, id)
     }
 
@@ -241,6 +287,7 @@ struct Shared {
     /// failed (removed): taken off the summary, which counts what was
     /// restored.
     lost: Mutex<(u64, u64)>,
+    progress: Option<indicatif::ProgressBar>,
 }
 
 impl FileTask {
@@ -317,7 +364,7 @@ impl WriteRun {
             self.flush(shared);
         }
         if data.len() >= WRITE_RUN_BYTES / 4 && self.jobs.is_empty() {
-            finish(&job, write_at(&job, data), shared);
+            finish(&job, write_at(&job, data, shared), shared);
             return;
         }
         self.buf.extend_from_slice(data);
@@ -329,7 +376,7 @@ impl WriteRun {
         let Some(first) = self.jobs.first() else {
             return;
         };
-        if let Err(e) = write_at(first, &self.buf) {
+        if let Err(e) = write_at(first, &self.buf, shared) {
             first.task.fail(e.to_string());
         }
         self.buf.clear();
@@ -344,11 +391,15 @@ impl WriteRun {
 }
 
 /// Writes `data` where `job`'s chunk starts.
-fn write_at(job: &Job, data: &[u8]) -> Result<()> {
+fn write_at(job: &Job, data: &[u8], shared: &Shared) -> Result<()> {
     job.task
         .file
         .write_all_at(data, job.offset)
-        .map_err(|e| Error::io(&job.task.path, e))
+        .map_err(|e| Error::io(&job.task.path, e))?;
+    if let Some(p) = &shared.progress {
+        p.inc(data.len() as u64);
+    }
+    Ok(())
 }
 
 /// Records how a chunk ended and drops its reference to its file.
@@ -622,6 +673,20 @@ struct Restorer<'a> {
     /// The first name of each hard-linked file, and its other names.
     hardlinks: HashMap<(u64, u64), (PathBuf, Arc<Links>)>,
     dirs: Vec<(PathBuf, Node)>,
+    /// Directories created only on the way to included entries: removed
+    /// at the end when nothing was restored into them.
+    on_the_way: Vec<PathBuf>,
+    /// Files written, read back at the end with `--verify`.
+    written: Vec<(PathBuf, Node)>,
+}
+
+/// How far a directory is selected: `full` when all of it is restored
+/// (excludes aside), `inc` when it or a directory above it matched an
+/// include pattern.
+#[derive(Debug, Clone, Copy)]
+struct Sel {
+    full: bool,
+    inc: bool,
 }
 
 /// Restores a snapshot (or the chosen paths of it) into `opts.target`.
@@ -633,11 +698,14 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
     }
     // A target this restore creates is empty: nothing in it to replace.
     let fresh = !opts.target.exists();
-    fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    if !opts.dry_run {
+        fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    }
     let shared = Arc::new(Shared {
         errors: Mutex::new(Vec::new()),
         warnings: Mutex::new(Vec::new()),
         lost: Mutex::new((0, 0)),
+        progress: opts.progress.clone(),
     });
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -687,11 +755,18 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
         stats: RestoreStats::default(),
         hardlinks: HashMap::new(),
         dirs: Vec::new(),
+        on_the_way: Vec::new(),
+        written: Vec::new(),
     };
-    if opts.include.is_empty() {
+    // Trees are read ahead in the walk's order, which skipping breaks.
+    if opts.include.is_empty() && opts.patterns.is_empty() {
         r.ahead = Some(TreesAhead::start(reader, repo.cache()?, snap.record.tree));
     }
-    let walked = r.restore_tree(&snap.record.tree, &[], &opts.target, fresh);
+    let root = Sel {
+        full: opts.include.is_empty() && !opts.patterns.has_includes(),
+        inc: !opts.patterns.has_includes(),
+    };
+    let walked = r.restore_tree(&snap.record.tree, &[], &opts.target, fresh, root);
     r.ahead = None;
     let looked = r.lookups.flush(&cache, &mut r.batch, &r.jobs, &shared);
     r.hold.end();
@@ -700,6 +775,8 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
         jobs,
         mut stats,
         dirs,
+        on_the_way,
+        written,
         ..
     } = r;
     drop(jobs);
@@ -709,6 +786,10 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
     walked?;
     looked?;
     sent?;
+    // Deepest first: a directory on the way inside another one.
+    for d in on_the_way.iter().rev() {
+        let _ = fs::remove_dir(d);
+    }
     // Directories last, deepest first (as the walk finished them): creating
     // entries changed their times, and a parent made unsearchable first
     // would hide its children.
@@ -725,6 +806,19 @@ pub fn restore(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Res
         .warnings
         .extend(shared.warnings.lock().unwrap().drain(..));
     stats.warnings.extend(w.0);
+    if let Some(p) = &opts.progress {
+        p.finish_and_clear();
+    }
+    // A file whose content failed was removed and reported already.
+    for (path, node) in written.iter().filter(|(p, _)| p.exists()) {
+        match restore_plan::content_matches(repo, &cache, node, path)? {
+            true => stats.verified += 1,
+            false => stats.errors.push(format!(
+                "{}: verify: the content read back differs from the snapshot",
+                path.display()
+            )),
+        }
+    }
     Ok(stats)
 }
 
@@ -781,6 +875,35 @@ impl Restorer<'_> {
         partial.then_some(false)
     }
 
+    /// How `rel` is selected by the paths and patterns, under a parent
+    /// selected as `parent`; None when it is not restored.
+    fn select(&self, rel: &[String], parent: Sel, is_dir: bool) -> Option<Sel> {
+        let paths = self.selected(rel)?;
+        let p = &self.opts.patterns;
+        if p.is_empty() {
+            return Some(Sel {
+                full: paths,
+                inc: true,
+            });
+        }
+        let (path, name) = (rel.join("/"), rel.last().map_or("", |s| s.as_str()));
+        if p.excluded(&path, name) {
+            return None;
+        }
+        let inc = parent.inc || p.included(&path, name);
+        (inc || is_dir).then_some(Sel {
+            full: paths && inc,
+            inc,
+        })
+    }
+
+    /// Records a change a dry run would make.
+    fn change(&mut self, what: char, rel: &[String]) {
+        if self.opts.dry_run {
+            self.stats.changes.push(format!("{what} {}", rel.join("/")));
+        }
+    }
+
     /// Restores a tree into `dest`; `fresh` when this restore created
     /// `dest` (then none of its entries can exist yet, and none is looked
     /// for: on a tree of small files those lookups cost a tenth of the
@@ -791,6 +914,7 @@ impl Restorer<'_> {
         rel: &[String],
         dest: &Path,
         fresh: bool,
+        sel: Sel,
     ) -> Result<()> {
         self.hold.tick()?;
         let (tree, mut located) = match self.ahead.as_mut().and_then(|a| a.next(tree)) {
@@ -803,24 +927,110 @@ impl Restorer<'_> {
                 Vec::new().into_iter(),
             ),
         };
+        let delete = self.opts.delete && sel.full && !fresh;
+        let names: std::collections::HashSet<Vec<u8>> = match delete {
+            true => tree.nodes.iter().map(|n| n.name.to_vec()).collect(),
+            false => Default::default(),
+        };
         for node in tree.nodes {
             let located = located.next().flatten();
             self.hold.tick()?;
             let name = String::from_utf8_lossy(&node.name).into_owned();
             let mut rel_child = rel.to_vec();
             rel_child.push(name);
-            let Some(full) = self.selected(&rel_child) else {
+            let is_dir = node.kind == Some(NodeKind::Dir);
+            let Some(child) = self.select(&rel_child, sel, is_dir) else {
                 continue;
             };
             let path = dest.join(std::ffi::OsStr::from_bytes(&node.name));
-            if let Err(e) = self.restore_node(node, located, &rel_child, &path, full, fresh) {
+            if let Err(e) = self.restore_node(node, located, &rel_child, &path, child, fresh) {
                 match e {
                     Error::Io { .. } | Error::RawIo(_) => self.stats.errors.push(e.to_string()),
                     e => return Err(e),
                 }
             }
         }
+        if delete {
+            self.delete_extra(dest, rel, &names)?;
+        }
         Ok(())
+    }
+
+    /// Removes the entries of `dest` the snapshot's directory lacks, but
+    /// none an exclude pattern names.
+    fn delete_extra(
+        &mut self,
+        dest: &Path,
+        rel: &[String],
+        names: &std::collections::HashSet<Vec<u8>>,
+    ) -> Result<()> {
+        let Ok(rd) = fs::read_dir(dest) else {
+            return Ok(());
+        };
+        let mut extra: Vec<_> = rd
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| !names.contains(n.as_bytes()))
+            .collect();
+        extra.sort();
+        for n in extra {
+            let mut rel_child = rel.to_vec();
+            rel_child.push(n.to_string_lossy().into_owned());
+            let (path, name) = (rel_child.join("/"), &rel_child[rel_child.len() - 1]);
+            if self.opts.patterns.excluded(&path, name) {
+                continue;
+            }
+            self.change('-', &rel_child);
+            if !self.opts.dry_run {
+                let p = dest.join(&n);
+                clear(&p).map_err(|e| Error::io(&p, e))?;
+            }
+            self.stats.deleted += 1;
+        }
+        Ok(())
+    }
+
+    /// What to do with `node` at `path`: looks at what stands there.
+    fn decide(&self, node: &Node, path: &Path, fresh: bool) -> Result<Action> {
+        if fresh {
+            return Ok(Action::Create);
+        }
+        let m = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Action::Create),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        // A further name of a hard-linked file whose first name was met:
+        // kept when it is that inode already, else linked to it anew (its
+        // content, however equal, is another file).
+        if node.kind == Some(NodeKind::File) && node.links > 1 && !m.is_dir() {
+            if let Some((first, _)) = self.hardlinks.get(&(node.dev, node.inode)) {
+                let same = fs::symlink_metadata(first)
+                    .is_ok_and(|f| (f.dev(), f.ino()) == (m.dev(), m.ino()));
+                return Ok(match self.opts.overwrite {
+                    Overwrite::Never => Action::Keep,
+                    Overwrite::Always => Action::Replace,
+                    _ if same => Action::Keep,
+                    _ => Action::Replace,
+                });
+            }
+        }
+        let (repo, cache) = (self.repo, self.cache);
+        // Asked last, when all else matches: reads the file.
+        let mut same = || {
+            node.kind != Some(NodeKind::File)
+                || restore_plan::content_matches(repo, cache, node, path).unwrap_or(false)
+        };
+        let o = self.opts;
+        Ok(restore_plan::decide(
+            o.overwrite,
+            o.delete,
+            o.owners,
+            node,
+            path,
+            Some(&m),
+            &mut same,
+        ))
     }
 
     fn restore_node(
@@ -829,28 +1039,77 @@ impl Restorer<'_> {
         located: Option<Vec<Located>>,
         rel: &[String],
         path: &Path,
-        full: bool,
+        sel: Sel,
         fresh: bool,
     ) -> Result<()> {
         let io = |e| Error::io(path, e);
-        let clear = |path: &Path| if fresh { Ok(()) } else { clear(path) };
+        if matches!(node.kind, Some(NodeKind::Socket) | None) {
+            self.stats.skipped.push(rel.join("/"));
+            return Ok(());
+        }
+        let action = self.decide(&node, path, fresh)?;
+        let dry = self.opts.dry_run;
+        match action {
+            Action::Refuse => {
+                self.change('!', rel);
+                self.stats.refused.push(path.display().to_string());
+                return Ok(());
+            }
+            Action::Keep if node.kind == Some(NodeKind::Dir) => {}
+            Action::Leave => {
+                self.stats.unchanged += 1;
+                return Ok(());
+            }
+            Action::Keep => {
+                // A kept file of several names: its other names link to it.
+                if node.kind == Some(NodeKind::File) && node.links > 1 {
+                    self.hardlinks
+                        .entry((node.dev, node.inode))
+                        .or_insert_with(|| (path.to_path_buf(), Arc::new(Links::default())));
+                }
+                self.stats.unchanged += 1;
+                return Ok(());
+            }
+            Action::Replace => {
+                if node.kind != Some(NodeKind::Dir) || sel.full {
+                    self.change('M', rel);
+                }
+                if !dry {
+                    clear(path).map_err(io)?;
+                }
+            }
+            Action::Create => {
+                if node.kind != Some(NodeKind::Dir) || sel.full {
+                    self.change('+', rel);
+                }
+            }
+        }
+        // Nothing stands at `path` now (Create, Replace), or a directory
+        // (Keep).
         match node.kind {
             Some(NodeKind::Dir) => {
-                let existed = !fresh && matches!(fs::symlink_metadata(path), Ok(m) if m.is_dir());
-                if !existed {
-                    clear(path).map_err(io)?;
+                let existed = action == Action::Keep;
+                if !existed && !dry {
                     fs::create_dir(path).map_err(io)?;
+                    if !sel.full {
+                        self.on_the_way.push(path.to_path_buf());
+                    }
                 }
                 // unwrap: a decoded tree guarantees a dir has a subtree
                 let sub = node.subtree.expect("dir has subtree");
-                self.restore_tree(&sub, rel, path, !existed)?;
-                if full {
+                self.restore_tree(&sub, rel, path, !existed, sel)?;
+                if sel.full {
                     self.stats.dirs += 1;
-                    self.dirs.push((path.to_path_buf(), node));
+                    if !dry {
+                        self.dirs.push((path.to_path_buf(), node));
+                    }
                 }
             }
+            Some(NodeKind::File) if dry => {
+                self.stats.files += 1;
+                self.stats.bytes += node.size;
+            }
             Some(NodeKind::File) => {
-                clear(path).map_err(io)?;
                 let mut links = None;
                 if node.links > 1 {
                     if let Some((first, l)) = self.hardlinks.get(&(node.dev, node.inode)) {
@@ -863,10 +1122,13 @@ impl Restorer<'_> {
                         .insert((node.dev, node.inode), (path.to_path_buf(), l.clone()));
                     links = Some(l);
                 }
+                if self.opts.verify {
+                    self.written.push((path.to_path_buf(), node.clone()));
+                }
                 self.restore_file(node, located, path, links)?;
             }
+            _ if dry => self.stats.others += 1,
             Some(NodeKind::Symlink) => {
-                clear(path).map_err(io)?;
                 // unwrap: a decoded tree guarantees a symlink has a target
                 let target = node.target.as_ref().expect("symlink has target");
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), path)
@@ -876,22 +1138,18 @@ impl Restorer<'_> {
                 self.stats.warnings.extend(w.0);
                 self.stats.others += 1;
             }
-            Some(NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev) => {
-                clear(path).map_err(io)?;
-                match source::make_special(path, &node) {
-                    Ok(()) => {
-                        let mut w = MetaWarnings::default();
-                        source::apply_meta(path, &node, self.opts.owners, &mut w);
-                        self.stats.warnings.extend(w.0);
-                        self.stats.others += 1;
-                    }
-                    Err(e) => self
-                        .stats
-                        .warnings
-                        .push(format!("{}: mknod: {e}", path.display())),
+            _ => match source::make_special(path, &node) {
+                Ok(()) => {
+                    let mut w = MetaWarnings::default();
+                    source::apply_meta(path, &node, self.opts.owners, &mut w);
+                    self.stats.warnings.extend(w.0);
+                    self.stats.others += 1;
                 }
-            }
-            Some(NodeKind::Socket) | None => {}
+                Err(e) => self
+                    .stats
+                    .warnings
+                    .push(format!("{}: mknod: {e}", path.display())),
+            },
         }
         Ok(())
     }
@@ -912,6 +1170,9 @@ impl Restorer<'_> {
             .map_err(|e| Error::io(path, e))?;
         self.stats.files += 1;
         self.stats.bytes += node.size;
+        if let Some(p) = &self.opts.progress {
+            p.inc_length(node.size);
+        }
         let task = Arc::new(FileTask {
             path: path.to_path_buf(),
             file,
@@ -961,134 +1222,6 @@ impl Restorer<'_> {
         }
         Ok(())
     }
-}
-
-/// Writes a file's content to `out` in order, reading ahead in parallel.
-/// Stops at the first damaged chunk: what was written is correct, nothing
-/// wrong is ever emitted.
-pub fn dump(repo: &Repository, cache: &Cache, node: &Node, out: &mut dyn Write) -> Result<u64> {
-    if node.kind != Some(NodeKind::File) {
-        return Err(Error::Denied(
-            "dump needs a file (use restore for directories)".into(),
-        ));
-    }
-    let reader = BlobReader {
-        store: repo.store().clone(),
-        keys: repo.keys().clone(),
-    };
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 8)
-        // More readers than cores: a remote store's round trips overlap.
-        .max(RESTORE_READERS);
-    let window = workers * 4;
-    let (job_tx, job_rx) = bounded::<(u64, ChunkRef, BlobLocation)>(window);
-    let (res_tx, res_rx) = bounded::<(u64, Result<Plain>)>(window);
-    let mut handles = Vec::new();
-    for _ in 0..workers {
-        let (rx, tx, reader) = (job_rx.clone(), res_tx.clone(), reader.clone());
-        handles.push(std::thread::spawn(move || {
-            for (seq, chunk, loc) in rx {
-                let r = reader.read(&loc, Kind::Data, &chunk.id).and_then(|d| {
-                    if d.len() as u64 == chunk.len {
-                        Ok(d)
-                    } else {
-                        Err(Error::Corrupt(format!(
-                            "chunk {} has the wrong length",
-                            chunk.id.short()
-                        )))
-                    }
-                });
-                if tx.send((seq, r)).is_err() {
-                    return;
-                }
-            }
-        }));
-    }
-    drop(res_tx);
-    drop(job_rx);
-    let mut written = 0u64;
-    let mut next_out = 0u64;
-    let mut sent = 0u64;
-    let mut ready: BTreeMap<u64, Result<Plain>> = BTreeMap::new();
-    let zeros = vec![0u8; 1 << 20];
-    let mut pending_zero: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut emit = |seq_ready: &mut BTreeMap<u64, Result<Plain>>,
-                    zeros_at: &mut BTreeMap<u64, u64>,
-                    next: &mut u64,
-                    upto: u64,
-                    block: bool|
-     -> Result<()> {
-        while *next < upto {
-            if let Some(len) = zeros_at.remove(next) {
-                let mut left = len;
-                while left > 0 {
-                    let n = left.min(zeros.len() as u64) as usize;
-                    out.write_all(&zeros[..n]).map_err(Error::RawIo)?;
-                    left -= n as u64;
-                }
-                written += len;
-                *next += 1;
-                continue;
-            }
-            let data = match seq_ready.remove(next) {
-                Some(d) => d?,
-                None if block => match res_rx.recv() {
-                    Ok((s, d)) => {
-                        seq_ready.insert(s, d);
-                        continue;
-                    }
-                    Err(_) => return Err(Error::Corrupt("dump workers stopped".into())),
-                },
-                None => return Ok(()),
-            };
-            out.write_all(&data).map_err(Error::RawIo)?;
-            written += data.len() as u64;
-            *next += 1;
-        }
-        Ok(())
-    };
-    let res = repo.for_each_chunk(cache, node, &mut |chunk| {
-        let seq = sent;
-        sent += 1;
-        if chunk.is_zero() {
-            pending_zero.insert(seq, chunk.len);
-        } else {
-            let loc = cache.lookup(&chunk.id)?.ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "chunk {} is in no pack of the repository",
-                    chunk.id
-                ))
-            })?;
-            while let Ok((s, d)) = res_rx.try_recv() {
-                ready.insert(s, d);
-            }
-            // Keep at most `window` chunks in flight or waiting.
-            if seq - next_out >= window as u64 {
-                emit(
-                    &mut ready,
-                    &mut pending_zero,
-                    &mut next_out,
-                    seq + 1 - window as u64,
-                    true,
-                )?;
-            }
-            job_tx
-                .send((seq, chunk, loc))
-                .map_err(|_| Error::Corrupt("dump workers stopped".into()))?;
-        }
-        Ok(())
-    });
-    drop(job_tx);
-    let res = res.and_then(|_| emit(&mut ready, &mut pending_zero, &mut next_out, sent, true));
-    drop(res_rx);
-    for h in handles {
-        let _ = h.join();
-    }
-    res?;
-    out.flush().map_err(Error::RawIo)?;
-    Ok(written)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod operator;
 mod profile;
 mod reload;
 mod restore;
+mod restore_opts;
 mod retention;
 mod rollback;
 mod scripting;
