@@ -12,6 +12,7 @@ mod clock;
 mod damaged;
 mod forget;
 mod keys;
+mod mount;
 mod operator;
 mod restore;
 mod rollback;
@@ -411,6 +412,7 @@ fn filter_of(c: &Command) -> Option<&FilterArgs> {
         | Command::Stats { filter, .. }
         | Command::Forget { filter, .. } => Some(filter),
         Command::Lock(a) => Some(&a.filter),
+        Command::Mount(a) => Some(&a.filter),
         _ => None,
     }
 }
@@ -437,6 +439,7 @@ fn run(mut cli: Cli) -> Result<()> {
         } => cmd_restore(&cli, snap, target, paths),
         Command::Dump { snap, path, .. } => cmd_dump(&cli, snap, path.as_deref()),
         Command::Diff { snap1, snap2, .. } => cmd_diff(&cli, snap1, snap2),
+        Command::Mount(a) => mount::cmd_mount(&cli, a),
         Command::Stats { snap, .. } => cmd_stats(&cli, snap.as_deref()),
         Command::Check { read_data } => cmd_check(&cli, *read_data),
         Command::Key(k) => cmd_key(&cli, k),

@@ -13,6 +13,7 @@ mod job;
 mod keep;
 mod keys;
 mod monitor;
+mod mount;
 mod object;
 mod operator;
 mod restore;
