@@ -9,8 +9,14 @@ pub(super) fn cmd_mount(cli: &Cli, a: &args::MountArgs) -> Result<()> {
     if !Path::new("/dev/fuse").exists() {
         bail!("cannot mount: /dev/fuse is missing (load the fuse module; in a container, pass the device in)");
     }
-    if !a.dir.is_dir() {
-        return Err(Usage(format!("{} is not a directory", a.dir.display())).into());
+    let shown = a.dir.display();
+    match std::fs::metadata(&a.dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(Usage(format!("{shown} is not a directory")).into()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "{shown}: {e}: a mount there ended without unmounting; `fusermount3 -u -z {shown}` frees it"
+        ),
+        Err(e) => bail!("{shown}: {e}"),
     }
     let dir = a.dir.canonicalize()?;
     let repo = open(cli)?;

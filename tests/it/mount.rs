@@ -301,6 +301,28 @@ fn sigterm_during_reads_unmounts_and_exits_cleanly() {
 }
 
 #[test]
+fn a_mount_that_died_is_named_with_its_remedy() {
+    if !fuse_here() {
+        return;
+    }
+    let t = TestRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    t.backup(&[src.to_str().unwrap()]);
+    let mut m = Mounted::start(t.command(), &[], &t.path("mnt"));
+    m.stop_with(nix::sys::signal::Signal::SIGKILL);
+    assert!(is_mounted(&m.dir), "a killed mount stays until unmounted");
+    let r = t.run(&["mount", m.dir.to_str().unwrap()]).fails();
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(
+        r.stderr().contains("fusermount3 -u -z"),
+        "the remedy is named: {}",
+        r.stderr()
+    );
+}
+
+#[test]
 fn a_damaged_pack_fails_its_reads_with_eio_and_the_mount_lives_on() {
     if !fuse_here() {
         return;
