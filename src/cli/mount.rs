@@ -54,7 +54,8 @@ pub(super) fn cmd_mount(cli: &Cli, a: &args::MountArgs) -> Result<()> {
             std::process::exit(0);
         }
     });
-    let fs = Browse::new(repo, cache, snaps);
+    let notice = Box::new(|m: &str| errln!("coffer: mount: {m}"));
+    let fs = Browse::new(repo, cache, snaps, notice);
     let opts = MountOptions {
         allow_other: a.allow_other,
     };

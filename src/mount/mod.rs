@@ -5,8 +5,8 @@
 //! under the read (see [`content`]), through bounded caches of trees and of
 //! decrypted chunks ([`lru`]). Nothing is written to the repository.
 //!
-//! A read that meets damage fails with `EIO` and is named on standard error;
-//! the mount stays up.
+//! A read that meets damage fails with `EIO` and is named to the caller's
+//! notice; the mount stays up.
 
 pub mod content;
 pub mod lru;
@@ -58,11 +58,18 @@ pub struct Browse {
     uid: u32,
     gid: u32,
     started: SystemTime,
+    notice: Box<dyn Fn(&str)>,
 }
 
 impl Browse {
-    /// The file system over `snaps` (oldest first) of `repo`.
-    pub fn new(repo: Repository, cache: Cache, snaps: Vec<Snapshot>) -> Browse {
+    /// The file system over `snaps` (oldest first) of `repo`; `notice`
+    /// hears of each failed read (the read itself answers `EIO`).
+    pub fn new(
+        repo: Repository,
+        cache: Cache,
+        snaps: Vec<Snapshot>,
+        notice: Box<dyn Fn(&str)>,
+    ) -> Browse {
         Browse {
             table: Table::new(&snaps),
             repo,
@@ -76,6 +83,7 @@ impl Browse {
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
             started: SystemTime::now(),
+            notice,
         }
     }
 
@@ -127,8 +135,8 @@ impl Browse {
         }
     }
 
-    /// Names a failure on standard error (the entry, when its tree is at
-    /// hand, and its snapshot); the errno to answer (`EIO`).
+    /// Names a failure to the notice (the entry, when its tree is at hand,
+    /// and its snapshot); the errno to answer (`EIO`).
     fn failed(&mut self, ino: u64, e: &crate::Error) -> i32 {
         let mut name = format!("inode {ino}");
         if let Some(What::Node { root, tree, index }) = self.table.get(ino).cloned() {
@@ -142,7 +150,7 @@ impl Browse {
                 name = format!("{name} in snapshot {}", self.snaps[*snap].id.short());
             }
         }
-        eprintln!("coffer: mount: {name}: {e}");
+        (self.notice)(&format!("{name}: {e}"));
         libc::EIO
     }
 
