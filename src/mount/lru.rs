@@ -56,6 +56,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         }
     }
 
+    /// Whether `k` is held (without making it the most recently used).
+    pub fn contains(&self, k: &K) -> bool {
+        self.map.contains_key(k)
+    }
+
     /// Bytes held.
     pub fn used(&self) -> usize {
         self.used
@@ -85,6 +90,7 @@ mod tests {
         assert_eq!(l.get(&1), Some("a"), "1 is now the newest");
         l.insert(4, "d", 10);
         assert_eq!(l.get(&2), None, "2 was the least recently used");
+        assert!(l.contains(&3) && !l.contains(&2));
         assert_eq!((l.len(), l.used()), (3, 30));
         l.insert(5, "big", 100);
         assert_eq!((l.len(), l.used()), (1, 100), "the newest stays alone");

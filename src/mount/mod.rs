@@ -24,10 +24,14 @@ use fuser::{
     ReplyXattr, Request,
 };
 
-use crate::cache::Cache;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::cache::{BlobLocation, Cache};
 use crate::crypto::Kind;
 use crate::format::tree::{Node, NodeKind, Tree};
 use crate::id::BlobId;
+use crate::repo::restore::read_or_repair;
 use crate::repo::{Repository, Snapshot};
 use crate::Result;
 use content::ChunkIndex;
@@ -43,6 +47,12 @@ const BLOB_BUDGET: usize = 64 << 20;
 const TREE_BUDGET: usize = 32 << 20;
 /// Files' chunk indexes kept between opens.
 const INDEX_BUDGET: usize = 16 << 20;
+/// A listing reads at most this many of its subdirectories' trees ahead, and
+/// with at most `PREFETCH_THREADS` reads at once: a walk (`find`, `du`) then
+/// waits for one round of reads per directory, not one read per
+/// subdirectory, which matters most over `quic://`.
+const PREFETCH: usize = 64;
+const PREFETCH_THREADS: usize = 8;
 
 /// The file system of a mount.
 pub struct Browse {
@@ -96,6 +106,48 @@ impl Browse {
         // Decoded nodes take about twice their encoded size.
         self.trees.insert(*id, t.clone(), bytes.len() * 2 + 64);
         Ok(t)
+    }
+
+    /// Reads the trees of `ids` not cached yet, several at once, into the
+    /// cache. A tree that fails here is left out: the lookup that needs it
+    /// reads it again and reports the failure.
+    fn prefetch_trees(&mut self, ids: impl Iterator<Item = BlobId>) {
+        let mut want: Vec<BlobId> = ids.filter(|id| !self.trees.contains(id)).collect();
+        want.sort();
+        want.dedup();
+        want.truncate(PREFETCH);
+        if want.len() < 2 {
+            return;
+        }
+        let Ok(locs) = self.cache.lookup_many(want.iter()) else {
+            return;
+        };
+        let jobs: Vec<(BlobId, BlobLocation)> = want
+            .into_iter()
+            .zip(locs)
+            .filter_map(|(id, l)| Some((id, l?)))
+            .collect();
+        let (store, keys) = (self.repo.store().clone(), self.repo.keys().clone());
+        let next = AtomicUsize::new(0);
+        let read = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..PREFETCH_THREADS.min(jobs.len()) {
+                s.spawn(|| {
+                    while let Some((id, loc)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        if let Ok(p) = read_or_repair(store.as_ref(), &keys, loc, Kind::Tree, id) {
+                            read.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push((*id, p));
+                        }
+                    }
+                });
+            }
+        });
+        for (id, plain) in read.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            if let Ok(t) = Tree::decode(&plain) {
+                self.trees.insert(id, Arc::new(t), plain.len() * 2 + 64);
+            }
+        }
     }
 
     fn blob(&mut self, id: &BlobId) -> Result<Arc<Vec<u8>>> {
@@ -434,6 +486,9 @@ impl Filesystem for Browse {
             Ok(Some(sub)) => match self.tree(&sub) {
                 Err(e) => return reply.error(self.failed(ino, &e)),
                 Ok(t) => {
+                    if start == 0 {
+                        self.prefetch_trees(t.nodes.iter().filter_map(|n| n.subtree));
+                    }
                     for (i, n) in t.nodes.iter().enumerate().skip(skip) {
                         let child = self.table.peek(ino, i as u32);
                         if add(&mut reply, child, file_type(n.kind), &table::os(&n.name)) {
