@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// coffer: encrypted, deduplicating backups.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "coffer", version, about, long_about = None)]
+#[command(name = "coffer", version, about, long_about = None, after_help = super::secret::HELP)]
 pub struct Cli {
     /// Repository: a local directory (or quic://HOST:PORT/NAMESPACE).
     #[arg(long, global = true, env = "COFFER_REPO")]
@@ -26,10 +26,23 @@ pub struct Cli {
     /// The server's certificate fingerprint to pin (for quic:// repositories).
     #[arg(long, global = true, env = "COFFER_SERVER_FINGERPRINT")]
     pub server_fingerprint: Option<String>,
-    /// Passphrase file named by a job config (after COFFER_PASSWORD and
-    /// COFFER_PASSWORD_FILE).
-    #[arg(skip)]
+    /// Run this to get the passphrase (first line of its output; no shell
+    /// unless `sh -c '…'`).
+    #[arg(
+        long,
+        global = true,
+        env = "COFFER_PASSWORD_COMMAND",
+        hide_env_values = true,
+        value_name = "CMD"
+    )]
+    pub password_command: Option<String>,
+    /// Read the passphrase from this file (one trailing newline dropped).
+    #[arg(long, global = true, env = "COFFER_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Passphrase file named by a job config (over the environment, under
+    /// the command line; see `secret`).
+    #[arg(skip)]
+    pub job_password_file: Option<PathBuf>,
     /// Which of the global options above came from a `COFFER_*` variable
     /// rather than the command line (a job file wins over those).
     #[arg(skip)]
@@ -110,6 +123,12 @@ pub enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// Search snapshots for entries by name or path (glob patterns).
+    ///
+    /// Prints snapshot, time, type, size, mtime and path, one line a hit,
+    /// oldest snapshot first (`--json`: one array). Trees that snapshots
+    /// share are read once.
+    Find(FindArgs),
     /// Show repository figures.
     Stats {
         /// One snapshot's figures instead.
@@ -208,6 +227,18 @@ pub enum Command {
     /// Manage TLS identities (key and self-signed certificate).
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Print a completion script for a shell (e.g. `source <(coffer
+    /// completions bash)`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write a manual page for every command into a directory
+    /// (`coffer.1`, `coffer-backup.1`, …).
+    Man {
+        /// The directory (made if missing).
+        dir: PathBuf,
+    },
     /// Run the repository server.
     Serve {
         /// Server config file (TOML).
@@ -302,6 +333,50 @@ impl FilterArgs {
             hosts: self.hosts.clone(),
             tags: self.tags.clone(),
             paths: self.paths.clone(),
+        }
+    }
+}
+
+/// `coffer find`.
+#[derive(Args, Debug, Clone)]
+pub struct FindArgs {
+    /// Glob patterns: without `/` an entry's name, with `/` its whole path
+    /// (`*` within one component, `**` across; relative: at any depth).
+    #[arg(required = true, value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+    /// Match every pattern against the whole path, `*` crossing `/` (as
+    /// `find -path`).
+    #[arg(long = "path")]
+    pub whole_path: bool,
+    /// Letters match either case.
+    #[arg(long, short = 'i')]
+    pub ignore_case: bool,
+    /// Only the N newest snapshots with a match.
+    #[arg(long, short = 'N', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub newest: Option<u64>,
+    /// Search only this snapshot (id prefix or `latest`; repeatable).
+    #[arg(long = "snapshot", short = 's', value_name = "SNAP")]
+    pub snaps: Vec<String>,
+    /// Only snapshots of this host (repeatable: any of them).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only snapshots with every tag of this comma-separated set
+    /// (repeatable: any of the sets).
+    #[arg(long = "tag", value_name = "TAG[,TAG…]")]
+    pub tags: Vec<String>,
+    /// Only snapshots whose sources include this path (repeatable: all);
+    /// the `--path` of other commands (here `--path` reads whole paths).
+    #[arg(long = "source-path", value_name = "PATH")]
+    pub source_paths: Vec<String>,
+}
+
+impl FindArgs {
+    /// The library's snapshot filter.
+    pub fn filter(&self) -> coffer::repo::filter::SnapshotFilter {
+        coffer::repo::filter::SnapshotFilter {
+            hosts: self.hosts.clone(),
+            tags: self.tags.clone(),
+            paths: self.source_paths.clone(),
         }
     }
 }
@@ -459,7 +534,8 @@ pub struct BackupArgs {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum KeyCommand {
-    /// Add a passphrase (from COFFER_NEW_PASSWORD, COFFER_NEW_PASSWORD_FILE or a prompt).
+    /// Add a passphrase (from COFFER_NEW_PASSWORD_COMMAND, COFFER_NEW_PASSWORD_FILE
+    /// or COFFER_NEW_PASSWORD, only one, or a prompt).
     Add {
         /// Argon2id memory in KiB.
         #[arg(long, default_value_t = 32768)]

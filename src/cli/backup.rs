@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::args::{BackupArgs, Cli};
 use super::{
-    fmt_bytes, fmt_time, host, now_ns, open_store, passphrase, print_json, repo_arg, store, user,
+    fmt_bytes, fmt_time, host, now_ns, open_with, print_json, repo_arg, secret, store, user,
     Incomplete,
 };
 use coffer::job::{HookCommand, JobConfig};
@@ -258,7 +258,7 @@ fn from_config(cli: &Cli, a: &BackupArgs, path: &Path) -> Result<(Cli, Job)> {
         pick(path_of(&cli.identity), "identity", &path_of(&c.identity)).map(PathBuf::from);
     cli.cache_dir =
         pick(path_of(&cli.cache_dir), "cache_dir", &path_of(&c.cache_dir)).map(PathBuf::from);
-    cli.password_file = c.password_file.clone();
+    cli.job_password_file = c.password_file.clone();
     let sources = c
         .sources()
         .into_iter()
@@ -303,15 +303,25 @@ fn lock_path(cli: &Cli, what: &str, key: &[u8]) -> PathBuf {
 fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>) -> Result<Done> {
     // A repository that does not exist yet is created on first use, so one
     // command gives a new user a real backup.
-    let (st, exists) = store(cli, true)?;
+    // The passphrase is read (and an empty one refused) before a new local
+    // repository's directory is made.
+    let r = repo_arg(cli)?;
+    let new_local = !r.starts_with("quic://") && !Path::new(r).join("config").exists();
+    let found = match new_local {
+        true => None,
+        false => Some(store(cli, false)?),
+    };
+    let exists = found.as_ref().is_some_and(|(_, e)| *e);
+    let prompt = match exists {
+        true => "Repository passphrase: ",
+        false => "New repository passphrase: ",
+    };
+    let pw = secret::passphrase(cli, prompt, !exists)?;
+    let st = match found {
+        Some((st, _)) => st,
+        None => store(cli, true)?.0,
+    };
     if !exists {
-        let pw = passphrase(
-            "COFFER_PASSWORD",
-            "COFFER_PASSWORD_FILE",
-            cli.password_file.as_deref(),
-            "New repository passphrase: ",
-            true,
-        )?;
         let opts = InitOptions {
             host: host(),
             now: now_ns() / 1_000_000_000,
@@ -322,7 +332,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
             errln!("created repository {} at {}", id.short(), repo_arg(cli)?);
         }
     }
-    let repo = open_store(cli, st)?;
+    let repo = open_with(cli, st, &pw)?;
     // Warned now, so a backup that fails later still says it.
     let gone = super::rollback::watch_listing(&repo)?;
     // A local repository computes parity for full stripes during the

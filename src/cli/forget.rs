@@ -7,7 +7,8 @@ use super::*;
 pub(super) fn cmd_forget(cli: &Cli, snaps: &[String]) -> Result<()> {
     let repo = open(cli)?;
     let mut forgets = rollback::Forgets::start(&repo);
-    let mut failed = 0;
+    let mut forgotten = Vec::new();
+    let mut failed = Vec::new();
     for spec in snaps {
         // Not opened: a snapshot that does not open can be forgotten too
         // (when its lock allows).
@@ -20,18 +21,22 @@ pub(super) fn cmd_forget(cli: &Cli, snaps: &[String]) -> Result<()> {
         forgets.after(id, res.is_ok());
         match res {
             Ok(()) => {
-                if !cli.quiet {
+                if !cli.quiet && !cli.json {
                     outln!("forgot snapshot {}", id.short());
                 }
+                forgotten.push(id.to_hex());
             }
             Err(e) => {
                 errln!("coffer: {e}");
-                failed += 1;
+                failed.push(json!({"id": id.to_hex(), "error": e.to_string()}));
             }
         }
     }
-    if failed > 0 {
-        bail!("{failed} snapshots were not forgotten");
+    if cli.json {
+        print_json(&json!({"forgotten": forgotten, "failed": failed}))?;
+    }
+    if !failed.is_empty() {
+        bail!("{} snapshots were not forgotten", failed.len());
     }
     Ok(())
 }

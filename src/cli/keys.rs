@@ -26,16 +26,7 @@ pub(super) fn init_with(cli: &Cli, (opts, policy, parity): InitChoices) -> Resul
     if exists {
         bail!("{} holds a repository already", repo_arg(cli)?);
     }
-    let pw = passphrase(
-        "COFFER_PASSWORD",
-        "COFFER_PASSWORD_FILE",
-        None,
-        "New repository passphrase: ",
-        true,
-    )?;
-    if pw.is_empty() {
-        bail!("refusing an empty passphrase");
-    }
+    let pw = secret::passphrase(cli, "New repository passphrase: ", true)?;
     if !repo_arg(cli)?.starts_with("quic://") {
         let local = LocalStore::open_dir(Path::new(repo_arg(cli)?))?;
         if policy != coffer::retention::Policy::default() {
@@ -100,15 +91,7 @@ pub(super) fn init_choices(a: &InitArgs) -> Result<InitChoices> {
 
 pub(super) fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
     let repo = open(cli)?;
-    let new_pw = || {
-        passphrase(
-            "COFFER_NEW_PASSWORD",
-            "COFFER_NEW_PASSWORD_FILE",
-            None,
-            "New passphrase: ",
-            true,
-        )
-    };
+    let new_pw = secret::new_passphrase;
     let add_key = |pw: &[u8], memory_kib: u32, iterations: u32| -> Result<String> {
         let params = KdfParams {
             memory_kib,
@@ -152,7 +135,9 @@ pub(super) fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
         }
         KeyCommand::Remove { id } => {
             let name = repo.remove_key(id)?;
-            if !cli.quiet {
+            if cli.json {
+                print_json(&json!({"id": name}))?;
+            } else if !cli.quiet {
                 outln!("removed key {name}");
             }
         }
@@ -162,7 +147,9 @@ pub(super) fn cmd_key(cli: &Cli, k: &KeyCommand) -> Result<()> {
         } => {
             let name = add_key(&new_pw()?, *kdf_memory_kib, *kdf_iterations)?;
             repo.store().remove_key(repo.key_name())?;
-            if !cli.quiet {
+            if cli.json {
+                print_json(&json!({"id": name, "replaced": repo.key_name()}))?;
+            } else if !cli.quiet {
                 outln!(
                     "passphrase changed: key {} replaced by {name}",
                     repo.key_name()

@@ -10,15 +10,18 @@ mod args;
 mod backup;
 mod clock;
 mod damaged;
+mod docs;
+mod find;
 mod forget;
 mod keys;
 mod mount;
 mod operator;
 mod restore;
 mod rollback;
+mod secret;
 mod server;
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -96,7 +99,14 @@ pub fn main() -> ExitCode {
     };
     // Global options are propagated to the subcommand's matches.
     let sub = matches.subcommand().map(|(_, m)| m).unwrap_or(&matches);
-    for id in ["repo", "identity", "server_fingerprint", "cache_dir"] {
+    for id in [
+        "repo",
+        "identity",
+        "server_fingerprint",
+        "cache_dir",
+        "password_command",
+        "password_file",
+    ] {
         if sub.value_source(id) == Some(clap::parser::ValueSource::EnvVariable) {
             cli.from_env.push(id.to_string());
         }
@@ -224,37 +234,6 @@ fn fmt_bytes(n: u64) -> String {
     }
 }
 
-/// Reads a passphrase from `file` (a job file's `password_file`), else the
-/// named variables, or prompts on a terminal.
-fn passphrase(
-    var: &str,
-    file_var: &str,
-    file: Option<&Path>,
-    prompt: &str,
-    confirm: bool,
-) -> Result<Vec<u8>> {
-    // A job file's own passphrase file first: its repository is the file's.
-    let file = match (file, std::env::var(var), std::env::var_os(file_var)) {
-        (Some(f), _, _) => Some((f.to_path_buf(), "password_file ".to_string())),
-        (None, Ok(p), _) => return Ok(p.into_bytes()),
-        (None, Err(_), Some(f)) => Some((PathBuf::from(f), format!("{file_var}="))),
-        (None, Err(_), None) => None,
-    };
-    if let Some((f, what)) = file {
-        let s = std::fs::read(&f).with_context(|| format!("reading {what}{}", f.display()))?;
-        let s = s.strip_suffix(b"\n").unwrap_or(&s);
-        return Ok(s.to_vec());
-    }
-    if !io::stdin().is_terminal() {
-        bail!("no passphrase: set {var} or {file_var}, or run on a terminal");
-    }
-    let p = rpassword::prompt_password(prompt)?;
-    if confirm && rpassword::prompt_password("Repeat passphrase: ")? != p {
-        bail!("passphrases do not match");
-    }
-    Ok(p.into_bytes())
-}
-
 fn repo_arg(cli: &Cli) -> Result<&str> {
     let r = cli
         .repo
@@ -328,16 +307,15 @@ fn store(cli: &Cli, create: bool) -> Result<(Arc<dyn Store>, bool)> {
 }
 
 fn open_store(cli: &Cli, store: Arc<dyn Store>) -> Result<Repository> {
-    let pw = passphrase(
-        "COFFER_PASSWORD",
-        "COFFER_PASSWORD_FILE",
-        cli.password_file.as_deref(),
-        "Repository passphrase: ",
-        false,
-    )?;
+    let pw = secret::passphrase(cli, "Repository passphrase: ", false)?;
+    open_with(cli, store, &pw)
+}
+
+/// Opens a repository with a passphrase already read.
+fn open_with(cli: &Cli, store: Arc<dyn Store>, pw: &[u8]) -> Result<Repository> {
     let cache = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let notice = Arc::new(|m: &str| errln!("coffer: {m}"));
-    Ok(Repository::open_store_with(store, &pw, &cache, notice)?)
+    Ok(Repository::open_store_with(store, pw, &cache, notice)?)
 }
 
 /// Runs `op` again once, with a cache rebuilt from the repository, when it
@@ -421,6 +399,9 @@ fn run(mut cli: Cli) -> Result<()> {
     if let Some(f) = filter_of(&cli.command) {
         cli.filter = f.filter();
     }
+    if let Command::Find(a) = &cli.command {
+        cli.filter = a.filter();
+    }
     match &cli.command {
         Command::Init(a) => cmd_init(&cli, a),
         Command::Backup(a) => backup::cmd_backup(&cli, a),
@@ -440,6 +421,19 @@ fn run(mut cli: Cli) -> Result<()> {
         Command::Dump { snap, path, .. } => cmd_dump(&cli, snap, path.as_deref()),
         Command::Diff { snap1, snap2, .. } => cmd_diff(&cli, snap1, snap2),
         Command::Mount(a) => mount::cmd_mount(&cli, a),
+        Command::Find(a) => find::cmd_find(&cli, a),
+        Command::Completions { shell } => docs::cmd_completions(*shell),
+        Command::Man { dir } => {
+            let pages = docs::write_man_pages(dir)?;
+            if cli.json {
+                print_json(&json!(pages))?;
+            } else if !cli.quiet {
+                for p in pages {
+                    outln!("{}", p.display());
+                }
+            }
+            Ok(())
+        }
         Command::Stats { snap, .. } => cmd_stats(&cli, snap.as_deref()),
         Command::Check { read_data } => cmd_check(&cli, *read_data),
         Command::Key(k) => cmd_key(&cli, k),

@@ -35,6 +35,24 @@ pub(super) fn cmd_serve(config: &Path, allow_root: bool, accept_rollback: &[Stri
             outln!("coffer serve: metrics on http://{}/metrics", m.local_addr()?);
         }
         io::stdout().flush()?;
+        // SIGHUP rereads the config; one that does not load is refused
+        // and logged, and the running one stays.
+        let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+        let path = config.to_path_buf();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: rereading {}", path.display());
+                match coffer::net::config::ServerConfig::load(&path) {
+                    Ok(c) => {
+                        if reload_tx.send(c).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => tracing::error!("config reload refused, the running config stays: {e}"),
+                }
+            }
+        });
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
@@ -42,7 +60,7 @@ pub(super) fn cmd_serve(config: &Path, allow_root: bool, accept_rollback: &[Stri
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        coffer::net::server::serve(cfg, ep, metrics, &verdict.refused, shutdown).await?;
+        coffer::net::server::serve(cfg, ep, metrics, &verdict.refused, reloads, shutdown).await?;
         Ok(())
     })
 }

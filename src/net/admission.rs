@@ -81,6 +81,19 @@ impl Drop for Admitted {
     }
 }
 
+impl Admitted {
+    /// The admission that counted this connection: a connection open at a
+    /// reload keeps the limits it was admitted under until it closes.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.adm
+    }
+
+    /// The limits this connection was admitted under.
+    pub fn limits(&self) -> Limits {
+        self.adm.limits
+    }
+}
+
 /// Memory reserved for one stream's frame or body, given back when dropped.
 pub struct Reservation {
     _permits: [OwnedSemaphorePermit; 2],

@@ -167,8 +167,11 @@ pub struct AlertsConfig {
     pub anomaly_window: usize,
     /// A program (argv) that gets each alert as JSON on its standard input.
     pub command: Option<Vec<String>>,
-    /// An `http://` URL that gets each alert as JSON in a POST.
+    /// An `http://` or `https://` URL that gets each alert as JSON in a POST.
     pub webhook: Option<String>,
+    /// A PEM file of certificates that HTTPS webhooks trust instead of the
+    /// system's roots (a private CA, or a self-signed receiver's own).
+    pub webhook_ca: Option<PathBuf>,
     /// How long the command and the webhook may take (default "10s").
     #[serde(default = "ten_s")]
     pub timeout: String,
@@ -186,7 +189,7 @@ pub struct Alerting {
     /// Command argv.
     pub command: Option<Vec<String>>,
     /// Webhook.
-    pub webhook: Option<super::http::HttpUrl>,
+    pub webhook: Option<super::webhook::Webhook>,
     /// Delivery timeout.
     pub timeout: Duration,
     /// Without `[alerts]`: only the `stale` and `clock` conditions are
@@ -343,11 +346,17 @@ impl AlertsConfig {
                 ));
             }
         }
+        let timeout = duration("alerts", "timeout", &self.timeout)?;
         let webhook = match &self.webhook {
             Some(w) => Some(
-                super::http::HttpUrl::parse(w)
+                super::webhook::Webhook::new(w, self.webhook_ca.as_deref(), timeout)
                     .map_err(|e| Error::Denied(format!("[alerts] webhook = {w:?}: {e}")))?,
             ),
+            None if self.webhook_ca.is_some() => {
+                return Err(Error::Denied(
+                    "[alerts] webhook_ca is set but there is no webhook".into(),
+                ))
+            }
             None => None,
         };
         Ok(Alerting {
@@ -362,7 +371,7 @@ impl AlertsConfig {
             repeat_after: secs("repeat_after", &self.repeat_after)?,
             command: self.command.clone(),
             webhook,
-            timeout: duration("alerts", "timeout", &self.timeout)?,
+            timeout,
             stale_only: false,
         })
     }
@@ -730,7 +739,6 @@ mod tests {
             ("[alerts]\nquota_warn = 1.5\n", "quota_warn"),
             ("[alerts]\nanomaly_window = 2\n", "anomaly_window"),
             ("[alerts]\ncommand = []\n", "command"),
-            ("[alerts]\nwebhook = \"https://example.org/x\"\n", "https"),
             ("[alerts]\nwebhook = \"ftp://h/x\"\n", "webhook"),
         ] {
             let e = ServerConfig::parse(&format!("{BASE}{section}")).unwrap_err();

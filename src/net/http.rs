@@ -1,10 +1,9 @@
-//! The little HTTP the server speaks: a strict responder for `GET /metrics`
-//! and a POST of one JSON object to a webhook. Plain HTTP/1.1 on tokio, one
-//! request per connection, bounded in size and time; nothing else (no
-//! keep-alive, no chunked bodies, no TLS: the metrics are for localhost, and
-//! a webhook beyond this host goes through a local relay).
+//! The little HTTP the server answers: a strict responder for `GET /metrics`.
+//! Plain HTTP/1.1 on tokio, one request per connection, bounded in size and
+//! time; nothing else (no keep-alive, no chunked bodies, no TLS: the metrics
+//! are for localhost or a private network). Webhooks go out through
+//! `net::webhook`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,60 +16,6 @@ pub const MAX_HEAD_BYTES: usize = 8 << 10;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 32;
-
-/// An `http://HOST[:PORT][/PATH]` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl {
-    /// Host name or IP address (brackets kept for IPv6).
-    pub host: String,
-    /// Port (80 when absent).
-    pub port: u16,
-    /// Path and query, starting with `/`.
-    pub path: String,
-}
-
-impl HttpUrl {
-    /// Parses a URL; refuses every scheme but `http`.
-    pub fn parse(s: &str) -> Result<HttpUrl, String> {
-        if s.starts_with("https://") {
-            return Err(
-                "https is not supported; give an http:// URL on this host or the \
-                        local network (a relay can forward it over TLS)"
-                    .into(),
-            );
-        }
-        let rest = s
-            .strip_prefix("http://")
-            .ok_or("expected http://HOST[:PORT]/PATH")?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !p.contains(']') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("port {p:?} is not a number"))?,
-            ),
-            _ => (authority, 80),
-        };
-        let bad = |c: char| c.is_whitespace() || c.is_control() || c == '@';
-        if host.is_empty() || host.contains(bad) || path.contains(bad) {
-            return Err("expected http://HOST[:PORT]/PATH".into());
-        }
-        Ok(HttpUrl {
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
-        })
-    }
-}
-
-impl std::fmt::Display for HttpUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}:{}{}", self.host, self.port, self.path)
-    }
-}
 
 /// What a request head asks for, as far as this server cares.
 #[derive(Debug, PartialEq, Eq)]
@@ -246,84 +191,9 @@ pub async fn serve_metrics(
     }
 }
 
-/// POSTs `body` (JSON) to `url` and waits for the status line; `Ok` on 2xx.
-pub async fn post_json(url: &HttpUrl, body: &[u8], timeout: Duration) -> Result<(), String> {
-    let work = async {
-        let addr = format!("{}:{}", url.host, url.port);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&addr)
-            .await
-            .map_err(|e| format!("resolving {addr}: {e}"))?
-            .collect();
-        // Each address in turn, as a resolver's order is only a preference.
-        let mut last = format!("{addr} has no address");
-        let mut conn = None;
-        for a in &addrs {
-            match TcpStream::connect(a).await {
-                Ok(s) => {
-                    conn = Some(s);
-                    break;
-                }
-                Err(e) => last = format!("connecting to {addr} ({a}): {e}"),
-            }
-        }
-        let mut s = conn.ok_or(last)?;
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: coffer/{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            url.path,
-            if url.port == 80 { url.host.clone() } else { addr.clone() },
-            env!("CARGO_PKG_VERSION"),
-            body.len()
-        );
-        s.write_all(head.as_bytes())
-            .await
-            .and(s.write_all(body).await)
-            .map_err(|e| format!("sending to {addr}: {e}"))?;
-        let mut status = Vec::new();
-        let mut b = [0u8; 256];
-        while !status.contains(&b'\n') && status.len() < 1024 {
-            let n = s
-                .read(&mut b)
-                .await
-                .map_err(|e| format!("reading the answer: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            status.extend_from_slice(&b[..n]);
-        }
-        let line = String::from_utf8_lossy(&status);
-        let line = line.lines().next().unwrap_or("").to_string();
-        match line.split(' ').nth(1) {
-            Some(code) if code.starts_with('2') && code.len() == 3 => Ok(()),
-            _ => Err(format!("answered {line:?}")),
-        }
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            HttpUrl::parse("http://127.0.0.1:9000/hook").unwrap(),
-            HttpUrl {
-                host: "127.0.0.1".into(),
-                port: 9000,
-                path: "/hook".into()
-            }
-        );
-        let u = HttpUrl::parse("http://alerts.internal").unwrap();
-        assert_eq!((u.port, u.path.as_str()), (80, "/"));
-        assert_eq!(HttpUrl::parse("http://[::1]:81/x").unwrap().host, "[::1]");
-        assert!(HttpUrl::parse("https://x/").unwrap_err().contains("https"));
-        assert!(HttpUrl::parse("http://x:port/").is_err());
-        assert!(HttpUrl::parse("http://a b/").is_err());
-        assert!(HttpUrl::parse("http:///x").is_err());
-    }
 
     #[test]
     fn routes() {

@@ -99,14 +99,34 @@ pub fn init() {
             .try_init();
     } else {
         let _ = builder
-            .with_ansi(std::io::stderr().is_terminal())
+            .with_ansi(colour_wanted(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            ))
             .try_init();
     }
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set to
+/// anything non-empty (<https://no-color.org>).
+pub fn colour_wanted(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_color_turns_colour_off_even_on_a_terminal() {
+        assert!(colour_wanted(true, None));
+        assert!(
+            colour_wanted(true, Some("".into())),
+            "empty NO_COLOR is unset"
+        );
+        assert!(!colour_wanted(true, Some("1".into())));
+        assert!(!colour_wanted(false, None), "no colour into a file or pipe");
+    }
 
     #[test]
     fn priorities_match_syslog() {

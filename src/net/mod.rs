@@ -11,9 +11,12 @@ pub mod http;
 pub mod log;
 pub mod quota;
 pub mod refusal;
+pub mod reload;
 pub mod rollback;
+pub mod schedule;
 pub mod server;
 pub mod watch;
+pub mod webhook;
 
 use std::fmt;
 use std::path::Path;

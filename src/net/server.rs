@@ -13,7 +13,7 @@ use quinn::{RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
 use tracing::{debug, error, info, warn};
 
-use super::admission::{self, Admission, Admitted, ReadError, Reservation};
+use super::admission::{self, Admitted, ReadError, Reservation};
 use super::config::{Client, ServerConfig};
 use super::{provider, tls_err, transport, Fingerprint, Identity, PinnedClients};
 use crate::error::{Error, ErrorKind, Result};
@@ -28,21 +28,21 @@ pub const MAX_READ_BYTES: u64 = 256 << 20;
 /// Largest snapshot file accepted over the wire.
 pub const MAX_WIRE_SNAPSHOT_BYTES: u64 = 256 << 20;
 
-struct State {
-    data: PathBuf,
-    clients: HashMap<Fingerprint, Client>,
-    stores: Mutex<HashMap<String, Arc<LocalStore>>>,
+pub(super) struct State {
+    pub(super) data: PathBuf,
+    /// What a reload (SIGHUP) may change: who may connect, to which
+    /// namespace, under which rules and limits. See `net::reload`.
+    pub(super) live: std::sync::RwLock<Arc<super::reload::Live>>,
+    pub(super) stores: Mutex<HashMap<String, Arc<LocalStore>>>,
     /// Bytes of packs and of uploads in progress per namespace.
     quotas: Arc<super::quota::Quotas>,
     /// Parity shape of every namespace.
     parity: crate::parity::ParityConfig,
     /// Metrics and alerts.
-    watch: Arc<super::watch::Watch>,
-    /// Connections and memory per certificate, and memory overall.
-    admission: Arc<Admission>,
+    pub(super) watch: Arc<super::watch::Watch>,
     /// Namespaces whose commit counter went back, not served (see
     /// `rollback`): the answer to their clients' Hello.
-    refused: HashMap<String, String>,
+    pub(super) refused: std::sync::RwLock<HashMap<String, String>>,
 }
 
 /// Opens a namespace's store with its retention rules.
@@ -58,6 +58,18 @@ pub fn namespace_store(
 }
 
 impl State {
+    /// The clients and limits in force now.
+    pub(super) fn live(&self) -> Arc<super::reload::Live> {
+        // unwrap-free: a poisoned lock still holds a whole config.
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Why `ns` is not served, if it is not.
+    fn refusal(&self, ns: &str) -> Option<String> {
+        let r = self.refused.read().unwrap_or_else(|p| p.into_inner());
+        r.get(ns).cloned()
+    }
+
     fn store(&self, client: &Client) -> Result<Arc<LocalStore>> {
         // unwrap: the lock is never held across a panic
         let mut m = self.stores.lock().unwrap();
@@ -77,7 +89,8 @@ impl State {
     /// Scrubs every namespace and logs each finding.
     fn scrub_all(&self) {
         let mut seen = std::collections::HashSet::new();
-        for c in self.clients.values() {
+        let live = self.live();
+        for c in live.clients.values() {
             if !seen.insert(c.namespace.clone()) {
                 continue;
             }
@@ -118,9 +131,10 @@ impl State {
     /// Runs the retention sweep and collection in every namespace.
     fn prune_all(&self) {
         let mut seen = std::collections::HashSet::new();
-        for c in self.clients.values() {
+        let live = self.live();
+        for c in live.clients.values() {
             // A namespace not served is left as it is, as `prune --config` does.
-            if !seen.insert(c.namespace.clone()) || self.refused.contains_key(&c.namespace) {
+            if !seen.insert(c.namespace.clone()) || self.refusal(&c.namespace).is_some() {
                 continue;
             }
             let res = self.store(c).and_then(|s| {
@@ -176,6 +190,17 @@ impl State {
 /// Builds the QUIC endpoint from a config: TLS 1.3 only, client
 /// certificates required and pinned, 0-RTT off.
 pub fn endpoint(cfg: &ServerConfig) -> Result<(quinn::Endpoint, SocketAddr)> {
+    let sc = quic_config(cfg)?;
+    let addr = cfg.listen_addr()?;
+    let ep = quinn::Endpoint::server(sc, addr)
+        .map_err(|e| Error::Denied(format!("cannot listen on {addr}: {e}")))?;
+    let local = ep.local_addr().map_err(Error::RawIo)?;
+    Ok((ep, local))
+}
+
+/// The endpoint's handshake rules from a config: its identity and the
+/// pinned client certificates. A reload swaps them in for new handshakes.
+pub(super) fn quic_config(cfg: &ServerConfig) -> Result<quinn::ServerConfig> {
     let id = Identity::load(&cfg.identity)?;
     let clients = cfg.validated_clients()?;
     let provider = provider();
@@ -194,71 +219,90 @@ pub fn endpoint(cfg: &ServerConfig) -> Result<(quinn::Endpoint, SocketAddr)> {
     let qc = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qc));
     sc.transport_config(Arc::new(transport()));
-    let addr = cfg.listen_addr()?;
-    let ep = quinn::Endpoint::server(sc, addr)
-        .map_err(|e| Error::Denied(format!("cannot listen on {addr}: {e}")))?;
-    let local = ep.local_addr().map_err(Error::RawIo)?;
-    Ok((ep, local))
+    Ok(sc)
 }
 
 /// Serves until `shutdown` resolves; `metrics` is the listener of
 /// [`super::watch::bind_metrics`], when the config has `[metrics]`. The
-/// namespaces in `refused` (their counter went back) are not served.
+/// namespaces in `refused` (their counter went back) are not served. Each
+/// config that arrives on `reloads` (read and checked by the caller, on
+/// SIGHUP) replaces the clients and limits, see `net::reload`.
 pub async fn serve(
     cfg: ServerConfig,
     ep: quinn::Endpoint,
     metrics: Option<tokio::net::TcpListener>,
     refused: &[super::rollback::RolledBack],
+    mut reloads: tokio::sync::mpsc::Receiver<ServerConfig>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let clients = cfg.validated_clients()?;
     std::fs::create_dir_all(cfg.data.join("namespaces")).map_err(|e| Error::io(&cfg.data, e))?;
     let watch = Arc::new(super::watch::Watch::new(&cfg)?);
     watch.clone().start(metrics);
     let state = Arc::new(State {
         data: cfg.data.clone(),
-        clients: clients.into_iter().map(|c| (c.fingerprint, c)).collect(),
+        live: std::sync::RwLock::new(Arc::new(super::reload::Live::new(&cfg)?)),
         stores: Mutex::new(HashMap::new()),
         quotas: Default::default(),
         parity: cfg.parity_config(),
         watch,
-        admission: Admission::new(cfg.limits()?),
-        refused: refused
-            .iter()
-            .map(|r| (r.namespace.clone(), r.refusal()))
-            .collect(),
+        refused: std::sync::RwLock::new(
+            refused
+                .iter()
+                .map(|r| (r.namespace.clone(), r.refusal()))
+                .collect(),
+        ),
     });
-    // Scrub on the server's own schedule.
-    let scrub_every = std::time::Duration::from_secs(cfg.scrub_interval_hours as u64 * 3600);
+    let mut cfg = cfg;
+    // Scrub on the server's own schedule, kept across restarts (see
+    // `net::schedule`); the interval is the one in force at each look.
     let scrubber = state.clone();
     tokio::spawn(async move {
-        let mut tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + scrub_every, scrub_every);
+        use super::schedule;
+        let data = scrubber.data.clone();
+        let clock = crate::store::system_clock();
+        let now = move || clock();
+        if schedule::read_last(&data).is_none() {
+            if let Err(e) = schedule::write_last(&data, now()) {
+                warn!("the scrub schedule is not recorded, a restart starts it over: {e}");
+            }
+        }
         loop {
-            tick.tick().await;
+            let every = scrubber.live().scrub_every.as_secs() as i64;
+            let due = schedule::next_due(schedule::read_last(&data), now(), every);
+            if now() < due {
+                tokio::time::sleep(schedule::nap(due, now())).await;
+                continue;
+            }
+            if let Err(e) = schedule::write_last(&data, now()) {
+                warn!("the scrub schedule is not recorded, a restart starts it over: {e}");
+            }
             let s = scrubber.clone();
             let _ = tokio::task::spawn_blocking(move || s.scrub_all()).await;
         }
     });
-    // The retention sweep and collection, on the server's own schedule.
-    let every = cfg.prune_every()?;
+    // The retention sweep and collection, on the server's own schedule:
+    // at the start, then every interval (the one in force after a reload).
     let sweeper = state.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
         loop {
-            tick.tick().await;
             let s = sweeper.clone();
             let _ = tokio::task::spawn_blocking(move || s.prune_all()).await;
+            tokio::time::sleep(sweeper.live().prune_every).await;
         }
     });
     let limit = Arc::new(tokio::sync::Semaphore::new(1024));
     // Unauthenticated peers hold slots only briefly and only a few each.
-    let limits = state.admission.limits();
-    let handshakes = super::handshake::Handshakes::new(limits.handshakes_per_address);
+    let handshakes =
+        super::handshake::Handshakes::new(state.live().admission.limits().handshakes_per_address);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            Some(new) = reloads.recv() => {
+                if let Some(now) = super::reload::apply(&state, &ep, &cfg, new) {
+                    cfg = now;
+                }
+            }
             inc = ep.accept() => {
                 let Some(inc) = inc else { break };
                 let from = inc.remote_address();
@@ -277,6 +321,7 @@ pub async fn serve(
                     continue;
                 };
                 let state = state.clone();
+                let limits = state.live().admission.limits();
                 tokio::spawn(async move {
                     let _permit = permit;
                     // Dropped unfinished, the handshake is abandoned.
@@ -333,8 +378,8 @@ impl Conn {
             .await
             .expect("budget semaphore open");
         let shared = self
-            .state
-            .admission
+            .admitted
+            .admission()
             .reserve(&self.admitted, len)
             .await
             .map_err(|why| Reply::err(ErrorCode::TooLarge, why))?;
@@ -348,7 +393,7 @@ impl Conn {
         recv: &mut RecvStream,
         buf: &mut [u8],
     ) -> std::result::Result<(), ReadError> {
-        let r = admission::read_exact(recv, buf, self.state.admission.limits().stall).await;
+        let r = admission::read_exact(recv, buf, self.admitted.limits().stall).await;
         if let Err(e @ ReadError::Stalled(_)) = &r {
             log(self, "a stalled stream", &e.to_string());
             self.conn.close(4u32.into(), b"stalled mid-frame");
@@ -359,11 +404,12 @@ impl Conn {
 
 async fn connection(state: Arc<State>, conn: quinn::Connection) {
     // The handshake already refused unknown certificates; this is the map to a namespace.
-    let Some(client) = peer(&conn).and_then(|fp| state.clients.get(&fp).cloned()) else {
+    let live = state.live();
+    let Some(client) = peer(&conn).and_then(|fp| live.clients.get(&fp).cloned()) else {
         conn.close(2u32.into(), b"unknown client");
         return;
     };
-    let admitted = match state.admission.admit(client.fingerprint) {
+    let admitted = match live.admission.admit(client.fingerprint) {
         Ok(a) => a,
         Err(why) => {
             super::refusal::over_limit(conn.remote_address(), &client.fingerprint, &why);
@@ -380,6 +426,18 @@ async fn connection(state: Arc<State>, conn: quinn::Connection) {
         admitted,
     });
     while let Ok((send, recv)) = conn.accept_bi().await {
+        // A reload may have removed this client or moved it elsewhere: it
+        // keeps nothing it was given at its handshake.
+        if !super::reload::still_served(&ctx.state, &ctx.client) {
+            log(
+                &ctx,
+                "a request",
+                "the client is no longer in the server's config",
+            );
+            ctx.conn
+                .close(2u32.into(), b"client removed from the server's config");
+            break;
+        }
         let ctx = ctx.clone();
         tokio::spawn(async move {
             if let Err(why) = stream(&ctx, send, recv).await {
@@ -668,8 +726,8 @@ async fn handle(
                 format!("namespace {namespace:?} is not available to this client"),
             ));
         }
-        if let Some(why) = ctx.state.refused.get(namespace) {
-            return Err(Reply::err(ErrorCode::Denied, why.clone()));
+        if let Some(why) = ctx.state.refusal(namespace) {
+            return Err(Reply::err(ErrorCode::Denied, why));
         }
         ctx.hello.store(true, Ordering::SeqCst);
         // A session begins: what a killed server left in the namespace's

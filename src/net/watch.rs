@@ -63,6 +63,7 @@ const DELIVERIES: usize = 4;
 const MAX_COMMAND_STDERR: usize = 64 << 10;
 
 /// A namespace as the config defines it.
+#[derive(Clone)]
 struct Namespace {
     name: String,
     policy: Policy,
@@ -94,7 +95,8 @@ struct Cache {
 pub struct Watch {
     data: PathBuf,
     parity: ParityConfig,
-    namespaces: Vec<Namespace>,
+    /// Replaced by a reload ([`Watch::set_namespaces`]).
+    namespaces: RwLock<Arc<Vec<Namespace>>>,
     started: i64,
     refresh: Option<Duration>,
     /// `[alerts]`, or the stale check alone (see [`ServerConfig::alerting`]).
@@ -121,6 +123,22 @@ pub struct Watch {
 
 fn now() -> i64 {
     system_clock()()
+}
+
+/// The namespaces a config defines, sorted by name.
+fn config_namespaces(cfg: &ServerConfig) -> Result<Vec<Namespace>> {
+    let mut namespaces: Vec<Namespace> = cfg
+        .namespaces()?
+        .into_iter()
+        .map(|c| Namespace {
+            name: c.namespace,
+            policy: c.policy,
+            quota: c.quota,
+            stale_after: c.stale_after,
+        })
+        .collect();
+    namespaces.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(namespaces)
 }
 
 /// Binds the metrics endpoint of a config, if it has one.
@@ -150,18 +168,42 @@ fn load_state(path: &std::path::Path) -> AlertState {
 }
 
 impl Watch {
+    /// The namespaces watched now.
+    fn namespaces(&self) -> Arc<Vec<Namespace>> {
+        // unwrap-free: a poisoned lock still holds a whole list.
+        self.namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// After a reload: watches the namespaces of `cfg` (a new one is
+    /// watched from now, as at a start), forgets the figures of those gone,
+    /// and collects at the next tick.
+    pub fn set_namespaces(&self, cfg: &ServerConfig) -> Result<()> {
+        let namespaces = config_namespaces(cfg)?;
+        let started = now();
+        {
+            // unwrap (locks here): never held across a panic
+            let mut state = self.state.lock().unwrap();
+            for n in &namespaces {
+                state.watched_since.entry(n.name.clone()).or_insert(started);
+            }
+        }
+        let known = |ns: &str| namespaces.iter().any(|n| n.name == ns);
+        self.figures.lock().unwrap().retain(|ns, _| known(ns));
+        self.dirty
+            .lock()
+            .unwrap()
+            .extend(namespaces.iter().map(|n| n.name.clone()));
+        *self.namespaces.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(namespaces);
+        self.wake.notify_one();
+        Ok(())
+    }
+
     /// A watcher for a validated config.
     pub fn new(cfg: &ServerConfig) -> Result<Watch> {
-        let mut namespaces: Vec<Namespace> = Vec::new();
-        for c in cfg.namespaces()? {
-            namespaces.push(Namespace {
-                name: c.namespace,
-                policy: c.policy,
-                quota: c.quota,
-                stale_after: c.stale_after,
-            });
-        }
-        namespaces.sort_by(|a, b| a.name.cmp(&b.name));
+        let namespaces = config_namespaces(cfg)?;
         let alerting = cfg.alerting()?;
         let refresh = cfg.metrics.as_ref().map(|m| m.refresh()).transpose()?;
         let mut state = load_state(&cfg.data.join(ALERT_STATE));
@@ -176,7 +218,7 @@ impl Watch {
         let w = Watch {
             data: cfg.data.clone(),
             parity: cfg.parity_config(),
-            namespaces,
+            namespaces: RwLock::new(Arc::new(namespaces)),
             started,
             refresh,
             alerting,
@@ -267,7 +309,7 @@ impl Watch {
         // On a tick, a walk a little early beats one a whole period late.
         let slack = if full { period / 2 } else { Duration::ZERO };
         let mut any = false;
-        for n in &self.namespaces {
+        for n in self.namespaces().iter() {
             if !full && !dirty.contains(&n.name) {
                 continue;
             }
@@ -540,7 +582,7 @@ impl Watch {
         let a = &self.alerting;
         // Without [alerts], snapshots are not judged, and of the periodic
         // conditions only staleness is.
-        for n in self.namespaces.iter().filter(|_| !a.stale_only) {
+        for n in self.namespaces().iter().filter(|_| !a.stale_only) {
             let newest = self.newest.lock().unwrap().get(&n.name).copied();
             let mark = self.state.lock().unwrap().judged.get(&n.name).copied();
             let unjudged = newest.is_some_and(|(id, received)| {
@@ -678,8 +720,12 @@ async fn deliver(a: &Alerting, al: &Alert) -> bool {
         Some(r.is_ok())
     };
     let hook = async {
+        let url = a.webhook.clone()?;
+        let b = body.clone();
+        let r = tokio::task::spawn_blocking(move || url.post(&b))
+            .await
+            .unwrap_or_else(|e| Err(format!("the delivery task failed: {e}")));
         let url = a.webhook.as_ref()?;
-        let r = super::http::post_json(url, &body, a.timeout).await;
         if let Err(e) = &r {
             error!(alert = al.kind.as_str(), namespace = %al.namespace, webhook = %url, "alert webhook failed: {e}");
         }

@@ -8,6 +8,7 @@ mod batch;
 pub mod check;
 pub mod diff;
 pub mod filter;
+pub mod find;
 mod readahead;
 pub mod restore;
 mod reused;

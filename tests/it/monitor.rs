@@ -185,9 +185,15 @@ fn webhook(listener: TcpListener) -> Arc<Mutex<Vec<Value>>> {
 }
 
 /// Reads one POST (head, then Content-Length bytes) and answers 200.
-fn receive(mut s: TcpStream) -> Option<Value> {
+fn receive(s: TcpStream) -> Option<Value> {
     s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    let mut r = BufReader::new(s.try_clone().ok()?);
+    let mut s = s;
+    receive_post(&mut s)
+}
+
+/// Reads one POST to `/hook` from `s` (plain or TLS) and answers 200.
+pub(crate) fn receive_post<S: Read + Write>(s: &mut S) -> Option<Value> {
+    let mut r = BufReader::new(&mut *s);
     let mut len = 0;
     let mut first = String::new();
     r.read_line(&mut first).ok()?;
@@ -204,7 +210,9 @@ fn receive(mut s: TcpStream) -> Option<Value> {
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).ok()?;
+    drop(r);
     let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let _ = s.flush();
     serde_json::from_slice(&body).ok()
 }
 

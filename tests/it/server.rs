@@ -102,6 +102,12 @@ impl TestServer {
         let _ = self.child.wait();
     }
 
+    /// Sets `key=value` in the server's environment from its next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Starts a stopped server again, like [`TestServer::restart`].
     pub fn start_again(&mut self) {
         let (child, port, metrics_port) = spawn(self.dir.path(), &self.stderr, &self.env);
@@ -117,6 +123,11 @@ impl TestServer {
     /// A command for client `i`, with its identity, the pin and its namespace.
     pub fn client(&self, i: usize, cache: &Path) -> Command {
         let (id, _, ns) = &self.clients[i];
+        self.client_as(id, ns, cache)
+    }
+
+    /// A command for the identity file `id` in namespace `ns`, with the pin.
+    pub fn client_as(&self, id: &Path, ns: &str, cache: &Path) -> Command {
         let mut c = clean_command();
         c.env("COFFER_PASSWORD", PASSWORD)
             .env("COFFER_CACHE_DIR", cache)

@@ -1,0 +1,195 @@
+//! Scripting: every command that prints answers `--json` with JSON, and
+//! every command exits cleanly (0, or its own code; never a panic's 101)
+//! when the reader of its standard output has already gone.
+
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+
+use crate::util::*;
+
+/// A repository with two snapshots of a small tree; returns the two ids.
+fn repo_with_two() -> (TestRepo, String, String) {
+    // No lock window: `forget` may remove a snapshot at once.
+    let t = TestRepo::with_init(&["--lock-days", "0"]);
+    let src = t.path("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..40 {
+        std::fs::write(src.join(format!("d/f{i}")), random_bytes(i, 3000)).unwrap();
+    }
+    std::fs::write(src.join("big"), random_bytes(99, 400_000)).unwrap();
+    let a = t.backup(&[src.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(src.join("d/new"), b"new file").unwrap();
+    let b = t.backup(&[src.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (t, a, b)
+}
+
+/// Runs `args` with standard output a pipe whose reader is already
+/// closed: the first write fails with EPIPE.
+fn run_closed_stdout(t: &TestRepo, args: &[&str]) -> Run {
+    let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+    drop(r);
+    let out = t
+        .command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(w))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    Run { out }
+}
+
+/// The listing commands, `--help` and the long-running ones keep their own
+/// exit code when nobody reads their output, and none panics.
+#[test]
+fn every_command_survives_a_closed_output_pipe() {
+    let (t, a, b) = repo_with_two();
+    let src = t.path("src");
+    let file = format!("{}/big", src.display());
+    let target = t.path("restore-closed");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["snapshots"],
+        vec!["--json", "snapshots"],
+        vec!["ls", "latest"],
+        vec!["--json", "ls", "latest"],
+        vec!["diff", &a, &b],
+        vec!["--json", "diff", &a, &b],
+        vec!["stats"],
+        vec!["check"],
+        vec!["key", "list"],
+        vec!["dump", "latest", &file],
+        vec!["prune"],
+        vec!["prune", "--dry-run"],
+        vec!["--json", "prune", "--dry-run"],
+        vec!["scrub"],
+        vec!["policy"],
+        vec!["restore", "latest", "--target", target.to_str().unwrap()],
+        vec!["--help"],
+        vec!["snapshots", "--help"],
+        vec!["--version"],
+    ];
+    for args in &cases {
+        let r = run_closed_stdout(&t, args);
+        let code = r.code();
+        assert!(
+            code == 0 || code == 141,
+            "{args:?} exited {code} with its output pipe closed:\n{}",
+            r.stderr()
+        );
+        assert!(
+            !r.stderr().contains("panicked"),
+            "{args:?} panicked:\n{}",
+            r.stderr()
+        );
+    }
+    // The restore still did its work: nobody reading is no reason to stop.
+    let restored = restored(&target, &src);
+    assert_eq!(
+        std::fs::read(restored.join("big")).unwrap(),
+        std::fs::read(src.join("big")).unwrap()
+    );
+}
+
+/// `key add/remove/passwd` and `forget` print text today; with `--json`
+/// every one of them answers JSON a script can parse.
+#[test]
+fn every_printing_command_answers_json() {
+    let (t, a, b) = repo_with_two();
+    let pw = [("COFFER_NEW_PASSWORD", "another passphrase entirely")];
+    let added = t.run_env(&["--json", "key", "add"], &pw).ok().json();
+    let added_id = added["id"].as_str().unwrap().to_string();
+    let removed = t.run(&["--json", "key", "remove", &added_id]).ok().json();
+    assert_eq!(removed["id"], added_id.as_str(), "{removed}");
+    let passwd = t.run_env(&["--json", "key", "passwd"], &pw).ok().json();
+    assert!(passwd["id"].is_string(), "{passwd}");
+    assert!(passwd["replaced"].is_string(), "{passwd}");
+    let t_env = [("COFFER_PASSWORD", "another passphrase entirely")];
+    // The old passphrase no longer opens the repository; the new one does.
+    t.run(&["snapshots"]).fails();
+    let forgot = t.run_env(&["--json", "forget", &a], &t_env).ok().json();
+    assert_eq!(
+        forgot["forgotten"].as_array().map(|v| v.len()),
+        Some(1),
+        "{forgot}"
+    );
+    for args in [
+        vec!["--json", "snapshots"],
+        vec!["--json", "ls", &b],
+        vec!["--json", "stats"],
+        vec!["--json", "check"],
+        vec!["--json", "key", "list"],
+        vec!["--json", "prune", "--dry-run"],
+        vec!["--json", "policy"],
+        vec!["--json", "scrub"],
+        vec!["--json", "clock"],
+    ] {
+        let r = t.run_env(&args, &t_env);
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&r.out.stdout).is_ok(),
+            "{args:?} did not answer JSON: {}\n{}",
+            r.stdout(),
+            r.stderr()
+        );
+    }
+}
+
+/// The operator's `prune --config` and `scrub --config` go through every
+/// namespace even when nobody reads what they print, and answer JSON.
+#[test]
+fn operator_sweeps_reach_every_namespace_with_output_closed() {
+    let srv = crate::server::TestServer::start(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), random_bytes(7, 50_000)).unwrap();
+    for i in 0..3 {
+        let out = srv
+            .client(i, &tmp.path().join(format!("cache{i}")))
+            .args(["backup", src.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let cfg = srv.dir.path().join("server.toml");
+    for args in [["prune"], ["scrub"]] {
+        let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let out = clean_command()
+            .args(args)
+            .args(["--allow-root", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::from(w))
+            .output()
+            .unwrap();
+        let code = out.status.code().unwrap_or(-1);
+        assert!(
+            code == 0 || code == 141,
+            "{args:?}: {code}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for i in 0..3 {
+        let ns = srv.namespace_dir(&format!("ns-{i}"));
+        assert!(
+            ns.join("policy.applied").exists(),
+            "prune with its output closed never reached ns-{i}"
+        );
+    }
+    for args in [
+        vec!["--json", "prune", "--dry-run"],
+        vec!["--json", "scrub"],
+    ] {
+        let out = srv.operator(&args);
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
