@@ -53,6 +53,7 @@ pub mod job;
 pub mod keep;
 pub mod limits;
 pub mod monitor;
+pub mod mount;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod object;

@@ -130,6 +130,10 @@ pub enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// Browse the snapshots as a read-only file system (FUSE) mounted on
+    /// DIR: `ids/`, `hosts/HOST/TIME`, `tags/TAG/TIME`, `latest/HOST`.
+    /// Runs until Ctrl-C, SIGTERM or `fusermount3 -u DIR`.
+    Mount(MountArgs),
     /// Show what changed between two snapshots (each may be `SNAP:SUBPATH`).
     Diff {
         /// The older snapshot.
@@ -338,6 +342,20 @@ pub struct RestoreArgs {
     /// Read every written file back and compare it with the snapshot.
     #[arg(long)]
     pub verify: bool,
+}
+
+/// Where and how `mount` mounts.
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// An existing directory to mount on.
+    pub dir: PathBuf,
+    /// Let other users see the mount (the kernel then checks each entry's
+    /// stored mode and owner); not root: needs `user_allow_other` in
+    /// /etc/fuse.conf.
+    #[arg(long)]
+    pub allow_other: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// Which snapshots a command considers; `latest` is the newest of them.

@@ -15,6 +15,7 @@ mod find;
 mod forget;
 mod keys;
 mod ls;
+mod mount;
 mod operator;
 mod restore;
 mod rollback;
@@ -396,6 +397,7 @@ fn filter_of(c: &Command) -> Option<&FilterArgs> {
         | Command::Stats { filter, .. }
         | Command::Forget { filter, .. } => Some(filter),
         Command::Lock(a) => Some(&a.filter),
+        Command::Mount(a) => Some(&a.filter),
         _ => None,
     }
 }
@@ -438,6 +440,7 @@ fn run(mut cli: Cli) -> Result<()> {
             ..
         } => cmd_dump(&cli, snap, path.as_deref(), archive.is_some()),
         Command::Diff { snap1, snap2, .. } => cmd_diff(&cli, snap1, snap2),
+        Command::Mount(a) => mount::cmd_mount(&cli, a),
         Command::Find(a) => find::cmd_find(&cli, a),
         Command::Completions { shell } => docs::cmd_completions(*shell),
         Command::Man { dir } => {

@@ -15,6 +15,7 @@ mod job;
 mod keep;
 mod keys;
 mod monitor;
+mod mount;
 mod object;
 mod operator;
 mod profile;
