@@ -15,6 +15,7 @@ mod keys;
 mod monitor;
 mod object;
 mod operator;
+mod parity_sectors;
 mod restore;
 mod retention;
 mod rollback;
