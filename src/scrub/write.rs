@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::parity::{cauchy, SECTOR};
+use std::io::{Read, Seek};
 
 /// What [`write_stripe`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -204,8 +205,25 @@ fn write_once(
             });
             let done = (|| -> Result<Option<Once>> {
                 let mut pbs = vec![Vec::with_capacity(PARITY_BLOCK); m];
+                let reach = fresh.iter().map(|(_, z)| *z).max().unwrap_or(0);
                 for c in 0..shard_len.div_ceil(PARITY_BLOCK as u64) {
                     let at = c * PARITY_BLOCK as u64;
+                    if at >= reach && at < old_len {
+                        // Past the fresh members: the base's rows and sums
+                        // as they are, copied by the kernel.
+                        for ((f, sums), (t, w, ss)) in olds.iter().zip(outs.iter_mut()) {
+                            let mut f = f;
+                            f.seek(std::io::SeekFrom::Start(8 + at)).at(&*t)?;
+                            let n = std::io::copy(&mut f.take(old_len - at), w).at(&*t)?;
+                            if n != old_len - at {
+                                return Ok(Some(Once::BaseDamaged));
+                            }
+                            *read += n;
+                            let first = (at / SECTOR as u64) as usize * 32;
+                            ss.extend_from_slice(&sums[first..]);
+                        }
+                        break;
+                    }
                     let len = (shard_len - at).min(PARITY_BLOCK as u64) as usize;
                     let mut pieces = back_rx
                         .try_recv()
