@@ -407,9 +407,11 @@ pub fn parity_header(data: &[u8]) {
             assert!(n as u64 + 12 <= len);
         }
     }
-    // the input as the header of files of 0 to 4 rows
-    for rows in 0..=4u64 {
-        let file_len = 8 + rows * crate::parity::PARITY_BLOCK as u64 + len + 4;
+    // the input as the header of files of 0 to 4 rows, of either row size
+    // (64 KiB in layouts 1 and 2, a 4 KiB sector in layout 3)
+    let sizes = [crate::parity::PARITY_BLOCK, crate::parity::SECTOR];
+    for (rows, row) in (0..=4u64).flat_map(|r| sizes.map(|z| (r, z as u64))) {
+        let file_len = 8 + rows * row + len + 4;
         if let Ok(h) = decode_header(data, file_len) {
             let tail = encode_tail(&h);
             let body = &tail[..tail.len() - 4];

@@ -1,19 +1,25 @@
 //! Reed–Solomon parity across packs, as pure functions: the parity file
-//! layout, per-block checksums, and encoding and rebuilding one row of a
-//! stripe. A stripe is up to k packs (its members) and m parity shards; row
-//! `j` of the stripe is block `j` of every member (zero-padded) and of every
-//! shard. Needs no key: it sees only pack bytes. The store does the I/O.
+//! layout, per-row checksums, and rebuilding one row of a stripe. A stripe
+//! is up to k packs (its members) and m parity shards; row `j` of the
+//! stripe is row `j` of every member (zero-padded) and of every shard: a
+//! 4 KiB sector in layout 3 ([`cauchy`], where a new member adds its own
+//! contribution to the shards), a 64 KiB block in layouts 1 and 2
+//! ([`legacy`]). Needs no key: it sees only pack bytes. The store does the
+//! I/O.
 //!
 //! A parity file is `MAGIC_PARITY || shard || header || header_len (u32 LE)`;
 //! the header (CBOR) names the stripe, its members with their sizes and the
-//! BLAKE3 of each of their blocks, and this shard's own block sums, so each
-//! parity file alone describes its stripe.
+//! sum of each of their rows, and this shard's own row sums, so each parity
+//! file alone describes its stripe.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::format::{cbor_decode, cbor_encode, FormatError};
 use crate::id::PackId;
+
+pub mod cauchy;
+pub mod legacy;
 
 /// Stripe shape: k packs, m parity shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,8 +74,11 @@ impl Default for ParityConfig {
     }
 }
 
-/// Bytes per block: the unit of checksums and of repair.
+/// Bytes per row in layouts 1 and 2, and the unit the store reads and
+/// encodes in (16 sectors).
 pub const PARITY_BLOCK: usize = 64 << 10;
+/// Bytes per row in layout 3: the unit of checksums and of repair.
+pub const SECTOR: usize = 4 << 10;
 /// `blake3("coffer parity v1")[..8]`. Never change.
 pub const MAGIC_PARITY: [u8; 8] = [0x38, 0xb1, 0xba, 0x15, 0xc6, 0x55, 0x97, 0xb9];
 /// Largest parity header accepted.
@@ -82,60 +91,75 @@ pub struct Member {
     pub pack: PackId,
     /// Its size in bytes.
     pub size: u64,
-    /// The sum of each of its blocks ([`block_sum`]), 32 bytes each.
+    /// The sum of each of its rows ([`block_sum`]), 32 bytes each.
     pub sums: ByteBuf,
 }
 
 /// What every parity file of a stripe records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StripeHeader {
-    /// Layout version (1 or 2: how block sums are computed).
+    /// Layout version: 3, or 1 and 2 (64 KiB rows, the GF(2^16) code).
     pub version: u32,
     /// The stripe's number.
     pub stripe: u64,
     /// Parity shards of the stripe.
     pub m: u32,
-    /// Block size.
+    /// Row size: [`SECTOR`] in layout 3, [`PARITY_BLOCK`] before.
     pub block: u32,
-    /// Rows: blocks of the largest member.
+    /// Rows of the largest member.
     pub rows: u64,
     /// The members, in shard order.
     pub members: Vec<Member>,
     /// Which parity shard this file holds.
     pub index: u32,
-    /// The sum of each block of this shard ([`block_sum`]).
+    /// The sum of each row of this shard ([`block_sum`]).
     pub sums: ByteBuf,
 }
 
-/// Blocks needed for `len` bytes.
+/// 64 KiB blocks needed for `len` bytes.
 pub fn blocks(len: u64) -> u64 {
     len.div_ceil(PARITY_BLOCK as u64)
 }
 
-/// Layout version of the stripes written now; version 1 stripes are still
-/// read, checked and repaired.
-pub const STRIPE_VERSION: u32 = 2;
+/// Bytes per row in a stripe of layout `version`.
+pub fn row_size(version: u32) -> usize {
+    if version >= 3 {
+        SECTOR
+    } else {
+        PARITY_BLOCK
+    }
+}
 
-/// The sum of block `row` of a member or shard (its bytes as stored, not
+/// Rows needed for `len` bytes in a stripe of layout `version`.
+pub fn rows(version: u32, len: u64) -> u64 {
+    len.div_ceil(row_size(version) as u64)
+}
+
+/// Layout version of the stripes written now; stripes of versions 1 and 2
+/// are still read, checked and repaired.
+pub const STRIPE_VERSION: u32 = 3;
+
+/// The sum of row `row` of a member or shard (its bytes as stored, not
 /// padded) in a stripe of layout `version`.
 ///
-/// Version 1: BLAKE3 of the block alone. Version 2: the BLAKE3 chaining
-/// value of the block as the subtree of the whole member it is (a 64 KiB
-/// block at a 64 KiB offset always is one), so a member's sums also give
-/// its BLAKE3, its name, without hashing it twice ([`member_hash`]).
+/// Version 1: BLAKE3 of the block alone. Versions 2 and 3: the BLAKE3
+/// chaining value of the row as the subtree of the whole member it is (a
+/// 64 KiB block at a 64 KiB offset, or a 4 KiB sector at a 4 KiB offset,
+/// always is one), so a member's sums also give its BLAKE3, its name,
+/// without hashing it twice ([`member_hash`]).
 pub fn block_sum(version: u32, row: u64, data: &[u8]) -> [u8; 32] {
     if version == 1 {
         return *blake3::hash(data).as_bytes();
     }
     use blake3::hazmat::HasherExt;
     blake3::Hasher::new()
-        .set_input_offset(row * PARITY_BLOCK as u64)
+        .set_input_offset(row * row_size(version) as u64)
         .update(data)
         .finalize_non_root()
 }
 
-/// BLAKE3 of a whole member from its version-2 block sums (32 bytes each);
-/// `None` for a member of one block, whose hash is that of the block.
+/// BLAKE3 of a whole member from its version-2 or 3 row sums (32 bytes
+/// each); `None` for a member of one row, whose hash is that of the row.
 pub fn member_hash(sums: &[u8]) -> Option<[u8; 32]> {
     let cvs: Vec<[u8; 32]> = sums
         .chunks_exact(32)
@@ -182,18 +206,22 @@ fn validate(h: &StripeHeader) -> Result<(), FormatError> {
             supported: STRIPE_VERSION,
         });
     }
-    if h.block as usize != PARITY_BLOCK || h.members.is_empty() || h.m == 0 || h.index >= h.m {
+    if h.block as usize != row_size(h.version) || h.members.is_empty() || h.m == 0 || h.index >= h.m
+    {
         return bad("impossible stripe shape");
+    }
+    if h.version >= 3 && (h.members.len() > cauchy::MAX_K || h.m as usize > cauchy::MAX_M) {
+        return bad("stripe shape beyond the code");
     }
     if h.sums.len() as u64 != h.rows * 32 {
         return bad("shard sums do not match the rows");
     }
     let mut rows = 0;
     for m in &h.members {
-        if m.sums.len() as u64 != blocks(m.size) * 32 {
+        if m.sums.len() as u64 != self::rows(h.version, m.size) * 32 {
             return bad("member sums do not match its size");
         }
-        rows = rows.max(blocks(m.size));
+        rows = rows.max(self::rows(h.version, m.size));
     }
     if rows != h.rows {
         return bad("rows do not match the largest member");
@@ -229,7 +257,8 @@ pub fn decode_trailer(trailer: &[u8], file_len: u64) -> Result<usize, FormatErro
 pub fn decode_header(bytes: &[u8], file_len: u64) -> Result<StripeHeader, FormatError> {
     let h: StripeHeader = cbor_decode("parity header", bytes)?;
     validate(&h)?;
-    if 8 + h.rows * PARITY_BLOCK as u64 + bytes.len() as u64 + 4 != file_len {
+    let body = h.rows.checked_mul(h.block as u64);
+    if body.and_then(|b| b.checked_add(12 + bytes.len() as u64)) != Some(file_len) {
         return Err(FormatError::invalid(
             "parity file",
             "size does not match its header",
@@ -238,126 +267,32 @@ pub fn decode_header(bytes: &[u8], file_len: u64) -> Result<StripeHeader, Format
     Ok(h)
 }
 
-fn pad(block: &[u8]) -> Vec<u8> {
-    let mut v = block.to_vec();
-    v.resize(PARITY_BLOCK, 0);
-    v
-}
-
-/// Encodes one row: the members' blocks (each at most a block, shorter ones
-/// zero-padded) to `m` parity blocks.
-pub fn encode_row(members: &[&[u8]], m: usize) -> Result<Vec<Vec<u8>>, FormatError> {
-    let mut out = vec![Vec::new(); m];
-    RowEncoder::new(members.len(), m)?.encode(members, &mut out)?;
-    Ok(out)
-}
-
-fn rs_error(e: reed_solomon_simd::Error) -> FormatError {
-    FormatError::invalid("parity", e.to_string())
-}
-
-/// Encodes the rows of one stripe with one encoder, whose working space
-/// (about a megabyte) is allocated once, not once a row.
-pub struct RowEncoder {
-    enc: reed_solomon_simd::ReedSolomonEncoder,
-    k: usize,
-    pad: Vec<u8>,
-}
-
-impl RowEncoder {
-    /// An encoder for rows of `k` member blocks and `m` parity blocks.
-    pub fn new(k: usize, m: usize) -> Result<RowEncoder, FormatError> {
-        let enc =
-            reed_solomon_simd::ReedSolomonEncoder::new(k, m, PARITY_BLOCK).map_err(rs_error)?;
-        Ok(RowEncoder {
-            enc,
-            k,
-            pad: Vec::with_capacity(PARITY_BLOCK),
-        })
-    }
-
-    /// Encodes one row (see [`encode_row`]) into `out`, one parity block
-    /// per element, reusing their allocations.
-    pub fn encode(&mut self, members: &[&[u8]], out: &mut [Vec<u8>]) -> Result<(), FormatError> {
-        if members.len() != self.k || members.iter().any(|b| b.len() > PARITY_BLOCK) {
-            return Err(FormatError::invalid("parity", "row of the wrong shape"));
-        }
-        for b in members {
-            if b.len() == PARITY_BLOCK {
-                self.enc.add_original_shard(b).map_err(rs_error)?;
-            } else {
-                self.pad.clear();
-                self.pad.extend_from_slice(b);
-                self.pad.resize(PARITY_BLOCK, 0);
-                self.enc.add_original_shard(&self.pad).map_err(rs_error)?;
-            }
-        }
-        let res = self.enc.encode().map_err(rs_error)?;
-        let mut n = 0;
-        for (o, shard) in out.iter_mut().zip(res.recovery_iter()) {
-            o.clear();
-            o.extend_from_slice(shard);
-            n += 1;
-        }
-        if n != out.len() {
-            return Err(FormatError::invalid(
-                "parity",
-                "encoder gave too few shards",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Rebuilds the missing members' blocks of one row from what survived:
-/// `members[i]` and `parity[j]` are `None` when damaged. Returns every
-/// member's block, padded; fails when more than `m` shards are gone.
+/// Rebuilds the missing members of one row of a stripe of layout
+/// `version` (a 64 KiB block for layouts 1 and 2, a 4 KiB sector for
+/// layout 3) from what survived: `members[i]` and `parity[j]` are `None`
+/// when damaged. Returns every member's row, padded; fails when more than
+/// `m` shards of the row are gone.
 pub fn rebuild_row(
+    version: u32,
     members: &[Option<Vec<u8>>],
     parity: &[Option<Vec<u8>>],
 ) -> Result<Vec<Vec<u8>>, FormatError> {
-    let k = members.len();
-    let m = parity.len();
-    let originals: Vec<(usize, Vec<u8>)> = members
-        .iter()
-        .enumerate()
-        .filter_map(|(i, b)| b.as_ref().map(|b| (i, pad(b))))
-        .collect();
-    if originals.len() == k {
-        return Ok(originals.into_iter().map(|(_, b)| b).collect());
+    if version < 3 {
+        return legacy::rebuild_row(members, parity);
     }
-    let recovery: Vec<(usize, &Vec<u8>)> = parity
-        .iter()
-        .enumerate()
-        .filter_map(|(i, b)| b.as_ref().map(|b| (i, b)))
-        .collect();
-    if originals.len() + recovery.len() < k {
-        return Err(FormatError::invalid(
+    let ms: Vec<Option<&[u8]>> = members.iter().map(|b| b.as_deref()).collect();
+    let ps: Vec<Option<&[u8]>> = parity.iter().map(|b| b.as_deref()).collect();
+    cauchy::rebuild(&ms, &ps, SECTOR).ok_or_else(|| {
+        let gone = ms.iter().chain(&ps).filter(|b| b.is_none()).count();
+        FormatError::invalid(
             "parity",
             format!(
-                "{} of {} shards of a row are damaged; parity covers {m}",
-                k + m - originals.len() - recovery.len(),
-                k + m
+                "{gone} of {} shards of a row are damaged; parity covers {}",
+                ms.len() + ps.len(),
+                ps.len()
             ),
-        ));
-    }
-    let restored =
-        reed_solomon_simd::decode(k, m, originals.iter().map(|(i, b)| (*i, b)), recovery)
-            .map_err(|e| FormatError::invalid("parity", e.to_string()))?;
-    let mut out = Vec::with_capacity(k);
-    let mut have: std::collections::BTreeMap<usize, Vec<u8>> = originals.into_iter().collect();
-    for i in 0..k {
-        match have.remove(&i).or_else(|| restored.get(&i).cloned()) {
-            Some(b) => out.push(b),
-            None => {
-                return Err(FormatError::invalid(
-                    "parity",
-                    "decoder did not restore a shard",
-                ))
-            }
-        }
-    }
-    Ok(out)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -382,25 +317,103 @@ mod tests {
         fn any_m_lost_shards_are_rebuilt(k in 1usize..8, m in 1usize..4, lost in proptest::collection::vec(any::<u8>(), 0..4), short in 1usize..PARITY_BLOCK) {
             let members: Vec<Vec<u8>> = (0..k).map(|i| block(i as u8, if i == 0 { short } else { PARITY_BLOCK })).collect();
             let refs: Vec<&[u8]> = members.iter().map(|b| b.as_slice()).collect();
-            let parity = encode_row(&refs, m).unwrap();
+            let parity = legacy::encode_row(&refs, m).unwrap();
             let mut gone: Vec<usize> = lost.iter().map(|x| *x as usize % (k + m)).collect();
             gone.sort();
             gone.dedup();
             gone.truncate(m);
             let ms: Vec<Option<Vec<u8>>> = (0..k).map(|i| (!gone.contains(&i)).then(|| members[i].clone())).collect();
             let ps: Vec<Option<Vec<u8>>> = (0..m).map(|j| (!gone.contains(&(k + j))).then(|| parity[j].clone())).collect();
-            let back = rebuild_row(&ms, &ps).unwrap();
+            let back = rebuild_row(2, &ms, &ps).unwrap();
             for i in 0..k {
                 prop_assert_eq!(&back[i][..members[i].len()], &members[i][..]);
             }
         }
     }
 
+    /// Parity of `members` from scratch, byte by byte: shard `j` at `x` is
+    /// the sum over members of `coef(j, i) · member_i[x]`.
+    fn from_scratch(members: &[Vec<u8>], m: usize) -> Vec<Vec<u8>> {
+        let len = members.iter().map(|b| b.len()).max().unwrap_or(0);
+        (0..m)
+            .map(|j| {
+                (0..len)
+                    .map(|x| {
+                        members.iter().enumerate().fold(0u8, |acc, (i, b)| {
+                            let mut one = [0u8];
+                            let d = b.get(x).copied().unwrap_or(0);
+                            cauchy::mul_add(cauchy::coef(j, i), &[d], &mut one);
+                            acc ^ one[0]
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn members_added_one_by_one_give_the_shards_of_a_whole_encode(
+            sizes in proptest::collection::vec(prop_oneof![Just(0usize), Just(SECTOR), 1usize..3 * PARITY_BLOCK], 1..=16),
+            m in 1usize..=4,
+            old in 0usize..16,
+            lost in proptest::collection::vec(any::<u8>(), 0..4),
+        ) {
+            let k = sizes.len();
+            let members: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, n)| block(i as u8, *n)).collect();
+            // The first `old` members once, then each later one added in
+            // 64 KiB pieces at its offset, as the store does.
+            let old = old.min(k);
+            let mut shards = vec![Vec::new(); m];
+            for (i, b) in members.iter().enumerate().take(old) {
+                cauchy::add_member(i, b, &mut shards);
+            }
+            for (i, b) in members.iter().enumerate().skip(old) {
+                for (c, piece) in b.chunks(PARITY_BLOCK).enumerate() {
+                    let at = c * PARITY_BLOCK;
+                    let mut part: Vec<Vec<u8>> = shards.iter().map(|s| s[at.min(s.len())..(at + PARITY_BLOCK).min(s.len())].to_vec()).collect();
+                    cauchy::add_member(i, piece, &mut part);
+                    for (s, p) in shards.iter_mut().zip(part) {
+                        if s.len() < at + p.len() {
+                            s.resize(at + p.len(), 0);
+                        }
+                        s[at..at + p.len()].copy_from_slice(&p);
+                    }
+                }
+            }
+            let whole = from_scratch(&members, m);
+            for (j, (a, b)) in shards.iter().zip(&whole).enumerate() {
+                prop_assert!(a == b, "shard {} of {}+{} differs", j, k, m);
+            }
+            // and any m lost shards of every 4 KiB row are rebuilt
+            let mut gone: Vec<usize> = lost.iter().map(|x| *x as usize % (k + m)).collect();
+            gone.sort();
+            gone.dedup();
+            gone.truncate(m);
+            let len = whole.first().map_or(0, |s| s.len());
+            for row in 0..len.div_ceil(SECTOR) {
+                let cut = |b: &Vec<u8>| b[(row * SECTOR).min(b.len())..((row + 1) * SECTOR).min(b.len())].to_vec();
+                let ms: Vec<Option<Vec<u8>>> = (0..k).map(|i| (!gone.contains(&i)).then(|| cut(&members[i]))).collect();
+                let ps: Vec<Option<Vec<u8>>> = (0..m).map(|j| (!gone.contains(&(k + j))).then(|| cut(&shards[j]))).collect();
+                let back = rebuild_row(3, &ms, &ps).unwrap();
+                for i in 0..k {
+                    let want = cut(&members[i]);
+                    prop_assert_eq!(&back[i][..want.len()], &want[..]);
+                    prop_assert!(back[i][want.len()..].iter().all(|b| *b == 0));
+                }
+            }
+        }
+    }
+
     #[test]
     fn more_than_m_lost_is_an_error() {
+        let ms = vec![None, None, Some(vec![1u8; 10])];
+        assert!(rebuild_row(3, &ms, &[Some(vec![0u8; SECTOR]), None]).is_err());
+        assert!(rebuild_row(3, &ms, &[Some(vec![0u8; SECTOR]), Some(vec![0u8; 9])]).is_ok());
         let members: Vec<Vec<u8>> = (0..4).map(|i| block(i, 1000)).collect();
         let refs: Vec<&[u8]> = members.iter().map(|b| b.as_slice()).collect();
-        let parity = encode_row(&refs, 2).unwrap();
+        let parity = legacy::encode_row(&refs, 2).unwrap();
         let ms = vec![
             None,
             None,
@@ -408,7 +421,7 @@ mod tests {
             Some(members[3].clone()),
         ];
         let ps = vec![Some(parity[0].clone()), None];
-        assert!(rebuild_row(&ms, &ps).is_err());
+        assert!(rebuild_row(2, &ms, &ps).is_err());
     }
 
     #[test]
@@ -434,6 +447,17 @@ mod tests {
                 .flat_map(|(row, blk)| block_sum(2, row as u64, blk))
                 .collect();
             assert_eq!(sums.len() as u64, blocks(len as u64) * 32);
+            let sector_sums: Vec<u8> = data
+                .chunks(SECTOR)
+                .enumerate()
+                .flat_map(|(row, s)| block_sum(3, row as u64, s))
+                .collect();
+            if len > SECTOR {
+                assert_eq!(
+                    member_hash(&sector_sums),
+                    Some(*blake3::hash(&data).as_bytes())
+                );
+            }
             let whole = *blake3::hash(&data).as_bytes();
             match member_hash(&sums) {
                 Some(h) => assert_eq!(h, whole, "length {len}"),

@@ -450,7 +450,24 @@ fn parity_header() {
     let header = tail[..tail.len() - 4].to_vec();
     let file_len = 8 + 2 * PARITY_BLOCK as u64 + tail.len() as u64;
     assert_eq!(coffer::parity::decode_header(&header, file_len).unwrap(), h);
-    hammer("parity_header", &[header, tail], fuzzing::parity_header);
+    // and a layout-3 header: 4 KiB rows
+    let sector = coffer::parity::SECTOR as u64;
+    let mut h3 = h.clone();
+    h3.version = 3;
+    h3.block = sector as u32;
+    h3.rows = 17;
+    h3.members[0].size = 16 * sector + 10;
+    h3.members[0].sums = serde_bytes::ByteBuf::from(vec![1u8; 17 * 32]);
+    h3.sums = serde_bytes::ByteBuf::from(vec![2u8; 17 * 32]);
+    let tail3 = encode_tail(&h3);
+    let header3 = tail3[..tail3.len() - 4].to_vec();
+    let len3 = 8 + 17 * sector + tail3.len() as u64;
+    assert_eq!(coffer::parity::decode_header(&header3, len3).unwrap(), h3);
+    hammer(
+        "parity_header",
+        &[header, tail, header3, tail3],
+        fuzzing::parity_header,
+    );
 }
 
 #[test]

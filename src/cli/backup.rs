@@ -392,6 +392,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         COMMITTED.store(true, Ordering::SeqCst);
     }
     let parity_started = Instant::now();
+    let mut parity_read = 0;
     // A failed or interrupted backup leaves its packs to the next protect.
     let early = match (&res, protector) {
         (Ok(_), Some(p)) => Some(p.finish()),
@@ -423,16 +424,21 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         },
     );
     if let Some(local) = &local {
-        if let Some(Err(e)) = early {
-            errln!("coffer: warning: parity during the backup failed, computing it now: {e}");
+        match &early {
+            Some(Ok(r)) => parity_read += r.parity_bytes_read,
+            Some(Err(e)) => {
+                errln!("coffer: warning: parity during the backup failed, computing it now: {e}")
+            }
+            None => {}
         }
         // Whatever the thread did not cover: packs of other writers. The
         // snapshot is committed already: a failure here is a warning with
         // its own exit code, never "nothing saved".
-        if let Err(e) = coffer::scrub::protect(local, local.parity()) {
-            out.after_commit.push(format!(
+        match coffer::scrub::protect(local, local.parity()) {
+            Ok(r) => parity_read += r.parity_bytes_read,
+            Err(e) => out.after_commit.push(format!(
                 "parity could not be computed ({e}); the next backup or scrub computes it"
-            ));
+            )),
         }
     }
     Ok(Done {
@@ -440,6 +446,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         gone: gone.len(),
         seconds: started.elapsed().as_secs_f64(),
         parity_seconds: parity_started.elapsed().as_secs_f64(),
+        parity_read,
     })
 }
 
@@ -450,6 +457,8 @@ struct Done {
     gone: usize,
     seconds: f64,
     parity_seconds: f64,
+    /// Bytes of packs and parity files read by parity after the commit.
+    parity_read: u64,
 }
 
 /// The summary: JSON, one line, or nothing (quiet, or a config run that
@@ -475,6 +484,7 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
             "bytes": s.bytes, "new_blobs": s.new_blobs, "new_bytes": s.new_bytes,
             "new_packs": s.new_packs, "new_pack_bytes": s.new_pack_bytes,
             "seconds": done.seconds, "parity_seconds": done.parity_seconds,
+            "parity_bytes_read": done.parity_read,
             "sources": sources,
             "warnings": out.warnings, "notices": out.notices, "after_commit": out.after_commit,
             "snapshots_gone": done.gone,

@@ -4,7 +4,8 @@
 //! [`crate::parity`].
 //!
 //! Packs are grouped in stripes of up to k members with m parity shards.
-//! New packs join the open stripe, whose parity is recomputed as it fills.
+//! New packs join the open stripe: their contributions are added to its
+//! parity shards, without reading its other members.
 //! A scrub reads every block of every member and shard, checks its BLAKE3,
 //! rebuilds damaged rows when at most m shards of the row are bad, writes a
 //! repaired pack atomically after checking that it hashes to its name again,
@@ -37,11 +38,13 @@ mod stripes;
 #[cfg(test)]
 mod tests;
 mod verify;
+mod write;
 
 pub use protect::{forget_packs, protect, Protector};
 use protect::{known, protect_locked};
 use stripes::*;
 pub use verify::{repair_pack, scrub};
+use write::{write_stripe, Wrote};
 
 /// What `protect` did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -50,6 +53,10 @@ pub struct ProtectReport {
     pub packs_protected: u64,
     /// Stripes whose parity was (re)written.
     pub stripes_written: u64,
+    /// Bytes of packs and parity files read to write them: the new packs
+    /// and the stripe's parity files when new members are added to it,
+    /// every member when a stripe is computed whole.
+    pub parity_bytes_read: u64,
     /// Packs left out because they did not hash to their name.
     pub damaged: Vec<PackId>,
 }

@@ -1,10 +1,10 @@
-//! Parity for new packs (the open stripe, recomputed as it fills), and
+//! Parity for new packs (added to the open stripe's shards), and
 //! forgetting packs a collection deleted.
 
 use super::*;
 
 /// Puts every pack that is in no stripe into one, computing parity at once:
-/// the open stripe is recomputed as it fills, full stripes start anew.
+/// new packs are added to the open stripe's parity, full stripes start anew.
 pub fn protect(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
     let _g = s.lock_named("parity.lock", true)?;
     protect_locked(s, cfg)
@@ -166,12 +166,13 @@ pub(super) fn write_counted(
     members: &[(PackId, u64)],
     old: usize,
 ) -> Result<(u64, Members)> {
-    let (id, members, bad) = match write_stripe(s, id.0, members, old, cfg.m)? {
+    let read = &mut rep.parity_bytes_read;
+    let (id, members, bad) = match write_stripe(s, id.0, members, old, cfg.m, read)? {
         Wrote::Done(bad) => (id.0, members, bad),
         Wrote::Kept(lost) => {
             rep.damaged.extend(lost);
             let fresh = &members[old..];
-            match write_stripe(s, id.1, fresh, 0, cfg.m)? {
+            match write_stripe(s, id.1, fresh, 0, cfg.m, &mut rep.parity_bytes_read)? {
                 Wrote::Done(bad) | Wrote::Kept(bad) => (id.1, fresh, bad),
             }
         }
@@ -341,7 +342,8 @@ pub fn forget_packs(
             }
         }
         if keep.len() < st.header.members.len() {
-            write_stripe(s, st.id, &keep, keep.len(), cfg.m.max(st.header.m as usize))?;
+            let m = cfg.m.max(st.header.m as usize);
+            write_stripe(s, st.id, &keep, keep.len(), m, &mut 0)?;
         }
         Ok(())
     })

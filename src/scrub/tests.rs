@@ -142,61 +142,187 @@ fn protect_reads_only_the_stripes_that_changed_and_survives_a_lost_index() {
     assert_eq!(all, want);
 }
 
-#[test]
-fn stripes_of_layout_1_are_still_checked_and_repaired() {
-    let d = tempfile::tempdir().unwrap();
-    let cfg = ParityConfig { k: 3, m: 1 };
-    let s = LocalStore::create(d.path()).unwrap().with_parity(cfg);
-    let packs: Vec<(PackId, u64)> = (0..3)
-        .map(|i| {
-            let text = format!("layout one {i} ").repeat(20_000 * (i + 1));
-            pack(&s, text.as_bytes())
-        })
+/// Writes stripe `id` over `packs` as layouts 1 and 2 did (the old code
+/// path: the GF(2^16) code on rows of 64 KiB), with that layout's sums.
+fn write_legacy(s: &LocalStore, id: u64, packs: &[(PackId, u64)], m: usize, version: u32) {
+    let datas: Vec<Vec<u8>> = packs
+        .iter()
+        .map(|(p, _)| fs::read(s.pack_path(p)).unwrap())
         .collect();
-    protect(&s, cfg).unwrap();
-    // The stripe rewritten as layout 1 wrote it: the same shard, and
-    // the sum of each block alone.
-    let sums_v1 = |bytes: &[u8]| -> ByteBuf {
-        let s = bytes
+    let rows = datas
+        .iter()
+        .map(|d| parity::blocks(d.len() as u64))
+        .max()
+        .unwrap();
+    let sums = |b: &[u8]| -> ByteBuf {
+        let s = b
             .chunks(PARITY_BLOCK)
-            .flat_map(|b| parity::block_sum(1, 0, b));
+            .enumerate()
+            .flat_map(|(r, c)| parity::block_sum(version, r as u64, c));
         ByteBuf::from(s.collect::<Vec<u8>>())
     };
-    let path = parity_path(&s, 0, 0);
-    let mut h = read_header(&path).unwrap();
-    assert_eq!(h.version, STRIPE_VERSION);
-    h.version = 1;
-    for m in &mut h.members {
-        m.sums = sums_v1(&fs::read(s.pack_path(&m.pack)).unwrap());
+    let mut shards = vec![Vec::new(); m];
+    let b = PARITY_BLOCK;
+    for row in 0..rows as usize {
+        let refs: Vec<&[u8]> = datas
+            .iter()
+            .map(|d| &d[(row * b).min(d.len())..((row + 1) * b).min(d.len())])
+            .collect();
+        for (s, p) in shards
+            .iter_mut()
+            .zip(parity::legacy::encode_row(&refs, m).unwrap())
+        {
+            s.extend(p);
+        }
     }
-    let file = fs::read(&path).unwrap();
-    let end = 8 + h.rows as usize * PARITY_BLOCK;
-    h.sums = sums_v1(&file[8..end]);
-    let mut out = file[..end].to_vec();
-    out.extend_from_slice(&parity::encode_tail(&h));
-    fs::write(&path, out).unwrap();
-    let rep = scrub(&s, cfg, &ScrubOptions::default()).unwrap();
-    assert_eq!(
-        (rep.damaged_blocks, rep.stripes_unreadable),
-        (0, 0),
-        "{rep:?}"
-    );
-    // A flipped byte in a member of several blocks is found and
-    // repaired from the layout 1 parity.
-    let victim = s.pack_path(&packs[2].0);
-    let mut bytes = fs::read(&victim).unwrap();
-    bytes[100_000] ^= 1;
-    fs::remove_file(&victim).unwrap();
-    fs::write(&victim, &bytes).unwrap();
-    let rep = scrub(&s, cfg, &ScrubOptions::default()).unwrap();
-    assert_eq!((rep.damaged_blocks, rep.repaired_blocks), (1, 1), "{rep:?}");
-    assert!(rep.unrepairable.is_empty(), "{rep:?}");
-    assert_eq!(PackId::of(&fs::read(&victim).unwrap()), packs[2].0);
-    assert_eq!(
-        read_header(&path).unwrap().version,
-        1,
-        "sound parity is kept"
-    );
+    let members: Vec<Member> = packs
+        .iter()
+        .zip(&datas)
+        .map(|((p, z), d)| Member {
+            pack: *p,
+            size: *z,
+            sums: sums(d),
+        })
+        .collect();
+    fs::create_dir_all(parity_dir(s)).unwrap();
+    for (j, sh) in shards.iter().enumerate() {
+        let h = StripeHeader {
+            version,
+            stripe: id,
+            m: m as u32,
+            block: PARITY_BLOCK as u32,
+            rows,
+            members: members.clone(),
+            index: j as u32,
+            sums: sums(sh),
+        };
+        let mut out = MAGIC_PARITY.to_vec();
+        out.extend_from_slice(sh);
+        out.extend_from_slice(&parity::encode_tail(&h));
+        fs::write(parity_path(s, id, j), out).unwrap();
+    }
+}
+
+#[test]
+fn stripes_of_layouts_1_and_2_are_still_checked_repaired_and_converted_when_they_grow() {
+    for version in [1, 2] {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = ParityConfig { k: 3, m: 1 };
+        let s = LocalStore::create(d.path()).unwrap().with_parity(cfg);
+        let text = |i: usize| format!("layout {version} {i} ").repeat(20_000 * (i + 1));
+        let mut packs: Vec<(PackId, u64)> = (0..2).map(|i| pack(&s, text(i).as_bytes())).collect();
+        write_legacy(&s, 0, &packs, 1, version);
+        let path = parity_path(&s, 0, 0);
+        let opts = ScrubOptions::default();
+        let rep = scrub(&s, cfg, &opts).unwrap();
+        assert_eq!(
+            (rep.damaged_blocks, rep.stripes_unreadable),
+            (0, 0),
+            "{rep:?}"
+        );
+        // A flipped byte in a member of several blocks is found and
+        // repaired from the old layout's parity, which is kept.
+        let victim = s.pack_path(&packs[1].0);
+        let mut bytes = fs::read(&victim).unwrap();
+        bytes[100_000] ^= 1;
+        fs::remove_file(&victim).unwrap();
+        fs::write(&victim, &bytes).unwrap();
+        let rep = scrub(&s, cfg, &opts).unwrap();
+        assert_eq!((rep.damaged_blocks, rep.repaired_blocks), (1, 1), "{rep:?}");
+        assert!(rep.unrepairable.is_empty(), "{rep:?}");
+        assert_eq!(PackId::of(&fs::read(&victim).unwrap()), packs[1].0);
+        assert_eq!(
+            read_header(&path).unwrap().version,
+            version,
+            "sound parity is kept"
+        );
+        packs.push(pack(&s, text(2).as_bytes()));
+        // A new member converts the stripe: computed whole, as layout 3.
+        let rep = protect(&s, cfg).unwrap();
+        assert_eq!(rep.packs_protected, 1, "{rep:?}");
+        let total: u64 = packs.iter().map(|p| p.1).sum();
+        assert!(rep.parity_bytes_read >= total, "{rep:?}");
+        let h = read_header(&path).unwrap();
+        assert_eq!((h.version, h.members.len()), (STRIPE_VERSION, 3));
+        fs::remove_file(s.pack_path(&packs[0].0)).unwrap();
+        assert!(repair_pack(&s, &packs[0].0).unwrap());
+        assert_eq!(s.pack_size(&packs[0].0).unwrap(), Some(packs[0].1));
+    }
+}
+
+#[test]
+fn a_new_member_costs_its_own_bytes_and_the_shards_and_gives_the_shards_of_a_whole_encode() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = ParityConfig { k: 10, m: 2 };
+    let s = LocalStore::create(d.path()).unwrap().with_parity(cfg);
+    let big = |i: usize, n: usize| {
+        let mut x = blake3::Hasher::new_keyed(&[i as u8; 32]).finalize_xof();
+        let mut v = vec![0u8; n];
+        x.fill(&mut v);
+        v
+    };
+    let mut all = Vec::new();
+    for i in 0..5 {
+        all.push(pack(&s, &big(i, 700_000 + i * 1_001)));
+    }
+    protect(&s, cfg).unwrap();
+    // Smaller than the shards, then longer than every member (the shards
+    // grow), then one of a single sector.
+    for (i, n) in [(5, 123_457), (6, 1_500_003), (7, 3000)] {
+        let files_len: u64 = (0..cfg.m)
+            .map(|j| fs::metadata(parity_path(&s, 0, j)).unwrap().len())
+            .sum();
+        let new = pack(&s, &big(i, n));
+        all.push(new);
+        let rep = protect(&s, cfg).unwrap();
+        assert_eq!(
+            (rep.packs_protected, rep.stripes_written),
+            (1, 1),
+            "{rep:?}"
+        );
+        assert!(rep.parity_bytes_read >= new.1, "{rep:?}");
+        assert!(
+            rep.parity_bytes_read <= new.1 + files_len,
+            "read {} for a pack of {} and parity files of {files_len}",
+            rep.parity_bytes_read,
+            new.1
+        );
+        // the same bytes as the stripe computed whole, in its member order
+        let h = read_header(&parity_path(&s, 0, 0)).unwrap();
+        let order: Vec<(PackId, u64)> = h.members.iter().map(|m| (m.pack, m.size)).collect();
+        assert_eq!(order.last(), Some(&new), "a new member is appended");
+        let grown: Vec<Vec<u8>> = (0..cfg.m)
+            .map(|j| fs::read(parity_path(&s, 0, j)).unwrap())
+            .collect();
+        let mut n = 0;
+        let whole = write_stripe(&s, 0, &order, 0, cfg.m, &mut n).unwrap();
+        assert_eq!(whole, Wrote::Done(vec![]));
+        assert!(n >= all.iter().map(|p| p.1).sum::<u64>());
+        for (j, g) in grown.iter().enumerate() {
+            assert!(
+                fs::read(parity_path(&s, 0, j)).unwrap() == *g,
+                "shard {j} after {i}"
+            );
+        }
+    }
+    // A damaged shard is not grown (its damage would get fresh sums): the
+    // stripe is computed whole instead, and the result repairs two members.
+    let p1 = parity_path(&s, 0, 1);
+    let mut b = fs::read(&p1).unwrap();
+    b[8 + 10] ^= 1;
+    fs::write(&p1, b).unwrap();
+    let last = pack(&s, &big(8, 50_000));
+    let rep = protect(&s, cfg).unwrap();
+    let total: u64 = all.iter().map(|p| p.1).sum::<u64>() + last.1;
+    assert!(rep.parity_bytes_read >= total, "{rep:?}");
+    all.push(last);
+    for p in &all[..2] {
+        fs::remove_file(s.pack_path(&p.0)).unwrap();
+    }
+    assert!(repair_pack(&s, &all[0].0).unwrap());
+    for p in &all {
+        assert_eq!(s.pack_size(&p.0).unwrap(), Some(p.1));
+    }
 }
 
 #[test]

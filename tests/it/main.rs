@@ -18,6 +18,7 @@ mod monitor;
 mod mount;
 mod object;
 mod operator;
+mod parity_sectors;
 mod profile;
 mod reload;
 mod restore;
