@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `coffer mount` beside `restic mount` on the same data: the harness's tree
+# `coffer mount` beside `restic mount` (and `rustic mount` on the restic
+# repository, when rustic is installed with its mount feature) on the same data: the harness's tree
 # (files of this machine's /usr) and its SQL dump as one large file, backed up
 # once by each tool, then through each mount:
 #   - the time to `find` one name in the mounted snapshot,
@@ -9,7 +10,8 @@
 #
 #   benches/mount.sh [TREE_MIB] [DB_MIB]        (defaults 300 and 256)
 #
-# Needs root (drop_caches), /dev/fuse, restic. COFFER_BIN picks the binary
+# Needs root (drop_caches), /dev/fuse, restic; rustic optional
+# (cargo install rustic-rs --no-default-features --features mount). COFFER_BIN picks the binary
 # (default: a release build). The machines are shared and noisy: compare the
 # two tools within one run.
 set -euo pipefail
@@ -25,10 +27,11 @@ work=$(mktemp -d /tmp/coffer-mount-bench.XXXXXX)
 data=${BENCH_DATA:-$work/data}
 mnt_c=$work/mnt-coffer
 mnt_r=$work/mnt-restic
-mkdir -p "$mnt_c" "$mnt_r" "$work/src"
+mnt_u=$work/mnt-rustic
+mkdir -p "$mnt_c" "$mnt_r" "$mnt_u" "$work/src"
 pids=()
 cleanup() {
-    for m in "$mnt_c" "$mnt_r"; do fusermount3 -u -z "$m" 2>/dev/null || true; done
+    for m in "$mnt_c" "$mnt_r" "$mnt_u"; do fusermount3 -u -z "$m" 2>/dev/null || true; done
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
@@ -55,7 +58,7 @@ echo "data: $files files, $(du -sm "$src" | cut -f1) MiB; large file $(($(stat -
 
 wait_mounted() {
     for _ in $(seq 600); do
-        if grep -q " $1 " /proc/self/mountinfo && [ -n "$(ls "$1/ids" 2>/dev/null)" ]; then return 0; fi
+        if grep -q " $1 " /proc/self/mountinfo && [ -n "$(ls "$1" 2>/dev/null)" ]; then return 0; fi
         sleep 0.1
     done
     echo "no mount at $1" >&2
@@ -64,8 +67,11 @@ wait_mounted() {
 start_mount() { # tool; sets $pid
     if [ "$1" = coffer ]; then
         "$COFFER_BIN" --repo "$work/coffer-repo" mount -q "$mnt_c" >"$work/coffer-mount.log" 2>&1 &
-    else
+    elif [ "$1" = restic ]; then
         restic -q -r "$work/restic-repo" mount "$mnt_r" >"$work/restic-mount.log" 2>&1 &
+    else
+        RUSTIC_PASSWORD=bench rustic -r "$work/restic-repo" --cache-dir "$work/rustic-cache" \
+            mount "$mnt_u" >"$work/rustic-mount.log" 2>&1 &
     fi
     pid=$!
     pids+=("$pid")
@@ -86,23 +92,28 @@ drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 printf '\n%-8s %10s %12s %14s %14s %12s\n' tool "find s" "find all s" "cat cold MB/s" "cat warm MB/s" "peak RSS MiB"
 size_mb=$(echo "$(stat -c %s "$big") / 1000000" | bc -l)
-for tool in coffer restic; do
+tools="coffer restic"
+command -v rustic >/dev/null && tools="$tools rustic"
+for tool in $tools; do
     mnt=$mnt_c
     [ "$tool" = restic ] && mnt=$mnt_r
+    [ "$tool" = rustic ] && mnt=$mnt_u
     # Fresh mount, cold cache: find one name, then everything; peak RSS.
     drop
     start_mount $tool
     wait_mounted "$mnt"
-    snap=$(ls "$mnt/ids" | head -1)
-    root=$mnt/ids/$snap${src}
+    # The snapshot's copy of $src: under ids/ (coffer, restic), under
+    # host/label/time (rustic).
+    root=$(find "$mnt" -maxdepth 12 -type d -path "*${src}" -print -quit)
     t_find=$(secs find "$root/usr" -name "$name")
-    t_all=$(secs find "$mnt/ids/$snap" -printf '%s %m\n')
+    t_all=$(secs find "$root" -printf '%s %m\n')
     rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status")
     stop_mount "$mnt" "$pid"
     # Fresh mount, cold cache: cat the large file, then again.
     drop
     start_mount $tool
     wait_mounted "$mnt"
+    root=$(find "$mnt" -maxdepth 12 -type d -path "*${src}" -print -quit)
     t_cold=$(secs cat "$root/dump.sql")
     t_warm=$(secs cat "$root/dump.sql")
     cmp -s "$root/dump.sql" "$big" || echo "$tool: the large file differs!" >&2
