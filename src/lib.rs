@@ -58,6 +58,7 @@ pub mod mount;
 pub mod net;
 pub mod object;
 pub mod operator;
+pub mod pace;
 pub mod parity;
 pub(crate) mod partial;
 pub mod priority;

@@ -35,6 +35,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "COFFER_CONNECT_TIMEOUT", default_value = "10s",
           value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub connect_timeout: std::time::Duration,
+    /// Read at most this many KiB per second from a quic:// server (restore,
+    /// dump, mount, check --read-data, …).
+    #[arg(long, global = true, env = "COFFER_LIMIT_DOWNLOAD", value_name = "KIB",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit_download: Option<u64>,
     /// Run this to get the passphrase (first line of its output; no shell
     /// unless `sh -c '…'`).
     #[arg(

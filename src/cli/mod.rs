@@ -282,6 +282,10 @@ fn remote(cli: &Cli, url: &str) -> Result<Arc<dyn Store>> {
         Fingerprint::parse(fp)?,
         cli.connect_timeout,
     )?;
+    let store = match cli.limit_download {
+        Some(kib) => store.with_download_limit(kib * 1024),
+        None => store,
+    };
     Ok(Arc::new(Remote(Arc::new(store))))
 }
 

@@ -57,6 +57,8 @@ pub struct RemoteStore {
     conn: quinn::Connection,
     _endpoint: quinn::Endpoint,
     url: RemoteUrl,
+    /// `--limit-download`: pack bytes read are paced to this rate.
+    download: Option<std::sync::Mutex<crate::pace::RatePacer>>,
 }
 
 fn net_err(url: &RemoteUrl, e: impl std::fmt::Display) -> Error {
@@ -95,6 +97,16 @@ async fn read_frame(recv: &mut RecvStream) -> std::result::Result<Response, Stri
 pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl RemoteStore {
+    /// Paces the pack bytes this store reads to `bytes_per_sec` (all
+    /// readers together; a reader waits after its read for the bytes to fit
+    /// the rate, and idle time earns no burst).
+    pub fn with_download_limit(mut self, bytes_per_sec: u64) -> RemoteStore {
+        self.download = Some(std::sync::Mutex::new(crate::pace::RatePacer::new(
+            bytes_per_sec,
+        )));
+        self
+    }
+
     /// Connects, checks the server against `pin`, and says hello.
     pub fn connect(url: &RemoteUrl, identity: Identity, pin: Fingerprint) -> Result<RemoteStore> {
         Self::connect_within(url, identity, pin, DEFAULT_CONNECT_TIMEOUT)
@@ -165,6 +177,7 @@ impl RemoteStore {
             conn,
             _endpoint: endpoint,
             url: url.clone(),
+            download: None,
         };
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
@@ -379,6 +392,7 @@ impl Store for Remote {
         }
     }
     fn read_pack(&self, id: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let started = std::time::Instant::now();
         let b = self.0.bytes(
             &Request::ReadPack {
                 id: *id,
@@ -391,6 +405,15 @@ impl Store for Remote {
             return Err(Error::Corrupt(format!(
                 "pack {id}: short read from the server"
             )));
+        }
+        if let Some(p) = &self.0.download {
+            // unwrap-free: a poisoned pacer still paces.
+            let wait = p.lock().unwrap_or_else(|e| e.into_inner()).after(
+                b.len() as u64,
+                started,
+                std::time::Instant::now(),
+            );
+            std::thread::sleep(wait);
         }
         Ok(b)
     }

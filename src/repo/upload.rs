@@ -463,8 +463,7 @@ fn committer(
 /// Idle time (reading unchanged files) earns no credit for a later burst.
 #[derive(Debug)]
 struct Pacer {
-    bytes_per_sec: u64,
-    next: Option<Instant>,
+    rate: crate::pace::RatePacer,
     /// A wait ends early, with [`Error::Interrupted`], when this is set.
     cancel: Option<Arc<AtomicBool>>,
 }
@@ -472,8 +471,7 @@ struct Pacer {
 impl Pacer {
     fn new(bytes_per_sec: u64, cancel: Option<Arc<AtomicBool>>) -> Pacer {
         Pacer {
-            bytes_per_sec: bytes_per_sec.max(1),
-            next: None,
+            rate: crate::pace::RatePacer::new(bytes_per_sec),
             cancel,
         }
     }
@@ -499,13 +497,7 @@ impl Pacer {
 
     /// How long to wait after writing `bytes` that began at `started`.
     fn wait_after(&mut self, started: Instant, bytes: u64, now: Instant) -> Duration {
-        let from = match self.next {
-            Some(n) if n > started => n,
-            _ => started,
-        };
-        let next = from + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
-        self.next = Some(next);
-        next.saturating_duration_since(now)
+        self.rate.after(bytes, started, now)
     }
 }
 

@@ -1,7 +1,8 @@
 //! A server that does not need restarts: SIGHUP rereads the config (a
 //! client added, one removed, a third's open connection untouched; a bad
 //! config refused and the old one kept), and the scrub schedule survives
-//! restarts.
+//! restarts. And a client's side of it: a connect timeout for a server that
+//! is down, and a download limit.
 
 use std::fs;
 use std::io::Write;
@@ -180,4 +181,40 @@ fn a_server_that_does_not_answer_is_given_up_after_the_connect_timeout() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("no answer within 1s"), "{err}");
+}
+
+/// `--limit-download` paces what a restore reads from the server: never
+/// faster than the limit (a lower bound, which a slow machine cannot
+/// break), and the restore is byte-identical.
+#[test]
+fn a_restore_under_limit_download_keeps_to_the_limit() {
+    let srv = TestServer::start(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let data = random_bytes(77, 3 << 20);
+    fs::write(src.join("big"), &data).unwrap();
+    let cache = tmp.path().join("cache");
+    let out = srv
+        .client(0, &cache)
+        .args(["backup", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let target = tmp.path().join("restored");
+    let started = Instant::now();
+    let out = srv
+        .client(0, &cache)
+        .args(["--limit-download", "512", "restore", "latest", "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    assert!(fs::read(restored(&target, &src).join("big")).unwrap() == data);
+    // 3 MiB at 512 KiB/s is 6 s; allow for what the cache already held.
+    assert!(
+        took >= Duration::from_secs(4),
+        "3 MiB came in {took:?}, faster than 512 KiB/s"
+    );
 }
