@@ -578,10 +578,12 @@ pub struct BackupArgs {
     /// success, failure, SIGINT or SIGTERM, e.g. to release the snapshot.
     #[arg(long, value_name = "CMD")]
     pub post: Option<String>,
-    /// Print the one-line summary even when a --config run is not on a
-    /// terminal (cron mails any output).
-    #[arg(short, long)]
-    pub verbose: bool,
+    /// -v: list each file as it is saved (new or modified), and print the
+    /// one-line summary even when a --config run is not on a terminal (cron
+    /// mails any output); -vv: every file with its status (new, modified,
+    /// unchanged, linked). Not with --json.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 #[derive(Subcommand, Debug, Clone)]

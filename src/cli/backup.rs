@@ -379,6 +379,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         upload_limit: job.limit_kib.map(|k| k.saturating_mul(1024)),
         rewrite_below: coffer::cache::REWRITE_BELOW_LIVE,
         durable_packs: protector.as_mut().and_then(|p| p.sender()),
+        on_file: verbose_listing(cli, a.verbose),
     };
     let time_ns = opts.time_ns;
     let started = Instant::now();
@@ -489,7 +490,7 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
             "warnings": out.warnings, "notices": out.notices, "after_commit": out.after_commit,
             "snapshots_gone": done.gone,
         }))?;
-    } else if !cli.quiet && (!unattended || a.verbose) {
+    } else if !cli.quiet && (!unattended || a.verbose > 0) {
         outln!(
             "snapshot {} saved: {} files, {} processed, {} new ({} stored) in {:.1}s",
             out.id.short(),
@@ -686,6 +687,25 @@ impl RunLock {
         file.write_all(line.as_bytes())?;
         Ok(RunLock { _file: file })
     }
+}
+
+/// `-v`: each file saved (new or modified) as a line `new PATH` or
+/// `modified PATH`; `-vv`: every file, unchanged and linked ones too.
+fn verbose_listing(cli: &Cli, level: u8) -> Option<backup::FileListener> {
+    if level == 0 || cli.json || cli.quiet {
+        return None;
+    }
+    Some(Arc::new(move |path: &Path, status: backup::FileStatus| {
+        use backup::FileStatus::*;
+        let word = match status {
+            New => "new",
+            Modified => "modified",
+            Unchanged if level > 1 => "unchanged",
+            Linked if level > 1 => "linked",
+            _ => return,
+        };
+        outln!("{word:<9} {}", path.display());
+    }))
 }
 
 /// A spinner line on stderr: files and bytes so far, and the rate.

@@ -99,6 +99,22 @@ pub struct Progress {
     pub bytes: AtomicU64,
 }
 
+/// What a backup did with one file it met (see [`BackupOptions::on_file`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStatus {
+    /// Read, and the files cache knew no earlier version of it.
+    New,
+    /// Read, and the files cache held an earlier, different version.
+    Modified,
+    /// Its content came from the files cache, unread.
+    Unchanged,
+    /// A further name of a hard link whose content this run already has.
+    Linked,
+}
+
+/// Told of each regular file once its content is decided.
+pub type FileListener = Arc<dyn Fn(&Path, FileStatus) + Send + Sync>;
+
 /// How to back up.
 pub struct BackupOptions {
     /// Tags for the snapshot.
@@ -134,6 +150,8 @@ pub struct BackupOptions {
     /// Told of each new pack (id and size) once it is durable: a local
     /// repository computes parity for full stripes while the backup runs.
     pub durable_packs: Option<crossbeam_channel::Sender<(PackId, u64)>>,
+    /// Told of each regular file (`-v`); called on the walking thread.
+    pub on_file: Option<FileListener>,
 }
 
 impl Default for BackupOptions {
@@ -153,6 +171,7 @@ impl Default for BackupOptions {
             upload_limit: None,
             rewrite_below: crate::cache::REWRITE_BELOW_LIVE,
             durable_packs: None,
+            on_file: None,
         }
     }
 }
@@ -248,6 +267,7 @@ pub fn backup(
         run_files: Vec::new(),
         ahead: None,
         read_bytes: 0,
+        on_file: opts.on_file.take(),
     };
     let mut kinds: Vec<SourceKind> = sources.iter().map(|s| s.kind()).collect();
     kinds.dedup();
@@ -571,6 +591,8 @@ struct Walker {
     ahead: Option<ReadAhead>,
     /// Bytes of file content read so far (files the cache reused not counted).
     read_bytes: u64,
+    /// `-v`: told of each file's [`FileStatus`].
+    on_file: Option<FileListener>,
 }
 
 /// Files whose files-cache records are read in one transaction.
@@ -897,19 +919,37 @@ impl Walker {
         Ok(Some(content))
     }
 
+    /// Tells the listener, if any, what became of the file at `path`.
+    fn tell(&self, path: &Path, status: FileStatus) {
+        if let Some(f) = &self.on_file {
+            f(path, status);
+        }
+    }
+
     fn file_content(&mut self, path: &Path, m: &Metadata, node: &mut Node) -> Result<()> {
         let hard = m.nlink() > 1;
         if hard {
             if let Some(c) = self.hardlinks.get(&(m.dev(), m.ino())) {
                 Self::set_content(node, &c.clone());
+                self.tell(path, FileStatus::Linked);
                 return Ok(());
             }
         }
         let key = path.as_os_str().as_bytes();
+        // For the listener: whether the files cache holds an earlier version
+        // (the record stays in `looked_up` for `cached_content` to take).
+        let known = self.on_file.is_some() && self.use_files_cache && {
+            if !self.looked_up.contains_key(path) {
+                let rec = self.cache.file(key)?;
+                self.looked_up.insert(path.to_path_buf(), rec);
+            }
+            self.looked_up.get(path).is_some_and(|r| r.is_some())
+        };
         let content = if let Some(c) = self.cached_content(path, m)? {
             self.stats.files_unchanged += 1;
             self.stats.bytes += m.len();
             self.note_progress(0, m.len());
+            self.tell(path, FileStatus::Unchanged);
             c
         } else {
             let mut f = match self.prefetched.remove(path) {
@@ -926,6 +966,12 @@ impl Walker {
             self.stats.bytes += n;
             self.read_bytes += n;
             node.size = n;
+            let status = if known {
+                FileStatus::Modified
+            } else {
+                FileStatus::New
+            };
+            self.tell(path, status);
             // A file modified within the last seconds could change again
             // within the same timestamp: do not trust the cache for it.
             let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();

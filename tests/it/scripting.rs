@@ -197,3 +197,39 @@ fn operator_sweeps_reach_every_namespace_with_output_closed() {
         );
     }
 }
+
+/// `backup -v` lists the files it saved, `-vv` every file with its status.
+#[test]
+fn backup_verbose_lists_files_with_their_status() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), random_bytes(1, 20_000)).unwrap();
+    std::fs::write(src.join("b"), random_bytes(2, 20_000)).unwrap();
+    age(&src.join("a"));
+    age(&src.join("b"));
+    let s = src.to_str().unwrap();
+    let first = t.run(&["backup", "-v", s]).ok().stdout();
+    let line = |word: &str, name: &str| format!("{word:<9} {}", src.join(name).display());
+    assert!(first.contains(&line("new", "a")), "{first}");
+    assert!(first.contains(&line("new", "b")), "{first}");
+    std::fs::write(src.join("a"), random_bytes(3, 20_000)).unwrap();
+    age(&src.join("a"));
+    std::fs::write(src.join("c"), b"c").unwrap();
+    std::fs::hard_link(src.join("b"), src.join("d")).unwrap();
+    let quiet = t.run(&["backup", "-v", s]).ok().stdout();
+    assert!(quiet.contains(&line("modified", "a")), "{quiet}");
+    assert!(quiet.contains(&line("new", "c")), "{quiet}");
+    assert!(
+        !quiet.contains("unchanged"),
+        "-v lists only saved files: {quiet}"
+    );
+    std::fs::write(src.join("e"), b"e").unwrap();
+    let all = t.run(&["backup", "-vv", s]).ok().stdout();
+    assert!(all.contains(&line("unchanged", "a")), "{all}");
+    assert!(all.contains(&line("new", "e")), "{all}");
+    assert!(all.contains(&line("linked", "d")), "{all}");
+    // --json stays one JSON document.
+    let j = t.run(&["--json", "backup", "-vv", s]).ok();
+    assert!(j.json()["id"].is_string());
+}
