@@ -564,6 +564,11 @@ pub struct BackupArgs {
     /// Read every file, ignoring the files cache.
     #[arg(long)]
     pub no_files_cache: bool,
+    /// With --json: JSON lines, a `{"type":"status",…}` line each second
+    /// while the backup runs, then the `{"type":"summary",…}` line (or an
+    /// `{"error":…}` line).
+    #[arg(long)]
+    pub json_progress: bool,
     /// zstd level for this backup.
     #[arg(long)]
     pub compression: Option<i32>,

@@ -66,6 +66,9 @@ struct Job {
 }
 
 pub(super) fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
+    if a.json_progress && !cli.json {
+        return Err(super::Usage("--json-progress goes with --json".into()).into());
+    }
     let (cli, mut job) = match &a.config {
         Some(path) => from_config(cli, a, path)?,
         None => (cli.clone(), from_args(a)?),
@@ -385,9 +388,12 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
     let started = Instant::now();
     let bar = (!cli.quiet && !cli.json && io::stderr().is_terminal())
         .then(|| ProgressLine::start(progress.clone()));
+    let status =
+        (a.json_progress && cli.json).then(|| StatusLines::start(progress.clone(), started));
     let sources = std::mem::take(&mut job.sources);
     let res = backup::backup(&repo, sources, opts);
     drop(bar);
+    drop(status);
     // Saved: a signal from here on must not claim otherwise.
     if res.is_ok() {
         COMMITTED.store(true, Ordering::SeqCst);
@@ -478,6 +484,7 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
     let unattended = job.from_config && !io::stdout().is_terminal() && !stdout_is_journal();
     if cli.json {
         print_json(&json!({
+            "type": "summary",
             "id": out.id.to_hex(),
             "short_id": out.id.short(),
             "files": s.files, "dirs": s.dirs, "others": s.others,
@@ -706,6 +713,47 @@ fn verbose_listing(cli: &Cli, level: u8) -> Option<backup::FileListener> {
         };
         outln!("{word:<9} {}", path.display());
     }))
+}
+
+/// `--json-progress`: a JSON status line on stdout each second.
+struct StatusLines {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatusLines {
+    fn start(p: Arc<Progress>, started: Instant) -> StatusLines {
+        super::JSON_LINES.store(true, Ordering::Relaxed);
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut next = Instant::now() + Duration::from_secs(1);
+            while !s.load(Ordering::SeqCst) {
+                if Instant::now() >= next {
+                    let line = json!({"type": "status",
+                        "seconds": started.elapsed().as_secs_f64(),
+                        "files": p.files.load(Ordering::SeqCst),
+                        "bytes": p.bytes.load(Ordering::SeqCst)});
+                    outln!("{line}");
+                    next += Duration::from_secs(1);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        StatusLines {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StatusLines {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A spinner line on stderr: files and bytes so far, and the rate.

@@ -370,6 +370,9 @@ fn open(cli: &Cli) -> Result<Repository> {
     open_store(cli, s)
 }
 
+/// Set by `backup --json-progress`: every JSON answer is one line.
+static JSON_LINES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Whether a JSON answer went to stdout (an error then adds none).
 static JSON_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -381,9 +384,12 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
         return Ok(());
     }
     let mut out = io::stdout().lock();
-    let written = serde_json::to_writer_pretty(&mut out, v)
-        .map_err(io::Error::from)
-        .and_then(|()| writeln!(out));
+    let written = match JSON_LINES.load(std::sync::atomic::Ordering::Relaxed) {
+        true => serde_json::to_writer(&mut out, v),
+        false => serde_json::to_writer_pretty(&mut out, v),
+    }
+    .map_err(io::Error::from)
+    .and_then(|()| writeln!(out));
     if let Err(e) = written {
         output::note_stdout_error(e);
     }

@@ -233,3 +233,38 @@ fn backup_verbose_lists_files_with_their_status() {
     let j = t.run(&["--json", "backup", "-vv", s]).ok();
     assert!(j.json()["id"].is_string());
 }
+
+/// `backup --json --json-progress` writes JSON lines: status lines while it
+/// runs, then one summary line; without --json it is a usage error.
+#[test]
+fn backup_json_progress_is_json_lines_ending_in_the_summary() {
+    let t = TestRepo::new();
+    let slow = "head -c 300000 /dev/urandom; sleep 2.5; head -c 1000 /dev/urandom";
+    let r = t
+        .run(&[
+            "--json",
+            "backup",
+            "--json-progress",
+            "--stdin-name",
+            "slow.bin",
+            "--stdin-from-command",
+            "sh",
+            "-c",
+            slow,
+        ])
+        .ok();
+    let lines: Vec<serde_json::Value> = r
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let (last, before) = lines.split_last().expect("some output");
+    assert_eq!(last["type"], "summary", "{last}");
+    assert!(last["id"].is_string());
+    assert!(!before.is_empty(), "no status line in 2.5 s");
+    assert!(before
+        .iter()
+        .all(|l| l["type"] == "status" && l["bytes"].is_u64()));
+    let r = t.run(&["backup", "--json-progress", "--stdin-name", "x", "--stdin"]);
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+}
