@@ -712,7 +712,10 @@ fn killed_mid_upload_leaves_nothing_partial() {
     )
     .ok()
     .json();
-    assert!(last["new_bytes"].as_u64().unwrap() <= 24 << 20);
+    // Nothing is stored twice: what the killed runs made durable is reused
+    // (how much that is depends on how far they got, which a loaded machine
+    // moves), and the rest is stored once, with its few trees.
+    assert!(last["new_bytes"].as_u64().unwrap() <= (24 << 20) + (1 << 20));
     run(srv.client(0, &cache), &["check", "--read-data"]).ok();
     // (an abandoned upload's temporary file under tmp/ is never listed, and
     // goes when the server drops the dead connection at its idle timeout)
