@@ -388,8 +388,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
     let started = Instant::now();
     let bar = (!cli.quiet && !cli.json && io::stderr().is_terminal())
         .then(|| ProgressLine::start(progress.clone()));
-    let status =
-        (a.json_progress && cli.json).then(|| StatusLines::start(progress.clone(), started));
+    let status = (a.json_progress && cli.json).then(|| status_lines(progress.clone(), started));
     let sources = std::mem::take(&mut job.sources);
     let res = backup::backup(&repo, sources, opts);
     drop(bar);
@@ -715,39 +714,36 @@ fn verbose_listing(cli: &Cli, level: u8) -> Option<backup::FileListener> {
     }))
 }
 
-/// `--json-progress`: a JSON status line on stdout each second.
-struct StatusLines {
+/// Runs a closure every `period` on a thread of its own until dropped
+/// (the drop waits for the thread, so nothing is printed after it).
+struct Ticker {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl StatusLines {
-    fn start(p: Arc<Progress>, started: Instant) -> StatusLines {
-        super::JSON_LINES.store(true, Ordering::Relaxed);
+impl Ticker {
+    fn start(period: Duration, mut f: impl FnMut() + Send + 'static) -> Ticker {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut next = Instant::now() + Duration::from_secs(1);
+            let mut next = Instant::now();
             while !s.load(Ordering::SeqCst) {
                 if Instant::now() >= next {
-                    let line = json!({"type": "status",
-                        "seconds": started.elapsed().as_secs_f64(),
-                        "files": p.files.load(Ordering::SeqCst),
-                        "bytes": p.bytes.load(Ordering::SeqCst)});
-                    outln!("{line}");
-                    next += Duration::from_secs(1);
+                    f();
+                    next += period;
                 }
+                // Short naps: a drop is seen at once.
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
-        StatusLines {
+        Ticker {
             stop,
             thread: Some(thread),
         }
     }
 }
 
-impl Drop for StatusLines {
+impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
@@ -756,11 +752,27 @@ impl Drop for StatusLines {
     }
 }
 
+/// `--json-progress`: a JSON status line on stdout each second, the first
+/// after one second.
+fn status_lines(p: Arc<Progress>, started: Instant) -> Ticker {
+    super::JSON_LINES.store(true, Ordering::Relaxed);
+    let mut first = true;
+    Ticker::start(Duration::from_secs(1), move || {
+        if std::mem::take(&mut first) {
+            return;
+        }
+        let line = json!({"type": "status",
+            "seconds": started.elapsed().as_secs_f64(),
+            "files": p.files.load(Ordering::SeqCst),
+            "bytes": p.bytes.load(Ordering::SeqCst)});
+        outln!("{line}");
+    })
+}
+
 /// A spinner line on stderr: files and bytes so far, and the rate.
 struct ProgressLine {
     bar: indicatif::ProgressBar,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    ticker: Option<Ticker>,
 }
 
 impl ProgressLine {
@@ -772,30 +784,23 @@ impl ProgressLine {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let (b, s) = (bar.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                b.set_position(p.bytes.load(Ordering::SeqCst));
-                b.set_message(format!("{} files,", p.files.load(Ordering::SeqCst)));
-                b.tick();
-                std::thread::sleep(Duration::from_millis(200));
-            }
+        let b = bar.clone();
+        let ticker = Ticker::start(Duration::from_millis(200), move || {
+            b.set_position(p.bytes.load(Ordering::SeqCst));
+            b.set_message(format!("{} files,", p.files.load(Ordering::SeqCst)));
+            b.tick();
         });
         ProgressLine {
             bar,
-            stop,
-            thread: Some(thread),
+            ticker: Some(ticker),
         }
     }
 }
 
 impl Drop for ProgressLine {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // The ticker stops before the line is cleared.
+        drop(self.ticker.take());
         self.bar.finish_and_clear();
     }
 }

@@ -1,15 +1,13 @@
 //! A least-recently-used map bounded by a byte budget: what keeps a mount's
 //! memory flat while `find` or `grep -r` walks a large snapshot.
 
-use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 
 /// Values by key, each with a weight in bytes; the least recently used go
 /// first once the weights pass the budget (the newest one always stays).
-pub struct Lru<K, V> {
-    map: HashMap<K, (V, u64, usize)>,
-    order: BTreeMap<u64, K>,
-    tick: u64,
+/// The recency order is the `lru` crate's; this adds the byte budget.
+pub struct Lru<K: Hash + Eq, V> {
+    map: lru::LruCache<K, (V, usize)>,
     used: usize,
     budget: usize,
 }
@@ -18,9 +16,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
     /// An empty map that holds about `budget` bytes.
     pub fn new(budget: usize) -> Self {
         Lru {
-            map: HashMap::new(),
-            order: BTreeMap::new(),
-            tick: 0,
+            map: lru::LruCache::unbounded(),
             used: 0,
             budget,
         }
@@ -28,37 +24,27 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
 
     /// The value of `k`, now the most recently used.
     pub fn get(&mut self, k: &K) -> Option<V> {
-        self.tick += 1;
-        let (v, t, _) = self.map.get_mut(k)?;
-        self.order.remove(t);
-        *t = self.tick;
-        self.order.insert(self.tick, k.clone());
-        Some(v.clone())
+        self.map.get(k).map(|(v, _)| v.clone())
     }
 
     /// Adds `v` under `k`, weighing `weight` bytes, and drops the least
     /// recently used values while over budget.
     pub fn insert(&mut self, k: K, v: V, weight: usize) {
-        self.tick += 1;
-        if let Some((_, t, w)) = self.map.insert(k.clone(), (v, self.tick, weight)) {
-            self.order.remove(&t);
+        if let Some((_, (_, w))) = self.map.push(k, (v, weight)) {
             self.used -= w;
         }
-        self.order.insert(self.tick, k);
         self.used += weight;
-        while self.used > self.budget && self.order.len() > 1 {
-            let Some((_, old)) = self.order.pop_first() else {
-                break;
-            };
-            if let Some((_, _, w)) = self.map.remove(&old) {
-                self.used -= w;
+        while self.used > self.budget && self.map.len() > 1 {
+            match self.map.pop_lru() {
+                Some((_, (_, w))) => self.used -= w,
+                None => break,
             }
         }
     }
 
     /// Whether `k` is held (without making it the most recently used).
     pub fn contains(&self, k: &K) -> bool {
-        self.map.contains_key(k)
+        self.map.contains(k)
     }
 
     /// Bytes held.
