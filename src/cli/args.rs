@@ -564,6 +564,11 @@ pub struct BackupArgs {
     /// Read every file, ignoring the files cache.
     #[arg(long)]
     pub no_files_cache: bool,
+    /// Walk and read the sources and report what would be new, writing
+    /// nothing: no pack, no snapshot, no parity, no files-cache record.
+    /// The hooks still run (a pre hook may be what makes the source).
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
     /// With --json: JSON lines, a `{"type":"status",…}` line each second
     /// while the backup runs, then the `{"type":"summary",…}` line (or an
     /// `{"error":…}` line).

@@ -111,7 +111,10 @@ pub(super) fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
     let sources = job.sources.len();
     let res = run_backup(&cli, a, &mut job, cancel.clone());
     let result = outcome(res.is_ok(), &cancel);
-    let snap = res.as_ref().map(|d| d.out.id.to_hex()).unwrap_or_default();
+    let snap = match &res {
+        Ok(d) if !a.dry_run => d.out.id.to_hex(),
+        _ => String::new(),
+    };
     let post_res = post.run_once(&[("COFFER_RESULT", result), ("COFFER_SNAPSHOT", &snap)]);
     let done = match res {
         Ok(d) => d,
@@ -327,6 +330,11 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         true => "Repository passphrase: ",
         false => "New repository passphrase: ",
     };
+    if a.dry_run && !exists {
+        bail!(
+            "no repository at {r}: a dry run creates nothing (run `coffer init` or a backup first)"
+        );
+    }
     let pw = secret::passphrase(cli, prompt, !exists)?;
     let st = match found {
         Some((st, _)) => st,
@@ -348,7 +356,11 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
     let gone = super::rollback::watch_listing(&repo)?;
     // A local repository computes parity for full stripes during the
     // backup, and for the rest right after it.
-    let local = LocalStore::open(Path::new(repo_arg(cli)?)).ok();
+    // A dry run leaves the store alone: no sweep, no parity.
+    let local = match a.dry_run {
+        true => None,
+        false => LocalStore::open(Path::new(repo_arg(cli)?)).ok(),
+    };
     // What killed runs left in tmp/ goes now, not after the grace period
     // (a crash loop must not fill the disk); live uploads are kept.
     match local.as_ref().map(|l| l.sweep_abandoned()) {
@@ -383,6 +395,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         rewrite_below: coffer::cache::REWRITE_BELOW_LIVE,
         durable_packs: protector.as_mut().and_then(|p| p.sender()),
         on_file: verbose_listing(cli, a.verbose),
+        dry_run: a.dry_run,
     };
     let time_ns = opts.time_ns;
     let started = Instant::now();
@@ -394,7 +407,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
     drop(bar);
     drop(status);
     // Saved: a signal from here on must not claim otherwise.
-    if res.is_ok() {
+    if res.is_ok() && !a.dry_run {
         COMMITTED.store(true, Ordering::SeqCst);
     }
     let parity_started = Instant::now();
@@ -419,6 +432,15 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         }
         r => r?,
     };
+    if a.dry_run {
+        return Ok(Done {
+            out,
+            gone: gone.len(),
+            seconds: started.elapsed().as_secs_f64(),
+            parity_seconds: 0.0,
+            parity_read: 0,
+        });
+    }
     let stamp = repo.store().stamp(&out.id).ok();
     super::rollback::record(
         &repo,
@@ -481,6 +503,9 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
         errln!("coffer: warning: {w}");
     }
     let unattended = job.from_config && !io::stdout().is_terminal() && !stdout_is_journal();
+    if a.dry_run {
+        return report_dry_run(cli, sources, done);
+    }
     if cli.json {
         print_json(&json!({
             "type": "summary",
@@ -520,6 +545,39 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
     }
     // Snapshots gone (warned above) fail `check`, not the backup: a nightly
     // job must not fail every night until someone accepts the repository.
+    Ok(())
+}
+
+/// The summary of `--dry-run`: what was read and what would be new (before
+/// compression: nothing was compressed). Unreadable entries still exit 3.
+fn report_dry_run(cli: &Cli, sources: usize, done: &Done) -> Result<()> {
+    let (out, s) = (&done.out, &done.out.stats);
+    if cli.json {
+        print_json(&json!({
+            "type": "summary", "dry_run": true,
+            "files": s.files, "dirs": s.dirs, "others": s.others,
+            "files_unchanged": s.files_unchanged,
+            "bytes": s.bytes, "new_blobs": s.new_blobs, "new_bytes": s.new_bytes,
+            "seconds": done.seconds, "sources": sources,
+            "warnings": out.warnings, "notices": out.notices,
+        }))?;
+    } else if !cli.quiet {
+        outln!(
+            "dry run: {} files ({} unchanged), {} processed; would add {} new in {} blobs (before compression); nothing written",
+            s.files,
+            s.files_unchanged,
+            fmt_bytes(s.bytes),
+            fmt_bytes(s.new_bytes),
+            s.new_blobs
+        );
+    }
+    if !out.warnings.is_empty() {
+        return Err(Incomplete(format!(
+            "dry run: {} entries could not be read",
+            out.warnings.len()
+        ))
+        .into());
+    }
     Ok(())
 }
 

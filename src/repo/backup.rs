@@ -152,6 +152,10 @@ pub struct BackupOptions {
     pub durable_packs: Option<crossbeam_channel::Sender<(PackId, u64)>>,
     /// Told of each regular file (`-v`); called on the walking thread.
     pub on_file: Option<FileListener>,
+    /// Walk, read and count what would be new, but write nothing: no
+    /// pack, no snapshot, no files-cache record (a record of content never
+    /// stored would make the next run skip the file).
+    pub dry_run: bool,
 }
 
 impl Default for BackupOptions {
@@ -172,6 +176,7 @@ impl Default for BackupOptions {
             rewrite_below: crate::cache::REWRITE_BELOW_LIVE,
             durable_packs: None,
             on_file: None,
+            dry_run: false,
         }
     }
 }
@@ -179,7 +184,8 @@ impl Default for BackupOptions {
 /// The result of a backup.
 #[derive(Debug, Clone)]
 pub struct BackupOutcome {
-    /// The new snapshot.
+    /// The new snapshot (in a dry run, the id it would have had: nothing
+    /// is written).
     pub id: SnapshotId,
     /// Its figures.
     pub stats: SnapshotStats,
@@ -228,14 +234,17 @@ pub fn backup(
     cache.run_reset()?;
     let settings = repo.settings().clone();
     let level = opts.compression.unwrap_or(settings.compression);
-    let mut up = Uploader::start(
-        repo.store().clone(),
-        repo.keys().clone(),
-        level,
-        settings.pack_size as u64,
-        opts.upload_limit,
-        opts.cancel.clone(),
-    );
+    let mut up = match opts.dry_run {
+        true => Uploader::dry_run(),
+        false => Uploader::start(
+            repo.store().clone(),
+            repo.keys().clone(),
+            level,
+            settings.pack_size as u64,
+            opts.upload_limit,
+            opts.cancel.clone(),
+        ),
+    };
     up.sparse = cache.sparse_packs(opts.rewrite_below)?;
     // Taken, so the listener hears the end once the last pack is durable.
     up.durable = opts.durable_packs.take();
@@ -361,9 +370,11 @@ pub fn backup(
         ..
     } = w;
     let (up_stats, written) = up.finish(&mut cache)?;
-    super::reused::verify(repo, &mut cache, &written)?;
+    if !opts.dry_run {
+        super::reused::verify(repo, &mut cache, &written)?;
+    }
     let (packs, missing) = cache.run_packs()?;
-    if missing > 0 {
+    if missing > 0 && !opts.dry_run {
         return Err(Error::Corrupt(format!(
             "{missing} referenced blobs are in no known pack; nothing committed"
         )));
@@ -397,6 +408,17 @@ pub fn backup(
         None => repo.keys().snapshot_group(&record.host, &group_by),
     };
     let (id, bytes) = snapshot::encode(repo.keys(), packs, &record, &mut OsRng);
+    if opts.dry_run {
+        // The run's scratch rows go; the files cache keeps what it had.
+        cache.run_reset()?;
+        return Ok(BackupOutcome {
+            id,
+            stats,
+            warnings,
+            notices: sync.notices(),
+            after_commit: Vec::new(),
+        });
+    }
     repo.store().write_snapshot(&bytes, Some(group))?;
     // Committed: what follows only speeds up the next run, and its failure
     // must not be reported as a backup that saved nothing.

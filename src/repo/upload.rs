@@ -82,6 +82,8 @@ pub(crate) struct Uploader {
     /// The packs this run wrote (32 bytes each: a run of 100 GB of new
     /// data in 16 MiB packs holds 200 KB).
     pub written: HashSet<PackId>,
+    /// `backup --dry-run`: new blobs are counted, never sealed or stored.
+    dry: bool,
 }
 
 impl Uploader {
@@ -130,6 +132,29 @@ impl Uploader {
             written: HashSet::new(),
             sparse: HashSet::new(),
             durable: None,
+            dry: false,
+        }
+    }
+
+    /// An uploader that only counts: each blob the repository lacks is
+    /// counted once as new and dropped. No thread, no pack, no cache row:
+    /// a dry run must leave nothing a later run could mistake for stored.
+    pub fn dry_run() -> Uploader {
+        // A channel whose sender is gone: draining it ends at once.
+        let (_, done) = bounded::<PackDone>(0);
+        Uploader {
+            pending: HashSet::new(),
+            jobs: None,
+            batch: Batch::default(),
+            unsure: Batch::default(),
+            done,
+            threads: Vec::new(),
+            error: Arc::new(Mutex::new(None)),
+            stats: UploadStats::default(),
+            written: HashSet::new(),
+            sparse: HashSet::new(),
+            durable: None,
+            dry: true,
         }
     }
 
@@ -225,6 +250,10 @@ impl Uploader {
         let len = job.data.len() as u64;
         self.stats.new_blobs += 1;
         self.stats.new_bytes += len;
+        if self.dry {
+            // Stays pending, so a repeat within the run counts once.
+            return Ok(());
+        }
         match self.batch.push(job, len) {
             Some(full) => self.send(full),
             None => Ok(()),
@@ -283,7 +312,7 @@ impl Uploader {
         if let Some(e) = self.take_error() {
             return Err(e);
         }
-        if !self.pending.is_empty() {
+        if !self.pending.is_empty() && !self.dry {
             return Err(Error::Corrupt(format!(
                 "{} blobs were not stored",
                 self.pending.len()

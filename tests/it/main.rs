@@ -8,6 +8,7 @@ mod cache_trust;
 mod clock;
 mod crash;
 mod docs;
+mod dry_run;
 mod filters;
 mod find;
 mod hardening;
