@@ -430,3 +430,13 @@ pub fn seen_state(data: &[u8]) {
         assert!(gone <= crate::repo::seen::KEEP, "{gone} gone");
     }
 }
+
+/// An NBD server's bytes, as a backup's client session reads them (the
+/// handshake, block status and a read), and the NBD URI parser on the
+/// same bytes as text.
+pub fn nbd_session(data: &[u8]) {
+    let _ = crate::source::nbd::fuzz_session(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::source::nbd::NbdUrl::parse(text);
+    }
+}

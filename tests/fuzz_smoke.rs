@@ -519,3 +519,56 @@ fn seen_state() {
     assert_eq!(gone, 1);
     hammer("seen_state", &[seed], fuzzing::seen_state);
 }
+
+#[test]
+fn nbd_session() {
+    // A whole session as a server would send it: greeting, structured
+    // replies, base:allocation (context 1), the export's size, a block
+    // status reply and a read answered by a data and a hole chunk.
+    let opt = |o: u32, kind: u32, d: &[u8]| {
+        let mut r = 0x0003_e889_0455_65a9u64.to_be_bytes().to_vec();
+        r.extend_from_slice(&o.to_be_bytes());
+        r.extend_from_slice(&kind.to_be_bytes());
+        r.extend_from_slice(&(d.len() as u32).to_be_bytes());
+        r.extend_from_slice(d);
+        r
+    };
+    let chunk = |flags: u16, kind: u16, cookie: u64, d: &[u8]| {
+        let mut r = 0x668e_33efu32.to_be_bytes().to_vec();
+        r.extend_from_slice(&flags.to_be_bytes());
+        r.extend_from_slice(&kind.to_be_bytes());
+        r.extend_from_slice(&cookie.to_be_bytes());
+        r.extend_from_slice(&(d.len() as u32).to_be_bytes());
+        r.extend_from_slice(d);
+        r
+    };
+    let mut s = b"NBDMAGICIHAVEOPT".to_vec();
+    s.extend_from_slice(&3u16.to_be_bytes());
+    s.extend(opt(8, 1, &[]));
+    let mut ctx = 1u32.to_be_bytes().to_vec();
+    ctx.extend_from_slice(b"base:allocation");
+    s.extend(opt(10, 4, &ctx));
+    s.extend(opt(10, 1, &[]));
+    let mut info = 0u16.to_be_bytes().to_vec();
+    info.extend_from_slice(&65536u64.to_be_bytes());
+    info.extend_from_slice(&1u16.to_be_bytes());
+    s.extend(opt(7, 3, &info));
+    s.extend(opt(7, 1, &[]));
+    let mut bs = 1u32.to_be_bytes().to_vec();
+    for (len, flags) in [(4096u32, 0u32), (61440, 3)] {
+        bs.extend_from_slice(&len.to_be_bytes());
+        bs.extend_from_slice(&flags.to_be_bytes());
+    }
+    s.extend(chunk(1, 5, 1, &bs));
+    let mut data = 0u64.to_be_bytes().to_vec();
+    data.extend(std::iter::repeat_n(0xab, 4096));
+    s.extend(chunk(0, 1, 2, &data));
+    let mut hole = 4096u64.to_be_bytes().to_vec();
+    hole.extend_from_slice(&61440u32.to_be_bytes());
+    s.extend(chunk(1, 2, 2, &hole));
+    assert!(
+        coffer::source::nbd::fuzz_session(&s),
+        "the seed session reads"
+    );
+    hammer("nbd_session", &[s], fuzzing::nbd_session);
+}

@@ -539,8 +539,10 @@ pub struct BackupArgs {
     /// command fails the backup.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
     pub stdin_from_command: Option<Vec<String>>,
-    /// Back up a disk image or block device.
-    #[arg(long, value_name = "DEVICE_OR_FILE")]
+    /// Back up a disk image or block device, or the disk an NBD server
+    /// exports (`nbd+unix:///EXPORT?socket=PATH`, `nbd://HOST:PORT/EXPORT`:
+    /// e.g. `qemu-nbd -r` of a qcow2), whose zero ranges are never read.
+    #[arg(long, value_name = "DEVICE_FILE_OR_NBD_URI")]
     pub image: Option<PathBuf>,
     /// Leave out entries matching this glob (repeatable).
     #[arg(long, short = 'e')]

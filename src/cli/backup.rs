@@ -517,6 +517,7 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
             "new_packs": s.new_packs, "new_pack_bytes": s.new_pack_bytes,
             "seconds": done.seconds, "parity_seconds": done.parity_seconds,
             "parity_bytes_read": done.parity_read,
+            "bytes_read": out.bytes_read,
             "sources": sources,
             "warnings": out.warnings, "notices": out.notices, "after_commit": out.after_commit,
             "snapshots_gone": done.gone,
@@ -558,7 +559,7 @@ fn report_dry_run(cli: &Cli, sources: usize, done: &Done) -> Result<()> {
             "files": s.files, "dirs": s.dirs, "others": s.others,
             "files_unchanged": s.files_unchanged,
             "bytes": s.bytes, "new_blobs": s.new_blobs, "new_bytes": s.new_bytes,
-            "seconds": done.seconds, "sources": sources,
+            "seconds": done.seconds, "sources": sources, "bytes_read": out.bytes_read,
             "warnings": out.warnings, "notices": out.notices,
         }))?;
     } else if !cli.quiet {

@@ -197,6 +197,9 @@ pub struct BackupOutcome {
     /// Steps after the commit that failed: the snapshot is saved and
     /// complete, but something meant to follow it did not happen.
     pub after_commit: Vec<String>,
+    /// Bytes read from the sources: holes, zero ranges an NBD server
+    /// reported and files reused from the files cache are not read.
+    pub bytes_read: u64,
 }
 
 /// A file's content as a node holds it, also what the files cache stores.
@@ -276,6 +279,7 @@ pub fn backup(
         run_files: Vec::new(),
         ahead: None,
         read_bytes: 0,
+        source_read: 0,
         on_file: opts.on_file.take(),
     };
     let mut kinds: Vec<SourceKind> = sources.iter().map(|s| s.kind()).collect();
@@ -367,6 +371,7 @@ pub fn backup(
         up,
         mut stats,
         warnings,
+        source_read,
         ..
     } = w;
     let (up_stats, written) = up.finish(&mut cache)?;
@@ -417,6 +422,7 @@ pub fn backup(
             warnings,
             notices: sync.notices(),
             after_commit: Vec::new(),
+            bytes_read: source_read,
         });
     }
     repo.store().write_snapshot(&bytes, Some(group))?;
@@ -437,6 +443,7 @@ pub fn backup(
         warnings,
         notices: sync.notices(),
         after_commit,
+        bytes_read: source_read,
     })
 }
 
@@ -478,6 +485,12 @@ fn plan(sources: &[BackupSource]) -> Result<Vec<Vec<PathBuf>>> {
             BackupSource::Stream { name, .. } | BackupSource::Command { name, .. } => {
                 names.push((name.as_bytes().to_vec(), format!("source {name:?}")));
                 vec![]
+            }
+            BackupSource::Image { path, name } if source::nbd::is_url(&path.to_string_lossy()) => {
+                let url = nbd_url(path)?;
+                let n = name.clone().unwrap_or_else(|| nbd_name(&url));
+                names.push((n.into_bytes(), format!("image {}", path.display())));
+                vec![path.clone()]
             }
             BackupSource::Image { path, name } => {
                 let abs = absolute(path)?;
@@ -521,6 +534,21 @@ fn plan(sources: &[BackupSource]) -> Result<Vec<Vec<PathBuf>>> {
         }
     }
     Ok(out)
+}
+
+/// An image source's NBD URI.
+fn nbd_url(path: &Path) -> Result<source::nbd::NbdUrl> {
+    source::nbd::NbdUrl::parse(&path.to_string_lossy()).map_err(Error::Denied)
+}
+
+/// The file name an NBD export gets in the snapshot when none is given:
+/// its export name's last part, or `disk`.
+fn nbd_name(url: &source::nbd::NbdUrl) -> String {
+    let last = url.export.rsplit('/').next().unwrap_or_default();
+    match crate::format::tree::safe_name(last.as_bytes()) {
+        true => last.to_string(),
+        false => "disk".to_string(),
+    }
 }
 
 /// Makes a path absolute and clean without following a final symlink.
@@ -613,6 +641,8 @@ struct Walker {
     ahead: Option<ReadAhead>,
     /// Bytes of file content read so far (files the cache reused not counted).
     read_bytes: u64,
+    /// Bytes read from the sources (holes and files-cache hits are not).
+    source_read: u64,
     /// `-v`: told of each file's [`FileStatus`].
     on_file: Option<FileListener>,
 }
@@ -851,6 +881,7 @@ impl Walker {
             }
             self.check_cancel()?;
             let n = read_full(r, &mut buf[end..]).map_err(|e| Error::io(src, e))?;
+            self.source_read += n as u64;
             eof = n == 0;
             end += n;
         })();
@@ -870,12 +901,23 @@ impl Walker {
         src: &Path,
     ) -> Result<(Content, u64)> {
         let reader = ImageReader::start(f, sparse, self.block).map_err(|e| Error::io(src, e))?;
+        self.read_pieces(reader, file, src)
+    }
+
+    /// Takes an image reader's pieces into fixed blocks.
+    fn read_pieces(
+        &mut self,
+        reader: ImageReader,
+        file: u64,
+        src: &Path,
+    ) -> Result<(Content, u64)> {
         let mut cb = ContentBuilder::default();
         loop {
             self.check_cancel()?;
             match reader.next_piece().map_err(|e| Error::io(src, e))? {
                 Piece::Hole(n) => self.push_zeros(&mut cb, n),
                 Piece::Data(b) => {
+                    self.source_read += b.bytes().len() as u64;
                     self.push_blocks(&mut cb, file, b.bytes())?;
                     reader.give_back(b);
                 }
@@ -1230,7 +1272,42 @@ impl Walker {
         Ok(node)
     }
 
+    /// An NBD export, read through its server: a file of the export's
+    /// size, owned by the user running the backup, stamped with the
+    /// backup's start.
+    fn backup_nbd(&mut self, path: &Path, name: Option<&str>) -> Result<Node> {
+        let url = nbd_url(path)?;
+        let name = name.map(str::to_string).unwrap_or_else(|| nbd_name(&url));
+        if !crate::format::tree::safe_name(name.as_bytes()) {
+            return Err(Error::Denied(format!(
+                "image name {name:?} must be a plain file name"
+            )));
+        }
+        let client = source::nbd::NbdClient::connect(&url).map_err(|e| Error::io(path, e))?;
+        let mut node = Node {
+            name: ByteBuf::from(name.into_bytes()),
+            kind: Some(NodeKind::File),
+            mode: 0o600,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            mtime_ns: self.start_ns,
+            ..Node::default()
+        };
+        let reader = ImageReader::start_nbd(client, self.block).map_err(|e| Error::io(path, e))?;
+        self.file_seq += 1;
+        self.note_progress(1, 0);
+        let (c, n) = self.read_pieces(reader, self.file_seq, path)?;
+        self.stats.files += 1;
+        self.stats.bytes += n;
+        node.size = n;
+        Self::set_content(&mut node, &c);
+        Ok(node)
+    }
+
     fn backup_image(&mut self, path: &Path, name: Option<&str>) -> Result<Node> {
+        if source::nbd::is_url(&path.to_string_lossy()) {
+            return self.backup_nbd(path, name);
+        }
         let m = fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let name = match name {
             Some(n) if crate::format::tree::safe_name(n.as_bytes()) => OsStr::new(n),

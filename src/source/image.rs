@@ -110,6 +110,34 @@ impl ImageReader {
         })
     }
 
+    /// Starts reading an NBD export from its start, in whole multiples of
+    /// `block`: ranges the server's block status reports as zeros are
+    /// holes, never read.
+    pub fn start_nbd(client: super::nbd::NbdClient, block: usize) -> io::Result<ImageReader> {
+        let (tx, rx) = bounded(BUFFERS - 1);
+        let (free_tx, free_rx) = unbounded();
+        let size = (READ_BYTES / block).max(1) * block;
+        let mut reading = NbdReading {
+            c: client,
+            block: block as u64,
+            size,
+            known: std::collections::VecDeque::new(),
+            known_to: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("nbd-read".into())
+            .spawn(move || {
+                if let Err(e) = reading.read_all(&tx, &free_rx) {
+                    let _ = tx.send(Err(e));
+                }
+            })?;
+        Ok(ImageReader {
+            pieces: Some(rx),
+            free: Some(free_tx),
+            thread: Some(thread),
+        })
+    }
+
     /// The next piece; an error if the image could not be read (or the
     /// reading thread stopped without saying why).
     pub fn next_piece(&self) -> io::Result<Piece> {
@@ -272,6 +300,97 @@ impl Reading {
             }
         }
         Ok(got)
+    }
+}
+
+/// Bytes of block status asked for at once.
+const STATUS_BYTES: u64 = 1 << 30;
+
+/// An NBD export being read: the extents known ahead of the reader.
+struct NbdReading {
+    c: super::nbd::NbdClient,
+    block: u64,
+    size: usize,
+    /// `(start, end, zero)` from the reader's position on.
+    known: std::collections::VecDeque<(u64, u64, bool)>,
+    known_to: u64,
+}
+
+impl NbdReading {
+    /// Whether `[at, at + len)` reads as zeros, by block status (asked for
+    /// as far as needed).
+    fn zero(&mut self, at: u64, len: u64) -> io::Result<bool> {
+        let end = (at + len).min(self.c.size());
+        while self.known_to < end {
+            let want = (self.c.size() - self.known_to).min(STATUS_BYTES) as u32;
+            let mut p = self.known_to;
+            for e in self.c.block_status(p, want)? {
+                let zero = e.flags & super::nbd::wire::STATE_ZERO != 0;
+                self.known.push_back((p, p + e.len as u64, zero));
+                p += e.len as u64;
+            }
+            self.known_to = p;
+        }
+        while self.known.front().is_some_and(|e| e.1 <= at) {
+            self.known.pop_front();
+        }
+        Ok(self.known.iter().take_while(|e| e.0 < end).all(|e| e.2))
+    }
+
+    fn read_all(
+        &mut self,
+        tx: &Sender<io::Result<Piece>>,
+        free: &Receiver<Buffer>,
+    ) -> io::Result<()> {
+        let len = self.c.size();
+        let (mut pos, mut made) = (0u64, 0usize);
+        while pos < len {
+            // Whole blocks of zeros from here: one hole.
+            let mut hole = 0;
+            while pos + hole < len {
+                let n = self.block.min(len - pos - hole);
+                if !self.zero(pos + hole, n)? {
+                    break;
+                }
+                hole += n;
+            }
+            if hole > 0 {
+                if tx.send(Ok(Piece::Hole(hole))).is_err() {
+                    return Ok(());
+                }
+                pos += hole;
+                continue;
+            }
+            // Data up to the next block of zeros, at most one buffer.
+            let mut want = self.block.min(len - pos);
+            while want < self.size as u64 && pos + want < len {
+                let n = self.block.min(len - pos - want);
+                if self.zero(pos + want, n)? {
+                    break;
+                }
+                want += n;
+            }
+            let mut buf = match free.try_recv() {
+                Ok(b) => b,
+                Err(_) if made < BUFFERS => {
+                    made += 1;
+                    Buffer::new(self.size)
+                }
+                Err(_) => match free.recv() {
+                    Ok(b) => b,
+                    Err(_) => return Ok(()),
+                },
+            };
+            let want = want as usize;
+            self.c.read_at(buf.room(want), pos)?;
+            buf.len = want;
+            if tx.send(Ok(Piece::Data(buf))).is_err() {
+                return Ok(());
+            }
+            pos += want as u64;
+        }
+        let _ = tx.send(Ok(Piece::End));
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod command;
 pub mod image;
+pub mod nbd;
 
 use std::collections::HashMap;
 use std::fs::{self, Metadata};

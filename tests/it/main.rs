@@ -17,6 +17,7 @@ mod keep;
 mod keys;
 mod monitor;
 mod mount;
+mod nbd;
 mod object;
 mod operator;
 mod parity_sectors;

@@ -1,0 +1,560 @@
+//! Reading a disk through NBD: `qemu-nbd`, a running QEMU's NBD server or
+//! any fixed-newstyle server exports the guest-visible disk of a qcow2 (or
+//! any format QEMU reads), and its block status says which ranges read as
+//! zeros, so those are never read. One connection, one request at a time,
+//! read-only; the bytes of the protocol live in [`wire`].
+
+pub mod wire;
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wire::{Extent, ReplyHead, WireError};
+
+/// How long one reply may take before the read fails (a server that stops
+/// answering must not hold a nightly job for ever).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where an export is: `nbd+unix:///EXPORT?socket=PATH` or
+/// `nbd://HOST[:PORT]/EXPORT` (the NBD URI form of qemu and libnbd).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdUrl {
+    /// The export's name (may be empty: the server's default).
+    pub export: String,
+    /// How to reach the server.
+    pub addr: NbdAddr,
+}
+
+/// A server's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NbdAddr {
+    /// A Unix socket.
+    Unix(PathBuf),
+    /// Host and port.
+    Tcp(String, u16),
+}
+
+/// Whether `s` names an NBD export rather than a file.
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("nbd://") || s.starts_with("nbd+unix://")
+}
+
+impl NbdUrl {
+    /// Parses an NBD URI; the error says what is wrong.
+    pub fn parse(s: &str) -> Result<NbdUrl, String> {
+        let bad = |why: &str| {
+            format!("{s:?}: {why} (nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT)")
+        };
+        if let Some(rest) = s.strip_prefix("nbd+unix://") {
+            let (path, query) = rest.split_once('?').ok_or_else(|| bad("no ?socket="))?;
+            let export = path
+                .strip_prefix('/')
+                .ok_or_else(|| bad("no host part is allowed"))?;
+            let socket = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("socket="))
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| bad("no socket="))?;
+            return Ok(NbdUrl {
+                export: unescape(export),
+                addr: NbdAddr::Unix(PathBuf::from(unescape(socket))),
+            });
+        }
+        let rest = s
+            .strip_prefix("nbd://")
+            .ok_or_else(|| bad("not an NBD URI"))?;
+        let (hostport, export) = rest.split_once('/').unwrap_or((rest, ""));
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse::<u16>().map_err(|_| bad("bad port"))?)
+            }
+            _ => (hostport, 10809),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(NbdUrl {
+            export: unescape(export),
+            addr: NbdAddr::Tcp(host.to_string(), port),
+        })
+    }
+}
+
+/// Undoes `%XX` escapes (an export name or a socket path with odd bytes).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+fn proto(e: WireError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("NBD: {e}"))
+}
+
+/// Reads exactly `buf.len()` bytes; a server that hangs up or goes
+/// silent is named as such.
+fn recv(s: &mut dyn Stream, buf: &mut [u8]) -> io::Result<()> {
+    s.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => io::Error::new(
+            e.kind(),
+            "NBD: the server closed the connection in the middle of a message",
+        ),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "NBD: no answer from the server within {} s",
+                REPLY_TIMEOUT.as_secs()
+            ),
+        ),
+        _ => e,
+    })
+}
+
+fn refused(what: String) -> io::Error {
+    io::Error::other(format!("NBD: {what}"))
+}
+
+/// A connection to one export, in transmission.
+pub struct NbdClient {
+    s: Box<dyn Stream>,
+    size: u64,
+    /// The id of `base:allocation`, when the server gave block status.
+    alloc: Option<u32>,
+    structured: bool,
+    cookie: u64,
+    /// The largest read the server takes.
+    max_read: u32,
+}
+
+impl NbdClient {
+    /// Connects and negotiates: fixed newstyle, structured replies and
+    /// `base:allocation` when the server has them, then `NBD_OPT_GO`.
+    pub fn connect(url: &NbdUrl) -> io::Result<NbdClient> {
+        let s: Box<dyn Stream> = match &url.addr {
+            NbdAddr::Unix(p) => {
+                let s = UnixStream::connect(p).map_err(|e| {
+                    io::Error::new(e.kind(), format!("NBD socket {}: {e}", p.display()))
+                })?;
+                s.set_read_timeout(Some(REPLY_TIMEOUT))?;
+                s.set_write_timeout(Some(REPLY_TIMEOUT))?;
+                Box::new(s)
+            }
+            NbdAddr::Tcp(h, port) => {
+                let s = TcpStream::connect((h.as_str(), *port))
+                    .map_err(|e| io::Error::new(e.kind(), format!("NBD server {h}:{port}: {e}")))?;
+                s.set_read_timeout(Some(REPLY_TIMEOUT))?;
+                s.set_write_timeout(Some(REPLY_TIMEOUT))?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+        };
+        Self::handshake(s, &url.export)
+    }
+
+    fn handshake(mut s: Box<dyn Stream>, export: &str) -> io::Result<NbdClient> {
+        let mut g = [0u8; 18];
+        recv(&mut *s, &mut g)?;
+        let flags = wire::parse_greeting(&g).map_err(proto)?;
+        let client = (wire::FLAG_FIXED_NEWSTYLE | (flags & wire::FLAG_NO_ZEROES)) as u32;
+        s.write_all(&client.to_be_bytes())?;
+        let mut c = NbdClient {
+            s,
+            size: 0,
+            alloc: None,
+            structured: false,
+            cookie: 0,
+            max_read: wire::MAX_READ,
+        };
+        c.structured = c.option(
+            wire::OPT_STRUCTURED_REPLY,
+            &wire::option(wire::OPT_STRUCTURED_REPLY, &[]),
+            |_, _| Ok(()),
+        )?;
+        if c.structured {
+            let mut alloc = None;
+            let msg = wire::opt_set_meta_context(export, &["base:allocation"]);
+            c.option(wire::OPT_SET_META_CONTEXT, &msg, |kind, d| {
+                if kind == wire::REP_META_CONTEXT {
+                    let (id, name) = wire::parse_meta_context(d).map_err(proto)?;
+                    if name == "base:allocation" {
+                        alloc = Some(id);
+                    }
+                }
+                Ok(())
+            })?;
+            c.alloc = alloc;
+        }
+        let (mut size, mut max) = (None, None);
+        let ok = c.option(wire::OPT_GO, &wire::opt_go(export), |kind, d| {
+            if kind == wire::REP_INFO {
+                match wire::parse_info(d).map_err(proto)? {
+                    wire::Info::Export { size: z, .. } => size = Some(z),
+                    wire::Info::BlockSize { max: m, .. } => max = Some(m),
+                    wire::Info::Other(_) => {}
+                }
+            }
+            Ok(())
+        })?;
+        if !ok {
+            return Err(refused("the server does not know NBD_OPT_GO".into()));
+        }
+        c.size = size.ok_or_else(|| {
+            proto(WireError(
+                "no export size in the replies to NBD_OPT_GO".into(),
+            ))
+        })?;
+        if let Some(m) = max {
+            c.max_read = c.max_read.min(m.max(4096));
+        }
+        Ok(c)
+    }
+
+    /// Sends an option and reads its replies up to the final one, handing
+    /// each to `each`; `false` when the server does not know the option.
+    fn option(
+        &mut self,
+        opt: u32,
+        msg: &[u8],
+        mut each: impl FnMut(u32, &[u8]) -> io::Result<()>,
+    ) -> io::Result<bool> {
+        self.s.write_all(msg)?;
+        // A server sends a few replies per option; more is a loop.
+        for _ in 0..1024 {
+            let mut h = [0u8; 20];
+            recv(&mut *self.s, &mut h)?;
+            let r = wire::parse_opt_reply(&h, opt).map_err(proto)?;
+            let mut d = vec![0u8; r.len as usize];
+            recv(&mut *self.s, &mut d)?;
+            match r.kind {
+                wire::REP_ACK => return Ok(true),
+                wire::REP_ERR_UNSUP => return Ok(false),
+                k if k & wire::REP_FLAG_ERROR != 0 => {
+                    return Err(refused(format!(
+                        "option {opt} refused: {}",
+                        wire::option_error(k, &d)
+                    )))
+                }
+                k => each(k, &d)?,
+            }
+        }
+        Err(proto(WireError(format!(
+            "no end to the replies to option {opt}"
+        ))))
+    }
+
+    /// The export's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the server reports which ranges read as zeros.
+    pub fn has_block_status(&self) -> bool {
+        self.alloc.is_some()
+    }
+
+    fn send(&mut self, kind: u16, flags: u16, offset: u64, len: u32) -> io::Result<u64> {
+        self.cookie += 1;
+        let req = wire::request(flags, kind, self.cookie, offset, len);
+        self.s.write_all(&req)?;
+        Ok(self.cookie)
+    }
+
+    /// The next reply head, which must be for `cookie`.
+    fn head(&mut self, cookie: u64) -> io::Result<ReplyHead> {
+        let mut m = [0u8; 4];
+        recv(&mut *self.s, &mut m)?;
+        let n = wire::reply_head_rest(m).map_err(proto)?;
+        let mut rest = [0u8; 16];
+        recv(&mut *self.s, &mut rest[..n])?;
+        let h = wire::parse_reply_head(m, &rest[..n]).map_err(proto)?;
+        let got = match h {
+            ReplyHead::Simple { cookie, .. } | ReplyHead::Chunk { cookie, .. } => cookie,
+        };
+        if got != cookie {
+            return Err(proto(WireError(format!(
+                "a reply for request {got} while {cookie} was the only one sent"
+            ))));
+        }
+        Ok(h)
+    }
+
+    fn payload(&mut self, len: u32) -> io::Result<Vec<u8>> {
+        let mut d = vec![0u8; len as usize];
+        recv(&mut *self.s, &mut d)?;
+        Ok(d)
+    }
+
+    fn chunk_error(d: &[u8], what: &str) -> io::Error {
+        match wire::parse_error_chunk(d) {
+            Ok((code, msg)) => refused(format!("{what} failed: error {code}: {msg}")),
+            Err(e) => proto(e),
+        }
+    }
+
+    /// The `base:allocation` status of `[offset, offset + len)`: one or
+    /// more extents from `offset` on (they may cover less than asked, never
+    /// more than the export).
+    pub fn block_status(&mut self, offset: u64, len: u32) -> io::Result<Vec<Extent>> {
+        let Some(alloc) = self.alloc else {
+            return Ok(vec![Extent { len, flags: 0 }]);
+        };
+        let cookie = self.send(wire::CMD_BLOCK_STATUS, 0, offset, len)?;
+        let mut out: Option<Vec<Extent>> = None;
+        loop {
+            match self.head(cookie)? {
+                ReplyHead::Simple { error, .. } => {
+                    if error != 0 {
+                        return Err(refused(format!("block status failed: error {error}")));
+                    }
+                    return Err(proto(WireError("a simple reply to block status".into())));
+                }
+                ReplyHead::Chunk {
+                    flags,
+                    kind,
+                    len: n,
+                    ..
+                } => {
+                    let d = self.payload(n)?;
+                    match kind {
+                        wire::REPLY_TYPE_BLOCK_STATUS => {
+                            let (ctx, ext) = wire::parse_block_status(&d).map_err(proto)?;
+                            if ctx == alloc {
+                                out = Some(ext);
+                            }
+                        }
+                        wire::REPLY_TYPE_NONE => {}
+                        k if k & wire::REPLY_TYPE_FLAG_ERROR != 0 => {
+                            return Err(Self::chunk_error(&d, "block status"))
+                        }
+                        k => {
+                            return Err(proto(WireError(format!(
+                                "chunk type {k} in a block status reply"
+                            ))))
+                        }
+                    }
+                    if flags & wire::REPLY_FLAG_DONE != 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut ext =
+            out.ok_or_else(|| proto(WireError("block status without base:allocation".into())))?;
+        // Clip to the export: nothing past its end is read or skipped.
+        let mut left = self.size.saturating_sub(offset);
+        ext.retain_mut(|e| {
+            let keep = left > 0;
+            e.len = e.len.min(u32::try_from(left).unwrap_or(u32::MAX));
+            left -= e.len as u64;
+            keep
+        });
+        if ext.is_empty() {
+            return Err(proto(WireError(format!(
+                "block status at {offset} is past the end"
+            ))));
+        }
+        Ok(ext)
+    }
+
+    /// Reads `buf.len()` bytes (at most the server's maximum) at `offset`.
+    pub fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        for (i, part) in buf.chunks_mut(self.max_read as usize).enumerate() {
+            let at = offset + (i * self.max_read as usize) as u64;
+            self.read_one(part, at)?;
+        }
+        Ok(())
+    }
+
+    fn read_one(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let len = buf.len() as u32;
+        if offset.checked_add(len as u64).is_none_or(|e| e > self.size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "NBD read past the end",
+            ));
+        }
+        let cookie = self.send(wire::CMD_READ, 0, offset, len)?;
+        // Bytes covered by data and hole chunks; chunks must not overlap
+        // for the sum to mean "all of it".
+        let mut covered = 0u64;
+        loop {
+            match self.head(cookie)? {
+                ReplyHead::Simple { error, .. } => {
+                    if error != 0 {
+                        return Err(refused(format!("read at {offset} failed: error {error}")));
+                    }
+                    if self.structured {
+                        return Err(proto(WireError("a simple reply to a read".into())));
+                    }
+                    recv(&mut *self.s, buf)?;
+                    return Ok(());
+                }
+                ReplyHead::Chunk {
+                    flags,
+                    kind,
+                    len: n,
+                    ..
+                } => {
+                    match kind {
+                        wire::REPLY_TYPE_OFFSET_DATA => {
+                            if n < 9 {
+                                return Err(proto(WireError("data chunk without data".into())));
+                            }
+                            let mut h = [0u8; 8];
+                            recv(&mut *self.s, &mut h)?;
+                            let at = u64::from_be_bytes(h);
+                            let dlen = (n - 8) as u64;
+                            let from = at.checked_sub(offset).filter(|f| f + dlen <= len as u64);
+                            let Some(from) = from else {
+                                return Err(proto(WireError(format!(
+                                    "data chunk at {at}+{dlen} outside the read {offset}+{len}"
+                                ))));
+                            };
+                            recv(
+                                &mut *self.s,
+                                &mut buf[from as usize..(from + dlen) as usize],
+                            )?;
+                            covered += dlen;
+                        }
+                        wire::REPLY_TYPE_OFFSET_HOLE => {
+                            let d = self.payload(n)?;
+                            let (at, hl) = wire::parse_offset_hole(&d).map_err(proto)?;
+                            let from = at
+                                .checked_sub(offset)
+                                .filter(|f| f + hl as u64 <= len as u64);
+                            let Some(from) = from else {
+                                return Err(proto(WireError("hole chunk outside the read".into())));
+                            };
+                            buf[from as usize..from as usize + hl as usize].fill(0);
+                            covered += hl as u64;
+                        }
+                        wire::REPLY_TYPE_NONE => {
+                            self.payload(n)?;
+                        }
+                        k if k & wire::REPLY_TYPE_FLAG_ERROR != 0 => {
+                            let d = self.payload(n)?;
+                            return Err(Self::chunk_error(&d, &format!("read at {offset}")));
+                        }
+                        k => {
+                            return Err(proto(WireError(format!("chunk type {k} in a read reply"))))
+                        }
+                    }
+                    if flags & wire::REPLY_FLAG_DONE != 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        if covered != len as u64 {
+            return Err(proto(WireError(format!(
+                "read at {offset}: the reply covered {covered} of {len} bytes"
+            ))));
+        }
+        Ok(())
+    }
+}
+
+/// A whole client session against a server that sends `data`: the
+/// handshake, block status and reads over the export, the way a backup
+/// reads it. An error is fine; a panic, a hang or an allocation beyond the
+/// protocol's bounds is not. For the fuzz target; whether the read worked.
+#[doc(hidden)]
+pub fn fuzz_session(data: &[u8]) -> bool {
+    struct Scripted(io::Cursor<Vec<u8>>);
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl Write for Scripted {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let owned = Scripted(io::Cursor::new(data.to_vec()));
+    let Ok(mut c) = NbdClient::handshake(Box::new(owned), "x") else {
+        return false;
+    };
+    let size = c.size();
+    if let Ok(ext) = c.block_status(0, u32::try_from(size.min(1 << 30)).unwrap_or(0).max(1)) {
+        let total: u64 = ext.iter().map(|e| e.len as u64).sum();
+        assert!(total <= size, "extents past the end");
+    }
+    let mut buf = vec![0u8; size.min(1 << 16) as usize];
+    c.read_at(&mut buf, 0).is_ok()
+}
+
+impl Drop for NbdClient {
+    fn drop(&mut self) {
+        // A polite end; the server closes on EOF anyway.
+        let req = wire::request(0, wire::CMD_DISC, 0, 0, 0);
+        let _ = self.s.write_all(&req);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            NbdUrl::parse("nbd+unix:///disk0?socket=/run/x.sock").unwrap(),
+            NbdUrl {
+                export: "disk0".into(),
+                addr: NbdAddr::Unix("/run/x.sock".into())
+            }
+        );
+        assert_eq!(
+            NbdUrl::parse("nbd://127.0.0.1:10900/vda").unwrap(),
+            NbdUrl {
+                export: "vda".into(),
+                addr: NbdAddr::Tcp("127.0.0.1".into(), 10900)
+            }
+        );
+        assert_eq!(
+            NbdUrl::parse("nbd://localhost").unwrap().addr,
+            NbdAddr::Tcp("localhost".into(), 10809)
+        );
+        assert_eq!(
+            NbdUrl::parse("nbd+unix:///?socket=/a%20b").unwrap(),
+            NbdUrl {
+                export: "".into(),
+                addr: NbdAddr::Unix("/a b".into())
+            }
+        );
+        for bad in [
+            "nbd+unix:///x",
+            "nbd+unix://host/x?socket=/s",
+            "nbd://:99/x",
+            "nbd://h:port/x",
+            "file:///x",
+        ] {
+            assert!(NbdUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert!(is_url("nbd://h/x") && !is_url("/var/lib/disk.img"));
+    }
+}

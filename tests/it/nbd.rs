@@ -1,0 +1,240 @@
+//! NBD as an image source, against a real `qemu-nbd` exporting a qcow2:
+//! the snapshot restores to the guest-visible disk (`qemu-img convert -O
+//! raw`), and ranges the server reports as zeros are never read. And a
+//! fake server that sends garbage: a clear error, never a panic.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn have(tool: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("{tool} is missing (apt-get install qemu-utils)");
+    }
+    ok
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `qemu-nbd` serving `image` read-only; killed on drop.
+struct QemuNbd(Child);
+
+impl QemuNbd {
+    fn start(args: &[&str], image: &Path, ready: impl Fn() -> bool) -> QemuNbd {
+        let child = Command::new("qemu-nbd")
+            .args(["-r", "-f", "qcow2", "--persistent"])
+            .args(args)
+            .arg(image)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while !ready() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "qemu-nbd did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        QemuNbd(child)
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+/// A 64 MiB qcow2 whose guest disk holds random data in a few places,
+/// an allocated run of zeros and holes; and its raw form.
+fn make_disk(dir: &Path) -> (PathBuf, PathBuf, u64) {
+    let raw = dir.join("src.raw");
+    let mut f = fs::File::create(&raw).unwrap();
+    let mut data = 0;
+    for (at, len, seed) in [
+        (0, 3 * MIB, 1),
+        (10 * MIB + 4096, MIB, 2),
+        (40 * MIB, 5 * MIB, 3),
+    ] {
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&random_bytes(seed, len as usize)).unwrap();
+        data += len;
+    }
+    f.set_len(64 * MIB).unwrap();
+    drop(f);
+    let qcow = dir.join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow));
+    // Allocated zeros (qemu-io write -z) read as zeros without being read.
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -z 50M 4M"])
+        .arg(&qcow));
+    let want = dir.join("want.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&qcow)
+        .arg(&want));
+    (qcow, want, data)
+}
+
+fn restore_file(t: &TestRepo, name: &str) -> Vec<u8> {
+    let out = t.path("out");
+    let _ = fs::remove_dir_all(&out);
+    t.run(&["restore", "latest", "--target", out.to_str().unwrap()])
+        .ok();
+    fs::read(out.join(name)).unwrap()
+}
+
+#[test]
+fn a_qcow2_through_qemu_nbd_restores_as_its_guest_disk_without_reading_zeros() {
+    if !have("qemu-nbd") || !have("qemu-img") {
+        return;
+    }
+    let t = TestRepo::new();
+    let (qcow, want, data) = make_disk(t.dir.path());
+    let sock = t.path("nbd.sock");
+    let s = sock.clone();
+    let _srv = QemuNbd::start(
+        &["-x", "vm101-disk0", "-k", sock.to_str().unwrap()],
+        &qcow,
+        move || s.exists(),
+    );
+    let url = format!("nbd+unix:///vm101-disk0?socket={}", sock.display());
+    let out = t.backup(&["--image", &url]);
+    assert_eq!(out["bytes"].as_u64().unwrap(), 64 * MIB, "{out}");
+    let read = out["bytes_read"].as_u64().unwrap();
+    // Data is read in whole image blocks: a little more than was written,
+    // never the holes or the zeros.
+    assert!(
+        read >= data && read <= data + 2 * MIB,
+        "read {read} of {data}: {out}"
+    );
+    let got = restore_file(&t, "vm101-disk0");
+    assert!(got == fs::read(&want).unwrap(), "restored disk differs");
+
+    // Again: nothing new but the snapshot's own trees.
+    let again = t.backup(&["--image", &url]);
+    assert!(again["new_bytes"].as_u64().unwrap() < 64 << 10, "{again}");
+    t.run(&["check", "--read-data"]).ok();
+}
+
+#[test]
+fn an_nbd_export_over_tcp_on_loopback() {
+    if !have("qemu-nbd") || !have("qemu-img") {
+        return;
+    }
+    let t = TestRepo::new();
+    let (qcow, want, _) = make_disk(t.dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _srv = QemuNbd::start(
+        &["-x", "d", "-b", "127.0.0.1", "-p", &port.to_string()],
+        &qcow,
+        move || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    let url = format!("nbd://127.0.0.1:{port}/d");
+    t.backup(&["--image", &url]);
+    assert!(restore_file(&t, "d") == fs::read(&want).unwrap());
+}
+
+/// A fake server on a Unix socket that answers each connection with
+/// `reply(n)` for the n-th connection, after reading what the client sent.
+fn fake_server(sock: &Path, replies: Vec<Vec<u8>>) -> std::thread::JoinHandle<()> {
+    let l = UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        for r in replies {
+            let Ok((mut c, _)) = l.accept() else { return };
+            let _ = c.set_read_timeout(Some(Duration::from_millis(300)));
+            let _ = c.write_all(&r);
+            // Drain what the client says, then hang up.
+            let mut sink = [0u8; 4096];
+            while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+        }
+    })
+}
+
+fn greeting() -> Vec<u8> {
+    let mut g = b"NBDMAGIC".to_vec();
+    g.extend_from_slice(b"IHAVEOPT");
+    g.extend_from_slice(&3u16.to_be_bytes());
+    g
+}
+
+fn opt_reply(opt: u32, kind: u32, data: &[u8]) -> Vec<u8> {
+    let mut r = 0x0003_e889_0455_65a9u64.to_be_bytes().to_vec();
+    r.extend_from_slice(&opt.to_be_bytes());
+    r.extend_from_slice(&kind.to_be_bytes());
+    r.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    r.extend_from_slice(data);
+    r
+}
+
+#[test]
+fn a_server_sending_garbage_gets_a_clear_error_and_no_snapshot() {
+    let t = TestRepo::new();
+    let sock = t.path("fake.sock");
+    let mut huge = greeting();
+    // An option reply claiming 4 GiB of data.
+    let mut h = 0x0003_e889_0455_65a9u64.to_be_bytes().to_vec();
+    h.extend_from_slice(&8u32.to_be_bytes());
+    h.extend_from_slice(&1u32.to_be_bytes());
+    h.extend_from_slice(&u32::MAX.to_be_bytes());
+    huge.extend_from_slice(&h);
+    // A reply to another option than the one sent.
+    let mut wrong = greeting();
+    wrong.extend_from_slice(&opt_reply(7, 1, &[]));
+    // GO acknowledged without the export's size.
+    let mut sizeless = greeting();
+    sizeless.extend_from_slice(&opt_reply(8, 0x8000_0001, &[]));
+    sizeless.extend_from_slice(&opt_reply(7, 1, &[]));
+    // Cut off in the middle of the greeting.
+    let cut = greeting()[..11].to_vec();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(),
+            "not an NBD server",
+        ),
+        (huge, "option reply of"),
+        (wrong, "answered option 7"),
+        (sizeless, "no export size"),
+        (cut, "closed the connection"),
+    ];
+    let _srv = fake_server(&sock, cases.iter().map(|(r, _)| r.clone()).collect());
+    let url = format!("nbd+unix:///x?socket={}", sock.display());
+    for (_, want) in &cases {
+        let r = t.run(&["backup", "--image", &url]);
+        assert_eq!(r.code(), 1, "{}", r.stderr());
+        let err = r.stderr();
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains(want), "wanted {want:?} in: {err}");
+    }
+    assert!(t.snapshots().is_empty());
+}
