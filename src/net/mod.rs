@@ -10,6 +10,7 @@ pub mod handshake;
 pub mod http;
 pub mod log;
 pub mod quota;
+pub mod reconnect;
 pub mod refusal;
 pub mod reload;
 pub mod rollback;
