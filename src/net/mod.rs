@@ -16,6 +16,7 @@ pub mod reload;
 pub mod rollback;
 pub mod schedule;
 pub mod server;
+mod stateless;
 pub mod watch;
 pub mod webhook;
 

@@ -271,7 +271,8 @@ fn a_backup_rides_out_a_restart_of_the_server_and_sends_nothing_twice() {
 
 /// The server crashes (SIGKILL) in the middle of a restore under
 /// `--limit-download` and is started again on the same port: the client
-/// notices, reconnects, and the restore completes byte-identical.
+/// hears the new process's reset, reconnects, and the restore completes
+/// byte-identical.
 #[test]
 fn a_restore_rides_out_a_crash_of_the_server() {
     let mut srv = TestServer::start(1);
@@ -310,6 +311,8 @@ fn a_restore_rides_out_a_crash_of_the_server() {
         "restore failed after the crash: {st:?}\n{err}"
     );
     assert!(err.contains("reconnected"), "no reconnect reported:\n{err}");
+    // The new process's stateless reset told it at once, not its idle timeout.
+    assert!(err.contains("reset by peer"), "{err}");
     assert_same_files(&target, &src);
 }
 
