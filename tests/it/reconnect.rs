@@ -12,6 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coffer::format::snapshot;
+use coffer::net::client::{Remote, RemoteStore, RemoteUrl};
+use coffer::net::{Fingerprint, Identity};
+use coffer::store::Store;
+
 use crate::server::{identity, init_args, run, TestServer};
 use crate::util::*;
 
@@ -111,6 +116,8 @@ struct Relay {
     port: u16,
     sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// While set, what the server sends is dropped.
+    hold: Arc<AtomicBool>,
 }
 
 impl Relay {
@@ -122,7 +129,8 @@ impl Relay {
         let port = front.local_addr().unwrap().port();
         let sent = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (sent.clone(), stop.clone());
+        let hold = Arc::new(AtomicBool::new(false));
+        let (s, st, h) = (sent.clone(), stop.clone(), hold.clone());
         std::thread::spawn(move || {
             let mut peers: Vec<(SocketAddr, UdpSocket)> = Vec::new();
             let mut buf = vec![0u8; 65536];
@@ -140,16 +148,19 @@ impl Relay {
                         up.connect(("127.0.0.1", server)).unwrap();
                         up.set_read_timeout(Some(Duration::from_millis(100)))
                             .unwrap();
-                        let (back, up2, st2) = (
+                        let (back, up2, st2, h2) = (
                             front.try_clone().unwrap(),
                             up.try_clone().unwrap(),
                             st.clone(),
+                            h.clone(),
                         );
                         std::thread::spawn(move || {
                             let mut buf = vec![0u8; 65536];
                             while !st2.load(Ordering::Relaxed) {
                                 if let Ok(n) = up2.recv(&mut buf) {
-                                    let _ = back.send_to(&buf[..n], from);
+                                    if !h2.load(Ordering::Relaxed) {
+                                        let _ = back.send_to(&buf[..n], from);
+                                    }
                                 }
                             }
                         });
@@ -161,7 +172,12 @@ impl Relay {
                 let _ = peers[i].1.send(&buf[..n]);
             }
         });
-        Relay { port, sent, stop }
+        Relay {
+            port,
+            sent,
+            stop,
+            hold,
+        }
     }
 
     fn sent(&self) -> u64 {
@@ -389,4 +405,59 @@ fn a_reconnect_refused_for_auth_fails_at_once() {
     assert_eq!(st.code(), Some(1), "{err}");
     assert!(err.contains("refused the connection"), "{err}");
     assert!(!err.contains("gave up reconnecting"), "{err}");
+}
+
+/// A commit whose answer the lost connection took: the server committed
+/// the snapshot, the repeat after the reconnect meets it, and the client
+/// recognises it as its own. One snapshot, and the commit succeeds.
+#[test]
+fn a_commit_whose_answer_was_lost_is_recognised_not_made_twice() {
+    let mut srv = TestServer::start(1);
+    keep_port(&srv);
+    let relay = Relay::start(srv.port);
+    let work = tempfile::tempdir().unwrap();
+    run(srv.client(0, &work.path().join("cache")), &init_args()).ok();
+    let url = RemoteUrl::parse(&format!("quic://127.0.0.1:{}/ns-0", relay.port)).unwrap();
+    let id = Identity::load(&srv.clients[0].0).unwrap();
+    let pin = Fingerprint::parse(&srv.fingerprint).unwrap();
+    let store = RemoteStore::connect(&url, id, pin)
+        .unwrap()
+        .with_reconnect(Duration::from_secs(120), None);
+    let store = Remote(Arc::new(store));
+    let keys = coffer::crypto::Keys::derive(&coffer::crypto::MasterKey::from_bytes([3; 32]));
+    let rec = snapshot::SnapshotRecord {
+        version: 1,
+        time_ns: 0,
+        host: "h".into(),
+        user: "u".into(),
+        source: snapshot::SourceKind::Tree,
+        paths: vec![],
+        tags: vec![],
+        tree: coffer::id::BlobId([0; 32]),
+        stats: Default::default(),
+    };
+    let (want, bytes) = snapshot::encode(&keys, vec![], &rec, &mut rand::rngs::OsRng);
+    let snaps = srv.namespace_dir("ns-0").join("snapshots");
+
+    relay.hold.store(true, Ordering::Relaxed);
+    let commit = {
+        let (store, bytes) = (store.clone(), bytes.clone());
+        std::thread::spawn(move || store.write_snapshot(&bytes, None))
+    };
+    let end = Instant::now() + Duration::from_secs(60);
+    while !snaps.join(want.to_hex()).exists() {
+        assert!(Instant::now() < end, "the snapshot was not committed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its answer never came; the server goes away and comes back.
+    stop(&mut srv, false);
+    relay.hold.store(false, Ordering::Relaxed);
+    srv.start_again();
+    let got = commit.join().unwrap().expect("the commit succeeds");
+    assert_eq!(got, want);
+    let files: Vec<_> = walk(&snaps)
+        .into_iter()
+        .filter(|p| p.extension().is_none())
+        .collect();
+    assert_eq!(files, vec![snaps.join(want.to_hex())]);
 }
