@@ -35,6 +35,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "COFFER_CONNECT_TIMEOUT", default_value = "10s",
           value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub connect_timeout: std::time::Duration,
+    /// When the connection to a quic:// server is lost (a restart), keep
+    /// trying to reconnect for this long, then fail ("0" never tries).
+    #[arg(long, global = true, env = "COFFER_RECONNECT_FOR", default_value = "5m",
+          value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub reconnect_for: std::time::Duration,
     /// Read at most this many KiB per second from a quic:// server (restore,
     /// dump, mount, check --read-data, …).
     #[arg(long, global = true, env = "COFFER_LIMIT_DOWNLOAD", value_name = "KIB",

@@ -286,6 +286,7 @@ fn remote(cli: &Cli, url: &str) -> Result<Arc<dyn Store>> {
         Some(kib) => store.with_download_limit(kib * 1024),
         None => store,
     };
+    let store = store.with_reconnect(cli.reconnect_for, output::reconnect_report(cli));
     Ok(Arc::new(Remote(Arc::new(store))))
 }
 

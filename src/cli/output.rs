@@ -56,6 +56,50 @@ pub(crate) fn err_line(args: fmt::Arguments) {
     let _ = err.write_fmt(args).and_then(|_| err.write_all(b"\n"));
 }
 
+/// What a command prints while it reconnects to a server: a line on
+/// standard error per attempt and one when the connection stands again
+/// (JSON objects under `--json`; nothing under `--quiet`, where the error
+/// of a client that gave up is still printed).
+pub(crate) fn reconnect_report(
+    cli: &super::args::Cli,
+) -> Option<coffer::net::reconnect::ReconnectReport> {
+    use coffer::net::reconnect::ReconnectEvent;
+    if cli.quiet {
+        return None;
+    }
+    let json = cli.json;
+    // Whole seconds, or milliseconds under one: "4m 59s", "500ms".
+    let round = |d: std::time::Duration| {
+        let d = match d.as_secs() {
+            0 => std::time::Duration::from_millis(d.as_millis() as u64),
+            s => std::time::Duration::from_secs(s),
+        };
+        humantime::format_duration(d).to_string()
+    };
+    Some(Box::new(move |e: &ReconnectEvent| match e {
+        ReconnectEvent::Attempt(a) if json => err_line(format_args!(
+            "{}",
+            serde_json::json!({"type": "reconnect", "server": a.server, "attempt": a.attempt,
+                "wait_secs": a.wait.as_secs_f64(), "left_secs": a.left.as_secs(), "reason": a.reason})
+        )),
+        ReconnectEvent::Attempt(a) => err_line(format_args!(
+            "coffer: {}: {}; reconnect attempt {} in {}, giving up in {}",
+            a.server,
+            a.reason,
+            a.attempt,
+            round(a.wait),
+            round(a.left)
+        )),
+        ReconnectEvent::Reconnected { server, attempts } if json => err_line(format_args!(
+            "{}",
+            serde_json::json!({"type": "reconnected", "server": server, "attempts": attempts})
+        )),
+        ReconnectEvent::Reconnected { server, attempts } => err_line(format_args!(
+            "coffer: {server}: reconnected (attempt {attempts}); going on"
+        )),
+    }))
+}
+
 /// `println!` that survives a closed pipe.
 macro_rules! outln {
     () => {

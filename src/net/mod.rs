@@ -10,11 +10,13 @@ pub mod handshake;
 pub mod http;
 pub mod log;
 pub mod quota;
+pub mod reconnect;
 pub mod refusal;
 pub mod reload;
 pub mod rollback;
 pub mod schedule;
 pub mod server;
+mod stateless;
 pub mod watch;
 pub mod webhook;
 

@@ -192,8 +192,12 @@ impl State {
 pub fn endpoint(cfg: &ServerConfig) -> Result<(quinn::Endpoint, SocketAddr)> {
     let sc = quic_config(cfg)?;
     let addr = cfg.listen_addr()?;
-    let ep = quinn::Endpoint::server(sc, addr)
-        .map_err(|e| Error::Denied(format!("cannot listen on {addr}: {e}")))?;
+    let refused = |e: std::io::Error| Error::Denied(format!("cannot listen on {addr}: {e}"));
+    let socket = std::net::UdpSocket::bind(addr).map_err(refused)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| refused(std::io::Error::other("no async runtime")))?;
+    let ec = super::stateless::endpoint_config(&Identity::load(&cfg.identity)?);
+    let ep = quinn::Endpoint::new(ec, Some(sc), socket, runtime).map_err(refused)?;
     let local = ep.local_addr().map_err(Error::RawIo)?;
     Ok((ep, local))
 }

@@ -22,6 +22,7 @@ mod object;
 mod operator;
 mod parity_sectors;
 mod profile;
+mod reconnect;
 mod reload;
 mod restore;
 mod restore_opts;
