@@ -93,9 +93,38 @@ pub struct JobConfig {
     /// Tags of the snapshot.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Patterns left out of every path source.
+    /// Patterns left out of every path source (docs/operations.md,
+    /// Excludes); the keys below are those of `backup`'s options of the
+    /// same names.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Files of patterns, one a line.
+    #[serde(default)]
+    pub exclude_file: Vec<PathBuf>,
+    /// Patterns whose letters match either case.
+    #[serde(default)]
+    pub iexclude: Vec<String>,
+    /// Files of such patterns.
+    #[serde(default)]
+    pub iexclude_file: Vec<PathBuf>,
+    /// Leave out the content of directories with a valid CACHEDIR.TAG.
+    #[serde(default)]
+    pub exclude_caches: bool,
+    /// Leave out the content of directories holding an entry of this name.
+    #[serde(default)]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out files larger than this (`10M`, `1GiB`).
+    pub exclude_larger_than: Option<String>,
+    /// Files listing paths to back up (one path source beside the
+    /// `[[source]]`s), one a line, trimmed, `#` comments skipped.
+    #[serde(default)]
+    pub files_from: Vec<PathBuf>,
+    /// The same, every line taken as it is.
+    #[serde(default)]
+    pub files_from_verbatim: Vec<PathBuf>,
+    /// The same, paths separated by NUL bytes.
+    #[serde(default)]
+    pub files_from_raw: Vec<PathBuf>,
     /// Stay on the file system of each path.
     #[serde(default)]
     pub one_file_system: bool,
@@ -168,9 +197,14 @@ impl JobConfig {
         if let Some(h) = &self.post {
             h.validate("post")?;
         }
-        if self.sources.is_empty() && needs_source {
+        if let Some(size) = &self.exclude_larger_than {
+            crate::repo::exclude::parse_size(size)
+                .map_err(|e| Error::Denied(format!("`exclude_larger_than`: {e}")))?;
+        }
+        if self.sources.is_empty() && !self.lists_paths() && needs_source {
             return Err(Error::Denied(
-                "no [[source]]: give at least one `path`, `command` or `image`".into(),
+                "no [[source]]: give at least one `path`, `command` or `image` (or `files_from`)"
+                    .into(),
             ));
         }
         let mut names = HashSet::new();
@@ -194,6 +228,13 @@ impl JobConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether a `files_from` key names a list of paths.
+    pub fn lists_paths(&self) -> bool {
+        !(self.files_from.is_empty()
+            && self.files_from_verbatim.is_empty()
+            && self.files_from_raw.is_empty())
     }
 
     /// The sources, each checked: exactly one kind, and the keys it allows.
@@ -357,5 +398,10 @@ image = "/dev/vg0/vm101-snap"
             "server_fingerprint = \"zz\"\n[[source]]\npath = \"/\"\n",
             "server_fingerprint",
         );
+        refused(
+            "exclude_larger_than = \"1MB\"\n[[source]]\npath = \"/\"\n",
+            "exclude_larger_than",
+        );
+        assert!(JobConfig::parse("files_from = [\"/etc/coffer/paths\"]\n").is_ok());
     }
 }

@@ -78,7 +78,7 @@ pub enum Command {
     /// Create a new repository.
     Init(InitArgs),
     /// Back up files, a stream or a disk image.
-    Backup(BackupArgs),
+    Backup(Box<BackupArgs>),
     /// List snapshots (those that do not open are named on standard error).
     Snapshots {
         /// Exit 3 when some snapshot does not open (damaged, or not sealed
@@ -549,9 +549,45 @@ pub struct BackupArgs {
     /// e.g. `qemu-nbd -r` of a qcow2), whose zero ranges are never read.
     #[arg(long, value_name = "DEVICE_FILE_OR_NBD_URI")]
     pub image: Option<PathBuf>,
-    /// Leave out entries matching this glob (repeatable).
-    #[arg(long, short = 'e')]
+    /// Leave out entries matching this pattern (repeatable), as in a
+    /// .gitignore: without `/` a name at any depth, with `/` a path below
+    /// the backed-up path, `dir/` directories only, `!` keeps again
+    /// (docs/operations.md, Excludes).
+    #[arg(long, short = 'e', value_name = "PATTERN")]
     pub exclude: Vec<String>,
+    /// Patterns to leave out, one a line of FILE; blank lines and `#`
+    /// comments skipped (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// As --exclude, letters matching either case (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub iexclude: Vec<String>,
+    /// As --exclude-file, letters matching either case (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub iexclude_file: Vec<PathBuf>,
+    /// Leave out the content of directories holding a valid CACHEDIR.TAG
+    /// (the tag itself is kept).
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out the content of directories holding an entry named NAME
+    /// (which is kept; repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out files larger than SIZE (e.g. 10M, 1GiB: powers of 1024).
+    #[arg(long, value_name = "SIZE", value_parser = coffer::repo::exclude::parse_size)]
+    pub exclude_larger_than: Option<u64>,
+    /// Back up the paths listed in FILE, one a line, each trimmed; blank
+    /// lines and `#` comments skipped; `-`: standard input (repeatable,
+    /// with or instead of PATHS).
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Vec<PathBuf>,
+    /// As --files-from, every line taken as it is (only empty lines
+    /// skipped).
+    #[arg(long, value_name = "FILE")]
+    pub files_from_verbatim: Vec<PathBuf>,
+    /// As --files-from, paths separated by NUL bytes (`find -print0`).
+    #[arg(long, value_name = "FILE")]
+    pub files_from_raw: Vec<PathBuf>,
     /// Stay on the file system of each path.
     #[arg(long, short = 'x')]
     pub one_file_system: bool,

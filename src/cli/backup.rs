@@ -23,6 +23,7 @@ use super::{
 };
 use coffer::job::{HookCommand, JobConfig};
 use coffer::repo::backup::{self, BackupOptions, BackupSource, Progress};
+use coffer::repo::exclude::ExcludeRules;
 use coffer::repo::{default_cache_dir, InitOptions, Repository};
 use coffer::store::LocalStore;
 
@@ -51,7 +52,7 @@ const STOP_GRACE: Duration = Duration::from_secs(60);
 /// Everything one run needs, from the arguments and the config file.
 struct Job {
     sources: Vec<BackupSource>,
-    excludes: Vec<String>,
+    excludes: ExcludeRules,
     one_file_system: bool,
     tags: Vec<String>,
     host: Option<String>,
@@ -152,7 +153,7 @@ fn with_post(e: anyhow::Error, post: Result<()>) -> anyhow::Error {
 
 fn from_args(a: &BackupArgs) -> Result<Job> {
     let modes = [
-        !a.paths.is_empty(),
+        !a.paths.is_empty() || super::exclude::lists_paths(a),
         a.stdin,
         a.stdin_from_command.is_some(),
         a.image.is_some(),
@@ -190,11 +191,17 @@ fn from_args(a: &BackupArgs) -> Result<Job> {
             name: None,
         }]
     } else {
-        vec![BackupSource::paths(a.paths.clone())]
+        let mut paths = a.paths.clone();
+        paths.extend(super::exclude::listed_paths(
+            &a.files_from,
+            &a.files_from_verbatim,
+            &a.files_from_raw,
+        )?);
+        vec![BackupSource::paths(paths)]
     };
     Ok(Job {
         sources,
-        excludes: a.exclude.clone(),
+        excludes: super::exclude::rules(&JobConfig::default(), a)?,
         one_file_system: a.one_file_system,
         tags: a.tag.clone(),
         host: a.host.clone(),
@@ -267,16 +274,26 @@ pub(super) fn apply_profile(cli: &mut Cli, c: &JobConfig) {
 
 /// The job of a config file; arguments and variables given win over it.
 fn from_config(cli: &Cli, a: &BackupArgs, path: &Path) -> Result<(Cli, Job)> {
-    if !a.paths.is_empty() || a.stdin || a.stdin_from_command.is_some() || a.image.is_some() {
-        bail!("--config takes its sources from the file: give no PATHS, --stdin, --stdin-from-command or --image");
+    if !a.paths.is_empty()
+        || super::exclude::lists_paths(a)
+        || a.stdin
+        || a.stdin_from_command.is_some()
+        || a.image.is_some()
+    {
+        bail!("--config takes its sources from the file: give no PATHS, --files-from, --stdin, --stdin-from-command or --image");
     }
     let c = JobConfig::load(path)?;
     let mut cli = cli.clone();
     apply_profile(&mut cli, &c);
-    let sources = c
+    let mut sources = c
         .sources()
         .into_iter()
         .collect::<coffer::Result<Vec<_>>>()?;
+    if c.lists_paths() {
+        let paths =
+            super::exclude::listed_paths(&c.files_from, &c.files_from_verbatim, &c.files_from_raw)?;
+        sources.push(BackupSource::paths(paths));
+    }
     let lock = match &c.lock_file {
         Some(l) => l.clone(),
         None => {
@@ -285,8 +302,7 @@ fn from_config(cli: &Cli, a: &BackupArgs, path: &Path) -> Result<(Cli, Job)> {
             lock_path(&cli, "job", abs.as_os_str().as_encoded_bytes())
         }
     };
-    let mut excludes = c.exclude.clone();
-    excludes.extend(a.exclude.iter().cloned());
+    let excludes = super::exclude::rules(&c, a)?;
     let mut tags = c.tags.clone();
     tags.extend(a.tag.iter().cloned());
     let job = Job {
@@ -498,6 +514,7 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
         .notices
         .iter()
         .chain(&out.warnings)
+        .chain(&out.exclude_warnings)
         .chain(&out.after_commit)
     {
         errln!("coffer: warning: {w}");
@@ -519,7 +536,8 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
             "parity_bytes_read": done.parity_read,
             "bytes_read": out.bytes_read,
             "sources": sources,
-            "warnings": out.warnings, "notices": out.notices, "after_commit": out.after_commit,
+            "warnings": out.warnings, "exclude_warnings": out.exclude_warnings,
+            "notices": out.notices, "after_commit": out.after_commit,
             "snapshots_gone": done.gone,
         }))?;
     } else if !cli.quiet && (!unattended || a.verbose > 0) {
@@ -560,7 +578,8 @@ fn report_dry_run(cli: &Cli, sources: usize, done: &Done) -> Result<()> {
             "files_unchanged": s.files_unchanged,
             "bytes": s.bytes, "new_blobs": s.new_blobs, "new_bytes": s.new_bytes,
             "seconds": done.seconds, "sources": sources, "bytes_read": out.bytes_read,
-            "warnings": out.warnings, "notices": out.notices,
+            "warnings": out.warnings, "exclude_warnings": out.exclude_warnings,
+            "notices": out.notices,
         }))?;
     } else if !cli.quiet {
         outln!(

@@ -11,6 +11,7 @@ mod backup;
 mod clock;
 mod damaged;
 mod docs;
+mod exclude;
 mod find;
 mod forget;
 mod keys;

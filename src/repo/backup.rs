@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use nix::fcntl::PosixFadviseAdvice;
 
+use super::exclude::{keeps, ExcludeRules, Excludes, SourceRoots};
 use super::readahead::ReadAhead;
 use super::upload::Uploader;
 use super::Repository;
@@ -128,9 +128,8 @@ pub struct BackupOptions {
     pub user: String,
     /// Start time by the client's clock (ns since the epoch).
     pub time_ns: i64,
-    /// Glob patterns to leave out: with a `/` they match the whole path,
-    /// without one the entry's name.
-    pub excludes: Vec<String>,
+    /// What to leave out of the path sources (see [`super::exclude`]).
+    pub excludes: ExcludeRules,
     /// Stay on the file system of each given path.
     pub one_file_system: bool,
     /// zstd level; the repository's default when `None`.
@@ -166,7 +165,7 @@ impl Default for BackupOptions {
             job: None,
             user: String::new(),
             time_ns: 0,
-            excludes: vec![],
+            excludes: ExcludeRules::default(),
             one_file_system: false,
             compression: None,
             files_cache: true,
@@ -191,6 +190,9 @@ pub struct BackupOutcome {
     pub stats: SnapshotStats,
     /// Entries that could not be read (left out of the snapshot).
     pub warnings: Vec<String>,
+    /// Exclude patterns that matched nothing the walk met (a typo, a path
+    /// that moved); nothing was left out because of them.
+    pub exclude_warnings: Vec<String>,
     /// What the repository held that this run could not use, such as packs
     /// that do not open (never a source entry left out).
     pub notices: Vec<String>,
@@ -251,14 +253,15 @@ pub fn backup(
     up.sparse = cache.sparse_packs(opts.rewrite_below)?;
     // Taken, so the listener hears the end once the last pack is durable.
     up.durable = opts.durable_packs.take();
+    let planned = plan(&sources)?;
+    let ex = Arc::new(excludes(&opts.excludes, &sources, &planned)?);
     let mut w = Walker {
         keys: repo.keys().clone(),
         cache,
         up,
         chunker: Chunker::new(settings.chunker, repo.keys().gear_table()),
         block: settings.image_block as usize,
-        excludes: Excludes::new(&opts.excludes)?,
-        scoped_excludes: Vec::new(),
+        ex: ex.clone(),
         one_file_system: opts.one_file_system,
         root_dev: 0,
         use_files_cache: opts.files_cache,
@@ -288,7 +291,7 @@ pub fn backup(
         [k] => k,
         _ => SourceKind::Mixed,
     };
-    let mut planned = plan(&sources)?.into_iter();
+    let mut planned = planned.into_iter();
     let mut paths = Vec::new();
     // What names the job for retention: the paths, an image by its name.
     let mut group_by: Vec<String> = Vec::new();
@@ -299,11 +302,7 @@ pub fn backup(
         let abs = planned.next().unwrap_or_default();
         let before = paths.len();
         match src {
-            BackupSource::Paths { excludes, .. } => {
-                if !excludes.is_empty() {
-                    w.scoped_excludes
-                        .push((abs.clone(), Excludes::new(&excludes)?));
-                }
+            BackupSource::Paths { .. } => {
                 paths.extend(abs.iter().map(|p| p.to_string_lossy().into_owned()));
                 trees.extend(abs);
             }
@@ -335,10 +334,6 @@ pub fn backup(
     let mut root = if trees.is_empty() {
         Tree::default()
     } else {
-        let (global, scoped) = (w.excludes.clone(), w.scoped_excludes.clone());
-        let skip = std::sync::Arc::new(move |p: &Path, n: &OsStr| {
-            global.excluded(p, n) || scoped_excluded(&scoped, p, n)
-        });
         let cache = if opts.files_cache {
             repo.cache().ok()
         } else {
@@ -347,7 +342,7 @@ pub fn backup(
         w.ahead = Some(ReadAhead::start(
             trees.clone(),
             cache,
-            skip,
+            ex.clone(),
             opts.one_file_system,
         ));
         let tree = w.backup_paths(&trees);
@@ -413,6 +408,14 @@ pub fn backup(
         None => repo.keys().snapshot_group(&record.host, &group_by),
     };
     let (id, bytes) = snapshot::encode(repo.keys(), packs, &record, &mut OsRng);
+    let exclude_warnings = match trees.is_empty() {
+        true => Vec::new(),
+        false => ex
+            .unmatched()
+            .into_iter()
+            .map(|p| format!("exclude pattern {p:?} matched nothing under the backed-up paths"))
+            .collect(),
+    };
     if opts.dry_run {
         // The run's scratch rows go; the files cache keeps what it had.
         cache.run_reset()?;
@@ -420,6 +423,7 @@ pub fn backup(
             id,
             stats,
             warnings,
+            exclude_warnings,
             notices: sync.notices(),
             after_commit: Vec::new(),
             bytes_read: source_read,
@@ -441,17 +445,33 @@ pub fn backup(
         id,
         stats,
         warnings,
+        exclude_warnings,
         notices: sync.notices(),
         after_commit,
         bytes_read: source_read,
     })
 }
 
-/// Whether a source's own excludes leave `path` out.
-fn scoped_excluded(scoped: &[(Vec<PathBuf>, Excludes)], path: &Path, name: &OsStr) -> bool {
-    scoped
-        .iter()
-        .any(|(roots, ex)| roots.iter().any(|r| path.starts_with(r)) && ex.excluded(path, name))
+/// The compiled excludes: the options' rules and each path source's own
+/// patterns, anchored at its paths (as walked and as given).
+fn excludes(
+    rules: &ExcludeRules,
+    sources: &[BackupSource],
+    planned: &[Vec<PathBuf>],
+) -> Result<Excludes> {
+    let mut roots = Vec::new();
+    for (s, abs) in sources.iter().zip(planned) {
+        if let BackupSource::Paths { paths, excludes } = s {
+            let given = paths
+                .iter()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+            roots.push(SourceRoots {
+                roots: abs.iter().cloned().zip(given).collect(),
+                patterns: excludes,
+            });
+        }
+    }
+    Excludes::new(rules, &roots)
 }
 
 /// Checks, before anything is read, what would otherwise fail a long run at
@@ -561,40 +581,6 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(parent.join(name))
 }
 
-#[derive(Clone)]
-struct Excludes {
-    by_path: GlobSet,
-    by_name: GlobSet,
-}
-
-impl Excludes {
-    fn new(patterns: &[String]) -> Result<Excludes> {
-        let mut by_path = GlobSetBuilder::new();
-        let mut by_name = GlobSetBuilder::new();
-        for p in patterns {
-            let g = Glob::new(p.trim_end_matches('/'))
-                .map_err(|e| Error::Denied(format!("bad exclude pattern {p:?}: {e}")))?;
-            if p.contains('/') {
-                by_path.add(g);
-            } else {
-                by_name.add(g);
-            }
-        }
-        let build = |b: GlobSetBuilder| {
-            b.build()
-                .map_err(|e| Error::Denied(format!("exclude patterns: {e}")))
-        };
-        Ok(Excludes {
-            by_path: build(by_path)?,
-            by_name: build(by_name)?,
-        })
-    }
-
-    fn excluded(&self, path: &Path, name: &OsStr) -> bool {
-        self.by_path.is_match(path) || self.by_name.is_match(name)
-    }
-}
-
 #[derive(Default)]
 struct Trie {
     leaf: bool,
@@ -607,9 +593,8 @@ struct Walker {
     up: Uploader,
     chunker: Chunker,
     block: usize,
-    excludes: Excludes,
-    /// Excludes of one source, by the paths they apply below.
-    scoped_excludes: Vec<(Vec<PathBuf>, Excludes)>,
+    /// What to leave out.
+    ex: Arc<Excludes>,
     one_file_system: bool,
     root_dev: u64,
     use_files_cache: bool,
@@ -685,10 +670,6 @@ impl Walker {
             p.files.fetch_add(files, Ordering::SeqCst);
             p.bytes.fetch_add(bytes, Ordering::SeqCst);
         }
-    }
-
-    fn excluded(&self, path: &Path, name: &OsStr) -> bool {
-        self.excludes.excluded(path, name) || scoped_excluded(&self.scoped_excludes, path, name)
     }
 
     fn add_blob(&mut self, file: u64, kind: Kind, id: BlobId, data: &[u8]) -> Result<()> {
@@ -1130,14 +1111,17 @@ impl Walker {
             }
         }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        // A marked directory keeps its markers only.
+        let kept = self.ex.marked(dir);
+        names.retain(|n| keeps(&kept, n));
         let mut entries = Vec::with_capacity(names.len());
         for name in names {
             let path = dir.join(&name);
-            if self.excluded(&path, &name) {
-                continue;
-            }
             match fs::symlink_metadata(&path) {
+                Ok(m) if self.ex.leaves_out(&path, &m, true) => {}
                 Ok(m) => entries.push((name, path, m)),
+                // Unreadable, but left out by name anyway: no warning.
+                Err(_) if self.ex.matched(&path, false, true) => {}
                 Err(e) => self.warnings.push(format!("{}: {e}", path.display())),
             }
         }
@@ -1346,14 +1330,5 @@ mod tests {
         v[9999] = 1;
         assert!(!is_zero(&v));
         assert!(is_zero(&[]));
-    }
-
-    #[test]
-    fn excludes_by_name_and_path() {
-        let e = Excludes::new(&["*.tmp".into(), "/proc".into(), "/var/cache/*".into()]).unwrap();
-        assert!(e.excluded(Path::new("/a/b.tmp"), OsStr::new("b.tmp")));
-        assert!(e.excluded(Path::new("/proc"), OsStr::new("proc")));
-        assert!(e.excluded(Path::new("/var/cache/x"), OsStr::new("x")));
-        assert!(!e.excluded(Path::new("/a/proc"), OsStr::new("proc")));
     }
 }

@@ -9,6 +9,7 @@ pub mod check;
 pub mod diff;
 pub mod dump;
 pub mod dump_tar;
+pub mod exclude;
 pub mod filter;
 pub mod find;
 mod readahead;

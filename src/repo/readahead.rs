@@ -12,7 +12,6 @@
 //! It only warms caches: it hands nothing to the backup, and what it gets
 //! wrong costs only I/O.
 
-use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -22,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::exclude::{keeps, Excludes};
 use crate::cache::Cache;
 
 /// Bytes of file content advised ahead of what the backup has read.
@@ -52,7 +52,7 @@ struct Shared {
 }
 
 /// What the helper must skip, as the backup would.
-pub(crate) type Skip = Arc<dyn Fn(&Path, &OsStr) -> bool + Send + Sync>;
+pub(crate) type Skip = Arc<Excludes>;
 
 /// A running helper; stopped and joined on drop.
 pub(crate) struct ReadAhead {
@@ -203,12 +203,16 @@ impl Scouts {
             return Vec::new();
         };
         let mut subs = Vec::new();
+        let kept = self.skip.marked(dir);
         for e in rd.flatten() {
             let (path, name) = (e.path(), e.file_name());
-            if (self.skip)(&path, &name) {
+            if !keeps(&kept, &name) {
                 continue;
             }
             if let Ok(m) = fs::symlink_metadata(&path) {
+                if self.skip.leaves_out(&path, &m, false) {
+                    continue;
+                }
                 // Counted like the backup's progress: regular files.
                 if m.is_file() {
                     self.shared.scouted.fetch_add(1, Ordering::Relaxed);
@@ -260,14 +264,14 @@ impl Helper {
         let Ok(rd) = fs::read_dir(dir) else { return };
         let mut names: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let kept = self.skip.marked(dir);
         let entries: Vec<(PathBuf, Metadata)> = names
             .into_iter()
+            .filter(|name| keeps(&kept, name))
             .filter_map(|name| {
                 let path = dir.join(&name);
-                if (self.skip)(&path, &name) {
-                    return None;
-                }
-                fs::symlink_metadata(&path).ok().map(|m| (path, m))
+                let m = fs::symlink_metadata(&path).ok()?;
+                (!self.skip.leaves_out(&path, &m, false)).then_some((path, m))
             })
             .collect();
         let reused = self.reused(&entries);
@@ -361,6 +365,20 @@ impl Helper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::exclude::{ExcludeRules, SourceRoots};
+
+    /// Leaves out `d1` below `root`.
+    fn skip_d1(root: &Path) -> Skip {
+        let rules = ExcludeRules {
+            patterns: vec!["d1".into()],
+            ..Default::default()
+        };
+        let src = SourceRoots {
+            roots: vec![(root.to_path_buf(), root.to_path_buf())],
+            patterns: &[],
+        };
+        Arc::new(Excludes::new(&rules, &[src]).unwrap())
+    }
 
     #[test]
     fn walks_ahead_and_stops_on_drop() {
@@ -372,7 +390,7 @@ mod tests {
                 fs::write(sub.join(format!("f{f}")), vec![7u8; 4096]).unwrap();
             }
         }
-        let skip: Skip = Arc::new(|_, name| name == "d1");
+        let skip = skip_d1(dir.path());
         let ra = ReadAhead::start(vec![dir.path().to_path_buf()], None, skip, true);
         ra.progress(true, 4096);
         // Dropping stops and joins the helper, wherever it is.
@@ -392,7 +410,7 @@ mod tests {
             }
         }
         std::os::unix::fs::symlink(dir.path().join("d0"), dir.path().join("link")).unwrap();
-        let skip: Skip = Arc::new(|_, name| name == "d1");
+        let skip = skip_d1(dir.path());
         let ra = ReadAhead::start(vec![dir.path().to_path_buf()], None, skip, false);
         // The five files in each of d0/deeper and d2/deeper: the skipped
         // d1 is not entered, the link to d0 not followed.

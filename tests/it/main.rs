@@ -9,6 +9,7 @@ mod clock;
 mod crash;
 mod docs;
 mod dry_run;
+mod excludes;
 mod filters;
 mod find;
 mod hardening;
