@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian package (target/debian/coffer_*.deb) with cargo-deb.
 #   packaging/deb/build.sh                      release build, then the package
+#                                               (and coffer-dbgsym_*.ddeb)
 #   packaging/deb/build.sh --profile dev --no-build   package the binary that
 #                                               `cargo test` already built (CI)
 # Other arguments go to `cargo deb` (e.g. --fast). The man pages, shell
@@ -43,4 +44,8 @@ if grep -q /usr/local "$stage"/systemd/*; then
     exit 1
 fi
 
-cargo deb --no-build --profile "$profile" "${pass[@]}"
+# The release profile keeps line tables (backtraces): they go into a
+# coffer-dbgsym .ddeb beside the package, which is stripped. The path of the
+# .deb is the one line printed on standard output.
+if [ "$profile" != dev ]; then pass+=(--dbgsym); fi
+cargo deb --no-build --profile "$profile" "${pass[@]}" | grep '\.deb$'
