@@ -50,7 +50,7 @@ pub fn encode(refs: &[ChunkRef]) -> Vec<u8> {
 
 /// Decodes entries; a data entry longer than a blob can be is refused.
 pub fn decode(bytes: &[u8]) -> Result<Vec<ChunkRef>, FormatError> {
-    if bytes.len() % CHUNK_REF_LEN != 0 {
+    if !bytes.len().is_multiple_of(CHUNK_REF_LEN) {
         return Err(FormatError::invalid(
             "chunk list",
             format!("{} bytes is not a whole number of entries", bytes.len()),
