@@ -11,6 +11,7 @@ pub mod dump;
 pub mod dump_tar;
 pub mod filter;
 pub mod find;
+mod parent_image;
 mod readahead;
 pub mod restore;
 pub mod restore_plan;
