@@ -307,6 +307,7 @@ fn snapshot() {
             bytes: 12345,
             ..Default::default()
         },
+        image: None,
     };
     let (_, seed) = snapshot::encode(
         &k,

@@ -464,6 +464,7 @@ fn record(tree: BlobId) -> SnapshotRecord {
             new_pack_bytes: 1000,
             new_packs: 1,
         },
+        image: None,
     }
 }
 

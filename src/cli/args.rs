@@ -549,6 +549,21 @@ pub struct BackupArgs {
     /// e.g. `qemu-nbd -r` of a qcow2), whose zero ranges are never read.
     #[arg(long, value_name = "DEVICE_FILE_OR_NBD_URI")]
     pub image: Option<PathBuf>,
+    /// With an NBD --image: read only the extents this dirty bitmap
+    /// (`qemu-nbd -B NAME`) reports dirty, and take the clean ones from the
+    /// newest snapshot of the same disk that started it (--start-bitmap).
+    /// Without such a snapshot, or when the size changed, the whole disk
+    /// is read, with a notice.
+    #[arg(long, value_name = "NAME", requires = "image")]
+    pub changed_bitmap: Option<String>,
+    /// Record that dirty bitmap NAME starts at this backup (the hook
+    /// created or cleared it at the instant of the disk snapshot read).
+    #[arg(long, value_name = "NAME", requires = "image")]
+    pub start_bitmap: Option<String>,
+    /// With --changed-bitmap: take clean extents from this snapshot (id
+    /// prefix) rather than the newest that started the bitmap.
+    #[arg(long, value_name = "SNAP", requires = "changed_bitmap")]
+    pub parent: Option<String>,
     /// Leave out entries matching this pattern (repeatable), as in a
     /// .gitignore: without `/` a name at any depth, with `/` a path below
     /// the backed-up path, `dir/` directories only, `!` keeps again

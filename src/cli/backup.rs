@@ -412,6 +412,9 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         durable_packs: protector.as_mut().and_then(|p| p.sender()),
         on_file: verbose_listing(cli, a.verbose),
         dry_run: a.dry_run,
+        start_bitmap: a.start_bitmap.clone(),
+        changed_bitmap: a.changed_bitmap.clone(),
+        parent: a.parent.clone(),
     };
     let time_ns = opts.time_ns;
     let started = Instant::now();

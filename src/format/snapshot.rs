@@ -82,6 +82,32 @@ pub struct SnapshotRecord {
     pub tree: BlobId,
     /// Figures about the run.
     pub stats: SnapshotStats,
+    /// For a backup of one disk image: how it was read (absent in records
+    /// of other sources and of older clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRecord>,
+}
+
+/// How a disk image was read, so that a later backup of the same disk can
+/// read only what a dirty bitmap says changed since this one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The image's file name in the snapshot's root.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The dirty bitmap that starts at this snapshot (`--start-bitmap`):
+    /// the hook created or cleared it at the instant of the disk snapshot
+    /// this backup read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitmap_start: Option<String>,
+    /// The dirty bitmap whose clean extents were taken from `parent`
+    /// rather than read (`--changed-bitmap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitmap_changed: Option<String>,
+    /// The snapshot the clean extents came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::id::SnapshotId>,
 }
 
 /// A decoded snapshot file.
@@ -207,6 +233,7 @@ mod tests {
             tags: vec![],
             tree: BlobId([2; 32]),
             stats: SnapshotStats::default(),
+            image: None,
         }
     }
 

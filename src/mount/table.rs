@@ -273,6 +273,7 @@ mod tests {
                 tags: tags.iter().map(|s| s.to_string()).collect(),
                 tree: BlobId([n; 32]),
                 stats: SnapshotStats::default(),
+                image: None,
             },
             packs: vec![],
             stamp: None,

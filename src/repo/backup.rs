@@ -19,6 +19,7 @@ use serde_bytes::ByteBuf;
 use nix::fcntl::PosixFadviseAdvice;
 
 use super::exclude::{keeps, ExcludeRules, Excludes, SourceRoots};
+use super::parent_image::{self, ParentImage, ParentRefs};
 use super::readahead::ReadAhead;
 use super::upload::Uploader;
 use super::Repository;
@@ -27,7 +28,9 @@ use crate::chunk::Chunker;
 use crate::crypto::{Keys, Kind};
 use crate::error::{Error, Result};
 use crate::format::chunklist::{self, ChunkRef, INLINE_ENTRIES, LIST_BLOB_ENTRIES};
-use crate::format::snapshot::{self, SnapshotRecord, SnapshotStats, SourceKind, RECORD_VERSION};
+use crate::format::snapshot::{
+    self, ImageRecord, SnapshotRecord, SnapshotStats, SourceKind, RECORD_VERSION,
+};
 use crate::format::tree::{Node, NodeKind, Tree};
 use crate::format::{cbor_decode, cbor_encode};
 use crate::id::{BlobId, PackId, SnapshotId};
@@ -151,6 +154,17 @@ pub struct BackupOptions {
     pub durable_packs: Option<crossbeam_channel::Sender<(PackId, u64)>>,
     /// Told of each regular file (`-v`); called on the walking thread.
     pub on_file: Option<FileListener>,
+    /// A dirty bitmap that starts at this backup (`--start-bitmap`):
+    /// recorded, so that a later `changed_bitmap` of the same name reads
+    /// only what changed since.
+    pub start_bitmap: Option<String>,
+    /// Read only the extents this dirty bitmap (exported by the NBD
+    /// server) reports dirty; take the clean ones from the newest snapshot
+    /// that started it. Without such a parent, a full read (with a notice).
+    pub changed_bitmap: Option<String>,
+    /// The parent for `changed_bitmap`, in place of the newest that
+    /// started it (an id prefix or `latest`).
+    pub parent: Option<String>,
     /// Walk, read and count what would be new, but write nothing: no
     /// pack, no snapshot, no files-cache record (a record of content never
     /// stored would make the next run skip the file).
@@ -175,6 +189,9 @@ impl Default for BackupOptions {
             rewrite_below: crate::cache::REWRITE_BELOW_LIVE,
             durable_packs: None,
             on_file: None,
+            start_bitmap: None,
+            changed_bitmap: None,
+            parent: None,
             dry_run: false,
         }
     }
@@ -237,6 +254,26 @@ pub fn backup(
     let mut cache = repo.cache()?;
     let sync = repo.sync_cache(&mut cache)?;
     cache.run_reset()?;
+    let mut notices = sync.notices();
+    let parent = match (&opts.changed_bitmap, sources.as_slice()) {
+        (Some(bitmap), [BackupSource::Image { path, name }]) => {
+            let name = image_name(path, name.as_deref())?;
+            let host = &opts.host;
+            match parent_image::find(repo, &cache, host, &name, bitmap, opts.parent.as_deref())? {
+                Ok(p) => Some(p),
+                Err(why) => {
+                    notices.push(format!("{why}: reading the whole disk"));
+                    None
+                }
+            }
+        }
+        (Some(_), _) => {
+            return Err(Error::Denied(
+                "--changed-bitmap goes with exactly one --image source".into(),
+            ))
+        }
+        _ => None,
+    };
     let settings = repo.settings().clone();
     let level = opts.compression.unwrap_or(settings.compression);
     let mut up = match opts.dry_run {
@@ -284,8 +321,13 @@ pub fn backup(
         read_bytes: 0,
         source_read: 0,
         on_file: opts.on_file.take(),
+        parent,
+        changed_bitmap: opts.changed_bitmap.clone(),
+        notices: Vec::new(),
+        image: None,
     };
-    let mut kinds: Vec<SourceKind> = sources.iter().map(|s| s.kind()).collect();
+    let sources_kinds: Vec<SourceKind> = sources.iter().map(|s| s.kind()).collect();
+    let mut kinds = sources_kinds.clone();
     kinds.dedup();
     let kind = match kinds[..] {
         [k] => k,
@@ -361,14 +403,22 @@ pub fn backup(
     }
     let tree = w.store_tree(&mut root)?;
     w.flush_refs()?;
+    let single_image = matches!(&sources_kinds[..], [SourceKind::Image]);
     let Walker {
         mut cache,
         up,
         mut stats,
         warnings,
         source_read,
+        image,
+        notices: walk_notices,
         ..
     } = w;
+    notices.extend(walk_notices);
+    let image = image.filter(|_| single_image).map(|i| ImageRecord {
+        bitmap_start: opts.start_bitmap.clone(),
+        ..i
+    });
     let (up_stats, written) = up.finish(&mut cache)?;
     if !opts.dry_run {
         super::reused::verify(repo, &mut cache, &written)?;
@@ -400,6 +450,7 @@ pub fn backup(
         tags: opts.tags,
         tree,
         stats: stats.clone(),
+        image,
     };
     let group = match &opts.job {
         Some(job) => repo
@@ -424,7 +475,7 @@ pub fn backup(
             stats,
             warnings,
             exclude_warnings,
-            notices: sync.notices(),
+            notices,
             after_commit: Vec::new(),
             bytes_read: source_read,
         });
@@ -446,7 +497,7 @@ pub fn backup(
         stats,
         warnings,
         exclude_warnings,
-        notices: sync.notices(),
+        notices,
         after_commit,
         bytes_read: source_read,
     })
@@ -556,6 +607,20 @@ fn plan(sources: &[BackupSource]) -> Result<Vec<Vec<PathBuf>>> {
     Ok(out)
 }
 
+/// The file name an image source gets in the snapshot.
+fn image_name(path: &Path, name: Option<&str>) -> Result<String> {
+    if let Some(n) = name {
+        return Ok(n.to_string());
+    }
+    if source::nbd::is_url(&path.to_string_lossy()) {
+        return Ok(nbd_name(&nbd_url(path)?));
+    }
+    Ok(path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default())
+}
+
 /// An image source's NBD URI.
 fn nbd_url(path: &Path) -> Result<source::nbd::NbdUrl> {
     source::nbd::NbdUrl::parse(&path.to_string_lossy()).map_err(Error::Denied)
@@ -630,6 +695,15 @@ struct Walker {
     source_read: u64,
     /// `-v`: told of each file's [`FileStatus`].
     on_file: Option<FileListener>,
+    /// The parent image of a dirty-bitmap backup, until the image uses it.
+    parent: Option<ParentImage>,
+    /// `--changed-bitmap`: the bitmap's name.
+    changed_bitmap: Option<String>,
+    /// How the one image of this backup was read.
+    image: Option<ImageRecord>,
+    /// What the run did on its own that the user should hear of (a full
+    /// read where a bitmap was asked for).
+    notices: Vec<String>,
 }
 
 /// Files whose files-cache records are read in one transaction.
@@ -798,6 +872,18 @@ impl Walker {
         Ok(())
     }
 
+    /// Appends a chunk of the parent snapshot's disk, unread: its blob is
+    /// referenced (so its pack joins the snapshot's list), never stored.
+    fn reuse_ref(&mut self, cb: &mut ContentBuilder, file: u64, r: ChunkRef) -> Result<()> {
+        if !r.is_zero() {
+            self.refs.push((file, r.id));
+            if self.refs.len() >= 4096 {
+                self.flush_refs()?;
+            }
+        }
+        self.push_ref(cb, file, r)
+    }
+
     /// Appends one chunk's reference to a file's content.
     fn push_ref(&mut self, cb: &mut ContentBuilder, file: u64, r: ChunkRef) -> Result<()> {
         cb.bytes += r.len;
@@ -882,7 +968,7 @@ impl Walker {
         src: &Path,
     ) -> Result<(Content, u64)> {
         let reader = ImageReader::start(f, sparse, self.block).map_err(|e| Error::io(src, e))?;
-        self.read_pieces(reader, file, src)
+        self.read_pieces(reader, file, src, None)
     }
 
     /// Takes an image reader's pieces into fixed blocks.
@@ -891,16 +977,31 @@ impl Walker {
         reader: ImageReader,
         file: u64,
         src: &Path,
+        mut parent: Option<&mut ParentRefs>,
     ) -> Result<(Content, u64)> {
         let mut cb = ContentBuilder::default();
+        let mut pos = 0u64;
         loop {
             self.check_cancel()?;
             match reader.next_piece().map_err(|e| Error::io(src, e))? {
-                Piece::Hole(n) => self.push_zeros(&mut cb, n),
+                Piece::Hole(n) => {
+                    self.push_zeros(&mut cb, n);
+                    pos += n;
+                }
                 Piece::Data(b) => {
                     self.source_read += b.bytes().len() as u64;
+                    pos += b.bytes().len() as u64;
                     self.push_blocks(&mut cb, file, b.bytes())?;
                     reader.give_back(b);
+                }
+                Piece::Clean(n) => {
+                    let Some(p) = parent.as_deref_mut() else {
+                        return Err(Error::Corrupt("a clean range without a parent".into()));
+                    };
+                    for r in p.take(&self.cache, pos, n)? {
+                        self.reuse_ref(&mut cb, file, r)?;
+                    }
+                    pos += n;
                 }
                 Piece::End => break,
             }
@@ -1267,9 +1368,30 @@ impl Walker {
                 "image name {name:?} must be a plain file name"
             )));
         }
-        let client = source::nbd::NbdClient::connect(&url).map_err(|e| Error::io(path, e))?;
+        let bitmap = self.changed_bitmap.clone();
+        let parent = self.parent.take();
+        let ask = bitmap.as_deref().filter(|_| parent.is_some());
+        let client =
+            source::nbd::NbdClient::connect_with(&url, ask).map_err(|e| Error::io(path, e))?;
+        let mut refs = None;
+        if let (Some(b), Some(p)) = (&bitmap, parent) {
+            if client.size() != p.size {
+                self.notices.push(format!(
+                    "image {name:?} changed size ({} to {} bytes) since snapshot {}: reading the whole disk",
+                    p.size,
+                    client.size(),
+                    p.id.short()
+                ));
+            } else if !client.has_bitmap() {
+                self.notices.push(format!(
+                    "the NBD server exports no dirty bitmap {b:?} (qemu-nbd -B {b}): reading the whole disk"
+                ));
+            } else {
+                refs = Some(ParentRefs::new(p)?);
+            }
+        }
         let mut node = Node {
-            name: ByteBuf::from(name.into_bytes()),
+            name: ByteBuf::from(name.clone().into_bytes()),
             kind: Some(NodeKind::File),
             mode: 0o600,
             uid: nix::unistd::getuid().as_raw(),
@@ -1277,14 +1399,22 @@ impl Walker {
             mtime_ns: self.start_ns,
             ..Node::default()
         };
-        let reader = ImageReader::start_nbd(client, self.block).map_err(|e| Error::io(path, e))?;
+        let reader = ImageReader::start_nbd(client, self.block, refs.is_some())
+            .map_err(|e| Error::io(path, e))?;
         self.file_seq += 1;
         self.note_progress(1, 0);
-        let (c, n) = self.read_pieces(reader, self.file_seq, path)?;
+        let (c, n) = self.read_pieces(reader, self.file_seq, path, refs.as_mut())?;
         self.stats.files += 1;
         self.stats.bytes += n;
         node.size = n;
         Self::set_content(&mut node, &c);
+        self.image = Some(ImageRecord {
+            name,
+            size: n,
+            bitmap_start: None,
+            bitmap_changed: refs.as_ref().and(bitmap),
+            parent: refs.as_ref().map(|r| r.id()),
+        });
         Ok(node)
     }
 

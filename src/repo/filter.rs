@@ -89,6 +89,7 @@ mod tests {
             tags: tags.iter().map(|s| s.to_string()).collect(),
             tree: BlobId([0; 32]),
             stats: SnapshotStats::default(),
+            image: None,
         }
     }
 

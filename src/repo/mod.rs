@@ -12,6 +12,7 @@ pub mod dump_tar;
 pub mod exclude;
 pub mod filter;
 pub mod find;
+mod parent_image;
 mod readahead;
 pub mod restore;
 pub mod restore_plan;

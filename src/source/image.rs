@@ -35,6 +35,9 @@ pub enum Piece {
     Hole(u64),
     /// Bytes read; hand the buffer back with [`ImageReader::give_back`].
     Data(Buffer),
+    /// This many bytes unchanged since the parent snapshot (clean in a
+    /// dirty bitmap): taken from the parent's chunk list, not read.
+    Clean(u64),
     /// The end of the image.
     End,
 }
@@ -112,8 +115,14 @@ impl ImageReader {
 
     /// Starts reading an NBD export from its start, in whole multiples of
     /// `block`: ranges the server's block status reports as zeros are
-    /// holes, never read.
-    pub fn start_nbd(client: super::nbd::NbdClient, block: usize) -> io::Result<ImageReader> {
+    /// holes, never read; with `changed` (the client negotiated a dirty
+    /// bitmap), whole blocks the bitmap reports clean are
+    /// [`Piece::Clean`], not read either.
+    pub fn start_nbd(
+        client: super::nbd::NbdClient,
+        block: usize,
+        changed: bool,
+    ) -> io::Result<ImageReader> {
         let (tx, rx) = bounded(BUFFERS - 1);
         let (free_tx, free_rx) = unbounded();
         let size = (READ_BYTES / block).max(1) * block;
@@ -121,8 +130,8 @@ impl ImageReader {
             c: client,
             block: block as u64,
             size,
-            known: std::collections::VecDeque::new(),
-            known_to: 0,
+            zero: Known::default(),
+            dirty: changed.then(Known::default),
         };
         let thread = std::thread::Builder::new()
             .name("nbd-read".into())
@@ -306,35 +315,82 @@ impl Reading {
 /// Bytes of block status asked for at once.
 const STATUS_BYTES: u64 = 1 << 30;
 
+/// Extents of one kind of block status, known from the reader's position
+/// on: `(start, end, set)`.
+#[derive(Default)]
+struct Known {
+    q: std::collections::VecDeque<(u64, u64, bool)>,
+    to: u64,
+}
+
+impl Known {
+    /// Appends extents reported from `at` on, past what is known already.
+    fn push(&mut self, at: u64, ext: &[super::nbd::wire::Extent], set: impl Fn(u32) -> bool) {
+        let mut p = at;
+        for e in ext {
+            let end = p + e.len as u64;
+            if end > self.to {
+                self.q.push_back((p.max(self.to), end, set(e.flags)));
+                self.to = end;
+            }
+            p = end;
+        }
+    }
+
+    /// Whether all of `[at, end)` is set (`end` is known).
+    fn all(&mut self, at: u64, end: u64) -> bool {
+        while self.q.front().is_some_and(|e| e.1 <= at) {
+            self.q.pop_front();
+        }
+        self.q.iter().take_while(|e| e.0 < end).all(|e| e.2)
+    }
+}
+
+/// What a block of an NBD export is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Zero,
+    Clean,
+    Data,
+}
+
 /// An NBD export being read: the extents known ahead of the reader.
 struct NbdReading {
     c: super::nbd::NbdClient,
     block: u64,
     size: usize,
-    /// `(start, end, zero)` from the reader's position on.
-    known: std::collections::VecDeque<(u64, u64, bool)>,
-    known_to: u64,
+    zero: Known,
+    /// Dirty extents, when reading only what changed.
+    dirty: Option<Known>,
 }
 
 impl NbdReading {
-    /// Whether `[at, at + len)` reads as zeros, by block status (asked for
-    /// as far as needed).
-    fn zero(&mut self, at: u64, len: u64) -> io::Result<bool> {
+    /// What `[at, at + len)` is, by block status (asked for as far as
+    /// needed): zeros, clean (unchanged since the bitmap started), or data.
+    fn class(&mut self, at: u64, len: u64) -> io::Result<Class> {
         let end = (at + len).min(self.c.size());
-        while self.known_to < end {
-            let want = (self.c.size() - self.known_to).min(STATUS_BYTES) as u32;
-            let mut p = self.known_to;
-            for e in self.c.block_status(p, want)? {
-                let zero = e.flags & super::nbd::wire::STATE_ZERO != 0;
-                self.known.push_back((p, p + e.len as u64, zero));
-                p += e.len as u64;
+        loop {
+            let from = self
+                .zero
+                .to
+                .min(self.dirty.as_ref().map_or(u64::MAX, |d| d.to));
+            if from >= end {
+                break;
             }
-            self.known_to = p;
+            let want = (self.c.size() - from).min(STATUS_BYTES) as u32;
+            let st = self.c.block_status(from, want)?;
+            use super::nbd::wire::STATE_ZERO;
+            self.zero.push(from, &st.alloc, |f| f & STATE_ZERO != 0);
+            if let (Some(d), Some(ext)) = (self.dirty.as_mut(), st.dirty.as_ref()) {
+                // Clean is "not dirty": bit 0 of the bitmap's flags.
+                d.push(from, ext, |f| f & 1 == 0);
+            }
         }
-        while self.known.front().is_some_and(|e| e.1 <= at) {
-            self.known.pop_front();
+        if self.zero.all(at, end) {
+            return Ok(Class::Zero);
         }
-        Ok(self.known.iter().take_while(|e| e.0 < end).all(|e| e.2))
+        let clean = self.dirty.as_mut().is_some_and(|d| d.all(at, end));
+        Ok(if clean { Class::Clean } else { Class::Data })
     }
 
     fn read_all(
@@ -345,49 +401,41 @@ impl NbdReading {
         let len = self.c.size();
         let (mut pos, mut made) = (0u64, 0usize);
         while pos < len {
-            // Whole blocks of zeros from here: one hole.
-            let mut hole = 0;
-            while pos + hole < len {
-                let n = self.block.min(len - pos - hole);
-                if !self.zero(pos + hole, n)? {
+            let first = self.class(pos, self.block.min(len - pos))?;
+            // Whole blocks of one class from here; data at most one buffer.
+            let mut run = self.block.min(len - pos);
+            while pos + run < len && (first != Class::Data || run < self.size as u64) {
+                let n = self.block.min(len - pos - run);
+                if self.class(pos + run, n)? != first {
                     break;
                 }
-                hole += n;
+                run += n;
             }
-            if hole > 0 {
-                if tx.send(Ok(Piece::Hole(hole))).is_err() {
-                    return Ok(());
+            let piece = match first {
+                Class::Zero => Piece::Hole(run),
+                Class::Clean => Piece::Clean(run),
+                Class::Data => {
+                    let mut buf = match free.try_recv() {
+                        Ok(b) => b,
+                        Err(_) if made < BUFFERS => {
+                            made += 1;
+                            Buffer::new(self.size)
+                        }
+                        Err(_) => match free.recv() {
+                            Ok(b) => b,
+                            Err(_) => return Ok(()),
+                        },
+                    };
+                    let want = run as usize;
+                    self.c.read_at(buf.room(want), pos)?;
+                    buf.len = want;
+                    Piece::Data(buf)
                 }
-                pos += hole;
-                continue;
-            }
-            // Data up to the next block of zeros, at most one buffer.
-            let mut want = self.block.min(len - pos);
-            while want < self.size as u64 && pos + want < len {
-                let n = self.block.min(len - pos - want);
-                if self.zero(pos + want, n)? {
-                    break;
-                }
-                want += n;
-            }
-            let mut buf = match free.try_recv() {
-                Ok(b) => b,
-                Err(_) if made < BUFFERS => {
-                    made += 1;
-                    Buffer::new(self.size)
-                }
-                Err(_) => match free.recv() {
-                    Ok(b) => b,
-                    Err(_) => return Ok(()),
-                },
             };
-            let want = want as usize;
-            self.c.read_at(buf.room(want), pos)?;
-            buf.len = want;
-            if tx.send(Ok(Piece::Data(buf))).is_err() {
+            if tx.send(Ok(piece)).is_err() {
                 return Ok(());
             }
-            pos += want as u64;
+            pos += run;
         }
         let _ = tx.send(Ok(Piece::End));
         Ok(())
@@ -427,6 +475,7 @@ mod tests {
                     out.extend_from_slice(b.bytes());
                     r.give_back(b);
                 }
+                Piece::Clean(_) => panic!("a file has no parent"),
                 Piece::End => return (out, holes),
             }
         }

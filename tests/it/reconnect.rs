@@ -435,6 +435,7 @@ fn a_commit_whose_answer_was_lost_is_recognised_not_made_twice() {
         tags: vec![],
         tree: coffer::id::BlobId([0; 32]),
         stats: Default::default(),
+        image: None,
     };
     let (want, bytes) = snapshot::encode(&keys, vec![], &rec, &mut rand::rngs::OsRng);
     let snaps = srv.namespace_dir("ns-0").join("snapshots");

@@ -527,6 +527,7 @@ fn append_only_refusals() {
         tags: vec![],
         tree: coffer::id::BlobId([0; 32]),
         stats: Default::default(),
+        image: None,
     };
     let (_, bytes) = coffer::format::snapshot::encode(
         &keys_,

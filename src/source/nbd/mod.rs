@@ -134,12 +134,23 @@ fn refused(what: String) -> io::Error {
     io::Error::other(format!("NBD: {what}"))
 }
 
+/// What block status told of a range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// `base:allocation` extents (`wire::STATE_*`).
+    pub alloc: Vec<Extent>,
+    /// Dirty-bitmap extents (flag 1: dirty), when a bitmap was negotiated.
+    pub dirty: Option<Vec<Extent>>,
+}
+
 /// A connection to one export, in transmission.
 pub struct NbdClient {
     s: Box<dyn Stream>,
     size: u64,
     /// The id of `base:allocation`, when the server gave block status.
     alloc: Option<u32>,
+    /// The id of `qemu:dirty-bitmap:NAME`, when asked for and given.
+    dirty: Option<u32>,
     structured: bool,
     cookie: u64,
     /// The largest read the server takes.
@@ -150,6 +161,13 @@ impl NbdClient {
     /// Connects and negotiates: fixed newstyle, structured replies and
     /// `base:allocation` when the server has them, then `NBD_OPT_GO`.
     pub fn connect(url: &NbdUrl) -> io::Result<NbdClient> {
+        Self::connect_with(url, None)
+    }
+
+    /// [`NbdClient::connect`], also asking for the dirty bitmap `bitmap`
+    /// (`qemu:dirty-bitmap:NAME`, as `qemu-nbd -B NAME` exports it); see
+    /// [`NbdClient::has_bitmap`].
+    pub fn connect_with(url: &NbdUrl, bitmap: Option<&str>) -> io::Result<NbdClient> {
         let s: Box<dyn Stream> = match &url.addr {
             NbdAddr::Unix(p) => {
                 let s = UnixStream::connect(p).map_err(|e| {
@@ -168,10 +186,14 @@ impl NbdClient {
                 Box::new(s)
             }
         };
-        Self::handshake(s, &url.export)
+        Self::handshake(s, &url.export, bitmap)
     }
 
-    fn handshake(mut s: Box<dyn Stream>, export: &str) -> io::Result<NbdClient> {
+    fn handshake(
+        mut s: Box<dyn Stream>,
+        export: &str,
+        bitmap: Option<&str>,
+    ) -> io::Result<NbdClient> {
         let mut g = [0u8; 18];
         recv(&mut *s, &mut g)?;
         let flags = wire::parse_greeting(&g).map_err(proto)?;
@@ -181,6 +203,7 @@ impl NbdClient {
             s,
             size: 0,
             alloc: None,
+            dirty: None,
             structured: false,
             cookie: 0,
             max_read: wire::MAX_READ,
@@ -191,18 +214,24 @@ impl NbdClient {
             |_, _| Ok(()),
         )?;
         if c.structured {
-            let mut alloc = None;
-            let msg = wire::opt_set_meta_context(export, &["base:allocation"]);
+            let (mut alloc, mut dirty) = (None, None);
+            let dirty_name = bitmap.map(|b| format!("qemu:dirty-bitmap:{b}"));
+            let mut queries = vec!["base:allocation"];
+            queries.extend(dirty_name.as_deref());
+            let msg = wire::opt_set_meta_context(export, &queries);
             c.option(wire::OPT_SET_META_CONTEXT, &msg, |kind, d| {
                 if kind == wire::REP_META_CONTEXT {
                     let (id, name) = wire::parse_meta_context(d).map_err(proto)?;
                     if name == "base:allocation" {
                         alloc = Some(id);
+                    } else if Some(&name) == dirty_name.as_ref() {
+                        dirty = Some(id);
                     }
                 }
                 Ok(())
             })?;
             c.alloc = alloc;
+            c.dirty = dirty;
         }
         let (mut size, mut max) = (None, None);
         let ok = c.option(wire::OPT_GO, &wire::opt_go(export), |kind, d| {
@@ -272,6 +301,11 @@ impl NbdClient {
         self.alloc.is_some()
     }
 
+    /// Whether the server reports the dirty bitmap asked for.
+    pub fn has_bitmap(&self) -> bool {
+        self.dirty.is_some()
+    }
+
     fn send(&mut self, kind: u16, flags: u16, offset: u64, len: u32) -> io::Result<u64> {
         self.cookie += 1;
         let req = wire::request(flags, kind, self.cookie, offset, len);
@@ -311,15 +345,23 @@ impl NbdClient {
         }
     }
 
-    /// The `base:allocation` status of `[offset, offset + len)`: one or
-    /// more extents from `offset` on (they may cover less than asked, never
-    /// more than the export).
-    pub fn block_status(&mut self, offset: u64, len: u32) -> io::Result<Vec<Extent>> {
+    /// The status of `[offset, offset + len)`: `base:allocation` (every
+    /// range data when the server has none) and the dirty bitmap when one
+    /// was negotiated. Each list has one or more extents from `offset` on
+    /// (they may cover less than asked, never past the export's end).
+    pub fn block_status(&mut self, offset: u64, len: u32) -> io::Result<Status> {
         let Some(alloc) = self.alloc else {
-            return Ok(vec![Extent { len, flags: 0 }]);
+            let len = len.min(u32::try_from(self.size.saturating_sub(offset)).unwrap_or(u32::MAX));
+            return Ok(Status {
+                alloc: vec![Extent {
+                    len: len.max(1),
+                    flags: 0,
+                }],
+                dirty: None,
+            });
         };
         let cookie = self.send(wire::CMD_BLOCK_STATUS, 0, offset, len)?;
-        let mut out: Option<Vec<Extent>> = None;
+        let (mut got, mut dirty) = (None, None);
         loop {
             match self.head(cookie)? {
                 ReplyHead::Simple { error, .. } => {
@@ -339,7 +381,9 @@ impl NbdClient {
                         wire::REPLY_TYPE_BLOCK_STATUS => {
                             let (ctx, ext) = wire::parse_block_status(&d).map_err(proto)?;
                             if ctx == alloc {
-                                out = Some(ext);
+                                got = Some(ext);
+                            } else if Some(ctx) == self.dirty {
+                                dirty = Some(ext);
                             }
                         }
                         wire::REPLY_TYPE_NONE => {}
@@ -358,9 +402,23 @@ impl NbdClient {
                 }
             }
         }
-        let mut ext =
-            out.ok_or_else(|| proto(WireError("block status without base:allocation".into())))?;
-        // Clip to the export: nothing past its end is read or skipped.
+        let alloc =
+            got.ok_or_else(|| proto(WireError("block status without base:allocation".into())))?;
+        let dirty =
+            match self.dirty {
+                Some(_) => Some(dirty.ok_or_else(|| {
+                    proto(WireError("block status without the dirty bitmap".into()))
+                })?),
+                None => None,
+            };
+        Ok(Status {
+            alloc: self.clip(offset, alloc)?,
+            dirty: dirty.map(|d| self.clip(offset, d)).transpose()?,
+        })
+    }
+
+    /// Clips extents to the export: nothing past its end is read or skipped.
+    fn clip(&self, offset: u64, mut ext: Vec<Extent>) -> io::Result<Vec<Extent>> {
         let mut left = self.size.saturating_sub(offset);
         ext.retain_mut(|e| {
             let keep = left > 0;
@@ -495,13 +553,15 @@ pub fn fuzz_session(data: &[u8]) -> bool {
         }
     }
     let owned = Scripted(io::Cursor::new(data.to_vec()));
-    let Ok(mut c) = NbdClient::handshake(Box::new(owned), "x") else {
+    let Ok(mut c) = NbdClient::handshake(Box::new(owned), "x", Some("b0")) else {
         return false;
     };
     let size = c.size();
-    if let Ok(ext) = c.block_status(0, u32::try_from(size.min(1 << 30)).unwrap_or(0).max(1)) {
-        let total: u64 = ext.iter().map(|e| e.len as u64).sum();
-        assert!(total <= size, "extents past the end");
+    if let Ok(st) = c.block_status(0, u32::try_from(size.min(1 << 30)).unwrap_or(0).max(1)) {
+        for ext in std::iter::once(&st.alloc).chain(st.dirty.as_ref()) {
+            let total: u64 = ext.iter().map(|e| e.len as u64).sum();
+            assert!(total <= size, "extents past the end");
+        }
     }
     let mut buf = vec![0u8; size.min(1 << 16) as usize];
     c.read_at(&mut buf, 0).is_ok()
