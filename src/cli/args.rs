@@ -560,6 +560,12 @@ pub struct BackupArgs {
     /// created or cleared it at the instant of the disk snapshot read).
     #[arg(long, value_name = "NAME", requires = "image")]
     pub start_bitmap: Option<String>,
+    /// With --changed-bitmap: read this percent of the blocks the bitmap
+    /// calls clean and compare them with the parent's; a difference (a
+    /// bitmap that missed a write) makes the backup read the whole disk.
+    #[arg(long, value_name = "PERCENT", requires = "changed_bitmap", default_value_t = 0.0,
+          value_parser = parse_percent)]
+    pub verify_clean: f64,
     /// With --changed-bitmap: take clean extents from this snapshot (id
     /// prefix) rather than the newest that started the bitmap.
     #[arg(long, value_name = "SNAP", requires = "changed_bitmap")]
@@ -682,6 +688,14 @@ pub enum KeyCommand {
         #[arg(long, default_value_t = 4)]
         kdf_iterations: u32,
     },
+}
+
+/// A percentage, 0 to 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
+    }
 }
 
 #[cfg(test)]

@@ -415,6 +415,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         start_bitmap: a.start_bitmap.clone(),
         changed_bitmap: a.changed_bitmap.clone(),
         parent: a.parent.clone(),
+        verify_clean: a.verify_clean,
     };
     let time_ns = opts.time_ns;
     let started = Instant::now();

@@ -38,6 +38,9 @@ pub enum Piece {
     /// This many bytes unchanged since the parent snapshot (clean in a
     /// dirty bitmap): taken from the parent's chunk list, not read.
     Clean(u64),
+    /// Bytes the dirty bitmap calls clean, read anyway to check the bitmap
+    /// (`--verify-clean`): they must equal the parent's.
+    Sample(Buffer),
     /// The end of the image.
     End,
 }
@@ -122,6 +125,7 @@ impl ImageReader {
         client: super::nbd::NbdClient,
         block: usize,
         changed: bool,
+        verify_pct: f64,
     ) -> io::Result<ImageReader> {
         let (tx, rx) = bounded(BUFFERS - 1);
         let (free_tx, free_rx) = unbounded();
@@ -132,6 +136,7 @@ impl ImageReader {
             size,
             zero: Known::default(),
             dirty: changed.then(Known::default),
+            verify_pct,
         };
         let thread = std::thread::Builder::new()
             .name("nbd-read".into())
@@ -351,6 +356,8 @@ impl Known {
 enum Class {
     Zero,
     Clean,
+    /// Clean, and read to check the bitmap.
+    Sample,
     Data,
 }
 
@@ -362,6 +369,9 @@ struct NbdReading {
     zero: Known,
     /// Dirty extents, when reading only what changed.
     dirty: Option<Known>,
+    /// Percent of clean blocks read anyway, to catch a bitmap that missed
+    /// a write.
+    verify_pct: f64,
 }
 
 impl NbdReading {
@@ -390,7 +400,15 @@ impl NbdReading {
             return Ok(Class::Zero);
         }
         let clean = self.dirty.as_mut().is_some_and(|d| d.all(at, end));
-        Ok(if clean { Class::Clean } else { Class::Data })
+        let sample = || {
+            use rand::Rng;
+            self.verify_pct >= 100.0 || rand::thread_rng().gen::<f64>() * 100.0 < self.verify_pct
+        };
+        Ok(match clean {
+            true if self.verify_pct > 0.0 && sample() => Class::Sample,
+            true => Class::Clean,
+            false => Class::Data,
+        })
     }
 
     fn read_all(
@@ -404,7 +422,8 @@ impl NbdReading {
             let first = self.class(pos, self.block.min(len - pos))?;
             // Whole blocks of one class from here; data at most one buffer.
             let mut run = self.block.min(len - pos);
-            while pos + run < len && (first != Class::Data || run < self.size as u64) {
+            let reads = matches!(first, Class::Data | Class::Sample);
+            while pos + run < len && (!reads || run < self.size as u64) {
                 let n = self.block.min(len - pos - run);
                 if self.class(pos + run, n)? != first {
                     break;
@@ -414,7 +433,7 @@ impl NbdReading {
             let piece = match first {
                 Class::Zero => Piece::Hole(run),
                 Class::Clean => Piece::Clean(run),
-                Class::Data => {
+                Class::Data | Class::Sample => {
                     let mut buf = match free.try_recv() {
                         Ok(b) => b,
                         Err(_) if made < BUFFERS => {
@@ -429,7 +448,10 @@ impl NbdReading {
                     let want = run as usize;
                     self.c.read_at(buf.room(want), pos)?;
                     buf.len = want;
-                    Piece::Data(buf)
+                    match first {
+                        Class::Sample => Piece::Sample(buf),
+                        _ => Piece::Data(buf),
+                    }
                 }
             };
             if tx.send(Ok(piece)).is_err() {
@@ -475,7 +497,7 @@ mod tests {
                     out.extend_from_slice(b.bytes());
                     r.give_back(b);
                 }
-                Piece::Clean(_) => panic!("a file has no parent"),
+                Piece::Clean(_) | Piece::Sample(_) => panic!("a file has no parent"),
                 Piece::End => return (out, holes),
             }
         }

@@ -338,3 +338,89 @@ fn a_dirty_bitmap_backup_reads_only_what_changed() {
     );
     assert!(restore_file(&t, "d") == fs::read(&want2).unwrap());
 }
+
+/// A bitmap that missed a write (made while it was disabled): trusted
+/// blindly, the snapshot holds the old bytes; `--verify-clean 100` reads
+/// the clean blocks, finds the difference, and reads the whole disk.
+#[test]
+fn a_lying_bitmap_is_caught_by_verify_clean() {
+    if !have("qemu-nbd") || !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let t = TestRepo::new();
+    let (qcow, _, _) = make_disk(t.dir.path());
+    let bitmap = |op: &str| {
+        run(Command::new("qemu-img")
+            .args(["bitmap", op])
+            .arg(&qcow)
+            .arg("b0"))
+    };
+    bitmap("--add");
+    bitmap("--enable");
+    let sock = t.path("nbd.sock");
+    let url = format!("nbd+unix:///d?socket={}", sock.display());
+    let serve = || {
+        let _ = fs::remove_file(&sock);
+        let s = sock.clone();
+        QemuNbd::start(
+            &["-x", "d", "-B", "b0", "-k", sock.to_str().unwrap()],
+            &qcow,
+            move || s.exists(),
+        )
+    };
+    let srv = serve();
+    let day1 = t.backup(&["--image", &url, "--start-bitmap", "b0"]);
+    drop(srv);
+    // One write the bitmap sees, one it does not.
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x41 1M 4k"])
+        .arg(&qcow));
+    bitmap("--disable");
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x42 41M 4k"])
+        .arg(&qcow));
+    bitmap("--enable");
+    let want2 = t.path("want2.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&qcow)
+        .arg(&want2));
+    let want2 = fs::read(&want2).unwrap();
+
+    let srv = serve();
+    let blind = t.backup(&["--image", &url, "--changed-bitmap", "b0"]);
+    assert!(blind["bytes_read"].as_u64().unwrap() < MIB, "{blind}");
+    assert!(
+        restore_file(&t, "d") != want2,
+        "trusted blindly, the bitmap's miss should be in the snapshot"
+    );
+    let checked = t.backup(&[
+        "--image",
+        &url,
+        "--changed-bitmap",
+        "b0",
+        "--verify-clean",
+        "100",
+    ]);
+    drop(srv);
+    let n = checked["notices"].to_string();
+    assert!(
+        n.contains("missed a change") && n.contains(&day1["short_id"].as_str().unwrap()[..8]),
+        "{n}"
+    );
+    assert!(restore_file(&t, "d") == want2, "the checked backup differs");
+    // A bad percentage is a usage error.
+    assert_eq!(
+        t.run(&[
+            "backup",
+            "--image",
+            &url,
+            "--changed-bitmap",
+            "b0",
+            "--verify-clean",
+            "150"
+        ])
+        .code(),
+        2
+    );
+}
