@@ -560,6 +560,14 @@ pub struct BackupArgs {
     /// created or cleared it at the instant of the disk snapshot read).
     #[arg(long, value_name = "NAME", requires = "image")]
     pub start_bitmap: Option<String>,
+    /// A token for this start of the bitmap (the hook makes one each time
+    /// it clears the bitmap, e.g. a timestamp), recorded with it.
+    #[arg(long, value_name = "TOKEN", requires = "start_bitmap")]
+    pub start_token: Option<String>,
+    /// The token the --changed-bitmap bitmap started with: a parent that
+    /// recorded another token is not trusted (a full read instead).
+    #[arg(long, value_name = "TOKEN", requires = "changed_bitmap")]
+    pub changed_token: Option<String>,
     /// With --changed-bitmap: read this percent of the blocks the bitmap
     /// calls clean and compare them with the parent's; a difference (a
     /// bitmap that missed a write) makes the backup read the whole disk.

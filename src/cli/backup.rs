@@ -413,6 +413,8 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         on_file: verbose_listing(cli, a.verbose),
         dry_run: a.dry_run,
         start_bitmap: a.start_bitmap.clone(),
+        start_token: a.start_token.clone(),
+        changed_token: a.changed_token.clone(),
         changed_bitmap: a.changed_bitmap.clone(),
         parent: a.parent.clone(),
         verify_clean: a.verify_clean,

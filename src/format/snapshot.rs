@@ -101,6 +101,12 @@ pub struct ImageRecord {
     /// this backup read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bitmap_start: Option<String>,
+    /// The token the hook gave the bitmap's start (`--start-token`): a
+    /// later run names the token its bitmap started with, and a parent
+    /// with another token (the bitmap was restarted by a run that saved
+    /// nothing) is not trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitmap_token: Option<String>,
     /// The dirty bitmap whose clean extents were taken from `parent`
     /// rather than read (`--changed-bitmap`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -158,6 +158,11 @@ pub struct BackupOptions {
     /// recorded, so that a later `changed_bitmap` of the same name reads
     /// only what changed since.
     pub start_bitmap: Option<String>,
+    /// The token of this start (recorded with `start_bitmap`).
+    pub start_token: Option<String>,
+    /// The token the bitmap of `changed_bitmap` started with: the parent
+    /// must have recorded it.
+    pub changed_token: Option<String>,
     /// Read only the extents this dirty bitmap (exported by the NBD
     /// server) reports dirty; take the clean ones from the newest snapshot
     /// that started it. Without such a parent, a full read (with a notice).
@@ -194,6 +199,8 @@ impl Default for BackupOptions {
             durable_packs: None,
             on_file: None,
             start_bitmap: None,
+            start_token: None,
+            changed_token: None,
             changed_bitmap: None,
             parent: None,
             verify_clean: 0.0,
@@ -264,7 +271,9 @@ pub fn backup(
         (Some(bitmap), [BackupSource::Image { path, name }]) => {
             let name = image_name(path, name.as_deref())?;
             let host = &opts.host;
-            match parent_image::find(repo, &cache, host, &name, bitmap, opts.parent.as_deref())? {
+            let token = opts.changed_token.as_deref();
+            let spec = opts.parent.as_deref();
+            match parent_image::find(repo, &cache, host, &name, bitmap, token, spec)? {
                 Ok(p) => Some(p),
                 Err(why) => {
                     notices.push(format!("{why}: reading the whole disk"));
@@ -424,6 +433,7 @@ pub fn backup(
     notices.extend(walk_notices);
     let image = image.filter(|_| single_image).map(|i| ImageRecord {
         bitmap_start: opts.start_bitmap.clone(),
+        bitmap_token: opts.start_token.clone(),
         ..i
     });
     let (up_stats, written) = up.finish(&mut cache)?;
@@ -1483,6 +1493,7 @@ impl Walker {
             name,
             size: n,
             bitmap_start: None,
+            bitmap_token: None,
             bitmap_changed: refs.as_ref().and(bitmap),
             parent: refs.as_ref().map(|r| r.id()),
         });

@@ -36,6 +36,7 @@ pub(crate) fn find(
     host: &str,
     name: &str,
     bitmap: &str,
+    token: Option<&str>,
     spec: Option<&str>,
 ) -> Result<std::result::Result<ParentImage, String>> {
     let snap = match spec {
@@ -69,6 +70,15 @@ pub(crate) fn find(
             "snapshot {} did not start bitmap {bitmap:?} of image {name:?}",
             snap.id.short()
         )));
+    }
+    if let Some(t) = token {
+        if img.bitmap_token.as_deref() != Some(t) {
+            return Ok(Err(format!(
+                "bitmap {bitmap:?} started at snapshot {} with token {:?}, but its token now is {t:?} (restarted since)",
+                snap.id.short(),
+                img.bitmap_token.as_deref().unwrap_or("")
+            )));
+        }
     }
     let root = repo.load_tree(cache, &snap.record.tree)?;
     let Some(node) = root

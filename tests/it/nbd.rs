@@ -326,6 +326,45 @@ fn a_dirty_bitmap_backup_reads_only_what_changed() {
     assert!(fs::read(out.join("d")).unwrap() == fs::read(&want1).unwrap());
     t.run(&["check", "--read-data"]).ok();
 
+    // Tokens: day 3 starts b0 with token t3; a run that names t3 reads
+    // only what changed, one that names another token reads it all.
+    let srv = serve(&qcow);
+    let day3 = [
+        "--changed-bitmap",
+        "b0",
+        "--start-bitmap",
+        "b0",
+        "--start-token",
+        "t3",
+    ];
+    let mut args = vec!["--image", url.as_str()];
+    args.extend(day3);
+    t.backup(&args);
+    let same = t.backup(&[
+        "--image",
+        &url,
+        "--changed-bitmap",
+        "b0",
+        "--changed-token",
+        "t3",
+    ]);
+    assert!(
+        same["bytes_read"].as_u64().unwrap() <= 6 * 128 * 1024,
+        "{same}"
+    );
+    let other = t.backup(&[
+        "--image",
+        &url,
+        "--changed-bitmap",
+        "b0",
+        "--changed-token",
+        "t2",
+    ]);
+    assert!(other["bytes_read"].as_u64().unwrap() > 8 * MIB, "{other}");
+    let n = other["notices"].to_string();
+    assert!(n.contains("token") && n.contains("whole disk"), "{n}");
+    drop(srv);
+
     // A bitmap no snapshot started: the whole disk, and a notice.
     let srv = serve(&qcow);
     let full = t.backup(&["--image", &url, "--changed-bitmap", "other"]);
