@@ -352,6 +352,10 @@ pub struct RestoreArgs {
     /// Read every written file back and compare it with the snapshot.
     #[arg(long)]
     pub verify: bool,
+    /// The format a disk image snapshot is written in: raw (sparse), or
+    /// qcow2 (`NAME.qcow2`, through `qemu-img convert`).
+    #[arg(long, value_enum, default_value = "raw")]
+    pub format: super::disk_format::DiskFormat,
 }
 
 /// Where and how `mount` mounts.

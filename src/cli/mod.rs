@@ -10,6 +10,7 @@ mod args;
 mod backup;
 mod clock;
 mod damaged;
+mod disk_format;
 mod docs;
 mod exclude;
 mod find;

@@ -273,6 +273,14 @@ pub(super) fn cmd_restore(
             }
         }
     }
+    let qcow2 = args.format == super::disk_format::DiskFormat::Qcow2 && !args.dry_run;
+    let images = match qcow2 {
+        true => {
+            super::disk_format::check_tool()?;
+            super::disk_format::images(&s, target)?
+        }
+        false => Vec::new(),
+    };
     let patterns = coffer::repo::restore_plan::Patterns::new(&args.include, &args.exclude)
         .map_err(|e| Usage(e.to_string()))?;
     let progress =
@@ -319,6 +327,13 @@ pub(super) fn cmd_restore(
         st.deleted += a.deleted;
         st.verified += a.verified;
         st.unchanged = st.unchanged.saturating_sub(a.files);
+    }
+    if qcow2 && st.errors.is_empty() {
+        for q in super::disk_format::to_qcow2(&images)? {
+            if !cli.quiet && !cli.json {
+                errln!("coffer: wrote {}", q.display());
+            }
+        }
     }
     for w in &st.warnings {
         errln!("coffer: warning: {w}");

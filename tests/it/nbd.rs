@@ -137,6 +137,26 @@ fn a_qcow2_through_qemu_nbd_restores_as_its_guest_disk_without_reading_zeros() {
     let got = restore_file(&t, "vm101-disk0");
     assert!(got == fs::read(&want).unwrap(), "restored disk differs");
 
+    // As a qcow2 disk: the same guest bytes (qemu-img compare), no raw left.
+    let q = t.path("q");
+    t.run(&[
+        "restore",
+        "latest",
+        "--target",
+        q.to_str().unwrap(),
+        "--format",
+        "qcow2",
+    ])
+    .ok();
+    assert!(!q.join("vm101-disk0").exists());
+    let made = q.join("vm101-disk0.qcow2");
+    let head = fs::read(&made).unwrap();
+    assert_eq!(&head[..4], b"QFI\xfb", "not a qcow2");
+    run(Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "raw"])
+        .arg(&made)
+        .arg(&want));
+
     // Again: nothing new but the snapshot's own trees.
     let again = t.backup(&["--image", &url]);
     assert!(again["new_bytes"].as_u64().unwrap() < 64 << 10, "{again}");
@@ -163,6 +183,23 @@ fn an_nbd_export_over_tcp_on_loopback() {
     let url = format!("nbd://127.0.0.1:{port}/d");
     t.backup(&["--image", &url]);
     assert!(restore_file(&t, "d") == fs::read(&want).unwrap());
+    // A tree snapshot is no disk: --format qcow2 is refused, nothing written.
+    let src = t.path("tree");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    t.backup(&[src.to_str().unwrap()]);
+    let out = t.path("tq");
+    let r = t.run(&[
+        "restore",
+        "latest",
+        "--target",
+        out.to_str().unwrap(),
+        "--format",
+        "qcow2",
+    ]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(r.stderr().contains("not of a disk image"), "{}", r.stderr());
+    assert!(!out.exists());
 }
 
 /// A fake server on a Unix socket that answers each connection with
