@@ -500,3 +500,62 @@ fn a_lying_bitmap_is_caught_by_verify_clean() {
         2
     );
 }
+
+/// docs/hooks/qcow2-incremental.sh, as an operator runs it nightly: the
+/// first run reads the whole disk and starts the bitmap, the next reads
+/// only what changed; both restore byte-identical.
+#[test]
+fn the_qcow2_incremental_hook_script_runs_two_nights() {
+    if !have("qemu-nbd") || !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let t = TestRepo::new();
+    let (qcow, want1, _) = make_disk(t.dir.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/hooks/qcow2-incremental.sh");
+    let night = || {
+        let out = Command::new("sh")
+            .arg(&script)
+            .arg(&qcow)
+            .args(["--", "--repo"])
+            .arg(&t.repo)
+            .arg("--json")
+            .env("COFFER", bin())
+            .env("COFFER_PASSWORD", PASSWORD)
+            .env("COFFER_CACHE_DIR", t.path("cache"))
+            .env("COFFER_FULL_DAY", "")
+            .env("TMPDIR", t.dir.path())
+            .output()
+            .unwrap();
+        let r = Run { out }.ok();
+        r.json()
+    };
+    let one = night();
+    assert!(one["bytes_read"].as_u64().unwrap() > 8 * MIB, "{one}");
+    assert!(restore_file(&t, "disk") == fs::read(&want1).unwrap());
+    run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x61 5M 4k",
+            "-c",
+            "write -P 0x62 42M 8k",
+        ])
+        .arg(&qcow));
+    let want2 = t.path("want2.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&qcow)
+        .arg(&want2));
+    let two = night();
+    assert!(two["bytes_read"].as_u64().unwrap() < 2 * MIB, "{two}");
+    assert_eq!(two["notices"].as_array().unwrap().len(), 0, "{two}");
+    assert!(restore_file(&t, "disk") == fs::read(&want2).unwrap());
+    // Nothing of the private socket's directory is left behind.
+    let left: Vec<_> = fs::read_dir(t.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("coffer-nbd."))
+        .collect();
+    assert!(left.is_empty());
+}
