@@ -624,6 +624,11 @@ fn plan(sources: &[BackupSource]) -> Result<Vec<Vec<PathBuf>>> {
     Ok(out)
 }
 
+/// Whether an image source is a qcow2 file read as its guest's disk.
+fn qcow2_guest(path: &Path) -> bool {
+    source::nbd::qemu::is_qcow2(path) && source::nbd::qemu::available()
+}
+
 /// The file name an image source gets in the snapshot.
 fn image_name(path: &Path, name: Option<&str>) -> Result<String> {
     if let Some(n) = name {
@@ -631,6 +636,11 @@ fn image_name(path: &Path, name: Option<&str>) -> Result<String> {
     }
     if source::nbd::is_url(&path.to_string_lossy()) {
         return Ok(nbd_name(&nbd_url(path)?));
+    }
+    if qcow2_guest(path) {
+        // The guest's disk, not the container: `vm101.qcow2` holds `vm101`.
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        return Ok(stem.into_owned());
     }
     Ok(path
         .file_name()
@@ -1500,9 +1510,38 @@ impl Walker {
         Ok(node)
     }
 
+    /// A qcow2 file: its guest disk, through a private `qemu-nbd`.
+    fn backup_qcow2(&mut self, path: &Path, name: Option<&str>) -> Result<Node> {
+        let export = image_name(path, name)?;
+        let bitmap = self
+            .changed_bitmap
+            .clone()
+            .filter(|_| self.parent.is_some());
+        let qemu = source::nbd::qemu::QemuNbd::start;
+        let srv = match qemu(path, &export, bitmap.as_deref()) {
+            Ok(s) => s,
+            Err(e) if bitmap.is_some() => {
+                self.notices.push(format!("{e}: reading the whole disk"));
+                self.parent = None;
+                qemu(path, &export, None).map_err(|e| Error::io(path, e))?
+            }
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        self.backup_nbd(Path::new(&srv.url), Some(&export))
+    }
+
     fn backup_image(&mut self, path: &Path, name: Option<&str>) -> Result<Node> {
         if source::nbd::is_url(&path.to_string_lossy()) {
             return self.backup_nbd(path, name);
+        }
+        if qcow2_guest(path) {
+            return self.backup_qcow2(path, name);
+        }
+        if source::nbd::qemu::is_qcow2(path) {
+            self.notices.push(format!(
+                "qemu-nbd is not installed: {} is backed up as the qcow2 file it is, not as the guest's disk (apt-get install qemu-utils)",
+                path.display()
+            ));
         }
         let m = fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let name = match name {

@@ -4,6 +4,7 @@
 //! zeros, so those are never read. One connection, one request at a time,
 //! read-only; the bytes of the protocol live in [`wire`].
 
+pub mod qemu;
 pub mod wire;
 
 use std::io::{self, Read, Write};
