@@ -18,6 +18,9 @@ use serde_bytes::ByteBuf;
 
 use nix::fcntl::PosixFadviseAdvice;
 
+mod image;
+use image::{image_name, nbd_name, nbd_url};
+
 use super::exclude::{keeps, ExcludeRules, Excludes, SourceRoots};
 use super::parent_image::{self, ParentImage, ParentRefs};
 use super::readahead::ReadAhead;
@@ -624,45 +627,6 @@ fn plan(sources: &[BackupSource]) -> Result<Vec<Vec<PathBuf>>> {
     Ok(out)
 }
 
-/// Whether an image source is a qcow2 file read as its guest's disk.
-fn qcow2_guest(path: &Path) -> bool {
-    source::nbd::qemu::is_qcow2(path) && source::nbd::qemu::available()
-}
-
-/// The file name an image source gets in the snapshot.
-fn image_name(path: &Path, name: Option<&str>) -> Result<String> {
-    if let Some(n) = name {
-        return Ok(n.to_string());
-    }
-    if source::nbd::is_url(&path.to_string_lossy()) {
-        return Ok(nbd_name(&nbd_url(path)?));
-    }
-    if qcow2_guest(path) {
-        // The guest's disk, not the container: `vm101.qcow2` holds `vm101`.
-        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-        return Ok(stem.into_owned());
-    }
-    Ok(path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default())
-}
-
-/// An image source's NBD URI.
-fn nbd_url(path: &Path) -> Result<source::nbd::NbdUrl> {
-    source::nbd::NbdUrl::parse(&path.to_string_lossy()).map_err(Error::Denied)
-}
-
-/// The file name an NBD export gets in the snapshot when none is given:
-/// its export name's last part, or `disk`.
-fn nbd_name(url: &source::nbd::NbdUrl) -> String {
-    let last = url.export.rsplit('/').next().unwrap_or_default();
-    match crate::format::tree::safe_name(last.as_bytes()) {
-        true => last.to_string(),
-        false => "disk".to_string(),
-    }
-}
-
 /// Makes a path absolute and clean without following a final symlink.
 fn absolute(p: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
@@ -881,65 +845,6 @@ impl Walker {
         self.push_ref(cb, file, r)
     }
 
-    /// A buffer of an image's fixed blocks: every block's id first, then
-    /// one batched lookup for the lot.
-    fn push_blocks(&mut self, cb: &mut ContentBuilder, file: u64, data: &[u8]) -> Result<()> {
-        let mut refs = Vec::with_capacity(data.len().div_ceil(self.block));
-        let mut blobs = Vec::with_capacity(refs.capacity());
-        for chunk in data.chunks(self.block) {
-            let len = chunk.len() as u64;
-            if is_zero(chunk) {
-                refs.push(ChunkRef::zeros(len));
-            } else {
-                let id = self.keys.blob_id(chunk);
-                blobs.push((id, chunk));
-                refs.push(ChunkRef { id, len });
-            }
-        }
-        self.add_blobs(file, Kind::Data, &blobs)?;
-        for r in refs {
-            self.push_ref(cb, file, r)?;
-        }
-        Ok(())
-    }
-
-    /// Where `data`, read at `pos`, differs from the parent's `refs` for
-    /// the same range (compared block by block, as an image is cut).
-    fn differs(&self, refs: &[ChunkRef], data: &[u8], pos: u64) -> Option<u64> {
-        let mut it = refs.iter().copied();
-        let mut zeros_left: Option<ChunkRef> = None;
-        for (i, block) in data.chunks(self.block).enumerate() {
-            let at = pos + (i * self.block) as u64;
-            let len = block.len() as u64;
-            let Some(r) = zeros_left.take().or_else(|| it.next()) else {
-                return Some(at);
-            };
-            if r.is_zero() {
-                if r.len < len || !is_zero(block) {
-                    return Some(at);
-                }
-                if r.len > len {
-                    zeros_left = Some(ChunkRef::zeros(r.len - len));
-                }
-            } else if r.len != len || r.id != self.keys.blob_id(block) {
-                return Some(at);
-            }
-        }
-        (zeros_left.is_some() || it.next().is_some()).then_some(pos)
-    }
-
-    /// Appends a chunk of the parent snapshot's disk, unread: its blob is
-    /// referenced (so its pack joins the snapshot's list), never stored.
-    fn reuse_ref(&mut self, cb: &mut ContentBuilder, file: u64, r: ChunkRef) -> Result<()> {
-        if !r.is_zero() {
-            self.refs.push((file, r.id));
-            if self.refs.len() >= 4096 {
-                self.flush_refs()?;
-            }
-        }
-        self.push_ref(cb, file, r)
-    }
-
     /// Appends one chunk's reference to a file's content.
     fn push_ref(&mut self, cb: &mut ContentBuilder, file: u64, r: ChunkRef) -> Result<()> {
         cb.bytes += r.len;
@@ -1012,87 +917,6 @@ impl Walker {
         res?;
         let bytes = cb.bytes;
         Ok((self.finish_content(cb, file)?, bytes))
-    }
-
-    /// Reads an image in fixed blocks: an in-place change of a few bytes
-    /// costs one block, and zero blocks (or holes, never read) cost nothing.
-    fn read_blocks(
-        &mut self,
-        f: &File,
-        sparse: bool,
-        file: u64,
-        src: &Path,
-    ) -> Result<(Content, u64)> {
-        let reader = ImageReader::start(f, sparse, self.block).map_err(|e| Error::io(src, e))?;
-        self.read_pieces(reader, file, src, None)
-    }
-
-    /// Takes an image reader's pieces into fixed blocks.
-    fn read_pieces(
-        &mut self,
-        reader: ImageReader,
-        file: u64,
-        src: &Path,
-        mut parent: Option<&mut ParentRefs>,
-    ) -> Result<(Content, u64)> {
-        let mut cb = ContentBuilder::default();
-        let mut pos = 0u64;
-        loop {
-            self.check_cancel()?;
-            match reader.next_piece().map_err(|e| Error::io(src, e))? {
-                Piece::Hole(n) => {
-                    self.push_zeros(&mut cb, n);
-                    pos += n;
-                }
-                Piece::Data(b) => {
-                    self.source_read += b.bytes().len() as u64;
-                    pos += b.bytes().len() as u64;
-                    self.push_blocks(&mut cb, file, b.bytes())?;
-                    reader.give_back(b);
-                }
-                Piece::Clean(n) => {
-                    let Some(p) = parent.as_deref_mut() else {
-                        return Err(Error::Corrupt("a clean range without a parent".into()));
-                    };
-                    for r in p.take(&self.cache, pos, n)? {
-                        self.reuse_ref(&mut cb, file, r)?;
-                    }
-                    pos += n;
-                }
-                Piece::Sample(b) => {
-                    let Some(p) = parent.as_deref_mut() else {
-                        return Err(Error::Corrupt("a clean range without a parent".into()));
-                    };
-                    let len = b.bytes().len() as u64;
-                    self.source_read += len;
-                    let refs = p.take(&self.cache, pos, len)?;
-                    if let Some(at) = self.differs(&refs, b.bytes(), pos) {
-                        self.bitmap_lie = Some(at);
-                        return Err(Error::Corrupt(format!(
-                            "the dirty bitmap called byte {at} clean, but it changed"
-                        )));
-                    }
-                    reader.give_back(b);
-                    for r in refs {
-                        self.reuse_ref(&mut cb, file, r)?;
-                    }
-                    pos += len;
-                }
-                Piece::End => break,
-            }
-        }
-        let bytes = cb.bytes;
-        Ok((self.finish_content(cb, file)?, bytes))
-    }
-
-    /// Appends a run of zero bytes that was not read (a hole).
-    fn push_zeros(&mut self, cb: &mut ContentBuilder, len: u64) {
-        cb.bytes += len;
-        self.note_progress(0, len);
-        match cb.refs.last_mut() {
-            Some(last) if last.is_zero() => last.len += len,
-            _ => cb.refs.push(ChunkRef::zeros(len)),
-        }
     }
 
     fn set_content(node: &mut Node, c: &Content) {
@@ -1428,143 +1252,6 @@ impl Walker {
             links: 1,
             ..Default::default()
         };
-        Self::set_content(&mut node, &c);
-        Ok(node)
-    }
-
-    /// An NBD export, read through its server: a file of the export's
-    /// size, owned by the user running the backup, stamped with the
-    /// backup's start.
-    fn backup_nbd(&mut self, path: &Path, name: Option<&str>) -> Result<Node> {
-        let url = nbd_url(path)?;
-        let name = name.map(str::to_string).unwrap_or_else(|| nbd_name(&url));
-        if !crate::format::tree::safe_name(name.as_bytes()) {
-            return Err(Error::Denied(format!(
-                "image name {name:?} must be a plain file name"
-            )));
-        }
-        let bitmap = self.changed_bitmap.clone();
-        let parent = self.parent.take();
-        let ask = bitmap.as_deref().filter(|_| parent.is_some());
-        let client =
-            source::nbd::NbdClient::connect_with(&url, ask).map_err(|e| Error::io(path, e))?;
-        let mut refs = None;
-        if let (Some(b), Some(p)) = (&bitmap, parent) {
-            if client.size() != p.size {
-                self.notices.push(format!(
-                    "image {name:?} changed size ({} to {} bytes) since snapshot {}: reading the whole disk",
-                    p.size,
-                    client.size(),
-                    p.id.short()
-                ));
-            } else if !client.has_bitmap() {
-                self.notices.push(format!(
-                    "the NBD server exports no dirty bitmap {b:?} (qemu-nbd -B {b}): reading the whole disk"
-                ));
-            } else {
-                refs = Some(ParentRefs::new(p)?);
-            }
-        }
-        let mut node = Node {
-            name: ByteBuf::from(name.clone().into_bytes()),
-            kind: Some(NodeKind::File),
-            mode: 0o600,
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            mtime_ns: self.start_ns,
-            ..Node::default()
-        };
-        let reader = ImageReader::start_nbd(client, self.block, refs.is_some(), self.verify_clean)
-            .map_err(|e| Error::io(path, e))?;
-        self.file_seq += 1;
-        self.note_progress(1, 0);
-        let (c, n) = match self.read_pieces(reader, self.file_seq, path, refs.as_mut()) {
-            Err(_) if self.bitmap_lie.is_some() => {
-                let at = self.bitmap_lie.take().unwrap_or_default();
-                self.notices.push(format!(
-                    "dirty bitmap {:?} missed a change (byte {at} differs from snapshot {}): read the whole disk instead; start the bitmap again with this backup's disk snapshot",
-                    bitmap.as_deref().unwrap_or_default(),
-                    refs.as_ref().map(|r| r.id().short()).unwrap_or_default()
-                ));
-                refs = None;
-                let client =
-                    source::nbd::NbdClient::connect(&url).map_err(|e| Error::io(path, e))?;
-                let reader = ImageReader::start_nbd(client, self.block, false, 0.0)
-                    .map_err(|e| Error::io(path, e))?;
-                self.read_pieces(reader, self.file_seq, path, None)?
-            }
-            r => r?,
-        };
-        self.stats.files += 1;
-        self.stats.bytes += n;
-        node.size = n;
-        Self::set_content(&mut node, &c);
-        self.image = Some(ImageRecord {
-            name,
-            size: n,
-            bitmap_start: None,
-            bitmap_token: None,
-            bitmap_changed: refs.as_ref().and(bitmap),
-            parent: refs.as_ref().map(|r| r.id()),
-        });
-        Ok(node)
-    }
-
-    /// A qcow2 file: its guest disk, through a private `qemu-nbd`.
-    fn backup_qcow2(&mut self, path: &Path, name: Option<&str>) -> Result<Node> {
-        let export = image_name(path, name)?;
-        let bitmap = self
-            .changed_bitmap
-            .clone()
-            .filter(|_| self.parent.is_some());
-        let qemu = source::nbd::qemu::QemuNbd::start;
-        let srv = match qemu(path, &export, bitmap.as_deref()) {
-            Ok(s) => s,
-            Err(e) if bitmap.is_some() => {
-                self.notices.push(format!("{e}: reading the whole disk"));
-                self.parent = None;
-                qemu(path, &export, None).map_err(|e| Error::io(path, e))?
-            }
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        self.backup_nbd(Path::new(&srv.url), Some(&export))
-    }
-
-    fn backup_image(&mut self, path: &Path, name: Option<&str>) -> Result<Node> {
-        if source::nbd::is_url(&path.to_string_lossy()) {
-            return self.backup_nbd(path, name);
-        }
-        if qcow2_guest(path) {
-            return self.backup_qcow2(path, name);
-        }
-        if source::nbd::qemu::is_qcow2(path) {
-            self.notices.push(format!(
-                "qemu-nbd is not installed: {} is backed up as the qcow2 file it is, not as the guest's disk (apt-get install qemu-utils)",
-                path.display()
-            ));
-        }
-        let m = fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let name = match name {
-            Some(n) if crate::format::tree::safe_name(n.as_bytes()) => OsStr::new(n),
-            Some(n) => {
-                return Err(Error::Denied(format!(
-                    "image name {n:?} must be a plain file name"
-                )))
-            }
-            None => path
-                .file_name()
-                .ok_or_else(|| Error::Denied(format!("{} has no file name", path.display())))?,
-        };
-        let mut node = source::node_from(path, name.as_bytes(), &m, &mut self.names);
-        node.kind = Some(NodeKind::File);
-        node.rdev = 0;
-        let f = File::open(path).map_err(|e| Error::io(path, e))?;
-        self.file_seq += 1;
-        self.note_progress(1, 0);
-        let (c, n) = self.read_blocks(&f, m.is_file(), self.file_seq, path)?;
-        self.stats.files += 1;
-        self.stats.bytes += n;
-        node.size = n;
         Self::set_content(&mut node, &c);
         Ok(node)
     }
