@@ -48,22 +48,12 @@ pub(super) fn check_tool() -> Result<()> {
     }
 }
 
-/// Whether `p` starts with qcow2's magic.
-fn is_qcow2(p: &Path) -> bool {
-    use std::io::Read;
-    let mut m = [0u8; 4];
-    std::fs::File::open(p)
-        .and_then(|mut f| f.read_exact(&mut m))
-        .is_ok()
-        && m == *b"QFI\xfb"
-}
-
 /// Converts each restored raw image to `NAME.qcow2` and removes the raw
 /// file; the qcow2 paths.
 pub(super) fn to_qcow2(raws: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for raw in raws {
-        if !raw.is_file() || is_qcow2(raw) {
+        if !raw.is_file() || coffer::source::nbd::qemu::is_qcow2(raw) {
             // Not restored (left out by a pattern), or a qcow2 container
             // backed up as a file: nothing to convert.
             continue;

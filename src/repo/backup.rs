@@ -345,13 +345,14 @@ pub fn backup(
         notices: Vec::new(),
         image: None,
     };
-    let sources_kinds: Vec<SourceKind> = sources.iter().map(|s| s.kind()).collect();
-    let mut kinds = sources_kinds.clone();
+    let mut kinds: Vec<SourceKind> = sources.iter().map(|s| s.kind()).collect();
     kinds.dedup();
     let kind = match kinds[..] {
         [k] => k,
         _ => SourceKind::Mixed,
     };
+    // Only a backup of one image records how it was read.
+    let single_image = sources.len() == 1 && matches!(kind, SourceKind::Image);
     let mut planned = planned.into_iter();
     let mut paths = Vec::new();
     // What names the job for retention: the paths, an image by its name.
@@ -422,7 +423,6 @@ pub fn backup(
     }
     let tree = w.store_tree(&mut root)?;
     w.flush_refs()?;
-    let single_image = matches!(&sources_kinds[..], [SourceKind::Image]);
     let Walker {
         mut cache,
         up,
@@ -748,7 +748,12 @@ impl Walker {
     /// Stores what is new of `blobs` and records that `file` refers to them.
     fn add_blobs(&mut self, file: u64, kind: Kind, blobs: &[(BlobId, &[u8])]) -> Result<()> {
         self.up.add(&mut self.cache, kind, blobs)?;
-        self.refs.extend(blobs.iter().map(|(id, _)| (file, *id)));
+        self.note_refs(file, blobs.iter().map(|(id, _)| *id))
+    }
+
+    /// Records that `file` refers to `ids`, written to the cache in batches.
+    fn note_refs(&mut self, file: u64, ids: impl Iterator<Item = BlobId>) -> Result<()> {
+        self.refs.extend(ids.map(|id| (file, id)));
         if self.refs.len() >= 4096 {
             self.flush_refs()?;
         }

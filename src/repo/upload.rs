@@ -120,19 +120,29 @@ impl Uploader {
                 record(&err, e);
             }
         }));
+        Uploader::with(Some(job_tx), done_rx, threads, error, false)
+    }
+
+    fn with(
+        jobs: Option<Sender<Vec<Job>>>,
+        done: Receiver<PackDone>,
+        threads: Vec<JoinHandle<()>>,
+        error: ErrorSlot,
+        dry: bool,
+    ) -> Uploader {
         Uploader {
             pending: HashSet::new(),
-            jobs: Some(job_tx),
+            jobs,
             batch: Batch::default(),
             unsure: Batch::default(),
-            done: done_rx,
+            done,
             threads,
             error,
             stats: UploadStats::default(),
             written: HashSet::new(),
             sparse: HashSet::new(),
             durable: None,
-            dry: false,
+            dry,
         }
     }
 
@@ -142,20 +152,7 @@ impl Uploader {
     pub fn dry_run() -> Uploader {
         // A channel whose sender is gone: draining it ends at once.
         let (_, done) = bounded::<PackDone>(0);
-        Uploader {
-            pending: HashSet::new(),
-            jobs: None,
-            batch: Batch::default(),
-            unsure: Batch::default(),
-            done,
-            threads: Vec::new(),
-            error: Arc::new(Mutex::new(None)),
-            stats: UploadStats::default(),
-            written: HashSet::new(),
-            sparse: HashSet::new(),
-            durable: None,
-            dry: true,
-        }
+        Uploader::with(None, done, Vec::new(), Arc::new(Mutex::new(None)), true)
     }
 
     fn take_error(&self) -> Option<Error> {

@@ -231,16 +231,8 @@ impl Reading {
                 }
                 want = want.min(usize::try_from(data_end - pos).unwrap_or(usize::MAX));
             }
-            let mut buf = match free.try_recv() {
-                Ok(b) => b,
-                Err(_) if made < BUFFERS => {
-                    made += 1;
-                    Buffer::new(self.size)
-                }
-                Err(_) => match free.recv() {
-                    Ok(b) => b,
-                    Err(_) => return Ok(()),
-                },
+            let Some(mut buf) = next_buffer(free, &mut made, self.size) else {
+                return Ok(());
             };
             if !self.direct && self.sparse {
                 let to = pos.saturating_add(ADVISE_AHEAD_BYTES).min(data_end);
@@ -314,6 +306,20 @@ impl Reading {
             }
         }
         Ok(got)
+    }
+}
+
+/// A buffer to read into: one handed back, a new one while fewer than
+/// [`BUFFERS`] exist, or else one handed back later; `None` when the
+/// caller has gone.
+fn next_buffer(free: &Receiver<Buffer>, made: &mut usize, size: usize) -> Option<Buffer> {
+    match free.try_recv() {
+        Ok(b) => Some(b),
+        Err(_) if *made < BUFFERS => {
+            *made += 1;
+            Some(Buffer::new(size))
+        }
+        Err(_) => free.recv().ok(),
     }
 }
 
@@ -434,16 +440,8 @@ impl NbdReading {
                 Class::Zero => Piece::Hole(run),
                 Class::Clean => Piece::Clean(run),
                 Class::Data | Class::Sample => {
-                    let mut buf = match free.try_recv() {
-                        Ok(b) => b,
-                        Err(_) if made < BUFFERS => {
-                            made += 1;
-                            Buffer::new(self.size)
-                        }
-                        Err(_) => match free.recv() {
-                            Ok(b) => b,
-                            Err(_) => return Ok(()),
-                        },
+                    let Some(mut buf) = next_buffer(free, &mut made, self.size) else {
+                        return Ok(());
                     };
                     let want = run as usize;
                     self.c.read_at(buf.room(want), pos)?;

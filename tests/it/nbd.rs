@@ -110,6 +110,56 @@ fn restore_file(t: &TestRepo, name: &str) -> Vec<u8> {
     fs::read(out.join(name)).unwrap()
 }
 
+/// `qemu-io -f qcow2 -c CMD…` on `qcow` (writes the guest sees).
+fn qemu_io(qcow: &Path, cmds: &[&str]) {
+    let mut io = Command::new("qemu-io");
+    io.args(["-f", "qcow2"]);
+    for c in cmds {
+        io.args(["-c", c]);
+    }
+    run(io.arg(qcow));
+}
+
+/// `qemu-img bitmap OPS… qcow NAME`.
+fn bitmap(qcow: &Path, ops: &[&str], name: &str) {
+    run(Command::new("qemu-img")
+        .arg("bitmap")
+        .args(ops)
+        .arg(qcow)
+        .arg(name));
+}
+
+/// The guest's disk now, as `qemu-img convert -O raw` writes it.
+fn guest_bytes(qcow: &Path, dir: &Path) -> Vec<u8> {
+    let raw = dir.join("guest-now.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(qcow)
+        .arg(&raw));
+    let b = fs::read(&raw).unwrap();
+    fs::remove_file(&raw).unwrap();
+    b
+}
+
+/// `qemu-nbd` exporting `qcow` as `d` with bitmap b0 on `sock`.
+fn serve_with_b0(qcow: &Path, sock: &Path) -> QemuNbd {
+    let _ = fs::remove_file(sock);
+    let s = sock.to_path_buf();
+    QemuNbd::start(
+        &["-x", "d", "-B", "b0", "-k", sock.to_str().unwrap()],
+        qcow,
+        move || s.exists(),
+    )
+}
+
+/// Whether an entry of `dir` starts with `prefix`.
+fn left_in(dir: &Path, prefix: &str) -> bool {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+}
+
 #[test]
 fn a_qcow2_through_qemu_nbd_restores_as_its_guest_disk_without_reading_zeros() {
     if !have("qemu-nbd") || !have("qemu-img") {
@@ -286,22 +336,10 @@ fn a_dirty_bitmap_backup_reads_only_what_changed() {
     }
     let t = TestRepo::new();
     let (qcow, want1, _) = make_disk(t.dir.path());
-    run(Command::new("qemu-img")
-        .args(["bitmap", "--add", "--enable"])
-        .arg(&qcow)
-        .arg("b0"));
+    bitmap(&qcow, &["--add", "--enable"], "b0");
     let sock = t.path("nbd.sock");
     let url = format!("nbd+unix:///d?socket={}", sock.display());
-    let serve = |qcow: &Path| {
-        let _ = fs::remove_file(&sock);
-        let s = sock.clone();
-        QemuNbd::start(
-            &["-x", "d", "-B", "b0", "-k", sock.to_str().unwrap()],
-            qcow,
-            move || s.exists(),
-        )
-    };
-    let srv = serve(&qcow);
+    let srv = serve_with_b0(&qcow, &sock);
     let day1 = t.backup(&["--image", &url, "--start-bitmap", "b0"]);
     drop(srv);
     assert!(restore_file(&t, "d") == fs::read(&want1).unwrap());
@@ -321,18 +359,10 @@ fn a_dirty_bitmap_backup_reads_only_what_changed() {
         writes.push(format!("write -P {} {at} 4k", 0x30 + i));
     }
     writes.push(format!("write -P 0x77 {} 64k", 60 * MIB));
-    let mut io = Command::new("qemu-io");
-    io.args(["-f", "qcow2"]);
-    for w in &writes {
-        io.args(["-c", w]);
-    }
-    run(io.arg(&qcow));
-    let want2 = t.path("want2.raw");
-    run(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&qcow)
-        .arg(&want2));
-    let srv = serve(&qcow);
+    let writes: Vec<&str> = writes.iter().map(String::as_str).collect();
+    qemu_io(&qcow, &writes);
+    let want2 = guest_bytes(&qcow, t.dir.path());
+    let srv = serve_with_b0(&qcow, &sock);
     let day2 = t.backup(&[
         "--image",
         &url,
@@ -351,10 +381,7 @@ fn a_dirty_bitmap_backup_reads_only_what_changed() {
         "day 2 read {read}: {day2}"
     );
     assert!(day1["bytes_read"].as_u64().unwrap() > 8 * MIB, "{day1}");
-    assert!(
-        restore_file(&t, "d") == fs::read(&want2).unwrap(),
-        "day 2 restore differs"
-    );
+    assert!(restore_file(&t, "d") == want2, "day 2 restore differs");
     // Day 1 still restores as it was.
     let out = t.path("out1");
     let id1 = day1["id"].as_str().unwrap();
@@ -365,7 +392,7 @@ fn a_dirty_bitmap_backup_reads_only_what_changed() {
 
     // Tokens: day 3 starts b0 with token t3; a run that names t3 reads
     // only what changed, one that names another token reads it all.
-    let srv = serve(&qcow);
+    let srv = serve_with_b0(&qcow, &sock);
     let day3 = [
         "--changed-bitmap",
         "b0",
@@ -403,7 +430,7 @@ fn a_dirty_bitmap_backup_reads_only_what_changed() {
     drop(srv);
 
     // A bitmap no snapshot started: the whole disk, and a notice.
-    let srv = serve(&qcow);
+    let srv = serve_with_b0(&qcow, &sock);
     let full = t.backup(&["--image", &url, "--changed-bitmap", "other"]);
     drop(srv);
     assert!(full["bytes_read"].as_u64().unwrap() > 8 * MIB, "{full}");
@@ -412,7 +439,40 @@ fn a_dirty_bitmap_backup_reads_only_what_changed() {
         n.contains("started bitmap") && n.contains("whole disk"),
         "{n}"
     );
-    assert!(restore_file(&t, "d") == fs::read(&want2).unwrap());
+    assert!(restore_file(&t, "d") == want2);
+
+    // A server that exports no bitmap: the whole disk, and a notice.
+    let s2 = sock.clone();
+    let srv = QemuNbd::start(
+        &["-x", "d", "-k", sock.to_str().unwrap()],
+        &qcow,
+        move || s2.exists(),
+    );
+    let plain = t.backup(&["--image", &url, "--changed-bitmap", "b0"]);
+    drop(srv);
+    assert!(plain["bytes_read"].as_u64().unwrap() > 8 * MIB, "{plain}");
+    assert!(
+        plain["notices"]
+            .to_string()
+            .contains("exports no dirty bitmap"),
+        "{plain}"
+    );
+
+    // A disk that grew since its parent: the whole disk, and a notice.
+    let _ = fs::remove_file(&sock);
+    run(Command::new("qemu-img")
+        .args(["resize", "-f", "qcow2"])
+        .arg(&qcow)
+        .arg("+1M"));
+    let srv = serve_with_b0(&qcow, &sock);
+    let grown = t.backup(&["--image", &url, "--changed-bitmap", "b0"]);
+    drop(srv);
+    assert!(
+        grown["notices"].to_string().contains("changed size"),
+        "{grown}"
+    );
+    assert_eq!(grown["bytes"].as_u64().unwrap(), 65 * MIB, "{grown}");
+    assert!(restore_file(&t, "d") == guest_bytes(&qcow, t.dir.path()));
 }
 
 /// A bitmap that missed a write (made while it was disabled): trusted
@@ -425,45 +485,20 @@ fn a_lying_bitmap_is_caught_by_verify_clean() {
     }
     let t = TestRepo::new();
     let (qcow, _, _) = make_disk(t.dir.path());
-    let bitmap = |op: &str| {
-        run(Command::new("qemu-img")
-            .args(["bitmap", op])
-            .arg(&qcow)
-            .arg("b0"))
-    };
-    bitmap("--add");
-    bitmap("--enable");
+    bitmap(&qcow, &["--add", "--enable"], "b0");
     let sock = t.path("nbd.sock");
     let url = format!("nbd+unix:///d?socket={}", sock.display());
-    let serve = || {
-        let _ = fs::remove_file(&sock);
-        let s = sock.clone();
-        QemuNbd::start(
-            &["-x", "d", "-B", "b0", "-k", sock.to_str().unwrap()],
-            &qcow,
-            move || s.exists(),
-        )
-    };
-    let srv = serve();
+    let srv = serve_with_b0(&qcow, &sock);
     let day1 = t.backup(&["--image", &url, "--start-bitmap", "b0"]);
     drop(srv);
     // One write the bitmap sees, one it does not.
-    run(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x41 1M 4k"])
-        .arg(&qcow));
-    bitmap("--disable");
-    run(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x42 41M 4k"])
-        .arg(&qcow));
-    bitmap("--enable");
-    let want2 = t.path("want2.raw");
-    run(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&qcow)
-        .arg(&want2));
-    let want2 = fs::read(&want2).unwrap();
+    qemu_io(&qcow, &["write -P 0x41 1M 4k"]);
+    bitmap(&qcow, &["--disable"], "b0");
+    qemu_io(&qcow, &["write -P 0x42 41M 4k"]);
+    bitmap(&qcow, &["--enable"], "b0");
+    let want2 = guest_bytes(&qcow, t.dir.path());
 
-    let srv = serve();
+    let srv = serve_with_b0(&qcow, &sock);
     let blind = t.backup(&["--image", &url, "--changed-bitmap", "b0"]);
     assert!(blind["bytes_read"].as_u64().unwrap() < MIB, "{blind}");
     assert!(
@@ -532,32 +567,14 @@ fn the_qcow2_incremental_hook_script_runs_two_nights() {
     let one = night();
     assert!(one["bytes_read"].as_u64().unwrap() > 8 * MIB, "{one}");
     assert!(restore_file(&t, "disk") == fs::read(&want1).unwrap());
-    run(Command::new("qemu-io")
-        .args([
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x61 5M 4k",
-            "-c",
-            "write -P 0x62 42M 8k",
-        ])
-        .arg(&qcow));
-    let want2 = t.path("want2.raw");
-    run(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&qcow)
-        .arg(&want2));
+    qemu_io(&qcow, &["write -P 0x61 5M 4k", "write -P 0x62 42M 8k"]);
+    let want2 = guest_bytes(&qcow, t.dir.path());
     let two = night();
     assert!(two["bytes_read"].as_u64().unwrap() < 2 * MIB, "{two}");
     assert_eq!(two["notices"].as_array().unwrap().len(), 0, "{two}");
-    assert!(restore_file(&t, "disk") == fs::read(&want2).unwrap());
+    assert!(restore_file(&t, "disk") == want2);
     // Nothing of the private socket's directory is left behind.
-    let left: Vec<_> = fs::read_dir(t.dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("coffer-nbd."))
-        .collect();
-    assert!(left.is_empty());
+    assert!(!left_in(t.dir.path(), "coffer-nbd."));
 }
 
 /// `--image FILE.qcow2`: the guest's disk through a private qemu-nbd (not
@@ -569,10 +586,7 @@ fn a_qcow2_file_is_backed_up_as_its_guest_disk() {
     }
     let t = TestRepo::new();
     let (qcow, want1, data) = make_disk(t.dir.path());
-    run(Command::new("qemu-img")
-        .args(["bitmap", "--add", "--enable"])
-        .arg(&qcow)
-        .arg("b0"));
+    bitmap(&qcow, &["--add", "--enable"], "b0");
     let tmp = t.dir.path().to_str().unwrap().to_string();
     let backup = |extra: &[&str]| {
         let mut a = vec!["--json", "backup", "--image", qcow.to_str().unwrap()];
@@ -583,24 +597,13 @@ fn a_qcow2_file_is_backed_up_as_its_guest_disk() {
     let read = one["bytes_read"].as_u64().unwrap();
     assert!(read >= data && read <= data + 2 * MIB, "{one}");
     assert!(restore_file(&t, "disk") == fs::read(&want1).unwrap());
-    run(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x71 7M 4k"])
-        .arg(&qcow));
-    let want2 = t.path("want2.raw");
-    run(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&qcow)
-        .arg(&want2));
+    qemu_io(&qcow, &["write -P 0x71 7M 4k"]);
+    let want2 = guest_bytes(&qcow, t.dir.path());
     let two = backup(&["--changed-bitmap", "b0"]);
     assert!(two["bytes_read"].as_u64().unwrap() < MIB, "{two}");
-    assert!(restore_file(&t, "disk") == fs::read(&want2).unwrap());
-    let left = fs::read_dir(t.dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("coffer-qemu-nbd")
-        });
-    assert!(!left, "qemu-nbd's socket directory was left behind");
+    assert!(restore_file(&t, "disk") == want2);
+    assert!(
+        !left_in(t.dir.path(), "coffer-qemu-nbd"),
+        "qemu-nbd's socket directory was left behind"
+    );
 }

@@ -105,10 +105,7 @@ impl Walker {
         r: ChunkRef,
     ) -> Result<()> {
         if !r.is_zero() {
-            self.refs.push((file, r.id));
-            if self.refs.len() >= 4096 {
-                self.flush_refs()?;
-            }
+            self.note_refs(file, std::iter::once(r.id))?;
         }
         self.push_ref(cb, file, r)
     }

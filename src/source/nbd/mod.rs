@@ -144,6 +144,64 @@ pub struct Status {
     pub dirty: Option<Vec<Extent>>,
 }
 
+fn too_many_chunks() -> io::Error {
+    proto(WireError(format!(
+        "a reply of more than {} chunks",
+        wire::MAX_CHUNKS
+    )))
+}
+
+/// What the data and hole chunks of one read's reply filled: each within
+/// the read and none overlapping another, so that their lengths adding up
+/// to the read's means every byte was sent once (a buffer is reused: a
+/// byte no chunk covers would be stale).
+struct Coverage {
+    offset: u64,
+    len: u64,
+    filled: Vec<(u64, u64)>,
+    total: u64,
+}
+
+impl Coverage {
+    fn new(offset: u64, len: u32) -> Coverage {
+        Coverage {
+            offset,
+            len: len as u64,
+            filled: Vec::new(),
+            total: 0,
+        }
+    }
+
+    /// The buffer range of `n` bytes at export offset `at`.
+    fn take(&mut self, at: u64, n: u64) -> io::Result<std::ops::Range<usize>> {
+        let from = at.checked_sub(self.offset).filter(|f| f + n <= self.len);
+        let Some(from) = from else {
+            return Err(proto(WireError(format!(
+                "chunk at {at}+{n} outside the read {}+{}",
+                self.offset, self.len
+            ))));
+        };
+        let to = from + n;
+        if self.filled.iter().any(|&(a, b)| from < b && a < to) {
+            return Err(proto(WireError(format!("chunks overlap at {at}"))));
+        }
+        self.filled.push((from, to));
+        self.total += n;
+        Ok(from as usize..to as usize)
+    }
+
+    /// Whether every byte of the read came.
+    fn whole(&self) -> io::Result<()> {
+        match self.total == self.len {
+            true => Ok(()),
+            false => Err(proto(WireError(format!(
+                "read at {}: the reply covered {} of {} bytes",
+                self.offset, self.total, self.len
+            )))),
+        }
+    }
+}
+
 /// A connection to one export, in transmission.
 pub struct NbdClient {
     s: Box<dyn Stream>,
@@ -363,7 +421,8 @@ impl NbdClient {
         };
         let cookie = self.send(wire::CMD_BLOCK_STATUS, 0, offset, len)?;
         let (mut got, mut dirty) = (None, None);
-        loop {
+        let mut done = false;
+        for _ in 0..=wire::MAX_CHUNKS {
             match self.head(cookie)? {
                 ReplyHead::Simple { error, .. } => {
                     if error != 0 {
@@ -398,10 +457,14 @@ impl NbdClient {
                         }
                     }
                     if flags & wire::REPLY_FLAG_DONE != 0 {
+                        done = true;
                         break;
                     }
                 }
             }
+        }
+        if !done {
+            return Err(too_many_chunks());
         }
         let alloc =
             got.ok_or_else(|| proto(WireError("block status without base:allocation".into())))?;
@@ -453,10 +516,8 @@ impl NbdClient {
             ));
         }
         let cookie = self.send(wire::CMD_READ, 0, offset, len)?;
-        // Bytes covered by data and hole chunks; chunks must not overlap
-        // for the sum to mean "all of it".
-        let mut covered = 0u64;
-        loop {
+        let mut covered = Coverage::new(offset, len);
+        for _ in 0..=wire::MAX_CHUNKS {
             match self.head(cookie)? {
                 ReplyHead::Simple { error, .. } => {
                     if error != 0 {
@@ -481,31 +542,13 @@ impl NbdClient {
                             }
                             let mut h = [0u8; 8];
                             recv(&mut *self.s, &mut h)?;
-                            let at = u64::from_be_bytes(h);
-                            let dlen = (n - 8) as u64;
-                            let from = at.checked_sub(offset).filter(|f| f + dlen <= len as u64);
-                            let Some(from) = from else {
-                                return Err(proto(WireError(format!(
-                                    "data chunk at {at}+{dlen} outside the read {offset}+{len}"
-                                ))));
-                            };
-                            recv(
-                                &mut *self.s,
-                                &mut buf[from as usize..(from + dlen) as usize],
-                            )?;
-                            covered += dlen;
+                            let r = covered.take(u64::from_be_bytes(h), (n - 8) as u64)?;
+                            recv(&mut *self.s, &mut buf[r])?;
                         }
                         wire::REPLY_TYPE_OFFSET_HOLE => {
                             let d = self.payload(n)?;
                             let (at, hl) = wire::parse_offset_hole(&d).map_err(proto)?;
-                            let from = at
-                                .checked_sub(offset)
-                                .filter(|f| f + hl as u64 <= len as u64);
-                            let Some(from) = from else {
-                                return Err(proto(WireError("hole chunk outside the read".into())));
-                            };
-                            buf[from as usize..from as usize + hl as usize].fill(0);
-                            covered += hl as u64;
+                            buf[covered.take(at, hl as u64)?].fill(0);
                         }
                         wire::REPLY_TYPE_NONE => {
                             self.payload(n)?;
@@ -519,17 +562,12 @@ impl NbdClient {
                         }
                     }
                     if flags & wire::REPLY_FLAG_DONE != 0 {
-                        break;
+                        return covered.whole();
                     }
                 }
             }
         }
-        if covered != len as u64 {
-            return Err(proto(WireError(format!(
-                "read at {offset}: the reply covered {covered} of {len} bytes"
-            ))));
-        }
-        Ok(())
+        Err(too_many_chunks())
     }
 }
 

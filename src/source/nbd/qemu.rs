@@ -19,14 +19,18 @@ pub fn is_qcow2(path: &Path) -> bool {
         && m == *b"QFI\xfb"
 }
 
-/// Whether `qemu-nbd` can be run.
+/// Whether `qemu-nbd` can be run (asked once per process: a backup asks
+/// when it names the image and again when it reads it).
 pub fn available() -> bool {
-    Command::new("qemu-nbd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        Command::new("qemu-nbd")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 /// A `qemu-nbd` serving one image read-only on a socket in a directory of

@@ -86,6 +86,10 @@ pub const MAX_CHUNK: u32 = MAX_READ + 64;
 pub const MAX_READ: u32 = 4 << 20;
 /// The most bytes of one option reply this client accepts.
 pub const MAX_OPTION_REPLY: u32 = 64 << 10;
+/// The most chunks one structured reply may have: a read of
+/// [`MAX_READ`] in 4 KiB pieces and then some. The overlap check of a read
+/// costs the square of its chunks, so this bounds it too.
+pub const MAX_CHUNKS: usize = 1024;
 /// The most descriptors one block status chunk may hold.
 pub const MAX_DESCRIPTORS: usize = 1 << 20;
 
