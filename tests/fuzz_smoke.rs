@@ -571,17 +571,57 @@ fn nbd_session() {
         chunk(1, 2, 2, &hole)
     };
     s.extend(hole_at(4096));
-    assert!(
-        coffer::source::nbd::fuzz_session(&s),
-        "the seed session reads"
-    );
+    // Three reads in flight at once (cookies 3, 4, 5), answered out of
+    // order and interleaved: 5 whole, half of 4, 3 whole, the rest of 4.
+    let at = |off: u64, byte: u8| {
+        let mut d = off.to_be_bytes().to_vec();
+        d.extend(std::iter::repeat_n(byte, 4096));
+        d
+    };
+    let mut end_hole = 61440u64.to_be_bytes().to_vec();
+    end_hole.extend_from_slice(&4096u32.to_be_bytes());
+    let before_many = s.clone();
+    let answer = |first: Vec<u8>| {
+        let mut r = before_many.clone();
+        r.extend(first);
+        r.extend(chunk(0, 2, 4, &end_hole));
+        r.extend(chunk(1, 1, 3, &at(0, 0x33)));
+        r.extend(chunk(1, 0, 4, &[]));
+        r
+    };
+    let s = answer(chunk(1, 1, 5, &at(0, 0x55)));
+    let got = coffer::source::nbd::fuzz_session(&s).expect("the seed session reads");
+    let mut want = vec![0xab; 4096];
+    want.resize(65536, 0);
+    want.extend([0x33; 4096]);
+    want.extend([0; 4096]);
+    want.extend([0x55; 4096]);
+    assert!(got == want, "each reply's bytes land in its own read");
     // A hole over the data chunk: the lengths add up to the read's, but the
     // last 4 KiB were never sent.
     let mut overlap = before_hole;
     overlap.extend(hole_at(0));
     assert!(
-        !coffer::source::nbd::fuzz_session(&overlap),
+        coffer::source::nbd::fuzz_session(&overlap).is_none(),
         "overlapping chunks make a read"
     );
+    // A reply for a request never sent, and a second one for a request
+    // answered in full already.
+    let five = chunk(1, 1, 5, &at(0, 0x55));
+    let twice = [five.clone(), five].concat();
+    for (first, why) in [
+        (chunk(1, 1, 9, &at(0, 0x55)), "a request never sent"),
+        (
+            chunk(1, 1, 2, &at(0, 0x55)),
+            "a request of an earlier batch",
+        ),
+        (twice, "a request answered in full already"),
+    ] {
+        let bad = answer(first);
+        assert!(
+            coffer::source::nbd::fuzz_session(&bad).is_none(),
+            "a reply for {why} is taken"
+        );
+    }
     hammer("nbd_session", &[s], fuzzing::nbd_session);
 }

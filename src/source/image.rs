@@ -417,6 +417,24 @@ impl NbdReading {
         })
     }
 
+    /// The run of whole blocks of one class from `pos`: its class and
+    /// length (data at most one buffer).
+    fn run_at(&mut self, pos: u64, len: u64) -> io::Result<(Class, u64)> {
+        let first = self.class(pos, self.block.min(len - pos))?;
+        let mut run = self.block.min(len - pos);
+        let reads = matches!(first, Class::Data | Class::Sample);
+        while pos + run < len && (!reads || run < self.size as u64) {
+            let n = self.block.min(len - pos - run);
+            if self.class(pos + run, n)? != first {
+                break;
+            }
+            run += n;
+        }
+        Ok((first, run))
+    }
+
+    /// Sends the export's pieces in order, in batches whose reads are all
+    /// in flight at once (see [`super::nbd::NbdClient::read_many`]).
     fn read_all(
         &mut self,
         tx: &Sender<io::Result<Piece>>,
@@ -425,41 +443,72 @@ impl NbdReading {
         let len = self.c.size();
         let (mut pos, mut made) = (0u64, 0usize);
         while pos < len {
-            let first = self.class(pos, self.block.min(len - pos))?;
-            // Whole blocks of one class from here; data at most one buffer.
-            let mut run = self.block.min(len - pos);
-            let reads = matches!(first, Class::Data | Class::Sample);
-            while pos + run < len && (!reads || run < self.size as u64) {
-                let n = self.block.min(len - pos - run);
-                if self.class(pos + run, n)? != first {
-                    break;
-                }
-                run += n;
-            }
-            let piece = match first {
-                Class::Zero => Piece::Hole(run),
-                Class::Clean => Piece::Clean(run),
-                Class::Data | Class::Sample => {
-                    let Some(mut buf) = next_buffer(free, &mut made, self.size) else {
-                        return Ok(());
-                    };
-                    let want = run as usize;
-                    self.c.read_at(buf.room(want), pos)?;
-                    buf.len = want;
-                    match first {
-                        Class::Sample => Piece::Sample(buf),
-                        _ => Piece::Data(buf),
+            // Pieces in order; a read's piece holds its buffer, filled below.
+            let mut plan = Vec::new();
+            let (mut reads, mut bytes) = (0usize, 0u64);
+            while pos < len && reads < NBD_IN_FLIGHT && bytes < NBD_BATCH_BYTES {
+                let (class, run) = self.run_at(pos, len)?;
+                let piece = match class {
+                    Class::Zero => Piece::Hole(run),
+                    Class::Clean => Piece::Clean(run),
+                    Class::Data | Class::Sample => {
+                        reads += 1;
+                        bytes += run;
+                        let Some(mut b) = nbd_buffer(free, &mut made, run as usize) else {
+                            return Ok(());
+                        };
+                        b.len = run as usize;
+                        match class {
+                            Class::Sample => Piece::Sample(b),
+                            _ => Piece::Data(b),
+                        }
                     }
-                }
-            };
-            if tx.send(Ok(piece)).is_err() {
-                return Ok(());
+                };
+                plan.push((pos, piece));
+                pos += run;
             }
-            pos += run;
+            let mut want: Vec<(u64, &mut [u8])> = plan
+                .iter_mut()
+                .filter_map(|(at, p)| match p {
+                    Piece::Data(b) | Piece::Sample(b) => Some((*at, b.room(b.len))),
+                    _ => None,
+                })
+                .collect();
+            self.c.read_many(&mut want)?;
+            for (_, piece) in plan {
+                if tx.send(Ok(piece)).is_err() {
+                    return Ok(());
+                }
+            }
         }
         let _ = tx.send(Ok(Piece::End));
         Ok(())
     }
+}
+
+/// Reads of an NBD export in flight at once (qemu-nbd serves 16 requests
+/// of a connection at a time).
+const NBD_IN_FLIGHT: usize = 16;
+/// Bytes of an NBD export in flight at once: bounds a batch's buffers.
+const NBD_BATCH_BYTES: u64 = 8 << 20;
+
+/// A buffer of at least `want` bytes for an NBD read: one handed back (or
+/// a larger one in its place), a new one while fewer than a batch and the
+/// caller's share exist, or else one handed back later; `None` when the
+/// caller has gone.
+fn nbd_buffer(free: &Receiver<Buffer>, made: &mut usize, want: usize) -> Option<Buffer> {
+    let b = match free.try_recv() {
+        Ok(b) => b,
+        Err(_) if *made < BUFFERS + NBD_IN_FLIGHT => {
+            *made += 1;
+            return Some(Buffer::new(want));
+        }
+        Err(_) => free.recv().ok()?,
+    };
+    Some(match b.mem.len() - b.start >= want {
+        true => b,
+        false => Buffer::new(want),
+    })
 }
 
 /// Turns direct I/O on or off for `f`; whether it is now on.

@@ -1,8 +1,8 @@
 //! Reading a disk through NBD: `qemu-nbd`, a running QEMU's NBD server or
 //! any fixed-newstyle server exports the guest-visible disk of a qcow2 (or
 //! any format QEMU reads), and its block status says which ranges read as
-//! zeros, so those are never read. One connection, one request at a time,
-//! read-only; the bytes of the protocol live in [`wire`].
+//! zeros, so those are never read. One connection, read-only; reads are
+//! sent several at a time (block status one at a time); the bytes of the protocol live in [`wire`].
 
 pub mod qemu;
 pub mod wire;
@@ -372,8 +372,9 @@ impl NbdClient {
         Ok(self.cookie)
     }
 
-    /// The next reply head, which must be for `cookie`.
-    fn head(&mut self, cookie: u64) -> io::Result<ReplyHead> {
+    /// The next reply head, which must be for a request in `cookies`
+    /// (sent and not yet answered in full: the caller checks the latter).
+    fn head(&mut self, cookies: std::ops::Range<u64>) -> io::Result<ReplyHead> {
         let mut m = [0u8; 4];
         recv(&mut *self.s, &mut m)?;
         let n = wire::reply_head_rest(m).map_err(proto)?;
@@ -383,9 +384,9 @@ impl NbdClient {
         let got = match h {
             ReplyHead::Simple { cookie, .. } | ReplyHead::Chunk { cookie, .. } => cookie,
         };
-        if got != cookie {
+        if !cookies.contains(&got) {
             return Err(proto(WireError(format!(
-                "a reply for request {got} while {cookie} was the only one sent"
+                "a reply for request {got}, which was not sent"
             ))));
         }
         Ok(h)
@@ -423,7 +424,7 @@ impl NbdClient {
         let (mut got, mut dirty) = (None, None);
         let mut done = false;
         for _ in 0..=wire::MAX_CHUNKS {
-            match self.head(cookie)? {
+            match self.head(cookie..cookie + 1)? {
                 ReplyHead::Simple { error, .. } => {
                     if error != 0 {
                         return Err(refused(format!("block status failed: error {error}")));
@@ -498,27 +499,65 @@ impl NbdClient {
         Ok(ext)
     }
 
-    /// Reads `buf.len()` bytes (at most the server's maximum) at `offset`.
+    /// Reads `buf.len()` bytes at `offset` (in reads of at most the
+    /// server's maximum, all in flight at once).
     pub fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        for (i, part) in buf.chunks_mut(self.max_read as usize).enumerate() {
-            let at = offset + (i * self.max_read as usize) as u64;
-            self.read_one(part, at)?;
-        }
-        Ok(())
+        self.read_many(&mut [(offset, buf)])
     }
 
-    fn read_one(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let len = buf.len() as u32;
-        if offset.checked_add(len as u64).is_none_or(|e| e > self.size) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "NBD read past the end",
-            ));
+    /// Reads each `(offset, buffer)` with every request sent before the
+    /// first reply is awaited: a dirty bitmap leaves thousands of small
+    /// scattered reads, and one round trip to the server each made waiting
+    /// the largest part of an incremental backup. The server may answer in
+    /// any order, and interleave the chunks of structured replies; each
+    /// reply is matched to its request by cookie, and each read must be
+    /// covered exactly once.
+    pub fn read_many(&mut self, reads: &mut [(u64, &mut [u8])]) -> io::Result<()> {
+        let max = self.max_read as usize;
+        let mut parts: Vec<(u64, &mut [u8])> = Vec::new();
+        for (offset, buf) in reads.iter_mut() {
+            let end = offset.checked_add(buf.len() as u64);
+            if end.is_none_or(|e| e > self.size) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "NBD read past the end",
+                ));
+            }
+            for (i, part) in buf.chunks_mut(max).enumerate() {
+                parts.push((*offset + (i * max) as u64, part));
+            }
         }
-        let cookie = self.send(wire::CMD_READ, 0, offset, len)?;
-        let mut covered = Coverage::new(offset, len);
-        for _ in 0..=wire::MAX_CHUNKS {
-            match self.head(cookie)? {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let first = self.cookie + 1;
+        let mut reqs = Vec::with_capacity(parts.len() * wire::REQUEST_LEN);
+        for (at, part) in &parts {
+            self.cookie += 1;
+            let req = wire::request(0, wire::CMD_READ, self.cookie, *at, part.len() as u32);
+            reqs.extend_from_slice(&req);
+        }
+        self.s.write_all(&reqs)?;
+        let mut covered: Vec<Option<Coverage>> = parts
+            .iter()
+            .map(|(at, p)| Some(Coverage::new(*at, p.len() as u32)))
+            .collect();
+        let mut open = parts.len();
+        for _ in 0..parts.len() * (wire::MAX_CHUNKS + 1) {
+            if open == 0 {
+                return Ok(());
+            }
+            let h = self.head(first..self.cookie + 1)?;
+            let (ReplyHead::Simple { cookie, .. } | ReplyHead::Chunk { cookie, .. }) = h;
+            let i = (cookie - first) as usize;
+            let (offset, buf) = &mut parts[i];
+            let offset = *offset;
+            let Some(cov) = covered[i].as_mut() else {
+                return Err(proto(WireError(format!(
+                    "a reply for request {cookie}, which was answered already"
+                ))));
+            };
+            match h {
                 ReplyHead::Simple { error, .. } => {
                     if error != 0 {
                         return Err(refused(format!("read at {offset} failed: error {error}")));
@@ -527,7 +566,8 @@ impl NbdClient {
                         return Err(proto(WireError("a simple reply to a read".into())));
                     }
                     recv(&mut *self.s, buf)?;
-                    return Ok(());
+                    covered[i] = None;
+                    open -= 1;
                 }
                 ReplyHead::Chunk {
                     flags,
@@ -542,13 +582,13 @@ impl NbdClient {
                             }
                             let mut h = [0u8; 8];
                             recv(&mut *self.s, &mut h)?;
-                            let r = covered.take(u64::from_be_bytes(h), (n - 8) as u64)?;
+                            let r = cov.take(u64::from_be_bytes(h), (n - 8) as u64)?;
                             recv(&mut *self.s, &mut buf[r])?;
                         }
                         wire::REPLY_TYPE_OFFSET_HOLE => {
                             let d = self.payload(n)?;
                             let (at, hl) = wire::parse_offset_hole(&d).map_err(proto)?;
-                            buf[covered.take(at, hl as u64)?].fill(0);
+                            buf[cov.take(at, hl as u64)?].fill(0);
                         }
                         wire::REPLY_TYPE_NONE => {
                             self.payload(n)?;
@@ -562,21 +602,29 @@ impl NbdClient {
                         }
                     }
                     if flags & wire::REPLY_FLAG_DONE != 0 {
-                        return covered.whole();
+                        cov.whole()?;
+                        covered[i] = None;
+                        open -= 1;
                     }
                 }
             }
         }
-        Err(too_many_chunks())
+        match open {
+            0 => Ok(()),
+            _ => Err(too_many_chunks()),
+        }
     }
 }
 
 /// A whole client session against a server that sends `data`: the
 /// handshake, block status and reads over the export, the way a backup
-/// reads it. An error is fine; a panic, a hang or an allocation beyond the
-/// protocol's bounds is not. For the fuzz target; whether the read worked.
+/// reads it: one read of up to 64 KiB at 0, then three reads of up to
+/// 4 KiB in flight at once (at 0, at the end, at 0 again). An error is
+/// fine; a panic, a hang or an allocation beyond the protocol's bounds is
+/// not. For the fuzz target; the bytes of the four reads, in order of
+/// request, if they all worked.
 #[doc(hidden)]
-pub fn fuzz_session(data: &[u8]) -> bool {
+pub fn fuzz_session(data: &[u8]) -> Option<Vec<u8>> {
     struct Scripted(io::Cursor<Vec<u8>>);
     impl Read for Scripted {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -593,7 +641,7 @@ pub fn fuzz_session(data: &[u8]) -> bool {
     }
     let owned = Scripted(io::Cursor::new(data.to_vec()));
     let Ok(mut c) = NbdClient::handshake(Box::new(owned), "x", Some("b0")) else {
-        return false;
+        return None;
     };
     let size = c.size();
     if let Ok(st) = c.block_status(0, u32::try_from(size.min(1 << 30)).unwrap_or(0).max(1)) {
@@ -603,7 +651,14 @@ pub fn fuzz_session(data: &[u8]) -> bool {
         }
     }
     let mut buf = vec![0u8; size.min(1 << 16) as usize];
-    c.read_at(&mut buf, 0).is_ok()
+    c.read_at(&mut buf, 0).ok()?;
+    let n = size.min(4096) as usize;
+    let (mut a, mut b, mut d) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
+    let end = size - n as u64;
+    c.read_many(&mut [(0, &mut a[..]), (end, &mut b[..]), (0, &mut d[..])])
+        .ok()?;
+    buf.extend(a.into_iter().chain(b).chain(d));
+    Some(buf)
 }
 
 impl Drop for NbdClient {

@@ -308,8 +308,11 @@ pub fn parse_meta_context(d: &[u8]) -> Result<(u32, String)> {
     Ok((id, name))
 }
 
+/// Bytes of a request (no payload: this client never writes).
+pub const REQUEST_LEN: usize = 28;
+
 /// A request (28 bytes).
-pub fn request(flags: u16, kind: u16, cookie: u64, offset: u64, len: u32) -> [u8; 28] {
+pub fn request(flags: u16, kind: u16, cookie: u64, offset: u64, len: u32) -> [u8; REQUEST_LEN] {
     let mut b = [0u8; 28];
     b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
     b[4..6].copy_from_slice(&flags.to_be_bytes());
