@@ -407,6 +407,18 @@ impl Cache {
         Ok(st.exists([id.as_bytes()])?)
     }
 
+    /// A pack's size as the index knows it, if it does.
+    pub fn pack_size(&self, id: &PackId) -> Result<Option<u64>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT size FROM packs WHERE id = ?1")?;
+        let mut rows = st.query([id.as_bytes()])?;
+        Ok(match rows.next()? {
+            Some(r) => Some(r.get::<_, i64>(0)? as u64),
+            None => None,
+        })
+    }
+
     /// Records a durable pack and its blob table, in one transaction.
     pub fn add_pack(&mut self, id: &PackId, size: u64, entries: &[PackEntry]) -> Result<()> {
         let tx = self.conn.transaction()?;
@@ -765,7 +777,9 @@ impl Cache {
             // Every file's packs in one pass, in file order (one query per
             // file cost a tree backup of 22k files 0.3 s at its end).
             let mut packs = tx.prepare(
-                "SELECT r.file, b.pack, SUM(b.bytes) FROM (SELECT DISTINCT file, blob FROM run_refs) r
+                "SELECT r.file, b.pack, SUM(b.bytes) FROM (
+                     SELECT DISTINCT file, blob FROM run_refs WHERE file IN (SELECT seq FROM run_files)
+                 ) r
                  JOIN run_blobs b ON b.blob = r.blob
                  WHERE b.pack IS NOT NULL GROUP BY r.file, b.pack ORDER BY r.file, b.pack",
             )?;

@@ -22,6 +22,9 @@ pub(crate) struct ParentImage {
     pub id: SnapshotId,
     /// The disk's size then.
     pub size: u64,
+    /// The packs the parent snapshot lists: every chunk taken from its
+    /// disk lies in one of them.
+    pub packs: Vec<crate::id::PackId>,
     node: Node,
     store: Arc<dyn Store>,
     keys: Arc<Keys>,
@@ -100,6 +103,7 @@ pub(crate) fn find(
     Ok(Ok(ParentImage {
         id: snap.id,
         size: img.size,
+        packs: snap.packs.clone(),
         node,
         store: repo.store().clone(),
         keys: repo.keys().clone(),
@@ -135,6 +139,11 @@ impl ParentRefs {
     /// The parent snapshot.
     pub fn id(&self) -> SnapshotId {
         self.image.id
+    }
+
+    /// The packs the parent snapshot lists.
+    pub fn packs(&self) -> &[crate::id::PackId] {
+        &self.image.packs
     }
 
     fn front(&mut self, cache: &Cache) -> Result<Option<&mut ChunkRef>> {

@@ -152,6 +152,37 @@ fn serve_with_b0(qcow: &Path, sock: &Path) -> QemuNbd {
     )
 }
 
+/// Day 1 of a bitmap chain: a disk with bitmap b0 added and enabled,
+/// exported as `d` on a socket of `t`, backed up in full starting b0.
+/// `None` when the QEMU tools are missing.
+struct DayOne {
+    qcow: PathBuf,
+    want: PathBuf,
+    sock: PathBuf,
+    url: String,
+    snap: serde_json::Value,
+}
+
+fn day_one(t: &TestRepo) -> Option<DayOne> {
+    if !have("qemu-nbd") || !have("qemu-img") || !have("qemu-io") {
+        return None;
+    }
+    let (qcow, want, _) = make_disk(t.dir.path());
+    bitmap(&qcow, &["--add", "--enable"], "b0");
+    let sock = t.path("nbd.sock");
+    let url = format!("nbd+unix:///d?socket={}", sock.display());
+    let srv = serve_with_b0(&qcow, &sock);
+    let snap = t.backup(&["--image", &url, "--start-bitmap", "b0"]);
+    drop(srv);
+    Some(DayOne {
+        qcow,
+        want,
+        sock,
+        url,
+        snap,
+    })
+}
+
 /// Whether an entry of `dir` starts with `prefix`.
 fn left_in(dir: &Path, prefix: &str) -> bool {
     fs::read_dir(dir)
@@ -331,17 +362,17 @@ fn a_server_sending_garbage_gets_a_clear_error_and_no_snapshot() {
 /// restores byte-identical to day 2's disk.
 #[test]
 fn a_dirty_bitmap_backup_reads_only_what_changed() {
-    if !have("qemu-nbd") || !have("qemu-img") || !have("qemu-io") {
-        return;
-    }
     let t = TestRepo::new();
-    let (qcow, want1, _) = make_disk(t.dir.path());
-    bitmap(&qcow, &["--add", "--enable"], "b0");
-    let sock = t.path("nbd.sock");
-    let url = format!("nbd+unix:///d?socket={}", sock.display());
-    let srv = serve_with_b0(&qcow, &sock);
-    let day1 = t.backup(&["--image", &url, "--start-bitmap", "b0"]);
-    drop(srv);
+    let Some(DayOne {
+        qcow,
+        want: want1,
+        sock,
+        url,
+        snap: day1,
+    }) = day_one(&t)
+    else {
+        return;
+    };
     assert!(restore_file(&t, "d") == fs::read(&want1).unwrap());
 
     // Day 2: scattered 4 KiB writes, a 64 KiB run, into data and into holes.
@@ -480,17 +511,17 @@ fn a_dirty_bitmap_backup_reads_only_what_changed() {
 /// the clean blocks, finds the difference, and reads the whole disk.
 #[test]
 fn a_lying_bitmap_is_caught_by_verify_clean() {
-    if !have("qemu-nbd") || !have("qemu-img") || !have("qemu-io") {
-        return;
-    }
     let t = TestRepo::new();
-    let (qcow, _, _) = make_disk(t.dir.path());
-    bitmap(&qcow, &["--add", "--enable"], "b0");
-    let sock = t.path("nbd.sock");
-    let url = format!("nbd+unix:///d?socket={}", sock.display());
-    let srv = serve_with_b0(&qcow, &sock);
-    let day1 = t.backup(&["--image", &url, "--start-bitmap", "b0"]);
-    drop(srv);
+    let Some(DayOne {
+        qcow,
+        sock,
+        url,
+        snap: day1,
+        ..
+    }) = day_one(&t)
+    else {
+        return;
+    };
     // One write the bitmap sees, one it does not.
     qemu_io(&qcow, &["write -P 0x41 1M 4k"]);
     bitmap(&qcow, &["--disable"], "b0");
@@ -606,4 +637,59 @@ fn a_qcow2_file_is_backed_up_as_its_guest_disk() {
         !left_in(t.dir.path(), "coffer-qemu-nbd"),
         "qemu-nbd's socket directory was left behind"
     );
+}
+
+/// An incremental lists its parent's packs rather than looking up each
+/// clean chunk: once the parent expires (day 31) and prune collects what
+/// only it listed, the incremental must still check whole and restore
+/// byte for byte. Without the inherited packs, prune deletes the packs
+/// of the clean chunks.
+#[test]
+fn an_incremental_outlives_its_parent() {
+    if !crate::retention::faketime() {
+        eprintln!("faketime not installed; skipped");
+        return;
+    }
+    let t = TestRepo::new();
+    let Some(DayOne {
+        qcow, sock, url, ..
+    }) = day_one(&t)
+    else {
+        return;
+    };
+    qemu_io(
+        &qcow,
+        &["write -P 0x41 12288 4k", "write -P 0x42 5242880 64k"],
+    );
+    let want = guest_bytes(&qcow, t.dir.path());
+    let srv = serve_with_b0(&qcow, &sock);
+    let day20 = crate::retention::at(
+        &t,
+        "+20d",
+        &[
+            "--json",
+            "backup",
+            "--image",
+            &url,
+            "--changed-bitmap",
+            "b0",
+        ],
+    )
+    .json();
+    drop(srv);
+    let read = day20["bytes_read"].as_u64().unwrap();
+    assert!(read > 0 && read <= 4 * 65536, "{day20}");
+    crate::retention::at(&t, "+31d", &["prune"]).ok();
+    let snaps = t.snapshots();
+    assert_eq!(snaps.len(), 1, "the parent expired");
+    assert_eq!(snaps[0]["id"], day20["id"]);
+    crate::retention::at(&t, "+31d", &["check", "--read-data"]).ok();
+    let out = t.path("out");
+    crate::retention::at(
+        &t,
+        "+31d",
+        &["restore", "latest", "--target", out.to_str().unwrap()],
+    )
+    .ok();
+    assert!(fs::read(out.join("d")).unwrap() == want, "restore differs");
 }
