@@ -45,24 +45,39 @@ pub(super) fn nbd_name(url: &source::nbd::NbdUrl) -> String {
 
 impl Walker {
     /// A buffer of an image's fixed blocks: every block's id first, then
-    /// one batched lookup for the lot.
+    /// one batched lookup for the lot. `parent`: the parent snapshot's
+    /// references for the same range when the dirty bitmap called it
+    /// changed (else empty); a block equal to the parent's at the same
+    /// offset (a bitmap granule is larger than a block, and a write may
+    /// put back the same bytes) takes the parent's reference, which lies in
+    /// the parent's packs, without a look-up.
     pub(super) fn push_blocks(
         &mut self,
         cb: &mut ContentBuilder,
         file: u64,
         data: &[u8],
+        parent: &[ChunkRef],
     ) -> Result<()> {
         let mut refs = Vec::with_capacity(data.len().div_ceil(self.block));
         let mut blobs = Vec::with_capacity(refs.capacity());
-        for chunk in data.chunks(self.block) {
+        let mut old = parent.iter().peekable();
+        let mut old_at = 0u64;
+        for (i, chunk) in data.chunks(self.block).enumerate() {
             let len = chunk.len() as u64;
             if is_zero(chunk) {
                 refs.push(ChunkRef::zeros(len));
-            } else {
-                let id = self.keys.blob_id(chunk);
-                blobs.push((id, chunk));
-                refs.push(ChunkRef { id, len });
+                continue;
             }
+            let id = self.keys.blob_id(chunk);
+            let at = (i * self.block) as u64;
+            while let Some(r) = old.next_if(|r| old_at + r.len <= at) {
+                old_at += r.len;
+            }
+            let r = ChunkRef { id, len };
+            if old.peek().is_none_or(|o| old_at != at || **o != r) {
+                blobs.push((id, chunk));
+            }
+            refs.push(r);
         }
         self.add_blobs(file, Kind::Data, &blobs)?;
         for r in refs {
@@ -156,9 +171,14 @@ impl Walker {
                     pos += n;
                 }
                 Piece::Data(b) => {
-                    self.source_read += b.bytes().len() as u64;
-                    pos += b.bytes().len() as u64;
-                    self.push_blocks(&mut cb, file, b.bytes())?;
+                    let len = b.bytes().len() as u64;
+                    self.source_read += len;
+                    let old = match parent.as_deref_mut() {
+                        Some(p) => p.take(&self.cache, pos, len)?,
+                        None => Vec::new(),
+                    };
+                    self.push_blocks(&mut cb, file, b.bytes(), &old)?;
+                    pos += len;
                     reader.give_back(b);
                 }
                 Piece::Clean(n) => {
