@@ -16,6 +16,7 @@ mod hardening;
 mod job;
 mod keep;
 mod keys;
+mod libvirt;
 mod monitor;
 mod mount;
 mod nbd;

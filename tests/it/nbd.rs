@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-fn have(tool: &str) -> bool {
+pub(crate) fn have(tool: &str) -> bool {
     let ok = Command::new(tool)
         .arg("--version")
         .stdout(Stdio::null())
@@ -25,7 +25,7 @@ fn have(tool: &str) -> bool {
     ok
 }
 
-fn run(cmd: &mut Command) {
+pub(crate) fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -66,11 +66,11 @@ impl Drop for QemuNbd {
     }
 }
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 
 /// A 64 MiB qcow2 whose guest disk holds random data in a few places,
 /// an allocated run of zeros and holes; and its raw form.
-fn make_disk(dir: &Path) -> (PathBuf, PathBuf, u64) {
+pub(crate) fn make_disk(dir: &Path) -> (PathBuf, PathBuf, u64) {
     let raw = dir.join("src.raw");
     let mut f = fs::File::create(&raw).unwrap();
     let mut data = 0;
@@ -102,7 +102,7 @@ fn make_disk(dir: &Path) -> (PathBuf, PathBuf, u64) {
     (qcow, want, data)
 }
 
-fn restore_file(t: &TestRepo, name: &str) -> Vec<u8> {
+pub(crate) fn restore_file(t: &TestRepo, name: &str) -> Vec<u8> {
     let out = t.path("out");
     let _ = fs::remove_dir_all(&out);
     t.run(&["restore", "latest", "--target", out.to_str().unwrap()])
@@ -130,7 +130,7 @@ fn bitmap(qcow: &Path, ops: &[&str], name: &str) {
 }
 
 /// The guest's disk now, as `qemu-img convert -O raw` writes it.
-fn guest_bytes(qcow: &Path, dir: &Path) -> Vec<u8> {
+pub(crate) fn guest_bytes(qcow: &Path, dir: &Path) -> Vec<u8> {
     let raw = dir.join("guest-now.raw");
     run(Command::new("qemu-img")
         .args(["convert", "-O", "raw"])
@@ -184,7 +184,7 @@ fn day_one(t: &TestRepo) -> Option<DayOne> {
 }
 
 /// Whether an entry of `dir` starts with `prefix`.
-fn left_in(dir: &Path, prefix: &str) -> bool {
+pub(crate) fn left_in(dir: &Path, prefix: &str) -> bool {
     fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
