@@ -12,7 +12,8 @@
 # time and bytes read and added per tool, the time `qemu-io` takes to read
 # the changed extents alone, and the ratios the issue sets goals for.
 # GRANULARITY sets the bitmap's granularity (qemu-img bitmap -g; default
-# qemu's, 64 KiB for this image). COFFER_BIN picks the binary (default: a release build); BORG the borg
+# qemu's, 64 KiB for this image); IMAGE_BLOCK coffer's image block size
+# (`init --image-block`, default the repository default). COFFER_BIN picks the binary (default: a release build); BORG the borg
 # binary (default: borg on PATH, else /tmp/peervenv/bin/borg). Caches are
 # warm as each tool leaves them; the page cache is dropped before each
 # day-2 run when run as root. Shared machine: compare tools of one run.
@@ -45,7 +46,7 @@ rm -f "$raw"
 export COFFER_PASSWORD=bench-passphrase COFFER_REPO=$work/coffer COFFER_CACHE_DIR=$work/coffer-cache
 export RESTIC_PASSWORD=bench-passphrase RESTIC_REPOSITORY=$work/restic RESTIC_CACHE_DIR=$work/restic-cache
 export BORG_PASSPHRASE=bench-passphrase BORG_REPO=$work/borg BORG_BASE_DIR=$work/borg-base
-"$bin" -q init --kdf-memory-kib 19456 --kdf-iterations 2
+"$bin" -q init --kdf-memory-kib 19456 --kdf-iterations 2 ${IMAGE_BLOCK:+--image-block "$IMAGE_BLOCK"}
 restic init -q
 "$borg" init --encryption=repokey-blake2
 

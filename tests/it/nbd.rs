@@ -630,9 +630,42 @@ fn a_qcow2_file_is_backed_up_as_its_guest_disk() {
     assert!(restore_file(&t, "disk") == fs::read(&want1).unwrap());
     qemu_io(&qcow, &["write -P 0x71 7M 4k"]);
     let want2 = guest_bytes(&qcow, t.dir.path());
-    let two = backup(&["--changed-bitmap", "b0"]);
+    let two = backup(&["--changed-bitmap", "b0", "--start-bitmap", "b0"]);
     assert!(two["bytes_read"].as_u64().unwrap() < MIB, "{two}");
     assert!(restore_file(&t, "disk") == want2);
+    // A writer killed with the image open leaves b0 marked in use
+    // (inconsistent): qemu-nbd refuses it, and the whole disk is read.
+    let mut w = Command::new("qemu-io")
+        .args(["-f", "qcow2"])
+        .arg(&qcow)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    w.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"write -P 0x72 9M 4k\n")
+        .unwrap();
+    let mut said = [0u8; 64];
+    let _ = w.stdout.as_mut().unwrap().read(&mut said);
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let info = Command::new("qemu-img")
+        .arg("info")
+        .arg(&qcow)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains("in-use"));
+    let want3 = guest_bytes(&qcow, t.dir.path());
+    let three = backup(&["--changed-bitmap", "b0"]);
+    assert!(three["bytes_read"].as_u64().unwrap() >= data, "{three}");
+    let n = three["notices"].to_string();
+    assert!(
+        n.contains("inconsistent") && n.contains("whole disk"),
+        "{n}"
+    );
+    assert!(restore_file(&t, "disk") == want3);
     assert!(
         !left_in(t.dir.path(), "coffer-qemu-nbd"),
         "qemu-nbd's socket directory was left behind"

@@ -80,15 +80,7 @@ impl QemuNbd {
         let started = Instant::now();
         while !sock.exists() {
             if let Some(status) = q.child.try_wait()? {
-                let mut err = String::new();
-                if let Some(mut e) = q.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                return Err(io::Error::other(format!(
-                    "qemu-nbd {}: {status}: {}",
-                    image.display(),
-                    err.trim()
-                )));
+                return Err(q.failed(image, status));
             }
             if started.elapsed() > START_TIMEOUT {
                 return Err(io::Error::other(format!(
@@ -99,7 +91,36 @@ impl QemuNbd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(q)
+        // qemu-nbd listens before it opens the image and its bitmap, and
+        // exits when it cannot (a bitmap left in use by a writer that
+        // crashed is "inconsistent"): only a handshake says it serves.
+        let url = super::NbdUrl::parse(&q.url).map_err(io::Error::other)?;
+        loop {
+            let e = match super::NbdClient::connect_with(&url, bitmap) {
+                Ok(_) => return Ok(q),
+                Err(e) => e,
+            };
+            if let Some(status) = q.child.try_wait()? {
+                return Err(q.failed(image, status));
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// qemu-nbd ended with `status`: what it said.
+    fn failed(&mut self, image: &Path, status: std::process::ExitStatus) -> io::Error {
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        io::Error::other(format!(
+            "qemu-nbd {}: {status}: {}",
+            image.display(),
+            err.trim()
+        ))
     }
 }
 
