@@ -44,7 +44,7 @@ pub use protect::{forget_packs, protect, Protector};
 use protect::{known, protect_locked};
 use stripes::*;
 pub use verify::{repair_pack, scrub};
-use write::{write_stripe, Wrote};
+use write::{write_stripe, Io, Wrote};
 
 /// What `protect` did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -57,6 +57,9 @@ pub struct ProtectReport {
     /// and the stripe's parity files when new members are added to it,
     /// every member when a stripe is computed whole.
     pub parity_bytes_read: u64,
+    /// Bytes written to parity files: when new members are added to a
+    /// stripe, the shard rows they reach and the files' headers.
+    pub parity_bytes_written: u64,
     /// Packs left out because they did not hash to their name.
     pub damaged: Vec<PackId>,
 }

@@ -294,10 +294,10 @@ fn a_new_member_costs_its_own_bytes_and_the_shards_and_gives_the_shards_of_a_who
         let grown: Vec<Vec<u8>> = (0..cfg.m)
             .map(|j| fs::read(parity_path(&s, 0, j)).unwrap())
             .collect();
-        let mut n = 0;
+        let mut n = Io::default();
         let whole = write_stripe(&s, 0, &order, 0, cfg.m, &mut n).unwrap();
         assert_eq!(whole, Wrote::Done(vec![]));
-        assert!(n >= all.iter().map(|p| p.1).sum::<u64>());
+        assert!(n.read >= all.iter().map(|p| p.1).sum::<u64>());
         for (j, g) in grown.iter().enumerate() {
             assert!(
                 fs::read(parity_path(&s, 0, j)).unwrap() == *g,

@@ -6,6 +6,14 @@ use super::*;
 use crate::parity::{cauchy, SECTOR};
 use std::io::{Read, Seek};
 
+/// Bytes a parity write read (packs and parity files) and wrote (parity
+/// files).
+#[derive(Debug, Default)]
+pub(super) struct Io {
+    pub(super) read: u64,
+    pub(super) written: u64,
+}
+
 /// What [`write_stripe`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Wrote {
@@ -33,7 +41,7 @@ pub(super) fn write_stripe(
     members: &[(PackId, u64)],
     old: usize,
     m: usize,
-    read: &mut u64,
+    io: &mut Io,
 ) -> Result<Wrote> {
     let (earlier, _) = members.split_at(old.min(members.len()));
     let earlier: Vec<PackId> = earlier.iter().map(|(p, _)| *p).collect();
@@ -42,13 +50,13 @@ pub(super) fn write_stripe(
     let mut base = match old {
         0 => None,
         n if n >= members.len() => None,
-        _ => base_of(s, id, &members[..old], m, read)?,
+        _ => base_of(s, id, &members[..old], m, io)?,
     };
     loop {
         // One pass computes parity, row sums and each fresh member's hash;
         // a member that does not hash to its name is left out and the
         // stripe computed again without it.
-        match write_once(s, id, &members, base.as_ref(), m, read)? {
+        match write_once(s, id, &members, base.as_ref(), m, io)? {
             Once::Written => return Ok(Wrote::Done(bad)),
             Once::BaseDamaged => base = None,
             Once::Wrong(wrong) if wrong.iter().any(|p| earlier.contains(p)) => {
@@ -70,7 +78,7 @@ fn base_of(
     id: u64,
     prefix: &[(PackId, u64)],
     m: usize,
-    read: &mut u64,
+    io: &mut Io,
 ) -> Result<Option<Stripe>> {
     let Some(files) = stripe_files(s)?.remove(&id) else {
         return Ok(None);
@@ -85,7 +93,7 @@ fn base_of(
     };
     let h = &st.header;
     // Headers (and trailers) read: what the files hold besides the shards.
-    *read += lens.saturating_sub(st.files.len() as u64 * (8 + h.rows * h.block as u64));
+    io.read += lens.saturating_sub(st.files.len() as u64 * (8 + h.rows * h.block as u64));
     let same = h.members.len() == prefix.len()
         && h.members
             .iter()
@@ -114,7 +122,7 @@ fn write_once(
     members: &[(PackId, u64)],
     base: Option<&Stripe>,
     m: usize,
-    read: &mut u64,
+    io: &mut Io,
 ) -> Result<Once> {
     if members.is_empty() {
         for i in 0..m {
@@ -172,6 +180,7 @@ fn write_once(
             let magic = f.write_all(&MAGIC_PARITY).at(&t);
             outs.push((t, f, Vec::new()));
             magic?;
+            io.written += MAGIC_PARITY.len() as u64;
         }
         let (done, names) = std::thread::scope(|sc| {
             // The fresh members' row sums and whole hashes on a second
@@ -218,7 +227,8 @@ fn write_once(
                             if n != old_len - at {
                                 return Ok(Some(Once::BaseDamaged));
                             }
-                            *read += n;
+                            io.read += n;
+                            io.written += n;
                             let first = (at / SECTOR as u64) as usize * 32;
                             ss.extend_from_slice(&sums[first..]);
                         }
@@ -232,7 +242,7 @@ fn write_once(
                         if !read_block_into(&files[i], *size, c, &mut pieces[i]) {
                             return Ok(Some(Once::Wrong(vec![*p])));
                         }
-                        *read += pieces[i].len() as u64;
+                        io.read += pieces[i].len() as u64;
                     }
                     // Rows the fresh members reach get new sums; the
                     // others keep the base's, unread by any hash.
@@ -247,7 +257,7 @@ fn write_once(
                             if f.read_exact_at(pb, 8 + at).is_err() {
                                 return Ok(Some(Once::BaseDamaged));
                             }
-                            *read += have as u64;
+                            io.read += have as u64;
                             // A shard is changed only where it is sound:
                             // damage must not get fresh sums.
                             let check = touched.next_multiple_of(SECTOR).min(have);
@@ -266,6 +276,7 @@ fn write_once(
                     }
                     for (j, ((t, w, ss), pb)) in outs.iter_mut().zip(&pbs).enumerate() {
                         w.write_all(pb).at(&*t)?;
+                        io.written += pb.len() as u64;
                         for (r, sector) in pb.chunks(SECTOR).enumerate() {
                             let row = first + r as u64;
                             if r * SECTOR < touched || row * (SECTOR as u64) >= old_len {
@@ -317,7 +328,9 @@ fn write_once(
                 index: j as u32,
                 sums: ByteBuf::from(std::mem::take(ss)),
             };
-            w.write_all(&parity::encode_tail(&h)).at(&*t)?;
+            let tail = parity::encode_tail(&h);
+            w.write_all(&tail).at(&*t)?;
+            io.written += tail.len() as u64;
             w.sync_all().at(&*t)?;
         }
         for (j, (t, _, _)) in outs.iter().enumerate() {
