@@ -5,7 +5,8 @@
 //!
 //! Packs are grouped in stripes of up to k members with m parity shards.
 //! New packs join the open stripe: their contributions are added to its
-//! parity shards, without reading its other members.
+//! parity shards in place, without reading its other members or writing
+//! the rows they do not reach.
 //! A scrub reads every block of every member and shard, checks its BLAKE3,
 //! rebuilds damaged rows when at most m shards of the row are bad, writes a
 //! repaired pack atomically after checking that it hashes to its name again,
@@ -33,6 +34,7 @@ use crate::referenced;
 use crate::store::{fsync_dir, replace_file, LocalStore, Store};
 use crate::stripe_index::{self, Known, StripeIndex};
 
+mod grow;
 mod protect;
 mod stripes;
 #[cfg(test)]
