@@ -432,21 +432,13 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
     if res.is_ok() && !a.dry_run {
         COMMITTED.store(true, Ordering::SeqCst);
     }
-    let parity_started = Instant::now();
-    // Bytes parity read and wrote.
-    let mut parity_io = (0, 0);
-    let mut count = |r: &coffer::scrub::ProtectReport| {
-        parity_io.0 += r.parity_bytes_read;
-        parity_io.1 += r.parity_bytes_written;
-    };
     // A failed or interrupted backup leaves its packs to the next protect.
-    let early = match (&res, protector) {
-        (Ok(_), Some(p)) => Some(p.finish()),
+    let protector = match (&res, protector) {
         (Err(_), Some(p)) => {
             p.abandon();
             None
         }
-        (_, None) => None,
+        (_, p) => p,
     };
     let mut out = match res {
         // Found only while in use (the check at open catches most damage):
@@ -460,6 +452,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         r => r?,
     };
     if a.dry_run {
+        let _ = protector.map(|p| p.finish());
         return Ok(Done {
             out,
             gone: gone.len(),
@@ -468,6 +461,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
             parity_io: (0, 0),
         });
     }
+    // Recorded while the parity thread finishes the open stripe.
     let stamp = repo.store().stamp(&out.id).ok();
     super::rollback::record(
         &repo,
@@ -478,6 +472,14 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
             hold: stamp.is_some_and(|t| t.hold),
         },
     );
+    let parity_started = Instant::now();
+    let early = protector.map(|p| p.finish());
+    // Bytes parity read and wrote.
+    let mut parity_io = (0, 0);
+    let mut count = |r: &coffer::scrub::ProtectReport| {
+        parity_io.0 += r.parity_bytes_read;
+        parity_io.1 += r.parity_bytes_written;
+    };
     if let Some(local) = &local {
         match &early {
             Some(Ok(r)) => count(r),
