@@ -432,16 +432,13 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
     if res.is_ok() && !a.dry_run {
         COMMITTED.store(true, Ordering::SeqCst);
     }
-    let parity_started = Instant::now();
-    let mut parity_read = 0;
     // A failed or interrupted backup leaves its packs to the next protect.
-    let early = match (&res, protector) {
-        (Ok(_), Some(p)) => Some(p.finish()),
+    let protector = match (&res, protector) {
         (Err(_), Some(p)) => {
             p.abandon();
             None
         }
-        (_, None) => None,
+        (_, p) => p,
     };
     let mut out = match res {
         // Found only while in use (the check at open catches most damage):
@@ -455,14 +452,16 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         r => r?,
     };
     if a.dry_run {
+        let _ = protector.map(|p| p.finish());
         return Ok(Done {
             out,
             gone: gone.len(),
             seconds: started.elapsed().as_secs_f64(),
             parity_seconds: 0.0,
-            parity_read: 0,
+            parity_io: (0, 0),
         });
     }
+    // Recorded while the parity thread finishes the open stripe.
     let stamp = repo.store().stamp(&out.id).ok();
     super::rollback::record(
         &repo,
@@ -473,9 +472,17 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
             hold: stamp.is_some_and(|t| t.hold),
         },
     );
+    let parity_started = Instant::now();
+    let early = protector.map(|p| p.finish());
+    // Bytes parity read and wrote.
+    let mut parity_io = (0, 0);
+    let mut count = |r: &coffer::scrub::ProtectReport| {
+        parity_io.0 += r.parity_bytes_read;
+        parity_io.1 += r.parity_bytes_written;
+    };
     if let Some(local) = &local {
         match &early {
-            Some(Ok(r)) => parity_read += r.parity_bytes_read,
+            Some(Ok(r)) => count(r),
             Some(Err(e)) => {
                 errln!("coffer: warning: parity during the backup failed, computing it now: {e}")
             }
@@ -485,7 +492,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         // snapshot is committed already: a failure here is a warning with
         // its own exit code, never "nothing saved".
         match coffer::scrub::protect(local, local.parity()) {
-            Ok(r) => parity_read += r.parity_bytes_read,
+            Ok(r) => count(&r),
             Err(e) => out.after_commit.push(format!(
                 "parity could not be computed ({e}); the next backup or scrub computes it"
             )),
@@ -496,7 +503,7 @@ fn run_backup(cli: &Cli, a: &BackupArgs, job: &mut Job, cancel: Arc<AtomicBool>)
         gone: gone.len(),
         seconds: started.elapsed().as_secs_f64(),
         parity_seconds: parity_started.elapsed().as_secs_f64(),
-        parity_read,
+        parity_io,
     })
 }
 
@@ -507,8 +514,9 @@ struct Done {
     gone: usize,
     seconds: f64,
     parity_seconds: f64,
-    /// Bytes of packs and parity files read by parity after the commit.
-    parity_read: u64,
+    /// Bytes of packs and parity files read by parity after the commit,
+    /// and bytes written to parity files.
+    parity_io: (u64, u64),
 }
 
 /// The summary: JSON, one line, or nothing (quiet, or a config run that
@@ -539,7 +547,8 @@ fn report(cli: &Cli, a: &BackupArgs, job: &Job, sources: usize, done: &Done) -> 
             "bytes": s.bytes, "new_blobs": s.new_blobs, "new_bytes": s.new_bytes,
             "new_packs": s.new_packs, "new_pack_bytes": s.new_pack_bytes,
             "seconds": done.seconds, "parity_seconds": done.parity_seconds,
-            "parity_bytes_read": done.parity_read,
+            "parity_bytes_read": done.parity_io.0,
+            "parity_bytes_written": done.parity_io.1,
             "bytes_read": out.bytes_read,
             "sources": sources,
             "warnings": out.warnings, "exclude_warnings": out.exclude_warnings,

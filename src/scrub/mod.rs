@@ -5,7 +5,8 @@
 //!
 //! Packs are grouped in stripes of up to k members with m parity shards.
 //! New packs join the open stripe: their contributions are added to its
-//! parity shards, without reading its other members.
+//! parity shards in place, without reading its other members or writing
+//! the rows they do not reach.
 //! A scrub reads every block of every member and shard, checks its BLAKE3,
 //! rebuilds damaged rows when at most m shards of the row are bad, writes a
 //! repaired pack atomically after checking that it hashes to its name again,
@@ -33,6 +34,7 @@ use crate::referenced;
 use crate::store::{fsync_dir, replace_file, LocalStore, Store};
 use crate::stripe_index::{self, Known, StripeIndex};
 
+mod grow;
 mod protect;
 mod stripes;
 #[cfg(test)]
@@ -44,7 +46,7 @@ pub use protect::{forget_packs, protect, Protector};
 use protect::{known, protect_locked};
 use stripes::*;
 pub use verify::{repair_pack, scrub};
-use write::{write_stripe, Wrote};
+use write::{write_stripe, Io, Wrote};
 
 /// What `protect` did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -57,6 +59,9 @@ pub struct ProtectReport {
     /// and the stripe's parity files when new members are added to it,
     /// every member when a stripe is computed whole.
     pub parity_bytes_read: u64,
+    /// Bytes written to parity files: when new members are added to a
+    /// stripe, the shard rows they reach and the files' headers.
+    pub parity_bytes_written: u64,
     /// Packs left out because they did not hash to their name.
     pub damaged: Vec<PackId>,
 }

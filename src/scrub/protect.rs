@@ -166,17 +166,19 @@ pub(super) fn write_counted(
     members: &[(PackId, u64)],
     old: usize,
 ) -> Result<(u64, Members)> {
-    let read = &mut rep.parity_bytes_read;
-    let (id, members, bad) = match write_stripe(s, id.0, members, old, cfg.m, read)? {
+    let mut io = Io::default();
+    let (id, members, bad) = match write_stripe(s, id.0, members, old, cfg.m, &mut io)? {
         Wrote::Done(bad) => (id.0, members, bad),
         Wrote::Kept(lost) => {
             rep.damaged.extend(lost);
             let fresh = &members[old..];
-            match write_stripe(s, id.1, fresh, 0, cfg.m, &mut rep.parity_bytes_read)? {
+            match write_stripe(s, id.1, fresh, 0, cfg.m, &mut io)? {
                 Wrote::Done(bad) | Wrote::Kept(bad) => (id.1, fresh, bad),
             }
         }
     };
+    rep.parity_bytes_read += io.read;
+    rep.parity_bytes_written += io.written;
     // Saturating: an earlier member of a grown stripe may be among them.
     rep.packs_protected = rep.packs_protected.saturating_sub(bad.len() as u64);
     let written = members
@@ -343,7 +345,7 @@ pub fn forget_packs(
         }
         if keep.len() < st.header.members.len() {
             let m = cfg.m.max(st.header.m as usize);
-            write_stripe(s, st.id, &keep, keep.len(), m, &mut 0)?;
+            write_stripe(s, st.id, &keep, keep.len(), m, &mut Io::default())?;
         }
         Ok(())
     })

@@ -351,7 +351,8 @@ pub(super) fn scrub_stripe(
             .map(|mb| (mb.pack, mb.size))
             .collect();
         if keep.len() == h.members.len()
-            && write_stripe(s, st.id, &keep, keep.len(), m, &mut 0)? == Wrote::Done(Vec::new())
+            && write_stripe(s, st.id, &keep, keep.len(), m, &mut Io::default())?
+                == Wrote::Done(Vec::new())
         {
             rep.parity_rewritten += 1;
         }

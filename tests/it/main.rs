@@ -22,6 +22,7 @@ mod mount;
 mod nbd;
 mod object;
 mod operator;
+mod parity_rows;
 mod parity_sectors;
 mod profile;
 mod reconnect;
