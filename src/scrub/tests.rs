@@ -594,3 +594,45 @@ fn a_grow_given_up_mid_way_leaves_the_parity_that_rebuilds_a_damaged_old_member(
         olds[0].0
     );
 }
+
+#[test]
+fn a_kill_while_a_larger_new_pack_grows_the_shards_over_their_headers_leaves_no_dead_stripe() {
+    let cfg = ParityConfig { k: 10, m: 2 };
+    // Three members, then one longer than all: the shards grow over
+    // their old headers.
+    let setup = || {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStore::create(d.path()).unwrap().with_parity(cfg);
+        let olds: Vec<(PackId, u64)> = (0..3).map(|i| pack(&s, &noise(i, 300_000))).collect();
+        protect(&s, cfg).unwrap();
+        let new = pack(&s, &noise(9, 700_001));
+        (d, s, olds, new)
+    };
+    let (_d, s, _, _) = setup();
+    let total = protect(&s, cfg).unwrap().parity_bytes_written as usize;
+    for cut in (1..16).map(|i| i * total / 16) {
+        let (_d, s, olds, new) = setup();
+        super::grow::crash::after(Some(cut));
+        // Killed when grown in place; a write whole is not cut.
+        let _ = protect(&s, cfg);
+        super::grow::crash::after(None);
+        vouched_rows_are_true(&s, cfg.m);
+        let rep = protect(&s, cfg).unwrap();
+        // Every pack in a stripe whose parity is sound, and no stripe
+        // left whose files no header describes.
+        let mut names = members(&s).concat();
+        names.sort();
+        let mut want: Vec<PackId> = olds.iter().chain([&new]).map(|p| p.0).collect();
+        want.sort();
+        assert_eq!(names, want, "cut at {cut} of {total}: {rep:?}");
+        let stripes = stripe_files(&s).unwrap();
+        assert_eq!(
+            stripes.len(),
+            members(&s).len(),
+            "cut at {cut}: stripes {:?}",
+            stripes.keys()
+        );
+        let scrubbed = scrub(&s, cfg, &ScrubOptions::default()).unwrap();
+        assert_eq!(scrubbed.stripes_unreadable, 0, "cut at {cut}: {scrubbed:?}");
+    }
+}
