@@ -51,28 +51,24 @@ pub(super) fn grow(
         sums.resize(rows as usize * 32, 0);
     }
     let mut pbs = vec![Vec::with_capacity(PARITY_BLOCK); shards.len()];
+    // Nothing is written before every fresh member hashes to its name and
+    // every row it reaches matches its sum: a grow given up half way would
+    // leave the stripe's rows failing their sums, and when the whole
+    // recompute then finds an old member damaged the stripe is kept as it
+    // is: the rows that would rebuild that member must still be sound.
+    let checked = each_piece(fresh, &files, io, &mut |c, _, io| {
+        Ok(base_rows(&shards, c, (old_len, touched), &mut pbs, io))
+    })?;
+    if let Err(stop) = checked {
+        return Ok(stop);
+    }
     let sums = each_piece(fresh, &files, io, &mut |c, pieces, io| {
         let at = c * PARITY_BLOCK as u64;
-        let len = (touched - at).min(PARITY_BLOCK as u64) as usize;
-        let have = old_len.saturating_sub(at).min(len as u64) as usize;
         let first = (at / SECTOR as u64) as usize;
-        // Every row read is checked before it is changed: damage must not
+        // Checked again as they are read for the change: damage must not
         // get fresh sums.
-        for ((_, f, sums), pb) in shards.iter().zip(pbs.iter_mut()) {
-            pb.clear();
-            pb.resize(have, 0);
-            if f.read_exact_at(pb, 8 + at).is_err() {
-                return Ok(Some(Once::BaseDamaged));
-            }
-            io.read += have as u64;
-            for (r, sector) in pb.chunks(SECTOR).enumerate() {
-                let row = first + r;
-                let want = &sums[row * 32..row * 32 + 32];
-                if parity::block_sum(STRIPE_VERSION, row as u64, sector) != want {
-                    return Ok(Some(Once::BaseDamaged));
-                }
-            }
-            pb.resize(len, 0);
+        if let Some(stop) = base_rows(&shards, c, (old_len, touched), &mut pbs, io) {
+            return Ok(Some(stop));
         }
         for (i, b) in pieces.iter().enumerate() {
             cauchy::add_member(start + i, b, &mut pbs);
@@ -111,6 +107,39 @@ pub(super) fn grow(
         f.sync_all().at(p)?;
     }
     Ok(Once::Written)
+}
+
+/// Reads piece `c` of every shard into `pbs`, the rows a base of
+/// `lens.0` bytes holds checked against their sums and zeros up to
+/// `lens.1`; [`Once::BaseDamaged`] when one cannot be read or fails.
+fn base_rows(
+    shards: &[(&PathBuf, File, Vec<u8>)],
+    c: u64,
+    (old_len, touched): (u64, u64),
+    pbs: &mut [Vec<u8>],
+    io: &mut Io,
+) -> Option<Once> {
+    let at = c * PARITY_BLOCK as u64;
+    let len = (touched - at).min(PARITY_BLOCK as u64) as usize;
+    let have = old_len.saturating_sub(at).min(len as u64) as usize;
+    let first = (at / SECTOR as u64) as usize;
+    for ((_, f, sums), pb) in shards.iter().zip(pbs.iter_mut()) {
+        pb.clear();
+        pb.resize(have, 0);
+        if f.read_exact_at(pb, 8 + at).is_err() {
+            return Some(Once::BaseDamaged);
+        }
+        io.read += have as u64;
+        for (r, sector) in pb.chunks(SECTOR).enumerate() {
+            let row = first + r;
+            let want = &sums[row * 32..row * 32 + 32];
+            if parity::block_sum(STRIPE_VERSION, row as u64, sector) != want {
+                return Some(Once::BaseDamaged);
+            }
+        }
+        pb.resize(len, 0);
+    }
+    None
 }
 
 /// Writes `buf` at `off` of a parity file and counts it.

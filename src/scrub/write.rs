@@ -47,10 +47,19 @@ pub(super) fn write_stripe(
     let earlier: Vec<PackId> = earlier.iter().map(|(p, _)| *p).collect();
     let mut members = members.to_vec();
     let mut bad = Vec::new();
+    // A fresh member longer than the shards would grow them over their
+    // headers: a kill then would leave no file of the stripe readable (its
+    // files never described again, its old members with no parity until
+    // the next protect). The stripe is then written whole, renamed over.
+    let reach = members[old.min(members.len())..]
+        .iter()
+        .map(|(_, z)| parity::rows(STRIPE_VERSION, *z))
+        .max()
+        .unwrap_or(0);
     let mut base = match old {
         0 => None,
         n if n >= members.len() => None,
-        _ => base_of(s, id, &members[..old], m, io)?,
+        _ => base_of(s, id, &members[..old], m, io)?.filter(|b| reach <= b.header.rows),
     };
     loop {
         // One pass computes parity, row sums and each fresh member's hash;
