@@ -54,6 +54,13 @@ pub struct Buffer {
     len: usize,
 }
 
+/// The bytes to fill: `len` of them.
+impl AsMut<[u8]> for Buffer {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.room(self.len)
+    }
+}
+
 impl Buffer {
     fn new(size: usize) -> Buffer {
         let mut mem = Vec::new();
@@ -443,42 +450,67 @@ impl NbdReading {
         let len = self.c.size();
         let (mut pos, mut made) = (0u64, 0usize);
         while pos < len {
-            // Pieces in order; a read's piece holds its buffer, filled below.
-            let mut plan = Vec::new();
-            let (mut reads, mut bytes) = (0usize, 0u64);
-            while pos < len && reads < NBD_IN_FLIGHT && bytes < NBD_BATCH_BYTES {
+            // Pieces in order: those not read as they are, and for each
+            // read its buffer (sent on once filled) and whether it samples.
+            let mut plan: Vec<Option<Piece>> = Vec::new();
+            let mut reads: Vec<(u64, Buffer)> = Vec::new();
+            let mut sample = Vec::new();
+            let mut bytes = 0u64;
+            while pos < len && reads.len() < NBD_IN_FLIGHT && bytes < NBD_BATCH_BYTES {
                 let (class, run) = self.run_at(pos, len)?;
-                let piece = match class {
-                    Class::Zero => Piece::Hole(run),
-                    Class::Clean => Piece::Clean(run),
+                match class {
+                    Class::Zero => plan.push(Some(Piece::Hole(run))),
+                    Class::Clean => plan.push(Some(Piece::Clean(run))),
                     Class::Data | Class::Sample => {
-                        reads += 1;
                         bytes += run;
                         let Some(mut b) = nbd_buffer(free, &mut made, run as usize) else {
                             return Ok(());
                         };
                         b.len = run as usize;
-                        match class {
-                            Class::Sample => Piece::Sample(b),
-                            _ => Piece::Data(b),
-                        }
+                        reads.push((pos, b));
+                        sample.push(class == Class::Sample);
+                        plan.push(None);
                     }
-                };
-                plan.push((pos, piece));
+                }
                 pos += run;
             }
-            let mut want: Vec<(u64, &mut [u8])> = plan
-                .iter_mut()
-                .filter_map(|(at, p)| match p {
-                    Piece::Data(b) | Piece::Sample(b) => Some((*at, b.room(b.len))),
-                    _ => None,
-                })
-                .collect();
-            self.c.read_many(&mut want)?;
-            for (_, piece) in plan {
-                if tx.send(Ok(piece)).is_err() {
-                    return Ok(());
+            // Each read's piece goes on as soon as it is filled, after the
+            // pieces before it: the caller hashes it while the rest arrive.
+            let mut plan = plan.into_iter();
+            let mut sample = sample.into_iter();
+            let mut gone = false;
+            let mut send = |p: Piece| match tx.send(Ok(p)) {
+                Ok(()) => true,
+                Err(_) => {
+                    gone = true;
+                    false
                 }
+            };
+            let mut upto_read = |send: &mut dyn FnMut(Piece) -> bool| {
+                for p in plan.by_ref() {
+                    match p {
+                        Some(p) => {
+                            if !send(p) {
+                                return false;
+                            }
+                        }
+                        None => return true,
+                    }
+                }
+                true
+            };
+            self.c.read_many(reads, &mut |b| {
+                if !upto_read(&mut send) {
+                    return Ok(false);
+                }
+                let piece = match sample.next() {
+                    Some(true) => Piece::Sample(b),
+                    _ => Piece::Data(b),
+                };
+                Ok(send(piece))
+            })?;
+            if !upto_read(&mut send) || gone {
+                return Ok(());
             }
         }
         let _ = tx.send(Ok(Piece::End));

@@ -502,45 +502,73 @@ impl NbdClient {
     /// Reads `buf.len()` bytes at `offset` (in reads of at most the
     /// server's maximum, all in flight at once).
     pub fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.read_many(&mut [(offset, buf)])
+        self.read_many(vec![(offset, buf)], &mut |_| Ok(true))
     }
 
-    /// Reads each `(offset, buffer)` with every request sent before the
-    /// first reply is awaited: a dirty bitmap leaves thousands of small
-    /// scattered reads, and one round trip to the server each made waiting
-    /// the largest part of an incremental backup. The server may answer in
-    /// any order, and interleave the chunks of structured replies; each
-    /// reply is matched to its request by cookie, and each read must be
-    /// covered exactly once.
-    pub fn read_many(&mut self, reads: &mut [(u64, &mut [u8])]) -> io::Result<()> {
+    /// Reads each `(offset, buffer)` (the buffer's whole length) with every
+    /// request sent before the first reply is awaited: a dirty bitmap
+    /// leaves thousands of small scattered reads, and one round trip to
+    /// the server each made waiting the largest part of an incremental
+    /// backup. Each buffer goes to `done` as soon as it and every buffer
+    /// before it are filled, so the caller works on the first while the
+    /// rest arrive; `done` returning `false` stops (the connection is then
+    /// not to be used again). The server may answer in any order, and
+    /// interleave the chunks of structured replies; each reply is matched
+    /// to its request by cookie, and each read must be covered exactly
+    /// once.
+    pub fn read_many<B: AsMut<[u8]>>(
+        &mut self,
+        mut reads: Vec<(u64, B)>,
+        done: &mut dyn FnMut(B) -> io::Result<bool>,
+    ) -> io::Result<()> {
         let max = self.max_read as usize;
-        let mut parts: Vec<(u64, &mut [u8])> = Vec::new();
-        for (offset, buf) in reads.iter_mut() {
-            let end = offset.checked_add(buf.len() as u64);
+        // Requests: (offset, read, range in its buffer).
+        let mut parts: Vec<(u64, usize, std::ops::Range<usize>)> = Vec::new();
+        let mut left = Vec::with_capacity(reads.len());
+        for (r, (offset, buf)) in reads.iter_mut().enumerate() {
+            let len = buf.as_mut().len();
+            let end = offset.checked_add(len as u64);
             if end.is_none_or(|e| e > self.size) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "NBD read past the end",
                 ));
             }
-            for (i, part) in buf.chunks_mut(max).enumerate() {
-                parts.push((*offset + (i * max) as u64, part));
+            let n = len.div_ceil(max);
+            for i in 0..n {
+                let from = i * max;
+                parts.push((*offset + from as u64, r, from..len.min(from + max)));
             }
+            left.push(n);
         }
+        let mut bufs: Vec<Option<B>> = reads.into_iter().map(|(_, b)| Some(b)).collect();
+        let mut next = 0;
+        let mut hand_on = |left: &[usize], bufs: &mut [Option<B>]| -> io::Result<bool> {
+            while next < bufs.len() && left[next] == 0 {
+                if let Some(b) = bufs[next].take() {
+                    if !done(b)? {
+                        return Ok(false);
+                    }
+                }
+                next += 1;
+            }
+            Ok(true)
+        };
         if parts.is_empty() {
+            hand_on(&left, &mut bufs)?;
             return Ok(());
         }
         let first = self.cookie + 1;
         let mut reqs = Vec::with_capacity(parts.len() * wire::REQUEST_LEN);
-        for (at, part) in &parts {
+        for (at, _, range) in &parts {
             self.cookie += 1;
-            let req = wire::request(0, wire::CMD_READ, self.cookie, *at, part.len() as u32);
+            let req = wire::request(0, wire::CMD_READ, self.cookie, *at, range.len() as u32);
             reqs.extend_from_slice(&req);
         }
         self.s.write_all(&reqs)?;
         let mut covered: Vec<Option<Coverage>> = parts
             .iter()
-            .map(|(at, p)| Some(Coverage::new(*at, p.len() as u32)))
+            .map(|(at, _, range)| Some(Coverage::new(*at, range.len() as u32)))
             .collect();
         let mut open = parts.len();
         for _ in 0..parts.len() * (wire::MAX_CHUNKS + 1) {
@@ -550,8 +578,14 @@ impl NbdClient {
             let h = self.head(first..self.cookie + 1)?;
             let (ReplyHead::Simple { cookie, .. } | ReplyHead::Chunk { cookie, .. }) = h;
             let i = (cookie - first) as usize;
-            let (offset, buf) = &mut parts[i];
-            let offset = *offset;
+            let (offset, r, range) = &parts[i];
+            let (offset, r) = (*offset, *r);
+            let Some(read) = bufs[r].as_mut() else {
+                return Err(proto(WireError(format!(
+                    "a reply for request {cookie}, which was answered already"
+                ))));
+            };
+            let buf = &mut read.as_mut()[range.clone()];
             let Some(cov) = covered[i].as_mut() else {
                 return Err(proto(WireError(format!(
                     "a reply for request {cookie}, which was answered already"
@@ -568,6 +602,10 @@ impl NbdClient {
                     recv(&mut *self.s, buf)?;
                     covered[i] = None;
                     open -= 1;
+                    left[r] -= 1;
+                    if !hand_on(&left, &mut bufs)? {
+                        return Ok(());
+                    }
                 }
                 ReplyHead::Chunk {
                     flags,
@@ -605,6 +643,10 @@ impl NbdClient {
                         cov.whole()?;
                         covered[i] = None;
                         open -= 1;
+                        left[r] -= 1;
+                        if !hand_on(&left, &mut bufs)? {
+                            return Ok(());
+                        }
                     }
                 }
             }
@@ -655,8 +697,8 @@ pub fn fuzz_session(data: &[u8]) -> Option<Vec<u8>> {
     let n = size.min(4096) as usize;
     let (mut a, mut b, mut d) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
     let end = size - n as u64;
-    c.read_many(&mut [(0, &mut a[..]), (end, &mut b[..]), (0, &mut d[..])])
-        .ok()?;
+    let reads = vec![(0, &mut a[..]), (end, &mut b[..]), (0, &mut d[..])];
+    c.read_many(reads, &mut |_| Ok(true)).ok()?;
     buf.extend(a.into_iter().chain(b).chain(d));
     Some(buf)
 }
