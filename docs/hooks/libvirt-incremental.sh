@@ -35,7 +35,7 @@ tokfile="$state/$dom-$disk.token"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/coffer-libvirt.XXXXXX")
 chmod 0711 "$dir"  # QEMU (another user) creates the socket here
 sock="$dir/nbd.sock"
-new="coffer-$(date -u +%Y%m%dT%H%M%SZ)"
+new="coffer-$(date -u +%Y%m%dT%H%M%SZ)-$$"  # two runs in one second get two names
 started=
 saved=
 cleanup() {
