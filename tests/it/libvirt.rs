@@ -5,12 +5,13 @@
 //! QEMU's monitor (`qemu-io` on the running disk). Needs a libvirt daemon
 //! (`.ci/libvirt` sets one up); skipped without one, except under CI.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::nbd::{guest_bytes, have, make_disk, restore_file, MIB};
+use crate::nbd::{guest_bytes, hook, make_disk, qemu_tools, restore_file, MIB};
 use crate::util::*;
 
 fn virsh(args: &[&str]) -> Output {
@@ -23,7 +24,7 @@ fn virsh(args: &[&str]) -> Output {
 
 /// Whether a libvirt daemon answers; under CI it must.
 fn libvirt() -> bool {
-    let ok = have("qemu-img")
+    let ok = qemu_tools()
         && Command::new("virsh")
             .args(["-c", "qemu:///system", "version"])
             .output()
@@ -92,18 +93,12 @@ impl Drop for Domain {
 
 /// One night of the hook script; its `--json` summary when it worked.
 fn night(t: &TestRepo, dom: &str, state: &Path, env: &[(&str, &str)]) -> Run {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/hooks/libvirt-incremental.sh");
-    let mut c = Command::new("sh");
-    c.arg(&script)
-        .args([dom, "vda", "--", "--repo"])
-        .arg(&t.repo)
-        .arg("--json")
-        .env("COFFER", bin())
-        .env("COFFER_PASSWORD", PASSWORD)
-        .env("COFFER_CACHE_DIR", &t.cache)
-        .env("COFFER_FULL_DAY", "")
-        .env("STATE_DIR", state)
-        .env("TMPDIR", t.dir.path());
+    let mut c = hook(
+        t,
+        "libvirt-incremental.sh",
+        &[OsStr::new(dom), OsStr::new("vda")],
+    );
+    c.env("STATE_DIR", state);
     for (k, v) in env {
         c.env(k, v);
     }

@@ -3,6 +3,7 @@
 //! raw`), and ranges the server reports as zeros are never read. And a
 //! fake server that sends garbage: a clear error, never a panic.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixListener;
@@ -23,6 +24,34 @@ pub(crate) fn have(tool: &str) -> bool {
         panic!("{tool} is missing (apt-get install qemu-utils libnbd-bin)");
     }
     ok
+}
+
+/// Whether qemu-nbd, qemu-img and qemu-io are installed (under CI they
+/// must be).
+pub(crate) fn qemu_tools() -> bool {
+    have("qemu-nbd") && have("qemu-img") && have("qemu-io")
+}
+
+/// A hook script of docs/hooks run as an operator runs it nightly: `args`,
+/// then `-- --repo REPO --json`, with the binary, the passphrase and the
+/// cache of `t`, no monthly full read, and temporary files in `t`.
+pub(crate) fn hook(t: &TestRepo, script: &str, args: &[&OsStr]) -> Command {
+    let mut c = Command::new("sh");
+    c.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("docs/hooks")
+            .join(script),
+    )
+    .args(args)
+    .args(["--", "--repo"])
+    .arg(&t.repo)
+    .arg("--json")
+    .env("COFFER", bin())
+    .env("COFFER_PASSWORD", PASSWORD)
+    .env("COFFER_CACHE_DIR", &t.cache)
+    .env("COFFER_FULL_DAY", "")
+    .env("TMPDIR", t.dir.path());
+    c
 }
 
 pub(crate) fn run(cmd: &mut Command) {
@@ -164,7 +193,7 @@ struct DayOne {
 }
 
 fn day_one(t: &TestRepo) -> Option<DayOne> {
-    if !have("qemu-nbd") || !have("qemu-img") || !have("qemu-io") {
+    if !qemu_tools() {
         return None;
     }
     let (qcow, want, _) = make_disk(t.dir.path());
@@ -596,28 +625,16 @@ fn a_lying_bitmap_is_caught_by_verify_clean() {
 /// only what changed; both restore byte-identical.
 #[test]
 fn the_qcow2_incremental_hook_script_runs_two_nights() {
-    if !have("qemu-nbd") || !have("qemu-img") || !have("qemu-io") {
+    if !qemu_tools() {
         return;
     }
     let t = TestRepo::new();
     let (qcow, want1, _) = make_disk(t.dir.path());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/hooks/qcow2-incremental.sh");
     let night = || {
-        let out = Command::new("sh")
-            .arg(&script)
-            .arg(&qcow)
-            .args(["--", "--repo"])
-            .arg(&t.repo)
-            .arg("--json")
-            .env("COFFER", bin())
-            .env("COFFER_PASSWORD", PASSWORD)
-            .env("COFFER_CACHE_DIR", t.path("cache"))
-            .env("COFFER_FULL_DAY", "")
-            .env("TMPDIR", t.dir.path())
+        let out = hook(&t, "qcow2-incremental.sh", &[qcow.as_os_str()])
             .output()
             .unwrap();
-        let r = Run { out }.ok();
-        r.json()
+        Run { out }.ok().json()
     };
     let one = night();
     assert!(one["bytes_read"].as_u64().unwrap() > 8 * MIB, "{one}");
@@ -636,7 +653,7 @@ fn the_qcow2_incremental_hook_script_runs_two_nights() {
 /// the container's bytes), dirty bitmaps included; nothing left behind.
 #[test]
 fn a_qcow2_file_is_backed_up_as_its_guest_disk() {
-    if !have("qemu-nbd") || !have("qemu-img") || !have("qemu-io") {
+    if !qemu_tools() {
         return;
     }
     let t = TestRepo::new();
