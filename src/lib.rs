@@ -64,6 +64,7 @@ pub(crate) mod partial;
 pub mod priority;
 pub mod proto;
 pub(crate) mod referenced;
+pub mod replicate;
 pub mod repo;
 pub mod retention;
 pub mod scrub;

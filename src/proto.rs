@@ -355,6 +355,31 @@ pub fn split_frame(buf: &[u8]) -> Result<(u16, &[u8]), FormatError> {
 }
 
 impl Request {
+    /// What the request would change in the namespace, for a refusal to
+    /// a read-only identity; `None` for the requests that only read.
+    pub fn writes(&self) -> Option<&'static str> {
+        match self {
+            Request::Hello { .. }
+            | Request::ReadConfig
+            | Request::ListKeys
+            | Request::ReadKey { .. }
+            | Request::PackSize { .. }
+            | Request::ReadPack { .. }
+            | Request::ListPacks
+            | Request::ListSnapshots
+            | Request::ReadSnapshot { .. }
+            | Request::Stamp { .. } => None,
+            Request::WriteConfig { .. } => Some("write its config"),
+            Request::WriteKey { .. } => Some("write key files"),
+            Request::RemoveKey { .. } => Some("remove key files"),
+            Request::PutPack { .. } => Some("upload packs"),
+            Request::WriteSnapshot { .. } => Some("commit snapshots"),
+            Request::Forget { .. } => Some("forget snapshots"),
+            Request::Lock { .. } => Some("lock snapshots"),
+            Request::Repair { .. } => Some("repair packs"),
+        }
+    }
+
     /// Encodes the request as a frame.
     pub fn encode(&self) -> Vec<u8> {
         match self {

@@ -254,6 +254,21 @@ pub enum Command {
         #[arg(long)]
         allow_root: bool,
     },
+    /// Copy the namespaces a replica server pulls (`[[replicate]]` in its
+    /// config) from their primaries now, rather than at `serve`'s next
+    /// hourly run (no key needed). Exits 1 when a copy failed, 3 when a
+    /// snapshot was refused.
+    Replicate {
+        /// The replica's server config.
+        #[arg(long)]
+        config: PathBuf,
+        /// This namespace only.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Run even as root (files it creates would be root's).
+        #[arg(long)]
+        allow_root: bool,
+    },
     /// Manage TLS identities (key and self-signed certificate).
     #[command(subcommand)]
     Identity(IdentityCommand),

@@ -19,6 +19,7 @@ mod keys;
 mod ls;
 mod mount;
 mod operator;
+mod replicate;
 mod restore;
 mod rollback;
 mod secret;
@@ -513,6 +514,11 @@ fn run(mut cli: Cli) -> Result<()> {
             *accept_now,
             *allow_root,
         ),
+        Command::Replicate {
+            config,
+            namespace,
+            allow_root,
+        } => replicate::cmd_replicate(&cli, config, namespace.as_deref(), *allow_root),
         Command::Serve {
             config,
             allow_root,

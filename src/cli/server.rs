@@ -76,7 +76,7 @@ pub(super) fn cmd_prune(
     }
     let reports = match config {
         Some(c) => {
-            coffer::net::server::prune_config(&coffer::net::config::ServerConfig::load(c)?, dry)?
+            coffer::net::jobs::prune_config(&coffer::net::config::ServerConfig::load(c)?, dry)?
         }
         None => {
             let r = repo_arg(cli)?;

@@ -24,16 +24,19 @@ pub enum AlertKind {
     Anomaly,
     /// Deletion is frozen: the clock jumped (see `clock_guard`).
     Clock,
+    /// A replicated namespace's copy fell behind its primary.
+    ReplicationLag,
 }
 
 impl AlertKind {
     /// Every kind, in a stable order.
-    pub const ALL: [AlertKind; 5] = [
+    pub const ALL: [AlertKind; 6] = [
         AlertKind::Stale,
         AlertKind::ScrubUnrepairable,
         AlertKind::Quota,
         AlertKind::Anomaly,
         AlertKind::Clock,
+        AlertKind::ReplicationLag,
     ];
 
     /// Its name in JSON and in metrics.
@@ -44,6 +47,7 @@ impl AlertKind {
             AlertKind::Quota => "quota",
             AlertKind::Anomaly => "anomaly",
             AlertKind::Clock => "clock",
+            AlertKind::ReplicationLag => "replication_lag",
         }
     }
 
@@ -183,6 +187,36 @@ pub fn conditions(figures: &[NamespaceFigures], rules: &AlertRules, now: i64) ->
                     "stale_after_seconds": stale_after,
                 }),
             ));
+        }
+        if let Some(r) = &n.replication {
+            let lag = r.status.lag(n.watched_since, now);
+            if lag > r.lag_alert_after {
+                let st = &r.status;
+                let last = st.last_success.map_or("never".to_string(), fmt_time);
+                let why = st
+                    .last_error
+                    .as_deref()
+                    .map_or(String::new(), |e| format!("; the last run failed: {e}"));
+                out.push(Alert::new(
+                    AlertKind::ReplicationLag,
+                    ns,
+                    now,
+                    format!(
+                        "namespace {ns}: the copy is {} behind its primary (threshold {}; last finished run {last}; {} snapshots not copied){why}",
+                        span(lag),
+                        span(r.lag_alert_after),
+                        st.lag_snapshots
+                    ),
+                    json!({
+                        "lag_seconds": lag,
+                        "lag_alert_after_seconds": r.lag_alert_after,
+                        "last_success": st.last_success.map(fmt_time),
+                        "lag_snapshots": st.lag_snapshots,
+                        "failures": st.failures,
+                        "last_error": st.last_error,
+                    }),
+                ));
+            }
         }
         if let Some(why) = &n.clock_frozen {
             out.push(Alert::new(

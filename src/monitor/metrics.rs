@@ -138,6 +138,42 @@ const NAMESPACE_METRICS: &[NsMetric] = &[
         |n| n.staleness.map(|s| f64::from(u8::from(s.stale()))),
     ),
     (
+        "coffer_replication_lag_seconds",
+        Kind::Gauge,
+        "A replicated namespace: seconds since the oldest primary snapshot the copy lacks, or since its last finished run when it lacks none.",
+        |n| n.replication.as_ref().map(|r| r.lag as f64),
+    ),
+    (
+        "coffer_replication_lag_snapshots",
+        Kind::Gauge,
+        "A replicated namespace: primary snapshots the last finished run could not copy.",
+        |n| n.replication.as_ref().map(|r| r.status.lag_snapshots as f64),
+    ),
+    (
+        "coffer_replication_last_success_timestamp_seconds",
+        Kind::Gauge,
+        "A replicated namespace: when its last copy run finished (0: never).",
+        |n| n.replication.as_ref().map(|r| r.status.last_success.unwrap_or(0) as f64),
+    ),
+    (
+        "coffer_replication_failures",
+        Kind::Gauge,
+        "A replicated namespace: copy runs that failed since the last one that finished.",
+        |n| n.replication.as_ref().map(|r| r.status.failures as f64),
+    ),
+    (
+        "coffer_replication_copied_bytes_total",
+        Kind::Counter,
+        "A replicated namespace: bytes of packs copied from the primary (kept across restarts).",
+        |n| n.replication.as_ref().map(|r| r.status.bytes_copied as f64),
+    ),
+    (
+        "coffer_replication_copied_snapshots_total",
+        Kind::Counter,
+        "A replicated namespace: snapshots copied from the primary (kept across restarts).",
+        |n| n.replication.as_ref().map(|r| r.status.snapshots_copied as f64),
+    ),
+    (
         "coffer_namespace_last_snapshot_new_bytes",
         Kind::Gauge,
         "Bytes of packs the latest snapshot references that were written since the commit before it and are not in the snapshot before it.",

@@ -45,6 +45,81 @@ pub struct NamespaceFigures {
     pub watched_since: i64,
     /// How stale it is as of the collection (shown in the metrics).
     pub staleness: Option<alert::Staleness>,
+    /// For a namespace this server copies from a primary: how its copy
+    /// runs went, and the lag the alert allows.
+    pub replication: Option<ReplicationFigures>,
+}
+
+/// What a replica records of its copy runs of one namespace
+/// (`replication.json` in the namespace's directory).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ReplicationStatus {
+    /// The last run that finished (seconds since the epoch).
+    pub last_success: Option<i64>,
+    /// The last run, finished or not.
+    pub last_attempt: Option<i64>,
+    /// Why the last run failed, if it did.
+    pub last_error: Option<String>,
+    /// Runs that failed since the last success.
+    pub failures: u64,
+    /// Snapshots of the primary the last finished run could not copy.
+    pub lag_snapshots: u64,
+    /// The oldest of those, by the primary's stamp.
+    pub oldest_missing: Option<i64>,
+    /// Bytes of packs copied, all runs together.
+    pub bytes_copied: u64,
+    /// Snapshots copied, all runs together.
+    pub snapshots_copied: u64,
+}
+
+impl ReplicationStatus {
+    /// Records a run that finished at `now`.
+    pub fn succeeded(
+        &mut self,
+        now: i64,
+        lag_snapshots: u64,
+        oldest_missing: Option<i64>,
+        bytes: u64,
+        snapshots: u64,
+    ) {
+        self.last_success = Some(now);
+        self.last_attempt = Some(now);
+        self.last_error = None;
+        self.failures = 0;
+        self.lag_snapshots = lag_snapshots;
+        self.oldest_missing = oldest_missing;
+        self.bytes_copied += bytes;
+        self.snapshots_copied += snapshots;
+    }
+
+    /// Records a run that failed at `now`.
+    pub fn failed(&mut self, now: i64, why: String) {
+        self.last_attempt = Some(now);
+        self.last_error = Some(why);
+        self.failures += 1;
+    }
+
+    /// Seconds the copy is behind at `now`: since the oldest primary
+    /// snapshot it lacks; when it lacks none, since its last finished run
+    /// (what the primary took since then is unknown here, so a replica
+    /// that cannot copy falls behind as time passes); `since` (when the
+    /// server began watching) before any run finished.
+    pub fn lag(&self, since: i64, now: i64) -> i64 {
+        let from = self.oldest_missing.or(self.last_success).unwrap_or(since);
+        (now - from).max(0)
+    }
+}
+
+/// A replicated namespace's figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplicationFigures {
+    /// As the copy runs recorded it.
+    pub status: ReplicationStatus,
+    /// The lag, in seconds, past which `replication_lag` fires.
+    pub lag_alert_after: i64,
+    /// The lag in seconds as of the collection (see [`ReplicationStatus::lag`]).
+    pub lag: i64,
 }
 
 /// A namespace's scrub, as its `scrub.json` records it.

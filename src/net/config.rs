@@ -23,6 +23,10 @@ pub struct ClientEntry {
     /// Whether the client may remove key files (default: no).
     #[serde(default)]
     pub allow_remove_keys: bool,
+    /// The client may list, read and restore, never write (default: no):
+    /// for restores from a replica, or an auditor.
+    #[serde(default)]
+    pub read_only: bool,
     /// This namespace's lock window in days (default: the server's).
     pub lock_days: Option<u32>,
     /// This namespace's retention in days (default: the server's).
@@ -94,6 +98,12 @@ pub struct ServerConfig {
     /// Accepted clients.
     #[serde(default, rename = "client")]
     pub clients: Vec<ClientEntry>,
+    /// Replica servers that may read namespaces to copy them (`[[replica]]`).
+    #[serde(default, rename = "replica")]
+    pub replicas: Vec<super::replica::ReplicaEntry>,
+    /// Namespaces this server copies from a primary (`[[replicate]]`).
+    #[serde(default)]
+    pub replicate: Vec<super::replica::ReplicateEntry>,
     /// The Prometheus endpoint (none without this section).
     pub metrics: Option<MetricsConfig>,
     /// Alerts (none without this section).
@@ -425,6 +435,8 @@ pub struct Client {
     pub namespace: String,
     /// May it remove key files.
     pub allow_remove_keys: bool,
+    /// May it only read (a `read_only` client, or a replica).
+    pub read_only: bool,
     /// Its namespace's retention rules.
     pub policy: Policy,
     /// Its namespace's quota in bytes.
@@ -456,6 +468,8 @@ impl ServerConfig {
             toml::from_str(text).map_err(|e| Error::Denied(e.to_string().trim().to_string()))?;
         c.listen_addr()?;
         c.validated_clients()?;
+        c.validated_replicas()?;
+        c.validated_replications()?;
         c.limits()?;
         crate::parity::ParityConfig::parse(&c.parity).map_err(Error::Denied)?;
         if c.scrub_interval_hours == 0 {
@@ -503,7 +517,10 @@ impl ServerConfig {
     }
 
     /// One client entry per namespace (the first that names it), in the
-    /// config's order: clients sharing a namespace share its settings.
+    /// config's order: clients sharing a namespace share its settings. A
+    /// namespace this server replicates and no client names follows,
+    /// with the server's rules, as a read-only entry under the primary's
+    /// fingerprint: it is scrubbed, swept and watched like any other.
     pub fn namespaces(&self) -> Result<Vec<Client>> {
         let mut out: Vec<Client> = Vec::new();
         for c in self.validated_clients()? {
@@ -511,7 +528,40 @@ impl ServerConfig {
                 out.push(c);
             }
         }
+        for r in self.validated_replications()? {
+            if !out.iter().any(|o| o.namespace == r.namespace) {
+                out.push(Client {
+                    fingerprint: r.pin,
+                    namespace: r.namespace,
+                    allow_remove_keys: false,
+                    read_only: true,
+                    policy: self.policy_of(None),
+                    quota: None,
+                    stale_after: None,
+                });
+            }
+        }
         Ok(out)
+    }
+
+    /// The retention rules of a namespace: `c`'s where it sets them, the
+    /// server's otherwise.
+    pub(super) fn policy_of(&self, c: Option<&ClientEntry>) -> Policy {
+        Policy {
+            lock_secs: c.and_then(|c| c.lock_days).unwrap_or(self.lock_days) as i64 * DAY_SECS,
+            retention_secs: c
+                .and_then(|c| c.retention_days)
+                .unwrap_or(self.retention_days) as i64
+                * DAY_SECS,
+            grace_secs: self.gc_grace_hours as i64 * 3600,
+            keep: crate::keep::KeepRules {
+                last: c.and_then(|c| c.keep_last).unwrap_or(self.keep_last),
+                daily: c.and_then(|c| c.keep_daily).unwrap_or(self.keep_daily),
+                weekly: c.and_then(|c| c.keep_weekly).unwrap_or(self.keep_weekly),
+                monthly: c.and_then(|c| c.keep_monthly).unwrap_or(self.keep_monthly),
+                yearly: c.and_then(|c| c.keep_yearly).unwrap_or(self.keep_yearly),
+            },
+        }
     }
 
     /// The store of `client`'s namespace, with its retention and parity.
@@ -544,18 +594,7 @@ impl ServerConfig {
                     i + 1
                 )));
             }
-            let policy = Policy {
-                lock_secs: c.lock_days.unwrap_or(self.lock_days) as i64 * DAY_SECS,
-                retention_secs: c.retention_days.unwrap_or(self.retention_days) as i64 * DAY_SECS,
-                grace_secs: self.gc_grace_hours as i64 * 3600,
-                keep: crate::keep::KeepRules {
-                    last: c.keep_last.unwrap_or(self.keep_last),
-                    daily: c.keep_daily.unwrap_or(self.keep_daily),
-                    weekly: c.keep_weekly.unwrap_or(self.keep_weekly),
-                    monthly: c.keep_monthly.unwrap_or(self.keep_monthly),
-                    yearly: c.keep_yearly.unwrap_or(self.keep_yearly),
-                },
-            };
+            let policy = self.policy_of(Some(c));
             policy.validate().map_err(|e| {
                 Error::Denied(format!(
                     "client #{} (namespace {}): {e}",
@@ -585,6 +624,7 @@ impl ServerConfig {
                 fingerprint: fp,
                 namespace: c.namespace.clone(),
                 allow_remove_keys: c.allow_remove_keys,
+                read_only: c.read_only,
                 policy,
                 quota: c.quota_bytes,
                 stale_after,

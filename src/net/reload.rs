@@ -22,6 +22,13 @@ use crate::error::Result;
 pub struct Live {
     /// Who may connect, by certificate, and to which namespace.
     pub clients: HashMap<Fingerprint, Client>,
+    /// Replica servers, by certificate, and the namespaces each may read.
+    pub replicas: HashMap<Fingerprint, Vec<String>>,
+    /// One entry per namespace served or replicated (see
+    /// [`ServerConfig::namespaces`]): what scrub, prune and replicas see.
+    pub namespaces: Vec<Client>,
+    /// The namespaces this server copies from primaries.
+    pub replications: Vec<super::replica::Replication>,
     /// Connections and memory per certificate and overall. Kept across a
     /// reload that leaves `[limits]` as it was; otherwise new connections
     /// are admitted under the new one and open ones keep theirs.
@@ -41,6 +48,13 @@ impl Live {
                 .into_iter()
                 .map(|c| (c.fingerprint, c))
                 .collect(),
+            replicas: cfg
+                .validated_replicas()?
+                .into_iter()
+                .map(|r| (r.fingerprint, r.namespaces))
+                .collect(),
+            namespaces: cfg.namespaces()?,
+            replications: cfg.validated_replications()?,
             admission: Admission::new(cfg.limits()?),
             scrub_every: Duration::from_secs(cfg.scrub_interval_hours as u64 * 3600),
             prune_every: cfg.prune_every()?,
@@ -48,15 +62,43 @@ impl Live {
     }
 }
 
-/// Whether `client`, as it was when its connection was admitted, is still
-/// in the config with the same namespace. A removed client's open
-/// connection is closed at its next request.
-pub(super) fn still_served(state: &State, client: &Client) -> bool {
-    state
-        .live()
-        .clients
-        .get(&client.fingerprint)
-        .is_some_and(|c| c.namespace == client.namespace)
+impl Live {
+    /// Whether a certificate may connect at all.
+    pub fn knows(&self, fp: &Fingerprint) -> bool {
+        self.clients.contains_key(fp) || self.replicas.contains_key(fp)
+    }
+
+    /// What `fp` may do in namespace `ns`, if anything: a client its own
+    /// namespace; a replica, read-only, any namespace it is listed for,
+    /// under that namespace's rules.
+    pub fn grant(&self, fp: &Fingerprint, ns: &str) -> Option<Client> {
+        if let Some(c) = self.clients.get(fp) {
+            return (c.namespace == ns).then(|| c.clone());
+        }
+        if !self.replicas.get(fp)?.iter().any(|n| n == ns) {
+            return None;
+        }
+        let owner = self.namespaces.iter().find(|c| c.namespace == ns)?;
+        Some(Client {
+            fingerprint: *fp,
+            allow_remove_keys: false,
+            read_only: true,
+            ..owner.clone()
+        })
+    }
+}
+
+/// Whether a connection's certificate, and the namespace it was granted
+/// (`None` before its Hello), are still in the config with the same
+/// rights. A removed client's open connection is closed at its next request.
+pub(super) fn still_served(state: &State, fp: &Fingerprint, client: Option<&Client>) -> bool {
+    let live = state.live();
+    match client {
+        None => live.knows(fp),
+        Some(c) => live
+            .grant(fp, &c.namespace)
+            .is_some_and(|now| now.read_only == c.read_only),
+    }
 }
 
 /// Applies `new` in place of `old`; returns it when it is in force, `None`
@@ -144,7 +186,11 @@ fn try_apply(
 }
 
 fn names(cfg: &ServerConfig) -> HashSet<String> {
-    cfg.clients.iter().map(|c| c.namespace.clone()).collect()
+    cfg.namespaces()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.namespace)
+        .collect()
 }
 
 /// The certificates removed and added, as short fingerprints.

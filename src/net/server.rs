@@ -6,12 +6,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use quinn::{RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::admission::{self, Admitted, ReadError, Reservation};
 use super::config::{Client, ServerConfig};
@@ -35,7 +34,7 @@ pub(super) struct State {
     pub(super) live: std::sync::RwLock<Arc<super::reload::Live>>,
     pub(super) stores: Mutex<HashMap<String, Arc<LocalStore>>>,
     /// Bytes of packs and of uploads in progress per namespace.
-    quotas: Arc<super::quota::Quotas>,
+    pub(super) quotas: Arc<super::quota::Quotas>,
     /// Parity shape of every namespace.
     parity: crate::parity::ParityConfig,
     /// Metrics and alerts.
@@ -65,12 +64,12 @@ impl State {
     }
 
     /// Why `ns` is not served, if it is not.
-    fn refusal(&self, ns: &str) -> Option<String> {
+    pub(super) fn refusal(&self, ns: &str) -> Option<String> {
         let r = self.refused.read().unwrap_or_else(|p| p.into_inner());
         r.get(ns).cloned()
     }
 
-    fn store(&self, client: &Client) -> Result<Arc<LocalStore>> {
+    pub(super) fn store(&self, client: &Client) -> Result<Arc<LocalStore>> {
         // unwrap: the lock is never held across a panic
         let mut m = self.stores.lock().unwrap();
         if let Some(s) = m.get(&client.namespace) {
@@ -84,106 +83,6 @@ impl State {
         )?);
         m.insert(client.namespace.clone(), s.clone());
         Ok(s)
-    }
-
-    /// Scrubs every namespace and logs each finding.
-    fn scrub_all(&self) {
-        let mut seen = std::collections::HashSet::new();
-        let live = self.live();
-        for c in live.clients.values() {
-            if !seen.insert(c.namespace.clone()) {
-                continue;
-            }
-            let opts = crate::scrub::ScrubOptions {
-                rate: Some(100_000_000),
-                restart: false,
-            };
-            match self
-                .store(c)
-                .and_then(|s| crate::scrub::scrub(&s, s.parity(), &opts))
-            {
-                Ok(r) => {
-                    info!(
-                        namespace = %c.namespace,
-                        blocks_checked = r.blocks_checked,
-                        damaged_blocks = r.damaged_blocks,
-                        repaired_blocks = r.repaired_blocks,
-                        unrepairable_packs = r.unrepairable.len(),
-                        "scrub done"
-                    );
-                    for u in r.unrepairable {
-                        let snapshots: Vec<String> =
-                            u.snapshots.iter().map(|s| s.to_hex()).collect();
-                        error!(
-                            namespace = %c.namespace,
-                            pack = %u.pack,
-                            snapshots = %snapshots.join(","),
-                            "scrub: pack unrepairable: {}",
-                            u.reason
-                        );
-                    }
-                }
-                Err(e) => error!(namespace = %c.namespace, "scrub failed: {e}"),
-            }
-        }
-    }
-
-    /// Runs the retention sweep and collection in every namespace.
-    fn prune_all(&self) {
-        let mut seen = std::collections::HashSet::new();
-        let live = self.live();
-        for c in live.clients.values() {
-            // A namespace not served is left as it is, as `prune --config` does.
-            if !seen.insert(c.namespace.clone()) || self.refusal(&c.namespace).is_some() {
-                continue;
-            }
-            let res = self.store(c).and_then(|s| {
-                s.prune()
-                    .and_then(|r| crate::scrub::protect(&s, s.parity()).map(|_| r))
-            });
-            self.quotas.forget_stored(&c.namespace);
-            match res {
-                Ok(r) => match r.refused {
-                    None => {
-                        if let Some(c2) = &r.policy_changed {
-                            info!(namespace = %c.namespace, "retention rules, applied from this sweep: {c2}");
-                        }
-                        for f in r
-                            .snapshots
-                            .iter()
-                            .filter(|f| f.reason.starts_with("past its expiry"))
-                        {
-                            debug!(namespace = %c.namespace, snapshot = %f.id, "{}", f.reason);
-                        }
-                        info!(
-                            namespace = %c.namespace,
-                            snapshots_expired = r.snapshots_removed.len(),
-                            packs_collected = r.packs_removed,
-                            bytes = r.bytes_freed,
-                            tmp_removed = r.tmp_removed,
-                            "prune done"
-                        )
-                    }
-                    // A jump of the clock is the operator's to judge: loud.
-                    Some(why)
-                        if crate::clock_guard::is_frozen(
-                            &self.data.join("namespaces").join(&c.namespace),
-                        ) =>
-                    {
-                        error!(namespace = %c.namespace, "prune deleted nothing, the clock cannot be trusted: {why}")
-                    }
-                    Some(why) if r.unreadable.is_empty() => {
-                        warn!(namespace = %c.namespace, "prune deleted nothing: {why}")
-                    }
-                    Some(why) => error!(
-                        namespace = %c.namespace,
-                        snapshots_expired = r.snapshots_removed.len(),
-                        "prune collected no pack: {why}"
-                    ),
-                },
-                Err(e) => error!(namespace = %c.namespace, "prune failed: {e}"),
-            }
-        }
     }
 }
 
@@ -207,9 +106,14 @@ pub fn endpoint(cfg: &ServerConfig) -> Result<(quinn::Endpoint, SocketAddr)> {
 pub(super) fn quic_config(cfg: &ServerConfig) -> Result<quinn::ServerConfig> {
     let id = Identity::load(&cfg.identity)?;
     let clients = cfg.validated_clients()?;
+    let replicas = cfg.validated_replicas()?;
     let provider = provider();
     let verifier = PinnedClients {
-        allowed: clients.iter().map(|c| c.fingerprint).collect(),
+        allowed: clients
+            .iter()
+            .map(|c| c.fingerprint)
+            .chain(replicas.iter().map(|r| r.fingerprint))
+            .collect(),
         provider: provider.clone(),
     };
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -257,43 +161,7 @@ pub async fn serve(
         ),
     });
     let mut cfg = cfg;
-    // Scrub on the server's own schedule, kept across restarts (see
-    // `net::schedule`); the interval is the one in force at each look.
-    let scrubber = state.clone();
-    tokio::spawn(async move {
-        use super::schedule;
-        let data = scrubber.data.clone();
-        let clock = crate::store::system_clock();
-        let now = move || clock();
-        if schedule::read_last(&data).is_none() {
-            if let Err(e) = schedule::write_last(&data, now()) {
-                warn!("the scrub schedule is not recorded, a restart starts it over: {e}");
-            }
-        }
-        loop {
-            let every = scrubber.live().scrub_every.as_secs() as i64;
-            let due = schedule::next_due(schedule::read_last(&data), now(), every);
-            if now() < due {
-                tokio::time::sleep(schedule::nap(due, now())).await;
-                continue;
-            }
-            if let Err(e) = schedule::write_last(&data, now()) {
-                warn!("the scrub schedule is not recorded, a restart starts it over: {e}");
-            }
-            let s = scrubber.clone();
-            let _ = tokio::task::spawn_blocking(move || s.scrub_all()).await;
-        }
-    });
-    // The retention sweep and collection, on the server's own schedule:
-    // at the start, then every interval (the one in force after a reload).
-    let sweeper = state.clone();
-    tokio::spawn(async move {
-        loop {
-            let s = sweeper.clone();
-            let _ = tokio::task::spawn_blocking(move || s.prune_all()).await;
-            tokio::time::sleep(sweeper.live().prune_every).await;
-        }
-    });
+    super::jobs::start(&state);
     let limit = Arc::new(tokio::sync::Semaphore::new(1024));
     // Unauthenticated peers hold slots only briefly and only a few each.
     let handshakes =
@@ -357,8 +225,10 @@ const CONN_BUDGET_MIB: u32 = 64;
 
 struct Conn {
     state: Arc<State>,
-    client: Client,
-    hello: AtomicBool,
+    /// The peer's certificate.
+    fingerprint: Fingerprint,
+    /// What its Hello was granted: set once, by the first Hello.
+    client: std::sync::OnceLock<Client>,
     conn: quinn::Connection,
     budget: Arc<tokio::sync::Semaphore>,
     /// This connection, counted against its certificate.
@@ -409,22 +279,22 @@ impl Conn {
 async fn connection(state: Arc<State>, conn: quinn::Connection) {
     // The handshake already refused unknown certificates; this is the map to a namespace.
     let live = state.live();
-    let Some(client) = peer(&conn).and_then(|fp| live.clients.get(&fp).cloned()) else {
+    let Some(fingerprint) = peer(&conn).filter(|fp| live.knows(fp)) else {
         conn.close(2u32.into(), b"unknown client");
         return;
     };
-    let admitted = match live.admission.admit(client.fingerprint) {
+    let admitted = match live.admission.admit(fingerprint) {
         Ok(a) => a,
         Err(why) => {
-            super::refusal::over_limit(conn.remote_address(), &client.fingerprint, &why);
+            super::refusal::over_limit(conn.remote_address(), &fingerprint, &why);
             conn.close(3u32.into(), why.as_bytes());
             return;
         }
     };
     let ctx = Arc::new(Conn {
         state,
-        client,
-        hello: AtomicBool::new(false),
+        fingerprint,
+        client: std::sync::OnceLock::new(),
         conn: conn.clone(),
         budget: Arc::new(tokio::sync::Semaphore::new(CONN_BUDGET_MIB as usize)),
         admitted,
@@ -432,7 +302,7 @@ async fn connection(state: Arc<State>, conn: quinn::Connection) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         // A reload may have removed this client or moved it elsewhere: it
         // keeps nothing it was given at its handshake.
-        if !super::reload::still_served(&ctx.state, &ctx.client) {
+        if !super::reload::still_served(&ctx.state, &ctx.fingerprint, ctx.client.get()) {
             log(
                 &ctx,
                 "a request",
@@ -454,9 +324,19 @@ async fn connection(state: Arc<State>, conn: quinn::Connection) {
 }
 
 fn log(ctx: &Conn, what: &str, msg: &str) {
+    // Before a Hello is granted: the client's own namespace, if it has one.
+    let ns = match ctx.client.get() {
+        Some(c) => c.namespace.clone(),
+        None => ctx
+            .state
+            .live()
+            .clients
+            .get(&ctx.fingerprint)
+            .map_or_else(|| "-".to_string(), |c| c.namespace.clone()),
+    };
     warn!(
-        namespace = %ctx.client.namespace,
-        fingerprint = %ctx.client.fingerprint,
+        namespace = %ns,
+        fingerprint = %ctx.fingerprint,
         "refused {what}: {msg}"
     );
 }
@@ -627,7 +507,9 @@ async fn stream(
     if let Response::Error { code, message } = &r.head {
         // An existing snapshot or pack is not a failure: nothing was lost.
         if let (Some(commit), false) = (counted, *code == ErrorCode::Conflict) {
-            ctx.state.watch.failed(&ctx.client.namespace, commit);
+            if let Some(c) = ctx.client.get() {
+                ctx.state.watch.failed(&c.namespace, commit);
+            }
         }
         if matches!(
             code,
@@ -724,21 +606,32 @@ async fn handle(
         }
         // Other namespaces do not exist for this client: the same answer
         // whether or not the name is used by someone else.
-        if *namespace != ctx.client.namespace {
+        let granted = ctx.state.live().grant(&ctx.fingerprint, namespace);
+        let Some(granted) = granted else {
             return Err(Reply::err(
                 ErrorCode::Denied,
                 format!("namespace {namespace:?} is not available to this client"),
             ));
-        }
+        };
         if let Some(why) = ctx.state.refusal(namespace) {
             return Err(Reply::err(ErrorCode::Denied, why));
         }
-        ctx.hello.store(true, Ordering::SeqCst);
+        // One namespace per connection: the first Hello chose it.
+        let client = ctx.client.get_or_init(|| granted);
+        if client.namespace != *namespace {
+            return Err(Reply::err(
+                ErrorCode::Protocol,
+                format!(
+                    "this connection uses namespace {:?}; connect again for another",
+                    client.namespace
+                ),
+            ));
+        }
         // A session begins: what a killed server left in the namespace's
         // tmp/ goes now (a crash loop must not fill the disk); uploads that
         // live connections hold locked stay.
-        let store = ctx.state.store(&ctx.client)?;
-        let ns = &ctx.client.namespace;
+        let store = ctx.state.store(client)?;
+        let ns = &client.namespace;
         match blocking(move || store.sweep_abandoned()).await {
             Ok((0, _)) => {}
             Ok((n, bytes)) => info!(
@@ -752,10 +645,21 @@ async fn handle(
             namespace: namespace.clone(),
         })));
     }
-    if !ctx.hello.load(Ordering::SeqCst) {
+    let Some(client) = ctx.client.get() else {
         return Err(Reply::err(ErrorCode::Protocol, "send Hello first"));
+    };
+    if client.read_only {
+        if let Some(what) = req.writes() {
+            return Err(Reply::err(
+                ErrorCode::Denied,
+                format!(
+                    "read-only: this identity may list and read namespace {}, not {what}",
+                    client.namespace
+                ),
+            ));
+        }
     }
-    let store = ctx.state.store(&ctx.client)?;
+    let store = ctx.state.store(client)?;
     let one = |r: Reply| Ok(Answer::One(r));
     match req {
         Request::Hello { .. } => unreachable!("handled above"),
@@ -777,7 +681,7 @@ async fn handle(
             one(Reply::of(Response::Ok))
         }
         Request::RemoveKey { name } => {
-            if !ctx.client.allow_remove_keys {
+            if !client.allow_remove_keys {
                 return Err(Reply::err(
                     ErrorCode::Denied,
                     "append-only: this client may not remove key files",
@@ -796,10 +700,10 @@ async fn handle(
             // Reserved under the check's lock until the upload ends (on
             // every path): uploads announced at once cannot pass the
             // quota together.
-            let claim = match ctx.client.quota {
+            let claim = match client.quota {
                 None => None,
                 Some(quota) => {
-                    let ns = &ctx.client.namespace;
+                    let ns = &client.namespace;
                     match super::quota::claim(&ctx.state.quotas, &store, ns, quota, len).await? {
                         Ok(c) => Some(c),
                         Err(over) => return Err(Reply::err(ErrorCode::TooLarge, over.message(ns))),
@@ -849,7 +753,7 @@ async fn handle(
         Request::WriteSnapshot { len, group } => {
             let body = read_body(ctx, recv, len, MAX_WIRE_SNAPSHOT_BYTES, permit).await?;
             let st2 = store.clone();
-            let (data, ns0) = (ctx.state.data.clone(), ctx.client.namespace.clone());
+            let (data, ns0) = (ctx.state.data.clone(), client.namespace.clone());
             let id = blocking(move || {
                 let id = store.write_snapshot(&body, group)?;
                 // The highest commit counter seen, kept outside the namespace.
@@ -857,8 +761,8 @@ async fn handle(
                 Ok(id)
             })
             .await?;
-            let (watch, ns) = (ctx.state.watch.clone(), ctx.client.namespace.clone());
-            let fp = ctx.client.fingerprint.to_string();
+            let (watch, ns) = (ctx.state.watch.clone(), client.namespace.clone());
+            let fp = client.fingerprint.to_string();
             // The watcher first (log, figures, anomaly): parity below may
             // wait hours for a scrub's lock. Both off the reply path.
             let (st3, ns2) = (st2.clone(), ns.clone());
@@ -892,34 +796,4 @@ async fn handle(
             blocking(move || store.read_snapshot(&id)).await?,
         )),
     }
-}
-
-/// `coffer prune --config`: the sweep and collection of every namespace, as
-/// the server's operator, without any key.
-/// The sweep of every namespace of a server config, as `coffer prune
-/// --config` runs it (`dry`: deciding, deleting nothing).
-pub fn prune_config(
-    cfg: &ServerConfig,
-    dry: bool,
-) -> Result<Vec<(String, crate::store::PruneReport)>> {
-    let namespaces = cfg.namespaces()?;
-    // A namespace older than the server saw is left alone (see rollback).
-    let names: Vec<String> = namespaces.iter().map(|c| c.namespace.clone()).collect();
-    let verdict = super::rollback::verify(&cfg.data, &names, &[], "")?;
-    for (ns, e) in &verdict.unchecked {
-        warn!(namespace = %ns, "commit counter not checked: {e}");
-    }
-    let mut out = Vec::new();
-    for c in namespaces {
-        let rep = match verdict.refused.iter().find(|r| r.namespace == c.namespace) {
-            Some(r) => crate::store::PruneReport {
-                refused: Some(format!("nothing deleted: {r}")),
-                ..Default::default()
-            },
-            None if dry => cfg.namespace_store(&c)?.prune_dry_run()?,
-            None => cfg.namespace_store(&c)?.prune()?,
-        };
-        out.push((c.namespace, rep));
-    }
-    Ok(out)
 }

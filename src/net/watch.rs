@@ -20,7 +20,7 @@ use super::config::{Alerting, ServerConfig};
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::monitor::alert::{self, Alert, AlertKind, RateLimit};
-use crate::monitor::{metrics, NamespaceFigures, ScrubFigures, ServerFigures};
+use crate::monitor::{metrics, NamespaceFigures, ReplicationFigures, ScrubFigures, ServerFigures};
 use crate::retention::{Policy, Stamp};
 use crate::scrub::{scrub_state, ParityConfig};
 use crate::store::{replace_file_via, system_clock, LocalStore, Store};
@@ -69,6 +69,8 @@ struct Namespace {
     policy: Policy,
     quota: Option<u64>,
     stale_after: Option<i64>,
+    /// For a namespace copied from a primary: the lag its alert allows.
+    replication_lag_after: Option<i64>,
 }
 
 /// Failures about one namespace since the server started.
@@ -127,10 +129,15 @@ fn now() -> i64 {
 
 /// The namespaces a config defines, sorted by name.
 fn config_namespaces(cfg: &ServerConfig) -> Result<Vec<Namespace>> {
+    let replications = cfg.validated_replications()?;
     let mut namespaces: Vec<Namespace> = cfg
         .namespaces()?
         .into_iter()
         .map(|c| Namespace {
+            replication_lag_after: replications
+                .iter()
+                .find(|r| r.namespace == c.namespace)
+                .map(|r| r.lag_alert_after.as_secs() as i64),
             name: c.namespace,
             policy: c.policy,
             quota: c.quota,
@@ -346,11 +353,17 @@ impl Watch {
     }
 
     fn empty_figures(&self, n: &Namespace) -> NamespaceFigures {
+        let dir = self.data.join("namespaces").join(&n.name);
         NamespaceFigures {
             namespace: n.name.clone(),
             quota_bytes: n.quota,
             stale_after: n.stale_after,
             watched_since: self.watched_since(&n.name),
+            replication: n.replication_lag_after.map(|after| ReplicationFigures {
+                status: super::replica::read_status(&dir),
+                lag_alert_after: after,
+                lag: 0,
+            }),
             ..Default::default()
         }
     }
@@ -448,6 +461,12 @@ impl Watch {
                     failed_uploads: x.uploads,
                     collect_errors: x.collections,
                     staleness: (collected > 0).then(|| alert::staleness(f, stale_after, collected)),
+                    replication: f.replication.clone().map(|r| ReplicationFigures {
+                        lag: r
+                            .status
+                            .lag(f.watched_since, collected.max(f.watched_since)),
+                        ..r
+                    }),
                     ..f.clone()
                 }
             })
@@ -609,7 +628,13 @@ impl Watch {
         let t = now();
         let active = alert::conditions(&figures, &a.rules, t)
             .into_iter()
-            .filter(|x| !a.stale_only || matches!(x.kind, AlertKind::Stale | AlertKind::Clock))
+            .filter(|x| {
+                !a.stale_only
+                    || matches!(
+                        x.kind,
+                        AlertKind::Stale | AlertKind::Clock | AlertKind::ReplicationLag
+                    )
+            })
             .collect();
         let mut st = self.state.lock().unwrap();
         if st

@@ -27,6 +27,7 @@ mod parity_sectors;
 mod profile;
 mod reconnect;
 mod reload;
+mod replication;
 mod restore;
 mod restore_opts;
 mod retention;

@@ -1,0 +1,321 @@
+//! Pull replication between servers, the server's side of it: the config of
+//! both ends and the runs that copy.
+//!
+//! A *primary* lists replica identities under `[[replica]]`, each with the
+//! namespaces it may read; such an identity is served read-only (listings
+//! and reads; never an upload, commit, forget, lock, repair or key change).
+//! A *replica* is an ordinary server that lists, under `[[replicate]]`, the
+//! namespaces it copies, from which primary and with which identity; it
+//! connects to the primary as a client and copies what it lacks (see
+//! [`crate::replicate`]). The primary holds no credential for the replica:
+//! nothing on the primary can reach the offsite copy.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::client::{Remote, RemoteStore, RemoteUrl};
+use super::config::{valid_namespace, ServerConfig};
+use super::{Fingerprint, Identity};
+use crate::error::{Error, Result};
+use crate::monitor::ReplicationStatus;
+use crate::replicate::{CopiedLog, SyncReport};
+use crate::store::LocalStore;
+
+/// `[[replica]]` on a primary: an identity that may read namespaces to copy them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaEntry {
+    /// SHA-256 fingerprint of the replica server's client certificate.
+    pub fingerprint: String,
+    /// The namespaces it may read.
+    pub namespaces: Vec<String>,
+}
+
+/// `[[replicate]]` on a replica: a namespace copied from a primary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicateEntry {
+    /// The namespace, the same name on both servers.
+    pub namespace: String,
+    /// The primary's `HOST:PORT`.
+    pub primary: String,
+    /// The primary's certificate fingerprint, pinned.
+    pub primary_fingerprint: String,
+    /// The identity this server presents to the primary.
+    pub identity: PathBuf,
+    /// Most KiB per second read from the primary (default: no limit).
+    pub limit_kib: Option<u64>,
+    /// How often `serve` copies (default "1h").
+    pub interval: Option<String>,
+    /// The `replication_lag` alert fires when the copy is this far behind
+    /// (default: three intervals).
+    pub lag_alert_after: Option<String>,
+}
+
+/// A checked `[[replica]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// Its certificate.
+    pub fingerprint: Fingerprint,
+    /// What it may read.
+    pub namespaces: Vec<String>,
+}
+
+/// A checked `[[replicate]]`.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    /// The namespace.
+    pub namespace: String,
+    /// Where the primary serves it.
+    pub url: RemoteUrl,
+    /// The primary's certificate.
+    pub pin: Fingerprint,
+    /// This server's identity towards the primary.
+    pub identity: PathBuf,
+    /// Bytes per second, when limited.
+    pub limit: Option<u64>,
+    /// How often `serve` copies.
+    pub every: Duration,
+    /// How far behind the copy may fall before the `replication_lag` alert.
+    pub lag_alert_after: Duration,
+}
+
+/// How often `serve` copies a namespace when its entry does not say.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How long a copy run waits for the primary's handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl ServerConfig {
+    /// The `[[replica]]` entries, checked: each fingerprint parses, is not
+    /// also a client's, and names namespaces this server serves.
+    pub fn validated_replicas(&self) -> Result<Vec<Replica>> {
+        let clients = self.validated_clients()?;
+        let served: HashSet<&str> = clients.iter().map(|c| c.namespace.as_str()).collect();
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in self.replicas.iter().enumerate() {
+            let at = |m: String| Error::Denied(format!("replica #{}: {m}", i + 1));
+            let fp =
+                Fingerprint::parse(&r.fingerprint).map_err(|e| at(format!("fingerprint: {e}")))?;
+            if clients.iter().any(|c| c.fingerprint == fp) {
+                return Err(at(format!(
+                    "fingerprint {fp} is also a client's: a replica identity only reads, give it its own certificate"
+                )));
+            }
+            if !seen.insert(fp) {
+                return Err(at(format!("fingerprint {fp} is listed twice")));
+            }
+            if r.namespaces.is_empty() {
+                return Err(at("namespaces is empty".into()));
+            }
+            for ns in &r.namespaces {
+                if !served.contains(ns.as_str()) {
+                    return Err(at(format!(
+                        "namespace {ns:?} is not a namespace of any [[client]] of this server"
+                    )));
+                }
+            }
+            out.push(Replica {
+                fingerprint: fp,
+                namespaces: r.namespaces.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The `[[replicate]]` entries, checked.
+    pub fn validated_replications(&self) -> Result<Vec<Replication>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in self.replicate.iter().enumerate() {
+            let at = |m: String| Error::Denied(format!("replicate #{}: {m}", i + 1));
+            if !valid_namespace(&r.namespace) {
+                return Err(at(format!(
+                    "namespace {:?} must be 1-64 of [A-Za-z0-9._-], not starting with '.'",
+                    r.namespace
+                )));
+            }
+            if !seen.insert(r.namespace.clone()) {
+                return Err(at(format!("namespace {} is replicated twice", r.namespace)));
+            }
+            let url = RemoteUrl::parse(&format!("quic://{}/{}", r.primary, r.namespace))
+                .map_err(|_| at(format!("primary = {:?} is not HOST:PORT", r.primary)))?;
+            let pin = Fingerprint::parse(&r.primary_fingerprint)
+                .map_err(|e| at(format!("primary_fingerprint: {e}")))?;
+            let limit = match r.limit_kib {
+                Some(0) => return Err(at("limit_kib must be at least 1".into())),
+                Some(k) => Some(k.saturating_mul(1024)),
+                None => None,
+            };
+            let span = |key: &str, v: &Option<String>| -> Result<Option<Duration>> {
+                v.as_ref()
+                    .map(|v| {
+                        humantime::parse_duration(v)
+                            .ok()
+                            .filter(|d| !d.is_zero())
+                            .ok_or_else(|| {
+                                at(format!("{key} = {v:?} is not a duration such as \"1h\""))
+                            })
+                    })
+                    .transpose()
+            };
+            let every = span("interval", &r.interval)?.unwrap_or(DEFAULT_INTERVAL);
+            let lag_alert_after = span("lag_alert_after", &r.lag_alert_after)?.unwrap_or(every * 3);
+            out.push(Replication {
+                namespace: r.namespace.clone(),
+                url,
+                pin,
+                identity: r.identity.clone(),
+                limit,
+                every,
+                lag_alert_after,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Copies one namespace from its primary into this server's store of it,
+/// opened with the namespace's own rules (those of its `[[client]]` here,
+/// or the server's): `coffer replicate --config`.
+pub fn run_config(cfg: &ServerConfig, r: &Replication) -> Result<SyncReport> {
+    let client = cfg
+        .namespaces()?
+        .into_iter()
+        .find(|c| c.namespace == r.namespace)
+        .ok_or_else(|| Error::Denied(format!("namespace {} is not configured", r.namespace)))?;
+    run(&cfg.namespace_store(&client)?, r)
+}
+
+/// Copies one namespace from its primary into `dst`, and records the
+/// outcome in `dst`'s `replication.json` for monitoring.
+pub fn run(dst: &LocalStore, r: &Replication) -> Result<SyncReport> {
+    let res = copy(dst, r);
+    let mut status = read_status(dst.root());
+    let now = crate::store::system_clock()();
+    match &res {
+        Ok(rep) => status.succeeded(
+            now,
+            rep.refused.len() as u64,
+            rep.oldest_missing,
+            rep.bytes_copied,
+            rep.snapshots_copied as u64,
+        ),
+        Err(e) => status.failed(now, e.to_string()),
+    }
+    if let Err(e) = write_status(dst.root(), &status) {
+        tracing::warn!(namespace = %r.namespace, "replication status not recorded: {e}");
+    }
+    res
+}
+
+fn copy(dst: &LocalStore, r: &Replication) -> Result<SyncReport> {
+    let identity = Identity::load(&r.identity)?;
+    let mut src = RemoteStore::connect_within(&r.url, identity, r.pin, CONNECT_TIMEOUT)
+        .map_err(|e| Error::Denied(format!("primary {}:{}: {e}", r.url.host, r.url.port)))?;
+    if let Some(l) = r.limit {
+        src = src.with_download_limit(l);
+    }
+    let mut log = CopiedLog::open(dst.root())?;
+    crate::replicate::sync(&Remote(std::sync::Arc::new(src)), dst, &mut log)
+}
+
+/// A namespace's `replication.json`, or an empty status.
+pub fn read_status(root: &Path) -> ReplicationStatus {
+    std::fs::read(root.join(STATUS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn write_status(root: &Path, st: &ReplicationStatus) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(st).map_err(|e| Error::Denied(e.to_string()))?;
+    crate::store::replace_file(&root.join("tmp"), &root.join(STATUS_FILE), &bytes)
+}
+
+/// The status file in a namespace's directory.
+pub const STATUS_FILE: &str = "replication.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FP1: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+    const FP2: &str = "0000000000000000000000000000000000000000000000000000000000000002";
+
+    fn parse(rest: &str) -> Result<ServerConfig> {
+        ServerConfig::parse(&format!(
+            "data = \"/d\"\nidentity = \"/i\"\n[[client]]\nfingerprint = \"{FP1}\"\nnamespace = \"w\"\n{rest}"
+        ))
+    }
+
+    #[test]
+    fn replica_entries_are_checked() {
+        let c = parse(&format!(
+            "[[replica]]\nfingerprint = \"{FP2}\"\nnamespaces = [\"w\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.validated_replicas().unwrap()[0].namespaces, vec!["w"]);
+        for (bad, says) in [
+            (
+                format!("fingerprint = \"{FP1}\"\nnamespaces = [\"w\"]"),
+                "also a client's",
+            ),
+            (
+                format!("fingerprint = \"{FP2}\"\nnamespaces = [\"x\"]"),
+                "not a namespace",
+            ),
+            (format!("fingerprint = \"{FP2}\"\nnamespaces = []"), "empty"),
+            (
+                format!("fingerprint = \"{FP2}\"\nnamespaces = [\"w\"]\nwrite = true"),
+                "unknown field",
+            ),
+        ] {
+            let e = parse(&format!("[[replica]]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn replicate_entries_are_checked_and_their_namespaces_kept() {
+        let entry = |ns: &str, primary: &str, extra: &str| {
+            format!("[[replicate]]\nnamespace = \"{ns}\"\nprimary = \"{primary}\"\nprimary_fingerprint = \"{FP2}\"\nidentity = \"/r\"\n{extra}\n")
+        };
+        let c = parse(&entry(
+            "v",
+            "10.0.0.1:7443",
+            "limit_kib = 4\ninterval = \"10m\"",
+        ))
+        .unwrap();
+        let r = &c.validated_replications().unwrap()[0];
+        assert_eq!((r.limit, r.every.as_secs()), (Some(4096), 600));
+        // A replicated namespace no client names is scrubbed and swept too,
+        // under the server's rules, and nobody may write it.
+        let ns = c.namespaces().unwrap();
+        let v = ns.iter().find(|c| c.namespace == "v").unwrap();
+        assert!(v.read_only);
+        assert_eq!(
+            c.validated_replications().unwrap()[0].every,
+            Duration::from_secs(600)
+        );
+        for (bad, says) in [
+            (entry("v", "nohost", ""), "HOST:PORT"),
+            (entry("../x", "h:1", ""), "namespace"),
+            (entry("v", "h:1", "limit_kib = 0"), "limit_kib"),
+            (entry("v", "h:1", "interval = \"often\""), "interval"),
+            (
+                format!("{}{}", entry("v", "h:1", ""), entry("v", "h:2", "")),
+                "twice",
+            ),
+        ] {
+            let e = parse(&bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}

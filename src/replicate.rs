@@ -1,0 +1,276 @@
+//! Copying a repository from one store into a local one, key-free and byte
+//! for byte: what a replica server does with the namespaces it pulls from
+//! a primary (see `net::replica` for the servers' side).
+//!
+//! Only what the copy lacks is fetched. Every pack is hashed as it arrives
+//! and kept only if it hashes to its name; a snapshot is committed only
+//! after every pack it references is held, so a run killed at any point
+//! leaves nothing partial visible (an unfinished pack is a temporary file
+//! the store sweeps; finished packs wait for the rerun, which finds them).
+//! The copy stamps each snapshot by its own clock when it arrives, and
+//! extends its lock to at least the primary's; its retention is its own
+//! from then on. A snapshot the copy once took and has since removed by
+//! its own rules is not taken again: the copied log says so.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::format::snapshot;
+use crate::id::{PackHasher, PackId, SnapshotId};
+use crate::retention::Stamp;
+use crate::store::{LocalStore, Store};
+
+/// Bytes of a pack fetched per request.
+const PIECE: usize = 4 << 20;
+
+/// What one run copied and refused.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SyncReport {
+    /// Snapshots the source lists.
+    pub source_snapshots: usize,
+    /// Snapshots committed in the copy by this run.
+    pub snapshots_copied: usize,
+    /// Packs written by this run.
+    pub packs_copied: u64,
+    /// Bytes of those packs.
+    pub bytes_copied: u64,
+    /// Key files written by this run.
+    pub keys_copied: usize,
+    /// Snapshots held already whose lock or hold was extended to the source's.
+    pub locks_extended: usize,
+    /// Snapshots not copied, each with why (retried by the next run).
+    pub refused: Vec<Refused>,
+    /// The oldest source snapshot (by the source's stamp) the copy still
+    /// lacks after this run, seconds since the epoch: the lag.
+    pub oldest_missing: Option<i64>,
+    /// The newest source snapshot, by the source's stamp.
+    pub newest_source: Option<i64>,
+}
+
+/// A snapshot left out of the copy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refused {
+    /// The snapshot.
+    pub snapshot: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The snapshots a copy has taken, kept in `REPO/replicated` (one id per
+/// line, appended): a snapshot the copy's own retention removed is not
+/// copied back while the source still holds it.
+pub struct CopiedLog {
+    path: PathBuf,
+    ids: HashSet<SnapshotId>,
+}
+
+impl CopiedLog {
+    /// Reads the log of the store at `root` (empty when there is none).
+    /// A line that is not an id (a torn last line) is skipped.
+    pub fn open(root: &Path) -> Result<CopiedLog> {
+        let path = root.join("replicated");
+        let mut ids = HashSet::new();
+        match File::open(&path) {
+            Ok(f) => {
+                for line in BufReader::new(f).lines() {
+                    if let Ok(id) = line.at(&path)?.trim().parse::<SnapshotId>() {
+                        ids.insert(id);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+        Ok(CopiedLog { path, ids })
+    }
+
+    /// Whether `id` was copied once.
+    pub fn contains(&self, id: &SnapshotId) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// Records `id` as copied, durably.
+    fn add(&mut self, id: SnapshotId) -> Result<()> {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .at(&self.path)?;
+        // A line torn by a crash is skipped at open; the newline first
+        // keeps the next one whole.
+        f.write_all(format!("\n{}", id.to_hex()).as_bytes())
+            .at(&self.path)?;
+        f.sync_all().at(&self.path)?;
+        self.ids.insert(id);
+        Ok(())
+    }
+}
+
+/// Copies into `dst` what it lacks of `src`: the config (the first time;
+/// a different one is refused), key files, and every snapshot with its
+/// packs, oldest first by the source's clock. Locks of snapshots held
+/// already are extended where the source's were.
+pub fn sync(src: &dyn Store, dst: &LocalStore, log: &mut CopiedLog) -> Result<SyncReport> {
+    // One copy at a time: an operator's run waits for a scheduled one.
+    let _one = dst.lock_named("replicate.lock", true)?;
+    let mut report = SyncReport::default();
+    let config = match src.read_config() {
+        Ok(c) => c,
+        // Nothing to copy before the client's first `init`.
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(report),
+        Err(e) => return Err(e),
+    };
+    match dst.read_config() {
+        Ok(mine) if mine == config => {}
+        Ok(_) => {
+            return Err(Error::Denied(format!(
+                "{} holds a different repository than the source (their config files differ); nothing copied",
+                dst.root().display()
+            )))
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => dst.write_config(&config)?,
+        Err(e) => return Err(e),
+    }
+    let have: HashSet<String> = dst.list_keys()?.into_iter().collect();
+    for name in src.list_keys()? {
+        if !have.contains(&name) {
+            let bytes = src.read_key(&name)?;
+            dst.write_key(&name, &bytes)?;
+            report.keys_copied += 1;
+        }
+    }
+    let held: HashSet<SnapshotId> = dst.list_snapshots()?.into_iter().collect();
+    let listed = src.list_snapshots()?;
+    report.source_snapshots = listed.len();
+    let mut todo: Vec<(Stamp, SnapshotId)> = Vec::new();
+    for id in listed {
+        let stamp = match src.stamp(&id) {
+            Ok(s) => s,
+            // Forgotten on the source between its listing and now.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        report.newest_source = report.newest_source.max(Some(stamp.received));
+        if held.contains(&id) {
+            if extend_lock(dst, &id, &stamp)? {
+                report.locks_extended += 1;
+            }
+        } else if !log.contains(&id) {
+            todo.push((stamp, id));
+        }
+    }
+    todo.sort_by_key(|(s, id)| (s.received, *id));
+    for (stamp, id) in todo {
+        match copy_snapshot(src, dst, &id, &stamp, &mut report)? {
+            Ok(()) => {
+                log.add(id)?;
+                report.snapshots_copied += 1;
+            }
+            Err(reason) => {
+                report.oldest_missing = report.oldest_missing.or(Some(stamp.received));
+                report.refused.push(Refused {
+                    snapshot: id.to_hex(),
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Extends `dst`'s lock of `id` to the source's stamp; whether it changed.
+fn extend_lock(dst: &LocalStore, id: &SnapshotId, src: &Stamp) -> Result<bool> {
+    let mine = dst.stamp(id)?;
+    if src.locked_until <= mine.locked_until && (!src.hold || mine.hold) {
+        return Ok(false);
+    }
+    dst.lock(id, src.locked_until.max(mine.locked_until), src.hold)?;
+    Ok(true)
+}
+
+/// Copies one snapshot and the packs it needs. The outer error stops the
+/// run (the copy's disk, the connection); the inner one refuses this
+/// snapshot only (what the source holds is wrong or missing).
+fn copy_snapshot(
+    src: &dyn Store,
+    dst: &LocalStore,
+    id: &SnapshotId,
+    stamp: &Stamp,
+    report: &mut SyncReport,
+) -> Result<std::result::Result<(), String>> {
+    let bytes = match src.read_snapshot(id) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Ok(Err("forgotten on the source during the copy".into()))
+        }
+        Err(e) => return Err(e),
+    };
+    if SnapshotId::of(&bytes) != *id {
+        return Ok(Err("the source's file does not hash to its name".into()));
+    }
+    let file = match snapshot::decode(&bytes) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(format!("the source's file does not decode: {e}"))),
+    };
+    for p in &file.packs {
+        if dst.pack_size(p)?.is_some() {
+            continue;
+        }
+        let Some(size) = src.pack_size(p)? else {
+            return Ok(Err(format!(
+                "it references pack {p}, which the source does not hold"
+            )));
+        };
+        if let Err(why) = copy_pack(src, dst, p, size)? {
+            return Ok(Err(why));
+        }
+        report.packs_copied += 1;
+        report.bytes_copied += size;
+    }
+    let got = dst.write_snapshot(&bytes, stamp.group)?;
+    debug_assert_eq!(got, *id);
+    extend_lock(dst, id, stamp)?;
+    Ok(Ok(()))
+}
+
+/// Copies one pack, checking it against its name before it is kept.
+fn copy_pack(
+    src: &dyn Store,
+    dst: &LocalStore,
+    id: &PackId,
+    size: u64,
+) -> Result<std::result::Result<(), String>> {
+    let mut up = dst.upload_pack()?;
+    let mut hasher = PackHasher::default();
+    let mut buf = Vec::new();
+    let mut at = 0u64;
+    while at < size {
+        let len = PIECE.min((size - at) as usize);
+        let span = match src.read_pack_span(id, at, len, &mut buf) {
+            Ok(s) => s,
+            Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) => {
+                return Ok(Err(format!(
+                    "pack {id} could not be read on the source: {e}"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let piece = &buf[span];
+        hasher.update(piece);
+        up.write_all(piece).map_err(Error::RawIo)?;
+        at += len as u64;
+    }
+    let actual = hasher.finalize();
+    if actual != *id {
+        return Ok(Err(format!(
+            "pack {id} on the source hashes to {actual}: damaged there, not copied"
+        )));
+    }
+    up.commit(*id)?;
+    Ok(Ok(()))
+}

@@ -1,0 +1,550 @@
+//! Pull replication between two real `coffer serve`s on loopback: the
+//! replica copies what it lacks, restores byte for byte, outlives its
+//! primary, and its identity can only read there.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer::net::client::{Remote, RemoteStore, RemoteUrl};
+use coffer::net::{Fingerprint, Identity};
+use coffer::store::Store;
+
+use crate::server::{identity, init_args, run, TestServer};
+use crate::util::*;
+
+/// A primary with `n` namespaces of which the replica identity (made in
+/// `dir`) may read the first `readable`.
+fn primary(dir: &Path, n: usize, readable: usize) -> (TestServer, PathBuf) {
+    let id = dir.join("replica.id");
+    let fp = identity(&id);
+    let names: Vec<String> = (0..readable).map(|i| format!("\"ns-{i}\"")).collect();
+    let top = format!(
+        "[[replica]]\nfingerprint = \"{fp}\"\nnamespaces = [{}]\n",
+        names.join(", ")
+    );
+    (TestServer::start_full(n, "", &top, &[]), id)
+}
+
+/// `[[replicate]]` entries for namespaces `ns` of `primary`, read with `id`.
+fn replicate_entries(primary: &TestServer, id: &Path, ns: &[&str], extra: &str) -> String {
+    ns.iter()
+        .map(|n| {
+            format!(
+                "[[replicate]]\nnamespace = \"{n}\"\nprimary = \"127.0.0.1:{}\"\nprimary_fingerprint = \"{}\"\nidentity = \"{}\"\n{extra}\n",
+                primary.port,
+                primary.fingerprint,
+                id.display()
+            )
+        })
+        .collect()
+}
+
+/// A replica config with no server running: `coffer replicate` alone.
+fn replica_config(dir: &Path, entries: &str) -> PathBuf {
+    let path = dir.join("replica.toml");
+    let server_id = dir.join("replica-server.id");
+    if !server_id.exists() {
+        identity(&server_id);
+    }
+    fs::write(
+        &path,
+        format!(
+            "data = \"{}\"\nidentity = \"{}\"\n{entries}",
+            dir.join("replica-data").display(),
+            server_id.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn replicate(config: &Path, extra: &[&str]) -> Run {
+    Run {
+        out: clean_command()
+            .args(["--json", "replicate", "--allow-root", "--config"])
+            .arg(config)
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    }
+}
+
+/// Snapshot file names in a namespace directory (stamps left out).
+fn snapshot_names(ns_dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = walk(&ns_dir.join("snapshots"))
+        .into_iter()
+        .filter(|p| p.extension().is_none())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The report of namespace `ns` in a `replicate --json` answer.
+fn report_of(v: &serde_json::Value, ns: &str) -> serde_json::Value {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["namespace"] == ns)
+        .unwrap_or_else(|| panic!("{ns} in {v}"))["report"]
+        .clone()
+}
+
+/// A backup of random data as `name` through client `i`; returns the
+/// snapshot's id and the bytes.
+fn backup_stdin(
+    srv: &TestServer,
+    i: usize,
+    cache: &Path,
+    name: &str,
+    seed: u64,
+) -> (String, Vec<u8>) {
+    let data = random_bytes(seed, 700_000);
+    let mut c = srv.client(i, cache);
+    let mut child = c
+        .args(["--json", "backup", "--stdin", "--stdin-name", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (v["id"].as_str().unwrap().to_string(), data)
+}
+
+/// Restores snapshot `id` with `cmd` into `target` and compares it with `src`.
+fn restores_as(cmd: std::process::Command, id: &str, target: &Path, src: &Path) {
+    run(cmd, &["restore", id, "--target", target.to_str().unwrap()]).ok();
+    assert_same_tree(src, &restored(target, src));
+}
+
+/// Replaces the `[[replicate]]` tables of the server config `cfg` with `entries`.
+fn set_replicate(cfg: &Path, entries: &str) {
+    let text = fs::read_to_string(cfg).unwrap();
+    let head = text.split("[[replicate]]").next().unwrap().to_string();
+    let clients = &text[text.find("[[client]]").unwrap()..];
+    fs::write(cfg, format!("{head}{entries}{clients}")).unwrap();
+}
+
+/// `coffer dump SNAP NAME` from the copy at `repo`, opened as a local repository.
+fn dump_local(repo: &Path, cache: &Path, snap: &str, name: &str) -> Vec<u8> {
+    let out = clean_command()
+        .env("COFFER_PASSWORD", PASSWORD)
+        .env("COFFER_CACHE_DIR", cache)
+        .arg("--repo")
+        .arg(repo)
+        .args(["dump", snap, name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn a_replica_copies_what_it_lacks_restores_and_outlives_its_primary() {
+    let work = tempfile::tempdir().unwrap();
+    let (mut primary, rep_id) = primary(work.path(), 3, 2);
+    let cache0 = work.path().join("cache0");
+    let cache1 = work.path().join("cache1");
+    run(primary.client(0, &cache0), &init_args()).ok();
+    run(primary.client(1, &cache1), &init_args()).ok();
+    let src = work.path().join("src");
+    crate::backup::make_tree(&src);
+    let tree = run(
+        primary.client(0, &cache0),
+        &["--json", "backup", src.to_str().unwrap()],
+    )
+    .ok()
+    .json();
+    let (_, db) = backup_stdin(&primary, 0, &cache0, "db.sql", 7);
+    let (_, other) = backup_stdin(&primary, 1, &cache1, "other.bin", 8);
+
+    // The replica: a server of its own whose clients may only read.
+    let top = replicate_entries(&primary, &rep_id, &["ns-0", "ns-1"], "");
+    let replica = TestServer::start_full(2, "read_only = true", &top, &[]);
+    let cfg = replica.dir.path().join("server.toml");
+    // On demand (the server's own first run may have copied already).
+    let out = replicate(&cfg, &[]).ok().json();
+    for ns in ["ns-0", "ns-1"] {
+        assert!(report_of(&out, ns)["refused"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            snapshot_names(&replica.namespace_dir(ns)),
+            snapshot_names(&primary.namespace_dir(ns)),
+            "{ns}"
+        );
+    }
+    assert_eq!(snapshot_names(&replica.namespace_dir("ns-0")).len(), 2);
+    // A second run copies nothing.
+    let again = replicate(&cfg, &[]).ok().json();
+    for ns in ["ns-0", "ns-1"] {
+        let r = report_of(&again, ns);
+        assert_eq!(r["snapshots_copied"], 0, "{r}");
+        assert_eq!(r["bytes_copied"], 0, "{r}");
+    }
+    // Each snapshot is stamped by the replica when it arrived, and keeps
+    // at least the primary's lock.
+    let p = primary.store(0, "ns-0").unwrap();
+    let rid = Identity::load(&replica.clients[0].0).unwrap();
+    let rurl = RemoteUrl::parse(&replica.url("ns-0")).unwrap();
+    let rfp = Fingerprint::parse(&replica.fingerprint).unwrap();
+    let r = Remote(Arc::new(RemoteStore::connect(&rurl, rid, rfp).unwrap()));
+    for id in p.list_snapshots().unwrap() {
+        let (ps, rs) = (p.stamp(&id).unwrap(), r.stamp(&id).unwrap());
+        assert!(rs.received >= ps.received, "{ps:?} {rs:?}");
+        assert!(rs.locked_until >= ps.locked_until, "{ps:?} {rs:?}");
+    }
+
+    // A client of the replica restores byte for byte, with no cache.
+    let fresh = work.path().join("fresh");
+    let tree_id = tree["id"].as_str().unwrap();
+    restores_as(
+        replica.client(0, &fresh),
+        tree_id,
+        &work.path().join("out"),
+        &src,
+    );
+    let dumped = run(replica.client(0, &fresh), &["dump", "latest", "db.sql"]).ok();
+    assert!(dumped.out.stdout == db);
+    let dumped = run(
+        replica.client(1, &work.path().join("fresh1")),
+        &["dump", "latest", "other.bin"],
+    )
+    .ok();
+    assert!(dumped.out.stdout == other);
+    run(replica.client(0, &fresh), &["check", "--read-data"]).ok();
+    // ... and, read-only, cannot back up there.
+    let e = run(
+        replica.client(0, &fresh),
+        &["backup", src.to_str().unwrap()],
+    )
+    .fails();
+    assert!(e.stderr().contains("read-only"), "{}", e.stderr());
+
+    // The primary's data wiped: a run copies nothing and removes nothing,
+    // and every snapshot still restores from the replica.
+    primary.stop();
+    fs::remove_dir_all(primary.dir.path().join("data")).unwrap();
+    primary.start_again();
+    set_replicate(
+        &cfg,
+        &replicate_entries(&primary, &rep_id, &["ns-0", "ns-1"], ""),
+    );
+    let after = replicate(&cfg, &[]).ok().json();
+    assert_eq!(report_of(&after, "ns-0")["snapshots_copied"], 0);
+    assert_eq!(snapshot_names(&replica.namespace_dir("ns-0")).len(), 2);
+    let fresh2 = work.path().join("fresh2");
+    restores_as(
+        replica.client(0, &fresh2),
+        tree_id,
+        &work.path().join("out2"),
+        &src,
+    );
+}
+
+#[test]
+fn the_replica_identity_can_only_read_and_only_its_namespaces() {
+    let work = tempfile::tempdir().unwrap();
+    let (primary, rep_id) = primary(work.path(), 2, 1);
+    let cache = work.path().join("cache");
+    run(primary.client(0, &cache), &init_args()).ok();
+    backup_stdin(&primary, 0, &cache, "a", 1);
+    let fp = Fingerprint::parse(&primary.fingerprint).unwrap();
+    let connect = |ns: &str| {
+        let url = RemoteUrl::parse(&primary.url(ns)).unwrap();
+        RemoteStore::connect(&url, Identity::load(&rep_id).unwrap(), fp)
+            .map(|s| Remote(Arc::new(s)))
+    };
+    // Another namespace does not exist for it.
+    let e = connect("ns-1").err().expect("ns-1 refused").to_string();
+    assert!(e.contains("not available"), "{e}");
+    let s = connect("ns-0").unwrap();
+    // It reads everything a copy needs ...
+    let snaps = s.list_snapshots().unwrap();
+    assert_eq!(snaps.len(), 1);
+    let stamp = s.stamp(&snaps[0]).unwrap();
+    s.read_snapshot(&snaps[0]).unwrap();
+    s.read_config().unwrap();
+    let keys = s.list_keys().unwrap();
+    s.read_key(&keys[0]).unwrap();
+    let mut packs = Vec::new();
+    s.for_each_pack(&mut |id, size| {
+        packs.push((id, size));
+        Ok(())
+    })
+    .unwrap();
+    let (pack, size) = packs[0];
+    let bytes = s.read_pack(&pack, 0, size as usize).unwrap();
+    // ... and changes nothing: each write is refused, naming read-only.
+    let refused = |what: &str, r: coffer::Result<()>| {
+        let e = r.expect_err(what).to_string();
+        assert!(e.contains("read-only"), "{what}: {e}");
+    };
+    let mut up = s.upload_pack().unwrap();
+    std::io::Write::write_all(&mut up, &bytes).unwrap();
+    refused("upload", up.commit(pack).map(|_| ()));
+    let snap = s.read_snapshot(&snaps[0]).unwrap();
+    refused("commit", s.write_snapshot(&snap, None).map(|_| ()));
+    refused("forget", s.forget(&snaps[0]));
+    refused(
+        "lock",
+        s.lock(&snaps[0], stamp.locked_until + 86_400, true)
+            .map(|_| ()),
+    );
+    refused("write key", s.write_key("new-key", b"{}"));
+    refused("remove key", s.remove_key(&keys[0]));
+    refused("repair", s.repair(&pack).map(|_| ()));
+    refused("write config", s.write_config(b"{}"));
+    // Nothing changed on the primary.
+    let own = primary.store(0, "ns-0").unwrap();
+    assert_eq!(own.list_snapshots().unwrap(), snaps);
+    assert_eq!(own.stamp(&snaps[0]).unwrap(), stamp);
+    assert_eq!(own.list_keys().unwrap(), keys);
+    assert!(primary.log().contains("read-only"), "{}", primary.log());
+}
+
+#[test]
+fn a_pack_damaged_on_the_primary_is_refused_and_copied_once_sound() {
+    let work = tempfile::tempdir().unwrap();
+    let (primary, rep_id) = primary(work.path(), 1, 1);
+    let cache = work.path().join("cache");
+    run(primary.client(0, &cache), &init_args()).ok();
+    let (_, data) = backup_stdin(&primary, 0, &cache, "a", 3);
+    let cfg = replica_config(
+        work.path(),
+        &replicate_entries(&primary, &rep_id, &["ns-0"], ""),
+    );
+    let ns = primary.namespace_dir("ns-0");
+    let pack = walk(&ns.join("packs"))
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let sound = fs::read(&pack).unwrap();
+    let mut bad = sound.clone();
+    bad[sound.len() / 2] ^= 0x10;
+    fs::write(&pack, &bad).unwrap();
+    let r = replicate(&cfg, &[]);
+    assert_eq!(r.code(), 3, "{}", r.stderr());
+    assert!(r.stderr().contains("damaged there"), "{}", r.stderr());
+    let rep = report_of(&r.json(), "ns-0");
+    assert_eq!(rep["snapshots_copied"], 0, "{rep}");
+    let copy = work.path().join("replica-data/namespaces/ns-0");
+    assert!(snapshot_names(&copy).is_empty());
+    let name = pack.file_name().unwrap();
+    assert!(
+        !walk(&copy.join("packs"))
+            .iter()
+            .any(|p| p.file_name() == Some(name)),
+        "the damaged pack was kept"
+    );
+    // Sound again (as a scrub on the primary would leave it): copied, and
+    // the copy is a repository of its own that restores byte for byte.
+    fs::write(&pack, &sound).unwrap();
+    let rep = report_of(&replicate(&cfg, &[]).ok().json(), "ns-0");
+    assert_eq!(rep["snapshots_copied"], 1, "{rep}");
+    let cache2 = work.path().join("local-cache");
+    assert!(dump_local(&copy, &cache2, "latest", "a") == data);
+}
+
+#[test]
+fn a_copy_killed_midway_leaves_nothing_partial_and_the_rerun_completes() {
+    let work = tempfile::tempdir().unwrap();
+    let (primary, rep_id) = primary(work.path(), 1, 1);
+    let cache = work.path().join("cache");
+    run(primary.client(0, &cache), &init_args()).ok();
+    let mut datas = Vec::new();
+    for i in 0..3 {
+        datas.push(backup_stdin(&primary, 0, &cache, &format!("f{i}"), 20 + i));
+    }
+    // Slow (256 KiB/s over ~2 MB of packs), so the kill lands mid-copy.
+    let cfg = replica_config(
+        work.path(),
+        &replicate_entries(&primary, &rep_id, &["ns-0"], "limit_kib = 256"),
+    );
+    let copy = work.path().join("replica-data/namespaces/ns-0");
+    let mut child = clean_command()
+        .args(["replicate", "--allow-root", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until some pack has landed, bounded.
+    let t0 = Instant::now();
+    while walk(&copy.join("packs")).is_empty() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the copy finished before the kill");
+    // Every snapshot visible in the copy has every pack it references.
+    let visible = snapshot_names(&copy);
+    assert!(visible.len() < 3, "{visible:?}");
+    for name in &visible {
+        let bytes = fs::read(copy.join("snapshots").join(name)).unwrap();
+        for p in coffer::format::snapshot::decode(&bytes).unwrap().packs {
+            let hex = p.to_hex();
+            assert!(copy.join("packs").join(&hex[..2]).join(&hex).is_file());
+        }
+    }
+    // The rerun (unlimited) completes; the copy restores every file.
+    let cfg = replica_config(
+        work.path(),
+        &replicate_entries(&primary, &rep_id, &["ns-0"], ""),
+    );
+    replicate(&cfg, &[]).ok();
+    assert_eq!(
+        snapshot_names(&copy),
+        snapshot_names(&primary.namespace_dir("ns-0"))
+    );
+    for (i, (id, d)) in datas.iter().enumerate() {
+        let got = dump_local(
+            &copy,
+            &work.path().join("local-cache"),
+            id,
+            &format!("f{i}"),
+        );
+        assert!(got == *d, "f{i}");
+    }
+}
+
+/// A sample's value in a scrape, if present.
+fn sample(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn lag_is_measured_and_alerted_while_the_primary_is_unreachable() {
+    let work = tempfile::tempdir().unwrap();
+    let (mut primary, rep_id) = primary(work.path(), 1, 1);
+    let cache = work.path().join("cache");
+    run(primary.client(0, &cache), &init_args()).ok();
+    backup_stdin(&primary, 0, &cache, "a", 5);
+    let top = format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\nrefresh_interval = \"1s\"\n\
+         [alerts]\ncheck_interval = \"1s\"\n{}",
+        replicate_entries(
+            &primary,
+            &rep_id,
+            &["ns-0"],
+            "interval = \"1s\"\nlag_alert_after = \"4s\""
+        )
+    );
+    let replica = TestServer::start_full(0, "", &top, &[]);
+    let ns = "{namespace=\"ns-0\"}";
+    // The server's own schedule copies, and the metrics say so.
+    crate::monitor::poll("the first copy in the metrics", || {
+        let t = crate::monitor::scrape(&replica);
+        (sample(
+            &t,
+            &format!("coffer_replication_copied_snapshots_total{ns}"),
+        ) == Some(1.0))
+        .then_some(())
+    });
+    let t = crate::monitor::scrape(&replica);
+    assert!(
+        sample(&t, &format!("coffer_replication_lag_seconds{ns}")).unwrap() < 4.0,
+        "{t}"
+    );
+    assert_eq!(
+        sample(&t, &format!("coffer_replication_lag_snapshots{ns}")),
+        Some(0.0)
+    );
+    assert!(sample(&t, &format!("coffer_replication_copied_bytes_total{ns}")).unwrap() > 0.0);
+    assert!(
+        !replica.log().contains("replication_lag"),
+        "{}",
+        replica.log()
+    );
+    // The primary goes away: the lag grows past its threshold and alerts.
+    primary.stop();
+    let log = crate::monitor::poll("the replication_lag alert", || {
+        let l = replica.log();
+        l.contains("alert=\"replication_lag\"").then_some(l)
+    });
+    assert!(log.contains("behind its primary"), "{log}");
+    crate::monitor::poll("the alert and the lag in the metrics", || {
+        let t = crate::monitor::scrape(&replica);
+        (t.contains("coffer_alerts_total{kind=\"replication_lag\"} 1")
+            && sample(&t, &format!("coffer_replication_lag_seconds{ns}")).unwrap() > 4.0)
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_client_fails_over_to_the_replica_with_its_cache_and_backs_up_there() {
+    let work = tempfile::tempdir().unwrap();
+    let (primary, rep_id) = primary(work.path(), 1, 1);
+    let cache = work.path().join("cache");
+    run(primary.client(0, &cache), &init_args()).ok();
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), random_bytes(1, 600_000)).unwrap();
+    fs::write(src.join("b"), random_bytes(2, 600_000)).unwrap();
+    run(
+        primary.client(0, &cache),
+        &["backup", src.to_str().unwrap()],
+    )
+    .ok();
+    let top = replicate_entries(&primary, &rep_id, &["ns-0"], "");
+    let mut replica = TestServer::start_full(1, "", &top, &[]);
+    let cfg = replica.dir.path().join("server.toml");
+    replicate(&cfg, &[]).ok();
+    // A backup on the primary that never reaches the replica: the client's
+    // cache now knows packs the replica lacks.
+    fs::write(src.join("c"), random_bytes(3, 600_000)).unwrap();
+    run(
+        primary.client(0, &cache),
+        &["backup", src.to_str().unwrap()],
+    )
+    .ok();
+    // Failover: the replica stops copying and serves the client, which
+    // keeps its certificate (listed there now, read-write) and its cache.
+    set_replicate(&cfg, "");
+    let (id, fp) = (primary.clients[0].0.clone(), primary.clients[0].1.clone());
+    let text = fs::read_to_string(&cfg).unwrap();
+    fs::write(
+        &cfg,
+        format!("{text}\n[[client]]\nfingerprint = \"{fp}\"\nnamespace = \"ns-0\"\n"),
+    )
+    .unwrap();
+    replica.restart();
+    fs::write(src.join("d"), random_bytes(4, 600_000)).unwrap();
+    let failed_over = |args: &[&str]| run(replica.client_as(&id, "ns-0", &cache), args);
+    let b = failed_over(&["--json", "backup", src.to_str().unwrap()]).ok();
+    let snap = b.json();
+    // The backup that never reached the replica is missed, and said so;
+    // once accepted, the repository checks clean.
+    assert!(
+        b.stderr().contains("gone from the repository"),
+        "{}",
+        b.stderr()
+    );
+    let e = failed_over(&["check"]).fails();
+    assert!(e.stderr().contains("rolled back?"), "{}", e.stderr());
+    failed_over(&["snapshots", "--accept-rollback"]).ok();
+    failed_over(&["check", "--read-data"]).ok();
+    let target = work.path().join("out");
+    restores_as(
+        replica.client_as(&id, "ns-0", &cache),
+        snap["id"].as_str().unwrap(),
+        &target,
+        &src,
+    );
+}
