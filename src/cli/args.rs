@@ -253,6 +253,18 @@ pub enum Command {
         /// With --config: run even as root.
         #[arg(long)]
         allow_root: bool,
+        /// With --config: put packs the scrub finds beyond repair (damaged
+        /// past the parity budget, or lost) back from this replica
+        /// (`HOST:PORT`), checked against their names.
+        #[arg(long, requires_all = ["config", "replica_fingerprint", "identity"], value_name = "HOST:PORT")]
+        from_replica: Option<String>,
+        /// The replica's server fingerprint (with --from-replica).
+        #[arg(long, requires = "from_replica")]
+        replica_fingerprint: Option<String>,
+        /// An identity the replica lists as a client of each namespace
+        /// (read-only will do), for --from-replica.
+        #[arg(long, requires = "from_replica")]
+        identity: Option<PathBuf>,
     },
     /// Copy the namespaces a replica server pulls (`[[replicate]]` in its
     /// config) from their primaries now, rather than at `serve`'s next

@@ -495,7 +495,26 @@ fn run(mut cli: Cli) -> Result<()> {
             config,
             rate_mb,
             allow_root,
-        } => cmd_scrub(&cli, config.as_deref(), *rate_mb, *allow_root),
+            from_replica,
+            replica_fingerprint,
+            identity,
+        } => {
+            let from = match (from_replica, replica_fingerprint, identity) {
+                (Some(r), Some(fp), Some(id)) => Some(coffer::net::replica::FetchFrom {
+                    replica: r.clone(),
+                    pin: Fingerprint::parse(fp)?,
+                    identity: id.clone(),
+                }),
+                _ => None,
+            };
+            cmd_scrub(
+                &cli,
+                config.as_deref(),
+                *rate_mb,
+                *allow_root,
+                from.as_ref(),
+            )
+        }
         Command::Policy(a) => cmd_policy(&cli, a),
         Command::Prune {
             config,

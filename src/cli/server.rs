@@ -238,6 +238,7 @@ pub(super) fn cmd_scrub(
     config: Option<&Path>,
     rate_mb: Option<u64>,
     allow_root: bool,
+    from: Option<&coffer::net::replica::FetchFrom>,
 ) -> Result<()> {
     use coffer::scrub::{scrub, ScrubOptions};
     if config.is_some() && nix::unistd::geteuid().is_root() && !allow_root {
@@ -269,7 +270,27 @@ pub(super) fn cmd_scrub(
     let mut reports = Vec::new();
     let mut unrepairable = 0;
     for (name, store) in &targets {
-        let r = scrub(store, store.parity(), &opts)?;
+        let mut r = scrub(store, store.parity(), &opts)?;
+        if let Some(from) = from {
+            let packs: Vec<_> = r.unrepairable.iter().map(|u| u.pack).collect();
+            match coffer::net::replica::fetch_back(store, name, from, &packs) {
+                Ok(done) => {
+                    for (pack, res) in done {
+                        match res {
+                            Ok(()) => {
+                                errln!("coffer: {name}: pack {pack} put back from the replica");
+                                r.unrepairable.retain(|u| u.pack != pack);
+                                r.repaired_packs.push(pack);
+                            }
+                            Err(why) => errln!(
+                                "coffer: {name}: pack {pack} not put back from the replica: {why}"
+                            ),
+                        }
+                    }
+                }
+                Err(e) => errln!("coffer: {name}: the replica could not be asked: {e}"),
+            }
+        }
         unrepairable += r.unrepairable.len();
         if !cli.json && !cli.quiet {
             outln!(

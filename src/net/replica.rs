@@ -20,6 +20,7 @@ use super::client::{Remote, RemoteStore, RemoteUrl};
 use super::config::{valid_namespace, ServerConfig};
 use super::{Fingerprint, Identity};
 use crate::error::{Error, Result};
+use crate::id::PackId;
 use crate::monitor::ReplicationStatus;
 use crate::replicate::{CopiedLog, SyncReport};
 use crate::store::LocalStore;
@@ -239,6 +240,66 @@ fn write_status(root: &Path, st: &ReplicationStatus) -> Result<()> {
 
 /// The status file in a namespace's directory.
 pub const STATUS_FILE: &str = "replication.json";
+
+/// Where a primary's operator fetches packs back from: a replica's
+/// address, its pinned certificate, and an identity the replica lists as a
+/// (read-only) client of the namespace.
+#[derive(Debug, Clone)]
+pub struct FetchFrom {
+    /// The replica's `HOST:PORT`.
+    pub replica: String,
+    /// The replica's server fingerprint.
+    pub pin: Fingerprint,
+    /// The identity presented there.
+    pub identity: PathBuf,
+}
+
+/// Puts packs that a scrub of `dst` found beyond repair (damaged past the
+/// parity budget, or lost) back from the replica's copy of namespace `ns`,
+/// each checked against its name before it replaces anything. Key-free.
+/// Returns, per pack, `Ok` when it is sound again, or why not.
+pub fn fetch_back(
+    dst: &LocalStore,
+    ns: &str,
+    from: &FetchFrom,
+    packs: &[PackId],
+) -> Result<Vec<(PackId, std::result::Result<(), String>)>> {
+    if packs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let url = RemoteUrl::parse(&format!("quic://{}/{ns}", from.replica))
+        .map_err(|_| Error::Denied(format!("{:?} is not HOST:PORT", from.replica)))?;
+    let identity = Identity::load(&from.identity)?;
+    let src = RemoteStore::connect_within(&url, identity, from.pin, CONNECT_TIMEOUT)
+        .map_err(|e| Error::Denied(format!("replica {}: {e}", from.replica)))?;
+    let src = Remote(std::sync::Arc::new(src));
+    let mut out = Vec::with_capacity(packs.len());
+    for id in packs {
+        let res = match crate::store::Store::pack_size(&src, id)? {
+            None => Err("the replica does not hold it either".to_string()),
+            Some(size) if size > crate::limits::MAX_PACK_BYTES => Err(format!(
+                "the replica's copy is {size} bytes, over the limit"
+            )),
+            Some(size) => {
+                let mut bytes = Vec::with_capacity(size as usize);
+                while (bytes.len() as u64) < size {
+                    let len = (size - bytes.len() as u64).min(4 << 20) as usize;
+                    let piece = crate::store::Store::read_pack(&src, id, bytes.len() as u64, len)?;
+                    bytes.extend_from_slice(&piece);
+                }
+                if PackId::of(&bytes) != *id {
+                    Err("the replica's copy does not hash to its name either".to_string())
+                } else if crate::scrub::put_back_pack(dst, id, &bytes)? {
+                    Ok(())
+                } else {
+                    Err("written back, but it did not read back intact".to_string())
+                }
+            }
+        };
+        out.push((*id, res));
+    }
+    Ok(out)
+}
 
 #[cfg(test)]
 mod tests {

@@ -45,7 +45,7 @@ mod write;
 pub use protect::{forget_packs, protect, Protector};
 use protect::{known, protect_locked};
 use stripes::*;
-pub use verify::{repair_pack, scrub};
+pub use verify::{put_back_pack, repair_pack, scrub};
 use write::{write_stripe, Io, Wrote};
 
 /// What `protect` did.

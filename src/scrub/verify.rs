@@ -50,6 +50,36 @@ pub fn repair_pack(s: &LocalStore, id: &PackId) -> Result<bool> {
         .unwrap_or(false))
 }
 
+/// Puts a damaged or lost pack back from `bytes`, which must hash to its
+/// name: written aside, fsynced and renamed over (the one place a pack is
+/// replaced: by its own verified bytes), keeping the old file's time (the
+/// store's clock at upload, which a commit's new bytes and the collection's
+/// grace period read). Returns whether it reads back intact.
+pub fn put_back_pack(s: &LocalStore, id: &PackId, bytes: &[u8]) -> Result<bool> {
+    if PackId::of(bytes) != *id {
+        return Err(Error::Corrupt(format!(
+            "bytes offered for pack {id} do not hash to its name"
+        )));
+    }
+    let path = s.pack_path(id);
+    let (tmp, mut out, _held) = partial::create(&s.root().join("tmp"))?;
+    let written = fs::metadata(&path).and_then(|m| m.modified()).ok();
+    out.write_all(bytes)
+        .and_then(|_| written.map_or(Ok(()), |t| out.set_modified(t)))
+        .and_then(|_| out.sync_all())
+        .at(&tmp)?;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).at(dir)?;
+    }
+    fs::rename(&tmp, &path).at(&path)?;
+    // unwrap: a pack path always has a parent
+    fsync_dir(path.parent().expect("pack dir"))?;
+    s.forget_handle(id);
+    Ok(fs::read(&path)
+        .map(|b| PackId::of(&b) == *id)
+        .unwrap_or(false))
+}
+
 /// Reads and checks everything, repairs what parity allows, then protects
 /// packs that were in no stripe yet.
 pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<ScrubReport> {
@@ -313,28 +343,7 @@ pub(super) fn scrub_stripe(
             );
             continue;
         }
-        let path = s.pack_path(&member.pack);
-        let (tmp, mut out, _held) = partial::create(&s.root().join("tmp"))?;
-        // A pack keeps its time (the store's clock at upload: what a
-        // commit's new bytes and the collection's grace period read).
-        let written = fs::metadata(&path).and_then(|m| m.modified()).ok();
-        out.write_all(&bytes)
-            .and_then(|_| written.map_or(Ok(()), |t| out.set_modified(t)))
-            .and_then(|_| out.sync_all())
-            .at(&tmp)?;
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).at(dir)?;
-        }
-        // The one place a pack is replaced: by its own verified bytes.
-        fs::rename(&tmp, &path).at(&path)?;
-        // unwrap: a pack path always has a parent
-        fsync_dir(path.parent().expect("pack dir"))?;
-        s.forget_handle(&member.pack);
-        // Checked again as stored.
-        if fs::read(&path)
-            .map(|b| PackId::of(&b) != member.pack)
-            .unwrap_or(true)
-        {
+        if !put_back_pack(s, &member.pack, &bytes)? {
             bad.insert(
                 member.pack,
                 "the repaired pack did not read back intact".into(),

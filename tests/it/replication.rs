@@ -18,11 +18,16 @@ use crate::util::*;
 /// A primary with `n` namespaces of which the replica identity (made in
 /// `dir`) may read the first `readable`.
 fn primary(dir: &Path, n: usize, readable: usize) -> (TestServer, PathBuf) {
+    primary_with(dir, n, readable, "")
+}
+
+/// Like `primary`, with top-level config keys `keys`.
+fn primary_with(dir: &Path, n: usize, readable: usize, keys: &str) -> (TestServer, PathBuf) {
     let id = dir.join("replica.id");
     let fp = identity(&id);
     let names: Vec<String> = (0..readable).map(|i| format!("\"ns-{i}\"")).collect();
     let top = format!(
-        "[[replica]]\nfingerprint = \"{fp}\"\nnamespaces = [{}]\n",
+        "{keys}\n[[replica]]\nfingerprint = \"{fp}\"\nnamespaces = [{}]\n",
         names.join(", ")
     );
     (TestServer::start_full(n, "", &top, &[]), id)
@@ -153,7 +158,8 @@ fn dump_local(repo: &Path, cache: &Path, snap: &str, name: &str) -> Vec<u8> {
 #[test]
 fn a_replica_copies_what_it_lacks_restores_and_outlives_its_primary() {
     let work = tempfile::tempdir().unwrap();
-    let (mut primary, rep_id) = primary(work.path(), 3, 2);
+    // No lock window on the primary: its operator may forget at once.
+    let (mut primary, rep_id) = primary_with(work.path(), 3, 2, "lock_days = 0");
     let cache0 = work.path().join("cache0");
     let cache1 = work.path().join("cache1");
     run(primary.client(0, &cache0), &init_args()).ok();
@@ -232,6 +238,21 @@ fn a_replica_copies_what_it_lacks_restores_and_outlives_its_primary() {
     )
     .fails();
     assert!(e.stderr().contains("read-only"), "{}", e.stderr());
+
+    // A client of the replica sees no other namespace there.
+    let e = run(
+        replica.client_as(&replica.clients[0].0, "ns-1", &fresh),
+        &["snapshots"],
+    )
+    .fails();
+    assert!(e.stderr().contains("not available"), "{}", e.stderr());
+
+    // Forgotten on the primary by its operator: kept on the replica.
+    let f = primary.operator(&["forget", "--namespace", "ns-0", tree_id]);
+    assert!(f.status.success(), "{f:?}");
+    assert_eq!(snapshot_names(&primary.namespace_dir("ns-0")).len(), 1);
+    replicate(&cfg, &[]).ok();
+    assert_eq!(snapshot_names(&replica.namespace_dir("ns-0")).len(), 2);
 
     // The primary's data wiped: a run copies nothing and removes nothing,
     // and every snapshot still restores from the replica.
@@ -361,46 +382,72 @@ fn a_pack_damaged_on_the_primary_is_refused_and_copied_once_sound() {
 #[test]
 fn a_copy_killed_midway_leaves_nothing_partial_and_the_rerun_completes() {
     let work = tempfile::tempdir().unwrap();
-    let (primary, rep_id) = primary(work.path(), 1, 1);
+    let (mut primary, rep_id) = primary(work.path(), 1, 1);
     let cache = work.path().join("cache");
     run(primary.client(0, &cache), &init_args()).ok();
     let mut datas = Vec::new();
-    for i in 0..3 {
+    for i in 0..4 {
         datas.push(backup_stdin(&primary, 0, &cache, &format!("f{i}"), 20 + i));
     }
-    // Slow (256 KiB/s over ~2 MB of packs), so the kill lands mid-copy.
-    let cfg = replica_config(
-        work.path(),
-        &replicate_entries(&primary, &rep_id, &["ns-0"], "limit_kib = 256"),
-    );
     let copy = work.path().join("replica-data/namespaces/ns-0");
-    let mut child = clean_command()
-        .args(["replicate", "--allow-root", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Until some pack has landed, bounded.
-    let t0 = Instant::now();
-    while walk(&copy.join("packs")).is_empty() && t0.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "the copy finished before the kill");
-    // Every snapshot visible in the copy has every pack it references.
-    let visible = snapshot_names(&copy);
-    assert!(visible.len() < 3, "{visible:?}");
-    for name in &visible {
-        let bytes = fs::read(copy.join("snapshots").join(name)).unwrap();
-        for p in coffer::format::snapshot::decode(&bytes).unwrap().packs {
-            let hex = p.to_hex();
-            assert!(copy.join("packs").join(&hex[..2]).join(&hex).is_file());
+    let packs_held = || walk(&copy.join("packs")).len();
+    // A slow copy (256 KiB/s over ~2.8 MB of packs), so a kill lands
+    // mid-copy: started, and waited for until it holds more than `n` packs.
+    let slow_copy = |primary: &TestServer, n: usize| {
+        let cfg = replica_config(
+            work.path(),
+            &replicate_entries(primary, &rep_id, &["ns-0"], "limit_kib = 256"),
+        );
+        let child = clean_command()
+            .args(["replicate", "--allow-root", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while packs_held() <= n && t0.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
         }
-    }
-    // The rerun (unlimited) completes; the copy restores every file.
+        std::thread::sleep(Duration::from_millis(300));
+        child
+    };
+    // Every snapshot visible in the copy has every pack it references.
+    let only_whole_snapshots = || {
+        let visible = snapshot_names(&copy);
+        assert!(visible.len() < 4, "{visible:?}");
+        for name in &visible {
+            let bytes = fs::read(copy.join("snapshots").join(name)).unwrap();
+            for p in coffer::format::snapshot::decode(&bytes).unwrap().packs {
+                let hex = p.to_hex();
+                assert!(copy.join("packs").join(&hex[..2]).join(&hex).is_file());
+            }
+        }
+    };
+    // The replica's run killed.
+    let mut child = slow_copy(&primary, 0);
+    child.kill().unwrap();
+    assert!(
+        !child.wait().unwrap().success(),
+        "the copy finished before the kill"
+    );
+    only_whole_snapshots();
+    // The primary killed under a run (which would end at the transport's
+    // idle timeout; stopped here).
+    let held = packs_held();
+    let mut child = slow_copy(&primary, held);
+    assert!(packs_held() > held);
+    primary.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    only_whole_snapshots();
+    child.kill().unwrap();
+    assert!(
+        !child.wait().unwrap().success(),
+        "the copy finished before the kill"
+    );
+    // The rerun (unlimited, primary back) completes; the copy restores
+    // every file.
+    primary.start_again();
     let cfg = replica_config(
         work.path(),
         &replicate_entries(&primary, &rep_id, &["ns-0"], ""),
@@ -547,4 +594,80 @@ fn a_client_fails_over_to_the_replica_with_its_cache_and_backs_up_there() {
         &target,
         &src,
     );
+}
+
+#[test]
+fn packs_lost_on_the_primary_beyond_parity_are_put_back_from_the_replica() {
+    let work = tempfile::tempdir().unwrap();
+    let (primary, rep_id) = primary(work.path(), 1, 1);
+    let cache = work.path().join("cache");
+    run(primary.client(0, &cache), &init_args()).ok();
+    let src = work.path().join("src");
+    crate::backup::make_tree(&src);
+    let snap = run(
+        primary.client(0, &cache),
+        &["--json", "backup", src.to_str().unwrap()],
+    )
+    .ok()
+    .json();
+    let top = replicate_entries(&primary, &rep_id, &["ns-0"], "");
+    let replica = TestServer::start_full(1, "read_only = true", &top, &[]);
+    replicate(&replica.dir.path().join("server.toml"), &[]).ok();
+    // Every pack of the primary's namespace gone, and its parity with
+    // them: past any parity budget.
+    let packs = walk(&primary.namespace_dir("ns-0").join("packs"));
+    assert!(packs.len() >= 2, "{packs:?}");
+    for p in &packs {
+        fs::remove_file(p).unwrap();
+    }
+    fs::remove_dir_all(primary.namespace_dir("ns-0").join("parity")).unwrap();
+    let scrub = primary.operator(&["scrub"]);
+    assert_eq!(scrub.status.code(), Some(5), "{scrub:?}");
+    let from = [
+        "scrub",
+        "--from-replica",
+        &format!("127.0.0.1:{}", replica.port),
+        "--replica-fingerprint",
+        &replica.fingerprint,
+        "--identity",
+        replica.clients[0].0.to_str().unwrap(),
+    ];
+    let out = primary.operator(&from);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("put back from the replica").count(),
+        packs.len(),
+        "{err}"
+    );
+    for p in &packs {
+        assert!(p.is_file(), "{} not back", p.display());
+    }
+    // The primary restores byte for byte and checks clean again.
+    let id = snap["id"].as_str().unwrap();
+    let fresh = work.path().join("fresh");
+    restores_as(
+        primary.client(0, &fresh),
+        id,
+        &work.path().join("out"),
+        &src,
+    );
+    run(primary.client(0, &fresh), &["check", "--read-data"]).ok();
+    // A pack the replica holds damaged too is not put back.
+    let victim = &packs[0];
+    fs::remove_file(victim).unwrap();
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    let theirs = replica
+        .namespace_dir("ns-0")
+        .join("packs")
+        .join(&name[..2])
+        .join(name);
+    let mut bytes = fs::read(&theirs).unwrap();
+    bytes[100] ^= 1;
+    fs::write(&theirs, bytes).unwrap();
+    let out = primary.operator(&from);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("does not hash to its name either"), "{err}");
+    assert!(!victim.exists());
 }
