@@ -222,7 +222,15 @@ fn copy(dst: &LocalStore, r: &Replication) -> Result<SyncReport> {
         src = src.with_download_limit(l);
     }
     let mut log = CopiedLog::open(dst.root())?;
-    crate::replicate::sync(&Remote(std::sync::Arc::new(src)), dst, &mut log)
+    let rep = crate::replicate::sync(&Remote(std::sync::Arc::new(src)), dst, &mut log)?;
+    // The copied packs get the replica's own parity now, not at the next
+    // sweep: a copy is only as safe as its parity.
+    if rep.packs_copied > 0 {
+        if let Err(e) = crate::scrub::protect(dst, dst.parity()) {
+            tracing::warn!(namespace = %r.namespace, "parity of the copied packs not written yet (the next sweep does it): {e}");
+        }
+    }
+    Ok(rep)
 }
 
 /// A namespace's `replication.json`, or an empty status.

@@ -370,6 +370,16 @@ fn a_pack_damaged_on_the_primary_is_refused_and_copied_once_sound() {
             .any(|p| p.file_name() == Some(name)),
         "the damaged pack was kept"
     );
+    // Gone on the primary: refused the same way, naming the loss.
+    fs::remove_file(&pack).unwrap();
+    let r = replicate(&cfg, &[]);
+    assert_eq!(r.code(), 3, "{}", r.stderr());
+    assert!(
+        r.stderr().contains("which the source does not hold"),
+        "{}",
+        r.stderr()
+    );
+    assert!(snapshot_names(&copy).is_empty());
     // Sound again (as a scrub on the primary would leave it): copied, and
     // the copy is a repository of its own that restores byte for byte.
     fs::write(&pack, &sound).unwrap();
@@ -377,6 +387,34 @@ fn a_pack_damaged_on_the_primary_is_refused_and_copied_once_sound() {
     assert_eq!(rep["snapshots_copied"], 1, "{rep}");
     let cache2 = work.path().join("local-cache");
     assert!(dump_local(&copy, &cache2, "latest", "a") == data);
+    // The copy has parity of its own from the run, and repairs from it.
+    let copied = walk(&copy.join("packs"));
+    let victim = copied
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(victim).unwrap();
+    bytes[1000] ^= 0x40;
+    fs::write(victim, bytes).unwrap();
+    let out = clean_command()
+        .arg("--repo")
+        .arg(&copy)
+        .args(["--json", "scrub"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v[0]["report"]["repaired_packs"].as_array().unwrap().len(),
+        1,
+        "{v}"
+    );
+    let cache3 = work.path().join("local-cache3");
+    assert!(dump_local(&copy, &cache3, "latest", "a") == data);
 }
 
 #[test]
