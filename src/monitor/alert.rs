@@ -218,6 +218,50 @@ pub fn conditions(figures: &[NamespaceFigures], rules: &AlertRules, now: i64) ->
                 ));
             }
         }
+        let behind: Vec<(&super::ReplicaPull, i64)> = n
+            .replicas
+            .iter()
+            .map(|r| (r, now - r.last_pull.unwrap_or(n.watched_since)))
+            .filter(|(r, age)| *age > r.lag_alert_after)
+            .collect();
+        if !behind.is_empty() {
+            let said: Vec<String> = behind
+                .iter()
+                .map(|(r, age)| {
+                    let short: String = r.replica.chars().take(16).collect();
+                    match r.last_pull {
+                        Some(t) => format!(
+                            "replica {short} last copied it {} ago, at {} (threshold {})",
+                            span(*age),
+                            fmt_time(t),
+                            span(r.lag_alert_after)
+                        ),
+                        None => format!(
+                            "replica {short} has not copied it in the {} the server has watched it (threshold {})",
+                            span(*age),
+                            span(r.lag_alert_after)
+                        ),
+                    }
+                })
+                .collect();
+            out.push(Alert::new(
+                AlertKind::ReplicationLag,
+                ns,
+                now,
+                format!("namespace {ns}: {}", said.join("; ")),
+                json!({
+                    "replicas": behind
+                        .iter()
+                        .map(|(r, age)| json!({
+                            "replica": r.replica,
+                            "last_pull": r.last_pull.map(fmt_time),
+                            "age_seconds": age,
+                            "lag_alert_after_seconds": r.lag_alert_after,
+                        }))
+                        .collect::<Vec<_>>(),
+                }),
+            ));
+        }
         if let Some(why) = &n.clock_frozen {
             out.push(Alert::new(
                 AlertKind::Clock,

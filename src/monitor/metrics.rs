@@ -276,6 +276,30 @@ pub fn render(f: &ServerFigures) -> String {
             e.sample(name, &[("namespace", ns)], v);
         }
     }
+    let pulls: Vec<(&str, &str, f64)> = f
+        .namespaces
+        .iter()
+        .flat_map(|n| {
+            n.replicas.iter().map(|r| {
+                (
+                    n.namespace.as_str(),
+                    r.replica.as_str(),
+                    r.last_pull.unwrap_or(0) as f64,
+                )
+            })
+        })
+        .collect();
+    if !pulls.is_empty() {
+        let name = "coffer_replica_last_pull_timestamp_seconds";
+        e.family(
+            name,
+            Kind::Gauge,
+            "On a primary: when a replica last listed the namespace's snapshots, which each of its copy runs does first (0: never).",
+        );
+        for (ns, replica, v) in pulls {
+            e.sample(name, &[("namespace", ns), ("replica", replica)], v);
+        }
+    }
     let per_kind = [
         (
             "coffer_alerts_total",

@@ -48,6 +48,21 @@ pub struct NamespaceFigures {
     /// For a namespace this server copies from a primary: how its copy
     /// runs went, and the lag the alert allows.
     pub replication: Option<ReplicationFigures>,
+    /// On a primary: the replicas listed for this namespace, and when each
+    /// last read it.
+    pub replicas: Vec<ReplicaPull>,
+}
+
+/// A replica of a namespace, as its primary sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaPull {
+    /// The replica's certificate fingerprint (hex).
+    pub replica: String,
+    /// When it last listed the namespace's snapshots (what each copy run
+    /// does first), by the primary's clock; `None`: never since listed.
+    pub last_pull: Option<i64>,
+    /// Seconds without a pull past which `replication_lag` fires here.
+    pub lag_alert_after: i64,
 }
 
 /// What a replica records of its copy runs of one namespace

@@ -33,6 +33,9 @@ pub struct ReplicaEntry {
     pub fingerprint: String,
     /// The namespaces it may read.
     pub namespaces: Vec<String>,
+    /// The primary's `replication_lag` alert fires when the replica has not
+    /// read a namespace's snapshot list for this long (default "3h").
+    pub lag_alert_after: Option<String>,
 }
 
 /// `[[replicate]]` on a replica: a namespace copied from a primary.
@@ -63,7 +66,13 @@ pub struct Replica {
     pub fingerprint: Fingerprint,
     /// What it may read.
     pub namespaces: Vec<String>,
+    /// How long it may go without copying before the primary alerts.
+    pub lag_alert_after: Duration,
 }
+
+/// How long a replica may go without reading a namespace before the
+/// primary's `replication_lag` alert, when its entry does not say.
+pub const DEFAULT_REPLICA_LAG: Duration = Duration::from_secs(3 * 3600);
 
 /// A checked `[[replicate]]`.
 #[derive(Debug, Clone)]
@@ -120,9 +129,21 @@ impl ServerConfig {
                     )));
                 }
             }
+            let lag_alert_after = match &r.lag_alert_after {
+                None => DEFAULT_REPLICA_LAG,
+                Some(v) => humantime::parse_duration(v)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        at(format!(
+                            "lag_alert_after = {v:?} is not a duration such as \"3h\""
+                        ))
+                    })?,
+            };
             out.push(Replica {
                 fingerprint: fp,
                 namespaces: r.namespaces.clone(),
+                lag_alert_after,
             });
         }
         Ok(out)

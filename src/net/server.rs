@@ -776,9 +776,25 @@ async fn handle(
             one(Reply::of(Response::Committed { id }))
         }
         // Snapshots are few (retention expires them): read whole, then sent.
-        Request::ListSnapshots => Ok(Answer::Snapshots(
-            blocking(move || store.list_snapshots()).await?,
-        )),
+        Request::ListSnapshots => {
+            // A replica's copy run starts with this listing: the primary's
+            // sign that the offsite copy is kept up.
+            if client.read_only && ctx.state.live().replicas.contains_key(&ctx.fingerprint) {
+                let (w, ns, fp) = (
+                    ctx.state.watch.clone(),
+                    client.namespace.clone(),
+                    ctx.fingerprint.to_string(),
+                );
+                let _ = blocking(move || {
+                    w.pulled(&ns, &fp);
+                    Ok(())
+                })
+                .await;
+            }
+            Ok(Answer::Snapshots(
+                blocking(move || store.list_snapshots()).await?,
+            ))
+        }
         Request::Stamp { id } => one(Reply::of(Response::Stamped {
             stamp: blocking(move || store.stamp(&id)).await?,
         })),

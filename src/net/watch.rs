@@ -20,7 +20,9 @@ use super::config::{Alerting, ServerConfig};
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::monitor::alert::{self, Alert, AlertKind, RateLimit};
-use crate::monitor::{metrics, NamespaceFigures, ReplicationFigures, ScrubFigures, ServerFigures};
+use crate::monitor::{
+    metrics, NamespaceFigures, ReplicaPull, ReplicationFigures, ScrubFigures, ServerFigures,
+};
 use crate::retention::{Policy, Stamp};
 use crate::scrub::{scrub_state, ParityConfig};
 use crate::store::{replace_file_via, system_clock, LocalStore, Store};
@@ -44,6 +46,9 @@ struct AlertState {
     /// ones (committed while the server was down, or whose judgement a
     /// crash interrupted) are judged at the next check.
     judged: BTreeMap<String, Judged>,
+    /// On a primary: when each replica (by fingerprint) last listed each
+    /// namespace's snapshots.
+    replica_pulls: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
 /// A snapshot judged for an anomaly.
@@ -71,6 +76,8 @@ struct Namespace {
     stale_after: Option<i64>,
     /// For a namespace copied from a primary: the lag its alert allows.
     replication_lag_after: Option<i64>,
+    /// The replicas that may read it, with the time each may go without.
+    replicas: Vec<(String, i64)>,
 }
 
 /// Failures about one namespace since the server started.
@@ -130,6 +137,7 @@ fn now() -> i64 {
 /// The namespaces a config defines, sorted by name.
 fn config_namespaces(cfg: &ServerConfig) -> Result<Vec<Namespace>> {
     let replications = cfg.validated_replications()?;
+    let replicas = cfg.validated_replicas()?;
     let mut namespaces: Vec<Namespace> = cfg
         .namespaces()?
         .into_iter()
@@ -138,6 +146,16 @@ fn config_namespaces(cfg: &ServerConfig) -> Result<Vec<Namespace>> {
                 .iter()
                 .find(|r| r.namespace == c.namespace)
                 .map(|r| r.lag_alert_after.as_secs() as i64),
+            replicas: replicas
+                .iter()
+                .filter(|r| r.namespaces.contains(&c.namespace))
+                .map(|r| {
+                    (
+                        r.fingerprint.to_string(),
+                        r.lag_alert_after.as_secs() as i64,
+                    )
+                })
+                .collect(),
             name: c.namespace,
             policy: c.policy,
             quota: c.quota,
@@ -218,6 +236,7 @@ impl Watch {
         let known = |ns: &String| namespaces.iter().any(|n| n.name == *ns);
         state.watched_since.retain(|ns, _| known(ns));
         state.judged.retain(|ns, _| known(ns));
+        state.replica_pulls.retain(|ns, _| known(ns));
         for n in &namespaces {
             state.watched_since.entry(n.name.clone()).or_insert(started);
         }
@@ -364,6 +383,7 @@ impl Watch {
                 lag_alert_after: after,
                 lag: 0,
             }),
+            replicas: self.pulls(n),
             ..Default::default()
         }
     }
@@ -439,6 +459,20 @@ impl Watch {
         Ok(f)
     }
 
+    /// The replicas of `n` and when each last read it.
+    fn pulls(&self, n: &Namespace) -> Vec<ReplicaPull> {
+        let st = self.state.lock().unwrap();
+        let seen = st.replica_pulls.get(&n.name);
+        n.replicas
+            .iter()
+            .map(|(fp, after)| ReplicaPull {
+                replica: fp.clone(),
+                last_pull: seen.and_then(|m| m.get(fp)).copied(),
+                lag_alert_after: *after,
+            })
+            .collect()
+    }
+
     fn watched_since(&self, ns: &str) -> i64 {
         let st = self.state.lock().unwrap();
         st.watched_since.get(ns).copied().unwrap_or(self.started)
@@ -495,6 +529,19 @@ impl Watch {
     fn touch(&self, ns: &str) {
         self.dirty.lock().unwrap().insert(ns.to_string());
         self.wake.notify_one();
+    }
+
+    /// Records that replica `fp` listed namespace `ns`'s snapshots now (a
+    /// copy run began), kept across restarts.
+    pub fn pulled(&self, ns: &str, fp: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.replica_pulls
+            .entry(ns.to_string())
+            .or_default()
+            .insert(fp.to_string(), now());
+        self.save(&st);
+        drop(st);
+        self.touch(ns);
     }
 
     /// Counts a refused or failed snapshot commit (`commit`) or pack upload;

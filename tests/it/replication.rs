@@ -709,3 +709,41 @@ fn packs_lost_on_the_primary_beyond_parity_are_put_back_from_the_replica() {
     assert!(err.contains("does not hash to its name either"), "{err}");
     assert!(!victim.exists());
 }
+
+#[test]
+fn the_primary_alerts_when_its_replica_stops_copying() {
+    let work = tempfile::tempdir().unwrap();
+    let rep_id = work.path().join("replica.id");
+    let fp = identity(&rep_id);
+    let top = format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\nrefresh_interval = \"1s\"\n\
+         [alerts]\ncheck_interval = \"1s\"\n\
+         [[replica]]\nfingerprint = \"{fp}\"\nnamespaces = [\"ns-0\"]\nlag_alert_after = \"4s\"\n"
+    );
+    let primary = TestServer::start_full(1, "", &top, &[]);
+    let cache = work.path().join("cache");
+    run(primary.client(0, &cache), &init_args()).ok();
+    backup_stdin(&primary, 0, &cache, "a", 9);
+    let cfg = replica_config(
+        work.path(),
+        &replicate_entries(&primary, &rep_id, &["ns-0"], ""),
+    );
+    let series = format!(
+        "coffer_replica_last_pull_timestamp_seconds{{namespace=\"ns-0\",replica=\"{fp}\"}}"
+    );
+    let before = sample(&crate::monitor::scrape(&primary), &series).unwrap();
+    replicate(&cfg, &[]).ok();
+    // The pull is seen on the primary.
+    let pulled = crate::monitor::poll("the pull in the primary's metrics", || {
+        sample(&crate::monitor::scrape(&primary), &series).filter(|t| *t > before)
+    });
+    assert!(pulled > 1.7e9, "{pulled}");
+    // The replica stops copying: past lag_alert_after, the primary alerts.
+    let log = crate::monitor::poll("the primary's replication_lag alert", || {
+        let l = primary.log();
+        l.contains("last copied it").then_some(l)
+    });
+    let line = log.lines().find(|l| l.contains("last copied it")).unwrap();
+    assert!(line.contains("alert=\"replication_lag\""), "{line}");
+    assert!(line.contains(&fp[..16]), "{line}");
+}
