@@ -747,3 +747,57 @@ fn the_primary_alerts_when_its_replica_stops_copying() {
     assert!(line.contains("alert=\"replication_lag\""), "{line}");
     assert!(line.contains(&fp[..16]), "{line}");
 }
+
+/// `coffer ARGS --allow-root --config CFG` with the clock `offset` ahead.
+fn replica_at(cfg: &Path, offset: &str, args: &[&str]) -> Run {
+    Run {
+        out: crate::retention::faked(offset)
+            .args(args)
+            .args(["--allow-root", "--config"])
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    }
+}
+
+#[test]
+fn the_replica_keeps_and_expires_copies_by_its_own_rules() {
+    if !crate::retention::faketime() {
+        eprintln!("faketime not installed; skipped");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    // The primary keeps for 60 days, the replica for 10 (both lock 5).
+    let (primary, rep_id) = primary_with(work.path(), 1, 1, "lock_days = 5\nretention_days = 60");
+    let cache = work.path().join("cache");
+    run(primary.client(0, &cache), &init_args()).ok();
+    // Two snapshots of one job: keep_last 1 keeps only the newer past expiry.
+    let (older, _) = backup_stdin(&primary, 0, &cache, "a", 1);
+    let (newer, data) = backup_stdin(&primary, 0, &cache, "a", 2);
+    let cfg = replica_config(
+        work.path(),
+        &format!(
+            "lock_days = 5\nretention_days = 10\n{}",
+            replicate_entries(&primary, &rep_id, &["ns-0"], "")
+        ),
+    );
+    let copy = work.path().join("replica-data/namespaces/ns-0");
+    replicate(&cfg, &[]).ok();
+    assert_eq!(snapshot_names(&copy).len(), 2);
+    // Day 9: within the replica's retention, its sweep keeps both.
+    replica_at(&cfg, "+9d", &["prune"]).ok();
+    assert_eq!(snapshot_names(&copy).len(), 2);
+    // Day 11: the replica's own rules expire the older copy, while the
+    // primary (60 days) still holds it ...
+    replica_at(&cfg, "+11d", &["prune"]).ok();
+    assert_eq!(snapshot_names(&copy), vec![newer.clone()]);
+    assert!(snapshot_names(&primary.namespace_dir("ns-0")).contains(&older));
+    // ... and a later copy does not bring it back.
+    let out = replica_at(&cfg, "+11d", &["--json", "replicate"])
+        .ok()
+        .json();
+    assert_eq!(report_of(&out, "ns-0")["snapshots_copied"], 0, "{out}");
+    assert_eq!(snapshot_names(&copy), vec![newer.clone()]);
+    assert!(dump_local(&copy, &work.path().join("c2"), &newer, "a") == data);
+}
