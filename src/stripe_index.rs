@@ -125,7 +125,12 @@ impl StripeIndex {
 
     fn ready(conn: Connection) -> Result<StripeIndex> {
         conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", INDEX_VERSION)?;
+        // Written only when new: a write on every open costs each commit's
+        // protect a WAL write and its checkpoint.
+        let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != INDEX_VERSION {
+            conn.pragma_update(None, "user_version", INDEX_VERSION)?;
+        }
         // A damaged file may open and still fail its first real query.
         conn.query_row("SELECT count(*) FROM stripe", [], |r| r.get::<_, i64>(0))?;
         Ok(StripeIndex { conn })

@@ -130,18 +130,7 @@ impl Filler<'_> {
         if id == spare {
             self.next_id += 1;
         }
-        if written.is_empty() {
-            return self.idx.remove(id);
-        }
-        let files: Vec<(usize, PathBuf)> = (0..self.cfg.m)
-            .map(|i| (i, parity_path(self.s, id, i)))
-            .collect();
-        let k = Known {
-            m: self.cfg.m as u32,
-            members: written,
-            readable: true,
-        };
-        self.idx.record(id, &stripe_index::signature(&files), &k)
+        record_written(self.s, self.cfg, &mut self.idx, id, written)
     }
 
     fn close(mut self) -> Result<ProtectReport> {
@@ -189,6 +178,27 @@ pub(super) fn write_counted(
     rep.damaged.extend(bad);
     rep.stripes_written += 1;
     Ok((id, written))
+}
+
+/// Records in the index what stripe `id` holds as just written (nothing:
+/// it is gone), so the next protect need not read its headers again.
+fn record_written(
+    s: &LocalStore,
+    cfg: ParityConfig,
+    idx: &mut StripeIndex,
+    id: u64,
+    written: Members,
+) -> Result<()> {
+    if written.is_empty() {
+        return idx.remove(id);
+    }
+    let files: Vec<(usize, PathBuf)> = (0..cfg.m).map(|i| (i, parity_path(s, id, i))).collect();
+    let k = Known {
+        m: cfg.m as u32,
+        members: written,
+        readable: true,
+    };
+    idx.record(id, &stripe_index::signature(&files), &k)
 }
 
 /// Parity computed while a backup runs: the backup hands over each pack as
@@ -314,7 +324,10 @@ pub(super) fn protect_fresh(
             let n = (cfg.k - members.len()).min(fresh.len());
             members.extend(fresh.drain(..n));
             rep.packs_protected += n as u64;
-            let (used, _) = write_counted(s, cfg, &mut rep, (id, id + 1), &members, old)?;
+            let (used, written) = write_counted(s, cfg, &mut rep, (id, id + 1), &members, old)?;
+            // Only a cache: a failure costs the next protect a re-read.
+            let _ = StripeIndex::open(&parity_dir(s))
+                .and_then(|mut idx| record_written(s, cfg, &mut idx, used, written));
             from = used;
             id = used + 1;
             members.clear();

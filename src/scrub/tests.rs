@@ -88,6 +88,16 @@ fn parity_during_a_backup_fills_stripes_once_and_leaves_nothing_to_protect() {
             fresh[4..].iter().map(id).collect::<Vec<_>>(),
         ]
     );
+    // The thread recorded what it wrote: the index is up to date, so the
+    // protect after the commit reads no stripe header again.
+    let mut idx = StripeIndex::open(&parity_dir(&s)).unwrap();
+    let reread = idx
+        .refresh(&stripe_files(&s).unwrap(), &mut |id, f| {
+            load_stripe(id, f).map(|st| known(&st))
+        })
+        .unwrap();
+    assert_eq!(reread, 0);
+    drop(idx);
     let again = protect(&s, cfg).unwrap();
     assert_eq!((again.packs_protected, again.stripes_written), (0, 0));
     // and the parity it wrote repairs a lost member
