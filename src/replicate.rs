@@ -157,6 +157,11 @@ pub fn sync(src: &dyn Store, dst: &LocalStore, log: &mut CopiedLog) -> Result<Sy
         };
         report.newest_source = report.newest_source.max(Some(stamp.received));
         if held.contains(&id) {
+            // A run killed between the commit and the log's line: the
+            // line now, or the copy's own retention would be undone.
+            if !log.contains(&id) {
+                log.add(id)?;
+            }
             if extend_lock(dst, &id, &stamp)? {
                 report.locks_extended += 1;
             }
@@ -273,4 +278,61 @@ fn copy_pack(
     }
     up.commit(*id)?;
     Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::snapshot::{SnapshotRecord, SourceKind};
+
+    /// A store holding one pack and one snapshot that lists it.
+    fn source(dir: &Path) -> (LocalStore, SnapshotId) {
+        let s = LocalStore::create(dir).unwrap();
+        s.write_config(b"a repository's config").unwrap();
+        let bytes = b"a pack's bytes".to_vec();
+        let id = PackId::of(&bytes);
+        let mut up = s.upload_pack().unwrap();
+        up.write_all(&bytes).unwrap();
+        assert!(up.commit(id).unwrap());
+        let keys = crate::crypto::Keys::derive(&crate::crypto::MasterKey::from_bytes([7; 32]));
+        let rec = SnapshotRecord {
+            version: 1,
+            time_ns: 0,
+            host: "h".into(),
+            user: "u".into(),
+            source: SourceKind::Tree,
+            paths: vec![],
+            tags: vec![],
+            tree: crate::id::BlobId([0; 32]),
+            stats: Default::default(),
+            image: None,
+        };
+        let (_, file) = snapshot::encode(&keys, vec![id], &rec, &mut rand::rngs::OsRng);
+        let snap = s.write_snapshot(&file, None).unwrap();
+        (s, snap)
+    }
+
+    #[test]
+    fn a_copy_whose_log_line_was_lost_is_logged_and_not_taken_back_after_its_removal() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (src, snap) = source(a.path());
+        let dst = LocalStore::create(b.path()).unwrap();
+        let mut log = CopiedLog::open(b.path()).unwrap();
+        let rep = sync(&src, &dst, &mut log).unwrap();
+        assert_eq!((rep.snapshots_copied, rep.packs_copied), (1, 1));
+        // Killed after the commit, before the log's line.
+        std::fs::remove_file(b.path().join("replicated")).unwrap();
+        let mut log = CopiedLog::open(b.path()).unwrap();
+        assert!(!log.contains(&snap));
+        let rep = sync(&src, &dst, &mut log).unwrap();
+        assert_eq!(rep.snapshots_copied, 0);
+        assert!(CopiedLog::open(b.path()).unwrap().contains(&snap));
+        // The copy's own rules remove it; the source still lists it.
+        let hex = snap.to_hex();
+        std::fs::remove_file(b.path().join("snapshots").join(&hex)).unwrap();
+        std::fs::remove_file(b.path().join("snapshots").join(format!("{hex}.stamp"))).unwrap();
+        let rep = sync(&src, &dst, &mut log).unwrap();
+        assert_eq!(rep.snapshots_copied, 0, "{rep:?}");
+        assert!(dst.list_snapshots().unwrap().is_empty());
+    }
 }
