@@ -136,6 +136,9 @@ impl State {
                     locks_extended = rep.locks_extended,
                     "replication done"
                 );
+                for f in rep.keys_refused {
+                    error!(namespace = %ns, key = %f.snapshot, "replication: key file not copied: {}", f.reason);
+                }
                 for f in rep.refused {
                     error!(namespace = %ns, snapshot = %f.snapshot, "replication: snapshot not copied: {}", f.reason);
                 }
