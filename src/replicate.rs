@@ -268,6 +268,14 @@ fn copy_snapshot(
                 "it references pack {p}, which the source does not hold"
             )));
         };
+        // Said larger than any pack may be: not downloaded into the
+        // replica's disk to find out.
+        if size > crate::limits::MAX_PACK_BYTES {
+            return Ok(Err(format!(
+                "the source says pack {p} is {size} bytes, over the limit of {}",
+                crate::limits::MAX_PACK_BYTES
+            )));
+        }
         if let Err(why) = copy_pack(src, dst, p, size)? {
             return Ok(Err(why));
         }

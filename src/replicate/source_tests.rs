@@ -265,3 +265,44 @@ fn a_key_file_name_that_climbs_out_is_left_out_and_the_rest_copied() {
     assert!(!d.path().join("escaped").exists());
     assert_eq!(rep.keys_refused.len(), 1, "{rep:?}");
 }
+#[test]
+fn a_pack_said_to_be_over_the_limit_is_refused_before_any_read() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst, made) = fixture(d.path(), 3, |m| Lies {
+        size_of: Some((m[2].1, crate::limits::MAX_PACK_BYTES + 1)),
+        ..Lies::default()
+    });
+    let mut log = CopiedLog::open(dst.root()).unwrap();
+    let rep = sync(&src, &dst, &mut log).unwrap();
+    assert_eq!(copied(&dst).len(), 2, "{rep:?}");
+    assert!(!copied(&dst).contains(&made[2].0));
+    assert_eq!(src.reads.load(Ordering::SeqCst), 0, "{rep:?}");
+    assert!(rep.refused[0].reason.contains("limit"), "{rep:?}");
+    // Nothing of it was written aside either.
+    assert_eq!(
+        std::fs::read_dir(dst.root().join("tmp")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn a_pack_said_to_be_shorter_or_longer_is_refused_and_the_rest_copied() {
+    let d = tempfile::tempdir().unwrap();
+    for (i, delta) in [-1i64, 1, 4 << 20].into_iter().enumerate() {
+        let dir = d.path().join(i.to_string());
+        let mut real = 0;
+        let (src, dst, made) = fixture(&dir, 2, |m| {
+            let s = LocalStore::open(&dir.join("src")).unwrap();
+            real = s.pack_size(&m[0].1).unwrap().unwrap();
+            Lies {
+                size_of: Some((m[0].1, (real as i64 + delta) as u64)),
+                ..Lies::default()
+            }
+        });
+        assert!(real > 0);
+        let mut log = CopiedLog::open(dst.root()).unwrap();
+        let rep = sync(&src, &dst, &mut log).expect("the run goes on");
+        assert_eq!(copied(&dst), vec![made[1].0], "{delta}: {rep:?}");
+        assert_eq!(dst.pack_size(&made[0].1).unwrap(), None);
+    }
+}
