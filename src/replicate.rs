@@ -330,7 +330,7 @@ fn copy_pack(
 /// about the source itself (`Err`: it went away, the run stops). An error
 /// the source answered (its disk failed under one file) cannot be told
 /// from a lost connection by its kind: the source is asked again.
-fn about_one(src: &dyn Store, e: Error) -> Result<String> {
+pub(crate) fn about_one(src: &dyn Store, e: Error) -> Result<String> {
     if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) {
         return Ok(e.to_string());
     }

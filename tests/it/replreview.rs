@@ -187,6 +187,45 @@ fn scrub_from(primary: &TestServer, replica: &TestServer) -> (Option<i32>, Strin
     )
 }
 
+/// The copy of `pack` (a primary path) in `replica`'s ns-0.
+fn theirs(replica: &TestServer, pack: &Path) -> std::path::PathBuf {
+    let name = pack.file_name().unwrap().to_str().unwrap();
+    replica
+        .namespace_dir("ns-0")
+        .join("packs")
+        .join(&name[..2])
+        .join(name)
+}
+
+#[test]
+fn a_pack_the_replica_cannot_read_does_not_keep_the_others_from_being_put_back() {
+    let work = tempfile::tempdir().unwrap();
+    let (primary, mut replica, packs) = copied_primary(work.path(), "10+2");
+    for p in &packs {
+        fs::remove_file(p).unwrap();
+    }
+    fs::remove_dir_all(primary.namespace_dir("ns-0").join("parity")).unwrap();
+    // One copy unreadable on the replica (its disk fails under it: a
+    // directory where the file was reads as an I/O error).
+    let bad = theirs(&replica, &packs[0]);
+    fs::remove_file(&bad).unwrap();
+    fs::create_dir(&bad).unwrap();
+    replica.restart();
+    let (code, err) = scrub_from(&primary, &replica);
+    assert_eq!(code, Some(5), "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.ends_with(" put back from the replica"))
+            .count(),
+        packs.len() - 1,
+        "{err}"
+    );
+    assert!(!packs[0].exists());
+    for p in &packs[1..] {
+        assert!(p.is_file(), "{} not back: {err}", p.display());
+    }
+}
+
 #[test]
 fn packs_put_back_from_the_replica_stay_repairable_by_their_stripe() {
     let work = tempfile::tempdir().unwrap();
