@@ -257,3 +257,43 @@ fn packs_put_back_from_the_replica_stay_repairable_by_their_stripe() {
         assert!(fs::read(p).unwrap() == *b, "{} not repaired", p.display());
     }
 }
+
+#[test]
+fn a_long_copy_from_one_primary_holds_up_no_other_namespace() {
+    let work = tempfile::tempdir().unwrap();
+    let (primary, rep_id) = primary(work.path(), 2, 2);
+    for i in 0..2 {
+        let cache = work.path().join(format!("cache{i}"));
+        run(primary.client(i, &cache), &init_args()).ok();
+    }
+    // ns-0: ~2 MB at 64 KiB/s, half a minute; ns-1: one small backup.
+    let c0 = work.path().join("cache0");
+    for i in 0..3 {
+        backup_stdin(&primary, 0, &c0, &format!("f{i}"), 70 + i);
+    }
+    backup_stdin(&primary, 1, &work.path().join("cache1"), "g", 80);
+    let top = format!(
+        "{}{}",
+        replicate_entries(&primary, &rep_id, &["ns-0"], "limit_kib = 64"),
+        replicate_entries(&primary, &rep_id, &["ns-1"], "")
+    );
+    let replica = TestServer::start_full(0, "", &top, &[]);
+    let held = |ns: &str| {
+        fs::read_dir(replica.namespace_dir(ns).join("snapshots"))
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().extension().is_none())
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    let t0 = Instant::now();
+    while held("ns-1") == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(90), "{}", replica.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ns-1 was copied while ns-0's copy was still going.
+    assert!(held("ns-0") < 3, "ns-1 waited for ns-0: {}", replica.log());
+}
