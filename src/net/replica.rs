@@ -324,6 +324,16 @@ pub fn fetch_back(
         };
         out.push((*id, res));
     }
+    let back: Vec<PackId> = out
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(p, _)| *p)
+        .collect();
+    if !back.is_empty() {
+        if let Err(e) = crate::scrub::mark_put_back(dst, &back) {
+            tracing::warn!(namespace = %ns, "the scrub state still lists the packs put back: {e}");
+        }
+    }
     Ok(out)
 }
 
