@@ -517,7 +517,7 @@ fn a_copy_killed_midway_leaves_nothing_partial_and_the_rerun_completes() {
 }
 
 /// A sample's value in a scrape, if present.
-fn sample(text: &str, line_start: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, line_start: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())

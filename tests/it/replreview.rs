@@ -318,3 +318,50 @@ fn packs_put_back_from_the_replica_leave_the_scrub_state_and_its_alert() {
         "{state}"
     );
 }
+
+#[test]
+fn a_reload_that_drops_and_brings_back_a_replicate_entry_keeps_the_figures_right() {
+    use crate::monitor::{poll, scrape};
+    use crate::replication::sample;
+    let work = tempfile::tempdir().unwrap();
+    let (primary, rep_id) = primary(work.path(), 1, 1);
+    let cache = work.path().join("cache");
+    run(primary.client(0, &cache), &init_args()).ok();
+    backup_stdin(&primary, 0, &cache, "a", 90);
+    let entry = replicate_entries(
+        &primary,
+        &rep_id,
+        &["ns-0"],
+        "interval = \"1s\"\nlag_alert_after = \"1h\"",
+    );
+    let top = format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\nrefresh_interval = \"1s\"\n\
+         [alerts]\ncheck_interval = \"1s\"\n{entry}"
+    );
+    let replica = TestServer::start_full(0, "", &top, &[]);
+    let copied = "coffer_replication_copied_snapshots_total{namespace=\"ns-0\"}";
+    poll("the first copy in the metrics", || {
+        (sample(&scrape(&replica), copied) == Some(1.0)).then_some(())
+    });
+    // Dropped: no figures of a copy that no longer runs, and no alert.
+    reload(&replica, |c| c.replace(&entry, ""));
+    poll("the replication figures gone", || {
+        (!scrape(&replica).contains("coffer_replication_")).then_some(())
+    });
+    // Back: served again (not taken for a rollback), its totals kept, a
+    // new backup copied.
+    backup_stdin(&primary, 0, &cache, "b", 91);
+    reload(&replica, |c| format!("{c}\n{entry}"));
+    poll("the second copy in the metrics", || {
+        (sample(&scrape(&replica), copied) == Some(2.0)).then_some(())
+    });
+    let t = scrape(&replica);
+    let lag = sample(&t, "coffer_replication_lag_seconds{namespace=\"ns-0\"}").unwrap();
+    assert!(lag < 60.0, "{t}");
+    assert!(
+        !replica.log().contains("replication_lag"),
+        "{}",
+        replica.log()
+    );
+    assert!(!replica.log().contains("not served"), "{}", replica.log());
+}
