@@ -43,6 +43,9 @@ pub struct SyncReport {
     pub keys_copied: usize,
     /// Snapshots held already whose lock or hold was extended to the source's.
     pub locks_extended: usize,
+    /// Key files not copied, each with why (a name no store gives, or one
+    /// the source could not read).
+    pub keys_refused: Vec<Refused>,
     /// Snapshots not copied, each with why (retried by the next run).
     pub refused: Vec<Refused>,
     /// The oldest source snapshot (by the source's stamp) the copy still
@@ -55,7 +58,7 @@ pub struct SyncReport {
 /// A snapshot left out of the copy.
 #[derive(Debug, Clone, Serialize)]
 pub struct Refused {
-    /// The snapshot.
+    /// The snapshot (in `keys_refused`: the key file's name).
     pub snapshot: String,
     /// Why.
     pub reason: String,
@@ -138,10 +141,24 @@ pub fn sync(src: &dyn Store, dst: &LocalStore, log: &mut CopiedLog) -> Result<Sy
     }
     let have: HashSet<String> = dst.list_keys()?.into_iter().collect();
     for name in src.list_keys()? {
-        if !have.contains(&name) {
-            let bytes = src.read_key(&name)?;
-            dst.write_key(&name, &bytes)?;
-            report.keys_copied += 1;
+        if have.contains(&name) {
+            continue;
+        }
+        let written = match src.read_key(&name) {
+            Ok(bytes) => dst.write_key(&name, &bytes).map_err(|e| match e.kind() {
+                // A name no store gives (`../x`): the source lies.
+                ErrorKind::Denied => Ok(e.to_string()),
+                _ => Err(e),
+            }),
+            Err(e) => Err(about_one(src, e)),
+        };
+        match written {
+            Ok(()) => report.keys_copied += 1,
+            Err(Ok(reason)) => report.keys_refused.push(Refused {
+                snapshot: name,
+                reason,
+            }),
+            Err(Err(e)) => return Err(e),
         }
     }
     let held: HashSet<SnapshotId> = dst.list_snapshots()?.into_iter().collect();
@@ -153,7 +170,17 @@ pub fn sync(src: &dyn Store, dst: &LocalStore, log: &mut CopiedLog) -> Result<Sy
             Ok(s) => s,
             // Forgotten on the source between its listing and now.
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            // Damaged there: this snapshot waits, the others go on.
+            Err(e) => {
+                let reason = about_one(src, e)?;
+                if !held.contains(&id) && !log.contains(&id) {
+                    report.refused.push(Refused {
+                        snapshot: id.to_hex(),
+                        reason: format!("its stamp could not be read on the source: {reason}"),
+                    });
+                }
+                continue;
+            }
         };
         report.newest_source = report.newest_source.max(Some(stamp.received));
         if held.contains(&id) {
@@ -189,12 +216,18 @@ pub fn sync(src: &dyn Store, dst: &LocalStore, log: &mut CopiedLog) -> Result<Sy
 }
 
 /// Extends `dst`'s lock of `id` to the source's stamp; whether it changed.
+/// A lock past the copy's own cap (a source whose clock runs ahead, or
+/// that lies) is kept as far as the copy allows, never refused: a refusal
+/// would stop every run for good.
 fn extend_lock(dst: &LocalStore, id: &SnapshotId, src: &Stamp) -> Result<bool> {
     let mine = dst.stamp(id)?;
-    if src.locked_until <= mine.locked_until && (!src.hold || mine.hold) {
+    let until = src
+        .locked_until
+        .min(dst.now().saturating_add(crate::store::MAX_LOCK_SECS));
+    if until <= mine.locked_until && (!src.hold || mine.hold) {
         return Ok(false);
     }
-    dst.lock(id, src.locked_until.max(mine.locked_until), src.hold)?;
+    dst.lock(id, until.max(mine.locked_until), src.hold)?;
     Ok(true)
 }
 
@@ -213,7 +246,7 @@ fn copy_snapshot(
         Err(e) if e.kind() == ErrorKind::NotFound => {
             return Ok(Err("forgotten on the source during the copy".into()))
         }
-        Err(e) => return Err(e),
+        Err(e) => return Ok(Err(about_one(src, e)?)),
     };
     if SnapshotId::of(&bytes) != *id {
         return Ok(Err("the source's file does not hash to its name".into()));
@@ -259,11 +292,23 @@ fn copy_packs(
     let copied = Mutex::new((0u64, 0u64));
     let outcome: Mutex<Option<Result<String>>> = Mutex::new(None);
     let one = |p: &PackId| -> Result<std::result::Result<u64, String>> {
-        let Some(size) = src.pack_size(p)? else {
+        let size = match src.pack_size(p) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(about_one(src, e)?)),
+        };
+        let Some(size) = size else {
             return Ok(Err(format!(
                 "it references pack {p}, which the source does not hold"
             )));
         };
+        // Said larger than any pack may be: not downloaded into the
+        // replica's disk to find out.
+        if size > crate::limits::MAX_PACK_BYTES {
+            return Ok(Err(format!(
+                "the source says pack {p} is {size} bytes, over the limit of {}",
+                crate::limits::MAX_PACK_BYTES
+            )));
+        }
         Ok(copy_pack(src, dst, p, size)?.map(|()| size))
     };
     std::thread::scope(|sc| {
@@ -314,12 +359,12 @@ fn copy_pack(
         let len = PIECE.min((size - at) as usize);
         let span = match src.read_pack_span(id, at, len, &mut buf) {
             Ok(s) => s,
-            Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) => {
+            Err(e) => {
                 return Ok(Err(format!(
-                    "pack {id} could not be read on the source: {e}"
+                    "pack {id} could not be read on the source: {}",
+                    about_one(src, e)?
                 )))
             }
-            Err(e) => return Err(e),
         };
         let piece = &buf[span];
         hasher.update(piece);
@@ -335,6 +380,24 @@ fn copy_pack(
     up.commit(*id)?;
     Ok(Ok(()))
 }
+
+/// Whether an error of the source about one object is about that object
+/// (`Ok`, why: damaged or unreadable there, the run goes on without it) or
+/// about the source itself (`Err`: it went away, the run stops). An error
+/// the source answered (its disk failed under one file) cannot be told
+/// from a lost connection by its kind: the source is asked again.
+pub(crate) fn about_one(src: &dyn Store, e: Error) -> Result<String> {
+    if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) {
+        return Ok(e.to_string());
+    }
+    match src.read_config() {
+        Ok(_) => Ok(e.to_string()),
+        Err(_) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod source_tests;
 
 #[cfg(test)]
 mod tests {

@@ -34,10 +34,17 @@ pub(super) fn cmd_replicate(
         let ns = &r.namespace;
         match &res {
             Ok(rep) => {
-                refused += rep.refused.len();
+                refused += rep.refused.len() + rep.keys_refused.len();
                 for f in &rep.refused {
                     errln!(
                         "coffer: {ns}: snapshot {} not copied: {}",
+                        f.snapshot,
+                        f.reason
+                    );
+                }
+                for f in &rep.keys_refused {
+                    errln!(
+                        "coffer: {ns}: key file {:?} not copied: {}",
                         f.snapshot,
                         f.reason
                     );
@@ -71,7 +78,7 @@ pub(super) fn cmd_replicate(
         bail!("{failed} namespaces were not copied");
     }
     if refused > 0 {
-        return Err(Incomplete(format!("{refused} snapshots were not copied")).into());
+        return Err(Incomplete(format!("{refused} snapshots or key files were not copied")).into());
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 //! primaries; and the operator's `prune --config`, the same sweep run by
 //! hand. Each runs on a blocking thread and logs what it found.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use tracing::{debug, error, info, warn};
 
@@ -52,14 +52,20 @@ pub(super) fn start(state: &Arc<State>) {
         }
     });
     // Copies from primaries, each namespace at its own interval (a
-    // reload's entries are picked up within a minute).
+    // reload's entries are picked up within a minute), each on its own:
+    // a long or stalled copy from one primary holds up no other.
     let replicator = state.clone();
     tokio::spawn(async move {
         let mut last: HashMap<String, std::time::Instant> = HashMap::new();
+        let running: Arc<Mutex<HashSet<String>>> = Arc::default();
         loop {
             let live = replicator.live();
             let mut nap = std::time::Duration::from_secs(60);
             for r in &live.replications {
+                // unwrap: the lock is never held across a panic
+                if running.lock().unwrap().contains(&r.namespace) {
+                    continue;
+                }
                 let due = last.get(&r.namespace).map(|t| *t + r.every);
                 let now = std::time::Instant::now();
                 if let Some(due) = due.filter(|d| *d > now) {
@@ -68,12 +74,29 @@ pub(super) fn start(state: &Arc<State>) {
                 }
                 last.insert(r.namespace.clone(), now);
                 nap = nap.min(r.every);
+                running.lock().unwrap().insert(r.namespace.clone());
+                let done = Running(running.clone(), r.namespace.clone());
                 let (s, r) = (replicator.clone(), r.clone());
-                let _ = tokio::task::spawn_blocking(move || s.replicate(&r)).await;
+                tokio::task::spawn_blocking(move || {
+                    let _done = done;
+                    s.replicate(&r);
+                });
             }
             tokio::time::sleep(nap).await;
         }
     });
+}
+
+/// A namespace's copy in progress, until dropped (its end, or a panic).
+struct Running(Arc<Mutex<HashSet<String>>>, String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
 }
 
 impl State {
@@ -136,6 +159,9 @@ impl State {
                     locks_extended = rep.locks_extended,
                     "replication done"
                 );
+                for f in rep.keys_refused {
+                    error!(namespace = %ns, key = %f.snapshot, "replication: key file not copied: {}", f.reason);
+                }
                 for f in rep.refused {
                     error!(namespace = %ns, snapshot = %f.snapshot, "replication: snapshot not copied: {}", f.reason);
                 }

@@ -304,18 +304,15 @@ pub fn fetch_back(
     let src = Remote(std::sync::Arc::new(src));
     let mut out = Vec::with_capacity(packs.len());
     for id in packs {
-        let res = match crate::store::Store::pack_size(&src, id)? {
-            None => Err("the replica does not hold it either".to_string()),
-            Some(size) if size > crate::limits::MAX_PACK_BYTES => Err(format!(
-                "the replica's copy is {size} bytes, over the limit"
+        // One copy the replica fails to read (its disk) is this pack's
+        // refusal; a replica gone stops here.
+        let res = match read_whole(&src, id) {
+            Ok(Err(why)) => Err(why),
+            Err(e) => Err(format!(
+                "the replica could not read it: {}",
+                crate::replicate::about_one(&src, e)?
             )),
-            Some(size) => {
-                let mut bytes = Vec::with_capacity(size as usize);
-                while (bytes.len() as u64) < size {
-                    let len = (size - bytes.len() as u64).min(4 << 20) as usize;
-                    let piece = crate::store::Store::read_pack(&src, id, bytes.len() as u64, len)?;
-                    bytes.extend_from_slice(&piece);
-                }
+            Ok(Ok(bytes)) => {
                 if PackId::of(&bytes) != *id {
                     Err("the replica's copy does not hash to its name either".to_string())
                 } else if crate::scrub::put_back_pack(dst, id, &bytes)? {
@@ -327,7 +324,37 @@ pub fn fetch_back(
         };
         out.push((*id, res));
     }
+    let back: Vec<PackId> = out
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(p, _)| *p)
+        .collect();
+    if !back.is_empty() {
+        if let Err(e) = crate::scrub::mark_put_back(dst, &back) {
+            tracing::warn!(namespace = %ns, "the scrub state still lists the packs put back: {e}");
+        }
+    }
     Ok(out)
+}
+
+/// A pack's bytes as `src` holds them, or why it cannot give them.
+fn read_whole(src: &Remote, id: &PackId) -> Result<std::result::Result<Vec<u8>, String>> {
+    use crate::store::Store;
+    let size = match src.pack_size(id)? {
+        None => return Ok(Err("the replica does not hold it either".to_string())),
+        Some(size) if size > crate::limits::MAX_PACK_BYTES => {
+            return Ok(Err(format!(
+                "the replica's copy is {size} bytes, over the limit"
+            )))
+        }
+        Some(size) => size,
+    };
+    let mut bytes = Vec::with_capacity(size as usize);
+    while (bytes.len() as u64) < size {
+        let len = (size - bytes.len() as u64).min(4 << 20) as usize;
+        bytes.extend_from_slice(&src.read_pack(id, bytes.len() as u64, len)?);
+    }
+    Ok(Ok(bytes))
 }
 
 #[cfg(test)]

@@ -222,6 +222,20 @@ pub fn scrub_state(s: &LocalStore) -> ScrubState {
         .unwrap_or_default()
 }
 
+/// Takes packs put back whole since the scrub (from a replica) off its
+/// unrepairable lists, so monitoring and the `scrub_unrepairable` alert
+/// stop reporting them before the next pass.
+pub fn mark_put_back(s: &LocalStore, packs: &[PackId]) -> Result<()> {
+    let mut st = scrub_state(s);
+    for counts in st.last.iter_mut().chain(std::iter::once(&mut st.current)) {
+        let before = counts.unrepairable.len();
+        counts.unrepairable.retain(|u| !packs.contains(&u.pack));
+        let gone = (before - counts.unrepairable.len()) as u64;
+        counts.unrepairable_packs = counts.unrepairable_packs.saturating_sub(gone);
+    }
+    save_state(s, &st)
+}
+
 /// How often a scrub records its progress: an interruption repeats at most
 /// this much work.
 const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

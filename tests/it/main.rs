@@ -28,6 +28,7 @@ mod profile;
 mod reconnect;
 mod reload;
 mod replication;
+mod replreview;
 mod restore;
 mod restore_opts;
 mod retention;

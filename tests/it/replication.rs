@@ -17,12 +17,17 @@ use crate::util::*;
 
 /// A primary with `n` namespaces of which the replica identity (made in
 /// `dir`) may read the first `readable`.
-fn primary(dir: &Path, n: usize, readable: usize) -> (TestServer, PathBuf) {
+pub(crate) fn primary(dir: &Path, n: usize, readable: usize) -> (TestServer, PathBuf) {
     primary_with(dir, n, readable, "")
 }
 
 /// Like `primary`, with top-level config keys `keys`.
-fn primary_with(dir: &Path, n: usize, readable: usize, keys: &str) -> (TestServer, PathBuf) {
+pub(crate) fn primary_with(
+    dir: &Path,
+    n: usize,
+    readable: usize,
+    keys: &str,
+) -> (TestServer, PathBuf) {
     let id = dir.join("replica.id");
     let fp = identity(&id);
     let names: Vec<String> = (0..readable).map(|i| format!("\"ns-{i}\"")).collect();
@@ -34,7 +39,12 @@ fn primary_with(dir: &Path, n: usize, readable: usize, keys: &str) -> (TestServe
 }
 
 /// `[[replicate]]` entries for namespaces `ns` of `primary`, read with `id`.
-fn replicate_entries(primary: &TestServer, id: &Path, ns: &[&str], extra: &str) -> String {
+pub(crate) fn replicate_entries(
+    primary: &TestServer,
+    id: &Path,
+    ns: &[&str],
+    extra: &str,
+) -> String {
     ns.iter()
         .map(|n| {
             format!(
@@ -48,7 +58,7 @@ fn replicate_entries(primary: &TestServer, id: &Path, ns: &[&str], extra: &str) 
 }
 
 /// A replica config with no server running: `coffer replicate` alone.
-fn replica_config(dir: &Path, entries: &str) -> PathBuf {
+pub(crate) fn replica_config(dir: &Path, entries: &str) -> PathBuf {
     let path = dir.join("replica.toml");
     let server_id = dir.join("replica-server.id");
     if !server_id.exists() {
@@ -66,7 +76,7 @@ fn replica_config(dir: &Path, entries: &str) -> PathBuf {
     path
 }
 
-fn replicate(config: &Path, extra: &[&str]) -> Run {
+pub(crate) fn replicate(config: &Path, extra: &[&str]) -> Run {
     Run {
         out: clean_command()
             .args(["--json", "replicate", "--allow-root", "--config"])
@@ -101,7 +111,7 @@ fn report_of(v: &serde_json::Value, ns: &str) -> serde_json::Value {
 
 /// A backup of random data as `name` through client `i`; returns the
 /// snapshot's id and the bytes.
-fn backup_stdin(
+pub(crate) fn backup_stdin(
     srv: &TestServer,
     i: usize,
     cache: &Path,
@@ -507,7 +517,7 @@ fn a_copy_killed_midway_leaves_nothing_partial_and_the_rerun_completes() {
 }
 
 /// A sample's value in a scrape, if present.
-fn sample(text: &str, line_start: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, line_start: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
@@ -774,6 +784,19 @@ fn the_replica_keeps_and_expires_copies_by_its_own_rules() {
     run(primary.client(0, &cache), &init_args()).ok();
     // Two snapshots of one job: keep_last 1 keeps only the newer past expiry.
     let (older, _) = backup_stdin(&primary, 0, &cache, "a", 1);
+    // In a later second: within one, the replica cannot tell which of two
+    // copies of a job is the newer (its stamps have seconds, and the
+    // primary's order within a second does not travel).
+    let second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let s0 = second();
+    while second() == s0 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (newer, data) = backup_stdin(&primary, 0, &cache, "a", 2);
     let cfg = replica_config(
         work.path(),
