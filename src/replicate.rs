@@ -118,9 +118,11 @@ impl CopiedLog {
 /// a different one is refused), key files, and every snapshot with its
 /// packs, oldest first by the source's clock. Locks of snapshots held
 /// already are extended where the source's were.
-pub fn sync(src: &dyn Store, dst: &LocalStore, log: &mut CopiedLog) -> Result<SyncReport> {
+pub fn sync(src: &dyn Store, dst: &LocalStore) -> Result<SyncReport> {
     // One copy at a time: an operator's run waits for a scheduled one.
     let _one = dst.lock_named("replicate.lock", true)?;
+    // Read under the lock: a run that held it may have added to it.
+    let mut log = CopiedLog::open(dst.root())?;
     let mut report = SyncReport::default();
     let config = match src.read_config() {
         Ok(c) => c,
@@ -436,21 +438,19 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (src, snap) = source(a.path());
         let dst = LocalStore::create(b.path()).unwrap();
-        let mut log = CopiedLog::open(b.path()).unwrap();
-        let rep = sync(&src, &dst, &mut log).unwrap();
+        let rep = sync(&src, &dst).unwrap();
         assert_eq!((rep.snapshots_copied, rep.packs_copied), (1, 1));
         // Killed after the commit, before the log's line.
         std::fs::remove_file(b.path().join("replicated")).unwrap();
-        let mut log = CopiedLog::open(b.path()).unwrap();
-        assert!(!log.contains(&snap));
-        let rep = sync(&src, &dst, &mut log).unwrap();
+        assert!(!CopiedLog::open(b.path()).unwrap().contains(&snap));
+        let rep = sync(&src, &dst).unwrap();
         assert_eq!(rep.snapshots_copied, 0);
         assert!(CopiedLog::open(b.path()).unwrap().contains(&snap));
         // The copy's own rules remove it; the source still lists it.
         let hex = snap.to_hex();
         std::fs::remove_file(b.path().join("snapshots").join(&hex)).unwrap();
         std::fs::remove_file(b.path().join("snapshots").join(format!("{hex}.stamp"))).unwrap();
-        let rep = sync(&src, &dst, &mut log).unwrap();
+        let rep = sync(&src, &dst).unwrap();
         assert_eq!(rep.snapshots_copied, 0, "{rep:?}");
         assert!(dst.list_snapshots().unwrap().is_empty());
     }

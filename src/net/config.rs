@@ -245,7 +245,7 @@ const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Parses a humantime duration of at least one second and at most
 /// [`MAX_DURATION`], naming the key.
-fn duration(section: &str, key: &str, v: &str) -> Result<Duration> {
+pub(super) fn duration(section: &str, key: &str, v: &str) -> Result<Duration> {
     let d = humantime::parse_duration(v).map_err(|e| {
         Error::Denied(format!(
             "[{section}] {key} = {v:?}: {e} (write e.g. \"90s\", \"26h\")"

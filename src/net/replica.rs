@@ -17,12 +17,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::client::{Remote, RemoteStore, RemoteUrl};
-use super::config::{valid_namespace, ServerConfig};
+use super::config::{duration, valid_namespace, ServerConfig};
 use super::{Fingerprint, Identity};
 use crate::error::{Error, Result};
 use crate::id::PackId;
 use crate::monitor::ReplicationStatus;
-use crate::replicate::{CopiedLog, SyncReport};
+use crate::replicate::SyncReport;
 use crate::store::LocalStore;
 
 /// `[[replica]]` on a primary: an identity that may read namespaces to copy them.
@@ -129,16 +129,10 @@ impl ServerConfig {
                     )));
                 }
             }
+            let section = format!("replica #{}", i + 1);
             let lag_alert_after = match &r.lag_alert_after {
                 None => DEFAULT_REPLICA_LAG,
-                Some(v) => humantime::parse_duration(v)
-                    .ok()
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| {
-                        at(format!(
-                            "lag_alert_after = {v:?} is not a duration such as \"3h\""
-                        ))
-                    })?,
+                Some(v) => duration(&section, "lag_alert_after", v)?,
             };
             out.push(Replica {
                 fingerprint: fp,
@@ -173,20 +167,15 @@ impl ServerConfig {
                 Some(k) => Some(k.saturating_mul(1024)),
                 None => None,
             };
-            let span = |key: &str, v: &Option<String>| -> Result<Option<Duration>> {
-                v.as_ref()
-                    .map(|v| {
-                        humantime::parse_duration(v)
-                            .ok()
-                            .filter(|d| !d.is_zero())
-                            .ok_or_else(|| {
-                                at(format!("{key} = {v:?} is not a duration such as \"1h\""))
-                            })
-                    })
-                    .transpose()
+            // Bounded (1 s to 10 years, `config::duration`): the alert's
+            // default is three intervals.
+            let section = format!("replicate #{}", i + 1);
+            let span = |key: &str, v: &Option<String>| {
+                v.as_deref().map(|v| duration(&section, key, v)).transpose()
             };
             let every = span("interval", &r.interval)?.unwrap_or(DEFAULT_INTERVAL);
-            let lag_alert_after = span("lag_alert_after", &r.lag_alert_after)?.unwrap_or(every * 3);
+            let lag_alert_after =
+                span("lag_alert_after", &r.lag_alert_after)?.unwrap_or(every.saturating_mul(3));
             out.push(Replication {
                 namespace: r.namespace.clone(),
                 url,
@@ -235,15 +224,19 @@ pub fn run(dst: &LocalStore, r: &Replication) -> Result<SyncReport> {
     res
 }
 
+/// Connects to the other server (`who`, for the message) as `identity`,
+/// pinning `pin`, within [`CONNECT_TIMEOUT`].
+fn connect(who: &str, url: &RemoteUrl, identity: &Path, pin: Fingerprint) -> Result<RemoteStore> {
+    RemoteStore::connect_within(url, Identity::load(identity)?, pin, CONNECT_TIMEOUT)
+        .map_err(|e| Error::Denied(format!("{who} {}:{}: {e}", url.host, url.port)))
+}
+
 fn copy(dst: &LocalStore, r: &Replication) -> Result<SyncReport> {
-    let identity = Identity::load(&r.identity)?;
-    let mut src = RemoteStore::connect_within(&r.url, identity, r.pin, CONNECT_TIMEOUT)
-        .map_err(|e| Error::Denied(format!("primary {}:{}: {e}", r.url.host, r.url.port)))?;
+    let mut src = connect("primary", &r.url, &r.identity, r.pin)?;
     if let Some(l) = r.limit {
         src = src.with_download_limit(l);
     }
-    let mut log = CopiedLog::open(dst.root())?;
-    let rep = crate::replicate::sync(&Remote(std::sync::Arc::new(src)), dst, &mut log)?;
+    let rep = crate::replicate::sync(&Remote(std::sync::Arc::new(src)), dst)?;
     // The copied packs get the replica's own parity now, not at the next
     // sweep: a copy is only as safe as its parity.
     if rep.packs_copied > 0 {
@@ -298,10 +291,12 @@ pub fn fetch_back(
     }
     let url = RemoteUrl::parse(&format!("quic://{}/{ns}", from.replica))
         .map_err(|_| Error::Denied(format!("{:?} is not HOST:PORT", from.replica)))?;
-    let identity = Identity::load(&from.identity)?;
-    let src = RemoteStore::connect_within(&url, identity, from.pin, CONNECT_TIMEOUT)
-        .map_err(|e| Error::Denied(format!("replica {}: {e}", from.replica)))?;
-    let src = Remote(std::sync::Arc::new(src));
+    let src = Remote(std::sync::Arc::new(connect(
+        "replica",
+        &url,
+        &from.identity,
+        from.pin,
+    )?));
     let mut out = Vec::with_capacity(packs.len());
     for id in packs {
         // One copy the replica fails to read (its disk) is this pack's
@@ -426,6 +421,11 @@ mod tests {
             (entry("../x", "h:1", ""), "namespace"),
             (entry("v", "h:1", "limit_kib = 0"), "limit_kib"),
             (entry("v", "h:1", "interval = \"often\""), "interval"),
+            // Bounded: three of these as the alert's default used to overflow.
+            (
+                entry("v", "h:1", "interval = \"300000000000years\""),
+                "at most",
+            ),
             (
                 format!("{}{}", entry("v", "h:1", ""), entry("v", "h:2", "")),
                 "twice",

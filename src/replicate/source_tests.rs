@@ -190,8 +190,7 @@ fn a_lock_beyond_the_copys_cap_is_kept_as_far_as_it_may_go() {
         far_lock: true,
         ..Lies::default()
     });
-    let mut log = CopiedLog::open(dst.root()).unwrap();
-    let rep = sync(&src, &dst, &mut log).expect("the run goes on");
+    let rep = sync(&src, &dst).expect("the run goes on");
     assert_eq!(rep.snapshots_copied, 2, "{rep:?}");
     for (id, _) in &made {
         let st = dst.stamp(id).unwrap();
@@ -202,7 +201,7 @@ fn a_lock_beyond_the_copys_cap_is_kept_as_far_as_it_may_go() {
         );
     }
     // Held already: the next run extends as far as it may, and goes on.
-    sync(&src, &dst, &mut log).expect("the second run goes on");
+    sync(&src, &dst).expect("the second run goes on");
     assert_eq!(copied(&dst).len(), 2);
 }
 
@@ -213,8 +212,7 @@ fn a_snapshot_whose_stamp_the_source_cannot_read_is_refused_alone() {
         corrupt_stamp: Some(m[1].0),
         ..Lies::default()
     });
-    let mut log = CopiedLog::open(dst.root()).unwrap();
-    let rep = sync(&src, &dst, &mut log).expect("the run goes on");
+    let rep = sync(&src, &dst).expect("the run goes on");
     assert_eq!(copied(&dst).len(), 2, "{rep:?}");
     assert!(!copied(&dst).contains(&made[1].0));
     assert_eq!(rep.refused.len(), 1, "{rep:?}");
@@ -228,8 +226,7 @@ fn a_pack_the_sources_disk_cannot_read_refuses_its_snapshot_alone() {
         failing_pack: Some(m[0].1),
         ..Lies::default()
     });
-    let mut log = CopiedLog::open(dst.root()).unwrap();
-    let rep = sync(&src, &dst, &mut log).expect("the run goes on");
+    let rep = sync(&src, &dst).expect("the run goes on");
     let mut want = vec![made[1].0, made[2].0];
     want.sort();
     assert_eq!(copied(&dst), want, "{rep:?}");
@@ -246,8 +243,7 @@ fn a_source_that_goes_away_still_fails_the_run() {
     let d = tempfile::tempdir().unwrap();
     let (src, dst, _) = fixture(d.path(), 2, |_| Lies::default());
     src.gone.store(true, Ordering::SeqCst);
-    let mut log = CopiedLog::open(dst.root()).unwrap();
-    let e = sync(&src, &dst, &mut log).expect_err("a lost source stops the run");
+    let e = sync(&src, &dst).expect_err("a lost source stops the run");
     assert!(e.to_string().contains("connection lost"), "{e}");
 }
 
@@ -258,8 +254,7 @@ fn a_key_file_name_that_climbs_out_is_left_out_and_the_rest_copied() {
         bad_key: true,
         ..Lies::default()
     });
-    let mut log = CopiedLog::open(dst.root()).unwrap();
-    let rep = sync(&src, &dst, &mut log).expect("the run goes on");
+    let rep = sync(&src, &dst).expect("the run goes on");
     assert_eq!(copied(&dst).len(), 2, "{rep:?}");
     assert_eq!(dst.list_keys().unwrap(), vec!["00ab".to_string()]);
     assert!(!d.path().join("escaped").exists());
@@ -272,8 +267,7 @@ fn a_pack_said_to_be_over_the_limit_is_refused_before_any_read() {
         size_of: Some((m[2].1, crate::limits::MAX_PACK_BYTES + 1)),
         ..Lies::default()
     });
-    let mut log = CopiedLog::open(dst.root()).unwrap();
-    let rep = sync(&src, &dst, &mut log).unwrap();
+    let rep = sync(&src, &dst).unwrap();
     assert_eq!(copied(&dst).len(), 2, "{rep:?}");
     assert!(!copied(&dst).contains(&made[2].0));
     assert_eq!(src.reads.load(Ordering::SeqCst), 0, "{rep:?}");
@@ -300,8 +294,7 @@ fn a_pack_said_to_be_shorter_or_longer_is_refused_and_the_rest_copied() {
             }
         });
         assert!(real > 0);
-        let mut log = CopiedLog::open(dst.root()).unwrap();
-        let rep = sync(&src, &dst, &mut log).expect("the run goes on");
+        let rep = sync(&src, &dst).expect("the run goes on");
         assert_eq!(copied(&dst), vec![made[1].0], "{delta}: {rep:?}");
         assert_eq!(dst.pack_size(&made[0].1).unwrap(), None);
     }

@@ -21,6 +21,20 @@ pub(crate) fn primary(dir: &Path, n: usize, readable: usize) -> (TestServer, Pat
     primary_with(dir, n, readable, "")
 }
 
+/// A primary (see `primary`) in a new temporary directory, whose client 0
+/// has created its repository: the directory, the primary, the replica's
+/// identity and client 0's cache.
+pub(crate) fn primary_with_repo(
+    n: usize,
+    readable: usize,
+) -> (tempfile::TempDir, TestServer, PathBuf, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let (primary, rep_id) = primary(work.path(), n, readable);
+    let cache = work.path().join("cache");
+    run(primary.client(0, &cache), &init_args()).ok();
+    (work, primary, rep_id, cache)
+}
+
 /// Like `primary`, with top-level config keys `keys`.
 pub(crate) fn primary_with(
     dir: &Path,
@@ -287,10 +301,7 @@ fn a_replica_copies_what_it_lacks_restores_and_outlives_its_primary() {
 
 #[test]
 fn the_replica_identity_can_only_read_and_only_its_namespaces() {
-    let work = tempfile::tempdir().unwrap();
-    let (primary, rep_id) = primary(work.path(), 2, 1);
-    let cache = work.path().join("cache");
-    run(primary.client(0, &cache), &init_args()).ok();
+    let (_work, primary, rep_id, cache) = primary_with_repo(2, 1);
     backup_stdin(&primary, 0, &cache, "a", 1);
     let fp = Fingerprint::parse(&primary.fingerprint).unwrap();
     let connect = |ns: &str| {
@@ -348,10 +359,7 @@ fn the_replica_identity_can_only_read_and_only_its_namespaces() {
 
 #[test]
 fn a_pack_damaged_on_the_primary_is_refused_and_copied_once_sound() {
-    let work = tempfile::tempdir().unwrap();
-    let (primary, rep_id) = primary(work.path(), 1, 1);
-    let cache = work.path().join("cache");
-    run(primary.client(0, &cache), &init_args()).ok();
+    let (work, primary, rep_id, cache) = primary_with_repo(1, 1);
     let (_, data) = backup_stdin(&primary, 0, &cache, "a", 3);
     let cfg = replica_config(
         work.path(),
@@ -429,10 +437,7 @@ fn a_pack_damaged_on_the_primary_is_refused_and_copied_once_sound() {
 
 #[test]
 fn a_copy_killed_midway_leaves_nothing_partial_and_the_rerun_completes() {
-    let work = tempfile::tempdir().unwrap();
-    let (mut primary, rep_id) = primary(work.path(), 1, 1);
-    let cache = work.path().join("cache");
-    run(primary.client(0, &cache), &init_args()).ok();
+    let (work, mut primary, rep_id, cache) = primary_with_repo(1, 1);
     let mut datas = Vec::new();
     for i in 0..4 {
         datas.push(backup_stdin(&primary, 0, &cache, &format!("f{i}"), 20 + i));
@@ -526,10 +531,7 @@ pub(crate) fn sample(text: &str, line_start: &str) -> Option<f64> {
 
 #[test]
 fn lag_is_measured_and_alerted_while_the_primary_is_unreachable() {
-    let work = tempfile::tempdir().unwrap();
-    let (mut primary, rep_id) = primary(work.path(), 1, 1);
-    let cache = work.path().join("cache");
-    run(primary.client(0, &cache), &init_args()).ok();
+    let (_work, mut primary, rep_id, cache) = primary_with_repo(1, 1);
     backup_stdin(&primary, 0, &cache, "a", 5);
     let top = format!(
         "[metrics]\nlisten = \"127.0.0.1:0\"\nrefresh_interval = \"1s\"\n\
@@ -584,10 +586,7 @@ fn lag_is_measured_and_alerted_while_the_primary_is_unreachable() {
 
 #[test]
 fn a_client_fails_over_to_the_replica_with_its_cache_and_backs_up_there() {
-    let work = tempfile::tempdir().unwrap();
-    let (primary, rep_id) = primary(work.path(), 1, 1);
-    let cache = work.path().join("cache");
-    run(primary.client(0, &cache), &init_args()).ok();
+    let (work, primary, rep_id, cache) = primary_with_repo(1, 1);
     let src = work.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("a"), random_bytes(1, 600_000)).unwrap();
@@ -646,10 +645,7 @@ fn a_client_fails_over_to_the_replica_with_its_cache_and_backs_up_there() {
 
 #[test]
 fn packs_lost_on_the_primary_beyond_parity_are_put_back_from_the_replica() {
-    let work = tempfile::tempdir().unwrap();
-    let (primary, rep_id) = primary(work.path(), 1, 1);
-    let cache = work.path().join("cache");
-    run(primary.client(0, &cache), &init_args()).ok();
+    let (work, primary, rep_id, cache) = primary_with_repo(1, 1);
     let src = work.path().join("src");
     crate::backup::make_tree(&src);
     let snap = run(

@@ -10,7 +10,9 @@ use coffer::net::{Fingerprint, Identity};
 use coffer::proto::{self, ErrorCode, Request, Response, HEAD_LEN};
 use coffer::store::Store;
 
-use crate::replication::{backup_stdin, primary, primary_with, replicate, replicate_entries};
+use crate::replication::{
+    backup_stdin, primary, primary_with, primary_with_repo, replicate, replicate_entries,
+};
 use crate::server::{init_args, raw_config, raw_hello, run, TestServer};
 use crate::util::*;
 
@@ -323,10 +325,7 @@ fn packs_put_back_from_the_replica_leave_the_scrub_state_and_its_alert() {
 fn a_reload_that_drops_and_brings_back_a_replicate_entry_keeps_the_figures_right() {
     use crate::monitor::{poll, scrape};
     use crate::replication::sample;
-    let work = tempfile::tempdir().unwrap();
-    let (primary, rep_id) = primary(work.path(), 1, 1);
-    let cache = work.path().join("cache");
-    run(primary.client(0, &cache), &init_args()).ok();
+    let (_work, primary, rep_id, cache) = primary_with_repo(1, 1);
     backup_stdin(&primary, 0, &cache, "a", 90);
     let entry = replicate_entries(
         &primary,
