@@ -44,6 +44,7 @@ pub mod chunk;
 pub mod clock_guard;
 pub mod commits;
 pub mod crypto;
+pub mod durable;
 pub mod error;
 pub mod format;
 #[doc(hidden)]

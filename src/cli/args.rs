@@ -310,6 +310,11 @@ pub enum Command {
         /// (repeatable).
         #[arg(long, value_name = "NAMESPACE")]
         accept_rollback: Vec<String>,
+        /// Before serving, copy every namespace's objects back from the
+        /// bucket of `[storage]` into the data directory (a server whose
+        /// disk was lost or replaced), then serve. Needs `kind = "s3"`.
+        #[arg(long)]
+        rebuild: bool,
     },
 }
 

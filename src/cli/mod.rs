@@ -542,6 +542,7 @@ fn run(mut cli: Cli) -> Result<()> {
             config,
             allow_root,
             accept_rollback,
-        } => cmd_serve(config, *allow_root, accept_rollback),
+            rebuild,
+        } => cmd_serve(config, *allow_root, accept_rollback, *rebuild),
     }
 }

@@ -4,14 +4,49 @@
 
 use super::*;
 
-pub(super) fn cmd_serve(config: &Path, allow_root: bool, accept_rollback: &[String]) -> Result<()> {
+pub(super) fn cmd_serve(
+    config: &Path,
+    allow_root: bool,
+    accept_rollback: &[String],
+    rebuild: bool,
+) -> Result<()> {
     if nix::unistd::geteuid().is_root() && !allow_root {
         bail!("refusing to run as root: run the server as a dedicated user (or pass --allow-root)");
     }
     let cfg = coffer::net::config::ServerConfig::load(config)?;
+    // The object store first, outside any runtime: a bucket that is
+    // missing, unlocked or not writable stops the server here, by name.
+    let backend = cfg.object_backend()?;
+    let mut accept = accept_rollback.to_vec();
+    if rebuild {
+        if backend.is_none() {
+            bail!("--rebuild copies namespaces back from an object store: the config has no [storage] with kind = \"s3\"");
+        }
+        for c in cfg.namespaces()? {
+            let store = cfg.namespace_store(&c)?;
+            // unwrap-free: a store opened with a backend has its bucket
+            let Some(b) = store.bucket() else { continue };
+            let rep = b.rebuild(store.root())?;
+            errln!(
+                "coffer serve: rebuilt namespace {}: {} objects ({} bytes) copied, {} present{}",
+                c.namespace,
+                rep.objects,
+                rep.bytes,
+                rep.present,
+                match rep.skipped.len() {
+                    0 => String::new(),
+                    n => format!(", {n} left out: {}", rep.skipped.join(", ")),
+                }
+            );
+            // Its commit counter is the bucket's now, not the lost disk's.
+            if !accept.contains(&c.namespace) {
+                accept.push(c.namespace.clone());
+            }
+        }
+    }
     // Before listening: a namespace put back from an older copy is not
     // served; the others are (one such namespace must not stop them all).
-    let verdict = rollback_verdict(&cfg, accept_rollback, &who_runs())?;
+    let verdict = rollback_verdict(&cfg, &accept, &who_runs())?;
     for a in &verdict.accepted {
         errln!("coffer serve: accepted (logged in its operator.log): {a}");
     }

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -45,6 +46,39 @@ pub struct ClientEntry {
     pub quota_bytes: Option<u64>,
     /// This namespace's `[alerts] stale_after` (e.g. "8d" for a weekly job).
     pub stale_after: Option<String>,
+}
+
+/// `[storage]`: where a server keeps its namespaces' bytes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Storage {
+    /// Under `data/namespaces/` only (the default).
+    #[default]
+    Dir,
+    /// In an S3 bucket with Object Lock; `data` holds caches, locks and
+    /// work files (see `store::Bucket`).
+    #[cfg(feature = "s3")]
+    S3(crate::object::s3::S3Config),
+}
+
+/// An object backend opened from `[storage]`, shared by clones.
+#[derive(Clone, Default)]
+pub struct OpenedBackend(
+    Arc<
+        std::sync::OnceLock<(
+            Arc<dyn crate::object::ObjectBackend>,
+            crate::object::LockMode,
+        )>,
+    >,
+);
+
+impl std::fmt::Debug for OpenedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0.get() {
+            Some(_) => "OpenedBackend(open)",
+            None => "OpenedBackend(not open)",
+        })
+    }
 }
 
 /// `coffer serve --config FILE`.
@@ -95,6 +129,14 @@ pub struct ServerConfig {
     /// How often every pack is scrubbed (168 hours: weekly).
     #[serde(default = "week")]
     pub scrub_interval_hours: u32,
+    /// Where the namespaces' bytes live (`[storage]`): a directory under
+    /// `data` (the default) or an S3 bucket with Object Lock.
+    #[serde(default)]
+    pub storage: Storage,
+    /// The object store of `storage`, opened (and checked) once per
+    /// process and shared by every copy of this config.
+    #[serde(skip)]
+    pub opened: OpenedBackend,
     /// Accepted clients.
     #[serde(default, rename = "client")]
     pub clients: Vec<ClientEntry>,
@@ -564,14 +606,43 @@ impl ServerConfig {
         }
     }
 
-    /// The store of `client`'s namespace, with its retention and parity.
+    /// The store of `client`'s namespace, with its retention and parity
+    /// (and its bucket, on an object store).
     pub fn namespace_store(&self, client: &Client) -> Result<crate::store::LocalStore> {
         super::server::namespace_store(
             &self.data,
             &client.namespace,
             client.policy,
             self.parity_config(),
+            self.object_backend()?,
         )
+    }
+
+    /// The object store of `[storage]`, opened and checked on the first
+    /// call (the bucket exists, has Object Lock and versioning, and these
+    /// credentials can write); `None` for a directory. Call it outside an
+    /// async task: it blocks.
+    pub fn object_backend(
+        &self,
+    ) -> Result<
+        Option<(
+            Arc<dyn crate::object::ObjectBackend>,
+            crate::object::LockMode,
+        )>,
+    > {
+        match &self.storage {
+            Storage::Dir => Ok(None),
+            #[cfg(feature = "s3")]
+            Storage::S3(s3) => {
+                if let Some(b) = self.opened.0.get() {
+                    return Ok(Some(b.clone()));
+                }
+                let b = crate::object::s3::S3Backend::open(s3.clone())?;
+                let opened: Arc<dyn crate::object::ObjectBackend> = Arc::new(b);
+                let _ = self.opened.0.set((opened, s3.lock_mode));
+                Ok(self.opened.0.get().cloned())
+            }
+        }
     }
 
     /// The clients, with fingerprints parsed and namespaces checked.

@@ -37,6 +37,8 @@ pub(super) struct State {
     pub(super) quotas: Arc<super::quota::Quotas>,
     /// Parity shape of every namespace.
     parity: crate::parity::ParityConfig,
+    /// The object store under every namespace, on `[storage] kind = "s3"`.
+    backend: Option<Backend>,
     /// Metrics and alerts.
     pub(super) watch: Arc<super::watch::Watch>,
     /// Namespaces whose commit counter went back, not served (see
@@ -44,16 +46,31 @@ pub(super) struct State {
     pub(super) refused: std::sync::RwLock<HashMap<String, String>>,
 }
 
-/// Opens a namespace's store with its retention rules.
+/// An opened object store and the lock mode asked of it.
+pub type Backend = (
+    Arc<dyn crate::object::ObjectBackend>,
+    crate::object::LockMode,
+);
+
+/// Opens a namespace's store with its retention rules, over its bucket
+/// when the server keeps its namespaces on an object store.
 pub fn namespace_store(
     data: &std::path::Path,
     ns: &str,
     policy: Policy,
     parity: crate::parity::ParityConfig,
+    backend: Option<Backend>,
 ) -> Result<LocalStore> {
-    Ok(LocalStore::open_dir(&data.join("namespaces").join(ns))?
+    let root = data.join("namespaces").join(ns);
+    let store = LocalStore::open_dir(&root)?
         .with_policy(policy)
-        .with_parity(parity))
+        .with_parity(parity);
+    Ok(match backend {
+        Some((b, mode)) => {
+            store.with_bucket(Arc::new(crate::store::Bucket::open(b, ns, mode, &root)?))
+        }
+        None => store,
+    })
 }
 
 impl State {
@@ -80,6 +97,7 @@ impl State {
             &client.namespace,
             client.policy,
             self.parity,
+            self.backend.clone(),
         )?);
         m.insert(client.namespace.clone(), s.clone());
         Ok(s)
@@ -144,9 +162,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     std::fs::create_dir_all(cfg.data.join("namespaces")).map_err(|e| Error::io(&cfg.data, e))?;
+    // Opened before a client is heard (`cmd_serve` opened it already,
+    // before its runtime, so this only takes it).
+    let backend = tokio::task::block_in_place(|| cfg.object_backend())?;
     let watch = Arc::new(super::watch::Watch::new(&cfg)?);
     watch.clone().start(metrics);
     let state = Arc::new(State {
+        backend,
         data: cfg.data.clone(),
         live: std::sync::RwLock::new(Arc::new(super::reload::Live::new(&cfg)?)),
         stores: Mutex::new(HashMap::new()),

@@ -3,7 +3,7 @@
 //! This module owns the mapping of keys to files under one root directory
 //! and the records of retention and legal hold beside them; it writes every
 //! object through the store's one durable write-once helper
-//! ([`crate::store::write_once`]) and never interprets the bytes.
+//! ([`crate::durable::write_once`]) and never interprets the bytes.
 //!
 //! ## Layout
 //!
@@ -45,8 +45,8 @@ use super::{
     check_prefix, check_range_len, ListEntry, LockMode, ObjectBackend, ObjectError, ObjectHead,
     ObjectKey, ObjectVersion, PutOutcome, Retention, VersionId,
 };
+use crate::durable::{fsync_dir, replace_file, write_once};
 use crate::error::{Error, IoContext, Result};
-use crate::store::{fsync_dir, replace_file, write_once};
 
 /// Directory of the retention and hold records.
 const LOCK_DIR: &str = ".object-lock";
@@ -254,6 +254,43 @@ impl ObjectBackend for DirBackend {
             self.save_record(key, &record)?;
         }
         Ok(PutOutcome::Created(null_version()))
+    }
+
+    fn put_version(
+        &self,
+        key: &ObjectKey,
+        bytes: &[u8],
+        retention: Option<Retention>,
+    ) -> Result<VersionId> {
+        // One version only: replacing it is a purge of the old one, refused
+        // while that one is protected.
+        let _guard = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut record = self.load_record(key)?;
+        if self.size(key, None)?.is_some() {
+            if let Some(why) = record.forbids_purge(SystemTime::now()) {
+                return Err(ObjectError::Refused {
+                    op: "put",
+                    key: key.to_string(),
+                    reason: why,
+                }
+                .into());
+            }
+        }
+        let path = self.path(key);
+        // unwrap: an object path is ROOT/<key>, never a root
+        let dir = path.parent().expect("object has a parent");
+        if !dir.exists() {
+            fs::create_dir_all(dir).at(dir)?;
+            fsync_dir(dir.parent().expect("parent"))?;
+        }
+        replace_file(&self.tmp, &path, bytes)?;
+        if let Some(r) = retention {
+            record.set_retention(Retention::new(r.mode, r.until));
+            self.save_record(key, &record)?;
+        } else if record != LockRecord::default() {
+            self.save_record(key, &LockRecord::default())?;
+        }
+        Ok(null_version())
     }
 
     fn get_range(

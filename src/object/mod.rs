@@ -24,8 +24,8 @@
 //! no delete markers ([`ObjectBackend::versioned`] is false); see
 //! [`dir`] for what it records and enforces.
 //!
-//! Not wired into `coffer serve` yet: this is the foundation the store will
-//! be redrawn over (issue 20).
+//! `coffer serve` with `[storage] kind = "s3"` writes every namespace's
+//! objects through it (see `crate::store::Bucket`).
 
 pub mod dir;
 #[cfg(feature = "s3")]
@@ -250,6 +250,38 @@ pub trait ObjectBackend: Send + Sync {
         bytes: &[u8],
         retention: Option<Retention>,
     ) -> Result<PutOutcome>;
+
+    /// [`put_once`](Self::put_once) of the whole file at `path`, read as it
+    /// is sent rather than held in memory (a pack may reach a gigabyte).
+    /// The file must not change while it is sent; its checksum travels
+    /// with it as with `put_once`. The default reads the file whole.
+    fn put_file_once(
+        &self,
+        key: &ObjectKey,
+        path: &std::path::Path,
+        retention: Option<Retention>,
+    ) -> Result<PutOutcome> {
+        let bytes = std::fs::read(path).map_err(|e| crate::error::Error::io(path, e))?;
+        self.put_once(key, &bytes, retention)
+    }
+
+    /// Writes `bytes` as the new latest version of `key`, whether or not a
+    /// live one exists: for the few records that change after they are
+    /// first written (a snapshot's stamp when its lock is extended, a
+    /// namespace's settings). Never for packs or snapshot files, which are
+    /// [`put_once`](Self::put_once).
+    ///
+    /// In a versioned store every earlier version stays, each under its own
+    /// retention, so a lock recorded in an older version cannot be undone
+    /// by writing a newer one. A directory keeps one version: it replaces
+    /// the bytes, and refuses ([`ErrorKind::Denied`]) while the current
+    /// ones are retained or held, as a purge would be refused.
+    fn put_version(
+        &self,
+        key: &ObjectKey,
+        bytes: &[u8],
+        retention: Option<Retention>,
+    ) -> Result<VersionId>;
 
     /// Reads the bytes `range` of `key` (its latest version, or `version`).
     ///

@@ -63,7 +63,7 @@ use super::{
 use crate::error::Result;
 
 /// Where a bucket is and how to reach it: the `[storage]` table of a server
-/// config with `kind = "s3"` (not read by `coffer serve` yet).
+/// config with `kind = "s3"`.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
@@ -271,6 +271,24 @@ where
     }
 }
 
+/// The base64 SHA-256 of a file, as `x-amz-checksum-sha256` wants it.
+fn file_sha256(path: &Path) -> Result<String> {
+    use base64::Engine as _;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| crate::error::Error::io(path, e))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => ctx.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(crate::error::Error::io(path, e)),
+        }
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref()))
+}
+
 fn to_datetime(t: SystemTime) -> DateTime {
     DateTime::from(super::round_up_to_second(t))
 }
@@ -399,6 +417,54 @@ impl S3Backend {
         .into()
     }
 
+    /// A `PutObject` of `key` with its retention, without body or checksum.
+    fn put_request(
+        &self,
+        key: &ObjectKey,
+        retention: Option<Retention>,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(self.full(key.as_str()));
+        match retention {
+            Some(r) => req
+                .object_lock_mode(lock_mode(r.mode).0)
+                .object_lock_retain_until_date(to_datetime(r.until)),
+            None => req,
+        }
+    }
+
+    /// Sends the request `make` builds with `If-None-Match: *`: created,
+    /// or [`PutOutcome::Exists`] when the key is live. A conditional write
+    /// in progress elsewhere answers 409: the other writer decides, so it
+    /// is asked again a few times.
+    fn put_if_absent(
+        &self,
+        key: &ObjectKey,
+        make: &dyn Fn() -> Result<
+            aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+        >,
+    ) -> Result<PutOutcome> {
+        let full = self.full(key.as_str());
+        for attempt in 0..4u32 {
+            match self.block_on(make()?.if_none_match("*").send()) {
+                Ok(out) => {
+                    let v = out.version_id().unwrap_or("null");
+                    return Ok(PutOutcome::Created(VersionId(v.to_string())));
+                }
+                // first writer wins: the key is live already
+                Err(e) if status(&e) == Some(412) => return Ok(PutOutcome::Exists),
+                Err(e) if status(&e) == Some(409) && attempt < 3 => {
+                    std::thread::sleep(Duration::from_millis(100 << attempt));
+                }
+                Err(e) => return Err(classify("put", &full, e).into()),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
     /// The startup checks, in this order: the bucket exists, these
     /// credentials can write to it, its versioning is enabled (not
     /// suspended), and it has Object Lock enabled. Each failure is an
@@ -515,38 +581,54 @@ impl ObjectBackend for S3Backend {
         if self.cfg.head_before_put && self.head(key, None)?.is_some() {
             return Ok(PutOutcome::Exists);
         }
-        let full = self.full(key.as_str());
         let body = ::bytes::Bytes::copy_from_slice(bytes);
-        // A conditional write in progress elsewhere answers 409: the other
-        // writer decides; ask again a few times, then report what is there.
-        for attempt in 0..4u32 {
-            let mut req = self
-                .client
-                .put_object()
-                .bucket(&self.cfg.bucket)
-                .key(&full)
-                .if_none_match("*")
+        self.put_if_absent(key, &|| {
+            Ok(self
+                .put_request(key, retention)
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .body(ByteStream::from(body.clone()));
-            if let Some(r) = retention {
-                req = req
-                    .object_lock_mode(lock_mode(r.mode).0)
-                    .object_lock_retain_until_date(to_datetime(r.until));
-            }
-            match self.block_on(req.send()) {
-                Ok(out) => {
-                    let v = out.version_id().unwrap_or("null");
-                    return Ok(PutOutcome::Created(VersionId(v.to_string())));
-                }
-                // first writer wins: the key is live already
-                Err(e) if status(&e) == Some(412) => return Ok(PutOutcome::Exists),
-                Err(e) if status(&e) == Some(409) && attempt < 3 => {
-                    std::thread::sleep(Duration::from_millis(100 << attempt));
-                }
-                Err(e) => return Err(classify("put", &full, e).into()),
-            }
+                .body(ByteStream::from(body.clone())))
+        })
+    }
+
+    fn put_file_once(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        retention: Option<Retention>,
+    ) -> Result<PutOutcome> {
+        if self.cfg.head_before_put && self.head(key, None)?.is_some() {
+            return Ok(PutOutcome::Exists);
         }
-        unreachable!("the last attempt returns")
+        // The SHA-256 first, in one pass over the file, sent as a header:
+        // the store checks it before it accepts the object, and the body
+        // is read from the file again as it goes out (and on a retry).
+        let sha = file_sha256(path)?;
+        self.put_if_absent(key, &|| {
+            let body = self
+                .block_on(ByteStream::from_path(path))
+                .map_err(|e| crate::error::Error::io(path, std::io::Error::other(e)))?;
+            Ok(self
+                .put_request(key, retention)
+                .checksum_sha256(&sha)
+                .body(body))
+        })
+    }
+
+    fn put_version(
+        &self,
+        key: &ObjectKey,
+        bytes: &[u8],
+        retention: Option<Retention>,
+    ) -> Result<VersionId> {
+        let full = self.full(key.as_str());
+        let req = self
+            .put_request(key, retention)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .body(ByteStream::from(::bytes::Bytes::copy_from_slice(bytes)));
+        let out = self
+            .block_on(req.send())
+            .map_err(|e| classify("put", &full, e))?;
+        Ok(VersionId(out.version_id().unwrap_or("null").to_string()))
     }
 
     fn get_range(

@@ -16,6 +16,9 @@ pub struct LocalStore {
     /// Cleared once the file system refuses O_DIRECT: spans are then read
     /// through the cache without trying again for each one.
     pub(super) direct_io: std::sync::atomic::AtomicBool,
+    /// The bucket every object is written to before it is visible here,
+    /// when the namespace lives on an object store (see `bucket`).
+    pub(super) bucket: Option<Arc<Bucket>>,
 }
 
 pub(super) const OPEN_HANDLES: usize = 64;
@@ -84,6 +87,7 @@ impl LocalStore {
             clock: system_clock(),
             kernel_clocks: true,
             direct_io: std::sync::atomic::AtomicBool::new(true),
+            bucket: None,
         })
     }
 
@@ -148,6 +152,19 @@ impl LocalStore {
         self.handles.lock().unwrap().remove(id);
     }
 
+    /// Writes every object to `bucket` before it is visible here: the
+    /// directory becomes a copy of the bucket that
+    /// [`Bucket::rebuild`] can make again.
+    pub fn with_bucket(mut self, bucket: Arc<Bucket>) -> Self {
+        self.bucket = Some(bucket);
+        self
+    }
+
+    /// The bucket under this store, if it has one.
+    pub fn bucket(&self) -> Option<&Arc<Bucket>> {
+        self.bucket.as_ref()
+    }
+
     /// Uses this clock instead of the system's.
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
@@ -176,6 +193,9 @@ impl LocalStore {
         v.check().map_err(Error::Denied)?;
         // unwrap: plain data always serializes
         let bytes = serde_json::to_vec_pretty(v).expect("setting JSON");
+        if let Some(b) = &self.bucket {
+            b.put_record(T::FILE, &bytes, 0, false, self.now())?;
+        }
         write_once(&self.root.join("tmp"), &self.root.join(T::FILE), &bytes)
     }
 
@@ -206,6 +226,9 @@ impl LocalStore {
         )?;
         // unwrap: plain data always serializes
         let bytes = serde_json::to_vec_pretty(p).expect("policy JSON");
+        if let Some(b) = &self.bucket {
+            b.put_record("policy.json", &bytes, 0, false, self.now())?;
+        }
         replace_file(
             &self.root.join("tmp"),
             &self.root.join("policy.json"),
@@ -286,6 +309,12 @@ impl LocalStore {
         // unwrap: plain data always serializes
         let bytes = serde_json::to_vec(st).expect("stamp JSON");
         let path = self.stamp_path(id);
+        if let Some(b) = &self.bucket {
+            // The bucket first, locked as the stamp says: a lock or hold
+            // is in force there before it is reported here.
+            let rel = format!("snapshots/{}.stamp", id.to_hex());
+            b.put_record(&rel, &bytes, st.locked_until, st.hold, self.now())?;
+        }
         if !replace {
             return write_once(&self.root.join("tmp"), &path, &bytes);
         }
@@ -296,7 +325,13 @@ impl LocalStore {
         let p = self.snapshot_path(id);
         fs::remove_file(&p).at(&p)?;
         let _ = fs::remove_file(self.stamp_path(id));
-        fsync_dir(&self.root.join("snapshots"))
+        fsync_dir(&self.root.join("snapshots"))?;
+        if let Some(b) = &self.bucket {
+            // Markers: the locked versions stay until their retention lapses.
+            b.delete(&format!("snapshots/{}", id.to_hex()))?;
+            b.delete(&format!("snapshots/{}.stamp", id.to_hex()))?;
+        }
+        Ok(())
     }
 
     /// The operator's removal of a snapshot that does not open (damaged, or

@@ -15,7 +15,7 @@
 //! The parts: this file holds the [`Store`] and [`PackUpload`] contracts and
 //! the clock; `local` the directory store itself (layout, locks, stamps,
 //! figures), `store_impl` the contract on it, `upload` a pack being written,
-//! `files` the durable-file primitives, `settings` `policy.json` and
+//! `settings` `policy.json` and
 //! `parity.json`, `pack_set` the sweep's on-disk set of referenced packs and
 //! `sweep` retention and collection. Parity and repair are `crate::scrub`'s;
 //! the store still calls it for a reader's repair and for collected packs.
@@ -26,8 +26,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-use rand::RngCore;
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::snapshot;
@@ -120,7 +118,7 @@ pub fn system_clock() -> Clock {
     })
 }
 
-mod files;
+mod bucket;
 mod local;
 mod pack_set;
 mod settings;
@@ -130,9 +128,12 @@ mod sweep;
 mod tests;
 mod upload;
 
-pub(crate) use files::tmp_name;
-use files::*;
-pub use files::{append_operator_log, fsync_dir, replace_file, replace_file_via, write_once};
+pub(crate) use crate::durable::tmp_name;
+use crate::durable::*;
+pub use crate::durable::{
+    append_operator_log, fsync_dir, replace_file, replace_file_via, write_once,
+};
+pub use bucket::{Bucket, PurgeReport, RebuildReport};
 pub(crate) use local::read_seen;
 use local::*;
 pub use local::{LocalStore, Stamps};

@@ -8,6 +8,15 @@ impl Store for LocalStore {
     }
 
     fn write_config(&self, bytes: &[u8]) -> Result<()> {
+        if let Some(b) = &self.bucket {
+            // The same bytes there already: an init cut off between the
+            // bucket and here, run again.
+            if !b.put_once("config", bytes, 0, self.now())? && b.read("config")? != bytes {
+                return Err(Error::Conflict(
+                    "the namespace's bucket holds another config: rebuild this server from it (coffer serve --rebuild)".into(),
+                ));
+            }
+        }
         write_once(&self.root.join("tmp"), &self.root.join("config"), bytes)
     }
 
@@ -37,6 +46,12 @@ impl Store for LocalStore {
         if !valid_key_name(name) {
             return Err(Error::Denied(format!("invalid key name {name:?}")));
         }
+        if let Some(b) = &self.bucket {
+            let rel = format!("keys/{name}");
+            if !b.put_once(&rel, bytes, 0, self.now())? && b.read(&rel)? != bytes {
+                return Err(Error::Conflict(format!("key {name} exists already")));
+            }
+        }
         write_once(
             &self.root.join("tmp"),
             &self.root.join("keys").join(name),
@@ -50,7 +65,11 @@ impl Store for LocalStore {
         }
         let p = self.root.join("keys").join(name);
         fs::remove_file(&p).at(&p)?;
-        fsync_dir(&self.root.join("keys"))
+        fsync_dir(&self.root.join("keys"))?;
+        if let Some(b) = &self.bucket {
+            b.delete(&format!("keys/{name}"))?;
+        }
+        Ok(())
     }
 
     fn upload_pack(&self) -> Result<Box<dyn PackUpload>> {
@@ -63,6 +82,8 @@ impl Store for LocalStore {
             len: 0,
             root: self.root.clone(),
             clock: self.clock.clone(),
+            bucket: self.bucket.clone(),
+            policy: self.policy,
         }))
     }
 
@@ -163,10 +184,21 @@ impl Store for LocalStore {
             group,
             ..Stamp::new(now, &self.policy)
         };
+        if let Some(b) = &self.bucket {
+            // Every pack locked in the bucket at least as long as the
+            // snapshot, before the snapshot exists anywhere.
+            b.cover_packs(&file.packs, stamp.locked_until, false, now, &|p| {
+                self.pack_path(p)
+            })?;
+        }
         match self.write_stamp(&id, &stamp, false) {
             // A stamp left by an interrupted commit of the same snapshot: keep the earlier one.
             Ok(()) | Err(Error::Conflict(_)) => {}
             Err(e) => return Err(e),
+        }
+        if let Some(b) = &self.bucket {
+            let rel = format!("snapshots/{}", id.to_hex());
+            b.put_once(&rel, bytes, stamp.locked_until, now)?;
         }
         write_once(&self.root.join("tmp"), &self.snapshot_path(&id), bytes)?;
         Ok(id)
@@ -240,6 +272,22 @@ impl Store for LocalStore {
         let _g = self.stamps_lock()?;
         let mut st = self.stamp(id)?;
         st.extend(until, hold);
+        if let Some(b) = &self.bucket {
+            // The packs and the snapshot file first, then the stamp that
+            // reports the lock.
+            let now = self.now();
+            let bytes = self.read_snapshot(id)?;
+            let file = snapshot::decode(&bytes)?;
+            b.cover_packs(&file.packs, st.locked_until, st.hold, now, &|p| {
+                self.pack_path(p)
+            })?;
+            b.extend(
+                &format!("snapshots/{}", id.to_hex()),
+                st.locked_until,
+                st.hold,
+                now,
+            )?;
+        }
         self.write_stamp(id, &st, true)?;
         Ok(st)
     }

@@ -40,6 +40,9 @@ pub struct PruneReport {
     pub tmp_removed: u64,
     /// Why nothing was deleted, when nothing could be.
     pub refused: Option<String>,
+    /// The bucket's purge of collected packs, on a namespace that has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<super::PurgeReport>,
     /// Snapshots whose pack list could not be read: what packs they need
     /// is unknown, so no pack was collected (the cause of `refused`).
     pub unreadable: Vec<SnapshotId>,
@@ -183,6 +186,9 @@ impl LocalStore {
                         let p = self.pack_path(id);
                         fs::remove_file(&p).at(&p)?;
                         self.forget_handle(id);
+                        if let Some(b) = &self.bucket {
+                            b.collected(id, now)?;
+                        }
                     }
                     rep.packs_removed += 1;
                     // both sorted by name
@@ -219,6 +225,11 @@ impl LocalStore {
         drop(referenced);
         walked?;
         rep.tmp_removed = self.sweep_tmp(now)?;
+        if let Some(b) = &self.bucket {
+            // The second phase of collection: versions whose lock lapsed.
+            let live = |id: &PackId| self.pack_path(id).exists();
+            rep.bucket = Some(b.purge(now, &live)?);
+        }
         Ok(rep)
     }
 

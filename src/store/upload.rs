@@ -12,6 +12,9 @@ pub(super) struct LocalUpload {
     pub(super) hasher: PackHasher,
     pub(super) len: u64,
     pub(super) root: PathBuf,
+    pub(super) bucket: Option<Arc<Bucket>>,
+    /// The lock window a new pack's retention in the bucket covers.
+    pub(super) policy: Policy,
 }
 
 impl Write for LocalUpload {
@@ -65,6 +68,19 @@ impl PackUpload for LocalUpload {
         self.file.get_ref().sync_all().at(&self.tmp)?;
         let hex = id.to_hex();
         let path = self.root.join("packs").join(&hex[..2]).join(&hex);
+        if let Some(b) = &self.bucket {
+            if path.exists() {
+                return Ok(false); // here, so in the bucket: first writer won
+            }
+            // In the bucket, locked for the lock window and the slack,
+            // before it is visible here: a crash in between leaves a pack
+            // the bucket holds and the client sends again (put once, so
+            // the second send is free of effect).
+            let until = Stamp::new(now, &self.policy)
+                .locked_until
+                .saturating_add(bucket::SLACK_SECS);
+            b.put_pack(&id, &self.tmp, until, now)?;
+        }
         link_into_place(&self.tmp, &path)
     }
 }

@@ -4,6 +4,7 @@
 
 mod admission;
 mod backup;
+mod bucket;
 mod cache_trust;
 mod clock;
 mod crash;

@@ -57,7 +57,8 @@ fn wait_past(b: &S3Backend, t: SystemTime) {
     }
 }
 
-fn keys(b: &dyn ObjectBackend, prefix: &str) -> Vec<String> {
+/// Keys under `prefix` (after the config's prefix), sorted.
+pub(crate) fn keys(b: &dyn ObjectBackend, prefix: &str) -> Vec<String> {
     let mut v = Vec::new();
     b.list(prefix, &mut |e| {
         v.push(e.key.to_string());

@@ -26,6 +26,8 @@ pub struct TestServer {
     pub metrics_port: Option<u16>,
     stderr: PathBuf,
     env: Vec<(String, String)>,
+    /// Arguments of `coffer serve` after its config, from the next start.
+    pub args: Vec<String>,
 }
 
 pub(crate) fn identity(path: &Path) -> String {
@@ -76,7 +78,7 @@ impl TestServer {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, port, metrics_port) = spawn(dir.path(), &stderr, &env);
+        let (child, port, metrics_port) = spawn(dir.path(), &stderr, &env, &[]);
         TestServer {
             dir,
             child,
@@ -86,6 +88,7 @@ impl TestServer {
             metrics_port,
             stderr,
             env,
+            args: Vec::new(),
         }
     }
 
@@ -110,7 +113,8 @@ impl TestServer {
 
     /// Starts a stopped server again, like [`TestServer::restart`].
     pub fn start_again(&mut self) {
-        let (child, port, metrics_port) = spawn(self.dir.path(), &self.stderr, &self.env);
+        let (child, port, metrics_port) =
+            spawn(self.dir.path(), &self.stderr, &self.env, &self.args);
         self.child = child;
         self.port = port;
         self.metrics_port = metrics_port;
@@ -173,11 +177,17 @@ impl Drop for TestServer {
 
 /// Starts `coffer serve` on `dir/server.toml`, appending to `stderr`, and
 /// reads the ports it prints: QUIC, then metrics when configured.
-fn spawn(dir: &Path, stderr: &Path, env: &[(String, String)]) -> (Child, u16, Option<u16>) {
+fn spawn(
+    dir: &Path,
+    stderr: &Path,
+    env: &[(String, String)],
+    args: &[String],
+) -> (Child, u16, Option<u16>) {
     let log = fs::OpenOptions::new().append(true).open(stderr).unwrap();
     let mut child = clean_command()
         .args(["serve", "--allow-root", "--config"])
         .arg(dir.join("server.toml"))
+        .args(args)
         .envs(env.iter().map(|(k, v)| match v.as_str() {
             "@stderr" => (k.clone(), crate::monitor::journal_stream(stderr)),
             _ => (k.clone(), v.clone()),

@@ -1,7 +1,15 @@
 //! Durable files: written to `tmp/`, fsynced, linked or renamed into
-//! place, the directory fsynced; and the operator log.
+//! place, the directory fsynced; and the operator log. The primitives under
+//! the local store and the directory object backend alike, so neither
+//! imports the other for them.
 
-use super::*;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+
+use crate::error::{Error, IoContext, Result};
 
 /// Appends one JSON line to the store's `REPO/operator.log`, fsynced: the
 /// record of an operator's override.
@@ -56,7 +64,7 @@ pub fn replace_file_via(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Renames the durable `tmp` over `path` and fsyncs the directory; `tmp`
 /// is removed if the rename fails.
-pub(super) fn rename_into_place(tmp: &Path, path: &Path) -> Result<()> {
+pub(crate) fn rename_into_place(tmp: &Path, path: &Path) -> Result<()> {
     if let Err(e) = fs::rename(tmp, path).at(path) {
         let _ = fs::remove_file(tmp);
         return Err(e);
@@ -67,7 +75,7 @@ pub(super) fn rename_into_place(tmp: &Path, path: &Path) -> Result<()> {
 
 /// Writes `bytes` to a new temporary file in `tmp_dir` and fsyncs it;
 /// nothing is left behind on failure.
-pub(super) fn durable_tmp(tmp_dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
+pub(crate) fn durable_tmp(tmp_dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
     let tmp = tmp_name(tmp_dir);
     let mut f = OpenOptions::new()
         .write(true)
@@ -93,7 +101,7 @@ pub(crate) fn tmp_name(tmp_dir: &Path) -> PathBuf {
 /// Links a durable temporary file to its final name without replacing an
 /// existing one (a hard link fails on an existing name, atomically), then
 /// fsyncs the directory. Returns `false` when the name existed.
-pub(super) fn link_into_place(tmp: &Path, path: &Path) -> Result<bool> {
+pub(crate) fn link_into_place(tmp: &Path, path: &Path) -> Result<bool> {
     // unwrap: every object path has a parent directory inside the repository
     let dir = path.parent().expect("object path has a parent");
     if !dir.exists() {

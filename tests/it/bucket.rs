@@ -1,0 +1,254 @@
+//! A real `coffer serve` whose namespaces live in a bucket of a real S3
+//! store (SeaweedFS, see `weed.rs`): backups and restores through it, the
+//! bucket's own lock behind coffer's (tried with the server's credentials
+//! used directly), and a server rebuilt from the bucket alone.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use coffer::object::s3::S3Backend;
+use coffer::object::{ObjectBackend, ObjectKey};
+use coffer::ErrorKind;
+
+use crate::object::keys;
+use crate::server::{init_args, run, serve_refuses, TestServer};
+use crate::util::*;
+use crate::weed::Weed;
+
+/// The `[storage]` table of a server on `bucket` of `weed`.
+fn storage(weed: &Weed, bucket: &str) -> String {
+    format!(
+        "[storage]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{bucket}\"\nprefix = \"site-a/\"\nregion = \"us-east-1\"\ncredentials_file = \"{}\"\n",
+        weed.endpoint,
+        weed.credentials.display()
+    )
+}
+
+/// A server with `n` namespaces on a new locked bucket; `top` are
+/// top-level keys.
+fn server_on(weed: &Weed, bucket: &str, n: usize, top: &str) -> (TestServer, S3Backend) {
+    let b = weed.bucket(bucket, true);
+    let srv = TestServer::start_full(n, "", &format!("{top}\n{}", storage(weed, bucket)), &[]);
+    (srv, b)
+}
+
+/// Relative paths of the files under `dir/sub`, sorted.
+fn files(dir: &Path, sub: &str) -> Vec<String> {
+    walk(&dir.join(sub))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Backs `src` up as client 0; returns the snapshot id.
+fn backup(srv: &TestServer, cache: &Path, src: &Path) -> String {
+    let v = run(
+        srv.client(0, cache),
+        &["--json", "backup", src.to_str().unwrap()],
+    )
+    .ok()
+    .json();
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn stamp_of(ns_dir: &Path, snap: &str) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(ns_dir.join(format!("snapshots/{snap}.stamp"))).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn a_server_on_a_bucket_backs_up_restores_and_is_rebuilt_from_the_bucket_alone() {
+    let Some(weed) = Weed::start() else { return };
+    let (mut srv, b) = server_on(&weed, "coffer-a", 1, "lock_days = 30");
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    run(srv.client(0, &cache), &init_args()).ok();
+    let src = work.path().join("src");
+    crate::backup::make_tree(&src);
+    let snap = backup(&srv, &cache, &src);
+    let target = work.path().join("restore-1");
+    run(
+        srv.client(0, &cache),
+        &["restore", &snap, "--target", target.to_str().unwrap()],
+    )
+    .ok();
+    assert_same_tree(&src, &restored(&target, &src));
+
+    // Every object of the namespace is in the bucket under its own name.
+    let ns = srv.namespace_dir("ns-0");
+    let local: Vec<String> = ["keys", "packs", "snapshots"]
+        .iter()
+        .flat_map(|d| files(&ns, d))
+        .chain(["config".to_string()])
+        .map(|p| format!("namespaces/ns-0/{p}"))
+        .collect();
+    let mut local = local;
+    local.sort();
+    let in_bucket: Vec<String> = keys(&b, "namespaces/ns-0/")
+        .into_iter()
+        .filter(|k| !k.ends_with(".json"))
+        .collect();
+    assert_eq!(in_bucket, local);
+    let packs = files(&ns, "packs");
+    assert!(!packs.is_empty());
+
+    // Each pack and the snapshot are locked in the bucket at least as long
+    // as the snapshot's lock, and the server's own credentials cannot
+    // purge them or shorten the lock (coffer's checks bypassed).
+    let locked_until = stamp_of(&ns, &snap)["locked_until"].as_i64().unwrap();
+    let until = SystemTime::UNIX_EPOCH + Duration::from_secs(locked_until as u64);
+    for rel in packs.iter().chain([&format!("snapshots/{snap}")]) {
+        let key = ObjectKey::new(format!("namespaces/ns-0/{rel}")).unwrap();
+        let head = b.head(&key, None).unwrap().unwrap();
+        let r = head.retention.expect("retention");
+        assert!(r.until >= until, "{rel}: {:?} < {until:?}", r.until);
+        let e = b.delete_version(&key, &head.version).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Denied, "{rel}: {e}");
+        let full = format!("site-a/namespaces/ns-0/{rel}");
+        let shorten = b.raw(|c| async move {
+            c.put_object_retention()
+                .bucket("coffer-a")
+                .key(full)
+                .retention(
+                    aws_sdk_s3::types::ObjectLockRetention::builder()
+                        .mode(aws_sdk_s3::types::ObjectLockRetentionMode::Compliance)
+                        .retain_until_date(aws_sdk_s3::primitives::DateTime::from(
+                            SystemTime::now() + Duration::from_secs(60),
+                        ))
+                        .build(),
+                )
+                .send()
+                .await
+        });
+        assert!(shorten.is_err(), "{rel}: the lock was shortened");
+        assert!(
+            b.head(&key, None)
+                .unwrap()
+                .unwrap()
+                .retention
+                .unwrap()
+                .until
+                >= until
+        );
+    }
+
+    // The server's disk dies: a new data directory, rebuilt from the
+    // bucket, serves the same snapshot with its stamp.
+    let stamp_before = stamp_of(&ns, &snap);
+    srv.stop();
+    fs::remove_dir_all(srv.dir.path().join("data")).unwrap();
+    srv.args = vec!["--rebuild".into()];
+    srv.start_again();
+    assert!(
+        srv.log().contains("rebuilt namespace ns-0"),
+        "{}",
+        srv.log()
+    );
+    let mut rebuilt = ["keys", "packs", "snapshots"]
+        .iter()
+        .flat_map(|d| files(&ns, d))
+        .chain(["config".to_string()])
+        .map(|p| format!("namespaces/ns-0/{p}"))
+        .collect::<Vec<_>>();
+    rebuilt.sort();
+    assert_eq!(rebuilt, local);
+    assert_eq!(stamp_of(&ns, &snap), stamp_before);
+    // A client with a fresh cache restores byte for byte.
+    let cache2 = work.path().join("cache2");
+    let target = work.path().join("restore-2");
+    run(
+        srv.client(0, &cache2),
+        &["restore", &snap, "--target", target.to_str().unwrap()],
+    )
+    .ok();
+    assert_same_tree(&src, &restored(&target, &src));
+    // And backs up again into it.
+    fs::write(src.join("new-after-rebuild"), random_bytes(99, 300_000)).unwrap();
+    run(srv.client(0, &cache2), &["backup", src.to_str().unwrap()]).ok();
+}
+
+#[test]
+fn a_lock_reaches_the_bucket_before_the_stamp_reports_it() {
+    let Some(weed) = Weed::start() else { return };
+    let (srv, b) = server_on(&weed, "coffer-lock", 1, "lock_days = 1");
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    run(srv.client(0, &cache), &init_args()).ok();
+    let src = work.path().join("src");
+    crate::backup::make_tree(&src);
+    let snap = backup(&srv, &cache, &src);
+    run(srv.client(0, &cache), &["lock", &snap, "--days", "90"]).ok();
+    let ns = srv.namespace_dir("ns-0");
+    let locked_until = stamp_of(&ns, &snap)["locked_until"].as_i64().unwrap();
+    assert!(locked_until > 80 * 86_400 + now_secs());
+    let until = SystemTime::UNIX_EPOCH + Duration::from_secs(locked_until as u64);
+    let stamp_rel = format!("snapshots/{snap}.stamp");
+    for rel in files(&ns, "packs")
+        .iter()
+        .chain([&format!("snapshots/{snap}"), &stamp_rel])
+    {
+        let key = ObjectKey::new(format!("namespaces/ns-0/{rel}")).unwrap();
+        let r = b.head(&key, None).unwrap().unwrap().retention.unwrap();
+        assert!(r.until >= until, "{rel}: {:?} < {until:?}", r.until);
+    }
+    // A hold reaches the bucket too.
+    run(srv.client(0, &cache), &["lock", &snap, "--hold"]).ok();
+    for rel in files(&ns, "packs")
+        .iter()
+        .chain([&format!("snapshots/{snap}")])
+    {
+        let key = ObjectKey::new(format!("namespaces/ns-0/{rel}")).unwrap();
+        assert!(b.head(&key, None).unwrap().unwrap().legal_hold, "{rel}");
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn the_server_refuses_a_bucket_it_cannot_trust_by_name() {
+    let Some(weed) = Weed::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let id = dir.path().join("server.id");
+    crate::server::identity(&id);
+    let base = format!(
+        "listen = \"127.0.0.1:0\"\ndata = \"{}\"\nidentity = \"{}\"\n",
+        dir.path().join("data").display(),
+        id.display()
+    );
+    let cfg = dir.path().join("server.toml");
+    let err = serve_refuses(&cfg, &format!("{base}{}", storage(&weed, "missing")));
+    assert!(err.contains("does not exist"), "{err}");
+    weed.bucket("plain", false);
+    let err = serve_refuses(&cfg, &format!("{base}{}", storage(&weed, "plain")));
+    assert!(
+        err.contains("versioning") || err.contains("Object Lock"),
+        "{err}"
+    );
+    // Unknown keys are refused as everywhere in the config.
+    let err = serve_refuses(
+        &cfg,
+        &format!("{base}{}colour = \"blue\"\n", storage(&weed, "plain")),
+    );
+    assert!(err.contains("colour"), "{err}");
+    // Credentials others may read are refused before any request.
+    let loose = dir.path().join("loose.credentials");
+    fs::copy(&weed.credentials, &loose).unwrap();
+    fs::set_permissions(
+        &loose,
+        <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+    )
+    .unwrap();
+    let text = format!("{base}{}", storage(&weed, "plain")).replace(
+        &weed.credentials.display().to_string(),
+        &loose.display().to_string(),
+    );
+    let err = serve_refuses(&cfg, &text);
+    assert!(err.contains("loose.credentials"), "{err}");
+}
