@@ -248,25 +248,44 @@ fn repo_arg(cli: &Cli) -> Result<&str> {
     Ok(r)
 }
 
-/// Refuses a repository in a scheme coffer does not speak (`s3://…`,
-/// restic's `sftp:…` or `rest:…`): taken as a path, it would become a local
-/// directory named after the scheme.
+/// Refuses a repository (`--repo`, `COFFER_REPO` or a job's `repo =`) in a
+/// scheme coffer does not speak, before anything is read or created: taken
+/// as a path, `s3://bucket/x` or restic's `sftp:host:/x` would become a
+/// local repository in a directory named `s3:` or `sftp:host:`.
 fn check_scheme(r: &str) -> Result<()> {
-    const FOREIGN: [&str; 9] = [
-        "sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:", "rclone:", "ssh:",
-    ];
-    let scheme = match r.find("://") {
-        Some(i) if !r.starts_with("quic://") => Some(&r[..i + 1]),
-        Some(_) => None,
-        None => FOREIGN.iter().copied().find(|f| r.starts_with(f)),
-    };
-    match scheme {
+    match foreign_scheme(r) {
         Some(s) => Err(Usage(format!(
-            "repository {r:?}: coffer does not speak {s:?}; give a local directory (write ./{r} for a directory of that name) or quic://HOST:PORT/NAMESPACE"
+            "repository {r:?}: coffer does not speak the {s} scheme; a repository is a local \
+             directory or a coffer server, quic://HOST:PORT/NAMESPACE (see README). Object \
+             stores are configured on the server ([storage] in its config). For a local \
+             directory of that name, write ./{r}"
         ))
         .into()),
         None => Ok(()),
     }
+}
+
+/// The scheme of a repository string that names neither a local directory
+/// nor a coffer server (`quic://`), or `None`. A URL is `SCHEME://…` with
+/// an RFC 3986 scheme (a letter, then letters, digits, `+`, `-`, `.`), in
+/// any case; restic's location prefixes (`sftp:`, `rest:`, `s3:`, …) need
+/// no slashes. Anything else is a path, colons and all: `./a:b`,
+/// `/tmp/x:y`, or `./s3://x`, the way to name a directory `s3:`.
+fn foreign_scheme(r: &str) -> Option<&str> {
+    const PREFIXES: [&str; 9] = [
+        "sftp", "rest", "s3", "b2", "azure", "gs", "swift", "rclone", "ssh",
+    ];
+    if r.starts_with("quic://") {
+        return None;
+    }
+    let (head, _) = r.split_once(':')?;
+    let scheme = head.starts_with(|c: char| c.is_ascii_alphabetic())
+        && head
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    let url = scheme && r[head.len()..].starts_with("://");
+    let prefix = PREFIXES.iter().any(|p| head.eq_ignore_ascii_case(p));
+    (url || prefix).then_some(head)
 }
 
 /// Connects to a `quic://` repository with the client's identity and pin.
@@ -544,5 +563,74 @@ fn run(mut cli: Cli) -> Result<()> {
             accept_rollback,
             rebuild,
         } => cmd_serve(config, *allow_root, accept_rollback, *rebuild),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_scheme, foreign_scheme};
+
+    #[test]
+    fn local_paths_and_servers_have_no_foreign_scheme() {
+        for r in [
+            "/srv/backup/repo",
+            "repo",
+            "./a:b",
+            "/tmp/x:y",
+            "a:b",
+            "backup:2024",
+            "./s3://bucket/x",
+            "./sftp:host:/x",
+            "/tmp/a://b",
+            "C:\\x",
+            "s3",
+            "quic://backup.internal:7443/vps-101",
+            "quic://[::1]:7443/ns",
+        ] {
+            assert_eq!(foreign_scheme(r), None, "{r}");
+            assert!(check_scheme(r).is_ok(), "{r}");
+        }
+    }
+
+    #[test]
+    fn urls_and_restic_prefixes_are_refused() {
+        for (r, scheme) in [
+            ("s3://bucket/x", "s3"),
+            ("S3://bucket/x", "S3"),
+            ("sftp://host/srv/repo", "sftp"),
+            ("file:///srv/repo", "file"),
+            ("https://host/repo", "https"),
+            ("nbd+unix:///x", "nbd+unix"),
+            ("QUIC://host:7443/ns", "QUIC"),
+            ("rest:https://host:8000/", "rest"),
+            ("sftp:user@host:/srv/repo", "sftp"),
+            ("s3:s3.amazonaws.com/bucket", "s3"),
+            ("b2:bucket:path", "b2"),
+            ("azure:container:/", "azure"),
+            ("gs:bucket:/", "gs"),
+            ("swift:container:/", "swift"),
+            ("rclone:remote:path", "rclone"),
+            ("ssh:host", "ssh"),
+            ("s3:", "s3"),
+        ] {
+            assert_eq!(foreign_scheme(r), Some(scheme), "{r}");
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_the_scheme_and_the_way_out() {
+        let e = check_scheme("s3://bucket/x").unwrap_err();
+        assert!(e.downcast_ref::<super::Usage>().is_some(), "exit 2");
+        let m = e.to_string();
+        for part in [
+            "\"s3://bucket/x\"",
+            "does not speak the s3 scheme",
+            "quic://HOST:PORT/NAMESPACE",
+            "[storage]",
+            "./s3://bucket/x",
+        ] {
+            assert!(m.contains(part), "{part:?} in {m}");
+        }
+        assert_eq!(foreign_scheme(&format!("./{}", "s3://bucket/x")), None);
     }
 }

@@ -365,3 +365,68 @@ fn an_operators_prune_and_scrub_with_stdout_closed_finish_every_namespace() {
         assert!(!p.exists(), "{} was collected", p.display());
     }
 }
+
+/// Issue 20: a repository in a scheme coffer does not speak, from --repo,
+/// COFFER_REPO or a job file, is a usage error (exit 2) naming the scheme,
+/// and nothing is created where coffer runs (taken as a path, `s3://…`
+/// became a repository in `./s3:`). `./s3://…` is a local directory.
+#[test]
+fn a_repository_in_a_foreign_scheme_is_refused_and_creates_nothing() {
+    let cwd = tempfile::tempdir().unwrap();
+    let aside = tempfile::tempdir().unwrap();
+    let src = aside.path().join("src");
+    fs::write(&src, b"data").unwrap();
+    let job = aside.path().join("job.toml");
+    fs::write(&job, "repo = \"rest:http://backup.internal:8000/\"\n").unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = clean_command();
+        c.current_dir(cwd.path())
+            .env("COFFER_PASSWORD", PASSWORD)
+            .env("COFFER_CACHE_DIR", aside.path().join("cache"))
+            .envs(env.iter().copied())
+            .args(args)
+            .stdin(Stdio::null());
+        Run {
+            out: c.output().unwrap(),
+        }
+    };
+    let init = ["init", "--kdf-memory-kib", "19456", "--kdf-iterations", "2"];
+    let src = src.to_str().unwrap();
+    for (args, env, scheme) in [
+        (
+            [&["--repo", "s3://bucket/x"][..], &init].concat(),
+            vec![],
+            "s3",
+        ),
+        (
+            vec!["--repo", "sftp:user@host:/srv/repo", "backup", src],
+            vec![],
+            "sftp",
+        ),
+        (
+            vec!["backup", src],
+            vec![("COFFER_REPO", "b2:bucket:coffer")],
+            "b2",
+        ),
+        (
+            vec!["--profile", job.to_str().unwrap(), "snapshots"],
+            vec![],
+            "rest",
+        ),
+    ] {
+        let r = run(&args, &env).fails();
+        assert_eq!(r.code(), 2, "{args:?}: {}", r.stderr());
+        assert!(
+            r.stderr()
+                .contains(&format!("does not speak the {scheme} scheme")),
+            "{args:?}: {}",
+            r.stderr()
+        );
+        let left: Vec<_> = fs::read_dir(cwd.path()).unwrap().collect();
+        assert!(left.is_empty(), "{args:?} created {left:?}");
+    }
+
+    // The way to a directory of that name, as the message says.
+    run(&[&["--repo", "./s3://bucket/x"][..], &init].concat(), &[]).ok();
+    assert!(cwd.path().join("s3:/bucket/x/config").is_file());
+}
