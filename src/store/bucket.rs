@@ -35,8 +35,16 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::*;
 use crate::object::{LockMode, ObjectBackend, ObjectKey, PutOutcome, Retention};
 
-/// Retention given to a pack beyond what the commit in hand needs.
+/// Retention given to a pack beyond what the commit in hand needs, at
+/// most: never more than the lock window itself (see [`slack`]).
 pub const SLACK_SECS: i64 = 7 * retention::DAY_SECS;
+
+/// The slack of a namespace with `policy`: [`SLACK_SECS`], or the lock
+/// window when that is shorter, so a namespace without a lock window
+/// leaves its packs without retention.
+pub(crate) fn slack(policy: &Policy) -> i64 {
+    SLACK_SECS.min(policy.lock_secs.max(0))
+}
 
 /// The most the bucket's clock and ours may differ before nothing that a
 /// retention date protects is purged.
@@ -61,10 +69,10 @@ pub struct Bucket {
 pub struct PurgeReport {
     /// Versions purged for good.
     pub versions_purged: u64,
-    /// Collected packs whose every version is gone now.
-    pub packs_done: u64,
-    /// Collected packs still waiting for their retention to lapse.
-    pub packs_waiting: u64,
+    /// Removed objects whose every version is gone now.
+    pub objects_done: u64,
+    /// Removed objects with versions still retained or held.
+    pub objects_waiting: u64,
     /// Why the pass deleted nothing, if it did not.
     pub refused: Option<String>,
 }
@@ -114,7 +122,7 @@ impl Bucket {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              CREATE TABLE IF NOT EXISTS retained (pack BLOB PRIMARY KEY, until INTEGER NOT NULL, hold INTEGER NOT NULL DEFAULT 0);
-             CREATE TABLE IF NOT EXISTS collected (pack BLOB PRIMARY KEY, at INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS collected (name TEXT PRIMARY KEY, at INTEGER NOT NULL);",
         )?;
         Ok(Bucket {
             backend,
@@ -199,7 +207,7 @@ impl Bucket {
 
     /// Deletes an object as the bucket does: a delete marker over its
     /// versions, which stay until purged.
-    pub(crate) fn delete(&self, rel: &str) -> Result<()> {
+    fn delete(&self, rel: &str) -> Result<()> {
         self.backend.delete(&self.key(rel)?)?;
         Ok(())
     }
@@ -225,8 +233,8 @@ impl Bucket {
             params![id.as_bytes().as_slice(), until, hold as i64],
         )?;
         db.execute(
-            "DELETE FROM collected WHERE pack = ?1",
-            params![id.as_bytes().as_slice()],
+            "DELETE FROM collected WHERE name = ?1",
+            params![pack_rel(id)],
         )?;
         Ok(())
     }
@@ -246,7 +254,7 @@ impl Bucket {
     /// Makes every pack of `packs` retained at least until `until` (and
     /// held when `hold`) before a snapshot that needs them is visible.
     /// A pack given enough already (by `bucket.db`) costs no request; one
-    /// extended gets `until` and [`SLACK_SECS`] more. A pack whose latest
+    /// extended gets `until` and `slack` more. A pack whose latest
     /// version in the bucket is a delete marker (collected, then needed
     /// again while the local copy was kept) is sent again from `local`.
     /// Returns the requests made.
@@ -255,6 +263,7 @@ impl Bucket {
         packs: &[PackId],
         until: i64,
         hold: bool,
+        slack: i64,
         now: i64,
         local: &dyn Fn(&PackId) -> PathBuf,
     ) -> Result<u64> {
@@ -266,7 +275,7 @@ impl Bucket {
                 }
             }
             let key = self.key(&pack_rel(p))?;
-            let want = until.saturating_add(SLACK_SECS);
+            let want = until.saturating_add(slack);
             let extended = match self.retention(want, now) {
                 Some(r) => self.backend.extend_retention(&key, None, r).map(|_| ()),
                 None => Ok(()),
@@ -291,22 +300,31 @@ impl Bucket {
         Ok(requests)
     }
 
-    /// Records that prune collected `id` and puts its delete marker. The
-    /// record comes first: a marker that fails is put by the next purge.
-    pub(crate) fn collected(&self, id: &PackId, now: i64) -> Result<()> {
+    /// Records that the store removed `rel` (a pack prune collected, a
+    /// forgotten snapshot or its stamp, a removed key file) and puts its
+    /// delete marker. The record comes first: a marker that fails is put
+    /// by the next purge, which also purges its versions once they may go.
+    pub(crate) fn collected(&self, rel: &str, now: i64) -> Result<()> {
         {
             // unwrap: the lock is never held across a panic
             let db = self.db.lock().unwrap();
             db.execute(
-                "INSERT OR REPLACE INTO collected (pack, at) VALUES (?1, ?2)",
-                params![id.as_bytes().as_slice(), now],
+                "INSERT OR REPLACE INTO collected (name, at) VALUES (?1, ?2)",
+                params![rel, now],
             )?;
-            db.execute(
-                "DELETE FROM retained WHERE pack = ?1",
-                params![id.as_bytes().as_slice()],
-            )?;
+            if let Some(id) = rel
+                .rsplit('/')
+                .next()
+                .filter(|_| rel.starts_with("packs/"))
+                .and_then(|n| n.parse::<PackId>().ok())
+            {
+                db.execute(
+                    "DELETE FROM retained WHERE pack = ?1",
+                    params![id.as_bytes().as_slice()],
+                )?;
+            }
         }
-        self.delete(&pack_rel(id))
+        self.delete(rel)
     }
 
     /// Seconds by which the bucket's clock is ahead of `now` (negative:
@@ -315,12 +333,13 @@ impl Bucket {
         Ok(time_to_secs(self.backend.clock()?) - now)
     }
 
-    /// The second phase of collection: for each collected pack, the
-    /// versions whose retention has lapsed are purged, and the marker
-    /// with the last of them. A pack stored again since (its latest
-    /// version is data, and `live` says the store holds it) leaves the
-    /// list untouched. Nothing is purged while the clocks disagree.
-    pub fn purge(&self, now: i64, live: &dyn Fn(&PackId) -> bool) -> Result<PurgeReport> {
+    /// The second phase of collection: for each object the store removed,
+    /// the versions whose retention has lapsed are purged, and its delete
+    /// markers with the last of them. One stored again since (`live` says
+    /// the store holds it: a pack a new backup needed) leaves the list
+    /// untouched. Nothing is purged while the clocks disagree by more than
+    /// [`MAX_SKEW_SECS`].
+    pub fn purge(&self, now: i64, live: &dyn Fn(&str) -> bool) -> Result<PurgeReport> {
         let mut rep = PurgeReport::default();
         let skew = self.skew(now)?;
         if skew.abs() > MAX_SKEW_SECS {
@@ -329,27 +348,30 @@ impl Bucket {
             ));
             return Ok(rep);
         }
-        let rows: Vec<Vec<u8>> = {
+        let names: Vec<String> = {
             // unwrap: the lock is never held across a panic
             let db = self.db.lock().unwrap();
-            let mut st = db.prepare("SELECT pack FROM collected ORDER BY pack")?;
+            let mut st = db.prepare("SELECT name FROM collected ORDER BY name")?;
             let rows = st
-                .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+                .query_map([], |r| r.get::<_, String>(0))?
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             rows
         };
-        let bucket_now = secs_to_time(now.min(now + skew));
-        for raw in rows {
-            let Some(id) = PackId::from_slice(&raw) else {
-                continue;
-            };
-            let key = self.key(&pack_rel(&id))?;
-            if live(&id) {
-                // unwrap: the lock is never held across a panic
-                let db = self.db.lock().unwrap();
-                db.execute("DELETE FROM collected WHERE pack = ?1", params![raw])?;
+        // the earlier of the two clocks: a version is judged lapsed only
+        // when it is by both
+        let judged_at = secs_to_time(now.min(now + skew));
+        let done = |rel: &str| -> Result<()> {
+            // unwrap: the lock is never held across a panic
+            let db = self.db.lock().unwrap();
+            db.execute("DELETE FROM collected WHERE name = ?1", params![rel])?;
+            Ok(())
+        };
+        for rel in names {
+            if live(&rel) {
+                done(&rel)?;
                 continue;
             }
+            let key = self.key(&rel)?;
             let versions = self.backend.list_versions(&key)?;
             if versions
                 .first()
@@ -357,14 +379,14 @@ impl Bucket {
             {
                 // the marker failed or never came: put it now
                 self.backend.delete(&key)?;
-                rep.packs_waiting += 1;
+                rep.objects_waiting += 1;
                 continue;
             }
             let mut waiting = false;
             for v in versions.iter().filter(|v| !v.is_delete_marker) {
                 let head = self.backend.head(&key, Some(&v.version))?;
                 let protected = head.as_ref().is_some_and(|h| {
-                    h.legal_hold || h.retention.is_some_and(|r| r.holds_at(bucket_now))
+                    h.legal_hold || h.retention.is_some_and(|r| r.holds_at(judged_at))
                 });
                 if protected {
                     waiting = true;
@@ -374,17 +396,15 @@ impl Bucket {
                 rep.versions_purged += 1;
             }
             if waiting {
-                rep.packs_waiting += 1;
+                rep.objects_waiting += 1;
                 continue;
             }
             for v in versions.iter().filter(|v| v.is_delete_marker) {
                 self.backend.delete_version(&key, &v.version)?;
                 rep.versions_purged += 1;
             }
-            // unwrap: the lock is never held across a panic
-            let db = self.db.lock().unwrap();
-            db.execute("DELETE FROM collected WHERE pack = ?1", params![raw])?;
-            rep.packs_done += 1;
+            done(&rel)?;
+            rep.objects_done += 1;
         }
         Ok(rep)
     }

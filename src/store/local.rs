@@ -327,9 +327,11 @@ impl LocalStore {
         let _ = fs::remove_file(self.stamp_path(id));
         fsync_dir(&self.root.join("snapshots"))?;
         if let Some(b) = &self.bucket {
-            // Markers: the locked versions stay until their retention lapses.
-            b.delete(&format!("snapshots/{}", id.to_hex()))?;
-            b.delete(&format!("snapshots/{}.stamp", id.to_hex()))?;
+            // Markers: the locked versions stay until their retention
+            // lapses, then a sweep purges them.
+            let now = self.now();
+            b.collected(&format!("snapshots/{}", id.to_hex()), now)?;
+            b.collected(&format!("snapshots/{}.stamp", id.to_hex()), now)?;
         }
         Ok(())
     }

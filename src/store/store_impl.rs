@@ -67,7 +67,7 @@ impl Store for LocalStore {
         fs::remove_file(&p).at(&p)?;
         fsync_dir(&self.root.join("keys"))?;
         if let Some(b) = &self.bucket {
-            b.delete(&format!("keys/{name}"))?;
+            b.collected(&format!("keys/{name}"), self.now())?;
         }
         Ok(())
     }
@@ -187,7 +187,8 @@ impl Store for LocalStore {
         if let Some(b) = &self.bucket {
             // Every pack locked in the bucket at least as long as the
             // snapshot, before the snapshot exists anywhere.
-            b.cover_packs(&file.packs, stamp.locked_until, false, now, &|p| {
+            let slack = bucket::slack(&self.policy);
+            b.cover_packs(&file.packs, stamp.locked_until, false, slack, now, &|p| {
                 self.pack_path(p)
             })?;
         }
@@ -278,7 +279,8 @@ impl Store for LocalStore {
             let now = self.now();
             let bytes = self.read_snapshot(id)?;
             let file = snapshot::decode(&bytes)?;
-            b.cover_packs(&file.packs, st.locked_until, st.hold, now, &|p| {
+            let slack = bucket::slack(&self.policy);
+            b.cover_packs(&file.packs, st.locked_until, st.hold, slack, now, &|p| {
                 self.pack_path(p)
             })?;
             b.extend(

@@ -187,7 +187,7 @@ impl LocalStore {
                         fs::remove_file(&p).at(&p)?;
                         self.forget_handle(id);
                         if let Some(b) = &self.bucket {
-                            b.collected(id, now)?;
+                            b.collected(&super::bucket::pack_rel(id), now)?;
                         }
                     }
                     rep.packs_removed += 1;
@@ -227,7 +227,7 @@ impl LocalStore {
         rep.tmp_removed = self.sweep_tmp(now)?;
         if let Some(b) = &self.bucket {
             // The second phase of collection: versions whose lock lapsed.
-            let live = |id: &PackId| self.pack_path(id).exists();
+            let live = |rel: &str| self.root.join(rel).exists();
             rep.bucket = Some(b.purge(now, &live)?);
         }
         Ok(rep)

@@ -78,7 +78,7 @@ impl PackUpload for LocalUpload {
             // the second send is free of effect).
             let until = Stamp::new(now, &self.policy)
                 .locked_until
-                .saturating_add(bucket::SLACK_SECS);
+                .saturating_add(bucket::slack(&self.policy));
             b.put_pack(&id, &self.tmp, until, now)?;
         }
         link_into_place(&self.tmp, &path)

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use coffer::object::s3::S3Backend;
-use coffer::object::{ObjectBackend, ObjectKey};
+use coffer::object::{LockMode, ObjectBackend, ObjectKey};
+use coffer::store::Store;
 use coffer::ErrorKind;
 
 use crate::object::keys;
@@ -251,4 +252,144 @@ fn the_server_refuses_a_bucket_it_cannot_trust_by_name() {
     );
     let err = serve_refuses(&cfg, &text);
     assert!(err.contains("loose.credentials"), "{err}");
+}
+
+/// A store over a bucket of `weed`, with a lock window of `lock_secs`, no
+/// grace for unreferenced packs and the clock `clock`.
+fn bucket_store(
+    weed: &Weed,
+    bucket: &str,
+    root: &Path,
+    lock_secs: i64,
+    clock: coffer::store::Clock,
+) -> (coffer::store::LocalStore, S3Backend) {
+    let raw = weed.bucket(bucket, true);
+    let backend: std::sync::Arc<dyn ObjectBackend> =
+        std::sync::Arc::new(weed.backend(bucket, LockMode::Compliance));
+    let policy = coffer::retention::Policy {
+        lock_secs,
+        retention_secs: lock_secs.max(1),
+        grace_secs: 0,
+        ..Default::default()
+    };
+    let store = coffer::store::LocalStore::create(root)
+        .unwrap()
+        .with_policy(policy)
+        .with_clock(clock);
+    let b = coffer::store::Bucket::open(backend, "ns", LockMode::Compliance, root).unwrap();
+    (store.with_bucket(std::sync::Arc::new(b)), raw)
+}
+
+/// Uploads `bytes` as a pack; returns its key in the bucket.
+fn put_pack(store: &coffer::store::LocalStore, bytes: &[u8]) -> (coffer::id::PackId, ObjectKey) {
+    let mut h = coffer::id::PackHasher::default();
+    h.update(bytes);
+    let id = h.finalize();
+    let mut up = store.upload_pack().unwrap();
+    std::io::Write::write_all(&mut up, bytes).unwrap();
+    assert!(up.commit(id).unwrap());
+    let hex = id.to_hex();
+    (
+        id,
+        ObjectKey::new(format!("namespaces/ns/packs/{}/{hex}", &hex[..2])).unwrap(),
+    )
+}
+
+#[test]
+fn a_collected_pack_gets_a_marker_keeps_its_locked_version_then_is_purged() {
+    let Some(weed) = Weed::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // A lock window of 3 s: a new pack is retained 6 s (the window, and as
+    // much slack).
+    let (store, b) = bucket_store(
+        &weed,
+        "coffer-gc",
+        dir.path(),
+        3,
+        coffer::store::system_clock(),
+    );
+    let (_, key) = put_pack(&store, &random_bytes(1, 200_000));
+    let head = b.head(&key, None).unwrap().unwrap();
+    assert!(head.retention.is_some());
+
+    // Referenced by nothing: prune collects it. It leaves the listing at
+    // once (a marker), its version stays while retained.
+    let rep = store.prune().unwrap();
+    assert_eq!(rep.packs_removed, 1, "{rep:?}");
+    let purge = rep.bucket.clone().unwrap();
+    assert_eq!(purge.objects_waiting, 1, "{rep:?}");
+    assert!(b.head(&key, None).unwrap().is_none());
+    let versions = b.list_versions(&key).unwrap();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert!(versions[0].is_delete_marker);
+    assert_eq!(
+        b.delete_version(&key, &versions[1].version)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Denied
+    );
+
+    // Past its retention, the next sweep purges the version and the marker.
+    let until = head.retention.unwrap().until;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while b.clock().unwrap() <= until + Duration::from_secs(1) {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let rep = store.prune().unwrap();
+    let purge = rep.bucket.unwrap();
+    assert_eq!(
+        (purge.objects_done, purge.objects_waiting),
+        (1, 0),
+        "{purge:?}"
+    );
+    assert_eq!(purge.versions_purged, 2);
+    assert!(b.list_versions(&key).unwrap().is_empty());
+}
+
+#[test]
+fn a_pack_needed_again_after_its_marker_is_stored_again() {
+    let Some(weed) = Weed::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (store, b) = bucket_store(
+        &weed,
+        "coffer-again",
+        dir.path(),
+        3,
+        coffer::store::system_clock(),
+    );
+    let bytes = random_bytes(2, 150_000);
+    let (id, key) = put_pack(&store, &bytes);
+    store.prune().unwrap();
+    assert!(b.head(&key, None).unwrap().is_none(), "collected");
+    // A new backup brings the same pack: stored again, over the marker.
+    put_pack(&store, &bytes);
+    let head = b.head(&key, None).unwrap().expect("stored again");
+    assert_eq!(head.size, bytes.len() as u64);
+    assert_eq!(
+        b.get_range(&key, None, 0..bytes.len() as u64).unwrap(),
+        bytes
+    );
+    // Its old version is still there beneath, under its retention.
+    assert_eq!(b.list_versions(&key).unwrap().len(), 3);
+    assert!(store.pack_size(&id).unwrap().is_some());
+}
+
+#[test]
+fn a_bucket_clock_an_hour_off_purges_nothing() {
+    let Some(weed) = Weed::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Our clock an hour ahead of the bucket's: every retention looks lapsed
+    // to us, none is to the bucket.
+    let clock: coffer::store::Clock = std::sync::Arc::new(|| now_secs() + 3600);
+    let (store, b) = bucket_store(&weed, "coffer-skew", dir.path(), 0, clock);
+    let (_, key) = put_pack(&store, &random_bytes(3, 100_000));
+    let rep = store.prune().unwrap();
+    assert_eq!(rep.packs_removed, 1, "{rep:?}");
+    let purge = rep.bucket.unwrap();
+    let why = purge.refused.expect("refused");
+    assert!(why.contains("clock"), "{why}");
+    assert_eq!(purge.versions_purged, 0);
+    // The marker is there, the version too.
+    assert_eq!(b.list_versions(&key).unwrap().len(), 2);
 }
