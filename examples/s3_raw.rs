@@ -68,6 +68,7 @@ fn main() {
         path_style: true,
         lock_mode: LockMode::Compliance,
         head_before_put: false,
+        lease: None,
     })
     .expect("connect");
     let bk = bucket.clone();

@@ -525,6 +525,7 @@ impl ServerConfig {
             ));
         }
         c.prune_every()?;
+        c.lease_length()?;
         if let Some(m) = &c.metrics {
             m.listen_addr()?;
             m.refresh()?;
@@ -616,6 +617,19 @@ impl ServerConfig {
             self.parity_config(),
             self.object_backend()?,
         )
+    }
+
+    /// The length of a lease on a namespace in the bucket (`[storage]
+    /// lease`, two minutes by default).
+    pub fn lease_length(&self) -> Result<Duration> {
+        match &self.storage {
+            #[cfg(feature = "s3")]
+            Storage::S3(s3) => match &s3.lease {
+                Some(v) => duration("storage", "lease", v),
+                None => Ok(super::lease::DEFAULT_LEASE),
+            },
+            _ => Ok(super::lease::DEFAULT_LEASE),
+        }
     }
 
     /// The object store of `[storage]`, opened and checked on the first

@@ -87,6 +87,59 @@ pub(super) fn start(state: &Arc<State>) {
     });
 }
 
+/// One round of the leases of a server on an object store: takes or
+/// renews each, logs the namespaces another server holds, and rebuilds
+/// from the bucket those taken over before their clients are let in.
+pub(super) fn renew_leases(state: &State, cfg: &ServerConfig) {
+    let Some(leases) = &state.leases else { return };
+    let clients = match cfg.namespaces() {
+        Ok(c) => c,
+        Err(e) => return error!("leases not renewed: {e}"),
+    };
+    let names: Vec<String> = clients.iter().map(|c| c.namespace.clone()).collect();
+    let (refused, taken) = match leases.renew(&names) {
+        Ok(x) => x,
+        Err(e) => return error!("leases not renewed: {e}"),
+    };
+    for ns in refused {
+        warn!(namespace = %ns, "not served: {}", leases.refusal(&ns).unwrap_or_default());
+    }
+    for ns in taken {
+        let Some(c) = clients.iter().find(|c| c.namespace == ns) else {
+            continue;
+        };
+        // unwrap: the lock is never held across a panic
+        state.stores.lock().unwrap().remove(&ns);
+        let rebuilt = cfg.namespace_store(c).and_then(|s| match s.bucket() {
+            Some(b) => b.rebuild(s.root()),
+            None => Ok(Default::default()),
+        });
+        match rebuilt {
+            Ok(r) => {
+                info!(namespace = %ns, objects = r.objects, bytes = r.bytes, present = r.present, "lease taken, copy rebuilt from the bucket");
+                leases.ready(&ns);
+            }
+            Err(e) => {
+                error!(namespace = %ns, "lease taken but the copy was not rebuilt, not served: {e}")
+            }
+        }
+    }
+}
+
+/// Renews the leases every quarter of their length, for good.
+pub(super) fn hold_leases(state: Arc<State>, cfg: ServerConfig) {
+    let Some(period) = state.leases.as_ref().map(|l| l.period()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let (s, c) = (state.clone(), cfg.clone());
+            let _ = tokio::task::spawn_blocking(move || renew_leases(&s, &c)).await;
+        }
+    });
+}
+
 /// A namespace's copy in progress, until dropped (its end, or a panic).
 struct Running(Arc<Mutex<HashSet<String>>>, String);
 

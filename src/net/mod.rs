@@ -9,6 +9,7 @@ pub mod config;
 pub mod handshake;
 pub mod http;
 pub mod jobs;
+pub mod lease;
 pub mod log;
 pub mod quota;
 pub mod reconnect;

@@ -39,6 +39,8 @@ pub(super) struct State {
     parity: crate::parity::ParityConfig,
     /// The object store under every namespace, on `[storage] kind = "s3"`.
     backend: Option<Backend>,
+    /// This server's leases on its namespaces in that bucket.
+    pub(super) leases: Option<Arc<super::lease::Leases>>,
     /// Metrics and alerts.
     pub(super) watch: Arc<super::watch::Watch>,
     /// Namespaces whose commit counter went back, not served (see
@@ -83,10 +85,21 @@ impl State {
     /// Why `ns` is not served, if it is not.
     pub(super) fn refusal(&self, ns: &str) -> Option<String> {
         let r = self.refused.read().unwrap_or_else(|p| p.into_inner());
-        r.get(ns).cloned()
+        r.get(ns)
+            .cloned()
+            .or_else(|| self.leases.as_ref().and_then(|l| l.refusal(ns)))
     }
 
     pub(super) fn store(&self, client: &Client) -> Result<Arc<LocalStore>> {
+        // Another server's namespace: neither its clients nor this
+        // server's scrub and sweep touch it here.
+        if let Some(why) = self
+            .leases
+            .as_ref()
+            .and_then(|l| l.refusal(&client.namespace))
+        {
+            return Err(Error::Denied(why));
+        }
         // unwrap: the lock is never held across a panic
         let mut m = self.stores.lock().unwrap();
         if let Some(s) = m.get(&client.namespace) {
@@ -165,10 +178,19 @@ pub async fn serve(
     // Opened before a client is heard (`cmd_serve` opened it already,
     // before its runtime, so this only takes it).
     let backend = tokio::task::block_in_place(|| cfg.object_backend())?;
+    let leases = match &backend {
+        Some((b, _)) => Some(Arc::new(super::lease::Leases::new(
+            b.clone(),
+            &cfg.data,
+            cfg.lease_length()?,
+        )?)),
+        None => None,
+    };
     let watch = Arc::new(super::watch::Watch::new(&cfg)?);
     watch.clone().start(metrics);
     let state = Arc::new(State {
         backend,
+        leases,
         data: cfg.data.clone(),
         live: std::sync::RwLock::new(Arc::new(super::reload::Live::new(&cfg)?)),
         stores: Mutex::new(HashMap::new()),
@@ -182,6 +204,13 @@ pub async fn serve(
                 .collect(),
         ),
     });
+    if state.leases.is_some() {
+        // The first round before a client is heard: namespaces another
+        // server holds are refused, those taken over are rebuilt first.
+        let (s, c) = (state.clone(), cfg.clone());
+        tokio::task::block_in_place(|| super::jobs::renew_leases(&s, &c));
+        super::jobs::hold_leases(state.clone(), cfg.clone());
+    }
     let mut cfg = cfg;
     super::jobs::start(&state);
     let limit = Arc::new(tokio::sync::Semaphore::new(1024));

@@ -93,6 +93,11 @@ pub struct S3Config {
     /// For stores that ignore `If-None-Match` (Ceph RGW): `HEAD` first.
     #[serde(default)]
     pub head_before_put: bool,
+    /// How long a server's lease on each of its namespaces lasts
+    /// (`"2m"`, the default): another server configured for one waits
+    /// this long after the first stopped (see `net::lease`).
+    #[serde(default)]
+    pub lease: Option<String>,
 }
 
 fn default_profile() -> String {
@@ -1043,6 +1048,7 @@ mod tests {
             path_style: true,
             lock_mode: LockMode::Compliance,
             head_before_put: false,
+            lease: None,
         })
         .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()

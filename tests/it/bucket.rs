@@ -20,7 +20,7 @@ use crate::weed::Weed;
 /// The `[storage]` table of a server on `bucket` of `weed`.
 fn storage(weed: &Weed, bucket: &str) -> String {
     format!(
-        "[storage]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{bucket}\"\nprefix = \"site-a/\"\nregion = \"us-east-1\"\ncredentials_file = \"{}\"\n",
+        "[storage]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{bucket}\"\nprefix = \"site-a/\"\nregion = \"us-east-1\"\ncredentials_file = \"{}\"\nlease = \"2s\"\n",
         weed.endpoint,
         weed.credentials.display()
     )
@@ -43,10 +43,29 @@ fn files(dir: &Path, sub: &str) -> Vec<String> {
         .collect()
 }
 
-/// Backs `src` up as client 0; returns the snapshot id.
-fn backup(srv: &TestServer, cache: &Path, src: &Path) -> String {
+/// Waits (bounded) until client 0's namespace is served: a lease another
+/// data directory held must lapse first.
+fn wait_served(srv: &TestServer, cache: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = srv.client(0, cache).args(["snapshots"]).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("served by another server") || err.contains("being rebuilt"),
+            "{err}"
+        );
+        assert!(std::time::Instant::now() < deadline, "never served: {err}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Backs `src` up as client `i`; returns the snapshot id.
+fn backup_as(srv: &TestServer, i: usize, cache: &Path, src: &Path) -> String {
     let v = run(
-        srv.client(0, cache),
+        srv.client(i, cache),
         &["--json", "backup", src.to_str().unwrap()],
     )
     .ok()
@@ -68,7 +87,7 @@ fn a_server_on_a_bucket_backs_up_restores_and_is_rebuilt_from_the_bucket_alone()
     run(srv.client(0, &cache), &init_args()).ok();
     let src = work.path().join("src");
     crate::backup::make_tree(&src);
-    let snap = backup(&srv, &cache, &src);
+    let snap = backup_as(&srv, 0, &cache, &src);
     let target = work.path().join("restore-1");
     run(
         srv.client(0, &cache),
@@ -147,6 +166,8 @@ fn a_server_on_a_bucket_backs_up_restores_and_is_rebuilt_from_the_bucket_alone()
         "{}",
         srv.log()
     );
+    // The dead server's lease lapses first (2 s here).
+    wait_served(&srv, &work.path().join("cache-wait"));
     let mut rebuilt = ["keys", "packs", "snapshots"]
         .iter()
         .flat_map(|d| files(&ns, d))
@@ -179,7 +200,7 @@ fn a_lock_reaches_the_bucket_before_the_stamp_reports_it() {
     run(srv.client(0, &cache), &init_args()).ok();
     let src = work.path().join("src");
     crate::backup::make_tree(&src);
-    let snap = backup(&srv, &cache, &src);
+    let snap = backup_as(&srv, 0, &cache, &src);
     run(srv.client(0, &cache), &["lock", &snap, "--days", "90"]).ok();
     let ns = srv.namespace_dir("ns-0");
     let locked_until = stamp_of(&ns, &snap)["locked_until"].as_i64().unwrap();
@@ -392,4 +413,46 @@ fn a_bucket_clock_an_hour_off_purges_nothing() {
     assert_eq!(purge.versions_purged, 0);
     // The marker is there, the version too.
     assert_eq!(b.list_versions(&key).unwrap().len(), 2);
+}
+
+#[test]
+fn two_servers_share_a_bucket_with_disjoint_namespaces_and_never_the_same_one() {
+    let Some(weed) = Weed::start() else { return };
+    weed.bucket("shared", true);
+    let table = storage(&weed, "shared");
+    // Server A serves ns-0; server B is configured for ns-0 and ns-1.
+    let mut a = TestServer::start_full(1, "", &table, &[]);
+    let b = TestServer::start_full(2, "", &table, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (ca, cb0, cb1) = (
+        work.path().join("ca"),
+        work.path().join("cb0"),
+        work.path().join("cb1"),
+    );
+    run(a.client(0, &ca), &init_args()).ok();
+    let src = work.path().join("src");
+    crate::backup::make_tree(&src);
+    let snap = backup_as(&a, 0, &ca, &src);
+    // B serves its own namespace beside A.
+    run(b.client(1, &cb1), &init_args()).ok();
+    backup_as(&b, 1, &cb1, &src);
+    // ...but refuses A's, naming the reason, and writes nothing there.
+    let out = b.client(0, &cb0).args(init_args()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("served by another server"), "{err}");
+    assert!(!b.namespace_dir("ns-0").join("config").exists());
+
+    // A stops: once its lease lapses, B takes ns-0 over, rebuilds its
+    // copy from the bucket and serves A's snapshot, byte for byte.
+    a.stop();
+    wait_served(&b, &cb0);
+    let target = work.path().join("restore-b");
+    run(
+        b.client(0, &cb0),
+        &["restore", &snap, "--target", target.to_str().unwrap()],
+    )
+    .ok();
+    assert_same_tree(&src, &restored(&target, &src));
+    assert!(b.log().contains("lease taken"), "{}", b.log());
 }

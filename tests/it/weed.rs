@@ -188,6 +188,7 @@ impl Weed {
             path_style: true,
             lock_mode: mode,
             head_before_put: false,
+            lease: None,
         }
     }
 
@@ -227,6 +228,7 @@ fn wait_ready(child: &mut Child, endpoint: &str, credentials: &std::path::Path) 
         path_style: true,
         lock_mode: LockMode::Compliance,
         head_before_put: false,
+        lease: None,
     })
     .unwrap();
     let deadline = Instant::now() + START_TIMEOUT;
