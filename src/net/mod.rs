@@ -19,6 +19,7 @@ pub mod replica;
 pub mod rollback;
 pub mod schedule;
 pub mod server;
+mod state;
 mod stateless;
 pub mod watch;
 pub mod webhook;
