@@ -4,8 +4,10 @@
 //! `benches/s3_raw.sh` starts a local SeaweedFS and runs this.
 //!
 //! `cargo run --example s3_raw -- ENDPOINT BUCKET CREDENTIALS_FILE [OBJECTS] [STREAMS]`
-//! (defaults: 16 objects, streams 1 and 4). The bucket is created with
-//! Object Lock if it does not exist.
+//! (defaults: 16 objects, streams 1 and 4; STREAMS is one count or several,
+//! comma-separated: `1,6`). The bucket is created with Object Lock if it
+//! does not exist. `benches/s3.sh` runs it too, beside coffer's backup and
+//! restore through a server on the same bucket.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -49,12 +51,15 @@ fn rate(n: usize, streams: usize, op: impl Fn(usize) + Sync) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        eprintln!("usage: s3_raw ENDPOINT BUCKET CREDENTIALS_FILE [OBJECTS] [STREAMS]");
+        eprintln!("usage: s3_raw ENDPOINT BUCKET CREDENTIALS_FILE [OBJECTS] [STREAMS[,STREAMS…]]");
         std::process::exit(2);
     }
     let n: usize = args.get(4).map_or(16, |s| s.parse().expect("OBJECTS"));
     let stream_counts: Vec<usize> = match args.get(5) {
-        Some(s) => vec![s.parse().expect("STREAMS")],
+        Some(s) => s
+            .split(',')
+            .map(|x| x.trim().parse().expect("STREAMS"))
+            .collect(),
         None => vec![1, 4],
     };
     let bucket = args[2].clone();
