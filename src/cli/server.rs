@@ -339,6 +339,15 @@ pub(super) fn cmd_scrub(
                 r.repaired_packs.len(),
                 r.unrepairable.len()
             );
+            if let Some(b) = &r.bucket {
+                outln!(
+                    "{name}: bucket: checked {} pack objects ({}): {} written again from here, {} put back from the bucket",
+                    b.objects_checked,
+                    fmt_bytes(b.bytes_read),
+                    b.rewritten.len(),
+                    b.fetched_back.len()
+                );
+            }
         }
         for u in &r.unrepairable {
             let snaps: Vec<String> = u.snapshots.iter().map(|s| s.short()).collect();

@@ -34,6 +34,7 @@ use crate::referenced;
 use crate::store::{fsync_dir, replace_file, LocalStore, Store};
 use crate::stripe_index::{self, Known, StripeIndex};
 
+mod bucket;
 mod grow;
 mod protect;
 mod stripes;
@@ -42,6 +43,7 @@ mod tests;
 mod verify;
 mod write;
 
+pub use bucket::{scrub_bucket, BucketScrub};
 pub use protect::{forget_packs, protect, Protector};
 use protect::{known, protect_locked};
 use stripes::*;
@@ -108,6 +110,9 @@ pub struct ScrubReport {
     pub stripes_unreadable: u64,
     /// What could not be repaired.
     pub unrepairable: Vec<Unrepairable>,
+    /// The scrub of the namespace's bucket, on an object store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketScrub>,
 }
 
 /// How to scrub.

@@ -176,6 +176,10 @@ pub fn scrub(s: &LocalStore, cfg: ParityConfig, opts: &ScrubOptions) -> Result<S
             snapshots: refs.remove(&pack).unwrap_or_default(),
         });
     }
+    if let Some(b) = s.bucket() {
+        // The bucket and the local copy repair each other.
+        rep.bucket = Some(super::scrub_bucket(s, b, &mut rep, opts.rate)?);
+    }
     state.last = Some(ScrubCounts::tally(&base, &rep, &rep.unrepairable));
     state.current = ScrubCounts::default();
     state.last_complete = s.now().max(state.pass_started);

@@ -42,7 +42,7 @@ pub const SLACK_SECS: i64 = 7 * retention::DAY_SECS;
 /// The slack of a namespace with `policy`: [`SLACK_SECS`], or the lock
 /// window when that is shorter, so a namespace without a lock window
 /// leaves its packs without retention.
-pub(crate) fn slack(policy: &Policy) -> i64 {
+pub fn slack(policy: &Policy) -> i64 {
     SLACK_SECS.min(policy.lock_secs.max(0))
 }
 
@@ -407,6 +407,86 @@ impl Bucket {
             rep.objects_done += 1;
         }
         Ok(rep)
+    }
+
+    /// Checks the latest version of pack `id` in the bucket against its
+    /// name, read in pieces. `None` when sound, else what is wrong.
+    /// Adds the bytes read to `read`.
+    pub fn pack_fault(&self, id: &PackId, read: &mut u64) -> Result<Option<String>> {
+        let key = self.key(&pack_rel(id))?;
+        let Some(head) = self.backend.head(&key, None)? else {
+            return Ok(Some("missing from the bucket".into()));
+        };
+        match self.hash_version(&key, &head.version, head.size, read) {
+            Ok(h) if h == *id => Ok(None),
+            Ok(h) => Ok(Some(format!("its latest version hashes to {}", h.short()))),
+            Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => Ok(Some(e.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn hash_version(
+        &self,
+        key: &ObjectKey,
+        version: &crate::object::VersionId,
+        size: u64,
+        read: &mut u64,
+    ) -> Result<PackId> {
+        let mut hasher = PackHasher::default();
+        let mut at = 0;
+        while at < size {
+            let end = (at + FETCH_PIECE).min(size);
+            let piece = self.backend.get_range(key, Some(version), at..end)?;
+            *read += piece.len() as u64;
+            hasher.update(&piece);
+            at = end;
+        }
+        Ok(hasher.finalize())
+    }
+
+    /// The bytes of pack `id` from the newest version in the bucket that
+    /// hashes to its name (a damaged latest version does not hide a sound
+    /// older one), or `None` when none does.
+    pub fn fetch_pack(&self, id: &PackId) -> Result<Option<Vec<u8>>> {
+        let key = self.key(&pack_rel(id))?;
+        for v in self.backend.list_versions(&key)? {
+            if v.is_delete_marker || v.size > crate::limits::MAX_PACK_BYTES {
+                continue;
+            }
+            let mut bytes = Vec::with_capacity(v.size as usize);
+            let mut at = 0;
+            while at < v.size {
+                let end = (at + FETCH_PIECE).min(v.size);
+                match self.backend.get_range(&key, Some(&v.version), at..end) {
+                    Ok(piece) => bytes.extend_from_slice(&piece),
+                    Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => break,
+                    Err(e) => return Err(e),
+                }
+                at = end;
+            }
+            if PackId::of(&bytes) == *id {
+                return Ok(Some(bytes));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes a sound copy of pack `id` as its new latest version in the
+    /// bucket (the damaged one stays beneath under its own lock), retained
+    /// at least as long as the pack was before, and held if it was.
+    pub fn rewrite_pack(&self, id: &PackId, bytes: &[u8], until: i64, now: i64) -> Result<()> {
+        let key = self.key(&pack_rel(id))?;
+        let (until, hold) = match self.known(id)? {
+            Some((u, h)) => (u.max(until), h),
+            None => (until, false),
+        };
+        let v = self
+            .backend
+            .put_version(&key, bytes, self.retention(until, now))?;
+        if hold {
+            self.backend.set_legal_hold(&key, Some(&v), true)?;
+        }
+        self.remember(id, until, hold)
     }
 
     /// Copies every object of the namespace from the bucket into `root`

@@ -133,7 +133,7 @@ use crate::durable::*;
 pub use crate::durable::{
     append_operator_log, fsync_dir, replace_file, replace_file_via, write_once,
 };
-pub use bucket::{Bucket, PurgeReport, RebuildReport};
+pub use bucket::{slack as bucket_slack, Bucket, PurgeReport, RebuildReport};
 pub(crate) use local::read_seen;
 use local::*;
 pub use local::{LocalStore, Stamps};
