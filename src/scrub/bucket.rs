@@ -11,6 +11,9 @@
 //!   version purged with a governance bypass) is written again from the
 //!   local copy as a new version; the damaged one is never deleted, its
 //!   lock keeps it.
+//! - The parity files of sealed stripes are in the bucket too, locked like
+//!   their members ([`sync_parity`], also after each protect); a scrub
+//!   compares each with the local file it just verified.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,8 @@ pub struct BucketScrub {
     /// Packs the local copy had lost beyond repair, put back from the
     /// bucket.
     pub fetched_back: Vec<PackId>,
+    /// The sealed stripes' parity files in the bucket.
+    pub parity: ParitySync,
 }
 
 /// Paces requests and bytes.
@@ -109,5 +114,90 @@ pub fn scrub_bucket(
         }
         Ok(())
     })?;
+    out.parity = sync_parity(s, b, s.parity(), true)?;
+    Ok(out)
+}
+
+/// What a parity sync did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ParitySync {
+    /// Parity files sent (new, or changed since sent).
+    pub sent: u64,
+    /// Parity objects checked against the local file (scrub only).
+    pub checked: u64,
+    /// Parity objects found damaged or missing, sent again.
+    pub rewritten: Vec<String>,
+}
+
+/// The signature of a local file: size and modification time. A parity
+/// file is replaced by rename, so any change shows here.
+fn signature(md: &std::fs::Metadata) -> Vec<u8> {
+    use std::os::unix::fs::MetadataExt;
+    let mut sig = Vec::with_capacity(32);
+    sig.extend_from_slice(&md.size().to_le_bytes());
+    sig.extend_from_slice(&md.ino().to_le_bytes());
+    sig.extend_from_slice(&md.mtime().to_le_bytes());
+    sig.extend_from_slice(&md.mtime_nsec().to_le_bytes());
+    sig
+}
+
+/// Sends the parity files of every sealed stripe that the bucket does not
+/// have as they are here (the open stripe's stay here until it seals).
+/// With `check`, also reads every parity object sent before and sends it
+/// again when it differs from the local file, which a scrub just
+/// verified. Called with the parity lock held.
+pub(super) fn sync_parity(
+    s: &LocalStore,
+    b: &Bucket,
+    cfg: crate::parity::ParityConfig,
+    check: bool,
+) -> Result<ParitySync> {
+    let mut out = ParitySync::default();
+    let files = super::stripe_files(s)?;
+    let top = files.keys().next_back().copied();
+    let idx = crate::stripe_index::StripeIndex::open(&super::parity_dir(s))?;
+    let now = s.now();
+    let until = now
+        .saturating_add(s.policy().lock_secs)
+        .saturating_add(crate::store::bucket_slack(&s.policy()));
+    let mut pace = Pace {
+        start: Instant::now(),
+        requests: 0,
+        rate: None,
+    };
+    for (id, shards) in files {
+        let open = Some(id) == top
+            && idx
+                .stripe(id)?
+                .is_some_and(|k| k.readable && cfg.takes_more(k.members.len(), k.m));
+        if open {
+            continue;
+        }
+        for (i, path) in shards {
+            let rel = format!("parity/{id:016x}.{i}");
+            let Ok(md) = std::fs::metadata(&path) else {
+                continue; // removed meanwhile
+            };
+            let sig = signature(&md);
+            let sent = b.parity_sent(&rel)?;
+            let changed = sent.as_deref() != Some(&sig[..]);
+            if !changed && !check {
+                continue;
+            }
+            let local = std::fs::read(&path).map_err(|e| crate::error::Error::io(&path, e))?;
+            if changed {
+                b.send_parity(&rel, &local, &sig, until, now)?;
+                out.sent += 1;
+                pace.wait(0);
+                continue;
+            }
+            out.checked += 1;
+            pace.wait(0);
+            if b.read_object(&rel, local.len() as u64)?.as_deref() != Some(&local[..]) {
+                b.send_parity(&rel, &local, &sig, until, now)?;
+                out.rewritten.push(rel);
+            }
+        }
+    }
     Ok(out)
 }

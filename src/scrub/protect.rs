@@ -7,7 +7,12 @@ use super::*;
 /// new packs are added to the open stripe's parity, full stripes start anew.
 pub fn protect(s: &LocalStore, cfg: ParityConfig) -> Result<ProtectReport> {
     let _g = s.lock_named("parity.lock", true)?;
-    protect_locked(s, cfg)
+    let rep = protect_locked(s, cfg)?;
+    if let Some(b) = s.bucket() {
+        // Stripes sealed by this protect: their parity to the bucket.
+        super::bucket::sync_parity(s, b, cfg, false)?;
+    }
+    Ok(rep)
 }
 
 /// A stripe's members as written: each pack with its size.

@@ -122,7 +122,8 @@ impl Bucket {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              CREATE TABLE IF NOT EXISTS retained (pack BLOB PRIMARY KEY, until INTEGER NOT NULL, hold INTEGER NOT NULL DEFAULT 0);
-             CREATE TABLE IF NOT EXISTS collected (name TEXT PRIMARY KEY, at INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS collected (name TEXT PRIMARY KEY, at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS parity (name TEXT PRIMARY KEY, sig BLOB NOT NULL);",
         )?;
         Ok(Bucket {
             backend,
@@ -409,6 +410,56 @@ impl Bucket {
         Ok(rep)
     }
 
+    /// What the local file of parity object `rel` was when it was last
+    /// sent (its size and times), if it was.
+    pub fn parity_sent(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        // unwrap: the lock is never held across a panic
+        let db = self.db.lock().unwrap();
+        Ok(db
+            .query_row(
+                "SELECT sig FROM parity WHERE name = ?1",
+                params![rel],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()?)
+    }
+
+    /// Sends a parity file as the new version of `rel`, retained until
+    /// `until`, and records the local file's signature `sig`.
+    pub fn send_parity(
+        &self,
+        rel: &str,
+        bytes: &[u8],
+        sig: &[u8],
+        until: i64,
+        now: i64,
+    ) -> Result<()> {
+        self.put_record(rel, bytes, until, false, now)?;
+        // unwrap: the lock is never held across a panic
+        let db = self.db.lock().unwrap();
+        db.execute(
+            "INSERT OR REPLACE INTO parity (name, sig) VALUES (?1, ?2)",
+            params![rel, sig],
+        )?;
+        Ok(())
+    }
+
+    /// The latest version of object `rel`, whole, or `None` when absent.
+    pub fn read_object(&self, rel: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        let key = self.key(rel)?;
+        let Some(h) = self.backend.head(&key, None)? else {
+            return Ok(None);
+        };
+        if h.size > max {
+            return Ok(Some(Vec::new())); // not what we sent: the caller compares
+        }
+        Ok(Some(self.backend.get_range(
+            &key,
+            Some(&h.version),
+            0..h.size,
+        )?))
+    }
+
     /// Checks the latest version of pack `id` in the bucket against its
     /// name, read in pieces. `None` when sound, else what is wrong.
     /// Adds the bytes read to `read`.
@@ -497,7 +548,7 @@ impl Bucket {
     pub fn rebuild(&self, root: &Path) -> Result<RebuildReport> {
         let mut rep = RebuildReport::default();
         let tmp = root.join("tmp");
-        for d in ["keys", "packs", "snapshots", "tmp"] {
+        for d in ["keys", "packs", "snapshots", "tmp", "parity"] {
             fs::create_dir_all(root.join(d)).at(root.join(d))?;
         }
         let prefix = self.prefix.clone();
@@ -587,6 +638,13 @@ fn known_rel(rel: &str) -> bool {
         ["keys", name] => valid_key_name(name),
         ["packs", shard, name] => hex64(name) && name.starts_with(shard) && shard.len() == 2,
         ["snapshots", name] => hex64(name) || name.strip_suffix(".stamp").is_some_and(hex64),
+        ["parity", name] => name.split_once('.').is_some_and(|(stripe, i)| {
+            stripe.len() == 16
+                && stripe.bytes().all(|b| b.is_ascii_hexdigit())
+                && !i.is_empty()
+                && i.len() <= 3
+                && i.bytes().all(|b| b.is_ascii_digit())
+        }),
         _ => false,
     }
 }

@@ -108,7 +108,7 @@ fn a_server_on_a_bucket_backs_up_restores_and_is_rebuilt_from_the_bucket_alone()
     local.sort();
     let in_bucket: Vec<String> = keys(&b, "namespaces/ns-0/")
         .into_iter()
-        .filter(|k| !k.ends_with(".json"))
+        .filter(|k| !k.ends_with(".json") && !k.contains("/parity/"))
         .collect();
     assert_eq!(in_bucket, local);
     let packs = files(&ns, "packs");
@@ -600,4 +600,90 @@ fn scrub_puts_back_a_pack_version_purged_with_a_governance_bypass() {
     srv.start_again();
     wait_served(&srv, &work.path().join("cache-wait"));
     restores(&srv, work.path(), &snap, "after-rebuild");
+}
+
+#[test]
+fn sealed_stripes_parity_lives_in_the_bucket_is_scrubbed_and_rebuilt() {
+    let Some(weed) = Weed::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let (mut srv, b) = server_on(
+        &weed,
+        "coffer-parity",
+        1,
+        "parity = \"2+1\"\nlock_days = 30",
+    );
+    let cache = work.path().join("cache");
+    run(srv.client(0, &cache), &init_args()).ok();
+    let mut snaps = Vec::new();
+    for seed in 0..4 {
+        let name = format!("dump-{seed}.sql");
+        snaps.push((
+            crate::replication::backup_stdin(&srv, 0, &cache, &name, seed),
+            name,
+        ));
+    }
+    // The operator's scrub protects what the commits' own protect has not
+    // yet, and sends the sealed stripes' parity.
+    scrub_report(&srv, "ns-0");
+    let ns = srv.namespace_dir("ns-0");
+    let in_bucket = keys(&b, "namespaces/ns-0/parity/");
+    assert!(!in_bucket.is_empty(), "no parity in the bucket");
+    for k in &in_bucket {
+        let rel = k.strip_prefix("namespaces/ns-0/").unwrap();
+        let key = ObjectKey::new(k.clone()).unwrap();
+        let h = b.head(&key, None).unwrap().unwrap();
+        assert!(h.retention.is_some(), "{k} unlocked");
+        let local = fs::read(ns.join(rel)).unwrap();
+        assert_eq!(b.get_range(&key, None, 0..h.size).unwrap(), local, "{k}");
+    }
+
+    // A parity object damaged in the bucket is sent again by the scrub.
+    let key = ObjectKey::new(in_bucket[0].clone()).unwrap();
+    let h = b.head(&key, None).unwrap().unwrap();
+    let mut bad = b.get_range(&key, None, 0..h.size).unwrap();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    b.put_version(&key, &bad, None).unwrap();
+    let r = scrub_report(&srv, "ns-0");
+    let rewritten = r["bucket"]["parity"]["rewritten"].as_array().unwrap();
+    assert_eq!(rewritten.len(), 1, "{r}");
+    let rel = in_bucket[0].strip_prefix("namespaces/ns-0/").unwrap();
+    assert_eq!(
+        b.get_range(&key, None, 0..h.size).unwrap(),
+        fs::read(ns.join(rel)).unwrap()
+    );
+
+    // Rebuilt from the bucket alone, the parity comes back with the packs:
+    // a pack lost afterwards is repaired from it, not fetched.
+    srv.stop();
+    fs::remove_dir_all(srv.dir.path().join("data")).unwrap();
+    srv.args = vec!["--rebuild".into()];
+    srv.start_again();
+    wait_served(&srv, &work.path().join("cache-wait"));
+    let parity_files = files(&ns, "parity")
+        .into_iter()
+        .filter(|p| !p.contains("index"))
+        .count();
+    assert_eq!(parity_files, in_bucket.len());
+    let packs = files(&ns, "packs");
+    fs::remove_file(ns.join(&packs[0])).unwrap();
+    let r = scrub_report(&srv, "ns-0");
+    assert_eq!(r["repaired_packs"].as_array().unwrap().len(), 1, "{r}");
+    assert!(
+        r["bucket"]["fetched_back"].as_array().unwrap().is_empty(),
+        "{r}"
+    );
+    for (snap, name) in &snaps {
+        let out = srv
+            .client(0, &cache)
+            .args(["dump", &snap.0, name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, snap.1, "{name}");
+    }
 }
