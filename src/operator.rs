@@ -83,6 +83,7 @@ pub fn release_hold(store: &LocalStore, id: &SnapshotId, by: &str) -> Result<Opt
     after.hold = false;
     log(store, "release-hold", id, by, &st, Some(&after))?;
     store.write_stamp(id, &after, true)?;
+    store.release_bucket_hold(id)?;
     Ok(Some(after))
 }
 

@@ -206,6 +206,30 @@ impl Bucket {
         Ok(())
     }
 
+    /// Takes the legal hold off every version of `rel` (and, for a pack,
+    /// forgets in `bucket.db` that it was held).
+    pub(crate) fn release_hold(&self, rel: &str) -> Result<()> {
+        let key = self.key(rel)?;
+        for v in self.backend.list_versions(&key)? {
+            if !v.is_delete_marker {
+                self.backend.set_legal_hold(&key, Some(&v.version), false)?;
+            }
+        }
+        if let Some(id) = rel
+            .strip_prefix("packs/")
+            .and_then(|r| r.rsplit('/').next())
+            .and_then(|n| n.parse::<PackId>().ok())
+        {
+            // unwrap: the lock is never held across a panic
+            let db = self.db.lock().unwrap();
+            db.execute(
+                "UPDATE retained SET hold = 0 WHERE pack = ?1",
+                params![id.as_bytes().as_slice()],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Deletes an object as the bucket does: a delete marker over its
     /// versions, which stay until purged.
     fn delete(&self, rel: &str) -> Result<()> {

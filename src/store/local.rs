@@ -336,6 +336,33 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Takes the bucket's legal holds off snapshot `id` after its hold
+    /// was released here: its file, every version of its stamp, and each
+    /// of its packs that no other held snapshot references. Called under
+    /// the stamps lock, after the stamp says the hold is off.
+    pub fn release_bucket_hold(&self, id: &SnapshotId) -> Result<()> {
+        let Some(b) = &self.bucket else {
+            return Ok(());
+        };
+        let hex = id.to_hex();
+        b.release_hold(&format!("snapshots/{hex}"))?;
+        b.release_hold(&format!("snapshots/{hex}.stamp"))?;
+        let mine = snapshot::decode(&self.read_snapshot(id)?)?.packs;
+        // What the other held snapshots need stays held (a held snapshot
+        // is the operator's rare act: their pack lists are read whole).
+        let mut still = HashSet::new();
+        for other in self.list_snapshots()? {
+            if other == *id || !self.stamp(&other).is_ok_and(|st| st.hold) {
+                continue;
+            }
+            still.extend(snapshot::decode(&self.read_snapshot(&other)?)?.packs);
+        }
+        for p in mine.iter().filter(|p| !still.contains(*p)) {
+            b.release_hold(&bucket::pack_rel(p))?;
+        }
+        Ok(())
+    }
+
     /// The operator's removal of a snapshot that does not open (damaged, or
     /// planted by a client without the key): whatever its lock and legal
     /// hold say, since a lock protects a backup and this one restores

@@ -224,6 +224,26 @@ fn a_lock_reaches_the_bucket_before_the_stamp_reports_it() {
         let key = ObjectKey::new(format!("namespaces/ns-0/{rel}")).unwrap();
         assert!(b.head(&key, None).unwrap().unwrap().legal_hold, "{rel}");
     }
+    // The operator's release takes the holds off in the bucket too (the
+    // lock stays), or a forgotten snapshot's versions would never go.
+    let out = srv.operator(&["lock", "--namespace", "ns-0", &snap[..12], "--release-hold"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for rel in files(&ns, "packs")
+        .iter()
+        .chain([&format!("snapshots/{snap}"), &stamp_rel])
+    {
+        let key = ObjectKey::new(format!("namespaces/ns-0/{rel}")).unwrap();
+        for v in b.list_versions(&key).unwrap() {
+            let h = b.head(&key, Some(&v.version)).unwrap().unwrap();
+            assert!(!h.legal_hold, "{rel} {:?} still held", v.version);
+        }
+        let r = b.head(&key, None).unwrap().unwrap().retention.unwrap();
+        assert!(r.until >= until, "{rel}: the lock went with the hold");
+    }
 }
 
 fn now_secs() -> i64 {
