@@ -116,7 +116,7 @@ pub(super) fn renew_leases(state: &State, cfg: &ServerConfig) {
         });
         match rebuilt {
             Ok(r) => {
-                info!(namespace = %ns, objects = r.objects, bytes = r.bytes, present = r.present, "lease taken, copy rebuilt from the bucket");
+                info!(namespace = %ns, objects = r.objects, bytes = r.bytes, present = r.present, "lease taken or held on from before this start, copy rebuilt from the bucket");
                 leases.ready(&ns);
             }
             Err(e) => {

@@ -127,9 +127,10 @@ impl Leases {
     /// Takes or renews the lease of every namespace of `names`; a namespace
     /// whose lease another server holds is refused until it lapses.
     /// Returns the namespaces refused now, and those taken from another
-    /// holder (or with no lease before): they stay refused, as being
-    /// rebuilt, until [`Leases::ready`], since this server's copy of them
-    /// may be stale or missing.
+    /// holder (or with no lease before) or held by this data directory
+    /// before this process: they stay refused, as being rebuilt, until
+    /// [`Leases::ready`], since this server's copy of them may be stale,
+    /// missing, or behind the bucket by what a kill interrupted.
     pub fn renew(&self, names: &[String]) -> Result<(Vec<String>, Vec<String>)> {
         let now = self
             .backend
@@ -153,8 +154,17 @@ impl Leases {
                 _ if unready => taken.push(ns.clone()),
                 Taken::Renewed if had => {}
                 Taken::Renewed => {
-                    // ours before this process: the copy here is current
-                    self.refused.lock().unwrap().remove(ns);
+                    // Ours before this process, which may have been killed
+                    // between an object's write to the bucket and its write
+                    // here (a snapshot committed there, not here): the copy
+                    // is brought up to date before it is served.
+                    self.refused.lock().unwrap().insert(
+                        ns.clone(),
+                        format!(
+                            "namespace {ns} is being rebuilt from the bucket (held here before this start); try again shortly"
+                        ),
+                    );
+                    taken.push(ns.clone());
                 }
                 Taken::From(_) if had => {}
                 Taken::From(previous) => {

@@ -5,7 +5,9 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use coffer::object::s3::S3Backend;
 use coffer::object::{LockMode, ObjectBackend, ObjectKey};
@@ -18,7 +20,7 @@ use crate::util::*;
 use crate::weed::Weed;
 
 /// The `[storage]` table of a server on `bucket` of `weed`.
-fn storage(weed: &Weed, bucket: &str) -> String {
+pub(crate) fn storage(weed: &Weed, bucket: &str) -> String {
     format!(
         "[storage]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{bucket}\"\nprefix = \"site-a/\"\nregion = \"us-east-1\"\ncredentials_file = \"{}\"\nlease = \"2s\"\n",
         weed.endpoint,
@@ -28,7 +30,7 @@ fn storage(weed: &Weed, bucket: &str) -> String {
 
 /// A server with `n` namespaces on a new locked bucket; `top` are
 /// top-level keys.
-fn server_on(weed: &Weed, bucket: &str, n: usize, top: &str) -> (TestServer, S3Backend) {
+pub(crate) fn server_on(weed: &Weed, bucket: &str, n: usize, top: &str) -> (TestServer, S3Backend) {
     let b = weed.bucket(bucket, true);
     let srv = TestServer::start_full(n, "", &format!("{top}\n{}", storage(weed, bucket)), &[]);
     (srv, b)
@@ -41,6 +43,35 @@ fn files(dir: &Path, sub: &str) -> Vec<String> {
         .filter(|p| p.is_file())
         .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
         .collect()
+}
+
+/// The bucket keys of what namespace `ns` of `srv` holds on its disk
+/// (config, key files, packs, snapshots and stamps), sorted.
+fn local_keys(srv: &TestServer, ns: &str) -> Vec<String> {
+    let dir = srv.namespace_dir(ns);
+    let mut v: Vec<String> = ["keys", "packs", "snapshots"]
+        .iter()
+        .flat_map(|d| files(&dir, d))
+        .chain(dir.join("config").is_file().then(|| "config".to_string()))
+        .map(|p| format!("namespaces/{ns}/{p}"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The keys of namespace `ns` in the bucket, but its settings (`*.json`)
+/// and the parity of sealed stripes (which the parity test compares).
+fn bucket_keys(b: &S3Backend, ns: &str) -> Vec<String> {
+    keys(b, &format!("namespaces/{ns}/"))
+        .into_iter()
+        .filter(|k| !k.ends_with(".json") && !k.contains("/parity/"))
+        .collect()
+}
+
+/// The bucket holds every object of namespace `ns` that `srv` holds on
+/// its disk, and nothing more.
+pub(crate) fn assert_mirrored(srv: &TestServer, b: &S3Backend, ns: &str) {
+    assert_eq!(bucket_keys(b, ns), local_keys(srv, ns), "namespace {ns}");
 }
 
 /// Waits (bounded) until client 0's namespace is served: a lease another
@@ -98,19 +129,8 @@ fn a_server_on_a_bucket_backs_up_restores_and_is_rebuilt_from_the_bucket_alone()
 
     // Every object of the namespace is in the bucket under its own name.
     let ns = srv.namespace_dir("ns-0");
-    let local: Vec<String> = ["keys", "packs", "snapshots"]
-        .iter()
-        .flat_map(|d| files(&ns, d))
-        .chain(["config".to_string()])
-        .map(|p| format!("namespaces/ns-0/{p}"))
-        .collect();
-    let mut local = local;
-    local.sort();
-    let in_bucket: Vec<String> = keys(&b, "namespaces/ns-0/")
-        .into_iter()
-        .filter(|k| !k.ends_with(".json") && !k.contains("/parity/"))
-        .collect();
-    assert_eq!(in_bucket, local);
+    assert_mirrored(&srv, &b, "ns-0");
+    let local = local_keys(&srv, "ns-0");
     let packs = files(&ns, "packs");
     assert!(!packs.is_empty());
 
@@ -168,14 +188,7 @@ fn a_server_on_a_bucket_backs_up_restores_and_is_rebuilt_from_the_bucket_alone()
     );
     // The dead server's lease lapses first (2 s here).
     wait_served(&srv, &work.path().join("cache-wait"));
-    let mut rebuilt = ["keys", "packs", "snapshots"]
-        .iter()
-        .flat_map(|d| files(&ns, d))
-        .chain(["config".to_string()])
-        .map(|p| format!("namespaces/ns-0/{p}"))
-        .collect::<Vec<_>>();
-    rebuilt.sort();
-    assert_eq!(rebuilt, local);
+    assert_eq!(local_keys(&srv, "ns-0"), local);
     assert_eq!(stamp_of(&ns, &snap), stamp_before);
     // A client with a fresh cache restores byte for byte.
     let cache2 = work.path().join("cache2");
@@ -475,6 +488,190 @@ fn two_servers_share_a_bucket_with_disjoint_namespaces_and_never_the_same_one() 
     .ok();
     assert_same_tree(&src, &restored(&target, &src));
     assert!(b.log().contains("lease taken"), "{}", b.log());
+}
+
+/// The bytes the kill tests back up from standard input: 1 MiB packs, so
+/// some sixty of them, uploaded one after the other.
+const STREAM_BYTES: usize = 64 << 20;
+
+/// Starts `backup --stdin` of `data` as client 0, fed by a thread (the
+/// caller goes on while it runs).
+fn spawn_backup_stdin(
+    srv: &TestServer,
+    cache: &Path,
+    data: &Arc<Vec<u8>>,
+) -> (Child, std::thread::JoinHandle<()>) {
+    let mut c = srv.client(0, cache);
+    c.args(["--json", "backup", "--stdin", "--stdin-name", "stream"]);
+    spawn_fed(&mut c, data.clone())
+}
+
+/// Whether the pack file at `path` is named by the hash of its bytes.
+fn whole(name: &str, bytes: &[u8]) -> bool {
+    coffer::id::PackId::of(bytes).to_hex() == name
+}
+
+/// Whether `key` is a name of the bucket's layout: a lease, or a
+/// namespace's config, key file, pack, snapshot, stamp or setting.
+fn in_layout(key: &str) -> bool {
+    let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match key.split('/').collect::<Vec<_>>().as_slice() {
+        ["leases", ns] => !ns.is_empty(),
+        ["namespaces", _, "config" | "policy.json" | "parity.json"] => true,
+        ["namespaces", _, "keys", name] => !name.is_empty(),
+        ["namespaces", _, "packs", shard, name] => {
+            shard.len() == 2 && name.starts_with(shard) && hex64(name)
+        }
+        ["namespaces", _, "snapshots", name] => {
+            hex64(name) || name.strip_suffix(".stamp").is_some_and(hex64)
+        }
+        ["namespaces", _, "parity", name] => name
+            .split_once('.')
+            .is_some_and(|(stripe, i)| stripe.len() == 16 && i.parse::<u16>().is_ok()),
+        _ => false,
+    }
+}
+
+/// Nothing partial is visible in namespace ns-0 of `srv` on `b`: the
+/// bucket holds only names of its layout and every object the disk holds;
+/// the snapshots are the same in both; what only the bucket holds is a
+/// whole pack (sent before a kill, never linked here) or the stamp of a
+/// snapshot that never came; every pack on the disk is whole.
+fn assert_nothing_partial(srv: &TestServer, b: &S3Backend) {
+    let all = keys(b, "");
+    let outside: Vec<&String> = all.iter().filter(|k| !in_layout(k)).collect();
+    assert!(outside.is_empty(), "outside the layout: {outside:?}");
+    let in_bucket = bucket_keys(b, "ns-0");
+    let local = local_keys(srv, "ns-0");
+    let missing: Vec<&String> = local.iter().filter(|k| !in_bucket.contains(k)).collect();
+    assert!(
+        missing.is_empty(),
+        "on the disk, not in the bucket: {missing:?}"
+    );
+    let snapshots = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .filter(|k| k.contains("/snapshots/") && !k.ends_with(".stamp"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(snapshots(&in_bucket), snapshots(&local), "snapshots");
+    for k in in_bucket.iter().filter(|k| !local.contains(k)) {
+        let rel = &k["namespaces/ns-0/".len()..];
+        let key = ObjectKey::new(k.clone()).unwrap();
+        match rel.split('/').collect::<Vec<_>>().as_slice() {
+            ["packs", _, name] => {
+                let size = b.head(&key, None).unwrap().unwrap().size;
+                assert!(
+                    whole(name, &b.get_range(&key, None, 0..size).unwrap()),
+                    "{k}"
+                );
+            }
+            ["snapshots", name] if name.ends_with(".stamp") => {}
+            _ => panic!("only in the bucket: {k}"),
+        }
+    }
+    for p in walk(&srv.namespace_dir("ns-0").join("packs")) {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert!(whole(name, &fs::read(&p).unwrap()), "{}", p.display());
+    }
+}
+
+/// A server on a bucket is killed (SIGKILL) while client 0 backs up a
+/// large stream, as soon as `when` holds of its namespace's directory.
+/// Nothing partial is visible then; started again on the same data it
+/// serves the client's rerun, which completes and restores byte for byte.
+fn killed_while(bucket: &str, when: impl Fn(&Path) -> bool) {
+    let Some(weed) = Weed::start() else { return };
+    let (mut srv, b) = server_on(&weed, bucket, 1, "lock_days = 1");
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    run(srv.client(0, &cache), &init_args()).ok();
+    let data = Arc::new(random_bytes(77, STREAM_BYTES));
+    let (mut client, feed) = spawn_backup_stdin(&srv, &cache, &data);
+    let ns = srv.namespace_dir("ns-0");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !when(&ns) {
+        if let Some(st) = client.try_wait().unwrap() {
+            assert!(when(&ns), "the backup ended ({st}) before the kill point");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the kill point never came");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    srv.child.kill().unwrap();
+    srv.child.wait().unwrap();
+    let _ = client.kill();
+    let _ = client.wait();
+    feed.join().unwrap();
+    assert_nothing_partial(&srv, &b);
+
+    // Started again, it first brings its copy up to date with the bucket.
+    srv.start_again();
+    wait_served(&srv, &cache);
+    assert_mirrored(&srv, &b, "ns-0");
+    let before = files(&ns, "snapshots").len();
+    let (rerun, feed) = spawn_backup_stdin(&srv, &cache, &data);
+    let out = rerun.wait_with_output().unwrap();
+    feed.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let snap = snap["id"].as_str().unwrap();
+    let dumped = run(srv.client(0, &cache), &["dump", snap, "stream"]).ok();
+    assert!(dumped.out.stdout == *data, "the restore differs");
+    run(srv.client(0, &cache), &["check", "--read-data"]).ok();
+    assert_nothing_partial(&srv, &b);
+    assert_mirrored(&srv, &b, "ns-0");
+    // the rerun added its snapshot and stamp, and nothing else there
+    assert_eq!(files(&ns, "snapshots").len(), before + 2);
+}
+
+#[test]
+fn a_server_on_a_bucket_killed_mid_upload_shows_nothing_partial_and_the_rerun_completes() {
+    // a dozen packs in: more are on their way
+    killed_while("coffer-kill-upload", |ns| {
+        walk(&ns.join("packs")).len() >= 12
+    });
+}
+
+#[test]
+fn a_server_on_a_bucket_killed_mid_commit_shows_nothing_partial_and_the_rerun_completes() {
+    // the stamp is written first, in the bucket then here; the snapshot
+    // file follows it in both
+    killed_while("coffer-kill-commit", |ns| {
+        fs::read_dir(ns.join("snapshots")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".stamp"))
+        })
+    });
+}
+
+#[test]
+fn a_snapshot_the_bucket_got_before_a_kill_is_served_after_the_restart() {
+    let Some(weed) = Weed::start() else { return };
+    let (mut srv, b) = server_on(&weed, "coffer-gap", 1, "lock_days = 1");
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    run(srv.client(0, &cache), &init_args()).ok();
+    let (snap, data) = crate::replication::backup_stdin(&srv, 0, &cache, "stream", 5);
+    // The state of a kill between the snapshot's write to the bucket and
+    // its write here (the commit's last step, a few microseconds wide).
+    srv.stop();
+    let ns = srv.namespace_dir("ns-0");
+    fs::remove_file(ns.join(format!("snapshots/{snap}"))).unwrap();
+    // Started again, the server serves what the bucket holds: the
+    // snapshot is committed there (and a disk rebuilt from the bucket
+    // would show it), so it is here too, and not left in the bucket alone
+    // for a prune here to collect its packs from under it.
+    srv.start_again();
+    wait_served(&srv, &cache);
+    assert_mirrored(&srv, &b, "ns-0");
+    let dumped = run(srv.client(0, &cache), &["dump", &snap, "stream"]).ok();
+    assert!(dumped.out.stdout == data);
+    run(srv.client(0, &cache), &["check", "--read-data"]).ok();
 }
 
 /// The operator's `coffer --json scrub --config`; the report of `ns`.

@@ -15,6 +15,7 @@ use coffer::net::{Fingerprint, Identity};
 use coffer::store::Store;
 
 use crate::util::*;
+use crate::weed::Weed;
 
 pub struct TestServer {
     pub dir: tempfile::TempDir,
@@ -228,6 +229,19 @@ pub(crate) fn serve_refuses(path: &Path, config: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs `test` on a server of `n` clients whose namespaces live in a new
+/// locked bucket of a SeaweedFS of its own (skipped where weed is missing,
+/// outside CI), then checks that the bucket holds every object each
+/// namespace holds on the server's disk, and nothing more.
+fn on_a_bucket(n: usize, test: fn(&TestServer)) {
+    let Some(weed) = Weed::start() else { return };
+    let (srv, b) = crate::bucket::server_on(&weed, "coffer", n, "lock_days = 1");
+    test(&srv);
+    for i in 0..n {
+        crate::bucket::assert_mirrored(&srv, &b, &format!("ns-{i}"));
+    }
+}
+
 pub(crate) fn run(mut c: Command, args: &[&str]) -> Run {
     Run {
         out: c.args(args).stdin(Stdio::null()).output().unwrap(),
@@ -248,7 +262,15 @@ pub(crate) fn init_args() -> Vec<&'static str> {
 
 #[test]
 fn round_trip_through_the_server() {
-    let srv = TestServer::start(1);
+    round_trip(&TestServer::start(1));
+}
+
+#[test]
+fn round_trip_through_the_server_on_a_bucket() {
+    on_a_bucket(1, round_trip);
+}
+
+fn round_trip(srv: &TestServer) {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     // Before init, the namespace is named as holding no repository.
@@ -467,7 +489,15 @@ pub(crate) fn connect_without_certificate(port: u16, pin: &str) -> Result<(), St
 
 #[test]
 fn namespaces_are_invisible_to_other_clients() {
-    let srv = TestServer::start(2);
+    namespaces_are_invisible(&TestServer::start(2));
+}
+
+#[test]
+fn namespaces_are_invisible_to_other_clients_on_a_bucket() {
+    on_a_bucket(2, namespaces_are_invisible);
+}
+
+fn namespaces_are_invisible(srv: &TestServer) {
     let work = tempfile::tempdir().unwrap();
     run(srv.client(0, &work.path().join("c0")), &init_args()).ok();
     run(srv.client(1, &work.path().join("c1")), &init_args()).ok();
@@ -489,7 +519,15 @@ fn namespaces_are_invisible_to_other_clients() {
 
 #[test]
 fn append_only_refusals() {
-    let srv = TestServer::start(1);
+    refuses_what_append_only_forbids(&TestServer::start(1));
+}
+
+#[test]
+fn append_only_refusals_on_a_bucket() {
+    on_a_bucket(1, refuses_what_append_only_forbids);
+}
+
+fn refuses_what_append_only_forbids(srv: &TestServer) {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     run(srv.client(0, &cache), &init_args()).ok();
@@ -632,7 +670,15 @@ fn listing_many_packs_streams_in_order_and_fails_whole() {
 
 #[test]
 fn malformed_input_closes_only_that_connection() {
-    let srv = TestServer::start(1);
+    malformed_input_closes_only_its_connection(&TestServer::start(1));
+}
+
+#[test]
+fn malformed_input_closes_only_that_connection_on_a_bucket() {
+    on_a_bucket(1, malformed_input_closes_only_its_connection);
+}
+
+fn malformed_input_closes_only_its_connection(srv: &TestServer) {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     run(srv.client(0, &cache), &init_args()).ok();
@@ -653,7 +699,7 @@ fn malformed_input_closes_only_that_connection() {
         },
         vec![2, 0, 0, 0, 0x77, 0x77],
     ] {
-        let err = raw_request(&srv, &frame);
+        let err = raw_request(srv, &frame);
         assert!(err.is_err(), "server answered a malformed frame");
     }
     // the server keeps serving
@@ -688,7 +734,15 @@ pub(crate) fn raw_request(srv: &TestServer, bytes: &[u8]) -> Result<Vec<u8>, Str
 
 #[test]
 fn killed_mid_upload_leaves_nothing_partial() {
-    let srv = TestServer::start(1);
+    client_killed_mid_upload(&TestServer::start(1));
+}
+
+#[test]
+fn killed_mid_upload_leaves_nothing_partial_on_a_bucket() {
+    on_a_bucket(1, client_killed_mid_upload);
+}
+
+fn client_killed_mid_upload(srv: &TestServer) {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     run(srv.client(0, &cache), &init_args()).ok();
@@ -734,8 +788,17 @@ fn killed_mid_upload_leaves_nothing_partial() {
 
 #[test]
 fn thirty_two_concurrent_backups() {
-    let n = 32;
-    let srv = TestServer::start(n);
+    concurrent_backups(&TestServer::start(32));
+}
+
+#[test]
+fn thirty_two_concurrent_backups_on_a_bucket() {
+    on_a_bucket(32, concurrent_backups);
+}
+
+/// Every client of `srv` inits and backs up at once, then restores.
+fn concurrent_backups(srv: &TestServer) {
+    let n = srv.clients.len();
     let work = tempfile::tempdir().unwrap();
     let mut children = Vec::new();
     for i in 0..n {

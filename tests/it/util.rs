@@ -151,19 +151,7 @@ impl TestRepo {
     }
 
     pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Run {
-        let mut child = self
-            .command()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let data = input.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-        });
+        let (child, writer) = spawn_fed(self.command().args(args), input.to_vec().into());
         let out = child.wait_with_output().unwrap();
         writer.join().unwrap();
         Run { out }
@@ -357,4 +345,24 @@ fn walk_all(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Spawns `cmd` with its standard streams piped and `input` written to its
+/// standard input by a thread, so the caller goes on meanwhile (a child
+/// that exits or is killed first breaks the pipe: that write fails).
+pub fn spawn_fed(
+    cmd: &mut Command,
+    input: std::sync::Arc<Vec<u8>>,
+) -> (std::process::Child, std::thread::JoinHandle<()>) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    (child, writer)
 }
