@@ -107,10 +107,14 @@ pub(super) fn apply(
     state: &Arc<State>,
     ep: &quinn::Endpoint,
     old: &ServerConfig,
-    new: ServerConfig,
+    mut new: ServerConfig,
 ) -> Option<ServerConfig> {
     match try_apply(state, ep, old, &new) {
-        Ok(()) => Some(new),
+        Ok(()) => {
+            // the same store: its opened backend goes on serving
+            new.opened = old.opened.clone();
+            Some(new)
+        }
         Err(e) => {
             error!("config reload refused, the running config stays: {e}");
             None
@@ -130,6 +134,12 @@ fn try_apply(
             old.data.display(),
             new.data.display()
         ));
+    }
+    if format!("{:?}", new.storage) != format!("{:?}", old.storage) {
+        return Err(
+            "`[storage]` changed: a running server does not move its namespaces to another store, restart it"
+                .into(),
+        );
     }
     let mut live = Live::new(new).map_err(|e| e.to_string())?;
     let quic = super::server::quic_config(new).map_err(|e| e.to_string())?;

@@ -904,3 +904,22 @@ fn sealed_stripes_parity_lives_in_the_bucket_is_scrubbed_and_rebuilt() {
         assert_eq!(out.stdout, snap.1, "{name}");
     }
 }
+
+#[test]
+fn a_reload_that_moves_the_store_is_refused_and_the_bucket_stays() {
+    let Some(weed) = Weed::start() else { return };
+    let (srv, b) = server_on(&weed, "coffer-reload", 1, "");
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    run(srv.client(0, &cache), &init_args()).ok();
+    let cfg = srv.dir.path().join("server.toml");
+    let text = fs::read_to_string(&cfg).unwrap();
+    fs::write(&cfg, text.replace("\"coffer-reload\"", "\"elsewhere\"")).unwrap();
+    crate::reload::hup(&srv);
+    crate::reload::wait_log(&srv, "`[storage]` changed", 1);
+    // Still on the first bucket: a backup after the reload lands there.
+    let src = work.path().join("src");
+    crate::backup::make_tree(&src);
+    backup_as(&srv, 0, &cache, &src);
+    assert_mirrored(&srv, &b, "ns-0");
+}

@@ -17,7 +17,7 @@ use crate::server::{identity, TestServer};
 use crate::util::*;
 
 /// Waits (bounded) until the server's log holds `needle` `n` times.
-fn wait_log(srv: &TestServer, needle: &str, n: usize) {
+pub(crate) fn wait_log(srv: &TestServer, needle: &str, n: usize) {
     let start = Instant::now();
     while srv.log().matches(needle).count() < n {
         assert!(
@@ -29,7 +29,7 @@ fn wait_log(srv: &TestServer, needle: &str, n: usize) {
     }
 }
 
-fn hup(srv: &TestServer) {
+pub(crate) fn hup(srv: &TestServer) {
     kill(Pid::from_raw(srv.child.id() as i32), Signal::SIGHUP).unwrap();
 }
 
