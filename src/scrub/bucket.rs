@@ -42,6 +42,14 @@ pub struct BucketScrub {
     pub fetched_back: Vec<PackId>,
     /// The sealed stripes' parity files in the bucket.
     pub parity: ParitySync,
+    /// Packs whose retention or hold in the bucket had fallen short of
+    /// what they were given, locked again.
+    pub relocked: Vec<PackId>,
+    /// Locked or held snapshots whose packs and file were checked to be
+    /// locked in the bucket at least as long (the maintenance pass).
+    pub locks_checked: u64,
+    /// Requests that pass made to extend or hold what fell short.
+    pub lock_requests: u64,
 }
 
 /// Paces requests and bytes.
@@ -102,8 +110,12 @@ pub fn scrub_bucket(
         if unsound.contains(&id) {
             return Ok(()); // sound nowhere here: nothing to copy from
         }
-        let fault = b.pack_fault(&id, &mut out.bytes_read)?;
+        let mut relocked = false;
+        let fault = b.pack_fault(&id, &mut out.bytes_read, &mut relocked, now)?;
         out.objects_checked += 1;
+        if relocked {
+            out.relocked.push(id);
+        }
         pace.wait(out.bytes_read);
         if let Some(why) = fault {
             let bytes = s.read_pack(&id, 0, s.pack_size(&id)?.unwrap_or(0) as usize)?;
@@ -115,6 +127,32 @@ pub fn scrub_bucket(
         Ok(())
     })?;
     out.parity = sync_parity(s, b, s.parity(), true)?;
+    // The maintenance pass: every locked or held snapshot's packs and file
+    // are locked in the bucket at least as long as the snapshot (free of
+    // requests where `bucket.db` says so, and the check above made that
+    // record true).
+    let slack = crate::store::bucket_slack(&s.policy());
+    for id in s.list_snapshots()? {
+        let Ok(st) = s.stamp(&id) else { continue };
+        if st.locked_until <= now && !st.hold {
+            continue;
+        }
+        let Ok(bytes) = s.read_snapshot(&id) else {
+            continue;
+        };
+        let packs = crate::format::snapshot::decode(&bytes)?.packs;
+        out.lock_requests += b.cover_packs(&packs, st.locked_until, st.hold, slack, now, &|p| {
+            s.pack_path(p)
+        })?;
+        b.extend(
+            &format!("snapshots/{}", id.to_hex()),
+            st.locked_until,
+            st.hold,
+            now,
+        )?;
+        out.locks_checked += 1;
+        pace.wait(out.bytes_read);
+    }
     Ok(out)
 }
 

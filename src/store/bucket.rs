@@ -486,14 +486,38 @@ impl Bucket {
 
     /// Checks the latest version of pack `id` in the bucket against its
     /// name, read in pieces. `None` when sound, else what is wrong.
-    /// Adds the bytes read to `read`.
-    pub fn pack_fault(&self, id: &PackId, read: &mut u64) -> Result<Option<String>> {
+    /// Adds the bytes read to `read`. A sound version whose retention or
+    /// hold falls short of what `bucket.db` says it was given (shortened
+    /// with a governance bypass, say) is locked again, and `relocked` set.
+    pub fn pack_fault(
+        &self,
+        id: &PackId,
+        read: &mut u64,
+        relocked: &mut bool,
+        now: i64,
+    ) -> Result<Option<String>> {
         let key = self.key(&pack_rel(id))?;
         let Some(head) = self.backend.head(&key, None)? else {
             return Ok(Some("missing from the bucket".into()));
         };
         match self.hash_version(&key, &head.version, head.size, read) {
-            Ok(h) if h == *id => Ok(None),
+            Ok(h) if h == *id => {
+                if let Some((until, hold)) = self.known(id)? {
+                    let short = head.retention.is_none_or(|r| r.until < secs_to_time(until));
+                    if short && until > now {
+                        let r = Retention::new(self.mode, secs_to_time(until));
+                        self.backend
+                            .extend_retention(&key, Some(&head.version), r)?;
+                        *relocked = true;
+                    }
+                    if hold && !head.legal_hold {
+                        self.backend
+                            .set_legal_hold(&key, Some(&head.version), true)?;
+                        *relocked = true;
+                    }
+                }
+                Ok(None)
+            }
             Ok(h) => Ok(Some(format!("its latest version hashes to {}", h.short()))),
             Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => Ok(Some(e.to_string())),
             Err(e) => Err(e),

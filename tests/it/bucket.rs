@@ -792,8 +792,48 @@ fn scrub_puts_back_a_pack_version_purged_with_a_governance_bypass() {
         LockMode::Governance,
         "the server asked for governance"
     );
-    // coffer never sends the bypass; someone holding it purges the pack.
+    // Someone holding the bypass shortens the pack's lock: the scrub's
+    // maintenance pass locks it again as long as it was given.
     let full = format!("site-a/namespaces/ns-0/{rel}");
+    let (f2, v2) = (full.clone(), head.version.0.clone());
+    b.raw(|c| async move {
+        c.put_object_retention()
+            .bucket("coffer-gov")
+            .key(f2)
+            .version_id(v2)
+            .bypass_governance_retention(true)
+            .retention(
+                aws_sdk_s3::types::ObjectLockRetention::builder()
+                    .mode(aws_sdk_s3::types::ObjectLockRetentionMode::Governance)
+                    .retain_until_date(aws_sdk_s3::primitives::DateTime::from(
+                        SystemTime::now() + Duration::from_secs(3600),
+                    ))
+                    .build(),
+            )
+            .send()
+            .await
+    })
+    .expect("the bypass shortens a governance lock");
+    let short = b
+        .head(&key, None)
+        .unwrap()
+        .unwrap()
+        .retention
+        .unwrap()
+        .until;
+    assert!(short < head.retention.unwrap().until);
+    let r = scrub_report(&srv, "ns-0");
+    assert_eq!(r["bucket"]["relocked"].as_array().unwrap().len(), 1, "{r}");
+    assert!(r["bucket"]["locks_checked"].as_u64().unwrap() >= 1, "{r}");
+    let again = b
+        .head(&key, None)
+        .unwrap()
+        .unwrap()
+        .retention
+        .unwrap()
+        .until;
+    assert!(again >= head.retention.unwrap().until, "{again:?}");
+    // coffer never sends the bypass; someone holding it purges the pack.
     let v = head.version.0.clone();
     b.raw(|c| async move {
         c.delete_object()
