@@ -122,7 +122,7 @@ impl Bucket {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              CREATE TABLE IF NOT EXISTS retained (pack BLOB PRIMARY KEY, until INTEGER NOT NULL, hold INTEGER NOT NULL DEFAULT 0);
-             CREATE TABLE IF NOT EXISTS collected (name TEXT PRIMARY KEY, at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS collected (name TEXT PRIMARY KEY, not_before INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS parity (name TEXT PRIMARY KEY, sig BLOB NOT NULL);",
         )?;
         Ok(Bucket {
@@ -328,26 +328,39 @@ impl Bucket {
     /// Records that the store removed `rel` (a pack prune collected, a
     /// forgotten snapshot or its stamp, a removed key file) and puts its
     /// delete marker. The record comes first: a marker that fails is put
-    /// by the next purge, which also purges its versions once they may go.
-    pub(crate) fn collected(&self, rel: &str, now: i64) -> Result<()> {
+    /// by a later purge, which also purges its versions once they may go.
+    /// `locked_until` is how long its versions are retained, as far as the
+    /// caller knows (a stamp's lock; a pack's comes from `bucket.db`):
+    /// purges do not ask the bucket about it before then, so objects
+    /// waiting out a month's lock cost no request at each sweep.
+    pub(crate) fn collected(&self, rel: &str, locked_until: i64) -> Result<()> {
         {
             // unwrap: the lock is never held across a panic
             let db = self.db.lock().unwrap();
-            db.execute(
-                "INSERT OR REPLACE INTO collected (name, at) VALUES (?1, ?2)",
-                params![rel, now],
-            )?;
+            let mut not_before = locked_until;
             if let Some(id) = rel
                 .rsplit('/')
                 .next()
                 .filter(|_| rel.starts_with("packs/"))
                 .and_then(|n| n.parse::<PackId>().ok())
             {
+                let given: Option<i64> = db
+                    .query_row(
+                        "SELECT until FROM retained WHERE pack = ?1",
+                        params![id.as_bytes().as_slice()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                not_before = not_before.max(given.unwrap_or(0));
                 db.execute(
                     "DELETE FROM retained WHERE pack = ?1",
                     params![id.as_bytes().as_slice()],
                 )?;
             }
+            db.execute(
+                "INSERT OR REPLACE INTO collected (name, not_before) VALUES (?1, ?2)",
+                params![rel, not_before],
+            )?;
         }
         self.delete(rel)
     }
@@ -376,10 +389,18 @@ impl Bucket {
         let names: Vec<String> = {
             // unwrap: the lock is never held across a panic
             let db = self.db.lock().unwrap();
-            let mut st = db.prepare("SELECT name FROM collected ORDER BY name")?;
+            // what the bucket still retains by our records is not asked
+            let mut st =
+                db.prepare("SELECT name FROM collected WHERE not_before <= ?1 ORDER BY name")?;
             let rows = st
-                .query_map([], |r| r.get::<_, String>(0))?
+                .query_map(params![now.min(now + skew)], |r| r.get::<_, String>(0))?
                 .collect::<std::result::Result<Vec<_>, _>>()?;
+            let later: i64 = db.query_row(
+                "SELECT count(*) FROM collected WHERE not_before > ?1",
+                params![now.min(now + skew)],
+                |r| r.get(0),
+            )?;
+            rep.objects_waiting += later as u64;
             rows
         };
         // the earlier of the two clocks: a version is judged lapsed only

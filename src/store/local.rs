@@ -323,15 +323,16 @@ impl LocalStore {
 
     pub(super) fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
         let p = self.snapshot_path(id);
+        // its lock, for the bucket's purge: read before the stamp goes
+        let locked_until = self.stamp(id).map_or(0, |st| st.locked_until);
         fs::remove_file(&p).at(&p)?;
         let _ = fs::remove_file(self.stamp_path(id));
         fsync_dir(&self.root.join("snapshots"))?;
         if let Some(b) = &self.bucket {
             // Markers: the locked versions stay until their retention
             // lapses, then a sweep purges them.
-            let now = self.now();
-            b.collected(&format!("snapshots/{}", id.to_hex()), now)?;
-            b.collected(&format!("snapshots/{}.stamp", id.to_hex()), now)?;
+            b.collected(&format!("snapshots/{}", id.to_hex()), locked_until)?;
+            b.collected(&format!("snapshots/{}.stamp", id.to_hex()), locked_until)?;
         }
         Ok(())
     }

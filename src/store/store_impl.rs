@@ -67,7 +67,7 @@ impl Store for LocalStore {
         fs::remove_file(&p).at(&p)?;
         fsync_dir(&self.root.join("keys"))?;
         if let Some(b) = &self.bucket {
-            b.collected(&format!("keys/{name}"), self.now())?;
+            b.collected(&format!("keys/{name}"), 0)?;
         }
         Ok(())
     }

@@ -187,7 +187,7 @@ impl LocalStore {
                         fs::remove_file(&p).at(&p)?;
                         self.forget_handle(id);
                         if let Some(b) = &self.bucket {
-                            b.collected(&super::bucket::pack_rel(id), now)?;
+                            b.collected(&super::bucket::pack_rel(id), 0)?;
                         }
                     }
                     rep.packs_removed += 1;
