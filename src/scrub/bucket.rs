@@ -101,9 +101,7 @@ pub fn scrub_bucket(
         }
     }
     let now = s.now();
-    let until = now
-        .saturating_add(s.policy().lock_secs)
-        .saturating_add(crate::store::bucket_slack(&s.policy()));
+    let until = s.bucket_until(now);
     let unsound: std::collections::HashSet<PackId> =
         rep.unrepairable.iter().map(|u| u.pack).collect();
     s.for_each_pack(&mut |id, _| {
@@ -131,25 +129,16 @@ pub fn scrub_bucket(
     // are locked in the bucket at least as long as the snapshot (free of
     // requests where `bucket.db` says so, and the check above made that
     // record true).
-    let slack = crate::store::bucket_slack(&s.policy());
     for id in s.list_snapshots()? {
         let Ok(st) = s.stamp(&id) else { continue };
         if st.locked_until <= now && !st.hold {
             continue;
         }
-        let Ok(bytes) = s.read_snapshot(&id) else {
-            continue;
-        };
-        let packs = crate::format::snapshot::decode(&bytes)?.packs;
-        out.lock_requests += b.cover_packs(&packs, st.locked_until, st.hold, slack, now, &|p| {
-            s.pack_path(p)
-        })?;
-        b.extend(
-            &format!("snapshots/{}", id.to_hex()),
-            st.locked_until,
-            st.hold,
-            now,
-        )?;
+        match s.lock_in_bucket(&id, &st) {
+            Ok(n) => out.lock_requests += n,
+            Err(crate::error::Error::NotFound(_)) => continue, // forgotten meanwhile
+            Err(e) => return Err(e),
+        }
         out.locks_checked += 1;
         pace.wait(out.bytes_read);
     }
@@ -195,9 +184,7 @@ pub(super) fn sync_parity(
     let top = files.keys().next_back().copied();
     let idx = crate::stripe_index::StripeIndex::open(&super::parity_dir(s))?;
     let now = s.now();
-    let until = now
-        .saturating_add(s.policy().lock_secs)
-        .saturating_add(crate::store::bucket_slack(&s.policy()));
+    let until = s.bucket_until(now);
     let mut pace = Pace {
         start: Instant::now(),
         requests: 0,
@@ -231,7 +218,7 @@ pub(super) fn sync_parity(
             }
             out.checked += 1;
             pace.wait(0);
-            if b.read_object(&rel, local.len() as u64)?.as_deref() != Some(&local[..]) {
+            if !b.holds(&rel, &local)? {
                 b.send_parity(&rel, &local, &sig, until, now)?;
                 out.rewritten.push(rel);
             }

@@ -46,6 +46,14 @@ pub fn slack(policy: &Policy) -> i64 {
     SLACK_SECS.min(policy.lock_secs.max(0))
 }
 
+/// The retain-until of a pack written to the bucket at `now`: the lock
+/// window and the slack.
+pub(crate) fn pack_until(policy: &Policy, now: i64) -> i64 {
+    Stamp::new(now, policy)
+        .locked_until
+        .saturating_add(slack(policy))
+}
+
 /// The most the bucket's clock and ours may differ before nothing that a
 /// retention date protects is purged.
 pub const MAX_SKEW_SECS: i64 = 300;
@@ -489,20 +497,16 @@ impl Bucket {
         Ok(())
     }
 
-    /// The latest version of object `rel`, whole, or `None` when absent.
-    pub fn read_object(&self, rel: &str, max: u64) -> Result<Option<Vec<u8>>> {
+    /// Whether the latest version of `rel` holds exactly `bytes` (one
+    /// `HEAD`, and a read only when the size matches).
+    pub fn holds(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
         let key = self.key(rel)?;
-        let Some(h) = self.backend.head(&key, None)? else {
-            return Ok(None);
-        };
-        if h.size > max {
-            return Ok(Some(Vec::new())); // not what we sent: the caller compares
+        match self.backend.head(&key, None)? {
+            Some(h) if h.size == bytes.len() as u64 => {
+                Ok(self.backend.get_range(&key, Some(&h.version), 0..h.size)? == bytes)
+            }
+            _ => Ok(false),
         }
-        Ok(Some(self.backend.get_range(
-            &key,
-            Some(&h.version),
-            0..h.size,
-        )?))
     }
 
     /// Checks the latest version of pack `id` in the bucket against its

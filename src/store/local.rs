@@ -337,6 +337,32 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Locks snapshot `id`'s packs and file in the bucket at least until
+    /// `st.locked_until` (held when `st.hold`). Returns the requests made
+    /// (none where `bucket.db` says they are covered); nothing without a
+    /// bucket.
+    pub fn lock_in_bucket(&self, id: &SnapshotId, st: &Stamp) -> Result<u64> {
+        let Some(b) = &self.bucket else {
+            return Ok(0);
+        };
+        let now = self.now();
+        let bytes = self.read_snapshot(id)?;
+        let file = snapshot::decode(&bytes)?;
+        let slack = bucket::slack(&self.policy);
+        let n = b.cover_packs(&file.packs, st.locked_until, st.hold, slack, now, &|p| {
+            self.pack_path(p)
+        })?;
+        let rel = format!("snapshots/{}", id.to_hex());
+        b.extend(&rel, st.locked_until, st.hold, now)?;
+        Ok(n)
+    }
+
+    /// The retain-until a pack written to the bucket now gets: the lock
+    /// window and the slack.
+    pub fn bucket_until(&self, now: i64) -> i64 {
+        bucket::pack_until(&self.policy, now)
+    }
+
     /// Takes the bucket's legal holds off snapshot `id` after its hold
     /// was released here: its file, every version of its stamp, and each
     /// of its packs that no other held snapshot references. Called under

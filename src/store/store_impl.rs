@@ -273,23 +273,9 @@ impl Store for LocalStore {
         let _g = self.stamps_lock()?;
         let mut st = self.stamp(id)?;
         st.extend(until, hold);
-        if let Some(b) = &self.bucket {
-            // The packs and the snapshot file first, then the stamp that
-            // reports the lock.
-            let now = self.now();
-            let bytes = self.read_snapshot(id)?;
-            let file = snapshot::decode(&bytes)?;
-            let slack = bucket::slack(&self.policy);
-            b.cover_packs(&file.packs, st.locked_until, st.hold, slack, now, &|p| {
-                self.pack_path(p)
-            })?;
-            b.extend(
-                &format!("snapshots/{}", id.to_hex()),
-                st.locked_until,
-                st.hold,
-                now,
-            )?;
-        }
+        // The packs and the snapshot file first, then the stamp that
+        // reports the lock.
+        self.lock_in_bucket(id, &st)?;
         self.write_stamp(id, &st, true)?;
         Ok(st)
     }

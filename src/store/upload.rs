@@ -76,10 +76,7 @@ impl PackUpload for LocalUpload {
             // before it is visible here: a crash in between leaves a pack
             // the bucket holds and the client sends again (put once, so
             // the second send is free of effect).
-            let until = Stamp::new(now, &self.policy)
-                .locked_until
-                .saturating_add(bucket::slack(&self.policy));
-            b.put_pack(&id, &self.tmp, until, now)?;
+            b.put_pack(&id, &self.tmp, bucket::pack_until(&self.policy, now), now)?;
         }
         link_into_place(&self.tmp, &path)
     }

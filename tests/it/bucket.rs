@@ -384,12 +384,7 @@ fn a_collected_pack_gets_a_marker_keeps_its_locked_version_then_is_purged() {
     );
 
     // Past its retention, the next sweep purges the version and the marker.
-    let until = head.retention.unwrap().until;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while b.clock().unwrap() <= until + Duration::from_secs(1) {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    crate::object::wait_past(&b, head.retention.unwrap().until);
     let rep = store.prune().unwrap();
     let purge = rep.bucket.unwrap();
     assert_eq!(

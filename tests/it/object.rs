@@ -49,7 +49,7 @@ fn in_secs(s: u64) -> SystemTime {
 }
 
 /// Waits (bounded) until `t` has passed on the store's clock too.
-fn wait_past(b: &S3Backend, t: SystemTime) {
+pub(crate) fn wait_past(b: &S3Backend, t: SystemTime) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while b.clock().unwrap() <= t + Duration::from_secs(1) {
         assert!(Instant::now() < deadline, "store clock never passed {t:?}");
